@@ -1,0 +1,309 @@
+//! `karta` — the command line of the Karta host.
+//!
+//! A thin layer over `karta-host`: it parses arguments, calls the library,
+//! and prints results. Today it serves plugin authors:
+//!
+//! ```text
+//! karta tool list  <component.wasm>
+//! karta tool call  <component.wasm> <tool> '<json>' [--fuel N] [--memory-mib N]
+//!                  [--timeout-ms N] [--dir PATH[:ro]] [--allow-host HOST]...
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use karta_host::plugin::{
+    CallFailure, CallOptions, ErrorKind, Limits, PluginGrant, PluginRuntime, RuntimeConfig,
+    WorkspaceAccess,
+};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "karta",
+    version,
+    about = "Serve agent harness apps as metered HTTP services; every tool call runs in WebAssembly.",
+    long_about = None,
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect and run tool plugins (WebAssembly components) the way the host
+    /// runs them, with the same limits.
+    #[command(subcommand)]
+    Tool(ToolCommand),
+}
+
+#[derive(Subcommand)]
+enum ToolCommand {
+    /// Print the tools a plugin offers, with their input schemas, as JSON.
+    List {
+        /// The plugin component (`cargo build --target wasm32-wasip2`).
+        component: PathBuf,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Run one tool once, in a fresh sandboxed instance.
+    ///
+    /// Prints `{"output": …, "fuel_consumed": N, "duration_us": N}` and exits
+    /// 0, or `{"error": {"kind": …, "message": …}, …}` and exits non-zero (2
+    /// for the caller's mistakes: invalid_input, unknown_tool; 1 otherwise). Kinds:
+    /// out_of_fuel, out_of_memory, timeout, trap, invalid_input, tool_error,
+    /// access_denied, output_too_large, invalid_output, unknown_tool, busy,
+    /// internal; invalid_component when the file is not a usable plugin.
+    #[command(
+        after_help = "Example:\n  karta tool call units.wasm convert '{\"value\":3,\"from\":\"mi\",\"to\":\"km\"}' --fuel 5000000"
+    )]
+    Call {
+        /// The plugin component.
+        component: PathBuf,
+        /// The tool's name (see `karta tool list`).
+        tool: String,
+        /// The input, a JSON object as text; `-` reads it from stdin.
+        #[arg(default_value = "{}")]
+        input: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Mount this directory at /workspace inside the plugin, read-write;
+        /// append `:ro` for read-only. Without it the plugin sees no files.
+        #[arg(long, value_name = "PATH[:ro]")]
+        dir: Option<String>,
+        /// Allow outbound HTTP to this host (`name`, `name:port`, `*.domain`);
+        /// repeat for more. Without it every request is denied.
+        #[arg(long = "allow-host", value_name = "HOST")]
+        allow_hosts: Vec<String>,
+        /// Also print what the plugin logged, to stderr.
+        #[arg(long)]
+        logs: bool,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+}
+
+#[derive(Args)]
+struct LimitArgs {
+    /// Fuel (deterministic work budget) for the call.
+    #[arg(long, default_value_t = Limits::default().fuel)]
+    fuel: u64,
+    /// Memory cap in MiB.
+    #[arg(long = "memory-mib", default_value_t = Limits::default().memory_mib)]
+    memory_mib: u32,
+    /// Wall-clock deadline in milliseconds.
+    #[arg(long = "timeout-ms", default_value_t = Limits::default().timeout_ms)]
+    timeout_ms: u64,
+    /// Largest output the tool may return, in bytes.
+    #[arg(long = "max-output-bytes", default_value_t = Limits::default().max_output_bytes)]
+    max_output_bytes: u64,
+}
+
+#[derive(Args)]
+struct RuntimeArgs {
+    /// Where compiled components are cached (later runs skip compiling).
+    /// Defaults to $XDG_CACHE_HOME/karta or ~/.cache/karta.
+    #[arg(long, env = "KARTA_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every time; keep nothing on disk.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl RuntimeArgs {
+    fn runtime(&self) -> anyhow::Result<PluginRuntime> {
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir.clone().or_else(default_cache_dir)
+        };
+        let config = RuntimeConfig {
+            cache_dir: cache_dir.map(|d| d.join("components")),
+            // One call per process: pre-reserving a pool buys nothing here.
+            pooling: false,
+            ..RuntimeConfig::default()
+        };
+        PluginRuntime::new(config).context("cannot start the plugin runtime")
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("karta"));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("karta"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("karta: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("karta: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Tool(ToolCommand::List { component, runtime }) => {
+            let runtime = runtime.runtime()?;
+            match runtime.load_file(&component, PluginGrant::default()).await {
+                Ok(plugin) => {
+                    println!("{}", serde_json::to_string_pretty(plugin.tools())?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(print_error("invalid_component", &e.to_string())),
+            }
+        }
+        Command::Tool(ToolCommand::Call {
+            component,
+            tool,
+            input,
+            limits,
+            dir,
+            allow_hosts,
+            logs,
+            runtime,
+        }) => {
+            let input = read_input(input)?;
+            let (workspace, access) = match dir.as_deref() {
+                Some(spec) => {
+                    let (path, access) = parse_dir(spec);
+                    let path = std::fs::canonicalize(path)
+                        .with_context(|| format!("--dir {spec}: no such directory"))?;
+                    anyhow::ensure!(path.is_dir(), "--dir {spec}: not a directory");
+                    (Some(path), access)
+                }
+                None => (None, WorkspaceAccess::None),
+            };
+            let grant = PluginGrant {
+                limits: Limits {
+                    fuel: limits.fuel,
+                    memory_mib: limits.memory_mib,
+                    timeout_ms: limits.timeout_ms,
+                    max_output_bytes: limits.max_output_bytes,
+                },
+                workspace: access,
+                allowed_hosts: allow_hosts,
+            };
+            let runtime = runtime.runtime()?;
+            let plugin = match runtime.load_file(&component, grant).await {
+                Ok(plugin) => plugin,
+                Err(e) => return Ok(print_error("invalid_component", &e.to_string())),
+            };
+            let options = CallOptions {
+                workspace,
+                fuel_cap: None,
+            };
+            match plugin.call(&tool, &input, &options).await {
+                Ok(outcome) => {
+                    if logs {
+                        print_logs(&outcome.logs);
+                    }
+                    let answer = json!({
+                        "output": outcome.output,
+                        "fuel_consumed": outcome.fuel_consumed,
+                        "duration_us": outcome.duration_us,
+                    });
+                    println!("{answer}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(failure) => {
+                    if logs {
+                        print_logs(&failure.logs);
+                    }
+                    Ok(print_failure(&failure))
+                }
+            }
+        }
+    }
+}
+
+/// `PATH` or `PATH:ro` (also `:rw`, the default).
+fn parse_dir(spec: &str) -> (&Path, WorkspaceAccess) {
+    if let Some(path) = spec.strip_suffix(":ro") {
+        (Path::new(path), WorkspaceAccess::ReadOnly)
+    } else if let Some(path) = spec.strip_suffix(":rw") {
+        (Path::new(path), WorkspaceAccess::ReadWrite)
+    } else {
+        (Path::new(spec), WorkspaceAccess::ReadWrite)
+    }
+}
+
+fn read_input(input: String) -> anyhow::Result<String> {
+    if input != "-" {
+        return Ok(input);
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+        .context("cannot read the input from stdin")?;
+    Ok(text)
+}
+
+fn print_logs(logs: &[karta_host::plugin::LogLine]) {
+    for line in logs {
+        eprintln!("[{}] {}", line.level, line.message);
+    }
+}
+
+fn print_error(kind: &str, message: &str) -> ExitCode {
+    println!(
+        "{}",
+        json!({ "error": { "kind": kind, "message": message } })
+    );
+    ExitCode::FAILURE
+}
+
+fn print_failure(failure: &CallFailure) -> ExitCode {
+    let answer = json!({
+        "error": { "kind": failure.kind, "message": failure.message },
+        "fuel_consumed": failure.fuel_consumed,
+        "duration_us": failure.duration_us,
+    });
+    println!("{answer}");
+    // Distinct exit codes let scripts tell the caller's mistakes (2) from
+    // the plugin's failures (1).
+    match failure.kind {
+        ErrorKind::InvalidInput | ErrorKind::UnknownTool => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_specs_parse() {
+        assert_eq!(
+            parse_dir("a/b:ro"),
+            (Path::new("a/b"), WorkspaceAccess::ReadOnly)
+        );
+        assert_eq!(
+            parse_dir("a:rw"),
+            (Path::new("a"), WorkspaceAccess::ReadWrite)
+        );
+        assert_eq!(parse_dir("a"), (Path::new("a"), WorkspaceAccess::ReadWrite));
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,173 @@
+//! `karta tool list` / `karta tool call` as a plugin author uses them: the
+//! real binary, real components, JSON on stdout, the exit code.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::{Value, json};
+
+use crate::support::component;
+
+/// One compile cache for all CLI runs of this test binary, so each fixture is
+/// compiled once, not once per run.
+fn cache_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"))
+        .path()
+}
+
+fn karta(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_karta"))
+        .args(args)
+        .env("KARTA_CACHE_DIR", cache_dir())
+        .output()
+        .expect("karta runs")
+}
+
+/// Runs `karta tool call` and returns (exit code, the JSON it printed).
+fn call(fixture: &str, tool: &str, input: &str, extra: &[&str]) -> (i32, Value) {
+    let path = component(fixture);
+    let mut args = vec![
+        "tool",
+        "call",
+        path.to_str().expect("utf-8 path"),
+        tool,
+        input,
+    ];
+    args.extend_from_slice(extra);
+    let output = karta(&args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let value: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code().unwrap_or(-1), value)
+}
+
+fn error_kind(value: &Value) -> &str {
+    value["error"]["kind"].as_str().unwrap_or("<none>")
+}
+
+#[test]
+fn tool_list_prints_tools_and_schemas() {
+    let path = component("units");
+    let output = karta(&["tool", "list", path.to_str().expect("utf-8")]);
+    assert!(output.status.success(), "{output:?}");
+    let tools: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(tools[0]["name"], "convert");
+    assert_eq!(
+        tools[0]["input_schema"]["properties"]["from"]["type"],
+        "string"
+    );
+    assert_eq!(tools[1]["name"], "calc");
+}
+
+#[test]
+fn tool_call_prints_output_fuel_and_duration() {
+    let (code, value) = call(
+        "units",
+        "convert",
+        r#"{"value":100,"from":"degC","to":"degF"}"#,
+        &[],
+    );
+    assert_eq!(code, 0, "{value}");
+    assert_eq!(value["output"]["value"], json!(212.0));
+    assert!(
+        value["fuel_consumed"].as_u64().is_some_and(|f| f > 0),
+        "{value}"
+    );
+    assert!(value["duration_us"].is_u64(), "{value}");
+}
+
+#[test]
+fn tool_call_reports_every_error_kind() {
+    let cases: &[(&str, &str, &[&str], &str)] = &[
+        ("spin", "{}", &["--fuel", "1000000"], "out_of_fuel"),
+        (
+            "spin",
+            "{}",
+            &["--fuel", "100000000000000", "--timeout-ms", "200"],
+            "timeout",
+        ),
+        (
+            "alloc",
+            "{}",
+            &["--memory-mib", "8", "--fuel", "100000000000"],
+            "out_of_memory",
+        ),
+        ("panic", "{}", &[], "trap"),
+        ("recurse", r#"{"n":100000000}"#, &[], "trap"),
+        (
+            "huge_output",
+            r#"{"n":100000}"#,
+            &["--max-output-bytes", "1000"],
+            "output_too_large",
+        ),
+        (
+            "read_path",
+            r#"{"path":"/etc/passwd"}"#,
+            &[],
+            "access_denied",
+        ),
+        (
+            "fetch",
+            r#"{"url":"http://127.0.0.1:9/"}"#,
+            &[],
+            "access_denied",
+        ),
+        ("count", r#"{"n":"many"}"#, &[], "invalid_input"),
+        ("nope", "{}", &[], "unknown_tool"),
+    ];
+    for (tool, input, extra, kind) in cases {
+        let (code, value) = call("hostile", tool, input, extra);
+        assert_eq!(error_kind(&value), *kind, "{tool}: {value}");
+        assert!(
+            value["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        assert_ne!(code, 0, "{tool} must exit non-zero");
+    }
+    // tool_error: the units plugin reports a result that is not finite.
+    let (code, value) = call("units", "calc", r#"{"expression":"10^400"}"#, &[]);
+    assert_eq!(error_kind(&value), "tool_error", "{value}");
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn tool_call_mounts_a_directory_read_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a.txt"), "alpha").expect("write");
+    let ro = format!("{}:ro", dir.path().display());
+    let (code, value) = call("files", "read", r#"{"path":"a.txt"}"#, &["--dir", &ro]);
+    assert_eq!(code, 0, "{value}");
+    assert_eq!(value["output"]["text"], "alpha");
+    let (_, value) = call(
+        "files",
+        "write",
+        r#"{"path":"b.txt","content":"x"}"#,
+        &["--dir", &ro],
+    );
+    assert_eq!(error_kind(&value), "access_denied", "{value}");
+    assert!(!dir.path().join("b.txt").exists());
+}
+
+#[test]
+fn bad_files_are_reported_as_invalid_components() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0").expect("write");
+    let output = karta(&["tool", "call", junk.to_str().expect("utf-8"), "x", "{}"]);
+    assert_eq!(output.status.code(), Some(1));
+    let value: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(error_kind(&value), "invalid_component");
+    assert!(
+        value["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("wasm32-wasip2")),
+        "{value}"
+    );
+}

@@ -1,0 +1,7 @@
+//! Integration tests: one binary, a module per area (wasmtime's
+//! `tests/all` layout). Guest fixtures are built from source on first use
+//! (`support::plugins`).
+
+mod cli;
+mod plugin_runtime;
+mod support;

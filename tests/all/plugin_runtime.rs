@@ -1,0 +1,556 @@
+//! The plugin runtime against real components: every limit, every hostile
+//! fixture, the workspace sandbox, the HTTP allow-list, the artifact cache.
+
+use karta_host::plugin::{
+    ArtifactSource, CallFailure, CallOptions, ErrorKind, Limits, LoadError, PluginGrant,
+    PluginRuntime, RuntimeConfig, WorkspaceAccess,
+};
+use serde_json::json;
+
+use crate::support::{component, http_server, load};
+
+fn limits(fuel: u64, memory_mib: u32, timeout_ms: u64) -> Limits {
+    Limits {
+        fuel,
+        memory_mib,
+        timeout_ms,
+        ..Limits::default()
+    }
+}
+
+fn grant_with(limits: Limits) -> PluginGrant {
+    PluginGrant {
+        limits,
+        ..PluginGrant::default()
+    }
+}
+
+async fn fail(plugin: &karta_host::plugin::Plugin, tool: &str, input: &str) -> CallFailure {
+    match plugin.call(tool, input, &CallOptions::default()).await {
+        Ok(outcome) => panic!("{tool} should fail, returned {}", outcome.output),
+        Err(failure) => failure,
+    }
+}
+
+/// After an attack, the same plugin must serve a normal call correctly.
+async fn still_serves(plugin: &karta_host::plugin::Plugin) {
+    let outcome = plugin
+        .call("count", r#"{"n": 10}"#, &CallOptions::default())
+        .await
+        .expect("a normal call after an attack");
+    assert_eq!(outcome.output, json!({"sum": 45}));
+}
+
+#[tokio::test]
+async fn a_useful_plugin_converts_and_calculates() {
+    let units = load("units", PluginGrant::default()).await;
+    let names: Vec<&str> = units.tools().iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["convert", "calc"]);
+    let schema = &units.tools()[0].input_schema;
+    assert_eq!(schema["type"], "object");
+    assert_eq!(schema["required"], json!(["value", "from", "to"]));
+
+    let out = units
+        .call(
+            "convert",
+            r#"{"value": 3, "from": "mi", "to": "km"}"#,
+            &CallOptions::default(),
+        )
+        .await
+        .expect("convert");
+    assert_eq!(
+        out.output,
+        json!({"value": 4.828032, "unit": "km", "dimension": "length"})
+    );
+    assert!(out.fuel_consumed > 0);
+
+    let out = units
+        .call(
+            "calc",
+            r#"{"expression": "2^10 / (3 + 1)"}"#,
+            &CallOptions::default(),
+        )
+        .await
+        .expect("calc");
+    assert_eq!(out.output, json!({"value": 256.0}));
+}
+
+#[tokio::test]
+async fn fuel_is_identical_across_runs() {
+    let hostile = load("hostile", PluginGrant::default()).await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let out = hostile
+            .call("count", r#"{"n": 5000}"#, &CallOptions::default())
+            .await
+            .expect("count");
+        seen.push(out.fuel_consumed);
+    }
+    assert!(seen[0] > 5000, "a 5000-step loop uses fuel: {seen:?}");
+    assert!(seen.iter().all(|f| *f == seen[0]), "fuel differs: {seen:?}");
+
+    // And more work costs more fuel.
+    let more = hostile
+        .call("count", r#"{"n": 50000}"#, &CallOptions::default())
+        .await
+        .expect("count");
+    assert!(more.fuel_consumed > seen[0]);
+}
+
+#[tokio::test]
+async fn fuel_budget_is_exact_to_the_unit() {
+    let probe = load("hostile", PluginGrant::default()).await;
+    let needed = probe
+        .call("count", r#"{"n": 1000}"#, &CallOptions::default())
+        .await
+        .expect("probe")
+        .fuel_consumed;
+
+    let at_budget = load("hostile", grant_with(limits(needed, 64, 10_000))).await;
+    let out = at_budget
+        .call("count", r#"{"n": 1000}"#, &CallOptions::default())
+        .await
+        .expect("a call with exactly the fuel it needs succeeds");
+    assert_eq!(out.fuel_consumed, needed);
+
+    let one_short = load("hostile", grant_with(limits(needed - 1, 64, 10_000))).await;
+    let failure = fail(&one_short, "count", r#"{"n": 1000}"#).await;
+    assert_eq!(failure.kind, ErrorKind::OutOfFuel, "{failure}");
+    assert_eq!(failure.fuel_consumed, needed - 1);
+
+    // A per-call cap (what the org's budget buys) works the same way.
+    let capped = at_budget
+        .call(
+            "count",
+            r#"{"n": 1000}"#,
+            &CallOptions {
+                fuel_cap: Some(needed - 1),
+                ..CallOptions::default()
+            },
+        )
+        .await
+        .expect_err("capped below what the call needs");
+    assert_eq!(capped.kind, ErrorKind::OutOfFuel);
+}
+
+#[tokio::test]
+async fn an_infinite_loop_runs_out_of_fuel() {
+    let hostile = load("hostile", grant_with(limits(50_000_000, 64, 30_000))).await;
+    let failure = fail(&hostile, "spin", "{}").await;
+    assert_eq!(failure.kind, ErrorKind::OutOfFuel, "{failure}");
+    assert_eq!(failure.fuel_consumed, 50_000_000);
+    still_serves(&hostile).await;
+}
+
+#[tokio::test]
+async fn an_infinite_loop_with_fuel_to_spare_times_out() {
+    let hostile = load("hostile", grant_with(limits(u64::MAX / 2, 64, 200))).await;
+    let failure = fail(&hostile, "spin", "{}").await;
+    assert_eq!(failure.kind, ErrorKind::Timeout, "{failure}");
+    still_serves(&hostile).await;
+}
+
+#[tokio::test]
+async fn a_blocking_host_call_times_out() {
+    let hostile = load("hostile", grant_with(limits(1_000_000_000, 64, 200))).await;
+    let failure = fail(&hostile, "sleep", r#"{"n": 30000}"#).await;
+    assert_eq!(failure.kind, ErrorKind::Timeout, "{failure}");
+    still_serves(&hostile).await;
+}
+
+#[tokio::test]
+async fn a_memory_bomb_hits_the_memory_cap() {
+    let hostile = load("hostile", grant_with(limits(10_000_000_000, 16, 30_000))).await;
+    let failure = fail(&hostile, "alloc", "{}").await;
+    assert_eq!(failure.kind, ErrorKind::OutOfMemory, "{failure}");
+    assert!(failure.message.contains("16 MiB"), "{failure}");
+    still_serves(&hostile).await;
+}
+
+#[tokio::test]
+async fn a_panic_is_a_trap_with_the_panic_message() {
+    let hostile = load("hostile", PluginGrant::default()).await;
+    let failure = fail(&hostile, "panic", "{}").await;
+    assert_eq!(failure.kind, ErrorKind::Trap, "{failure}");
+    assert!(failure.message.contains("panicked on purpose"), "{failure}");
+    still_serves(&hostile).await;
+}
+
+#[tokio::test]
+async fn deep_recursion_is_a_stack_overflow_trap() {
+    let hostile = load("hostile", PluginGrant::default()).await;
+    let failure = fail(&hostile, "recurse", r#"{"n": 10000000}"#).await;
+    assert_eq!(failure.kind, ErrorKind::Trap, "{failure}");
+    assert!(failure.message.contains("stack overflow"), "{failure}");
+    still_serves(&hostile).await;
+    // Shallow recursion is fine.
+    hostile
+        .call("recurse", r#"{"n": 100}"#, &CallOptions::default())
+        .await
+        .expect("shallow recursion");
+}
+
+#[tokio::test]
+async fn huge_output_is_refused() {
+    let hostile = load(
+        "hostile",
+        grant_with(Limits {
+            max_output_bytes: 1000,
+            ..Limits::default()
+        }),
+    )
+    .await;
+    let failure = fail(&hostile, "huge_output", r#"{"n": 5000}"#).await;
+    assert_eq!(failure.kind, ErrorKind::OutputTooLarge, "{failure}");
+    // Just under the cap (the JSON string adds two quotes) passes.
+    let out = hostile
+        .call("huge_output", r#"{"n": 998}"#, &CallOptions::default())
+        .await
+        .expect("output at the cap");
+    assert_eq!(out.output.as_str().map(str::len), Some(998));
+}
+
+#[tokio::test]
+async fn files_outside_the_workspace_are_unreachable() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    std::fs::write(outside.path().join("secret.txt"), "top secret").expect("write");
+    let workspace = tempfile::tempdir().expect("tempdir");
+    std::fs::write(workspace.path().join("inside.txt"), "hello").expect("write");
+    std::os::unix::fs::symlink(outside.path(), workspace.path().join("escape")).expect("symlink");
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.txt"),
+        workspace.path().join("secret-link"),
+    )
+    .expect("symlink");
+
+    let hostile = load(
+        "hostile",
+        PluginGrant {
+            workspace: WorkspaceAccess::ReadWrite,
+            ..PluginGrant::default()
+        },
+    )
+    .await;
+    let options = CallOptions {
+        workspace: Some(workspace.path().to_path_buf()),
+        ..CallOptions::default()
+    };
+    let inside = hostile
+        .call(
+            "read_path",
+            r#"{"path": "/workspace/inside.txt"}"#,
+            &options,
+        )
+        .await
+        .expect("a file inside the workspace is readable");
+    assert_eq!(inside.output, json!({"read": "hello"}));
+
+    let secret = outside.path().join("secret.txt");
+    for path in [
+        "/etc/passwd".to_owned(),
+        "/workspace/../etc/passwd".to_owned(),
+        "/workspace/escape/secret.txt".to_owned(),
+        "/workspace/secret-link".to_owned(),
+        secret.display().to_string(),
+        format!("/workspace/../../../..{}", secret.display()),
+    ] {
+        let input = json!({ "path": path }).to_string();
+        match hostile.call("read_path", &input, &options).await {
+            Ok(out) => panic!("{path} was read: {}", out.output),
+            Err(failure) => {
+                assert_eq!(failure.kind, ErrorKind::AccessDenied, "{path}: {failure}")
+            }
+        }
+    }
+    still_serves(&hostile).await;
+}
+
+#[tokio::test]
+async fn the_workspace_search_reads_only_its_directory() {
+    let workspace = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(workspace.path().join("src")).expect("mkdir");
+    std::fs::write(workspace.path().join("src/a.rs"), "fn a() {}\n// TODO: b\n").expect("write");
+    std::fs::write(workspace.path().join("notes.md"), "nothing here").expect("write");
+    let options = CallOptions {
+        workspace: Some(workspace.path().to_path_buf()),
+        ..CallOptions::default()
+    };
+
+    let read_only = load(
+        "files",
+        PluginGrant {
+            workspace: WorkspaceAccess::ReadOnly,
+            ..PluginGrant::default()
+        },
+    )
+    .await;
+    let out = read_only
+        .call("search", r#"{"contains": "TODO"}"#, &options)
+        .await
+        .expect("search");
+    assert_eq!(
+        out.output,
+        json!({"hits": [{"path": "src/a.rs", "size": 21, "lines": [[2, "// TODO: b"]]}], "truncated": false})
+    );
+    let out = read_only
+        .call("read", r#"{"path": "notes.md"}"#, &options)
+        .await
+        .expect("read");
+    assert_eq!(out.output["text"], "nothing here");
+
+    // Read-only means read-only.
+    let failure = read_only
+        .call("write", r#"{"path": "new.txt", "content": "x"}"#, &options)
+        .await
+        .expect_err("writing a read-only workspace");
+    assert_eq!(failure.kind, ErrorKind::AccessDenied, "{failure}");
+    assert!(!workspace.path().join("new.txt").exists());
+
+    // Read-write writes through to the host directory.
+    let read_write = load(
+        "files",
+        PluginGrant {
+            workspace: WorkspaceAccess::ReadWrite,
+            ..PluginGrant::default()
+        },
+    )
+    .await;
+    read_write
+        .call(
+            "write",
+            r#"{"path": "out/new.txt", "content": "written"}"#,
+            &options,
+        )
+        .await
+        .expect("write");
+    assert_eq!(
+        std::fs::read_to_string(workspace.path().join("out/new.txt")).expect("file exists"),
+        "written"
+    );
+
+    // No grant: no file system at all, whatever directory the caller offers.
+    let no_files = load("files", PluginGrant::default()).await;
+    let failure = no_files
+        .call("search", "{}", &options)
+        .await
+        .expect_err("search without a workspace grant");
+    assert_eq!(failure.kind, ErrorKind::AccessDenied, "{failure}");
+}
+
+#[tokio::test]
+async fn the_environment_is_empty() {
+    let hostile = load("hostile", PluginGrant::default()).await;
+    let out = hostile
+        .call("env", "{}", &CallOptions::default())
+        .await
+        .expect("env");
+    assert_eq!(out.output, json!({"vars": [], "args": []}));
+}
+
+#[tokio::test]
+async fn http_reaches_only_granted_hosts() {
+    let addr = http_server("pong").await;
+    let url = format!("http://{addr}/ping");
+    let input = json!({ "url": url }).to_string();
+
+    let denied = load("hostile", PluginGrant::default()).await;
+    let failure = fail(&denied, "fetch", &input).await;
+    assert_eq!(failure.kind, ErrorKind::AccessDenied, "{failure}");
+    assert!(failure.message.contains("allowed_hosts"), "{failure}");
+
+    let other_port = load(
+        "hostile",
+        PluginGrant {
+            allowed_hosts: vec![format!("127.0.0.1:{}", addr.port().wrapping_add(1))],
+            ..PluginGrant::default()
+        },
+    )
+    .await;
+    let failure = fail(&other_port, "fetch", &input).await;
+    assert_eq!(failure.kind, ErrorKind::AccessDenied, "{failure}");
+
+    let granted = load(
+        "hostile",
+        PluginGrant {
+            allowed_hosts: vec![format!("127.0.0.1:{}", addr.port())],
+            ..PluginGrant::default()
+        },
+    )
+    .await;
+    let out = granted
+        .call("fetch", &input, &CallOptions::default())
+        .await
+        .expect("granted fetch");
+    assert_eq!(out.output, json!({"status": 200, "body": "pong"}));
+    assert!(
+        out.logs
+            .iter()
+            .any(|l| l.level == "http" && l.message.contains("200"))
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_the_reason() {
+    let units = load("units", PluginGrant::default()).await;
+    let failure = fail(&units, "convert", "{not json").await;
+    assert_eq!(failure.kind, ErrorKind::InvalidInput);
+    assert!(failure.message.contains("not valid JSON"), "{failure}");
+    assert_eq!(failure.fuel_consumed, 0, "refused before running");
+
+    let failure = fail(
+        &units,
+        "convert",
+        r#"{"value": "three", "from": "mi", "to": "km"}"#,
+    )
+    .await;
+    assert_eq!(failure.kind, ErrorKind::InvalidInput);
+    assert!(
+        failure.message.contains("`value`"),
+        "names the field: {failure}"
+    );
+
+    let failure = fail(
+        &units,
+        "convert",
+        r#"{"value": 1, "from": "kg", "to": "km"}"#,
+    )
+    .await;
+    assert_eq!(failure.kind, ErrorKind::InvalidInput);
+
+    let failure = fail(&units, "calc", r#"{"expression": "1/0"}"#).await;
+    assert_eq!(failure.kind, ErrorKind::InvalidInput, "{failure}");
+
+    let failure = fail(&units, "nope", "{}").await;
+    assert_eq!(failure.kind, ErrorKind::UnknownTool);
+    assert!(failure.message.contains("convert, calc"), "{failure}");
+}
+
+#[tokio::test]
+async fn things_that_are_not_plugins_are_refused() {
+    let runtime = crate::support::runtime();
+    let core_module = b"\0asm\x01\0\0\0";
+    match runtime.load(core_module, PluginGrant::default()).await {
+        Err(LoadError::Compile(e)) => assert!(format!("{e}").contains("not a component")),
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a core module loaded"),
+    }
+    match runtime.load(b"garbage", PluginGrant::default()).await {
+        Err(LoadError::Compile(_)) => {}
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("garbage loaded"),
+    }
+    // A valid component that is a WASI command, not a karta:plugin.
+    let command = component("not-a-plugin");
+    match runtime.load_file(&command, PluginGrant::default()).await {
+        Err(LoadError::World(e)) => assert!(format!("{e:#}").contains("karta:plugin"), "{e:#}"),
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a command component loaded as a plugin"),
+    }
+    match runtime
+        .load_file("/nonexistent/x.wasm".as_ref(), PluginGrant::default())
+        .await
+    {
+        Err(LoadError::Read { path, .. }) => assert_eq!(path, "/nonexistent/x.wasm"),
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a missing file loaded"),
+    }
+    // A grant beyond what the host allows.
+    match runtime
+        .load_file(&component("hello"), grant_with(limits(1, 1_000_000, 1)))
+        .await
+    {
+        Err(LoadError::Grant(m)) => assert!(m.contains("memory_mib"), "{m}"),
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("an oversized grant loaded"),
+    }
+}
+
+#[tokio::test]
+async fn compiled_artifacts_are_cached_on_disk() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let config = RuntimeConfig {
+        cache_dir: Some(cache.path().join("components")),
+        max_concurrent_instances: 8,
+        ..RuntimeConfig::default()
+    };
+    let hello = component("hello");
+
+    let first = PluginRuntime::new(config.clone()).expect("runtime");
+    let plugin = first
+        .load_file(&hello, PluginGrant::default())
+        .await
+        .expect("load");
+    assert_eq!(plugin.artifact_source(), ArtifactSource::Compiled);
+    let again = first
+        .load_file(&hello, PluginGrant::default())
+        .await
+        .expect("load");
+    assert_eq!(again.artifact_source(), ArtifactSource::Memory);
+    drop(first);
+
+    // A new process (runtime) maps the artifact instead of compiling.
+    let second = PluginRuntime::new(config.clone()).expect("runtime");
+    let plugin = second
+        .load_file(&hello, PluginGrant::default())
+        .await
+        .expect("load");
+    assert_eq!(plugin.artifact_source(), ArtifactSource::Disk);
+    let out = plugin
+        .call("greet", r#"{"name": "Ada"}"#, &CallOptions::default())
+        .await
+        .expect("greet from a cached artifact");
+    assert_eq!(out.output, json!({"greeting": "Hello, Ada!"}));
+    drop(second);
+
+    // A corrupt artifact is discarded and rebuilt, never run.
+    let artifacts: Vec<_> = std::fs::read_dir(cache.path().join("components"))
+        .expect("cache dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    std::fs::write(&artifacts[0], b"not an artifact").expect("corrupt");
+    let third = PluginRuntime::new(config).expect("runtime");
+    let plugin = third
+        .load_file(&hello, PluginGrant::default())
+        .await
+        .expect("load after corruption");
+    assert_eq!(plugin.artifact_source(), ArtifactSource::Compiled);
+    assert!(std::fs::metadata(&artifacts[0]).expect("rewritten").len() > 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_are_isolated() {
+    let hostile = load("hostile", PluginGrant::default()).await;
+    let calls = (0..16u64).map(|i| {
+        let hostile = hostile.clone();
+        tokio::spawn(async move {
+            let input = json!({ "n": i * 100 }).to_string();
+            hostile
+                .call("count", &input, &CallOptions::default())
+                .await
+                .map(|o| o.output)
+        })
+    });
+    for (i, call) in calls.enumerate() {
+        let n = i as u64 * 100;
+        let output = call.await.expect("task").expect("call");
+        assert_eq!(output, json!({ "sum": n * n.saturating_sub(1) / 2 }));
+    }
+}
+
+#[tokio::test]
+async fn logs_are_collected_and_bounded() {
+    let hostile = load("hostile", PluginGrant::default()).await;
+    let out = hostile
+        .call("count", r#"{"n": 3}"#, &CallOptions::default())
+        .await
+        .expect("count");
+    assert!(
+        out.logs
+            .iter()
+            .any(|l| l.level == "info" && l.message == "counted to 3"),
+        "{:?}",
+        out.logs
+    );
+}
