@@ -33,7 +33,7 @@ fn build_fixtures() -> (PathBuf, PathBuf) {
     let target = plugins().join("target");
     for extra in [
         &["--target", "wasm32-wasip2"][..],
-        &["-p", "hello", "--bin", "hello-stdio"][..],
+        &["-p", "hello-stdio"][..],
     ] {
         let status = Command::new(&cargo)
             .args(["build", "--release", "--manifest-path"])

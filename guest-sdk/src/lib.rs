@@ -205,13 +205,16 @@ impl From<ToolError> for __bindings::karta::plugin::types::ToolError {
     }
 }
 
+/// A tool function with its input decoding and output encoding around it.
+type ErasedFn = dyn Fn(&str) -> Result<String, ToolError>;
+
 /// One tool of a plugin, type-erased so that tools with different input and
 /// output types fit in one list. Made by [`tool`].
 pub struct Tool {
     name: &'static str,
     description: &'static str,
     schema: fn() -> String,
-    run: Box<dyn Fn(&str) -> Result<String, ToolError>>,
+    run: Box<ErasedFn>,
 }
 
 impl Tool {
@@ -376,12 +379,12 @@ mod tests {
             __dispatch(&tools, "sum", r#"{"a":2,"b":3}"#),
             Ok("5".into())
         );
-        let err = __dispatch(&tools, "sum", r#"{"a":2,"b":"x"}"#).unwrap_err();
+        let err = __dispatch(&tools, "sum", r#"{"a":2,"b":"x"}"#).expect_err("b is no number");
         assert!(
             matches!(&err, ToolError::InvalidInput(m) if m.contains("`b`")),
             "{err}"
         );
-        let err = __dispatch(&tools, "nope", "{}").unwrap_err();
+        let err = __dispatch(&tools, "nope", "{}").expect_err("no such tool");
         assert!(
             matches!(&err, ToolError::InvalidInput(m) if m.contains("sum")),
             "{err}"

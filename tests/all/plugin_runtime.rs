@@ -540,6 +540,20 @@ async fn concurrent_calls_are_isolated() {
 }
 
 #[tokio::test]
+async fn printing_a_lot_is_kept_bounded_and_never_fails_the_call() {
+    let hostile = load("hostile", PluginGrant::default()).await;
+    // 2 x 1 MB of output, far past the 64 KiB kept per stream.
+    let out = hostile
+        .call("print", r#"{"n": 10000}"#, &CallOptions::default())
+        .await
+        .expect("printing is not an error");
+    assert_eq!(out.output, json!({"printed": 10000}));
+    let kept: usize = out.logs.iter().map(|l| l.message.len()).sum();
+    assert!(kept <= 64 * 1024, "kept {kept} bytes of log");
+    assert!(out.logs.iter().any(|l| l.level == "stdout"));
+}
+
+#[tokio::test]
 async fn logs_are_collected_and_bounded() {
     let hostile = load("hostile", PluginGrant::default()).await;
     let out = hostile

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 pub use cache::ArtifactSource;
@@ -39,7 +38,7 @@ pub use grant::{Limits, PluginGrant, WorkspaceAccess};
 pub use state::LogLine;
 
 use bindings::{Plugin as PluginWorld, PluginPre};
-use state::{CallState, LogBuffer, MemoryCap, MemoryLimitExceeded};
+use state::{CallState, CappedOutput, LogBuffer, MemoryCap, MemoryLimitExceeded};
 
 /// Where the workspace appears inside a plugin.
 pub const GUEST_WORKSPACE: &str = "/workspace";
@@ -375,8 +374,8 @@ impl Plugin {
     ) -> Result<(wasmtime::Result<R>, RunReport), CallFailure> {
         let started = Instant::now();
         let fuel = limits.fuel;
-        let stdout = MemoryOutputPipe::new(MAX_STDIO_BYTES);
-        let stderr = MemoryOutputPipe::new(MAX_STDIO_BYTES);
+        let stdout = CappedOutput::new(MAX_STDIO_BYTES);
+        let stderr = CappedOutput::new(MAX_STDIO_BYTES);
         let wasi = self.wasi_context(workspace, &stdout, &stderr)?;
         let state = CallState {
             wasi,
@@ -426,7 +425,7 @@ impl Plugin {
         let state = store.into_data();
         let mut log = state.log;
         for (name, pipe) in [("stdout", stdout), ("stderr", stderr)] {
-            let text = String::from_utf8_lossy(&pipe.contents()).into_owned();
+            let text = pipe.text();
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 log.push(name, line);
             }
@@ -445,8 +444,8 @@ impl Plugin {
     fn wasi_context(
         &self,
         workspace: Option<&Path>,
-        stdout: &MemoryOutputPipe,
-        stderr: &MemoryOutputPipe,
+        stdout: &CappedOutput,
+        stderr: &CappedOutput,
     ) -> Result<wasmtime_wasi::WasiCtx, CallFailure> {
         let mut wasi = WasiCtxBuilder::new();
         // Explicitly: no environment, no arguments, no network of any kind.

@@ -163,3 +163,69 @@ impl ResourceLimiter for MemoryCap {
         8
     }
 }
+
+/// A plugin's stdout or stderr: keeps the first `cap` bytes and silently
+/// drops the rest.
+///
+/// Dropping rather than failing matters: Rust's `print!` panics when a write
+/// fails, so a stream that refused writes once full would turn a chatty but
+/// correct plugin into a trap.
+#[derive(Clone)]
+pub(crate) struct CappedOutput {
+    buffer: Arc<std::sync::Mutex<Vec<u8>>>,
+    cap: usize,
+}
+
+impl CappedOutput {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            buffer: Arc::default(),
+            cap,
+        }
+    }
+
+    /// What was kept, as text.
+    pub(crate) fn text(&self) -> String {
+        let buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for CappedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for CappedOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedOutput {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        let room = self.cap.saturating_sub(buffer.len());
+        buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        std::task::Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}

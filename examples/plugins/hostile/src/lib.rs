@@ -15,6 +15,7 @@
 //! | `sleep`       | the deadline, from a host call  | `timeout`        |
 //! | `count`       | nothing: a deterministic loop   | (fuel figures)   |
 //! | `env`         | the environment                 | (returns it: must be empty) |
+//! | `print`       | stdout/stderr capture           | (succeeds; output kept up to the cap) |
 
 use std::hint::black_box;
 
@@ -130,6 +131,16 @@ pub fn env(_: Nothing) -> Result<Value, ToolError> {
     Ok(json!({ "vars": vars, "args": args }))
 }
 
+/// Prints `n` lines of 100 bytes to stdout and to stderr.
+pub fn print(input: Count) -> Result<Value, ToolError> {
+    let line = "y".repeat(99);
+    for _ in 0..input.n {
+        println!("{line}");
+        eprintln!("{line}");
+    }
+    Ok(json!({ "printed": input.n }))
+}
+
 export_plugin! {
     tool("spin", "Loops forever.", spin),
     tool("alloc", "Allocates memory until stopped.", alloc),
@@ -141,4 +152,5 @@ export_plugin! {
     tool("sleep", "Sleeps n milliseconds.", sleep),
     tool("count", "Sums 0..n.", count),
     tool("env", "Shows the environment.", env),
+    tool("print", "Prints n lines to stdout and stderr.", print),
 }

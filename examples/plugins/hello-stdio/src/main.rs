@@ -3,6 +3,9 @@
 //! (`{"name": "Ada"}`), one answer per line. The baseline the plugin runtime
 //! is measured against in `benches/tool_call.rs`.
 
+#[path = "../../hello/src/greet.rs"]
+mod greet;
+
 use std::io::{BufRead, Write};
 
 fn main() {
@@ -11,7 +14,7 @@ fn main() {
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         let answer = match serde_json::from_str(&line) {
-            Ok(input) => match hello::greet(input) {
+            Ok(input) => match greet::greet(input) {
                 Ok(output) => serde_json::json!({ "output": output }),
                 Err(e) => serde_json::json!({ "error": e.to_string() }),
             },

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what it needs, runs every
+# gate, and ends with one "N passed, N failed" line.
+#
+#   scripts/test.sh
+#
+# Gates, in order (the first failure stops the run):
+#   1. rustfmt on the host workspace and the guest plugins
+#   2. clippy with -D warnings (host workspace, all targets; guests for wasm)
+#   3. rustdoc with -D warnings
+#   4. the guest fixtures built for wasm32-wasip2 (once, shared by all tests)
+#   5. cargo test for the whole workspace (unit, integration, doc tests)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain: wasm32-wasip2 target, rustfmt, clippy"
+rustup target add wasm32-wasip2
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+guests=(--manifest-path examples/plugins/Cargo.toml)
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+cargo fmt "${guests[@]}" --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy "${guests[@]}" --target wasm32-wasip2 --locked -- -D warnings
+
+step "cargo doc -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+step "guest fixtures (wasm32-wasip2)"
+cargo build "${guests[@]}" --target wasm32-wasip2 --release --locked
+
+step "cargo test"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+    # cargo failed before or outside a test (a build error, a crash).
+    failed=1
+fi
+echo
+echo "${passed} passed, ${failed} failed"
+exit "$status"
