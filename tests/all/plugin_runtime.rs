@@ -548,9 +548,14 @@ async fn printing_a_lot_is_kept_bounded_and_never_fails_the_call() {
         .await
         .expect("printing is not an error");
     assert_eq!(out.output, json!({"printed": 10000}));
-    let kept: usize = out.logs.iter().map(|l| l.message.len()).sum();
+    let (summary, lines): (Vec<_>, Vec<_>) = out
+        .logs
+        .iter()
+        .partition(|l| l.message.contains("log lines dropped"));
+    let kept: usize = lines.iter().map(|l| l.message.len()).sum();
     assert!(kept <= 64 * 1024, "kept {kept} bytes of log");
-    assert!(out.logs.iter().any(|l| l.level == "stdout"));
+    assert!(lines.iter().any(|l| l.level == "stdout"));
+    assert_eq!(summary.len(), 1, "one line says how much was dropped");
 }
 
 #[tokio::test]
