@@ -1,13 +1,16 @@
 //! `karta` — the command line of the Karta host.
 //!
 //! A thin layer over `karta-host`: it parses arguments, calls the library,
-//! and prints results. Today it serves plugin authors:
+//! and prints results.
 //!
 //! ```text
-//! karta tool list  <component.wasm>
-//! karta tool call  <component.wasm> <tool> '<json>' [--fuel N] [--memory-mib N]
-//!                  [--timeout-ms N] [--dir PATH[:ro]] [--allow-host HOST]...
+//! karta serve [APP_DIR] [--listen ADDR] [--data DIR]   serve a harness app
+//! karta chat [URL]                                     talk to a served app
+//! karta tool list  <component.wasm>                    a plugin's tools
+//! karta tool call  <component.wasm> <tool> '<json>'    run one tool once
 //! ```
+
+mod chat;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,6 +37,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve a harness app (a folder with CLAUDE.md / AGENTS.md, .claude/,
+    /// karta.toml) over Karta's session protocol.
+    ///
+    /// With no model key configured, turns run on the offline model (a
+    /// deterministic development model; see docs/OFFLINE_MODEL.md). Without
+    /// API keys the server runs in dev mode: one implicit org, no auth, so it
+    /// binds loopback addresses only.
+    Serve(ServeArgs),
+    /// Chat with a served app from the terminal: opens a session and streams
+    /// replies; tool calls show as one-line summaries; approval prompts are
+    /// answered at the keyboard. Type /quit to leave, /agent NAME to switch
+    /// agents.
+    Chat {
+        /// The server's base URL.
+        #[arg(default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// Resume this session instead of opening a new one.
+        #[arg(long)]
+        session: Option<String>,
+        /// Start with this agent.
+        #[arg(long)]
+        agent: Option<String>,
+    },
     /// Inspect and run tool plugins (WebAssembly components) the way the host
     /// runs them, with the same limits.
     #[command(subcommand)]
@@ -84,6 +110,31 @@ enum ToolCommand {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The harness app folder.
+    #[arg(default_value = ".")]
+    app_dir: PathBuf,
+    /// Address to listen on (loopback only in dev mode).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: std::net::SocketAddr,
+    /// Data directory: sled database, session workspaces, compiled plugins.
+    #[arg(long, default_value = ".karta")]
+    data: PathBuf,
+    /// A real model provider instead of the offline model: `anthropic` or
+    /// `openai` (any OpenAI-compatible API). The key is read from
+    /// KARTA_UPSTREAM_KEY, never from the command line.
+    #[arg(long, value_name = "KIND")]
+    upstream: Option<String>,
+    /// The provider's base URL (default: https://api.anthropic.com or
+    /// https://api.openai.com).
+    #[arg(long, value_name = "URL")]
+    upstream_url: Option<String>,
+    /// Seconds a turn waits for an approval before treating it as denied.
+    #[arg(long, default_value_t = 600)]
+    approval_timeout_secs: u64,
 }
 
 #[derive(Args)]
@@ -158,8 +209,99 @@ fn main() -> ExitCode {
     }
 }
 
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    use karta_host::gateway::{Upstream, UpstreamKind};
+
+    anyhow::ensure!(
+        args.listen.ip().is_loopback(),
+        "refusing to listen on {}: without API keys Karta runs in dev mode (no auth), \
+         which only binds loopback addresses such as 127.0.0.1",
+        args.listen
+    );
+    let upstream = match args.upstream.as_deref() {
+        None => None,
+        Some(kind) => {
+            let (kind, default_url) = match kind {
+                "anthropic" => (UpstreamKind::Anthropic, "https://api.anthropic.com"),
+                "openai" => (UpstreamKind::Openai, "https://api.openai.com"),
+                other => anyhow::bail!("--upstream must be `anthropic` or `openai`, not `{other}`"),
+            };
+            let api_key = std::env::var("KARTA_UPSTREAM_KEY")
+                .ok()
+                .filter(|k| !k.trim().is_empty())
+                .context("--upstream needs the provider key in KARTA_UPSTREAM_KEY")?;
+            Some(Upstream {
+                kind,
+                base_url: args
+                    .upstream_url
+                    .clone()
+                    .unwrap_or_else(|| default_url.into()),
+                api_key,
+            })
+        }
+    };
+    let mut config = karta_host::HostConfig::new(&args.app_dir);
+    config.data_dir = args.data.clone();
+    config.upstream = upstream;
+    config.approval_timeout = std::time::Duration::from_secs(args.approval_timeout_secs);
+    let host = karta_host::Host::start(config).await?;
+    let app = host.app();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+
+    eprintln!(
+        "karta: serving app `{}` from {}",
+        app.name,
+        app.root.display()
+    );
+    if app.harness != karta_host::app::HarnessKind::Builtin {
+        eprintln!(
+            "karta: the folder asks for the {} harness, which this build does not run yet; \
+             using the builtin harness",
+            app.harness.as_str()
+        );
+    }
+    eprintln!(
+        "karta: {} agent(s), {} skill(s), {} plugin(s)",
+        app.agents.len(),
+        app.skills.len(),
+        app.plugins.len()
+    );
+    for server in &app.command_servers {
+        eprintln!(
+            "karta: MCP server `{}` runs a command ({}); the builtin harness does not start commands, its tools are unavailable",
+            server.name, server.command
+        );
+    }
+    match host.sessions().gateway().upstream() {
+        Some(upstream) => eprintln!(
+            "karta: model: {:?} upstream at {}",
+            upstream.kind, upstream.base_url
+        ),
+        None => eprintln!(
+            "karta: model: the OFFLINE model (deterministic, for development; see docs/OFFLINE_MODEL.md)"
+        ),
+    }
+    eprintln!("karta: data in {}", args.data.display());
+    eprintln!("karta: DEV MODE: no auth, one implicit org; loopback only");
+    eprintln!("karta: listening on http://{}", listener.local_addr()?);
+    host.serve(listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("karta: shutting down");
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Chat {
+            url,
+            session,
+            agent,
+        } => chat::run(&url, session, agent).await,
         Command::Tool(ToolCommand::List { component, runtime }) => {
             let runtime = runtime.runtime()?;
             match runtime.load_file(&component, PluginGrant::default()).await {

@@ -27,4 +27,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
+pub mod app;
+pub mod gateway;
+mod host;
 pub mod plugin;
+pub mod session;
+pub mod store;
+
+pub use host::{Host, HostConfig, HostError};

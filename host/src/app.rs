@@ -1,0 +1,593 @@
+//! Loading a harness folder into an [`AppSpec`].
+//!
+//! A harness app is a folder a builder already uses with Claude Code or
+//! OpenCode. Karta reads:
+//!
+//! | file | becomes |
+//! | --- | --- |
+//! | `CLAUDE.md`, else `AGENTS.md` | the instructions (system prompt) |
+//! | `.claude/agents/*.md`, `.opencode/agents/*.md` | agents (YAML front matter: `name`, `description`, `model`, `tools`; body: the agent's prompt) |
+//! | `.claude/skills/<name>/SKILL.md` | skills (front matter `name`, `description`; body loaded on demand) |
+//! | `.claude/skills/<name>/*.wasm` | plugins whose tools join the session |
+//! | `.mcp.json` | MCP servers; an entry with `"component": "x.wasm"` is served from wasmtime |
+//! | `karta.toml` | `name`, `harness`, `[[plugins]]` (path, limits, grants, `approval`), `[env]` |
+//!
+//! Every error names the file, the line where known, and what is wrong; an
+//! app with any error does not load at all.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::plugin::{Limits, PluginGrant, WorkspaceAccess};
+
+/// Which harness runs the app's turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HarnessKind {
+    /// The native loop in `karta-harness`.
+    Builtin,
+    /// The `claude` CLI.
+    ClaudeCode,
+    /// The `opencode` binary.
+    Opencode,
+}
+
+impl HarnessKind {
+    /// The name used in `karta.toml` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Builtin => "builtin",
+            Self::ClaudeCode => "claude-code",
+            Self::Opencode => "opencode",
+        }
+    }
+}
+
+/// One agent (`.claude/agents/<name>.md`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    /// Its name (front matter `name`, else the file name).
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// The model it asks for, if any.
+    pub model: Option<String>,
+    /// The tools it may use; `None` means all.
+    pub tools: Option<Vec<String>>,
+    /// Its prompt (the file body).
+    pub prompt: String,
+    /// The file.
+    pub file: PathBuf,
+}
+
+/// One skill (`.claude/skills/<name>/SKILL.md`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skill {
+    /// Its name.
+    pub name: String,
+    /// When to use it.
+    pub description: String,
+    /// The instructions, loaded when the model asks for them.
+    pub body: String,
+    /// The skill's folder.
+    pub dir: PathBuf,
+}
+
+/// A plugin the app's sessions may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginSpec {
+    /// A name for logs and errors (file stem, MCP server or skill name).
+    pub name: String,
+    /// The component file.
+    pub path: PathBuf,
+    /// Its limits and capabilities.
+    pub grant: PluginGrant,
+    /// Whether every call needs a person's approval.
+    pub approval: bool,
+    /// Where it was declared (for error messages).
+    pub declared_in: PathBuf,
+}
+
+/// An MCP server from `.mcp.json` that runs a command (the builtin harness
+/// does not start commands; the Claude Code and OpenCode adapters will).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandServer {
+    /// Its name.
+    pub name: String,
+    /// The command.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+/// A loaded, validated harness app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppSpec {
+    /// The folder.
+    pub root: PathBuf,
+    /// The app's name (`karta.toml` `name`, else the folder name).
+    pub name: String,
+    /// The harness the folder asks for (`karta.toml`, else detected).
+    pub harness: HarnessKind,
+    /// The instructions text.
+    pub instructions: String,
+    /// Agents by name.
+    pub agents: BTreeMap<String, Agent>,
+    /// Skills, by name order.
+    pub skills: Vec<Skill>,
+    /// Plugins from `karta.toml`, skills and `.mcp.json`.
+    pub plugins: Vec<PluginSpec>,
+    /// Command MCP servers.
+    pub command_servers: Vec<CommandServer>,
+    /// `[env]` of `karta.toml`, for harness processes.
+    pub env: BTreeMap<String, String>,
+}
+
+/// What is wrong with an app, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct AppError {
+    /// The file.
+    pub file: PathBuf,
+    /// The line (1-based), when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for AppError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+fn error(file: &Path, line: Option<usize>, message: impl Into<String>) -> AppError {
+    AppError {
+        file: file.to_path_buf(),
+        line,
+        message: message.into(),
+    }
+}
+
+/// `karta.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KartaToml {
+    name: Option<String>,
+    harness: Option<HarnessKind>,
+    #[serde(default)]
+    plugins: Vec<PluginEntry>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// One `[[plugins]]` entry (also the shape of an `.mcp.json` component entry).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginEntry {
+    #[serde(alias = "component")]
+    path: PathBuf,
+    name: Option<String>,
+    #[serde(default)]
+    approval: Approval,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    workspace: WorkspaceAccess,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Approval {
+    #[default]
+    Never,
+    Always,
+}
+
+/// Front matter of agents and skills.
+#[derive(Debug, Default, Deserialize)]
+struct FrontMatter {
+    name: Option<String>,
+    #[serde(default)]
+    description: String,
+    model: Option<String>,
+    tools: Option<ToolList>,
+}
+
+/// `tools: a, b` or `tools: [a, b]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ToolList {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl ToolList {
+    fn names(self) -> Vec<String> {
+        match self {
+            Self::Text(text) => text
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            Self::List(list) => list,
+        }
+    }
+}
+
+/// Loads and validates the app in `root`.
+pub fn load(root: &Path) -> Result<AppSpec, AppError> {
+    let root = std::fs::canonicalize(root)
+        .map_err(|e| error(root, None, format!("cannot open the app folder: {e}")))?;
+    if !root.is_dir() {
+        return Err(error(&root, None, "the app must be a folder"));
+    }
+    let toml_path = root.join("karta.toml");
+    let config: KartaToml = match read_optional(&toml_path)? {
+        Some(text) => toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|span| line_of(&text, span.start));
+            error(&toml_path, line, e.message().to_owned())
+        })?,
+        None => KartaToml::default(),
+    };
+
+    let (instructions, _) = match read_optional(&root.join("CLAUDE.md"))? {
+        Some(text) => (text, Some(root.join("CLAUDE.md"))),
+        None => match read_optional(&root.join("AGENTS.md"))? {
+            Some(text) => (text, Some(root.join("AGENTS.md"))),
+            None => (String::new(), None),
+        },
+    };
+
+    let harness = config.harness.unwrap_or_else(|| detect_harness(&root));
+    let mut agents = BTreeMap::new();
+    for dir in [root.join(".claude/agents"), root.join(".opencode/agents")] {
+        for file in markdown_files(&dir)? {
+            let agent = load_agent(&file)?;
+            if let Some(previous) = agents.get(&agent.name) {
+                let previous: &Agent = previous;
+                return Err(error(
+                    &file,
+                    None,
+                    format!(
+                        "agent `{}` is already defined in {}",
+                        agent.name,
+                        previous.file.display()
+                    ),
+                ));
+            }
+            agents.insert(agent.name.clone(), agent);
+        }
+    }
+
+    let mut plugins = Vec::new();
+    for entry in config.plugins {
+        plugins.push(plugin_from_entry(&root, &toml_path, entry, None)?);
+    }
+
+    let mut skills = Vec::new();
+    let skills_dir = root.join(".claude/skills");
+    for dir in sorted_entries(&skills_dir)? {
+        if !dir.is_dir() {
+            continue;
+        }
+        let file = dir.join("SKILL.md");
+        let Some(text) = read_optional(&file)? else {
+            return Err(error(&dir, None, "a skill folder needs a SKILL.md"));
+        };
+        let (front, body) = split_front_matter(&file, &text)?;
+        let dir_name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = front.name.unwrap_or(dir_name);
+        if front.description.trim().is_empty() {
+            return Err(error(
+                &file,
+                Some(1),
+                "a skill needs a `description` in its front matter (the model reads it to decide when to use the skill)",
+            ));
+        }
+        for component in sorted_entries(&dir)? {
+            if component.extension().is_some_and(|e| e == "wasm") {
+                plugins.push(PluginSpec {
+                    name: format!("{name}/{}", file_stem(&component)),
+                    path: component,
+                    grant: PluginGrant::default(),
+                    approval: false,
+                    declared_in: file.clone(),
+                });
+            }
+        }
+        skills.push(Skill {
+            name,
+            description: front.description,
+            body: body.to_owned(),
+            dir,
+        });
+    }
+
+    let mut command_servers = Vec::new();
+    let mcp_path = root.join(".mcp.json");
+    if let Some(text) = read_optional(&mcp_path)? {
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| error(&mcp_path, Some(e.line()), format!("invalid JSON: {e}")))?;
+        let servers = value
+            .get("mcpServers")
+            .and_then(|s| s.as_object())
+            .ok_or_else(|| error(&mcp_path, None, "expected an object `mcpServers`"))?;
+        for (name, server) in servers {
+            if server.get("component").is_some() {
+                let entry: PluginEntry = serde_json::from_value(server.clone())
+                    .map_err(|e| error(&mcp_path, None, format!("server `{name}`: {e}")))?;
+                plugins.push(plugin_from_entry(&root, &mcp_path, entry, Some(name))?);
+            } else if let Some(command) = server.get("command").and_then(|c| c.as_str()) {
+                let args = server
+                    .get("args")
+                    .and_then(|a| a.as_array())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                command_servers.push(CommandServer {
+                    name: name.clone(),
+                    command: command.to_owned(),
+                    args,
+                });
+            } else {
+                return Err(error(
+                    &mcp_path,
+                    None,
+                    format!("server `{name}` needs a `command` or a `component`"),
+                ));
+            }
+        }
+    }
+
+    let name = config.name.unwrap_or_else(|| {
+        root.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "app".into())
+    });
+    Ok(AppSpec {
+        root,
+        name,
+        harness,
+        instructions,
+        agents,
+        skills,
+        plugins,
+        command_servers,
+        env: config.env,
+    })
+}
+
+/// `.claude/` or `CLAUDE.md` means Claude Code, `.opencode/` means OpenCode;
+/// anything else runs on the builtin harness.
+fn detect_harness(root: &Path) -> HarnessKind {
+    if root.join(".claude").is_dir() || root.join("CLAUDE.md").is_file() {
+        HarnessKind::ClaudeCode
+    } else if root.join(".opencode").is_dir() || root.join("AGENTS.md").is_file() {
+        HarnessKind::Opencode
+    } else {
+        HarnessKind::Builtin
+    }
+}
+
+fn plugin_from_entry(
+    root: &Path,
+    declared_in: &Path,
+    entry: PluginEntry,
+    server: Option<&str>,
+) -> Result<PluginSpec, AppError> {
+    let path = root.join(&entry.path);
+    let path = std::fs::canonicalize(&path).map_err(|_| {
+        error(
+            declared_in,
+            None,
+            format!("plugin `{}` does not exist", entry.path.display()),
+        )
+    })?;
+    // A plugin path must stay inside the app: apps are uploaded by
+    // customers, and `../../` must not reach the host's files.
+    if !path.starts_with(root) {
+        return Err(error(
+            declared_in,
+            None,
+            format!(
+                "plugin `{}` is outside the app folder",
+                entry.path.display()
+            ),
+        ));
+    }
+    if entry.limits.fuel == 0 || entry.limits.timeout_ms == 0 || entry.limits.memory_mib == 0 {
+        return Err(error(
+            declared_in,
+            None,
+            format!(
+                "plugin `{}`: fuel, memory_mib and timeout_ms must be above zero",
+                entry.path.display()
+            ),
+        ));
+    }
+    let name = entry
+        .name
+        .or_else(|| server.map(str::to_owned))
+        .unwrap_or_else(|| file_stem(&path));
+    Ok(PluginSpec {
+        name,
+        path,
+        grant: PluginGrant {
+            limits: entry.limits,
+            workspace: entry.workspace,
+            allowed_hosts: entry.allowed_hosts,
+        },
+        approval: entry.approval == Approval::Always,
+        declared_in: declared_in.to_path_buf(),
+    })
+}
+
+fn load_agent(file: &Path) -> Result<Agent, AppError> {
+    let text = std::fs::read_to_string(file).map_err(|e| error(file, None, e.to_string()))?;
+    let (front, body) = split_front_matter(file, &text)?;
+    let name = front.name.unwrap_or_else(|| file_stem(file));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(error(
+            file,
+            Some(1),
+            format!("agent name `{name}` must be letters, digits, `-` or `_`"),
+        ));
+    }
+    Ok(Agent {
+        name,
+        description: front.description,
+        model: front.model,
+        tools: front.tools.map(ToolList::names),
+        prompt: body.trim().to_owned(),
+        file: file.to_path_buf(),
+    })
+}
+
+/// Splits `---\nyaml\n---\nbody`; a file without front matter is all body.
+fn split_front_matter<'t>(file: &Path, text: &'t str) -> Result<(FrontMatter, &'t str), AppError> {
+    let Some(rest) = text
+        .strip_prefix("---\n")
+        .or_else(|| text.strip_prefix("---\r\n"))
+    else {
+        return Ok((FrontMatter::default(), text));
+    };
+    let end = rest.find("\n---").ok_or_else(|| {
+        error(
+            file,
+            Some(1),
+            "front matter opened with `---` is never closed",
+        )
+    })?;
+    let yaml = &rest[..end];
+    let body = rest[end + 4..].trim_start_matches(['\r', '\n']);
+    let front: FrontMatter = if yaml.trim().is_empty() {
+        FrontMatter::default()
+    } else {
+        serde_yaml_ng::from_str(yaml).map_err(|e| {
+            // +1 for the opening `---` line.
+            let line = e.location().map(|l| l.line() + 1);
+            error(file, line, format!("invalid front matter: {e}"))
+        })?
+    };
+    Ok((front, body))
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, AppError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(error(path, None, format!("cannot read: {e}"))),
+    }
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, AppError> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            Ok(paths)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(error(dir, None, format!("cannot list: {e}"))),
+    }
+}
+
+fn markdown_files(dir: &Path) -> Result<Vec<PathBuf>, AppError> {
+    Ok(sorted_entries(dir)?
+        .into_iter()
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "md"))
+        .collect())
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, path: &str, text: &str) {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+
+    #[test]
+    fn loads_a_claude_code_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        write(root, "CLAUDE.md", "Be helpful.");
+        write(
+            root,
+            ".claude/agents/billing.md",
+            "---\nname: billing\ndescription: Answers billing questions\ntools: convert, calc\n---\nYou handle billing.\n",
+        );
+        write(
+            root,
+            ".claude/skills/refunds/SKILL.md",
+            "---\nname: refunds\ndescription: How to refund\n---\nStep 1.",
+        );
+        let app = load(root).expect("loads");
+        assert_eq!(app.harness, HarnessKind::ClaudeCode);
+        assert_eq!(app.instructions, "Be helpful.");
+        let agent = &app.agents["billing"];
+        assert_eq!(
+            agent.tools.as_deref(),
+            Some(&["convert".to_owned(), "calc".to_owned()][..])
+        );
+        assert_eq!(agent.prompt, "You handle billing.");
+        assert_eq!(app.skills[0].body, "Step 1.");
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        write(root, "karta.toml", "name = \"x\"\nharness = \"nope\"\n");
+        let e = load(root).expect_err("bad harness");
+        assert!(e.file.ends_with("karta.toml"));
+        assert_eq!(e.line, Some(2), "{e}");
+
+        write(
+            root,
+            "karta.toml",
+            "[[plugins]]\npath = \"../../etc/passwd\"\n",
+        );
+        let e = load(root).expect_err("escaping plugin path");
+        assert!(
+            e.message.contains("outside") || e.message.contains("does not exist"),
+            "{e}"
+        );
+
+        write(root, "karta.toml", "");
+        write(root, ".claude/agents/a.md", "---\nname: [unclosed\n---\nx");
+        let e = load(root).expect_err("bad yaml");
+        assert!(e.to_string().contains("a.md:"), "{e}");
+        assert!(e.line.is_some(), "{e}");
+    }
+}
