@@ -255,7 +255,25 @@ impl Sessions {
             .session(id)?
             .ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
         // The log, not the record, is the truth about sequence numbers.
-        record.next_seq = self.store.last_seq(id)? + 1;
+        let last = self.store.last_seq(id)?;
+        record.next_seq = last + 1;
+        // A turn that was running when the host stopped never got its
+        // terminal event; close it so clients waiting on it are not left
+        // hanging.
+        let interrupted = self
+            .store
+            .events_after(id, last.saturating_sub(1))?
+            .last()
+            .is_some_and(|e| !matches!(e["type"].as_str(), Some("done" | "error")));
+        if interrupted {
+            let envelope = json!({
+                "type": "error", "source": "karta", "session_id": id, "timestamp": now().0,
+                "seq": record.next_seq,
+                "data": { "code": "interrupted", "message": "the host stopped during this turn" },
+            });
+            self.store.put_event(id, record.next_seq, &envelope)?;
+            record.next_seq += 1;
+        }
         let mut live = lock(&self.live);
         let entry = live.entry(id.to_owned()).or_insert_with(|| {
             Arc::new(LiveSession {
@@ -608,7 +626,9 @@ impl Sessions {
         };
         let harness = BuiltinHarness::new(&self.gateway_url, &live.gateway_key);
 
-        // Events are appended in order by one writer task.
+        // Events are appended in order by one writer task. The terminal event
+        // is held back: it is published only once the turn is saved and the
+        // session is free for the next message (see below).
         let writer = {
             let sessions = self.clone();
             let live = live.clone();
@@ -616,9 +636,11 @@ impl Sessions {
                 let mut terminal = None;
                 while let Some(event) = events_rx.recv().await {
                     if event.is_terminal() {
-                        terminal = Some(event.clone());
+                        terminal.get_or_insert(event);
+                        continue;
                     }
-                    if let Err(e) = sessions.append(&live, &event).await {
+                    let mut record = live.log.lock().await;
+                    if let Err(e) = sessions.append(&live, &mut record, &event) {
                         tracing::error!(session = %live.id, "cannot write an event: {e}");
                     }
                 }
@@ -632,22 +654,21 @@ impl Sessions {
         };
         let outcome = harness.run_turn(request, context).await;
         drop(host);
-        let terminal = writer.await.ok().flatten();
+        // Every turn ends with a terminal event, whatever the harness did.
+        let terminal = writer.await.ok().flatten().unwrap_or(HarnessEvent::Error {
+            code: "harness_error".into(),
+            message: "the harness ended the turn without a done event".into(),
+        });
         let message_id = match &terminal {
-            Some(HarnessEvent::Done { message_id, .. }) => message_id.clone(),
+            HarnessEvent::Done { message_id, .. } => message_id.clone(),
             _ => format!("msg_{}", uuid::Uuid::new_v4().simple()),
         };
-        if terminal.is_none() {
-            // Every turn ends with a terminal event, whatever the harness did.
-            let event = HarnessEvent::Error {
-                code: "harness_error".into(),
-                message: "the harness ended the turn without a done event".into(),
-            };
-            let _ = self.append(&live, &event).await;
-        }
 
-        {
-            let mut record = live.log.lock().await;
+        // Save the turn, free the session and publish the terminal event under
+        // one hold of the log: a client that sees `done` can send its next
+        // message at once, and that turn sees this one in its history.
+        let mut record = live.log.lock().await;
+        if !live.deleted.load(std::sync::atomic::Ordering::SeqCst) {
             record.history.extend(outcome.new_messages.iter().cloned());
             let (stamp, _) = now();
             let assistant = json!({
@@ -664,15 +685,6 @@ impl Sessions {
             let index = record.message_count;
             record.message_count += 1;
             record.updated_at = stamp;
-            if live.deleted.load(std::sync::atomic::Ordering::SeqCst) {
-                return TurnSummary {
-                    text: outcome.text,
-                    message_id,
-                    agent,
-                    usage: outcome.usage,
-                    status: "cancelled".into(),
-                };
-            }
             if let Err(e) = self
                 .store
                 .put_message(&live.id, index, &assistant)
@@ -681,9 +693,19 @@ impl Sessions {
                 tracing::error!(session = %live.id, "cannot save the turn: {e}");
             }
         }
-        if let Err(e) = self.store.flush().await {
-            tracing::error!(session = %live.id, "cannot flush the turn: {e}");
+        lock(&live.turn).take();
+        match self.append_unpublished(&live, &mut record, &terminal) {
+            Ok(envelope) => {
+                if let Err(e) = self.store.flush().await {
+                    tracing::error!(session = %live.id, "cannot flush the turn: {e}");
+                }
+                if !envelope.is_null() {
+                    let _ = live.events.send(envelope);
+                }
+            }
+            Err(e) => tracing::error!(session = %live.id, "cannot write the terminal event: {e}"),
         }
+        drop(record);
         TurnSummary {
             text: outcome.text,
             message_id,
@@ -694,13 +716,33 @@ impl Sessions {
     }
 
     /// Gives `event` the next sequence number, writes it, then publishes it.
-    async fn append(&self, live: &LiveSession, event: &HarnessEvent) -> Result<Value, StoreError> {
-        let mut record = live.log.lock().await;
-        let seq = record.next_seq;
-        let (stamp, _) = now();
+    /// The caller holds the log (`record`), which keeps events in order.
+    fn append(
+        &self,
+        live: &LiveSession,
+        record: &mut SessionRecord,
+        event: &HarnessEvent,
+    ) -> Result<(), StoreError> {
+        let envelope = self.append_unpublished(live, record, event)?;
+        if !envelope.is_null() {
+            let _ = live.events.send(envelope);
+        }
+        Ok(())
+    }
+
+    /// Writes `event` at the next sequence number without publishing it;
+    /// returns the envelope (`null` when the session was deleted).
+    fn append_unpublished(
+        &self,
+        live: &LiveSession,
+        record: &mut SessionRecord,
+        event: &HarnessEvent,
+    ) -> Result<Value, StoreError> {
         if live.deleted.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(Value::Null);
         }
+        let seq = record.next_seq;
+        let (stamp, _) = now();
         let envelope = json!({
             "type": event.kind(),
             "source": "karta",
@@ -711,7 +753,6 @@ impl Sessions {
         });
         self.store.put_event(&live.id, seq, &envelope)?;
         record.next_seq = seq + 1;
-        let _ = live.events.send(envelope.clone());
         Ok(envelope)
     }
 }

@@ -4,4 +4,5 @@
 
 mod cli;
 mod plugin_runtime;
+mod sessions;
 mod support;

@@ -1,0 +1,752 @@
+//! The session protocol over a real socket: `karta-host` serving the
+//! support-bot example on 127.0.0.1:0, driven with a plain HTTP client.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use karta_host::{Host, HostConfig};
+use serde_json::{Value, json};
+
+use crate::support::{component, root};
+
+/// A copy of `examples/support-bot` with its plugins built and copied in.
+pub fn support_bot() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&root().join("examples/support-bot"), dir.path());
+    for name in ["units", "files"] {
+        std::fs::copy(
+            component(name),
+            dir.path().join(format!("plugins/{name}.wasm")),
+        )
+        .expect("copy plugin");
+    }
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.path().extension().is_none_or(|e| e != "wasm") {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+/// A host serving an app on a real loopback socket.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub host: Host,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    pub async fn start(app: &Path, data: &Path) -> Self {
+        let mut config = HostConfig::new(app);
+        config.data_dir = data.to_path_buf();
+        config.approval_timeout = Duration::from_secs(30);
+        let host = Host::start(config).await.expect("host starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = host.clone();
+        let task = tokio::spawn(async move {
+            let _ = serving
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Self {
+            addr,
+            host,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends a request with a raw body; returns the status and the JSON answer.
+pub async fn send_raw(method: &str, url: &str, body: impl Into<Bytes>) -> (u16, Value) {
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()))
+        .expect("request");
+    let response = client().request(request).await.expect("response");
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+pub async fn send(method: &str, url: &str, body: Value) -> (u16, Value) {
+    send_raw(method, url, body.to_string()).await
+}
+
+/// Reads an SSE response until it ends, or until `limit` events; returns
+/// the envelopes (and checks `id:` matches `seq`).
+pub async fn sse(
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+    limit: usize,
+) -> Vec<Value> {
+    let mut builder = hyper::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let response = client()
+        .request(builder.body(Full::new(Bytes::from(body))).expect("request"))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream",
+        "an SSE answer"
+    );
+    let mut body = response.into_body();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    while events.len() < limit {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        let Ok(data) = frame.expect("frame").into_data() else {
+            continue;
+        };
+        buffer.push_str(&String::from_utf8_lossy(&data));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            if block.starts_with(':') {
+                continue;
+            }
+            let id = block.lines().find_map(|l| l.strip_prefix("id: "));
+            let data = block
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .expect("data line");
+            let event: Value = serde_json::from_str(data).expect("JSON envelope");
+            assert_eq!(id.map(str::to_owned), Some(event["seq"].to_string()));
+            events.push(event);
+            if events.len() == limit {
+                break;
+            }
+        }
+    }
+    events
+}
+
+fn types(events: &[Value]) -> Vec<&str> {
+    events.iter().filter_map(|e| e["type"].as_str()).collect()
+}
+
+async fn new_session(server: &Server, body: Value) -> String {
+    let (status, session) = send("POST", &server.url("/v1/sessions"), body).await;
+    assert_eq!(status, 201, "{session}");
+    session["id"].as_str().expect("id").to_owned()
+}
+
+async fn start(app: &Path) -> (Server, tempfile::TempDir) {
+    let data = tempfile::tempdir().expect("tempdir");
+    (Server::start(app, data.path()).await, data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_calls_a_plugin_in_wasmtime_and_streams_events() {
+    let app = support_bot();
+    let (server, _data) = start(app.path()).await;
+    let id = new_session(&server, json!({ "metadata": { "customer_id": "c42" } })).await;
+    let events = sse(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        Some(json!({
+            "text": "/think units first\n/tool convert {\"value\": 3, \"from\": \"mi\", \"to\": \"km\"}\n/say That is about 4.8 km.",
+            "stream": true,
+        })),
+        &[],
+        usize::MAX,
+    )
+    .await;
+    assert_eq!(
+        types(&events),
+        [
+            "step_start",
+            "reasoning",
+            "step_finish",
+            "tool_use",
+            "tool_use",
+            "step_start",
+            "reasoning",
+            "text",
+            "step_finish",
+            "done"
+        ]
+    );
+    let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "seq rises by one");
+    let completed = &events[4]["data"];
+    assert_eq!(completed["part"]["state"]["status"], "completed");
+    assert_eq!(completed["part"]["state"]["output"]["value"], 4.828032);
+    assert!(
+        completed["fuel"].as_u64().is_some_and(|f| f > 0),
+        "ran in wasmtime: {completed}"
+    );
+    assert!(
+        events[7]["data"]["part"]["text"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("That is about 4.8 km."))
+    );
+    assert!(
+        events[9]["data"]["usage"]["total_tokens"]
+            .as_u64()
+            .is_some_and(|t| t > 0)
+    );
+    for event in &events {
+        assert_eq!(event["source"], "karta");
+        assert_eq!(event["session_id"], id.as_str());
+    }
+
+    // Found again by metadata.
+    let (status, list) = send(
+        "GET",
+        &server.url("/v1/sessions?customer_id=c42"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["sessions"][0]["id"], id.as_str());
+    let (_, none) = send(
+        "GET",
+        &server.url("/v1/sessions?customer_id=other"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(none["total"], 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_messages_answer_with_text_parts_and_usage() {
+    let app = support_bot();
+    let (server, _data) = start(app.path()).await;
+    let id = new_session(&server, json!({})).await;
+    let url = server.url(&format!("/v1/sessions/{id}/messages"));
+    let (status, answer) = send("POST", &url, json!({ "text": "hello there" })).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["text"], "You said: \"hello there\".");
+    assert_eq!(answer["session_id"], id.as_str());
+    assert_eq!(answer["messages"][0]["role"], "assistant");
+    assert_eq!(answer["messages"][0]["parts"][0]["text"], answer["text"]);
+    assert!(
+        answer["usage"]["input_tokens"]
+            .as_u64()
+            .is_some_and(|t| t > 0)
+    );
+
+    // A second turn remembers the first.
+    let (_, answer) = send("POST", &url, json!({ "text": "again" })).await;
+    assert_eq!(
+        answer["text"],
+        "You said: \"again\". Earlier you said: \"hello there\"."
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_replays_exactly_the_missed_events() {
+    let app = support_bot();
+    let (server, _data) = start(app.path()).await;
+    let id = new_session(&server, json!({})).await;
+    let message = json!({
+        "text": "/tool calc {\"expression\": \"6*7\"}\n/say forty-two",
+        "stream": true,
+    });
+    // Read three events, then hang up mid-turn.
+    let first = sse(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        Some(message),
+        &[],
+        3,
+    )
+    .await;
+    assert_eq!(first.len(), 3);
+    let last_seen = first[2]["seq"].as_u64().expect("seq");
+
+    // The turn went on without its client; reconnecting with Last-Event-ID
+    // gets the rest, each event once, ending with `done`.
+    let events_url = server.url(&format!("/v1/sessions/{id}/events"));
+    let rest = sse(
+        "GET",
+        &events_url,
+        None,
+        &[("last-event-id", &last_seen.to_string())],
+        usize::MAX,
+    )
+    .await;
+    let mut seqs: Vec<u64> = first
+        .iter()
+        .chain(&rest)
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    let all = seqs.clone();
+    seqs.dedup();
+    assert_eq!(seqs, all, "no duplicates");
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gaps");
+    assert_eq!(rest.last().map(|e| e["type"].clone()), Some(json!("done")));
+
+    // `?after=` works the same, and a client joining after the turn ended
+    // still gets the terminal event.
+    let tail = sse(
+        "GET",
+        &format!("{events_url}?after={}", all.len() - 1),
+        None,
+        &[],
+        usize::MAX,
+    )
+    .await;
+    assert_eq!(types(&tail), ["done"]);
+    let everything = sse("GET", &events_url, None, &[], usize::MAX).await;
+    assert_eq!(everything.len(), all.len());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_are_attributed() {
+    let app = support_bot();
+    let (server, _data) = start(app.path()).await;
+    let id = new_session(&server, json!({})).await;
+    let url = server.url(&format!("/v1/sessions/{id}/messages"));
+    let (status, _) = send(
+        "POST",
+        &url,
+        json!({ "text": "hi from alice", "participant_name": "alice", "participant_type": "human" }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, answer) = send(
+        "POST",
+        &url,
+        json!({ "text": "hi from the triage bot", "participant_name": "triage", "participant_type": "ai", "agent": "billing" }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["agent"], "billing");
+
+    let (_, transcript) = send(
+        "GET",
+        &server.url(&format!("/v1/sessions/{id}/transcript")),
+        Value::Null,
+    )
+    .await;
+    let senders: Vec<(String, String, String)> = transcript["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap_or_default().to_owned(),
+                m["participant_name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                m["participant_type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("user", "alice", "human"),
+        ("assistant", "support-bot", "ai"),
+        ("user", "triage", "ai"),
+        ("assistant", "billing", "ai"),
+    ];
+    let expected: Vec<(String, String, String)> = expected
+        .iter()
+        .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned()))
+        .collect();
+    assert_eq!(senders, expected);
+
+    let (_, session) = send(
+        "GET",
+        &server.url(&format!("/v1/sessions/{id}")),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(session["current_agent"], "billing", "the agent persists");
+    assert_eq!(
+        session["participants"],
+        json!([{ "name": "alice", "type": "human" }, { "name": "triage", "type": "ai" }])
+    );
+    let (status, bad) = send("POST", &url, json!({ "text": "x", "agent": "nobody" })).await;
+    assert_eq!(status, 400);
+    assert!(
+        bad["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("billing")),
+        "{bad}"
+    );
+    server.stop().await;
+}
+
+/// Starts a turn that writes a file (the `files` plugin needs approval) and
+/// returns the session id and the pending request id.
+async fn turn_waiting_for_approval(server: &Server, path: &str) -> (String, String) {
+    let id = new_session(server, json!({})).await;
+    let url = server.url(&format!("/v1/sessions/{id}/messages"));
+    let text = format!(
+        "/tool write {{\"path\": \"{path}\", \"content\": \"note\"}}\n/tool write {{\"path\": \"second-{path}\", \"content\": \"note\"}}"
+    );
+    let events = sse(
+        "POST",
+        &url,
+        Some(json!({ "text": text, "agent": "technical", "stream": true })),
+        &[],
+        3,
+    )
+    .await;
+    assert_eq!(
+        types(&events),
+        ["step_start", "step_finish", "input_required"]
+    );
+    let request = &events[2]["data"];
+    assert_eq!(request["tool"], "write");
+    assert_eq!(request["kind"], "tool_permission");
+    assert_eq!(
+        request["options"],
+        json!(["approve_once", "approve_session", "deny"])
+    );
+    let (_, session) = send(
+        "GET",
+        &server.url(&format!("/v1/sessions/{id}")),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(session["status"], "waiting_input");
+    assert_eq!(
+        session["pending_input"]["request_id"],
+        request["request_id"]
+    );
+    (
+        id,
+        request["request_id"]
+            .as_str()
+            .expect("request id")
+            .to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_allow_and_deny() {
+    let app = support_bot();
+    let (server, data) = start(app.path()).await;
+    let workspace = |id: &str| data.path().join("workspaces").join(id);
+
+    // Denied: nothing is written, the turn ends with status "denied".
+    let (id, request) = turn_waiting_for_approval(&server, "denied.txt").await;
+    let input_url = server.url(&format!("/v1/sessions/{id}/inputs/{request}"));
+    let (status, answer) = send("PUT", &input_url, json!({ "decision": "deny" })).await;
+    assert_eq!(status, 200, "{answer}");
+    let continuation = answer["events"].as_array().expect("events");
+    assert_eq!(continuation[0]["type"], "tool_use");
+    assert_eq!(continuation[0]["data"]["part"]["state"]["status"], "error");
+    assert!(!workspace(&id).join("denied.txt").exists());
+    // The second call asks again; deny it too.
+    let next = continuation.last().expect("an event");
+    assert_eq!(next["type"], "input_required");
+    let second = next["data"]["request_id"].as_str().expect("id");
+    let (_, answer) = send(
+        "PUT",
+        &server.url(&format!("/v1/sessions/{id}/inputs/{second}")),
+        json!({ "decision": "deny" }),
+    )
+    .await;
+    let done = answer["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .expect("done");
+    assert_eq!(done["type"], "done");
+    assert_eq!(done["data"]["status"], "denied");
+
+    // Approved for the session: the first write runs, the second is not asked.
+    let (id, request) = turn_waiting_for_approval(&server, "kept.txt").await;
+    let input_url = server.url(&format!("/v1/sessions/{id}/inputs/{request}"));
+    let (_, answer) = send("PUT", &input_url, json!({ "decision": "approve_session" })).await;
+    let kinds: Vec<&str> = answer["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(!kinds.contains(&"input_required"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"done"));
+    assert_eq!(
+        std::fs::read_to_string(workspace(&id).join("kept.txt")).expect("written"),
+        "note"
+    );
+    assert!(workspace(&id).join("second-kept.txt").exists());
+
+    // A request id that is not pending is 404; a bad decision is 400.
+    let (status, _) = send("PUT", &input_url, json!({ "decision": "approve_once" })).await;
+    assert_eq!(status, 404);
+    let (status, body) = send("PUT", &input_url, json!({ "decision": "maybe" })).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("decision")),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_turn_refuses_a_second_message_and_can_be_cancelled() {
+    let app = support_bot();
+    let (server, _data) = start(app.path()).await;
+    let (id, _request) = turn_waiting_for_approval(&server, "x.txt").await;
+    let (status, body) = send(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        json!({ "text": "are you there?" }),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "turn_in_progress");
+
+    let events_url = server.url(&format!("/v1/sessions/{id}/events?after=3"));
+    let waiter = tokio::spawn(async move { sse("GET", &events_url, None, &[], usize::MAX).await });
+    let (status, answer) = send(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/cancel")),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["cancelled"], true);
+    let rest = waiter.await.expect("stream");
+    let done = rest.last().expect("a terminal event");
+    assert_eq!(done["type"], "done");
+    assert_eq!(done["data"]["status"], "cancelled");
+
+    // The session is free again.
+    let (status, _) = send(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        json!({ "text": "hello again" }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() {
+    let app = support_bot();
+    let (server, _data) = start(app.path()).await;
+    let (status, body) = send_raw("POST", &server.url("/v1/sessions"), "{\"metadata\": {").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_json");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("line 1 column")),
+        "{body}"
+    );
+
+    let (status, body) = send(
+        "POST",
+        &server.url("/v1/sessions"),
+        json!({ "metadata": { "a": 1 } }),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("metadata.a")),
+        "{body}"
+    );
+
+    let huge = format!("{{\"text\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let id = new_session(&server, json!({})).await;
+    let (status, body) = send_raw(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        huge,
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert_eq!(body["error"], "body_too_large");
+
+    for (method, path) in [
+        ("GET", "/v1/sessions/ses_nope"),
+        ("DELETE", "/v1/sessions/ses_nope"),
+        ("GET", "/v1/sessions/ses_nope/transcript"),
+        ("POST", "/v1/sessions/ses_nope/messages"),
+        ("GET", "/v1/nothing-here"),
+    ] {
+        let (status, body) = send(method, &server.url(path), json!({ "text": "x" })).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        assert_eq!(body["error"], "not_found");
+    }
+    let (status, _) = send(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        json!({ "text": "  " }),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = send(
+        "POST",
+        &server.url("/v1/sessions"),
+        json!({ "session_id": "../../etc" }),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Nothing was lost: the session still works.
+    let (status, _) = send(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        json!({ "text": "ok" }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = send(
+        "DELETE",
+        &server.url(&format!("/v1/sessions/{id}")),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = send(
+        "GET",
+        &server.url(&format!("/v1/sessions/{id}")),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_logs_survive_a_restart() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(app.path(), data.path()).await;
+    let id = new_session(&server, json!({ "metadata": { "customer_id": "r1" } })).await;
+    let (_, first) = send(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        json!({ "text": "remember me" }),
+    )
+    .await;
+    let before = sse(
+        "GET",
+        &server.url(&format!("/v1/sessions/{id}/events")),
+        None,
+        &[],
+        usize::MAX,
+    )
+    .await;
+    server.stop().await;
+
+    let server = wait_for_restart(app.path(), data.path()).await;
+    let after = sse(
+        "GET",
+        &server.url(&format!("/v1/sessions/{id}/events")),
+        None,
+        &[],
+        usize::MAX,
+    )
+    .await;
+    assert_eq!(after, before, "the log is the same after a restart");
+    let (_, list) = send(
+        "GET",
+        &server.url("/v1/sessions?customer_id=r1"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(list["total"], 1);
+    let (_, answer) = send(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        json!({ "text": "and now?" }),
+    )
+    .await;
+    assert_eq!(
+        answer["text"], "You said: \"and now?\". Earlier you said: \"remember me\".",
+        "history survived (first answer: {first})"
+    );
+    let next = sse(
+        "GET",
+        &server.url(&format!("/v1/sessions/{id}/events?after={}", before.len())),
+        None,
+        &[],
+        1,
+    )
+    .await;
+    assert_eq!(next[0]["seq"], before.len() + 1, "sequence numbers go on");
+    server.stop().await;
+}
+
+/// sled releases its lock when the last handle of the old host is gone,
+/// which can lag the server's stop by a moment.
+async fn wait_for_restart(app: &Path, data: &Path) -> Server {
+    for _ in 0..50 {
+        let mut config = HostConfig::new(app);
+        config.data_dir = PathBuf::from(data);
+        match Host::start(config).await {
+            Ok(host) => {
+                drop(host);
+                return Server::start(app, data).await;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("the data dir stayed locked after the first host stopped");
+}
