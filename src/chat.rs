@@ -159,8 +159,8 @@ impl Chat {
                 print!("{}", data["part"]["text"].as_str().unwrap_or_default());
             }
             Some("reasoning") => {
-                print!(
-                    "\x1b[2m{}\x1b[0m\n",
+                println!(
+                    "\x1b[2m{}\x1b[0m",
                     data["part"]["text"].as_str().unwrap_or_default()
                 );
             }

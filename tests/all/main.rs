@@ -3,6 +3,7 @@
 //! (`support::plugins`).
 
 mod cli;
+mod gateway;
 mod plugin_runtime;
 mod sessions;
 mod support;

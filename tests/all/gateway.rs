@@ -1,0 +1,206 @@
+//! The model gateway: both wire shapes, keys, forwarding to an upstream (the
+//! offline model of another gateway stands in for a provider), and what the
+//! app's instructions look like when they reach the model.
+
+use karta_host::gateway::{Gateway, Upstream, UpstreamKind};
+use serde_json::{Value, json};
+
+use crate::sessions::{Server, send, support_bot};
+
+async fn serve(gateway: &Gateway) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    gateway.serve(listener).await.expect("serve")
+}
+
+/// POSTs `body` with a gateway key; returns status and raw text.
+async fn post(url: &str, key: &str, body: &Value) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let request = hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {key}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+        .expect("request");
+    let response = client.request(request).await.expect("response");
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn sse_data(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_openai_shape_streams_chunks_like_openai() {
+    let gateway = Gateway::new(None);
+    let url = serve(&gateway).await;
+    let key = gateway.issue_key("s1");
+    let body = json!({
+        "model": "m", "stream": true, "stream_options": { "include_usage": true },
+        "messages": [{ "role": "user", "content": "/tool calc {\"expression\": \"1+1\"}" }],
+    });
+    let (status, text) = post(&format!("{url}/v1/chat/completions"), &key, &body).await;
+    assert_eq!(status, 200);
+    let data = sse_data(&text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("chunk JSON"))
+        .collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let call = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0).cloned())
+        .expect("a tool call chunk");
+    assert_eq!(call["function"]["name"], "calc");
+    let finish = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .expect("a finish chunk");
+    assert_eq!(finish, "tool_calls");
+    assert!(chunks.last().expect("usage")["usage"]["prompt_tokens"].as_u64() > Some(0));
+    assert_eq!(gateway.usage("s1").requests, 1);
+
+    let (status, text) = post(
+        &format!("{url}/v1/chat/completions"),
+        &key,
+        &json!({ "model": "m", "messages": [{ "role": "user", "content": "hi" }] }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let completion: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(completion["choices"][0]["message"]["content"], "You said: \"hi\".");
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn the_anthropic_shape_streams_message_events() {
+    let gateway = Gateway::new(None);
+    let url = serve(&gateway).await;
+    let key = gateway.issue_key("s1");
+    let body = json!({
+        "model": "m", "stream": true, "max_tokens": 100,
+        "messages": [{ "role": "user", "content": [{ "type": "text", "text": "/think a\n/say b c d e f g h" }] }],
+    });
+    let (status, text) = post(&format!("{url}/v1/messages"), &key, &body).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(names.last(), Some(&"message_stop"));
+    assert!(names.contains(&"content_block_delta"));
+    let joined: String = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(joined, "b c d e f g h");
+}
+
+#[tokio::test]
+async fn unknown_keys_and_bad_bodies_are_refused() {
+    let gateway = Gateway::new(None);
+    let url = serve(&gateway).await;
+    let (status, text) = post(&format!("{url}/v1/messages"), "kgw_forged", &json!({})).await;
+    assert_eq!(status, 401, "{text}");
+    let key = gateway.issue_key("s1");
+    let (status, _) = post(&format!("{url}/v1/messages"), &key, &json!("not an object")).await;
+    assert_eq!(status, 200, "a JSON string is JSON; the offline model answers it");
+    gateway.revoke_session("s1");
+    let (status, _) = post(&format!("{url}/v1/messages"), &key, &json!({})).await;
+    assert_eq!(status, 401, "revoked keys stop working");
+}
+
+#[tokio::test]
+async fn requests_are_forwarded_to_a_real_upstream_with_the_platform_key() {
+    // The "provider": a gateway with the offline model, which accepts only
+    // the platform key it issued.
+    let provider = Gateway::new(None);
+    let provider_url = serve(&provider).await;
+    let platform_key = provider.issue_key("platform");
+
+    for (kind, path) in [
+        (UpstreamKind::Anthropic, "/v1/messages"),
+        (UpstreamKind::Openai, "/v1/chat/completions"),
+    ] {
+        let gateway = Gateway::new(Some(Upstream {
+            kind,
+            base_url: provider_url.clone(),
+            api_key: platform_key.clone(),
+        }));
+        let url = serve(&gateway).await;
+        let session_key = gateway.issue_key("s1");
+        for stream in [false, true] {
+            let body = json!({
+                "model": "m", "max_tokens": 50, "stream": stream,
+                "stream_options": { "include_usage": true },
+                "messages": [{ "role": "user", "content": "forwarded?" }],
+            });
+            let (status, text) = post(&format!("{url}{path}"), &session_key, &body).await;
+            assert_eq!(status, 200, "{kind:?} stream={stream}: {text}");
+            assert!(text.contains("forwarded?"), "{text}");
+        }
+        let usage = gateway.usage("s1");
+        assert_eq!(usage.requests, 2, "{kind:?}");
+        assert!(usage.input_tokens > 0 && usage.output_tokens > 0, "{kind:?}: {usage:?}");
+        // The session's key never reaches the provider; the platform's does.
+        assert!(provider.usage("platform").requests >= 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instructions_agents_and_skills_reach_the_model() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(app.path(), data.path()).await;
+    let (_, session) = send("POST", &server.url("/v1/sessions"), json!({})).await;
+    let id = session["id"].as_str().expect("id");
+    let (status, answer) = send(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        json!({ "text": "/tool load_skill {\"name\": \"refunds\"}", "agent": "billing" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["text"].as_str().is_some_and(|t| t.contains("within 30 days")), "{answer}");
+
+    let requests = server.host.sessions().gateway().recent_requests();
+    let request = requests.last().expect("the model was called");
+    let system = request["system"].as_str().expect("system prompt");
+    assert!(system.contains("You are the support assistant of Acme Tools"), "{system}");
+    assert!(system.contains("# Agent: billing"), "{system}");
+    assert!(system.contains("- refunds: The refund policy"), "{system}");
+    let tools: Vec<&str> = request["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(tools, ["calc", "load_skill"], "billing may use only its tools");
+
+    // A model failure is an error event, and the session goes on.
+    let (status, answer) = send(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        json!({ "text": "/fail 503 overloaded" }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["status"], "error");
+    let (_, events) = send(
+        "GET",
+        &server.url(&format!("/v1/sessions/{id}/transcript")),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(events["messages"].as_array().map(Vec::len), Some(4));
+    server.stop().await;
+}
