@@ -6,8 +6,46 @@
 //! memory cap and a wall-clock deadline, with only the capabilities its grant
 //! lists.
 //!
-//! This crate is built one module per capability (see `docs/ARCHITECTURE.md`).
-//! Today it holds the [`plugin`] runtime:
+//! This crate is built one module per capability (see `docs/ARCHITECTURE.md`):
+//! [`app`] loads a harness folder, [`store`] keeps state in sled,
+//! [`session`] runs turns and their event logs, [`gateway`] is the model
+//! endpoint (with the offline model), [`api`] is the HTTP protocol, and
+//! [`plugin`] runs tools in wasmtime. [`Host`] puts them together.
+//!
+//! Embedding a host — build it from a folder, open a session, send a
+//! message, read the events:
+//!
+//! ```
+//! use karta_host::session::MessageRequest;
+//! use karta_host::{Host, HostConfig};
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = tempfile::tempdir()?;
+//! std::fs::write(app.path().join("AGENTS.md"), "Be brief.")?;
+//! let data = tempfile::tempdir()?;
+//!
+//! let mut config = HostConfig::new(app.path());
+//! config.data_dir = data.path().to_path_buf();
+//! let host = Host::start(config).await?; // the offline model: no network
+//!
+//! let session = host.sessions().create(None, Default::default()).await?;
+//! let id = session["id"].as_str().unwrap_or_default();
+//! let turn = host
+//!     .sessions()
+//!     .send(id, MessageRequest { text: "hi".into(), ..Default::default() })
+//!     .await?;
+//! let mut events = host.sessions().subscribe(id, turn.after)?;
+//! let mut kinds = Vec::new();
+//! while let Some(event) = events.recv().await {
+//!     kinds.push(event["type"].as_str().unwrap_or_default().to_owned());
+//! }
+//! assert_eq!(kinds, ["step_start", "text", "step_finish", "done"]);
+//! assert_eq!(turn.finished.await?.text, "You said: \"hi\".");
+//! # Ok(()) }
+//! ```
+//!
+//! The plugin runtime on its own:
 //!
 //! ```no_run
 //! use karta_host::plugin::{CallOptions, PluginGrant, PluginRuntime, RuntimeConfig};

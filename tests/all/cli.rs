@@ -171,3 +171,46 @@ fn bad_files_are_reported_as_invalid_components() {
         "{value}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn karta_chat_holds_a_conversation_with_an_approval() {
+    use std::io::Write;
+
+    let app = crate::sessions::support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = crate::sessions::Server::start(app.path(), data.path()).await;
+    let url = server.url("");
+    let script = "hello\n\
+                  /agent technical\n\
+                  /tool write {\"path\": \"n.txt\", \"content\": \"x\"}\n\
+                  o\n\
+                  what did I say first?\n\
+                  /quit\n";
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_karta"))
+            .args(["chat", &url])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("karta chat starts");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("karta chat ends")
+    })
+    .await
+    .expect("task");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("You said: \"hello\"."), "{stdout}");
+    assert!(stdout.contains("? Allow the tool `write`"), "{stdout}");
+    assert!(stdout.contains("✓ write"), "{stdout}");
+    assert!(stdout.contains("Earlier you said"), "{stdout}");
+    assert!(stderr.contains("session ses_"), "{stderr}");
+    server.stop().await;
+}

@@ -22,11 +22,18 @@ async fn post(url: &str, key: &str, body: &Value) -> (u16, String) {
     let request = hyper::Request::post(url)
         .header("content-type", "application/json")
         .header("authorization", format!("Bearer {key}"))
-        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
         .expect("request");
     let response = client.request(request).await.expect("response");
     let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -54,7 +61,11 @@ async fn the_openai_shape_streams_chunks_like_openai() {
         .iter()
         .map(|d| serde_json::from_str(d).expect("chunk JSON"))
         .collect();
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let call = chunks
         .iter()
@@ -78,7 +89,10 @@ async fn the_openai_shape_streams_chunks_like_openai() {
     assert_eq!(status, 200);
     let completion: Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(completion["object"], "chat.completion");
-    assert_eq!(completion["choices"][0]["message"]["content"], "You said: \"hi\".");
+    assert_eq!(
+        completion["choices"][0]["message"]["content"],
+        "You said: \"hi\"."
+    );
     assert_eq!(completion["choices"][0]["finish_reason"], "stop");
 }
 
@@ -93,7 +107,10 @@ async fn the_anthropic_shape_streams_message_events() {
     });
     let (status, text) = post(&format!("{url}/v1/messages"), &key, &body).await;
     assert_eq!(status, 200);
-    let names: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
     assert_eq!(names.first(), Some(&"message_start"));
     assert_eq!(names.last(), Some(&"message_stop"));
     assert!(names.contains(&"content_block_delta"));
@@ -113,7 +130,10 @@ async fn unknown_keys_and_bad_bodies_are_refused() {
     assert_eq!(status, 401, "{text}");
     let key = gateway.issue_key("s1");
     let (status, _) = post(&format!("{url}/v1/messages"), &key, &json!("not an object")).await;
-    assert_eq!(status, 200, "a JSON string is JSON; the offline model answers it");
+    assert_eq!(
+        status, 200,
+        "a JSON string is JSON; the offline model answers it"
+    );
     gateway.revoke_session("s1");
     let (status, _) = post(&format!("{url}/v1/messages"), &key, &json!({})).await;
     assert_eq!(status, 401, "revoked keys stop working");
@@ -150,7 +170,10 @@ async fn requests_are_forwarded_to_a_real_upstream_with_the_platform_key() {
         }
         let usage = gateway.usage("s1");
         assert_eq!(usage.requests, 2, "{kind:?}");
-        assert!(usage.input_tokens > 0 && usage.output_tokens > 0, "{kind:?}: {usage:?}");
+        assert!(
+            usage.input_tokens > 0 && usage.output_tokens > 0,
+            "{kind:?}: {usage:?}"
+        );
         // The session's key never reaches the provider; the platform's does.
         assert!(provider.usage("platform").requests >= 2);
     }
@@ -170,12 +193,20 @@ async fn instructions_agents_and_skills_reach_the_model() {
     )
     .await;
     assert_eq!(status, 200, "{answer}");
-    assert!(answer["text"].as_str().is_some_and(|t| t.contains("within 30 days")), "{answer}");
+    assert!(
+        answer["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("within 30 days")),
+        "{answer}"
+    );
 
     let requests = server.host.sessions().gateway().recent_requests();
     let request = requests.last().expect("the model was called");
     let system = request["system"].as_str().expect("system prompt");
-    assert!(system.contains("You are the support assistant of Acme Tools"), "{system}");
+    assert!(
+        system.contains("You are the support assistant of Acme Tools"),
+        "{system}"
+    );
     assert!(system.contains("# Agent: billing"), "{system}");
     assert!(system.contains("- refunds: The refund policy"), "{system}");
     let tools: Vec<&str> = request["tools"]
@@ -184,7 +215,11 @@ async fn instructions_agents_and_skills_reach_the_model() {
         .iter()
         .filter_map(|t| t["name"].as_str())
         .collect();
-    assert_eq!(tools, ["calc", "load_skill"], "billing may use only its tools");
+    assert_eq!(
+        tools,
+        ["calc", "load_skill"],
+        "billing may use only its tools"
+    );
 
     // A model failure is an error event, and the session goes on.
     let (status, answer) = send(

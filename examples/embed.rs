@@ -1,0 +1,50 @@
+//! Embedding Karta: a host built in-process from a harness folder, one
+//! session, one message, the event stream printed as it arrives.
+//!
+//! Run: `cargo run --example embed [APP_DIR]` (default `examples/hello`).
+
+use karta_host::session::MessageRequest;
+use karta_host::{Host, HostConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let app = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "examples/hello".into());
+    let data = tempfile::tempdir()?;
+
+    // The embedded defaults: sled in `data`, the builtin harness, the
+    // offline model.
+    let mut config = HostConfig::new(&app);
+    config.data_dir = data.path().to_path_buf();
+    let host = Host::start(config).await?;
+    println!("serving `{}` in-process", host.app().name);
+
+    let session = host.sessions().create(None, Default::default()).await?;
+    let id = session["id"].as_str().unwrap_or_default().to_owned();
+    let turn = host
+        .sessions()
+        .send(
+            &id,
+            MessageRequest {
+                text: "Hello from an embedder!".into(),
+                ..MessageRequest::default()
+            },
+        )
+        .await?;
+
+    // Subscribe from just before the turn: every event of it, in order,
+    // ending with `done`.
+    let mut events = host.sessions().subscribe(&id, turn.after)?;
+    while let Some(event) = events.recv().await {
+        println!(
+            "{:>3} {:<12} {}",
+            event["seq"],
+            event["type"].as_str().unwrap_or(""),
+            event["data"]
+        );
+    }
+    let summary = turn.finished.await?;
+    println!("answer: {}", summary.text);
+    Ok(())
+}
