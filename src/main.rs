@@ -128,8 +128,8 @@ struct ServeArgs {
     /// KARTA_UPSTREAM_KEY, never from the command line.
     #[arg(long, value_name = "KIND")]
     upstream: Option<String>,
-    /// The provider's base URL (default: https://api.anthropic.com or
-    /// https://api.openai.com).
+    /// The provider's base URL (default: `https://api.anthropic.com` or
+    /// `https://api.openai.com`).
     #[arg(long, value_name = "URL")]
     upstream_url: Option<String>,
     /// Seconds a turn waits for an approval before treating it as denied.

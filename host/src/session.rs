@@ -1,6 +1,6 @@
 //! Sessions: the event log, turns, approvals, subscribers.
 //!
-//! Each live session is one [`LiveSession`] whose `log` mutex serializes every
+//! Each live session is one `LiveSession` whose `log` mutex serializes every
 //! write to it: an event gets its sequence number, is written to sled, and
 //! only then is sent to subscribers — so what a client sees is always in the
 //! log, and a reconnecting client (`after = <last seq it saw>`) gets exactly

@@ -129,8 +129,17 @@ impl Store {
     }
 
     /// Makes every write so far durable.
+    ///
+    /// Runs sled's blocking `flush` on the blocking pool: `flush_async`
+    /// stalled for good under a few hundred concurrent callers here (the
+    /// 500-session bench hung with it).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| {
+                StoreError::Sled(sled::Error::Unsupported(format!("flush task failed: {e}")))
+            })??;
         Ok(())
     }
 

@@ -1,0 +1,106 @@
+//! Host overhead of sessions, on the embedded defaults (sled, builtin
+//! harness, offline model over the loopback gateway).
+//!
+//! Run: `cargo bench --bench sessions`
+//!
+//! - `session/create`: a new session, flushed to disk before it returns.
+//! - `session/turn_with_tool`: one turn whose model step calls a wasm tool
+//!   (`calc`), then answers: two model calls through the gateway, one plugin
+//!   call, ~9 events written to sled and published, the turn saved.
+
+// criterion_group! generates an undocumented function.
+#![allow(missing_docs)]
+
+use std::path::Path;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use karta_host::session::MessageRequest;
+use karta_host::{Host, HostConfig};
+
+fn app() -> tempfile::TempDir {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(root.join("examples/plugins/Cargo.toml"))
+            .status()
+            .expect("cargo runs");
+    assert!(status.success(), "building the fixtures failed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("AGENTS.md"), "You are a calculator.").expect("write");
+    std::fs::create_dir(dir.path().join("plugins")).expect("mkdir");
+    std::fs::copy(
+        root.join("examples/plugins/target/wasm32-wasip2/release/units.wasm"),
+        dir.path().join("plugins/units.wasm"),
+    )
+    .expect("copy");
+    std::fs::write(
+        dir.path().join("karta.toml"),
+        "[[plugins]]\npath = \"plugins/units.wasm\"\n",
+    )
+    .expect("write");
+    dir
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let app = app();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut config = HostConfig::new(app.path());
+    config.data_dir = data.path().to_path_buf();
+    let host = rt.block_on(Host::start(config)).expect("host");
+    let sessions = host.sessions().clone();
+
+    let mut group = c.benchmark_group("session");
+    group.bench_function("create", |b| {
+        b.iter(|| {
+            rt.block_on(sessions.create(None, Default::default()))
+                .expect("create")
+        })
+    });
+    group.bench_function("turn_with_tool", |b| {
+        b.iter_batched(
+            || {
+                let s = rt
+                    .block_on(sessions.create(None, Default::default()))
+                    .expect("create");
+                s["id"].as_str().unwrap_or_default().to_owned()
+            },
+            |id| {
+                rt.block_on(async {
+                    let turn = sessions
+                        .send(
+                            &id,
+                            MessageRequest {
+                                text: "/tool calc {\"expression\": \"6*7\"}".into(),
+                                ..MessageRequest::default()
+                            },
+                        )
+                        .await
+                        .expect("send");
+                    let summary = turn.finished.await.expect("turn");
+                    assert!(summary.text.contains("42"), "{}", summary.text);
+                })
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30);
+    targets = bench
+}
+criterion_main!(benches);
