@@ -214,3 +214,42 @@ async fn karta_chat_holds_a_conversation_with_an_approval() {
     assert!(stderr.contains("session ses_"), "{stderr}");
     server.stop().await;
 }
+
+#[test]
+fn serve_refuses_a_broken_app_naming_the_file_and_line() {
+    let app = tempfile::tempdir().expect("tempdir");
+    std::fs::write(app.path().join("CLAUDE.md"), "hi").expect("write");
+    std::fs::write(
+        app.path().join("karta.toml"),
+        "name = \"x\"\n[[plugins]]\nname = \"p\"\n",
+    )
+    .expect("write");
+    let data = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_karta"))
+        .args([
+            "serve",
+            app.path().to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(data.path())
+        .output()
+        .expect("karta runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("karta.toml:2"), "{stderr}");
+    assert!(stderr.contains("path"), "names the missing field: {stderr}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_karta"))
+        .args([
+            "serve",
+            app.path().to_str().expect("utf-8"),
+            "--listen",
+            "0.0.0.0:0",
+        ])
+        .output()
+        .expect("karta runs");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("loopback"));
+}

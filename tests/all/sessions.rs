@@ -587,6 +587,11 @@ async fn a_running_turn_refuses_a_second_message_and_can_be_cancelled() {
 async fn bad_requests_get_clear_errors() {
     let app = support_bot();
     let (server, _data) = start(app.path()).await;
+    let (status, health) = send("GET", &server.url("/healthz"), Value::Null).await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let (status, ready) = send("GET", &server.url("/readyz"), Value::Null).await;
+    assert_eq!((status, ready["app"].as_str()), (200, Some("support-bot")));
+
     let (status, body) = send_raw("POST", &server.url("/v1/sessions"), "{\"metadata\": {").await;
     assert_eq!(status, 400);
     assert_eq!(body["error"], "invalid_json");
