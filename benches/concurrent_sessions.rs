@@ -6,8 +6,9 @@
 //! Run: `cargo bench --bench concurrent_sessions` (N = 500; set
 //! `KARTA_BENCH_SESSIONS` to change it).
 
-use std::path::Path;
 use std::time::Instant;
+
+mod common;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -40,33 +41,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 async fn run(n: usize) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(root.join("examples/plugins/Cargo.toml"))
-            .status()
-            .expect("cargo runs");
-    assert!(status.success(), "building the fixtures failed");
-    let app = tempfile::tempdir().expect("tempdir");
-    std::fs::write(app.path().join("AGENTS.md"), "You are a calculator.").expect("write");
-    std::fs::create_dir(app.path().join("plugins")).expect("mkdir");
-    std::fs::copy(
-        root.join("examples/plugins/target/wasm32-wasip2/release/units.wasm"),
-        app.path().join("plugins/units.wasm"),
-    )
-    .expect("copy");
-    std::fs::write(
-        app.path().join("karta.toml"),
-        "[[plugins]]\npath = \"plugins/units.wasm\"\n",
-    )
-    .expect("write");
+    let app = common::calculator_app();
     let data = tempfile::tempdir().expect("tempdir");
     let mut config = HostConfig::new(app.path());
     config.data_dir = data.path().to_path_buf();

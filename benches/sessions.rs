@@ -11,42 +11,11 @@
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
 
-use std::path::Path;
+mod common;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use karta_host::session::MessageRequest;
 use karta_host::{Host, HostConfig};
-
-fn app() -> tempfile::TempDir {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(root.join("examples/plugins/Cargo.toml"))
-            .status()
-            .expect("cargo runs");
-    assert!(status.success(), "building the fixtures failed");
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("AGENTS.md"), "You are a calculator.").expect("write");
-    std::fs::create_dir(dir.path().join("plugins")).expect("mkdir");
-    std::fs::copy(
-        root.join("examples/plugins/target/wasm32-wasip2/release/units.wasm"),
-        dir.path().join("plugins/units.wasm"),
-    )
-    .expect("copy");
-    std::fs::write(
-        dir.path().join("karta.toml"),
-        "[[plugins]]\npath = \"plugins/units.wasm\"\n",
-    )
-    .expect("write");
-    dir
-}
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -54,7 +23,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("tokio");
-    let app = app();
+    let app = common::calculator_app();
     let data = tempfile::tempdir().expect("tempdir");
     let mut config = HostConfig::new(app.path());
     config.data_dir = data.path().to_path_buf();

@@ -14,45 +14,19 @@
 #![allow(missing_docs)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+mod common;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use karta_host::plugin::{CallOptions, PluginGrant, PluginRuntime, RuntimeConfig};
 
 const INPUT: &str = r#"{"name":"Ada"}"#;
 
-fn plugins() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/plugins")
-}
-
-/// Builds the wasm fixtures and the native `hello-stdio` program.
-fn build_fixtures() -> (PathBuf, PathBuf) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = plugins().join("Cargo.toml");
-    let target = plugins().join("target");
-    for extra in [
-        &["--target", "wasm32-wasip2"][..],
-        &["-p", "hello-stdio"][..],
-    ] {
-        let status = Command::new(&cargo)
-            .args(["build", "--release", "--manifest-path"])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target)
-            .args(extra)
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the fixtures failed");
-    }
-    (
-        target.join("wasm32-wasip2/release/hello.wasm"),
-        target.join("release/hello-stdio"),
-    )
-}
-
 fn bench(c: &mut Criterion) {
-    let (wasm, native) = build_fixtures();
+    let wasm_dir = common::build_plugins(&["hello-stdio"]);
+    let wasm = wasm_dir.join("hello.wasm");
+    let native = common::plugins().join("target/release/hello-stdio");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -253,36 +253,16 @@ async fn anthropic_messages(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let kind = UpstreamKind::Anthropic;
-    let (session, bytes, request) = match admit(&gateway, kind, &headers, body).await {
-        Ok(admitted) => admitted,
-        Err(response) => return response,
-    };
-    if let Some(upstream) = gateway.upstream().cloned() {
-        return forward(&gateway, &upstream, kind, &session, bytes, &request).await;
-    }
-    let conversation = offline::from_anthropic(&request);
-    let reply = match offline::reply(&conversation) {
-        Ok(reply) => reply,
-        Err(failure) => {
-            let status = StatusCode::from_u16(failure.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            return error_response(kind, status, "api_error", &failure.message);
-        }
-    };
-    gateway.record(&session, reply.input_tokens, reply.output_tokens);
-    let model = request["model"]
-        .as_str()
-        .unwrap_or("karta-offline")
-        .to_owned();
-    if request["stream"].as_bool().unwrap_or(false) {
-        sse_response(anthropic_stream(&reply, &model))
-    } else {
-        axum::Json(anthropic_message(&reply, &model)).into_response()
-    }
+    handle(gateway, UpstreamKind::Anthropic, headers, body).await
 }
 
 async fn openai_chat(State(gateway): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
-    let kind = UpstreamKind::Openai;
+    handle(gateway, UpstreamKind::Openai, headers, body).await
+}
+
+/// One model request in either shape: admit it, then forward it to the
+/// upstream or answer it with the offline model in the same shape.
+async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: Body) -> Response {
     let (session, bytes, request) = match admit(&gateway, kind, &headers, body).await {
         Ok(admitted) => admitted,
         Err(response) => return response,
@@ -290,7 +270,10 @@ async fn openai_chat(State(gateway): State<Gateway>, headers: HeaderMap, body: B
     if let Some(upstream) = gateway.upstream().cloned() {
         return forward(&gateway, &upstream, kind, &session, bytes, &request).await;
     }
-    let conversation = offline::from_openai(&request);
+    let conversation = match kind {
+        UpstreamKind::Anthropic => offline::from_anthropic(&request),
+        UpstreamKind::Openai => offline::from_openai(&request),
+    };
     let reply = match offline::reply(&conversation) {
         Ok(reply) => reply,
         Err(failure) => {
@@ -299,17 +282,20 @@ async fn openai_chat(State(gateway): State<Gateway>, headers: HeaderMap, body: B
         }
     };
     gateway.record(&session, reply.input_tokens, reply.output_tokens);
-    let model = request["model"]
-        .as_str()
-        .unwrap_or("karta-offline")
-        .to_owned();
-    if request["stream"].as_bool().unwrap_or(false) {
-        let usage = request["stream_options"]["include_usage"]
-            .as_bool()
-            .unwrap_or(false);
-        sse_response(openai_stream(&reply, &model, usage))
-    } else {
-        axum::Json(openai_completion(&reply, &model)).into_response()
+    let model = request["model"].as_str().unwrap_or("karta-offline");
+    let stream = request["stream"].as_bool().unwrap_or(false);
+    let include_usage = request["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    match (kind, stream) {
+        (UpstreamKind::Anthropic, true) => sse_response(anthropic_stream(&reply, model)),
+        (UpstreamKind::Anthropic, false) => {
+            axum::Json(anthropic_message(&reply, model)).into_response()
+        }
+        (UpstreamKind::Openai, true) => sse_response(openai_stream(&reply, model, include_usage)),
+        (UpstreamKind::Openai, false) => {
+            axum::Json(openai_completion(&reply, model)).into_response()
+        }
     }
 }
 
