@@ -1,9 +1,9 @@
 //! The built-in harness: a native agent loop over the host's gateway.
 //!
 //! Each step sends the conversation to the gateway's Anthropic Messages
-//! endpoint (`POST {gateway}/v1/messages`, with the session's gateway key so
-//! the gateway knows whose turn it meters), turns the answer's content blocks
-//! into events, runs every `tool_use` through the host (asking for approval
+//! endpoint (`POST {gateway}/v1/messages`, streaming, with the session's
+//! gateway key so the gateway knows whose turn it meters), emits text and
+//! reasoning deltas as they arrive, runs every `tool_use` through the host (asking for approval
 //! where the grant says so), and feeds the results back, until the model stops
 //! asking for tools or [`MAX_STEPS`] is reached.
 
@@ -48,45 +48,84 @@ impl BuiltinHarness {
         }
     }
 
-    /// One `POST /v1/messages` (unary). Errors are `(code, message)`.
-    async fn complete(&self, body: &Value) -> Result<Value, (String, String)> {
+    /// One streaming `POST /v1/messages`: emits text and reasoning deltas
+    /// as they arrive (part ids `<part_prefix>_<block index>`) and returns
+    /// the assembled message (`content`, `stop_reason`, `usage`). Errors are
+    /// `(code, message)`.
+    async fn stream_step(
+        &self,
+        body: &Value,
+        part_prefix: &str,
+        cx: &TurnContext<'_>,
+    ) -> Result<Value, (String, String)> {
+        let model_error = |message: String| ("model_error".to_owned(), message);
+        let mut body = body.clone();
+        body["stream"] = json!(true);
         let request = hyper::Request::post(format!("{}/v1/messages", self.gateway))
             .header("content-type", "application/json")
             .header("x-api-key", &self.key)
             .header("anthropic-version", "2023-06-01")
             .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| ("model_error".to_owned(), e.to_string()))?;
+            .map_err(|e| model_error(e.to_string()))?;
         let response = self
             .client
             .request(request)
             .await
             .map_err(|e| ("model_unreachable".to_owned(), format!("{e:#}")))?;
         let status = response.status();
-        let bytes = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| ("model_error".to_owned(), e.to_string()))?
-            .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            (
-                "model_error".to_owned(),
-                format!(
-                    "the model's answer is not JSON ({e}): {}",
-                    String::from_utf8_lossy(&bytes)
-                ),
-            )
-        })?;
+        let mut body = response.into_body();
         if !status.is_success() {
+            let bytes = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let message = value["error"]["message"]
                 .as_str()
                 .map(str::to_owned)
-                .unwrap_or_else(|| value.to_string());
-            return Err((
-                "model_error".to_owned(),
-                format!("the model answered HTTP {}: {message}", status.as_u16()),
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(model_error(format!(
+                "the model answered HTTP {}: {message}",
+                status.as_u16()
+            )));
+        }
+
+        let mut message = StreamedMessage::default();
+        let mut buffer = String::new();
+        let mut received = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| model_error(format!("the stream broke: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            received += data.len();
+            if received > MAX_RESPONSE_BYTES {
+                return Err(model_error("the model's answer is too large".into()));
+            }
+            buffer.push_str(&String::from_utf8_lossy(&data));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let data: String = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                let event: Value = serde_json::from_str(&data).map_err(|e| {
+                    model_error(format!("a stream event is not JSON ({e}): {data}"))
+                })?;
+                message.apply(&event, part_prefix, cx)?;
+            }
+        }
+        if !message.stopped {
+            return Err(model_error(
+                "the model's stream ended before message_stop".into(),
             ));
         }
-        Ok(value)
+        Ok(message.finish())
     }
 
     async fn turn(&self, request: TurnRequest, cx: TurnContext<'_>) -> TurnOutcome {
@@ -125,8 +164,9 @@ impl BuiltinHarness {
             if request.thinking {
                 body["thinking"] = json!({ "type": "enabled", "budget_tokens": 1024 });
             }
+            let part_prefix = format!("{message_id}_{step_index}");
             let answer = tokio::select! {
-                answer = self.complete(&body) => answer,
+                answer = self.stream_step(&body, &part_prefix, &cx) => answer,
                 () = cx.cancel.cancelled() => { status = "cancelled".into(); break; }
             };
             let answer = match answer {
@@ -144,18 +184,10 @@ impl BuiltinHarness {
             let content = answer["content"].as_array().cloned().unwrap_or_default();
             let mut tool_uses = Vec::new();
             let mut step_text = String::new();
-            for (index, block) in content.iter().enumerate() {
-                let part_id = format!("{message_id}_{step_index}_{index}");
+            // Text and reasoning were emitted as they streamed in.
+            for block in &content {
                 match block["type"].as_str() {
-                    Some("text") => {
-                        let text = block["text"].as_str().unwrap_or_default().to_owned();
-                        step_text.push_str(&text);
-                        cx.emit(HarnessEvent::Text { part_id, text });
-                    }
-                    Some("thinking") => cx.emit(HarnessEvent::Reasoning {
-                        part_id,
-                        text: block["thinking"].as_str().unwrap_or_default().to_owned(),
-                    }),
+                    Some("text") => step_text.push_str(block["text"].as_str().unwrap_or_default()),
                     Some("tool_use") => tool_uses.push(block.clone()),
                     _ => {}
                 }
@@ -301,6 +333,127 @@ impl BuiltinHarness {
     }
 }
 
+/// An Anthropic message assembled from its stream events.
+#[derive(Default)]
+struct StreamedMessage {
+    blocks: Vec<Value>,
+    /// Partial JSON of tool inputs, by block index.
+    partial_inputs: Vec<String>,
+    stop_reason: Option<String>,
+    usage: Usage,
+    stopped: bool,
+}
+
+impl StreamedMessage {
+    /// Folds one stream event in; text and thinking deltas are emitted.
+    fn apply(
+        &mut self,
+        event: &Value,
+        part_prefix: &str,
+        cx: &TurnContext<'_>,
+    ) -> Result<(), (String, String)> {
+        let index = event["index"].as_u64().unwrap_or(0) as usize;
+        match event["type"].as_str() {
+            Some("message_start") => {
+                let usage = &event["message"]["usage"];
+                self.usage.input_tokens = usage["input_tokens"].as_u64().unwrap_or(0);
+                self.usage.output_tokens = usage["output_tokens"].as_u64().unwrap_or(0);
+            }
+            Some("content_block_start") => {
+                while self.blocks.len() <= index {
+                    self.blocks.push(Value::Null);
+                    self.partial_inputs.push(String::new());
+                }
+                self.blocks[index] = event["content_block"].clone();
+            }
+            Some("content_block_delta") => {
+                let Some(block) = self.blocks.get_mut(index) else {
+                    return Ok(());
+                };
+                let delta = &event["delta"];
+                let part_id = format!("{part_prefix}_{index}");
+                match delta["type"].as_str() {
+                    Some("text_delta") => {
+                        let text = delta["text"].as_str().unwrap_or_default();
+                        let joined =
+                            format!("{}{text}", block["text"].as_str().unwrap_or_default());
+                        block["text"] = json!(joined);
+                        cx.emit(HarnessEvent::Text {
+                            part_id,
+                            text: text.to_owned(),
+                        });
+                    }
+                    Some("thinking_delta") => {
+                        let text = delta["thinking"].as_str().unwrap_or_default();
+                        let joined =
+                            format!("{}{text}", block["thinking"].as_str().unwrap_or_default());
+                        block["thinking"] = json!(joined);
+                        cx.emit(HarnessEvent::Reasoning {
+                            part_id,
+                            text: text.to_owned(),
+                        });
+                    }
+                    Some("signature_delta") => {
+                        block["signature"] = delta["signature"].clone();
+                    }
+                    Some("input_json_delta") => {
+                        if let Some(partial) = self.partial_inputs.get_mut(index) {
+                            partial.push_str(delta["partial_json"].as_str().unwrap_or_default());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some("content_block_stop") => {
+                let partial = self.partial_inputs.get(index).cloned().unwrap_or_default();
+                if let Some(block) = self.blocks.get_mut(index)
+                    && block["type"] == "tool_use"
+                    && !partial.is_empty()
+                {
+                    block["input"] = serde_json::from_str(&partial).map_err(|e| {
+                        (
+                            "model_error".to_owned(),
+                            format!("the model sent tool input that is not JSON ({e}): {partial}"),
+                        )
+                    })?;
+                }
+            }
+            Some("message_delta") => {
+                if let Some(reason) = event["delta"]["stop_reason"].as_str() {
+                    self.stop_reason = Some(reason.to_owned());
+                }
+                let usage = &event["usage"];
+                if let Some(output) = usage["output_tokens"].as_u64() {
+                    self.usage.output_tokens = output;
+                }
+                if let Some(input) = usage["input_tokens"].as_u64() {
+                    self.usage.input_tokens = input;
+                }
+            }
+            Some("message_stop") => self.stopped = true,
+            Some("error") => {
+                return Err((
+                    "model_error".to_owned(),
+                    event["error"]["message"]
+                        .as_str()
+                        .unwrap_or("the model's stream reported an error")
+                        .to_owned(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Value {
+        json!({
+            "content": self.blocks.into_iter().filter(|b| !b.is_null()).collect::<Vec<_>>(),
+            "stop_reason": self.stop_reason.unwrap_or_else(|| "end_turn".into()),
+            "usage": { "input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens },
+        })
+    }
+}
+
 impl Harness for BuiltinHarness {
     fn name(&self) -> &'static str {
         "builtin"
@@ -312,5 +465,108 @@ impl Harness for BuiltinHarness {
         context: TurnContext<'a>,
     ) -> BoxFuture<'a, TurnOutcome> {
         Box::pin(self.turn(request, context))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ToolDef, ToolResult, TurnHost};
+
+    struct NoHost;
+
+    impl TurnHost for NoHost {
+        fn tools(&self) -> Vec<ToolDef> {
+            Vec::new()
+        }
+        fn needs_approval(&self, _: &str) -> bool {
+            false
+        }
+        fn request_approval<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a Value,
+        ) -> BoxFuture<'a, Option<Decision>> {
+            Box::pin(async { None })
+        }
+        fn call_tool<'a>(&'a self, _: &'a str, _: &'a Value) -> BoxFuture<'a, ToolResult> {
+            Box::pin(async {
+                ToolResult {
+                    content: Ok(Value::Null),
+                    fuel: None,
+                    duration_ms: 0,
+                }
+            })
+        }
+    }
+
+    #[test]
+    fn stream_events_assemble_into_a_message_and_emit_deltas() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let cx = TurnContext {
+            host: &NoHost,
+            events: tx,
+            cancel: Default::default(),
+        };
+        let mut message = StreamedMessage::default();
+        let events = [
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 7, "output_tokens": 1}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "lo"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t1", "name": "calc", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"expression\":"}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": " \"1+1\"}"}}),
+            json!({"type": "content_block_stop", "index": 1}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 12}}),
+            json!({"type": "message_stop"}),
+        ];
+        for event in &events {
+            message.apply(event, "m_0", &cx).expect("valid event");
+        }
+        assert!(message.stopped);
+        let assembled = message.finish();
+        assert_eq!(
+            assembled["content"][0],
+            json!({"type": "text", "text": "Hello"})
+        );
+        assert_eq!(
+            assembled["content"][1]["input"],
+            json!({"expression": "1+1"})
+        );
+        assert_eq!(assembled["stop_reason"], "tool_use");
+        assert_eq!(
+            assembled["usage"],
+            json!({"input_tokens": 7, "output_tokens": 12})
+        );
+        let deltas: Vec<HarnessEvent> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(
+            deltas,
+            [
+                HarnessEvent::Text {
+                    part_id: "m_0_0".into(),
+                    text: "Hel".into()
+                },
+                HarnessEvent::Text {
+                    part_id: "m_0_0".into(),
+                    text: "lo".into()
+                },
+            ]
+        );
+
+        let mut broken = StreamedMessage::default();
+        broken.apply(&events[5], "m_0", &cx).expect("start");
+        broken
+            .apply(&json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{oops"}}), "m_0", &cx)
+            .expect("delta");
+        let error = broken
+            .apply(
+                &json!({"type": "content_block_stop", "index": 1}),
+                "m_0",
+                &cx,
+            )
+            .expect_err("bad tool input JSON");
+        assert!(error.1.contains("not JSON"), "{error:?}");
     }
 }

@@ -40,6 +40,7 @@
 //! while let Some(event) = events.recv().await {
 //!     kinds.push(event["type"].as_str().unwrap_or_default().to_owned());
 //! }
+//! kinds.dedup(); // text arrives as several deltas
 //! assert_eq!(kinds, ["step_start", "text", "step_finish", "done"]);
 //! assert_eq!(turn.finished.await?.text, "You said: \"hi\".");
 //! # Ok(()) }
