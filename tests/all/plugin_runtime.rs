@@ -269,7 +269,11 @@ async fn files_outside_the_workspace_are_unreachable() {
 async fn the_workspace_search_reads_only_its_directory() {
     let workspace = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(workspace.path().join("src")).expect("mkdir");
-    std::fs::write(workspace.path().join("src/a.rs"), "fn a() {}\n// TODO: b\n").expect("write");
+    std::fs::write(
+        workspace.path().join("src/a.rs"),
+        "fn a() {}\n// needle: b\n",
+    )
+    .expect("write");
     std::fs::write(workspace.path().join("notes.md"), "nothing here").expect("write");
     let options = CallOptions {
         workspace: Some(workspace.path().to_path_buf()),
@@ -285,12 +289,12 @@ async fn the_workspace_search_reads_only_its_directory() {
     )
     .await;
     let out = read_only
-        .call("search", r#"{"contains": "TODO"}"#, &options)
+        .call("search", r#"{"contains": "needle"}"#, &options)
         .await
         .expect("search");
     assert_eq!(
         out.output,
-        json!({"hits": [{"path": "src/a.rs", "size": 21, "lines": [[2, "// TODO: b"]]}], "truncated": false})
+        json!({"hits": [{"path": "src/a.rs", "size": 23, "lines": [[2, "// needle: b"]]}], "truncated": false})
     );
     let out = read_only
         .call("read", r#"{"path": "notes.md"}"#, &options)

@@ -10,7 +10,7 @@
 //! - `read`: one file's text, up to `max_bytes`.
 //! - `write`: create or replace a file (needs a read-write grant).
 //!
-//! Try: `karta tool call examples/plugins/target/wasm32-wasip2/release/files.wasm search '{"contains":"TODO"}' --dir .:ro`
+//! Try: `karta tool call examples/plugins/target/wasm32-wasip2/release/files.wasm search '{"contains":"fuel"}' --dir .:ro`
 
 use std::fs;
 use std::path::{Path, PathBuf};
