@@ -82,8 +82,8 @@ pub enum HostError {
         /// The other.
         second: String,
     },
-    /// The gateway could not listen.
-    #[error("cannot start the model gateway: {0}")]
+    /// The gateway or the MCP server could not listen.
+    #[error("cannot start a loopback listener (model gateway, MCP): {0}")]
     Gateway(std::io::Error),
 }
 
@@ -93,6 +93,7 @@ pub enum HostError {
 pub struct Host {
     sessions: Arc<Sessions>,
     gateway_url: String,
+    mcp_url: String,
 }
 
 impl Host {
@@ -130,9 +131,26 @@ impl Host {
                 default_model: config.default_model,
             },
         );
+        let sessions = Arc::new(sessions);
+        // The MCP server harness processes reach, on a loopback port of its
+        // own (like the gateway: the only two ways out of a jail).
+        let mcp_listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .map_err(HostError::Gateway)?;
+        let mcp_url = format!(
+            "http://{}",
+            mcp_listener.local_addr().map_err(HostError::Gateway)?
+        );
+        let mcp_router = crate::mcp::router(sessions.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(mcp_listener, mcp_router).await {
+                tracing::error!("the MCP server stopped: {e}");
+            }
+        });
         Ok(Self {
-            sessions: Arc::new(sessions),
+            sessions,
             gateway_url,
+            mcp_url,
         })
     }
 
@@ -149,6 +167,13 @@ impl Host {
     /// The model gateway's base URL (loopback).
     pub fn gateway_url(&self) -> &str {
         &self.gateway_url
+    }
+
+    /// The MCP server's base URL (loopback); a session's endpoint is
+    /// `{mcp_url}/mcp/{token}` with a token from
+    /// [`Sessions::issue_mcp_token`].
+    pub fn mcp_url(&self) -> &str {
+        &self.mcp_url
     }
 
     /// The HTTP API router.

@@ -70,6 +70,7 @@ pub mod api;
 pub mod app;
 pub mod gateway;
 mod host;
+pub mod mcp;
 pub mod plugin;
 pub mod session;
 pub mod store;

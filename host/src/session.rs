@@ -121,6 +121,8 @@ pub struct Sessions {
     gateway_url: String,
     config: SessionConfig,
     live: Mutex<HashMap<String, Arc<LiveSession>>>,
+    /// MCP token -> session id (see [`crate::mcp`]).
+    mcp_tokens: Mutex<HashMap<String, String>>,
 }
 
 /// A session in memory.
@@ -182,7 +184,48 @@ impl Sessions {
             gateway_url,
             config,
             live: Mutex::default(),
+            mcp_tokens: Mutex::default(),
         }
+    }
+
+    /// Mints an MCP token for `session_id`: an unguessable bearer of the
+    /// session's tools, for a harness process's MCP client.
+    pub fn issue_mcp_token(&self, session_id: &str) -> Result<String, SessionError> {
+        self.live(session_id)?;
+        let token = format!("kmcp_{}", uuid::Uuid::new_v4().simple());
+        lock(&self.mcp_tokens).insert(token.clone(), session_id.to_owned());
+        Ok(token)
+    }
+
+    /// The session an MCP token belongs to.
+    pub fn session_for_mcp_token(&self, token: &str) -> Option<String> {
+        lock(&self.mcp_tokens).get(token).cloned()
+    }
+
+    /// The tools the session's current agent may use.
+    pub async fn session_tools(&self, id: &str) -> Result<Vec<ToolDef>, SessionError> {
+        let live = self.live(id)?;
+        let agent = live.log.lock().await.current_agent.clone();
+        Ok(self
+            .tools_for(agent.as_deref())
+            .into_iter()
+            .map(|t| t.def)
+            .collect())
+    }
+
+    /// Runs one of the session's tools outside a builtin turn (for a harness
+    /// that calls tools over MCP), with the session workspace as its preopen.
+    pub async fn call_tool(
+        &self,
+        id: &str,
+        tool: &str,
+        input: &Value,
+    ) -> Result<ToolResult, SessionError> {
+        let live = self.live(id)?;
+        let agent = live.log.lock().await.current_agent.clone();
+        let tools = self.tools_for(agent.as_deref());
+        let workspace = self.config.workspaces.join(id);
+        Ok(run_tool(&self.app, &tools, &workspace, tool, input).await)
     }
 
     /// The app being served.
@@ -337,6 +380,7 @@ impl Sessions {
         self.store.delete_session(id)?;
         self.store.flush().await?;
         lock(&self.live).remove(id);
+        lock(&self.mcp_tokens).retain(|_, s| s != id);
         self.gateway.revoke_session(id);
         let _ = std::fs::remove_dir_all(self.config.workspaces.join(id));
         Ok(())
@@ -838,67 +882,79 @@ impl TurnHost for SessionTurnHost {
     }
 
     fn call_tool<'a>(&'a self, tool: &'a str, input: &'a Value) -> BoxFuture<'a, ToolResult> {
-        Box::pin(async move {
-            let Some(spec) = self.tools.iter().find(|t| t.def.name == tool) else {
-                return ToolResult {
-                    content: Err(ToolFailure {
-                        kind: "unknown_tool".into(),
-                        message: format!("no tool `{tool}` in this session"),
-                    }),
-                    fuel: None,
-                    duration_ms: 0,
-                };
-            };
-            let Some(plugin) = &spec.plugin else {
-                return self.load_skill(input);
-            };
-            let options = CallOptions {
-                workspace: Some(self.workspace.clone()),
-                fuel_cap: None,
-            };
-            match plugin.call(tool, &input.to_string(), &options).await {
-                Ok(outcome) => ToolResult {
-                    content: Ok(outcome.output),
-                    fuel: Some(outcome.fuel_consumed),
-                    duration_ms: outcome.duration_us / 1000,
-                },
-                Err(failure) => ToolResult {
-                    content: Err(ToolFailure {
-                        kind: failure.kind.as_str().into(),
-                        message: failure.message,
-                    }),
-                    fuel: Some(failure.fuel_consumed),
-                    duration_ms: failure.duration_us / 1000,
-                },
-            }
-        })
+        Box::pin(run_tool(
+            &self.sessions.app,
+            &self.tools,
+            &self.workspace,
+            tool,
+            input,
+        ))
     }
 }
 
-impl SessionTurnHost {
-    /// The built-in `load_skill` tool: returns a skill's instructions.
-    fn load_skill(&self, input: &Value) -> ToolResult {
-        let name = input["name"].as_str().unwrap_or_default();
-        let content = match self.sessions.app.skills.iter().find(|s| s.name == name) {
-            Some(skill) => Ok(json!({ "name": skill.name, "instructions": skill.body })),
-            None => Err(ToolFailure {
-                kind: "invalid_input".into(),
-                message: format!(
-                    "no skill `{name}`; skills: {}",
-                    self.sessions
-                        .app
-                        .skills
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+/// Runs `tool` from `tools`: a plugin tool in wasmtime with the session
+/// workspace as its preopen, or the built-in `load_skill`.
+async fn run_tool(
+    app: &AppSpec,
+    tools: &[SessionTool],
+    workspace: &std::path::Path,
+    tool: &str,
+    input: &Value,
+) -> ToolResult {
+    let Some(spec) = tools.iter().find(|t| t.def.name == tool) else {
+        return ToolResult {
+            content: Err(ToolFailure {
+                kind: "unknown_tool".into(),
+                message: format!("no tool `{tool}` in this session"),
             }),
-        };
-        ToolResult {
-            content,
             fuel: None,
             duration_ms: 0,
-        }
+        };
+    };
+    let Some(plugin) = &spec.plugin else {
+        return load_skill(app, input);
+    };
+    let options = CallOptions {
+        workspace: Some(workspace.to_path_buf()),
+        fuel_cap: None,
+    };
+    match plugin.call(tool, &input.to_string(), &options).await {
+        Ok(outcome) => ToolResult {
+            content: Ok(outcome.output),
+            fuel: Some(outcome.fuel_consumed),
+            duration_ms: outcome.duration_us / 1000,
+        },
+        Err(failure) => ToolResult {
+            content: Err(ToolFailure {
+                kind: failure.kind.as_str().into(),
+                message: failure.message,
+            }),
+            fuel: Some(failure.fuel_consumed),
+            duration_ms: failure.duration_us / 1000,
+        },
+    }
+}
+
+/// The built-in `load_skill` tool: returns a skill's instructions.
+fn load_skill(app: &AppSpec, input: &Value) -> ToolResult {
+    let name = input["name"].as_str().unwrap_or_default();
+    let content = match app.skills.iter().find(|s| s.name == name) {
+        Some(skill) => Ok(json!({ "name": skill.name, "instructions": skill.body })),
+        None => Err(ToolFailure {
+            kind: "invalid_input".into(),
+            message: format!(
+                "no skill `{name}`; skills: {}",
+                app.skills
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    };
+    ToolResult {
+        content,
+        fuel: None,
+        duration_ms: 0,
     }
 }

@@ -1,0 +1,150 @@
+//! The MCP server a harness process sees: the session's plugin tools over
+//! MCP's streamable HTTP transport (protocol revision 2025-11-25).
+//!
+//! One endpoint, `POST /mcp/{token}`, where the token (minted by
+//! [`Sessions::issue_mcp_token`]) is unguessable and scopes every request to
+//! one session. It answers JSON-RPC with a single JSON response:
+//!
+//! | method | answer |
+//! | --- | --- |
+//! | `initialize` | protocol version, `tools` capability, server info |
+//! | `notifications/*` | 202, no body |
+//! | `ping` | `{}` |
+//! | `tools/list` | the session's tools with their JSON Schemas |
+//! | `tools/call` | runs the tool in wasmtime; a tool failure is a result with `isError: true` and the error kind in `structuredContent` |
+//! | anything else (`server/discover`, …) | JSON-RPC error -32601, method not found |
+//!
+//! `GET` (a server-initiated stream) is answered 405: this server never
+//! sends requests of its own.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+use crate::session::Sessions;
+
+/// The MCP protocol revision spoken.
+pub const PROTOCOL_VERSION: &str = "2025-11-25";
+
+/// Largest JSON-RPC message accepted.
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The MCP router: `POST /mcp/{token}`.
+pub fn router(sessions: Arc<Sessions>) -> Router {
+    Router::new()
+        .route(
+            "/mcp/{token}",
+            post(handle).get(|| async { StatusCode::METHOD_NOT_ALLOWED }),
+        )
+        .with_state(sessions)
+}
+
+fn rpc_error(id: Value, code: i64, message: &str) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message } })
+}
+
+async fn handle(
+    State(sessions): State<Arc<Sessions>>,
+    Path(token): Path<String>,
+    body: Body,
+) -> Response {
+    let Some(session) = sessions.session_for_mcp_token(&token) else {
+        // Unknown tokens learn nothing, not even whether the route exists.
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let bytes = match http_body_util::Limited::new(body, MAX_MESSAGE_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+    };
+    let message: Value = match serde_json::from_slice(&bytes) {
+        Ok(message) => message,
+        Err(e) => {
+            let error = rpc_error(Value::Null, -32700, &format!("parse error: {e}"));
+            return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
+        }
+    };
+    if message.is_array() {
+        let error = rpc_error(Value::Null, -32600, "batches are not supported");
+        return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
+    }
+    let Some(method) = message["method"].as_str() else {
+        // A response to a request we never sent: accept and ignore.
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let Some(id) = message.get("id").cloned() else {
+        // A notification (`notifications/initialized`, `…/cancelled`).
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let params = &message["params"];
+    let answer = match method {
+        "initialize" => json!({
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": { "tools": { "listChanged": false } },
+            "serverInfo": { "name": "karta", "version": env!("CARGO_PKG_VERSION") },
+            "instructions": "Tools of this Karta app; each call runs in a WebAssembly sandbox under a fuel budget.",
+        }),
+        "ping" => json!({}),
+        "tools/list" => match sessions.session_tools(&session).await {
+            Ok(tools) => json!({
+                "tools": tools.into_iter().map(|t| json!({
+                    "name": t.name, "description": t.description, "inputSchema": t.input_schema,
+                })).collect::<Vec<_>>(),
+            }),
+            Err(e) => return reply(rpc_error(id, -32603, &e.to_string())),
+        },
+        "tools/call" => {
+            let Some(name) = params["name"].as_str() else {
+                return reply(rpc_error(id, -32602, "tools/call needs `params.name`"));
+            };
+            let arguments = match &params["arguments"] {
+                Value::Null => json!({}),
+                other => other.clone(),
+            };
+            match sessions.call_tool(&session, name, &arguments).await {
+                Ok(result) => {
+                    let meta = json!({ "karta/fuel": result.fuel, "karta/duration_ms": result.duration_ms });
+                    match result.content {
+                        Ok(output) => json!({
+                            "content": [{ "type": "text", "text": output.to_string() }],
+                            "structuredContent": output_object(output),
+                            "isError": false,
+                            "_meta": meta,
+                        }),
+                        Err(failure) => json!({
+                            "content": [{ "type": "text", "text": format!("{}: {}", failure.kind, failure.message) }],
+                            "structuredContent": { "error": { "kind": failure.kind, "message": failure.message } },
+                            "isError": true,
+                            "_meta": meta,
+                        }),
+                    }
+                }
+                Err(e) => return reply(rpc_error(id, -32603, &e.to_string())),
+            }
+        }
+        other => return reply(rpc_error(id, -32601, &format!("method not found: {other}"))),
+    };
+    reply(json!({ "jsonrpc": "2.0", "id": id, "result": answer }))
+}
+
+/// `structuredContent` must be an object; wrap other JSON values.
+fn output_object(output: Value) -> Value {
+    if output.is_object() {
+        output
+    } else {
+        json!({ "result": output })
+    }
+}
+
+fn reply(message: Value) -> Response {
+    (StatusCode::OK, axum::Json(message)).into_response()
+}
