@@ -94,6 +94,18 @@ pub struct Host {
     sessions: Arc<Sessions>,
     gateway_url: String,
     mcp_url: String,
+    /// Stops the MCP server when the last clone of the host is dropped: its
+    /// task holds the sessions (and so the sled database and its lock).
+    _mcp_server: Arc<AbortOnDrop>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Host {
@@ -142,7 +154,7 @@ impl Host {
             mcp_listener.local_addr().map_err(HostError::Gateway)?
         );
         let mcp_router = crate::mcp::router(sessions.clone());
-        tokio::spawn(async move {
+        let mcp_server = tokio::spawn(async move {
             if let Err(e) = axum::serve(mcp_listener, mcp_router).await {
                 tracing::error!("the MCP server stopped: {e}");
             }
@@ -151,6 +163,7 @@ impl Host {
             sessions,
             gateway_url,
             mcp_url,
+            _mcp_server: Arc::new(AbortOnDrop(mcp_server)),
         })
     }
 
