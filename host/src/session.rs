@@ -565,10 +565,9 @@ impl Sessions {
         let (finished_tx, finished) = oneshot::channel();
         let sessions = self.clone();
         tokio::spawn(async move {
-            let summary = sessions
-                .run_turn(live.clone(), request, agent, cancel)
-                .await;
-            lock(&live.turn).take();
+            // `run_turn` frees the session itself, before publishing `done`;
+            // clearing the flag here again could clear the *next* turn's.
+            let summary = sessions.run_turn(live, request, agent, cancel).await;
             let _ = finished_tx.send(summary);
         });
         Ok(StartedTurn { after, finished })

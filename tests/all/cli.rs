@@ -210,7 +210,7 @@ async fn karta_chat_holds_a_conversation_with_an_approval() {
     assert!(stdout.contains("You said: \"hello\"."), "{stdout}");
     assert!(stdout.contains("? Allow the tool `write`"), "{stdout}");
     assert!(stdout.contains("✓ write"), "{stdout}");
-    assert!(stdout.contains("Earlier you said"), "{stdout}");
+    assert!(stdout.contains("Earlier you said"), "{stdout}\n{stderr}");
     assert!(stderr.contains("session ses_"), "{stderr}");
     server.stop().await;
 }

@@ -820,3 +820,30 @@ async fn regression_many_concurrent_turns_all_finish() {
     }
     server.stop().await;
 }
+
+/// Regression: the task that ran a turn cleared the session's running flag a
+/// second time after the turn ended, which could clear the flag of a turn a
+/// fast client had already started (its stream then ended empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_message_sent_right_after_done_gets_its_whole_turn() {
+    let app = support_bot();
+    let (server, _data) = start(app.path()).await;
+    let id = new_session(&server, json!({})).await;
+    let url = server.url(&format!("/v1/sessions/{id}/messages"));
+    for round in 0..20 {
+        let events = sse(
+            "POST",
+            &url,
+            Some(json!({ "text": format!("round {round}"), "stream": true })),
+            &[],
+            usize::MAX,
+        )
+        .await;
+        assert_eq!(
+            events.last().map(|e| e["type"].clone()),
+            Some(json!("done")),
+            "round {round}: {events:?}"
+        );
+    }
+    server.stop().await;
+}
