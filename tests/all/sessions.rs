@@ -777,6 +777,50 @@ async fn wait_for_restart(app: &Path, data: &Path) -> Server {
     panic!("the data dir stayed locked after the first host stopped");
 }
 
+/// Regression: sled's `flush_async` stalled for good under a few hundred
+/// concurrent turns (found by the 500-session bench). Many sessions at once
+/// must all finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_many_concurrent_turns_all_finish() {
+    let app = support_bot();
+    let (server, _data) = start(app.path()).await;
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        ids.push(new_session(&server, json!({})).await);
+    }
+    // All turns start together, as in the bench that found the hang.
+    let turns: Vec<_> = ids
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let url = server.url(&format!("/v1/sessions/{id}/messages"));
+            tokio::spawn(async move {
+                send(
+                    "POST",
+                    &url,
+                    json!({ "text": format!("/tool calc {{\"expression\": \"{i}+1\"}}") }),
+                )
+                .await
+            })
+        })
+        .collect();
+    for (i, turn) in turns.into_iter().enumerate() {
+        let (status, answer) = tokio::time::timeout(Duration::from_secs(120), turn)
+            .await
+            .expect("every turn finishes")
+            .expect("task");
+        assert_eq!(status, 200, "{answer}");
+        let expected = format!("{{\"value\":{}.0}}", i + 1);
+        assert!(
+            answer["text"]
+                .as_str()
+                .is_some_and(|t| t.contains(&expected)),
+            "{answer}"
+        );
+    }
+    server.stop().await;
+}
+
 /// Regression: the task that ran a turn cleared the session's running flag a
 /// second time after the turn ended, which could clear the flag of a turn a
 /// fast client had already started (its stream then ended empty).
