@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! karta serve [APP_DIR] [--listen ADDR] [--data DIR]   serve a harness app
+//! karta doctor [APP_DIR]                               what this machine can run
 //! karta chat [URL]                                     talk to a served app
 //! karta tool list  <component.wasm>                    a plugin's tools
 //! karta tool call  <component.wasm> <tool> '<json>'    run one tool once
@@ -45,6 +46,13 @@ enum Command {
     /// API keys the server runs in dev mode: one implicit org, no auth, so it
     /// binds loopback addresses only.
     Serve(ServeArgs),
+    /// Report what this machine can run: the harness binaries (Claude Code,
+    /// OpenCode) and their versions, the jail features of the kernel, the
+    /// model upstream, and which harness an app folder would get.
+    Doctor {
+        /// An app folder to check (optional).
+        app_dir: Option<PathBuf>,
+    },
     /// Chat with a served app from the terminal: opens a session and streams
     /// replies; tool calls show as one-line summaries; approval prompts are
     /// answered at the keyboard. Type /quit to leave, /agent NAME to switch
@@ -135,6 +143,32 @@ struct ServeArgs {
     /// Seconds a turn waits for an approval before treating it as denied.
     #[arg(long, default_value_t = 600)]
     approval_timeout_secs: u64,
+    /// The harness that runs turns: `auto` follows the folder (`.claude/` or
+    /// CLAUDE.md -> claude-code, `.opencode/` or AGENTS.md -> opencode) or
+    /// karta.toml `harness`; `builtin`, `claude-code` or `opencode` force
+    /// one. A harness whose binary is missing falls back to builtin, saying
+    /// so. Binaries: KARTA_CLAUDE_BIN / KARTA_OPENCODE_BIN, else
+    /// ./harnesses/node_modules/.bin (scripts/install-harnesses.sh), else PATH.
+    #[arg(long, default_value = "auto", value_name = "HARNESS")]
+    harness: String,
+    /// Seconds a harness process (claude, opencode) may sit idle before it
+    /// is stopped; the next turn starts a new one that resumes the session.
+    #[arg(long, default_value_t = 600)]
+    harness_idle_secs: u64,
+}
+
+/// Parses `--harness`.
+fn harness_arg(value: &str) -> anyhow::Result<Option<karta_host::app::HarnessKind>> {
+    use karta_host::app::HarnessKind;
+    Ok(match value {
+        "auto" => None,
+        "builtin" => Some(HarnessKind::Builtin),
+        "claude-code" | "claude_code" | "claude" => Some(HarnessKind::ClaudeCode),
+        "opencode" => Some(HarnessKind::Opencode),
+        other => anyhow::bail!(
+            "--harness must be auto, builtin, claude-code or opencode, not `{other}`"
+        ),
+    })
 }
 
 #[derive(Args)]
@@ -186,6 +220,73 @@ fn default_cache_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("karta"));
     }
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("karta"))
+}
+
+/// `karta doctor`: what this machine can run.
+async fn doctor(app_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use karta_host::app::HarnessKind;
+    use karta_host::harness::{self, HarnessBinaries};
+
+    let binaries = HarnessBinaries::locate();
+    println!("harnesses:");
+    println!("  builtin      ready (native loop, no binary needed)");
+    for (kind, pinned) in [
+        (HarnessKind::ClaudeCode, harness::CLAUDE_CODE_VERSION),
+        (HarnessKind::Opencode, harness::OPENCODE_VERSION),
+    ] {
+        let name = kind.as_str();
+        match binaries.for_kind(kind) {
+            None => println!(
+                "  {name:<12} not installed: {}",
+                harness::install_hint(kind)
+            ),
+            Some(path) => match harness::binary_version(path).await {
+                Ok(version) => {
+                    let note = if version.contains(pinned) {
+                        String::new()
+                    } else {
+                        format!(" (Karta is tested with {pinned})")
+                    };
+                    println!("  {name:<12} ready: {version} at {}{note}", path.display());
+                }
+                Err(e) => println!("  {name:<12} broken: {} {e}", path.display()),
+            },
+        }
+    }
+    println!("jail features of this kernel:");
+    for feature in harness::jail_features() {
+        let state = if feature.available { "yes" } else { "no " };
+        println!("  {state} {:<20} {}", feature.name, feature.detail);
+    }
+    println!("  (harness processes run with a cleared environment, a scratch HOME, their own");
+    println!("   process group and die with the host; namespaces/landlock are not applied yet)");
+    println!("model upstream:");
+    match std::env::var("KARTA_UPSTREAM_KEY") {
+        Ok(key) if !key.trim().is_empty() => {
+            println!("  KARTA_UPSTREAM_KEY is set: `serve --upstream anthropic|openai` forwards to a real provider")
+        }
+        _ => println!(
+            "  none configured: turns use the OFFLINE model (set KARTA_UPSTREAM_KEY and pass --upstream)"
+        ),
+    }
+    if let Some(dir) = app_dir {
+        match karta_host::app::load(&dir) {
+            Ok(app) => {
+                let selection = harness::select(app.harness, &binaries, std::time::Duration::from_secs(1));
+                let running = selection.harness.as_ref().map_or("builtin", |h| h.name());
+                println!("app `{}` ({}):", app.name, dir.display());
+                println!("  asks for {}; would run on {running}", app.harness.as_str());
+                if let Some(notice) = selection.notice {
+                    println!("  {notice}");
+                }
+            }
+            Err(e) => {
+                println!("app {}: {e}", dir.display());
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -244,6 +345,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.data_dir = args.data.clone();
     config.upstream = upstream;
     config.approval_timeout = std::time::Duration::from_secs(args.approval_timeout_secs);
+    config.harness = harness_arg(&args.harness)?;
+    config.harness_idle_timeout = std::time::Duration::from_secs(args.harness_idle_secs.max(1));
     let host = karta_host::Host::start(config).await?;
     let app = host.app();
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -255,12 +358,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         app.name,
         app.root.display()
     );
-    if app.harness != karta_host::app::HarnessKind::Builtin {
-        eprintln!(
-            "karta: the folder asks for the {} harness, which this build does not run yet; \
-             using the builtin harness",
-            app.harness.as_str()
-        );
+    match host.harness_notice() {
+        Some(notice) => eprintln!("karta: {notice}"),
+        None => eprintln!("karta: harness: {}", host.harness_name()),
     }
     eprintln!(
         "karta: {} agent(s), {} skill(s), {} plugin(s)",
@@ -270,7 +370,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     for server in &app.command_servers {
         eprintln!(
-            "karta: MCP server `{}` runs a command ({}); the builtin harness does not start commands, its tools are unavailable",
+            "karta: MCP server `{}` runs a command ({}); Karta does not start commands, its tools are unavailable",
             server.name, server.command
         );
     }
@@ -297,6 +397,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Doctor { app_dir } => doctor(app_dir).await,
         Command::Chat {
             url,
             session,

@@ -12,11 +12,25 @@
 //!   through the host's gateway (Anthropic Messages shape) and tools through
 //!   the host's plugin runtime. It needs no Node and, with the offline model,
 //!   no network.
+//! - [`claude_code::ClaudeCodeHarness`] runs the real `claude` CLI, one
+//!   process per live session, in stream-json mode.
+//! - [`opencode::OpencodeHarness`] runs the real `opencode` binary as a
+//!   headless server, one per live session.
+//!
+//! Process harnesses reach the model only through the host's gateway (their
+//! base URL and key point there) and tools only through the host's MCP
+//! server ([`SessionInfo::mcp_url`]); [`process`] starts and stops them.
 
 pub mod builtin;
+pub mod claude_code;
 mod events;
+pub mod opencode;
+pub mod process;
+mod sse;
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 
 pub use events::{HarnessEvent, ToolStatus, Usage};
@@ -93,6 +107,13 @@ pub trait TurnHost: Send + Sync {
         tool: &'a str,
         input: &'a serde_json::Value,
     ) -> BoxFuture<'a, ToolResult>;
+
+    /// How a tool call made by the harness process itself (over MCP) went:
+    /// the latest run of `tool` with `input` in this session, taken so that
+    /// it is reported once. A process harness learns fuel and timing here.
+    fn take_tool_run(&self, _tool: &str, _input: &serde_json::Value) -> Option<ToolResult> {
+        None
+    }
 }
 
 /// Everything a harness needs for one turn.
@@ -127,6 +148,34 @@ pub struct TurnRequest {
     pub thinking: bool,
     /// The model name to ask for (from the agent, or the default).
     pub model: String,
+    /// The agent the turn runs as, if the session has switched to one.
+    pub agent: Option<String>,
+    /// The session the turn belongs to.
+    pub session: SessionInfo,
+}
+
+/// What a harness knows about the session a turn belongs to: where its
+/// process lives and the only two ways out it has.
+#[derive(Debug, Clone, Default)]
+pub struct SessionInfo {
+    /// The session id.
+    pub id: String,
+    /// The session workspace, populated with the app's harness files; the
+    /// process's working directory.
+    pub workspace: PathBuf,
+    /// A scratch `HOME` for the process, kept with the session (it holds
+    /// the harness's own conversation state, for resuming).
+    pub home: PathBuf,
+    /// The model gateway's base URL (`http://127.0.0.1:N`).
+    pub gateway_url: String,
+    /// The session's gateway key: the gateway meters the turn to it.
+    pub gateway_key: String,
+    /// The session's MCP endpoint (its token is in the URL).
+    pub mcp_url: String,
+    /// Extra environment from the app's `karta.toml` `[env]`.
+    pub env: BTreeMap<String, String>,
+    /// Tools that need no approval (the harness may allow them up front).
+    pub preapproved_tools: Vec<String>,
 }
 
 /// How a turn ended.
@@ -155,4 +204,16 @@ pub trait Harness: Send + Sync {
         request: TurnRequest,
         context: TurnContext<'a>,
     ) -> BoxFuture<'a, TurnOutcome>;
+
+    /// Stops whatever the harness keeps for `session_id` (its process). The
+    /// next turn of the session starts afresh (resuming where it can).
+    fn end_session<'a>(&'a self, _session_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    /// The process serving `session_id`, if one runs (for `doctor` and for
+    /// measuring memory per session).
+    fn process_id(&self, _session_id: &str) -> Option<u32> {
+        None
+    }
 }

@@ -383,6 +383,70 @@ fn detect_harness(root: &Path) -> HarnessKind {
     }
 }
 
+/// The files of an app that a harness process reads from its working
+/// directory.
+const HARNESS_FILES: &[&str] = &["CLAUDE.md", "AGENTS.md", ".claude", ".opencode"];
+
+/// The most a harness-file copy may write (a hostile app must not fill the
+/// disk one session at a time).
+const MAX_HARNESS_COPY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Copies the app's harness files ([`HARNESS_FILES`]) into a session
+/// workspace, so the harness process finds them in its working directory.
+///
+/// Symbolic links are skipped (they could point anywhere on the host), as is
+/// anything but regular files and directories; the copy stops with an error
+/// past [`MAX_HARNESS_COPY_BYTES`]. Existing files are overwritten: they are
+/// the app's, not the session's.
+pub fn copy_harness_files(root: &Path, workspace: &Path) -> std::io::Result<u64> {
+    std::fs::create_dir_all(workspace)?;
+    let mut written = 0;
+    for name in HARNESS_FILES {
+        copy_tree(&root.join(name), &workspace.join(name), &mut written, 0)?;
+    }
+    Ok(written)
+}
+
+fn copy_tree(from: &Path, to: &Path, written: &mut u64, depth: usize) -> std::io::Result<()> {
+    let meta = match std::fs::symlink_metadata(from) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if meta.is_file() {
+        *written += meta.len();
+        if *written > MAX_HARNESS_COPY_BYTES {
+            return Err(std::io::Error::other(format!(
+                "the app's harness files are larger than {} MiB",
+                MAX_HARNESS_COPY_BYTES >> 20
+            )));
+        }
+        // Never write through a link planted in the workspace.
+        if std::fs::symlink_metadata(to).is_ok_and(|m| !m.is_file()) {
+            remove_any(to)?;
+        }
+        std::fs::copy(from, to)?;
+    } else if meta.is_dir() && depth < 16 {
+        if std::fs::symlink_metadata(to).is_ok_and(|m| !m.is_dir()) {
+            remove_any(to)?;
+        }
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()), written, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => Ok(()),
+    }
+}
+
 fn plugin_from_entry(
     root: &Path,
     declared_in: &Path,

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use karta_harness::ToolDef;
 
-use crate::app::{self, AppError, AppSpec};
+use crate::app::{self, AppError, AppSpec, HarnessKind};
+use crate::harness::HarnessBinaries;
 use crate::gateway::{Gateway, Upstream};
 use crate::plugin::{LoadError, PluginRuntime, RuntimeConfig, RuntimeError};
 use crate::session::{SessionConfig, SessionTool, Sessions};
@@ -27,6 +28,12 @@ pub struct HostConfig {
     pub approval_timeout: Duration,
     /// The model name asked for when an agent names none.
     pub default_model: String,
+    /// Where the Claude Code and OpenCode binaries are.
+    pub harness_binaries: HarnessBinaries,
+    /// Run this harness whatever the app asks for.
+    pub harness: Option<HarnessKind>,
+    /// A harness process is stopped after this long without a turn.
+    pub harness_idle_timeout: Duration,
 }
 
 impl HostConfig {
@@ -38,6 +45,9 @@ impl HostConfig {
             upstream: None,
             approval_timeout: Duration::from_secs(600),
             default_model: "karta-offline".into(),
+            harness_binaries: HarnessBinaries::locate(),
+            harness: None,
+            harness_idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -94,6 +104,7 @@ pub struct Host {
     sessions: Arc<Sessions>,
     gateway_url: String,
     mcp_url: String,
+    harness_notice: Option<String>,
     /// Stops the MCP server when the last clone of the host is dropped: its
     /// task holds the sessions (and so the sled database and its lock).
     _mcp_server: Arc<AbortOnDrop>,
@@ -131,21 +142,8 @@ impl Host {
             .await
             .map_err(HostError::Gateway)?;
         let gateway_url = gateway.serve(listener).await.map_err(HostError::Gateway)?;
-        let sessions = Sessions::new(
-            store,
-            Arc::new(app),
-            tools,
-            gateway,
-            gateway_url.clone(),
-            SessionConfig {
-                workspaces: data_dir.join("workspaces"),
-                approval_timeout: config.approval_timeout,
-                default_model: config.default_model,
-            },
-        );
-        let sessions = Arc::new(sessions);
         // The MCP server harness processes reach, on a loopback port of its
-        // own (like the gateway: the only two ways out of a jail).
+        // own (like the gateway: the only two ways out of a harness).
         let mcp_listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .map_err(HostError::Gateway)?;
@@ -153,6 +151,29 @@ impl Host {
             "http://{}",
             mcp_listener.local_addr().map_err(HostError::Gateway)?
         );
+        let selection = crate::harness::select(
+            config.harness.unwrap_or(app.harness),
+            &config.harness_binaries,
+            config.harness_idle_timeout,
+        );
+        let mut sessions = Sessions::new(
+            store,
+            Arc::new(app),
+            tools,
+            gateway,
+            gateway_url.clone(),
+            SessionConfig {
+                workspaces: data_dir.join("workspaces"),
+                homes: data_dir.join("homes"),
+                mcp_url: mcp_url.clone(),
+                approval_timeout: config.approval_timeout,
+                default_model: config.default_model,
+            },
+        );
+        if let Some(harness) = selection.harness {
+            sessions = sessions.with_harness(harness);
+        }
+        let sessions = Arc::new(sessions);
         let mcp_router = crate::mcp::router(sessions.clone());
         let mcp_server = tokio::spawn(async move {
             if let Err(e) = axum::serve(mcp_listener, mcp_router).await {
@@ -163,6 +184,7 @@ impl Host {
             sessions,
             gateway_url,
             mcp_url,
+            harness_notice: selection.notice,
             _mcp_server: Arc::new(AbortOnDrop(mcp_server)),
         })
     }
@@ -175,6 +197,17 @@ impl Host {
     /// The app being served.
     pub fn app(&self) -> &AppSpec {
         self.sessions.app()
+    }
+
+    /// The harness that runs turns (`builtin`, `claude_code`, `opencode`).
+    pub fn harness_name(&self) -> &'static str {
+        self.sessions.harness_name()
+    }
+
+    /// Why the app does not run on the harness it asks for, when it does
+    /// not (its binary is missing).
+    pub fn harness_notice(&self) -> Option<&str> {
+        self.harness_notice.as_deref()
     }
 
     /// The model gateway's base URL (loopback).

@@ -69,6 +69,7 @@
 pub mod api;
 pub mod app;
 pub mod gateway;
+pub mod harness;
 mod host;
 pub mod mcp;
 pub mod plugin;

@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime};
 
 use karta_harness::builtin::BuiltinHarness;
 use karta_harness::{
-    BoxFuture, Decision, Harness, HarnessEvent, ToolDef, ToolFailure, ToolResult, TurnContext,
-    TurnHost, TurnRequest, Usage,
+    BoxFuture, Decision, Harness, HarnessEvent, SessionInfo, ToolDef, ToolFailure, ToolResult,
+    TurnContext, TurnHost, TurnRequest, Usage,
 };
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -71,6 +71,12 @@ pub struct SessionConfig {
     pub approval_timeout: Duration,
     /// The model name sent when the agent names none.
     pub default_model: String,
+    /// Where harness processes get their scratch `HOME`s
+    /// (`<dir>/<session id>`).
+    pub homes: PathBuf,
+    /// The MCP server's base URL; a session's endpoint is
+    /// `{mcp_url}/mcp/{token}`.
+    pub mcp_url: String,
 }
 
 /// What a new message carries.
@@ -120,6 +126,9 @@ pub struct Sessions {
     gateway: Gateway,
     gateway_url: String,
     config: SessionConfig,
+    /// The process harness (Claude Code, OpenCode) that runs turns; `None`
+    /// runs them on the builtin loop.
+    harness: Option<Arc<dyn Harness>>,
     live: Mutex<HashMap<String, Arc<LiveSession>>>,
     /// MCP token -> session id (see [`crate::mcp`]).
     mcp_tokens: Mutex<HashMap<String, String>>,
@@ -134,9 +143,18 @@ struct LiveSession {
     turn: Mutex<Option<CancellationToken>>,
     pending: Mutex<HashMap<String, PendingInput>>,
     gateway_key: String,
+    /// The session's MCP token, minted on first use by a process harness.
+    mcp_token: Mutex<Option<String>>,
+    /// Tool calls made over MCP, not yet reported by the harness: (tool,
+    /// input, result). Bounded by [`MAX_UNREPORTED_RUNS`].
+    tool_runs: Mutex<Vec<(String, Value, ToolResult)>>,
     /// Set by delete: a turn still winding down writes nothing more.
     deleted: std::sync::atomic::AtomicBool,
 }
+
+/// MCP tool runs kept for the harness to report (a harness that never
+/// reports them must not grow the list without end).
+const MAX_UNREPORTED_RUNS: usize = 64;
 
 struct PendingInput {
     event: Value,
@@ -183,9 +201,27 @@ impl Sessions {
             gateway,
             gateway_url,
             config,
+            harness: None,
             live: Mutex::default(),
             mcp_tokens: Mutex::default(),
         }
+    }
+
+    /// Runs turns on `harness` (a process harness) instead of the builtin
+    /// loop.
+    pub fn with_harness(mut self, harness: Arc<dyn Harness>) -> Self {
+        self.harness = Some(harness);
+        self
+    }
+
+    /// The name of the harness that runs turns.
+    pub fn harness_name(&self) -> &'static str {
+        self.harness.as_ref().map_or("builtin", |h| h.name())
+    }
+
+    /// The harness process serving `session_id`, if one runs.
+    pub fn harness_process_id(&self, session_id: &str) -> Option<u32> {
+        self.harness.as_ref()?.process_id(session_id)
     }
 
     /// Mints an MCP token for `session_id`: an unguessable bearer of the
@@ -225,7 +261,13 @@ impl Sessions {
         let agent = live.log.lock().await.current_agent.clone();
         let tools = self.tools_for(agent.as_deref());
         let workspace = self.config.workspaces.join(id);
-        Ok(run_tool(&self.app, &tools, &workspace, tool, input).await)
+        let result = run_tool(&self.app, &tools, &workspace, tool, input).await;
+        let mut runs = lock(&live.tool_runs);
+        if runs.len() == MAX_UNREPORTED_RUNS {
+            runs.remove(0);
+        }
+        runs.push((tool.to_owned(), input.clone(), result.clone()));
+        Ok(result)
     }
 
     /// The app being served.
@@ -326,6 +368,8 @@ impl Sessions {
                 turn: Mutex::default(),
                 pending: Mutex::default(),
                 gateway_key: self.gateway.issue_key(id),
+                mcp_token: Mutex::default(),
+                tool_runs: Mutex::default(),
                 deleted: Default::default(),
             })
         });
@@ -382,7 +426,11 @@ impl Sessions {
         lock(&self.live).remove(id);
         lock(&self.mcp_tokens).retain(|_, s| s != id);
         self.gateway.revoke_session(id);
+        if let Some(harness) = &self.harness {
+            harness.end_session(id).await;
+        }
         let _ = std::fs::remove_dir_all(self.config.workspaces.join(id));
+        let _ = std::fs::remove_dir_all(self.config.homes.join(id));
         Ok(())
     }
 
@@ -557,6 +605,8 @@ impl Sessions {
                     .and_then(|a| self.app.agents.get(a))
                     .and_then(|a| a.model.clone())
                     .unwrap_or_else(|| self.config.default_model.clone()),
+                agent: agent.clone(),
+                session: SessionInfo::default(),
             };
             (record.next_seq - 1, request, agent)
         };
@@ -634,6 +684,38 @@ impl Sessions {
         prompt.trim().to_owned()
     }
 
+    /// What a process harness needs about the session: its workspace
+    /// (populated with the app's harness files), a scratch `HOME`, and its
+    /// two ways out — the gateway with the session's key and the MCP server
+    /// with the session's token.
+    fn session_info(&self, live: &LiveSession, tools: &[SessionTool]) -> SessionInfo {
+        let workspace = self.config.workspaces.join(&live.id);
+        if let Err(e) = crate::app::copy_harness_files(&self.app.root, &workspace) {
+            tracing::warn!(session = %live.id, "cannot copy the app's harness files: {e}");
+        }
+        let token = lock(&live.mcp_token)
+            .get_or_insert_with(|| {
+                let token = format!("kmcp_{}", uuid::Uuid::new_v4().simple());
+                lock(&self.mcp_tokens).insert(token.clone(), live.id.clone());
+                token
+            })
+            .clone();
+        SessionInfo {
+            id: live.id.clone(),
+            workspace,
+            home: self.config.homes.join(&live.id),
+            gateway_url: self.gateway_url.clone(),
+            gateway_key: live.gateway_key.clone(),
+            mcp_url: format!("{}/mcp/{token}", self.config.mcp_url),
+            env: self.app.env.clone(),
+            preapproved_tools: tools
+                .iter()
+                .filter(|t| !t.approval)
+                .map(|t| t.def.name.clone())
+                .collect(),
+        }
+    }
+
     fn tools_for(&self, agent: Option<&str>) -> Vec<SessionTool> {
         let allowed = agent
             .and_then(|a| self.app.agents.get(a))
@@ -667,7 +749,18 @@ impl Sessions {
             workspace: self.config.workspaces.join(&live.id),
             cancel: cancel.clone(),
         };
-        let harness = BuiltinHarness::new(&self.gateway_url, &live.gateway_key);
+        let mut request = request;
+        let builtin;
+        let harness: &dyn Harness = match &self.harness {
+            Some(harness) => {
+                request.session = self.session_info(&live, &host.tools);
+                harness.as_ref()
+            }
+            None => {
+                builtin = BuiltinHarness::new(&self.gateway_url, &live.gateway_key);
+                &builtin
+            }
+        };
 
         // Events are appended in order by one writer task. The terminal event
         // is held back: it is published only once the turn is saved and the
@@ -878,6 +971,14 @@ impl TurnHost for SessionTurnHost {
             }
             decision
         })
+    }
+
+    fn take_tool_run(&self, tool: &str, input: &Value) -> Option<ToolResult> {
+        let mut runs = lock(&self.live.tool_runs);
+        let index = runs
+            .iter()
+            .rposition(|(t, i, _)| t == tool && i == input)?;
+        Some(runs.remove(index).2)
     }
 
     fn call_tool<'a>(&'a self, tool: &'a str, input: &'a Value) -> BoxFuture<'a, ToolResult> {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod gateway;
+mod harnesses;
 mod mcp;
 mod plugin_runtime;
 mod sessions;

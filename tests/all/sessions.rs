@@ -55,9 +55,21 @@ impl Server {
     }
 
     pub async fn try_start(app: &Path, data: &Path) -> Result<Self, karta_host::HostError> {
+        Self::try_start_with(app, data, |_| {}).await
+    }
+
+    /// Starts a host on the builtin harness (whatever is installed here),
+    /// after `configure` has had its say.
+    pub async fn try_start_with(
+        app: &Path,
+        data: &Path,
+        configure: impl FnOnce(&mut HostConfig),
+    ) -> Result<Self, karta_host::HostError> {
         let mut config = HostConfig::new(app);
         config.data_dir = data.to_path_buf();
         config.approval_timeout = Duration::from_secs(30);
+        config.harness = Some(karta_host::app::HarnessKind::Builtin);
+        configure(&mut config);
         let host = Host::start(config).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -180,11 +192,11 @@ pub async fn sse(
     events
 }
 
-fn types(events: &[Value]) -> Vec<&str> {
+pub fn types(events: &[Value]) -> Vec<&str> {
     events.iter().filter_map(|e| e["type"].as_str()).collect()
 }
 
-async fn new_session(server: &Server, body: Value) -> String {
+pub async fn new_session(server: &Server, body: Value) -> String {
     let (status, session) = send("POST", &server.url("/v1/sessions"), body).await;
     assert_eq!(status, 201, "{session}");
     session["id"].as_str().expect("id").to_owned()

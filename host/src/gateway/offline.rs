@@ -34,6 +34,8 @@ pub(crate) struct Conversation {
     pub(crate) tool_results: Vec<(String, String, bool)>,
     /// Characters of the whole request, for usage.
     pub(crate) request_chars: usize,
+    /// The names of the tools the request offers.
+    pub(crate) tool_names: Vec<String>,
 }
 
 /// What the offline model answers.
@@ -72,7 +74,7 @@ pub(crate) fn reply(conversation: &Conversation) -> Result<Reply, Failure> {
             let rest = rest.trim();
             let (name, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, "{}"));
             let input = serde_json::from_str(args.trim()).unwrap_or_else(|_| json!({}));
-            tools.push((name.to_owned(), input));
+            tools.push((resolve_tool(name, &conversation.tool_names), input));
         } else if let Some(rest) = trimmed.strip_prefix("/think ") {
             thinking = Some(rest.trim().to_owned());
         } else if let Some(rest) = trimmed.strip_prefix("/say ") {
@@ -134,6 +136,30 @@ pub(crate) fn reply(conversation: &Conversation) -> Result<Reply, Failure> {
     Ok(reply)
 }
 
+/// The offered tool that `name` means: itself, or the one a harness named
+/// after it (`mcp__karta__calc` in Claude Code, `karta_calc` in OpenCode for
+/// `calc`), so one directive works under every harness.
+fn resolve_tool(name: &str, offered: &[String]) -> String {
+    if offered.iter().any(|t| t == name) {
+        return name.to_owned();
+    }
+    offered
+        .iter()
+        .find(|t| {
+            t.strip_suffix(name)
+                .is_some_and(|prefix| prefix.ends_with("__") || prefix.ends_with('_'))
+        })
+        .cloned()
+        .unwrap_or_else(|| name.to_owned())
+}
+
+/// Whether a text block is harness context rather than the user's words
+/// (Claude Code puts `CLAUDE.md` and reminders in `<system-reminder>` blocks
+/// of the user message).
+fn is_reminder(text: &str) -> bool {
+    text.trim_start().starts_with("<system-reminder>")
+}
+
 /// Text of an Anthropic `content` (a string or a list of blocks).
 fn anthropic_text(content: &Value) -> String {
     match content {
@@ -142,6 +168,7 @@ fn anthropic_text(content: &Value) -> String {
             .iter()
             .filter(|b| b["type"] == "text")
             .filter_map(|b| b["text"].as_str())
+            .filter(|t| !is_reminder(t))
             .collect::<Vec<_>>()
             .join("\n"),
         _ => String::new(),
@@ -161,6 +188,12 @@ pub(crate) fn from_anthropic(request: &Value) -> Conversation {
             _ => String::new(),
         },
         request_chars: request["messages"].to_string().len() + request["system"].to_string().len(),
+        tool_names: request["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect(),
         ..Conversation::default()
     };
     // tool_use id -> tool name, to name results.
@@ -187,10 +220,13 @@ pub(crate) fn from_anthropic(request: &Value) -> Conversation {
                     .filter(|b| b["type"] == "tool_result")
                     .collect();
                 if results.is_empty() {
-                    conversation
-                        .user_texts
-                        .push(anthropic_text(&message["content"]));
-                    conversation.tool_results.clear();
+                    let text = anthropic_text(&message["content"]);
+                    // A message of reminders only is the harness talking.
+                    let reminders_only = text.trim().is_empty() && message["content"].is_array();
+                    if !reminders_only {
+                        conversation.user_texts.push(text);
+                        conversation.tool_results.clear();
+                    }
                 } else {
                     for result in results {
                         let id = result["tool_use_id"].as_str().unwrap_or_default();
@@ -211,6 +247,12 @@ pub(crate) fn from_anthropic(request: &Value) -> Conversation {
 pub(crate) fn from_openai(request: &Value) -> Conversation {
     let mut conversation = Conversation {
         request_chars: request["messages"].to_string().len(),
+        tool_names: request["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["function"]["name"].as_str().map(str::to_owned))
+            .collect(),
         ..Conversation::default()
     };
     let mut names = std::collections::HashMap::new();
@@ -220,6 +262,7 @@ pub(crate) fn from_openai(request: &Value) -> Conversation {
             Value::Array(parts) => parts
                 .iter()
                 .filter_map(|p| p["text"].as_str())
+                .filter(|t| !is_reminder(t))
                 .collect::<Vec<_>>()
                 .join("\n"),
             _ => String::new(),
@@ -336,6 +379,20 @@ mod tests {
         .expect("reply");
         assert_eq!(r.thinking.as_deref(), Some("hmm"));
         assert_eq!(r.text.as_deref(), Some("System prompt: Be brief."));
+    }
+
+    #[test]
+    fn directives_name_tools_as_any_harness_does() {
+        let offered = vec!["Agent".to_owned(), "mcp__karta__calc".to_owned()];
+        assert_eq!(resolve_tool("calc", &offered), "mcp__karta__calc");
+        assert_eq!(resolve_tool("Agent", &offered), "Agent");
+        assert_eq!(resolve_tool("alc", &offered), "alc");
+        assert_eq!(resolve_tool("calc", &["karta_calc".to_owned()]), "karta_calc");
+        let c = conversation(json!([{"role": "user", "content": [
+            {"type": "text", "text": "<system-reminder>\n/say not me\n</system-reminder>"},
+            {"type": "text", "text": "hello"},
+        ]}]));
+        assert_eq!(c.user_texts, vec!["hello".to_owned()]);
     }
 
     #[test]

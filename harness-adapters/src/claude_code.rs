@@ -1,0 +1,818 @@
+//! The Claude Code harness: the real `claude` CLI, one process per live
+//! session, driven over stream-json.
+//!
+//! The process is started on a session's first turn with
+//!
+//! ```text
+//! claude -p --input-format stream-json --output-format stream-json --verbose
+//!        --include-partial-messages --permission-prompt-tool stdio
+//!        --mcp-config <home>/karta-mcp.json --strict-mcp-config
+//!        --tools <ALLOWED_BUILTIN_TOOLS> --allowedTools mcp__karta__<tool>,…
+//!        [--model M] [--resume <claude session id>]
+//! ```
+//!
+//! in the session workspace (which the host populated with the app's
+//! `CLAUDE.md` and `.claude/`), with a cleared environment: a scratch `HOME`
+//! (where the folder is marked trusted, so project settings apply),
+//! `ANTHROPIC_BASE_URL` = the host's gateway and `ANTHROPIC_API_KEY` = the
+//! session's gateway key. Its only tools are the session's plugin tools,
+//! reached over MCP (`mcp__karta__<tool>`), plus Claude Code's own
+//! non-acting tools (sub-agents, skills, to-dos); the tools that would touch
+//! the machine (`Bash`, `Read`, `Write`, `WebFetch`, …) are switched off.
+//!
+//! Each turn writes one `user` line and maps the output until the `result`
+//! line:
+//!
+//! | claude line | protocol event |
+//! | --- | --- |
+//! | `stream_event` text / thinking deltas | `text` / `reasoning` |
+//! | `stream_event` `message_start` / `message_delta` | `step_start` / `step_finish` (usage) |
+//! | `assistant` `tool_use` block | `tool_use` running |
+//! | `user` `tool_result` block | `tool_use` completed or error, with the fuel the MCP call used |
+//! | `control_request` `can_use_tool` | `input_required`; the answer goes back as a `control_response` |
+//! | `system` `init` / `api_retry` | `system` |
+//! | `result` | `done`, or `error` when `is_error` |
+//!
+//! Several turns run in one process. The process is killed on cancel, after
+//! [`ClaudeCodeConfig::idle_timeout`] without a turn, on session delete, and
+//! when the harness is dropped; the next turn starts a new one with
+//! `--resume`, so the conversation survives (Claude Code keeps it in the
+//! session's `HOME`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{ChildStdin, ChildStdout};
+
+use crate::process::{HarnessProcess, Spawn, base_env};
+use crate::{
+    BoxFuture, Decision, Harness, HarnessEvent, SessionInfo, ToolStatus, TurnContext, TurnOutcome,
+    TurnRequest, Usage,
+};
+
+/// The name the host's MCP server has in Claude Code's config; its tools
+/// are `mcp__karta__<tool>`.
+pub const MCP_SERVER_NAME: &str = "karta";
+
+/// Claude Code's own tools that stay on: they act only through the model
+/// (sub-agents, skills, to-do lists), never on the machine.
+pub const KEPT_BUILTIN_TOOLS: &[&str] = &["Task", "Agent", "Skill", "TodoWrite"];
+
+/// The longest one output line may be (a tool result can be large).
+const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long the process may take to answer the `initialize` request.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Settings of the Claude Code harness.
+#[derive(Debug, Clone)]
+pub struct ClaudeCodeConfig {
+    /// The `claude` binary.
+    pub program: PathBuf,
+    /// A session's process is stopped after this long without a turn.
+    pub idle_timeout: Duration,
+}
+
+/// The Claude Code harness (see the module docs).
+pub struct ClaudeCodeHarness {
+    config: ClaudeCodeConfig,
+    /// Session id -> its process slot (empty when stopped).
+    sessions: Mutex<HashMap<String, Slot>>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<ClaudeProcess>>>;
+
+/// One running `claude`.
+struct ClaudeProcess {
+    process: HarnessProcess,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    last_used: Instant,
+    /// Whether `system/init` was reported (once per process).
+    announced: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why a turn could not go on.
+struct TurnFailure {
+    code: &'static str,
+    message: String,
+}
+
+impl TurnFailure {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The file in the session's `HOME` that remembers Claude Code's own session
+/// id, for `--resume`.
+const RESUME_FILE: &str = "karta-claude-session";
+
+impl ClaudeCodeHarness {
+    /// A harness running `config.program`.
+    pub fn new(config: ClaudeCodeConfig) -> Self {
+        Self {
+            config,
+            sessions: Mutex::default(),
+        }
+    }
+
+    fn slot(&self, session_id: &str) -> Slot {
+        lock(&self.sessions)
+            .entry(session_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The command line for `session` (see the module docs).
+    fn spawn_for(&self, request: &TurnRequest) -> std::io::Result<Spawn> {
+        let session = &request.session;
+        std::fs::create_dir_all(&session.home)?;
+        let mcp_config = session.home.join("karta-mcp.json");
+        std::fs::write(
+            &mcp_config,
+            serde_json::to_vec_pretty(&json!({
+                "mcpServers": { MCP_SERVER_NAME: { "type": "http", "url": session.mcp_url } }
+            }))?,
+        )?;
+        trust_workspace(&session.home, &session.workspace)?;
+
+        let mut args: Vec<String> = [
+            "-p",
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--include-partial-messages",
+            "--permission-prompt-tool",
+            "stdio",
+            "--strict-mcp-config",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        args.push("--mcp-config".into());
+        args.push(mcp_config.display().to_string());
+        args.push("--tools".into());
+        args.push(KEPT_BUILTIN_TOOLS.join(","));
+        if !session.preapproved_tools.is_empty() {
+            args.push("--allowedTools".into());
+            args.push(
+                session
+                    .preapproved_tools
+                    .iter()
+                    .map(|t| format!("mcp__{MCP_SERVER_NAME}__{t}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
+        if !request.model.is_empty() {
+            args.push("--model".into());
+            args.push(request.model.clone());
+        }
+        if let Ok(previous) = std::fs::read_to_string(session.home.join(RESUME_FILE)) {
+            let previous = previous.trim();
+            if !previous.is_empty() {
+                args.push("--resume".into());
+                args.push(previous.to_owned());
+            }
+        }
+
+        let mut env = base_env(&session.home, &self.config.program);
+        // The app's own `[env]` first, so that nothing in it can redirect
+        // the model traffic or the key.
+        env.extend(session.env.clone());
+        env.extend(claude_env(session));
+        Ok(Spawn {
+            program: self.config.program.clone(),
+            args,
+            cwd: session.workspace.clone(),
+            env,
+            stdin: true,
+            stdout: true,
+        })
+    }
+
+    async fn start(&self, request: &TurnRequest) -> Result<ClaudeProcess, TurnFailure> {
+        let spawn = self
+            .spawn_for(request)
+            .map_err(|e| TurnFailure::new("harness_error", format!("cannot prepare claude: {e}")))?;
+        let mut process = HarnessProcess::start(&spawn).map_err(|e| {
+            TurnFailure::new(
+                "harness_unavailable",
+                format!("cannot start {}: {e}", spawn.program.display()),
+            )
+        })?;
+        let (Some(stdin), Some(stdout)) = (process.child.stdin.take(), process.child.stdout.take())
+        else {
+            return Err(TurnFailure::new("harness_error", "claude has no pipes"));
+        };
+        let mut claude = ClaudeProcess {
+            process,
+            stdin,
+            lines: BufReader::with_capacity(64 * 1024, stdout).lines(),
+            last_used: Instant::now(),
+            announced: false,
+        };
+        let request_id = format!("init_{}", uuid::Uuid::new_v4().simple());
+        claude
+            .send(&json!({
+                "type": "control_request",
+                "request_id": request_id,
+                "request": { "subtype": "initialize", "hooks": null },
+            }))
+            .await?;
+        // Wait for the answer, so a process that cannot start fails here,
+        // with its stderr, rather than in the middle of the turn.
+        let answered = tokio::time::timeout(START_TIMEOUT, async {
+            loop {
+                let line = claude.next_line().await?;
+                if line["type"] == "control_response" {
+                    let response = &line["response"];
+                    if response["subtype"] == "error" {
+                        return Err(TurnFailure::new(
+                            "harness_error",
+                            format!("claude refused to start: {}", response["error"]),
+                        ));
+                    }
+                    return Ok(());
+                }
+            }
+        })
+        .await;
+        match answered {
+            Ok(Ok(())) => Ok(claude),
+            Ok(Err(failure)) => Err(failure),
+            Err(_) => Err(TurnFailure::new(
+                "harness_error",
+                format!(
+                    "claude did not answer its initialize request within {}s",
+                    START_TIMEOUT.as_secs()
+                ),
+            )),
+        }
+    }
+
+    async fn turn(&self, request: TurnRequest, cx: TurnContext<'_>) -> TurnOutcome {
+        let slot = self.slot(&request.session.id);
+        let mut guard = slot.lock().await;
+        let user = json!({ "role": "user", "content": [{ "type": "text", "text": request.text }] });
+        let mut turn = TurnState::default();
+
+        let result = tokio::select! {
+            result = self.drive(&mut guard, &request, &cx, &mut turn) => result,
+            () = cx.cancel.cancelled() => Err(TurnFailure::new("cancelled", "")),
+        };
+        let status = match result {
+            Ok(status) => {
+                if let Some(claude) = guard.as_mut() {
+                    claude.last_used = Instant::now();
+                }
+                cx.emit(HarnessEvent::Done {
+                    message_id: turn.message_id(),
+                    usage: turn.usage,
+                    status: status.clone(),
+                });
+                status
+            }
+            Err(failure) => {
+                // A process in an unknown state is not reused: the next turn
+                // starts a fresh one that resumes the conversation.
+                if let Some(claude) = guard.take() {
+                    claude.process.kill().await;
+                }
+                if failure.code == "cancelled" {
+                    cx.emit(HarnessEvent::Done {
+                        message_id: turn.message_id(),
+                        usage: turn.usage,
+                        status: "cancelled".into(),
+                    });
+                    "cancelled".to_owned()
+                } else {
+                    cx.emit(HarnessEvent::Error {
+                        code: failure.code.to_owned(),
+                        message: failure.message,
+                    });
+                    "error".to_owned()
+                }
+            }
+        };
+        drop(guard);
+        self.stop_when_idle(&request.session.id, slot);
+
+        let mut new_messages = vec![user];
+        if !turn.text.is_empty() {
+            new_messages.push(json!({
+                "role": "assistant", "content": [{ "type": "text", "text": turn.text }]
+            }));
+        }
+        TurnOutcome {
+            new_messages,
+            text: turn.text,
+            usage: turn.usage,
+            status,
+        }
+    }
+
+    /// Sends the message and maps the output until the turn's `result`.
+    async fn drive(
+        &self,
+        slot: &mut Option<ClaudeProcess>,
+        request: &TurnRequest,
+        cx: &TurnContext<'_>,
+        turn: &mut TurnState,
+    ) -> Result<String, TurnFailure> {
+        if slot.is_none() {
+            *slot = Some(self.start(request).await?);
+        }
+        let Some(claude) = slot.as_mut() else {
+            return Err(TurnFailure::new("harness_error", "no claude process"));
+        };
+        claude
+            .send(&json!({
+                "type": "user",
+                "message": { "role": "user", "content": [{ "type": "text", "text": request.text }] },
+                "parent_tool_use_id": null,
+                "session_id": "",
+            }))
+            .await?;
+        loop {
+            let line = claude.next_line().await?;
+            match line["type"].as_str() {
+                Some("stream_event") => turn.stream_event(&line["event"], cx),
+                Some("assistant") => turn.assistant(&line, cx),
+                Some("user") => turn.tool_results(&line, cx),
+                Some("control_request") => {
+                    let answer = answer_control_request(&line, cx, turn).await;
+                    claude.send(&answer).await?;
+                }
+                Some("system") => {
+                    if line["subtype"] == "init" {
+                        remember_session(&request.session.home, &line);
+                        if !claude.announced {
+                            claude.announced = true;
+                            cx.emit(HarnessEvent::System {
+                                data: json!({
+                                    "harness": "claude_code",
+                                    "subtype": "init",
+                                    "model": line["model"],
+                                    "claude_session_id": line["session_id"],
+                                    "tools": line["tools"],
+                                    "mcp_servers": line["mcp_servers"],
+                                    "agents": line["agents"],
+                                }),
+                            });
+                        }
+                    } else if line["subtype"] == "api_retry" {
+                        cx.emit(HarnessEvent::System {
+                            data: json!({ "harness": "claude_code", "subtype": "api_retry", "detail": line }),
+                        });
+                    }
+                }
+                Some("result") => return turn.result(&line),
+                _ => {}
+            }
+        }
+    }
+
+    /// Stops the session's process once it has been idle for the timeout.
+    /// The timer holds the slot weakly: a session deleted or a harness
+    /// dropped in the meantime has already stopped its process.
+    fn stop_when_idle(&self, session_id: &str, slot: Slot) {
+        let idle = self.config.idle_timeout;
+        let session_id = session_id.to_owned();
+        let slot = Arc::downgrade(&slot);
+        tokio::spawn(async move {
+            tokio::time::sleep(idle).await;
+            let Some(slot) = slot.upgrade() else {
+                return;
+            };
+            let mut guard = slot.lock().await;
+            if guard.as_ref().is_some_and(|c| c.last_used.elapsed() >= idle) {
+                if let Some(claude) = guard.take() {
+                    tracing::debug!(session = %session_id, "stopping an idle claude process");
+                    claude.process.kill().await;
+                }
+            }
+        });
+    }
+}
+
+/// The variables that point Claude Code at the gateway and keep it offline
+/// and quiet.
+fn claude_env(session: &SessionInfo) -> BTreeMap<String, String> {
+    [
+        ("ANTHROPIC_BASE_URL", session.gateway_url.as_str()),
+        ("ANTHROPIC_API_KEY", session.gateway_key.as_str()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+        ("DISABLE_TELEMETRY", "1"),
+        ("DISABLE_AUTOUPDATER", "1"),
+        ("DISABLE_ERROR_REPORTING", "1"),
+        ("DISABLE_BUG_COMMAND", "1"),
+        // MCP tools go straight into the model's tool list instead of
+        // behind a search tool.
+        ("ENABLE_TOOL_SEARCH", "false"),
+        ("CLAUDE_CODE_MAX_RETRIES", "2"),
+        ("IS_SANDBOX", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Marks `workspace` trusted in `home/.claude.json`, so the app's
+/// `.claude/settings.json` applies.
+fn trust_workspace(home: &Path, workspace: &Path) -> std::io::Result<()> {
+    let file = home.join(".claude.json");
+    let mut config: Value = std::fs::read(&file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    let key = workspace.display().to_string();
+    config["hasCompletedOnboarding"] = json!(true);
+    if !config["projects"].is_object() {
+        config["projects"] = json!({});
+    }
+    config["projects"][key]["hasTrustDialogAccepted"] = json!(true);
+    std::fs::write(&file, serde_json::to_vec_pretty(&config)?)
+}
+
+/// Remembers Claude Code's session id for `--resume`.
+fn remember_session(home: &Path, init: &Value) {
+    if let Some(id) = init["session_id"].as_str() {
+        let _ = std::fs::write(home.join(RESUME_FILE), id);
+    }
+}
+
+impl ClaudeProcess {
+    async fn send(&mut self, line: &Value) -> Result<(), TurnFailure> {
+        let mut bytes = serde_json::to_vec(line)
+            .map_err(|e| TurnFailure::new("harness_error", format!("cannot encode: {e}")))?;
+        bytes.push(b'\n');
+        let written = async {
+            self.stdin.write_all(&bytes).await?;
+            self.stdin.flush().await
+        }
+        .await;
+        written.map_err(|e| self.died(&format!("cannot write to claude: {e}")))
+    }
+
+    /// The next JSON line; the process ending is an error.
+    async fn next_line(&mut self) -> Result<Value, TurnFailure> {
+        loop {
+            let line = match self.lines.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) => return Err(self.died("claude exited")),
+                Err(e) => return Err(self.died(&format!("cannot read claude's output: {e}"))),
+            };
+            if line.len() > MAX_LINE_BYTES {
+                return Err(TurnFailure::new(
+                    "harness_error",
+                    format!("claude wrote a line of {} bytes", line.len()),
+                ));
+            }
+            let trimmed = line.trim();
+            if trimmed.is_empty() {
+                continue;
+            }
+            match serde_json::from_str(trimmed) {
+                Ok(value) => return Ok(value),
+                // Claude Code writes only JSON here; anything else is noise
+                // worth a log line, not a failed turn.
+                Err(_) => tracing::debug!("claude wrote a non-JSON line: {trimmed}"),
+            }
+        }
+    }
+
+    fn died(&mut self, what: &str) -> TurnFailure {
+        let status = self.process.child.try_wait().ok().flatten();
+        let tail = self.process.stderr_tail();
+        let mut message = what.to_owned();
+        if let Some(status) = status {
+            message.push_str(&format!(" ({status})"));
+        }
+        if !tail.is_empty() {
+            message.push_str(&format!("; its last words: {tail}"));
+        }
+        TurnFailure::new("harness_error", message)
+    }
+}
+
+/// What one turn has seen so far.
+#[derive(Default)]
+struct TurnState {
+    /// The id of the model message being streamed.
+    current_message: Option<String>,
+    last_message: Option<String>,
+    step_index: u32,
+    step_open: bool,
+    step_usage: Usage,
+    usage: Usage,
+    /// Text of the latest assistant message.
+    text: String,
+    /// Tool-use id -> (karta tool name, input).
+    tool_uses: HashMap<String, (String, Value)>,
+    /// Tool-use ids a person denied (their results are reported as denials).
+    denied: Vec<(String, Value)>,
+    /// Whether a person denied a call this turn.
+    any_denied: bool,
+}
+
+/// The karta tool behind a Claude Code tool name (`mcp__karta__calc` ->
+/// `calc`); other names stay as they are.
+fn karta_tool(name: &str) -> &str {
+    name.strip_prefix("mcp__")
+        .and_then(|rest| rest.strip_prefix(MCP_SERVER_NAME))
+        .and_then(|rest| rest.strip_prefix("__"))
+        .unwrap_or(name)
+}
+
+impl TurnState {
+    fn message_id(&self) -> String {
+        self.last_message
+            .clone()
+            .unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// A raw Anthropic streaming event (partial messages).
+    fn stream_event(&mut self, event: &Value, cx: &TurnContext<'_>) {
+        match event["type"].as_str() {
+            Some("message_start") => {
+                let id = event["message"]["id"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple()));
+                self.current_message = Some(id.clone());
+                self.last_message = Some(id);
+                self.step_usage = usage_of(&event["message"]["usage"]);
+                self.step_open = true;
+                self.text.clear();
+                cx.emit(HarnessEvent::StepStart {
+                    step_index: self.step_index,
+                });
+            }
+            Some("content_block_delta") => {
+                let part_id = format!(
+                    "{}_{}",
+                    self.current_message.as_deref().unwrap_or("msg"),
+                    event["index"].as_u64().unwrap_or(0)
+                );
+                let delta = &event["delta"];
+                match delta["type"].as_str() {
+                    Some("text_delta") => {
+                        let text = delta["text"].as_str().unwrap_or_default();
+                        self.text.push_str(text);
+                        cx.emit(HarnessEvent::Text {
+                            part_id,
+                            text: text.to_owned(),
+                        });
+                    }
+                    Some("thinking_delta") => cx.emit(HarnessEvent::Reasoning {
+                        part_id,
+                        text: delta["thinking"].as_str().unwrap_or_default().to_owned(),
+                    }),
+                    _ => {}
+                }
+            }
+            Some("message_delta") => {
+                let usage = usage_of(&event["usage"]);
+                if usage.output_tokens > 0 {
+                    self.step_usage.output_tokens = usage.output_tokens;
+                }
+                if usage.input_tokens > 0 {
+                    self.step_usage.input_tokens = usage.input_tokens;
+                }
+                if self.step_open {
+                    self.step_open = false;
+                    self.usage.add(self.step_usage);
+                    cx.emit(HarnessEvent::StepFinish {
+                        step_index: self.step_index,
+                        usage: self.step_usage,
+                        stop_reason: event["delta"]["stop_reason"]
+                            .as_str()
+                            .unwrap_or("end_turn")
+                            .to_owned(),
+                    });
+                    self.step_index += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A finished assistant content block: tool calls start here.
+    fn assistant(&mut self, line: &Value, cx: &TurnContext<'_>) {
+        for block in line["message"]["content"].as_array().into_iter().flatten() {
+            if block["type"] != "tool_use" {
+                continue;
+            }
+            let id = block["id"].as_str().unwrap_or_default().to_owned();
+            if self.tool_uses.contains_key(&id) {
+                continue;
+            }
+            let tool = karta_tool(block["name"].as_str().unwrap_or_default()).to_owned();
+            let input = block["input"].clone();
+            cx.emit(HarnessEvent::ToolUse {
+                part_id: id.clone(),
+                tool: tool.clone(),
+                status: ToolStatus::Running,
+                input: input.clone(),
+                output: None,
+                error: None,
+                fuel: None,
+                duration_ms: None,
+            });
+            self.tool_uses.insert(id, (tool, input));
+        }
+    }
+
+    /// Tool results: each finishes a tool call, with what the MCP call cost.
+    fn tool_results(&mut self, line: &Value, cx: &TurnContext<'_>) {
+        for block in line["message"]["content"].as_array().into_iter().flatten() {
+            if block["type"] != "tool_result" {
+                continue;
+            }
+            let id = block["tool_use_id"].as_str().unwrap_or_default();
+            let Some((tool, input)) = self.tool_uses.get(id).cloned() else {
+                continue;
+            };
+            let text = result_text(&block["content"]);
+            let is_error = block["is_error"].as_bool().unwrap_or(false);
+            let denied_at = self
+                .denied
+                .iter()
+                .position(|(t, i)| *t == tool && *i == input);
+            let run = cx.host.take_tool_run(&tool, &input);
+            let (status, output, error) = match (&run, denied_at) {
+                (Some(run), _) => match &run.content {
+                    Ok(output) => (ToolStatus::Completed, Some(output.clone()), None),
+                    Err(failure) => (
+                        ToolStatus::Error,
+                        None,
+                        Some(json!({ "kind": failure.kind, "message": failure.message })),
+                    ),
+                },
+                (None, Some(index)) => {
+                    self.denied.remove(index);
+                    (
+                        ToolStatus::Error,
+                        None,
+                        Some(json!({ "kind": "denied", "message": text })),
+                    )
+                }
+                (None, None) if is_error => (
+                    ToolStatus::Error,
+                    None,
+                    Some(json!({ "kind": "tool_error", "message": text })),
+                ),
+                (None, None) => (
+                    ToolStatus::Completed,
+                    Some(serde_json::from_str(&text).unwrap_or(Value::String(text))),
+                    None,
+                ),
+            };
+            cx.emit(HarnessEvent::ToolUse {
+                part_id: id.to_owned(),
+                tool,
+                status,
+                input,
+                output,
+                error,
+                fuel: run.as_ref().and_then(|r| r.fuel),
+                duration_ms: run.as_ref().map(|r| r.duration_ms),
+            });
+        }
+    }
+
+    /// The turn's `result` line: how it ended.
+    fn result(&mut self, line: &Value) -> Result<String, TurnFailure> {
+        if line["is_error"].as_bool().unwrap_or(false) {
+            let message = line["result"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("claude ended the turn with an error ({})", line["subtype"]));
+            return Err(TurnFailure::new("model_error", message));
+        }
+        if let Some(text) = line["result"].as_str().filter(|t| !t.is_empty()) {
+            self.text = text.to_owned();
+        }
+        let total = usage_of(&line["usage"]);
+        if total.input_tokens + total.output_tokens > self.usage.input_tokens + self.usage.output_tokens
+        {
+            self.usage = total;
+        }
+        Ok(if self.any_denied { "denied" } else { "completed" }.to_owned())
+    }
+}
+
+/// Anthropic usage, counting cached input as input.
+fn usage_of(usage: &Value) -> Usage {
+    let n = |key: &str| usage[key].as_u64().unwrap_or(0);
+    Usage {
+        input_tokens: n("input_tokens")
+            + n("cache_read_input_tokens")
+            + n("cache_creation_input_tokens"),
+        output_tokens: n("output_tokens"),
+    }
+}
+
+/// The text of a `tool_result` content (a string or text blocks).
+fn result_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => other.to_string(),
+    }
+}
+
+/// Answers a control request from claude: permission prompts go to a
+/// person (unless the tool needs no approval); anything else is declined.
+async fn answer_control_request(line: &Value, cx: &TurnContext<'_>, turn: &mut TurnState) -> Value {
+    let request_id = line["request_id"].clone();
+    let request = &line["request"];
+    if request["subtype"] != "can_use_tool" {
+        return json!({
+            "type": "control_response",
+            "response": {
+                "subtype": "error",
+                "request_id": request_id,
+                "error": format!("the Karta host does not handle `{}` requests", request["subtype"].as_str().unwrap_or("?")),
+            },
+        });
+    }
+    let tool = karta_tool(request["tool_name"].as_str().unwrap_or_default()).to_owned();
+    let input = request["input"].clone();
+    let decision = if cx.host.needs_approval(&tool) {
+        cx.host.request_approval(&tool, &input).await
+    } else {
+        Some(Decision::ApproveOnce)
+    };
+    let response = match decision {
+        Some(Decision::ApproveOnce | Decision::ApproveSession) => {
+            json!({ "behavior": "allow", "updatedInput": input })
+        }
+        Some(Decision::Deny) | None => {
+            turn.any_denied = true;
+            turn.denied.push((tool.clone(), input.clone()));
+            let why = if decision.is_none() {
+                "the approval request timed out or the turn was cancelled"
+            } else {
+                "a person denied this tool call"
+            };
+            json!({ "behavior": "deny", "message": format!("Tool call denied: {why}.") })
+        }
+    };
+    json!({
+        "type": "control_response",
+        "response": { "subtype": "success", "request_id": request_id, "response": response },
+    })
+}
+
+impl Harness for ClaudeCodeHarness {
+    fn name(&self) -> &'static str {
+        "claude_code"
+    }
+
+    fn run_turn<'a>(
+        &'a self,
+        request: TurnRequest,
+        context: TurnContext<'a>,
+    ) -> BoxFuture<'a, TurnOutcome> {
+        Box::pin(self.turn(request, context))
+    }
+
+    fn end_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let slot = lock(&self.sessions).remove(session_id);
+            if let Some(slot) = slot {
+                if let Some(claude) = slot.lock().await.take() {
+                    claude.process.kill().await;
+                }
+            }
+        })
+    }
+
+    fn process_id(&self, session_id: &str) -> Option<u32> {
+        let slot = lock(&self.sessions).get(session_id)?.clone();
+        let guard = slot.try_lock().ok()?;
+        guard.as_ref().and_then(|c| c.process.pid())
+    }
+}

@@ -1,0 +1,806 @@
+//! The OpenCode harness: the real `opencode` binary as a headless server,
+//! one per live session.
+//!
+//! On a session's first turn the harness starts
+//! `opencode serve --hostname 127.0.0.1 --port N` in the session workspace
+//! (populated with the app's `AGENTS.md` and `.opencode/`) with a cleared
+//! environment, a scratch `HOME`, and a config (`OPENCODE_CONFIG`) that
+//! gives it exactly one provider — the host's gateway, OpenAI-compatible,
+//! with the session's gateway key — and exactly one MCP server, the host's,
+//! with the session's token. OpenCode's own tools that act on the machine
+//! (`bash`, `edit`, `write`, `read`, `webfetch`, …) are switched off; the
+//! session's plugin tools (`karta_<tool>`) remain, and those that need
+//! approval are set to `ask`.
+//!
+//! A turn is `POST /session/{id}/prompt_async`; its events come from the
+//! server's `GET /event` stream:
+//!
+//! | OpenCode event | protocol event |
+//! | --- | --- |
+//! | `message.part.delta` / `message.part.updated` (text, reasoning) | `text` / `reasoning` |
+//! | `message.part.updated` `step-start` / `step-finish` | `step_start` / `step_finish` (tokens) |
+//! | `message.part.updated` `tool` (running, completed, error) | `tool_use`, with the fuel the MCP call used |
+//! | `permission.asked` | `input_required`; the answer goes to `POST /permission/{id}/reply` |
+//! | `session.error` | `error` |
+//! | `session.idle` | `done` |
+//!
+//! **One server per session, not per app.** A server costs seconds to start
+//! and a few hundred MiB (see BENCHMARKS.md), but OpenCode's provider key
+//! and MCP URL are per process: sharing one server between sessions would
+//! meter every session's model calls to one key and hand every session's
+//! MCP token to all of them. The server is stopped on cancel, after
+//! [`OpencodeConfig::idle_timeout`] without a turn, on session delete and
+//! when the harness is dropped; OpenCode keeps the conversation in the
+//! session's `HOME`, so the next server continues the same OpenCode session.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::process::{HarnessProcess, Spawn, base_env};
+use crate::sse::LoopbackClient;
+use crate::{
+    BoxFuture, Decision, Harness, HarnessEvent, SessionInfo, ToolStatus, TurnContext, TurnOutcome,
+    TurnRequest, Usage,
+};
+
+/// The name of the host's MCP server in OpenCode's config; its tools are
+/// `karta_<tool>`.
+pub const MCP_SERVER_NAME: &str = "karta";
+
+/// The provider id of the host's gateway in OpenCode's config.
+pub const PROVIDER_ID: &str = "karta";
+
+/// OpenCode's own tools, all switched off: each acts on the machine or the
+/// network outside the WebAssembly runtime.
+pub const DISABLED_BUILTIN_TOOLS: &[&str] = &[
+    "bash",
+    "edit",
+    "write",
+    "read",
+    "grep",
+    "glob",
+    "list",
+    "patch",
+    "multiedit",
+    "webfetch",
+    "websearch",
+    "codesearch",
+    "lsp",
+    "todoread",
+];
+
+/// How long a new server may take to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Settings of the OpenCode harness.
+#[derive(Debug, Clone)]
+pub struct OpencodeConfig {
+    /// The `opencode` binary.
+    pub program: PathBuf,
+    /// A session's server is stopped after this long without a turn.
+    pub idle_timeout: Duration,
+}
+
+/// The OpenCode harness (see the module docs).
+pub struct OpencodeHarness {
+    config: OpencodeConfig,
+    client: LoopbackClient,
+    sessions: Mutex<HashMap<String, Slot>>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<OpencodeServer>>>;
+
+/// One running `opencode serve`.
+struct OpencodeServer {
+    process: HarnessProcess,
+    /// `http://127.0.0.1:N`.
+    base: String,
+    /// Events of the server's `/event` stream.
+    events: mpsc::UnboundedReceiver<Value>,
+    /// OpenCode's session id.
+    session: String,
+    last_used: Instant,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why a turn could not go on.
+struct TurnFailure {
+    code: &'static str,
+    message: String,
+}
+
+impl TurnFailure {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The file in the session's `HOME` that remembers OpenCode's session id.
+const RESUME_FILE: &str = "karta-opencode-session";
+
+impl OpencodeHarness {
+    /// A harness running `config.program`.
+    pub fn new(config: OpencodeConfig) -> Self {
+        Self {
+            config,
+            client: LoopbackClient::default(),
+            sessions: Mutex::default(),
+        }
+    }
+
+    fn slot(&self, session_id: &str) -> Slot {
+        lock(&self.sessions)
+            .entry(session_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The command line and config for `request`'s session.
+    fn spawn_for(&self, request: &TurnRequest, port: u16) -> std::io::Result<Spawn> {
+        let session = &request.session;
+        std::fs::create_dir_all(&session.home)?;
+        let config_file = session.home.join("karta-opencode.json");
+        std::fs::write(
+            &config_file,
+            serde_json::to_vec_pretty(&opencode_config(session, &request.model))?,
+        )?;
+        let mut env = base_env(&session.home, &self.config.program);
+        env.extend(session.env.clone());
+        env.extend(
+            [
+                ("OPENCODE_CONFIG", config_file.display().to_string()),
+                ("OPENCODE_DISABLE_MODELS_FETCH", "1".into()),
+                ("OPENCODE_DISABLE_AUTOUPDATE", "1".into()),
+                ("OPENCODE_DISABLE_SHARE", "1".into()),
+                ("OPENCODE_DISABLE_LSP_DOWNLOAD", "1".into()),
+                ("OPENCODE_DISABLE_DEFAULT_PLUGINS", "1".into()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+        Ok(Spawn {
+            program: self.config.program.clone(),
+            args: vec![
+                "serve".into(),
+                "--hostname".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port.to_string(),
+            ],
+            cwd: session.workspace.clone(),
+            env,
+            stdin: false,
+            stdout: false,
+        })
+    }
+
+    async fn start(&self, request: &TurnRequest) -> Result<OpencodeServer, TurnFailure> {
+        let port = free_port()
+            .map_err(|e| TurnFailure::new("harness_error", format!("no free port: {e}")))?;
+        let spawn = self.spawn_for(request, port).map_err(|e| {
+            TurnFailure::new("harness_error", format!("cannot prepare opencode: {e}"))
+        })?;
+        let process = HarnessProcess::start(&spawn).map_err(|e| {
+            TurnFailure::new(
+                "harness_unavailable",
+                format!("cannot start {}: {e}", spawn.program.display()),
+            )
+        })?;
+        let mut process = process;
+        let base = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        // Ready once its event stream answers; an early exit is reported with
+        // its stderr.
+        let (tx, events) = mpsc::unbounded_channel();
+        loop {
+            let subscribed = self
+                .client
+                .subscribe(&format!("{base}/event"), tx.clone())
+                .await;
+            if subscribed.is_ok() {
+                return self.open_session(process, base, events, request).await;
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                return Err(TurnFailure::new(
+                    "harness_error",
+                    format!(
+                        "opencode exited ({status}); its last words: {}",
+                        process.stderr_tail()
+                    ),
+                ));
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(TurnFailure::new(
+                    "harness_error",
+                    format!(
+                        "opencode did not answer within {}s; its last words: {}",
+                        START_TIMEOUT.as_secs(),
+                        process.stderr_tail()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Continues the session's OpenCode session, or creates one.
+    async fn open_session(
+        &self,
+        process: HarnessProcess,
+        base: String,
+        events: mpsc::UnboundedReceiver<Value>,
+        request: &TurnRequest,
+    ) -> Result<OpencodeServer, TurnFailure> {
+        let home = &request.session.home;
+        let previous = std::fs::read_to_string(home.join(RESUME_FILE)).unwrap_or_default();
+        let previous = previous.trim();
+        if !previous.is_empty() {
+            let (status, _) = self
+                .client
+                .json("GET", &format!("{base}/session/{previous}"), None)
+                .await
+                .map_err(|e| TurnFailure::new("harness_error", e))?;
+            if status == 200 {
+                return Ok(OpencodeServer {
+                    process,
+                    base,
+                    events,
+                    session: previous.to_owned(),
+                    last_used: Instant::now(),
+                });
+            }
+        }
+        let (status, created) = self
+            .client
+            .json(
+                "POST",
+                &format!("{base}/session"),
+                Some(&json!({ "title": format!("karta {}", request.session.id) })),
+            )
+            .await
+            .map_err(|e| TurnFailure::new("harness_error", e))?;
+        let Some(id) = created["id"].as_str().filter(|_| status < 300) else {
+            return Err(TurnFailure::new(
+                "harness_error",
+                format!("opencode did not create a session ({status}): {created}"),
+            ));
+        };
+        let _ = std::fs::write(home.join(RESUME_FILE), id);
+        Ok(OpencodeServer {
+            process,
+            base,
+            events,
+            session: id.to_owned(),
+            last_used: Instant::now(),
+        })
+    }
+
+    async fn turn(&self, request: TurnRequest, cx: TurnContext<'_>) -> TurnOutcome {
+        let slot = self.slot(&request.session.id);
+        let mut guard = slot.lock().await;
+        let user = json!({ "role": "user", "content": [{ "type": "text", "text": request.text }] });
+        let mut turn = TurnState::default();
+        let result = tokio::select! {
+            result = self.drive(&mut guard, &request, &cx, &mut turn) => result,
+            () = cx.cancel.cancelled() => Err(TurnFailure::new("cancelled", "")),
+        };
+        let status = match result {
+            Ok(status) => {
+                if let Some(server) = guard.as_mut() {
+                    server.last_used = Instant::now();
+                }
+                cx.emit(HarnessEvent::Done {
+                    message_id: turn.message_id(),
+                    usage: turn.usage,
+                    status: status.clone(),
+                });
+                status
+            }
+            Err(failure) => {
+                if let Some(server) = guard.take() {
+                    server.process.kill().await;
+                }
+                if failure.code == "cancelled" {
+                    cx.emit(HarnessEvent::Done {
+                        message_id: turn.message_id(),
+                        usage: turn.usage,
+                        status: "cancelled".into(),
+                    });
+                    "cancelled".to_owned()
+                } else {
+                    cx.emit(HarnessEvent::Error {
+                        code: failure.code.to_owned(),
+                        message: failure.message,
+                    });
+                    "error".to_owned()
+                }
+            }
+        };
+        drop(guard);
+        stop_when_idle(
+            request.session.id.clone(),
+            Arc::downgrade(&slot),
+            self.config.idle_timeout,
+        );
+        let mut new_messages = vec![user];
+        let text = turn.final_text();
+        if !text.is_empty() {
+            new_messages.push(json!({
+                "role": "assistant", "content": [{ "type": "text", "text": text }]
+            }));
+        }
+        TurnOutcome {
+            new_messages,
+            text,
+            usage: turn.usage,
+            status,
+        }
+    }
+
+    async fn drive(
+        &self,
+        slot: &mut Option<OpencodeServer>,
+        request: &TurnRequest,
+        cx: &TurnContext<'_>,
+        turn: &mut TurnState,
+    ) -> Result<String, TurnFailure> {
+        if slot.is_none() {
+            *slot = Some(self.start(request).await?);
+        }
+        let Some(server) = slot.as_mut() else {
+            return Err(TurnFailure::new("harness_error", "no opencode server"));
+        };
+        // Events of an earlier turn (late updates) are not this turn's.
+        while server.events.try_recv().is_ok() {}
+        let body = json!({
+            "model": { "providerID": PROVIDER_ID, "modelID": request.model },
+            "parts": [{ "type": "text", "text": request.text }],
+        });
+        let url = format!("{}/session/{}/prompt_async", server.base, server.session);
+        let (status, answer) = self
+            .client
+            .json("POST", &url, Some(&body))
+            .await
+            .map_err(|e| TurnFailure::new("harness_error", e))?;
+        if status >= 300 {
+            return Err(TurnFailure::new(
+                "harness_error",
+                format!("opencode refused the message ({status}): {answer}"),
+            ));
+        }
+        loop {
+            let Some(event) = server.events.recv().await else {
+                let tail = server.process.stderr_tail();
+                return Err(TurnFailure::new(
+                    "harness_error",
+                    format!("opencode's event stream ended; its last words: {tail}"),
+                ));
+            };
+            let properties = &event["properties"];
+            if let Some(session) = event_session(&event) {
+                if session != server.session {
+                    continue;
+                }
+            }
+            match event["type"].as_str() {
+                Some("message.updated") => turn.message_updated(&properties["info"]),
+                Some("message.part.delta") => turn.part_delta(properties, cx),
+                Some("message.part.updated") => turn.part_updated(properties, cx),
+                Some("permission.asked" | "permission.updated") => {
+                    let reply = answer_permission(properties, cx, turn).await;
+                    let id = properties["id"].as_str().unwrap_or_default();
+                    let url = format!("{}/permission/{id}/reply", server.base);
+                    let (status, answer) = self
+                        .client
+                        .json("POST", &url, Some(&reply))
+                        .await
+                        .map_err(|e| TurnFailure::new("harness_error", e))?;
+                    if status >= 300 {
+                        return Err(TurnFailure::new(
+                            "harness_error",
+                            format!("opencode refused the permission reply ({status}): {answer}"),
+                        ));
+                    }
+                }
+                Some("session.error") => {
+                    let error = &properties["error"];
+                    let message = error["data"]["message"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| error.to_string());
+                    if error["name"] == "MessageAbortedError" {
+                        return Err(TurnFailure::new("cancelled", message));
+                    }
+                    turn.error = Some(message);
+                }
+                Some("session.idle") => return turn.finish(),
+                Some("session.status") if properties["status"]["type"] == "idle" => {
+                    return turn.finish();
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The session an event belongs to, when it says.
+fn event_session(event: &Value) -> Option<&str> {
+    let p = &event["properties"];
+    p["sessionID"]
+        .as_str()
+        .or_else(|| p["info"]["sessionID"].as_str())
+        .or_else(|| p["part"]["sessionID"].as_str())
+}
+
+/// Stops a session's server once it has been idle for `idle`.
+fn stop_when_idle(session_id: String, slot: Weak<tokio::sync::Mutex<Option<OpencodeServer>>>, idle: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(idle).await;
+        let Some(slot) = slot.upgrade() else {
+            return;
+        };
+        let mut guard = slot.lock().await;
+        if guard.as_ref().is_some_and(|s| s.last_used.elapsed() >= idle) {
+            if let Some(server) = guard.take() {
+                tracing::debug!(session = %session_id, "stopping an idle opencode server");
+                server.process.kill().await;
+            }
+        }
+    });
+}
+
+/// A free loopback port for a new server.
+fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// OpenCode's config for one session: the gateway as its only provider,
+/// the host's MCP server as its only tools.
+fn opencode_config(session: &SessionInfo, model: &str) -> Value {
+    let mut tools = serde_json::Map::new();
+    for tool in DISABLED_BUILTIN_TOOLS {
+        tools.insert((*tool).to_owned(), json!(false));
+    }
+    let mut permission = serde_json::Map::new();
+    permission.insert(format!("{MCP_SERVER_NAME}_*"), json!("ask"));
+    for tool in &session.preapproved_tools {
+        permission.insert(format!("{MCP_SERVER_NAME}_{tool}"), json!("allow"));
+    }
+    json!({
+        "$schema": "https://opencode.ai/config.json",
+        "autoupdate": false,
+        "share": "disabled",
+        "provider": {
+            PROVIDER_ID: {
+                "npm": "@ai-sdk/openai-compatible",
+                "name": "Karta gateway",
+                "options": {
+                    "baseURL": format!("{}/v1", session.gateway_url),
+                    "apiKey": session.gateway_key,
+                },
+                "models": { model: { "name": model } },
+            }
+        },
+        "model": format!("{PROVIDER_ID}/{model}"),
+        "small_model": format!("{PROVIDER_ID}/{model}"),
+        "mcp": {
+            MCP_SERVER_NAME: { "type": "remote", "url": session.mcp_url, "enabled": true }
+        },
+        "tools": tools,
+        "permission": permission,
+    })
+}
+
+/// What one turn has seen so far.
+#[derive(Default)]
+struct TurnState {
+    /// Assistant message ids of this turn.
+    messages: Vec<String>,
+    /// Message id -> role.
+    roles: HashMap<String, String>,
+    /// Part id -> text so far (text parts), to turn full updates into deltas.
+    texts: BTreeMap<String, String>,
+    /// Part ids of reasoning parts.
+    reasoning: HashSet<String>,
+    /// The last text part, for the final answer.
+    last_text_part: Option<String>,
+    /// Tool-call ids already reported running / finished.
+    running: HashSet<String>,
+    finished: HashSet<String>,
+    /// (tool, input) a person denied.
+    denied: Vec<(String, Value)>,
+    any_denied: bool,
+    step_index: u32,
+    usage: Usage,
+    error: Option<String>,
+}
+
+/// The karta tool behind an OpenCode tool name (`karta_calc` -> `calc`).
+fn karta_tool(name: &str) -> &str {
+    name.strip_prefix(MCP_SERVER_NAME)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .unwrap_or(name)
+}
+
+impl TurnState {
+    fn message_id(&self) -> String {
+        self.messages
+            .last()
+            .cloned()
+            .unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    fn final_text(&self) -> String {
+        self.last_text_part
+            .as_ref()
+            .and_then(|id| self.texts.get(id))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn finish(&mut self) -> Result<String, TurnFailure> {
+        match self.error.take() {
+            Some(message) => Err(TurnFailure::new("model_error", message)),
+            None => Ok(if self.any_denied { "denied" } else { "completed" }.to_owned()),
+        }
+    }
+
+    fn message_updated(&mut self, info: &Value) {
+        let (Some(id), Some(role)) = (info["id"].as_str(), info["role"].as_str()) else {
+            return;
+        };
+        self.roles.insert(id.to_owned(), role.to_owned());
+        if role == "assistant" && !self.messages.iter().any(|m| m == id) {
+            self.messages.push(id.to_owned());
+        }
+        if let Some(error) = info["error"].as_object() {
+            let message = error
+                .get("data")
+                .and_then(|d| d["message"].as_str())
+                .map(str::to_owned)
+                .unwrap_or_else(|| Value::Object(error.clone()).to_string());
+            if error.get("name").and_then(Value::as_str) != Some("MessageAbortedError") {
+                self.error = Some(message);
+            }
+        }
+    }
+
+    fn is_user_part(&self, part: &Value) -> bool {
+        part["messageID"]
+            .as_str()
+            .and_then(|m| self.roles.get(m))
+            .is_some_and(|r| r == "user")
+    }
+
+    /// A delta of a text or reasoning part.
+    fn part_delta(&mut self, p: &Value, cx: &TurnContext<'_>) {
+        let (Some(part_id), Some(delta)) = (p["partID"].as_str(), p["delta"].as_str()) else {
+            return;
+        };
+        if p["messageID"]
+            .as_str()
+            .and_then(|m| self.roles.get(m))
+            .is_some_and(|r| r == "user")
+        {
+            return;
+        }
+        if self.reasoning.contains(part_id) {
+            cx.emit(HarnessEvent::Reasoning {
+                part_id: part_id.to_owned(),
+                text: delta.to_owned(),
+            });
+        } else {
+            self.texts
+                .entry(part_id.to_owned())
+                .or_default()
+                .push_str(delta);
+            self.last_text_part = Some(part_id.to_owned());
+            cx.emit(HarnessEvent::Text {
+                part_id: part_id.to_owned(),
+                text: delta.to_owned(),
+            });
+        }
+    }
+
+    fn part_updated(&mut self, p: &Value, cx: &TurnContext<'_>) {
+        let part = &p["part"];
+        if self.is_user_part(part) {
+            return;
+        }
+        let id = part["id"].as_str().unwrap_or_default().to_owned();
+        match part["type"].as_str() {
+            Some("text") => {
+                let full = part["text"].as_str().unwrap_or_default();
+                let seen = self.texts.entry(id.clone()).or_default();
+                // Updates carry the whole text; report only what is new.
+                if let Some(new) = full.strip_prefix(seen.as_str()) {
+                    if !new.is_empty() {
+                        cx.emit(HarnessEvent::Text {
+                            part_id: id.clone(),
+                            text: new.to_owned(),
+                        });
+                    }
+                }
+                *seen = full.to_owned();
+                self.last_text_part = Some(id);
+            }
+            Some("reasoning") => {
+                let first = self.reasoning.insert(id.clone());
+                let text = part["text"].as_str().unwrap_or_default();
+                if first && !text.is_empty() {
+                    cx.emit(HarnessEvent::Reasoning {
+                        part_id: id,
+                        text: text.to_owned(),
+                    });
+                }
+            }
+            Some("step-start") => cx.emit(HarnessEvent::StepStart {
+                step_index: self.step_index,
+            }),
+            Some("step-finish") => {
+                let tokens = &part["tokens"];
+                let usage = Usage {
+                    input_tokens: tokens["input"].as_u64().unwrap_or(0)
+                        + tokens["cache"]["read"].as_u64().unwrap_or(0)
+                        + tokens["cache"]["write"].as_u64().unwrap_or(0),
+                    output_tokens: tokens["output"].as_u64().unwrap_or(0)
+                        + tokens["reasoning"].as_u64().unwrap_or(0),
+                };
+                self.usage.add(usage);
+                cx.emit(HarnessEvent::StepFinish {
+                    step_index: self.step_index,
+                    usage,
+                    stop_reason: part["reason"].as_str().unwrap_or("stop").to_owned(),
+                });
+                self.step_index += 1;
+            }
+            Some("tool") => self.tool_part(part, cx),
+            _ => {}
+        }
+    }
+
+    fn tool_part(&mut self, part: &Value, cx: &TurnContext<'_>) {
+        let call = part["callID"]
+            .as_str()
+            .or_else(|| part["id"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let tool = karta_tool(part["tool"].as_str().unwrap_or_default()).to_owned();
+        let state = &part["state"];
+        let input = state["input"].clone();
+        match state["status"].as_str() {
+            Some("running") if self.running.insert(call.clone()) => {
+                cx.emit(HarnessEvent::ToolUse {
+                    part_id: call,
+                    tool,
+                    status: ToolStatus::Running,
+                    input,
+                    output: None,
+                    error: None,
+                    fuel: None,
+                    duration_ms: None,
+                });
+            }
+            Some(status @ ("completed" | "error")) if self.finished.insert(call.clone()) => {
+                let run = cx.host.take_tool_run(&tool, &input);
+                let denied_at = self.denied.iter().position(|(t, i)| *t == tool && *i == input);
+                let text = state["output"]
+                    .as_str()
+                    .or_else(|| state["error"].as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                let (status, output, error) = match (&run, denied_at) {
+                    (Some(run), _) => match &run.content {
+                        Ok(output) => (ToolStatus::Completed, Some(output.clone()), None),
+                        Err(failure) => (
+                            ToolStatus::Error,
+                            None,
+                            Some(json!({ "kind": failure.kind, "message": failure.message })),
+                        ),
+                    },
+                    (None, Some(index)) => {
+                        self.denied.remove(index);
+                        (
+                            ToolStatus::Error,
+                            None,
+                            Some(json!({ "kind": "denied", "message": text })),
+                        )
+                    }
+                    (None, None) if status == "error" => (
+                        ToolStatus::Error,
+                        None,
+                        Some(json!({ "kind": "tool_error", "message": text })),
+                    ),
+                    (None, None) => (
+                        ToolStatus::Completed,
+                        Some(serde_json::from_str(&text).unwrap_or(Value::String(text))),
+                        None,
+                    ),
+                };
+                cx.emit(HarnessEvent::ToolUse {
+                    part_id: call,
+                    tool,
+                    status,
+                    input,
+                    output,
+                    error,
+                    fuel: run.as_ref().and_then(|r| r.fuel),
+                    duration_ms: run.as_ref().map(|r| r.duration_ms),
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Asks a person about an OpenCode permission request (unless the tool
+/// needs no approval); returns the reply body.
+async fn answer_permission(p: &Value, cx: &TurnContext<'_>, turn: &mut TurnState) -> Value {
+    let name = p["permission"]
+        .as_str()
+        .or_else(|| p["tool"].as_str())
+        .or_else(|| p["type"].as_str())
+        .unwrap_or_default();
+    let tool = karta_tool(name).to_owned();
+    let input = p["metadata"]["input"]
+        .clone()
+        .as_object()
+        .map(|o| Value::Object(o.clone()))
+        .unwrap_or_else(|| p["metadata"].clone());
+    let decision = if cx.host.needs_approval(&tool) {
+        cx.host.request_approval(&tool, &input).await
+    } else {
+        Some(Decision::ApproveOnce)
+    };
+    match decision {
+        Some(Decision::ApproveOnce | Decision::ApproveSession) => json!({ "reply": "once" }),
+        Some(Decision::Deny) | None => {
+            turn.any_denied = true;
+            turn.denied.push((tool, input));
+            json!({ "reply": "reject", "message": "A person denied this tool call." })
+        }
+    }
+}
+
+impl Harness for OpencodeHarness {
+    fn name(&self) -> &'static str {
+        "opencode"
+    }
+
+    fn run_turn<'a>(
+        &'a self,
+        request: TurnRequest,
+        context: TurnContext<'a>,
+    ) -> BoxFuture<'a, TurnOutcome> {
+        Box::pin(self.turn(request, context))
+    }
+
+    fn end_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let slot = lock(&self.sessions).remove(session_id);
+            if let Some(slot) = slot {
+                if let Some(server) = slot.lock().await.take() {
+                    server.process.kill().await;
+                }
+            }
+        })
+    }
+
+    fn process_id(&self, session_id: &str) -> Option<u32> {
+        let slot = lock(&self.sessions).get(session_id)?.clone();
+        let guard = slot.try_lock().ok()?;
+        guard.as_ref().and_then(|s| s.process.pid())
+    }
+}

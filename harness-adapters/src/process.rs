@@ -1,0 +1,181 @@
+//! Harness processes: how `claude` and `opencode` are started and stopped.
+//!
+//! A harness process gets a cleared environment (only what it needs is set
+//! back), its own scratch `HOME`, the session workspace as its working
+//! directory, and its own process group. It never outlives its owner:
+//!
+//! - dropping a [`HarnessProcess`] kills its whole process group;
+//! - the child asks the kernel for `SIGKILL` when the Karta process dies
+//!   (`PR_SET_PDEATHSIG`), so even a `kill -9` of the host leaves no orphan.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+/// The most stderr kept per process, for error messages.
+const STDERR_TAIL_BYTES: usize = 8 * 1024;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Spawn {
+    /// The binary.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// The working directory.
+    pub cwd: PathBuf,
+    /// The whole environment (nothing is inherited).
+    pub env: BTreeMap<String, String>,
+    /// Whether the caller writes to the process's stdin.
+    pub stdin: bool,
+    /// Whether the caller reads the process's stdout.
+    pub stdout: bool,
+}
+
+/// A running harness process.
+pub struct HarnessProcess {
+    /// The child (stdin/stdout taken by the caller when piped).
+    pub child: Child,
+    pid: Option<u32>,
+    stderr_tail: Arc<Mutex<String>>,
+}
+
+impl HarnessProcess {
+    /// Starts `spawn`.
+    pub fn start(spawn: &Spawn) -> std::io::Result<Self> {
+        let mut command = Command::new(&spawn.program);
+        command
+            .args(&spawn.args)
+            .current_dir(&spawn.cwd)
+            .env_clear()
+            .envs(&spawn.env)
+            .stdin(if spawn.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(if spawn.stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        let mut child = command.spawn()?;
+        let pid = child.id();
+        let stderr_tail = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(keep_tail(stderr, stderr_tail.clone()));
+        }
+        Ok(Self {
+            child,
+            pid,
+            stderr_tail,
+        })
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// The last lines the process wrote to stderr.
+    pub fn stderr_tail(&self) -> String {
+        self.stderr_tail
+            .lock()
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Kills the process and everything it started, and reaps it.
+    pub async fn kill(mut self) {
+        kill_group(self.pid.take());
+        let _ = self.child.kill().await;
+    }
+}
+
+impl Drop for HarnessProcess {
+    fn drop(&mut self) {
+        kill_group(self.pid.take());
+    }
+}
+
+fn kill_group(pid: Option<u32>) {
+    let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) else {
+        return;
+    };
+    // The child leads its own group (`process_group(0)`): this reaches
+    // anything it started too.
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+}
+
+/// Asks the kernel to `SIGKILL` the child when its parent dies.
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and only makes one
+    // async-signal-safe system call (prctl), touching no memory of ours.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(
+                rustix::process::Signal::KILL,
+            ))
+            .map_err(std::io::Error::from)
+        });
+    }
+}
+
+async fn keep_tail(stream: impl AsyncRead + Unpin, tail: Arc<Mutex<String>>) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::debug!(target: "karta_harness::process", "{line}");
+        if let Ok(mut tail) = tail.lock() {
+            tail.push_str(&line);
+            tail.push('\n');
+            if tail.len() > STDERR_TAIL_BYTES {
+                let cut = tail.len() - STDERR_TAIL_BYTES;
+                let cut = (cut..tail.len())
+                    .find(|&i| tail.is_char_boundary(i))
+                    .unwrap_or(0);
+                tail.drain(..cut);
+            }
+        }
+    }
+}
+
+/// Looks for `name` on `PATH` (as given in `path`).
+pub fn find_on_path(name: &str, path: &str) -> Option<PathBuf> {
+    std::env::split_paths(path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+/// Whether `path` is an executable file.
+pub fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The base environment of every harness process: a `PATH` with the
+/// system directories and the binary's own, the scratch `HOME`, and a
+/// neutral locale.
+pub fn base_env(home: &Path, program: &Path) -> BTreeMap<String, String> {
+    let mut path = String::new();
+    if let Some(dir) = program.parent() {
+        path.push_str(&dir.display().to_string());
+        path.push(':');
+    }
+    path.push_str("/usr/local/bin:/usr/bin:/bin");
+    BTreeMap::from([
+        ("HOME".to_owned(), home.display().to_string()),
+        ("PATH".to_owned(), path),
+        ("LANG".to_owned(), "C.UTF-8".to_owned()),
+        ("TERM".to_owned(), "dumb".to_owned()),
+        ("NO_COLOR".to_owned(), "1".to_owned()),
+    ])
+}

@@ -1,0 +1,259 @@
+//! End to end with the real harness binaries: `karta-host` serving the
+//! support-bot app on Claude Code and on OpenCode, against the offline model,
+//! over a real socket.
+//!
+//! The binaries are the pinned npm packages `scripts/install-harnesses.sh`
+//! puts in `harnesses/node_modules/.bin` (or `KARTA_CLAUDE_BIN` /
+//! `KARTA_OPENCODE_BIN`); the README's test command installs them. These
+//! tests fail, not skip, when they are missing.
+
+use std::path::PathBuf;
+
+use karta_host::app::HarnessKind;
+use karta_host::harness::HarnessBinaries;
+use serde_json::{Value, json};
+
+use crate::sessions::{Server, new_session, send, sse, support_bot};
+
+/// The installed binaries, or a failure saying how to install them.
+fn binaries() -> HarnessBinaries {
+    let local = crate::support::root().join("harnesses/node_modules/.bin");
+    let find = |var: &str, name: &str| -> PathBuf {
+        if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return PathBuf::from(path);
+        }
+        let path = local.join(name);
+        assert!(
+            path.exists(),
+            "{} is not installed; run scripts/install-harnesses.sh (or set {var})",
+            path.display()
+        );
+        path
+    };
+    HarnessBinaries {
+        claude: Some(find("KARTA_CLAUDE_BIN", "claude")),
+        opencode: Some(find("KARTA_OPENCODE_BIN", "opencode")),
+    }
+}
+
+async fn start(kind: HarnessKind) -> (Server, tempfile::TempDir, tempfile::TempDir) {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::try_start_with(app.path(), data.path(), |config| {
+        config.harness = Some(kind);
+        config.harness_binaries = binaries();
+    })
+    .await
+    .expect("host starts");
+    (server, app, data)
+}
+
+/// Sends a message and reads its whole streamed turn.
+async fn turn(server: &Server, id: &str, text: &str) -> Vec<Value> {
+    let url = server.url(&format!("/v1/sessions/{id}/messages"));
+    sse(
+        "POST",
+        &url,
+        Some(json!({ "text": text, "stream": true })),
+        &[],
+        usize::MAX,
+    )
+    .await
+}
+
+/// The concatenated text of a turn's `text` events.
+fn text_of(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter(|e| e["type"] == "text")
+        .filter_map(|e| e["data"]["part"]["text"].as_str())
+        .collect()
+}
+
+/// The `tool_use` events of a turn.
+fn tool_uses(events: &[Value]) -> Vec<&Value> {
+    events.iter().filter(|e| e["type"] == "tool_use").collect()
+}
+
+fn last(events: &[Value]) -> &Value {
+    events.last().expect("at least one event")
+}
+
+/// Answers the pending input request of a turn that stopped at
+/// `input_required`, and returns the rest of the turn.
+async fn answer(server: &Server, id: &str, request: &Value, decision: &str) -> Vec<Value> {
+    let request_id = request["data"]["request_id"].as_str().expect("request id");
+    let url = server.url(&format!("/v1/sessions/{id}/inputs/{request_id}"));
+    let (status, body) = send("PUT", &url, json!({ "decision": decision })).await;
+    assert_eq!(status, 200, "{body}");
+    body["events"].as_array().expect("events").clone()
+}
+
+/// The whole story of one harness: plain turns that remember, the app's
+/// instructions and agents reaching the model, a plugin tool run in wasmtime
+/// over MCP, an approval denied then allowed, and no process left behind.
+async fn harness_end_to_end(kind: HarnessKind, name: &str) {
+    let (server, _app, data) = start(kind).await;
+    assert_eq!(server.host.harness_name(), name);
+    let id = new_session(&server, json!({})).await;
+
+    // A plain text turn, produced by the real binary.
+    let first = turn(&server, &id, "hello there").await;
+    assert_eq!(last(&first)["type"], "done", "{first:#?}");
+    assert_eq!(last(&first)["data"]["status"], "completed");
+    assert!(
+        text_of(&first).contains("You said: \"hello there\"."),
+        "{}",
+        text_of(&first)
+    );
+    let pid = server
+        .host
+        .sessions()
+        .harness_process_id(&id)
+        .expect("a harness process runs for the session");
+
+    // A second turn remembers the first (the process keeps the conversation).
+    let second = turn(&server, &id, "and again").await;
+    assert!(
+        text_of(&second).contains("Earlier you said: \"hello there\"."),
+        "{}",
+        text_of(&second)
+    );
+
+    // The app's instructions and agents reached the model, and the only
+    // tools the model was offered are the app's (over MCP) — not the
+    // harness's own shell or file tools.
+    let requests = server.host.sessions().gateway().recent_requests();
+    let everything = Value::Array(requests.clone()).to_string();
+    assert!(everything.contains("You are the support assistant of Acme Tools"));
+    let last_request = requests.last().expect("a model request");
+    let offered: Vec<&str> = last_request["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str().or_else(|| t["function"]["name"].as_str()))
+        .collect();
+    assert!(
+        offered.iter().any(|t| t.ends_with("convert")),
+        "{offered:?}"
+    );
+    for forbidden in ["Bash", "bash", "Read", "read", "Write", "write", "WebFetch", "webfetch"] {
+        assert!(!offered.contains(&forbidden), "{forbidden} offered: {offered:?}");
+    }
+    if kind == HarnessKind::ClaudeCode {
+        assert!(everything.contains("Answers questions about invoices"), "agents reach Claude Code");
+    }
+
+    // A plugin tool through MCP: it ran in wasmtime (fuel on the event).
+    let tool_turn = turn(
+        &server,
+        &id,
+        "/tool convert {\"value\": 3, \"from\": \"mi\", \"to\": \"km\"}",
+    )
+    .await;
+    let uses = tool_uses(&tool_turn);
+    assert!(uses.len() >= 2, "{tool_turn:#?}");
+    assert_eq!(uses[0]["data"]["part"]["tool"], "convert");
+    assert_eq!(uses[0]["data"]["part"]["state"]["status"], "running");
+    let done = uses.last().expect("finished");
+    assert_eq!(done["data"]["part"]["state"]["status"], "completed", "{done}");
+    assert!(done["data"]["fuel"].as_u64().is_some_and(|f| f > 0), "{done}");
+    assert!(
+        done["data"]["part"]["state"]["output"]
+            .to_string()
+            .contains("4.8"),
+        "{done}"
+    );
+    assert_eq!(last(&tool_turn)["type"], "done");
+    assert!(text_of(&tool_turn).contains("convert returned"), "{}", text_of(&tool_turn));
+
+    // An approval asked, then denied: nothing is written.
+    let workspace = data.path().join("workspaces").join(&id);
+    let write = "/tool write {\"path\": \"note.txt\", \"content\": \"kept\"}";
+    let (events, request) = start_turn_until_input(&server, &id, write).await;
+    assert_eq!(request["data"]["tool"], "write", "{events:#?}");
+    let rest = answer(&server, &id, &request, "deny").await;
+    assert!(!workspace.join("note.txt").exists());
+    let denied = tool_uses(&rest);
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["data"]["part"]["state"]["error"]["kind"] == "denied"),
+        "{rest:#?}"
+    );
+    assert_eq!(last(&rest)["type"], "done", "{rest:#?}");
+    assert_eq!(last(&rest)["data"]["status"], "denied");
+
+    // Asked again, allowed: the write runs in wasmtime.
+    let (_, request) = start_turn_until_input(&server, &id, write).await;
+    let rest = answer(&server, &id, &request, "approve_once").await;
+    assert_eq!(last(&rest)["type"], "done", "{rest:#?}");
+    assert_eq!(last(&rest)["data"]["status"], "completed");
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("note.txt")).expect("written"),
+        "kept"
+    );
+    assert!(
+        tool_uses(&rest)
+            .iter()
+            .any(|e| e["data"]["fuel"].as_u64().is_some_and(|f| f > 0)),
+        "{rest:#?}"
+    );
+
+    // Deleting the session stops its process: no orphan.
+    let (status, _) = send(
+        "DELETE",
+        &server.url(&format!("/v1/sessions/{id}")),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert!(
+        !process_alive(pid),
+        "the harness process {pid} outlived its session"
+    );
+    server.stop().await;
+}
+
+/// Whether `pid` runs (a zombie counts as gone).
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.contains(") Z "))
+}
+
+/// Starts a streamed turn in the background and watches the session's log
+/// until the turn asks for input; returns the events so far and the request.
+async fn start_turn_until_input(server: &Server, id: &str, text: &str) -> (Vec<Value>, Value) {
+    let after = server.host.sessions().last_seq(id).await.expect("session");
+    let url = server.url(&format!("/v1/sessions/{id}/messages"));
+    let body = json!({ "text": text, "stream": true });
+    // The stream stays open while the turn waits; it ends after `done`.
+    tokio::spawn(async move { sse("POST", &url, Some(body), &[], usize::MAX).await });
+    for _ in 0..1200 {
+        let events = server
+            .host
+            .sessions()
+            .events_after(id, after)
+            .expect("events");
+        if let Some(request) = events.iter().find(|e| e["type"] == "input_required") {
+            let request = request.clone();
+            return (events, request);
+        }
+        assert!(
+            !events.iter().any(|e| e["type"] == "done" || e["type"] == "error"),
+            "the turn ended without asking: {events:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no input request within two minutes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_runs_the_app_end_to_end() {
+    harness_end_to_end(HarnessKind::ClaudeCode, "claude_code").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opencode_runs_the_app_end_to_end() {
+    harness_end_to_end(HarnessKind::Opencode, "opencode").await;
+}
