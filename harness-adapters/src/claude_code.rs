@@ -39,7 +39,7 @@
 //! `--resume`, so the conversation survives (Claude Code keeps it in the
 //! session's `HOME`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -525,8 +525,9 @@ struct TurnState {
     text: String,
     /// Tool-use id -> (karta tool name, input).
     tool_uses: HashMap<String, (String, Value)>,
-    /// Tool-use ids a person denied (their results are reported as denials).
-    denied: Vec<(String, Value)>,
+    /// Tool calls a person denied, by tool-use id (else by tool and input):
+    /// their results are reported as denials.
+    denied: HashSet<String>,
     /// Whether a person denied a call this turn.
     any_denied: bool,
 }
@@ -651,12 +652,9 @@ impl TurnState {
             };
             let text = result_text(&block["content"]);
             let is_error = block["is_error"].as_bool().unwrap_or(false);
-            let denied_at = self
-                .denied
-                .iter()
-                .position(|(t, i)| *t == tool && *i == input);
+            let denied = self.denied.remove(id) || self.denied.remove(&denial_key(&tool, &input));
             let run = cx.host.take_tool_run(&tool, &input);
-            let (status, output, error) = match (&run, denied_at) {
+            let (status, output, error) = match (&run, denied) {
                 (Some(run), _) => match &run.content {
                     Ok(output) => (ToolStatus::Completed, Some(output.clone()), None),
                     Err(failure) => (
@@ -665,20 +663,17 @@ impl TurnState {
                         Some(json!({ "kind": failure.kind, "message": failure.message })),
                     ),
                 },
-                (None, Some(index)) => {
-                    self.denied.remove(index);
-                    (
-                        ToolStatus::Error,
-                        None,
-                        Some(json!({ "kind": "denied", "message": text })),
-                    )
-                }
-                (None, None) if is_error => (
+                (None, true) => (
+                    ToolStatus::Error,
+                    None,
+                    Some(json!({ "kind": "denied", "message": text })),
+                ),
+                (None, false) if is_error => (
                     ToolStatus::Error,
                     None,
                     Some(json!({ "kind": "tool_error", "message": text })),
                 ),
-                (None, None) => (
+                (None, false) => (
                     ToolStatus::Completed,
                     Some(serde_json::from_str(&text).unwrap_or(Value::String(text))),
                     None,
@@ -717,6 +712,11 @@ impl TurnState {
         }
         Ok(if self.any_denied { "denied" } else { "completed" }.to_owned())
     }
+}
+
+/// How a denied call without a tool-use id is remembered.
+fn denial_key(tool: &str, input: &Value) -> String {
+    format!("{tool}\u{0}{input}")
 }
 
 /// Anthropic usage, counting cached input as input.
@@ -771,7 +771,10 @@ async fn answer_control_request(line: &Value, cx: &TurnContext<'_>, turn: &mut T
         }
         Some(Decision::Deny) | None => {
             turn.any_denied = true;
-            turn.denied.push((tool.clone(), input.clone()));
+            turn.denied.insert(match request["tool_use_id"].as_str() {
+                Some(id) => id.to_owned(),
+                None => denial_key(&tool, &input),
+            });
             let why = if decision.is_none() {
                 "the approval request timed out or the turn was cancelled"
             } else {

@@ -10,7 +10,8 @@
 //! with the session's token. OpenCode's own tools that act on the machine
 //! (`bash`, `edit`, `write`, `read`, `webfetch`, …) are switched off; the
 //! session's plugin tools (`karta_<tool>`) remain, and those that need
-//! approval are set to `ask`.
+//! approval are set to `ask`. The title-generation call is skipped (the
+//! session is created with a title).
 //!
 //! A turn is `POST /session/{id}/prompt_async`; its events come from the
 //! server's `GET /event` stream:
@@ -39,6 +40,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::process::{HarnessProcess, Spawn, base_env};
@@ -55,24 +57,15 @@ pub const MCP_SERVER_NAME: &str = "karta";
 /// The provider id of the host's gateway in OpenCode's config.
 pub const PROVIDER_ID: &str = "karta";
 
-/// OpenCode's own tools, all switched off: each acts on the machine or the
-/// network outside the WebAssembly runtime.
-pub const DISABLED_BUILTIN_TOOLS: &[&str] = &[
-    "bash",
-    "edit",
-    "write",
-    "read",
-    "grep",
-    "glob",
-    "list",
-    "patch",
-    "multiedit",
-    "webfetch",
-    "websearch",
-    "codesearch",
-    "lsp",
-    "todoread",
-];
+/// OpenCode's own tools that stay on: they act only through the model
+/// (sub-agents, skills, to-do lists). Every other built-in tool (`bash`,
+/// `edit`, `read`, `webfetch`, …) is switched off: each acts on the machine
+/// or the network outside the WebAssembly runtime.
+pub const KEPT_BUILTIN_TOOLS: &[&str] = &["task", "skill", "todowrite"];
+
+/// How long a permission request waits for its tool's input to show up
+/// before it is put to a person without it.
+const PERMISSION_INPUT_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a new server may take to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -155,11 +148,23 @@ impl OpencodeHarness {
             &config_file,
             serde_json::to_vec_pretty(&opencode_config(session, &request.model))?,
         )?;
+        // Next to the sessions' homes; `.shared` is no valid session id.
+        let shared = session
+            .home
+            .parent()
+            .unwrap_or(&session.home)
+            .join(".shared")
+            .join("opencode");
         let mut env = base_env(&session.home, &self.config.program);
         env.extend(session.env.clone());
         env.extend(
             [
                 ("OPENCODE_CONFIG", config_file.display().to_string()),
+                // OpenCode installs its plugin package into its config dir
+                // on first start (from the npm registry); one dir shared by
+                // every session's server installs it once, not per session.
+                ("XDG_CONFIG_HOME", shared.join("config").display().to_string()),
+                ("XDG_CACHE_HOME", shared.join("cache").display().to_string()),
                 ("OPENCODE_DISABLE_MODELS_FETCH", "1".into()),
                 ("OPENCODE_DISABLE_AUTOUPDATE", "1".into()),
                 ("OPENCODE_DISABLE_SHARE", "1".into()),
@@ -181,7 +186,7 @@ impl OpencodeHarness {
             cwd: session.workspace.clone(),
             env,
             stdin: false,
-            stdout: false,
+            stdout: true,
         })
     }
 
@@ -198,40 +203,79 @@ impl OpencodeHarness {
             )
         })?;
         let mut process = process;
-        let base = format!("http://127.0.0.1:{port}");
-        let started = Instant::now();
-        // Ready once its event stream answers; an early exit is reported with
-        // its stderr.
-        let (tx, events) = mpsc::unbounded_channel();
-        loop {
-            let subscribed = self
-                .client
-                .subscribe(&format!("{base}/event"), tx.clone())
-                .await;
-            if subscribed.is_ok() {
-                return self.open_session(process, base, events, request).await;
+        // Ready once it says where it listens (it binds late, and a
+        // connection made before that can stall).
+        let Some(stdout) = process.child.stdout.take() else {
+            return Err(TurnFailure::new("harness_error", "opencode has no stdout"));
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        let listening = tokio::time::timeout(START_TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some((_, url)) = line.split_once("listening on ") {
+                    return Some(url.trim().trim_end_matches('/').to_owned());
+                }
             }
-            if let Ok(Some(status)) = process.child.try_wait() {
+            None
+        })
+        .await;
+        let base = match listening {
+            Ok(Some(url)) => url,
+            Ok(None) => {
+                let status = process.child.wait().await.ok();
                 return Err(TurnFailure::new(
                     "harness_error",
                     format!(
-                        "opencode exited ({status}); its last words: {}",
+                        "opencode exited before listening ({}); its last words: {}",
+                        status.map(|s| s.to_string()).unwrap_or_default(),
                         process.stderr_tail()
                     ),
                 ));
             }
-            if started.elapsed() > START_TIMEOUT {
+            Err(_) => {
                 return Err(TurnFailure::new(
                     "harness_error",
                     format!(
-                        "opencode did not answer within {}s; its last words: {}",
+                        "opencode did not start listening within {}s; its last words: {}",
                         START_TIMEOUT.as_secs(),
                         process.stderr_tail()
                     ),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // Keep draining its stdout, so it never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(target: "karta_harness::opencode", "{line}");
+            }
+        });
+        let (tx, events) = mpsc::unbounded_channel();
+        let mut attempt = 0;
+        loop {
+            let subscribed = tokio::time::timeout(
+                Duration::from_secs(5),
+                self.client.subscribe(&format!("{base}/event"), tx.clone()),
+            )
+            .await;
+            match subscribed {
+                Ok(Ok(())) => break,
+                failed if attempt >= 20 => {
+                    let why = match failed {
+                        Ok(Err(e)) => e,
+                        _ => "no answer within 5 s".to_owned(),
+                    };
+                    return Err(TurnFailure::new(
+                        "harness_error",
+                        format!("cannot follow opencode's events: {why}"),
+                    ));
+                }
+                _ => attempt += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        if port != 0 && !base.ends_with(&format!(":{port}")) {
+            tracing::warn!("opencode listens on {base}, not on the port it was given ({port})");
+        }
+        self.open_session(process, base, events, request).await
     }
 
     /// Continues the session's OpenCode session, or creates one.
@@ -379,8 +423,19 @@ impl OpencodeHarness {
                 format!("opencode refused the message ({status}): {answer}"),
             ));
         }
+        // Permission requests whose tool input has not shown up yet: OpenCode
+        // announces the request before the tool part carrying the input.
+        let mut waiting: Vec<(Value, Instant)> = Vec::new();
         loop {
-            let Some(event) = server.events.recv().await else {
+            let next = if waiting.is_empty() {
+                server.events.recv().await
+            } else {
+                // A quiet stream must not keep a request from being asked.
+                tokio::time::timeout(PERMISSION_INPUT_WAIT, server.events.recv())
+                    .await
+                    .unwrap_or(Some(Value::Null))
+            };
+            let Some(event) = next else {
                 let tail = server.process.stderr_tail();
                 return Err(TurnFailure::new(
                     "harness_error",
@@ -388,47 +443,57 @@ impl OpencodeHarness {
                 ));
             };
             let properties = &event["properties"];
-            if let Some(session) = event_session(&event) {
-                if session != server.session {
-                    continue;
+            let ours = event_session(&event).is_none_or(|s| s == server.session);
+            if ours {
+                match event["type"].as_str() {
+                    Some("message.updated") => turn.message_updated(&properties["info"]),
+                    Some("message.part.delta") => turn.part_delta(properties, cx),
+                    Some("message.part.updated") => turn.part_updated(properties, cx),
+                    Some("permission.asked") => waiting.push((properties.clone(), Instant::now())),
+                    Some("session.error") => {
+                        let error = &properties["error"];
+                        let message = error["data"]["message"]
+                            .as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| error.to_string());
+                        if error["name"] == "MessageAbortedError" {
+                            return Err(TurnFailure::new("cancelled", message));
+                        }
+                        turn.error = Some(message);
+                    }
+                    // The end of every turn (`session.status` idle comes
+                    // just before it; matching both would end the next turn
+                    // early).
+                    Some("session.idle") => return turn.finish(),
+                    _ => {}
                 }
             }
-            match event["type"].as_str() {
-                Some("message.updated") => turn.message_updated(&properties["info"]),
-                Some("message.part.delta") => turn.part_delta(properties, cx),
-                Some("message.part.updated") => turn.part_updated(properties, cx),
-                Some("permission.asked" | "permission.updated") => {
-                    let reply = answer_permission(properties, cx, turn).await;
-                    let id = properties["id"].as_str().unwrap_or_default();
-                    let url = format!("{}/permission/{id}/reply", server.base);
-                    let (status, answer) = self
-                        .client
-                        .json("POST", &url, Some(&reply))
-                        .await
-                        .map_err(|e| TurnFailure::new("harness_error", e))?;
-                    if status >= 300 {
-                        return Err(TurnFailure::new(
-                            "harness_error",
-                            format!("opencode refused the permission reply ({status}): {answer}"),
-                        ));
-                    }
+            // Ask about every request whose input is known, or that has
+            // waited long enough.
+            let mut index = 0;
+            while index < waiting.len() {
+                let call = waiting[index].0["tool"]["callID"].as_str().unwrap_or_default();
+                let ready = turn.inputs.contains_key(call)
+                    || waiting[index].1.elapsed() >= PERMISSION_INPUT_WAIT;
+                if !ready {
+                    index += 1;
+                    continue;
                 }
-                Some("session.error") => {
-                    let error = &properties["error"];
-                    let message = error["data"]["message"]
-                        .as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| error.to_string());
-                    if error["name"] == "MessageAbortedError" {
-                        return Err(TurnFailure::new("cancelled", message));
-                    }
-                    turn.error = Some(message);
+                let (request, _) = waiting.remove(index);
+                let reply = answer_permission(&request, cx, turn).await;
+                let id = request["id"].as_str().unwrap_or_default();
+                let url = format!("{}/permission/{id}/reply", server.base);
+                let (status, answer) = self
+                    .client
+                    .json("POST", &url, Some(&reply))
+                    .await
+                    .map_err(|e| TurnFailure::new("harness_error", e))?;
+                if status >= 300 {
+                    return Err(TurnFailure::new(
+                        "harness_error",
+                        format!("opencode refused the permission reply ({status}): {answer}"),
+                    ));
                 }
-                Some("session.idle") => return turn.finish(),
-                Some("session.status") if properties["status"]["type"] == "idle" => {
-                    return turn.finish();
-                }
-                _ => {}
             }
         }
     }
@@ -470,9 +535,13 @@ fn free_port() -> std::io::Result<u16> {
 /// the host's MCP server as its only tools.
 fn opencode_config(session: &SessionInfo, model: &str) -> Value {
     let mut tools = serde_json::Map::new();
-    for tool in DISABLED_BUILTIN_TOOLS {
-        tools.insert((*tool).to_owned(), json!(false));
+    tools.insert("*".into(), json!(false));
+    for tool in KEPT_BUILTIN_TOOLS {
+        tools.insert((*tool).to_owned(), json!(true));
     }
+    tools.insert(format!("{MCP_SERVER_NAME}_*"), json!(true));
+    // Every plugin tool asks, except those the app lets run unasked (the
+    // more specific key wins).
     let mut permission = serde_json::Map::new();
     permission.insert(format!("{MCP_SERVER_NAME}_*"), json!("ask"));
     for tool in &session.preapproved_tools {
@@ -519,8 +588,10 @@ struct TurnState {
     /// Tool-call ids already reported running / finished.
     running: HashSet<String>,
     finished: HashSet<String>,
-    /// (tool, input) a person denied.
-    denied: Vec<(String, Value)>,
+    /// Tool-call id -> its input, once known.
+    inputs: HashMap<String, Value>,
+    /// Tool-call ids a person denied.
+    denied: HashSet<String>,
     any_denied: bool,
     step_index: u32,
     usage: Usage,
@@ -680,6 +751,9 @@ impl TurnState {
         let tool = karta_tool(part["tool"].as_str().unwrap_or_default()).to_owned();
         let state = &part["state"];
         let input = state["input"].clone();
+        if input.as_object().is_some_and(|o| !o.is_empty()) {
+            self.inputs.insert(call.clone(), input.clone());
+        }
         match state["status"].as_str() {
             Some("running") if self.running.insert(call.clone()) => {
                 cx.emit(HarnessEvent::ToolUse {
@@ -695,13 +769,13 @@ impl TurnState {
             }
             Some(status @ ("completed" | "error")) if self.finished.insert(call.clone()) => {
                 let run = cx.host.take_tool_run(&tool, &input);
-                let denied_at = self.denied.iter().position(|(t, i)| *t == tool && *i == input);
+                let denied = self.denied.remove(&call);
                 let text = state["output"]
                     .as_str()
                     .or_else(|| state["error"].as_str())
                     .unwrap_or_default()
                     .to_owned();
-                let (status, output, error) = match (&run, denied_at) {
+                let (status, output, error) = match (&run, denied) {
                     (Some(run), _) => match &run.content {
                         Ok(output) => (ToolStatus::Completed, Some(output.clone()), None),
                         Err(failure) => (
@@ -710,20 +784,17 @@ impl TurnState {
                             Some(json!({ "kind": failure.kind, "message": failure.message })),
                         ),
                     },
-                    (None, Some(index)) => {
-                        self.denied.remove(index);
-                        (
-                            ToolStatus::Error,
-                            None,
-                            Some(json!({ "kind": "denied", "message": text })),
-                        )
-                    }
-                    (None, None) if status == "error" => (
+                    (None, true) => (
+                        ToolStatus::Error,
+                        None,
+                        Some(json!({ "kind": "denied", "message": text })),
+                    ),
+                    (None, false) if status == "error" => (
                         ToolStatus::Error,
                         None,
                         Some(json!({ "kind": "tool_error", "message": text })),
                     ),
-                    (None, None) => (
+                    (None, false) => (
                         ToolStatus::Completed,
                         Some(serde_json::from_str(&text).unwrap_or(Value::String(text))),
                         None,
@@ -748,17 +819,9 @@ impl TurnState {
 /// Asks a person about an OpenCode permission request (unless the tool
 /// needs no approval); returns the reply body.
 async fn answer_permission(p: &Value, cx: &TurnContext<'_>, turn: &mut TurnState) -> Value {
-    let name = p["permission"]
-        .as_str()
-        .or_else(|| p["tool"].as_str())
-        .or_else(|| p["type"].as_str())
-        .unwrap_or_default();
-    let tool = karta_tool(name).to_owned();
-    let input = p["metadata"]["input"]
-        .clone()
-        .as_object()
-        .map(|o| Value::Object(o.clone()))
-        .unwrap_or_else(|| p["metadata"].clone());
+    let tool = karta_tool(p["permission"].as_str().unwrap_or_default()).to_owned();
+    let call = p["tool"]["callID"].as_str().unwrap_or_default().to_owned();
+    let input = turn.inputs.get(&call).cloned().unwrap_or_else(|| json!({}));
     let decision = if cx.host.needs_approval(&tool) {
         cx.host.request_approval(&tool, &input).await
     } else {
@@ -768,7 +831,8 @@ async fn answer_permission(p: &Value, cx: &TurnContext<'_>, turn: &mut TurnState
         Some(Decision::ApproveOnce | Decision::ApproveSession) => json!({ "reply": "once" }),
         Some(Decision::Deny) | None => {
             turn.any_denied = true;
-            turn.denied.push((tool, input));
+            turn.denied.insert(call);
+            // With a message the model hears why and the turn goes on.
             json!({ "reply": "reject", "message": "A person denied this tool call." })
         }
     }

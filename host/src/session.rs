@@ -242,9 +242,13 @@ impl Sessions {
     pub async fn session_tools(&self, id: &str) -> Result<Vec<ToolDef>, SessionError> {
         let live = self.live(id)?;
         let agent = live.log.lock().await.current_agent.clone();
+        // A process harness reads the app's skills itself, natively; it gets
+        // only the plugin tools.
+        let process_harness = self.harness.is_some();
         Ok(self
             .tools_for(agent.as_deref())
             .into_iter()
+            .filter(|t| t.plugin.is_some() || !process_harness)
             .map(|t| t.def)
             .collect())
     }
