@@ -7,6 +7,13 @@
 #   target/release/karta chat      # or curl, see README.md
 #
 # Extra arguments go to `karta serve` (e.g. --listen 127.0.0.1:9000).
+#
+# KARTA_HARNESS picks the harness (default: builtin). The app is a Claude
+# Code folder, so after scripts/install-harnesses.sh it also runs on the
+# real binaries:
+#
+#   KARTA_HARNESS=claude-code scripts/run.sh
+#   KARTA_HARNESS=opencode scripts/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,4 +25,5 @@ cp examples/plugins/target/wasm32-wasip2/release/units.wasm \
    examples/plugins/target/wasm32-wasip2/release/files.wasm \
    examples/support-bot/plugins/
 
-exec target/release/karta serve examples/support-bot --data .karta "$@"
+exec target/release/karta serve examples/support-bot --data .karta \
+    --harness "${KARTA_HARNESS:-builtin}" "$@"

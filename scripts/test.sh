@@ -9,7 +9,10 @@
 #   2. clippy with -D warnings (host workspace, all targets; guests for wasm)
 #   3. rustdoc with -D warnings
 #   4. the guest fixtures built for wasm32-wasip2 (once, shared by all tests)
-#   5. cargo test for the whole workspace (unit, integration, doc tests)
+#   5. the pinned harness CLIs (Claude Code, OpenCode) from npm into
+#      harnesses/node_modules (not globally; skipped when already there)
+#   6. cargo test for the whole workspace (unit, integration, doc tests,
+#      end-to-end tests that run the real claude and opencode binaries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +37,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 step "guest fixtures (wasm32-wasip2)"
 cargo build "${guests[@]}" --target wasm32-wasip2 --release --locked
+
+step "harness CLIs from npm (scripts/install-harnesses.sh)"
+scripts/install-harnesses.sh
 
 step "cargo test"
 log=$(mktemp)
