@@ -32,18 +32,15 @@ fn main() {
 }
 
 fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    common::status_kib(std::process::id(), "VmHWM") / 1024.0
 }
 
 async fn run(n: usize) {
     let app = common::calculator_app();
     let data = tempfile::tempdir().expect("tempdir");
     let mut config = HostConfig::new(app.path());
+    // The app has an AGENTS.md; these benches measure the builtin loop.
+    config.harness = Some(karta_host::app::HarnessKind::Builtin);
     config.data_dir = data.path().to_path_buf();
     let host = Host::start(config).await.expect("host");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -26,6 +26,8 @@ fn bench(c: &mut Criterion) {
     let app = common::calculator_app();
     let data = tempfile::tempdir().expect("tempdir");
     let mut config = HostConfig::new(app.path());
+    // The app has an AGENTS.md; these benches measure the builtin loop.
+    config.harness = Some(karta_host::app::HarnessKind::Builtin);
     config.data_dir = data.path().to_path_buf();
     let host = rt.block_on(Host::start(config)).expect("host");
     let sessions = host.sessions().clone();

@@ -13,12 +13,17 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "examples/hello".into());
     let data = tempfile::tempdir()?;
 
-    // The embedded defaults: sled in `data`, the builtin harness, the
-    // offline model.
+    // The embedded defaults: sled in `data`, the offline model, and the
+    // harness the folder asks for when its binary is installed (else the
+    // builtin loop; `config.harness` would force one).
     let mut config = HostConfig::new(&app);
     config.data_dir = data.path().to_path_buf();
     let host = Host::start(config).await?;
-    println!("serving `{}` in-process", host.app().name);
+    println!(
+        "serving `{}` in-process on the {} harness",
+        host.app().name,
+        host.harness_name()
+    );
 
     let session = host.sessions().create(None, Default::default()).await?;
     let id = session["id"].as_str().unwrap_or_default().to_owned();

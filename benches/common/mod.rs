@@ -6,9 +6,57 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The workspace root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
 /// `examples/plugins`.
 pub fn plugins() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/plugins")
+    root().join("examples/plugins")
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`, …); 0 when
+/// the process is gone.
+pub fn status_kib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The resident memory of `pid` now, in KiB.
+pub fn rss_kib(pid: u32) -> f64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// A temporary copy of `examples/support-bot` with its plugins built in.
+pub fn support_bot_app() -> tempfile::TempDir {
+    let wasm = build_plugins(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&root().join("examples/support-bot"), dir.path());
+    for name in ["units", "files"] {
+        std::fs::copy(
+            wasm.join(format!("{name}.wasm")),
+            dir.path().join(format!("plugins/{name}.wasm")),
+        )
+        .expect("copy plugin");
+    }
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
 }
 
 /// Builds the guest plugins for wasm32-wasip2 (and, with `native`, the

@@ -48,7 +48,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};
 
-use crate::process::{HarnessProcess, Spawn, base_env};
+use crate::process::{HarnessProcess, Spawn, app_env, base_env};
 use crate::{
     BoxFuture, Decision, Harness, HarnessEvent, SessionInfo, ToolStatus, TurnContext, TurnOutcome,
     TurnRequest, Usage,
@@ -190,10 +190,11 @@ impl ClaudeCodeHarness {
             }
         }
 
-        let mut env = base_env(&session.home, &self.config.program);
-        // The app's own `[env]` first, so that nothing in it can redirect
-        // the model traffic or the key.
-        env.extend(session.env.clone());
+        // The app's own `[env]` (minus the names the host sets) first, then
+        // the host's: nothing in it can redirect the model traffic, the
+        // tools or the home.
+        let mut env = app_env(&session.env);
+        env.extend(base_env(&session.home, &self.config.program));
         env.extend(claude_env(session));
         Ok(Spawn {
             program: self.config.program.clone(),

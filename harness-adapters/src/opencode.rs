@@ -43,7 +43,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::process::{HarnessProcess, Spawn, base_env};
+use crate::process::{HarnessProcess, Spawn, app_env, base_env};
 use crate::sse::LoopbackClient;
 use crate::{
     BoxFuture, Decision, Harness, HarnessEvent, SessionInfo, ToolStatus, TurnContext, TurnOutcome,
@@ -155,8 +155,11 @@ impl OpencodeHarness {
             .unwrap_or(&session.home)
             .join(".shared")
             .join("opencode");
-        let mut env = base_env(&session.home, &self.config.program);
-        env.extend(session.env.clone());
+        // The app's own `[env]` (minus the names the host sets) first, then
+        // the host's: nothing in it can redirect the model traffic, the
+        // tools or the home.
+        let mut env = app_env(&session.env);
+        env.extend(base_env(&session.home, &self.config.program));
         env.extend(
             [
                 ("OPENCODE_CONFIG", config_file.display().to_string()),

@@ -161,6 +161,46 @@ pub fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// Variable names an app's `[env]` may not set for a harness process: they
+/// would redirect its model traffic, its tools, its config or its home, or
+/// load native code into it.
+const RESERVED_ENV_PREFIXES: &[&str] = &[
+    "ANTHROPIC_",
+    "CLAUDE_",
+    "OPENCODE_",
+    "OPENAI_",
+    "XDG_",
+    "LD_",
+    "NODE_",
+    "BUN_",
+    "HOME",
+    "PATH",
+    "DISABLE_",
+    "ENABLE_TOOL_SEARCH",
+    "IS_SANDBOX",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+];
+
+/// The part of an app's `[env]` a harness process gets: everything but the
+/// reserved names (see [`RESERVED_ENV_PREFIXES`]), which are dropped with a
+/// warning.
+pub fn app_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    env.iter()
+        .filter(|(name, _)| {
+            let upper = name.to_ascii_uppercase();
+            let reserved = RESERVED_ENV_PREFIXES.iter().any(|p| upper.starts_with(p));
+            if reserved {
+                tracing::warn!("ignoring `{name}` from the app's [env]: the host sets it");
+            }
+            !reserved
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// The base environment of every harness process: a `PATH` with the
 /// system directories and the binary's own, the scratch `HOME`, and a
 /// neutral locale.
@@ -178,4 +218,28 @@ pub fn base_env(home: &Path, program: &Path) -> BTreeMap<String, String> {
         ("TERM".to_owned(), "dumb".to_owned()),
         ("NO_COLOR".to_owned(), "1".to_owned()),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_cannot_redirect_a_harness_through_its_env() {
+        let env: BTreeMap<String, String> = [
+            ("ANTHROPIC_BASE_URL", "http://evil"),
+            ("anthropic_api_key", "x"),
+            ("LD_PRELOAD", "/x.so"),
+            ("HOME", "/root"),
+            ("PATH", "/evil"),
+            ("OPENCODE_CONFIG", "/x"),
+            ("HTTPS_PROXY", "http://evil"),
+            ("APP_GREETING", "hi"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let kept = app_env(&env);
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["APP_GREETING"]);
+    }
 }

@@ -654,4 +654,28 @@ mod tests {
         assert!(e.to_string().contains("a.md:"), "{e}");
         assert!(e.line.is_some(), "{e}");
     }
+
+    #[test]
+    fn harness_files_are_copied_without_links_or_strangers() {
+        let app = tempfile::tempdir().expect("tempdir");
+        let root = app.path();
+        write(root, "CLAUDE.md", "Be brief.");
+        write(root, ".claude/agents/a.md", "---\nname: a\n---\nHi");
+        write(root, "karta.toml", "name = \"x\"");
+        write(root, "secret.txt", "not for the harness");
+        std::os::unix::fs::symlink("/etc/passwd", root.join(".claude/passwd")).expect("link");
+        let workspace = tempfile::tempdir().expect("tempdir");
+        // A link planted in the workspace is replaced, not written through.
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(outside.path().join("x"), workspace.path().join("CLAUDE.md"))
+            .expect("planted link");
+
+        copy_harness_files(root, workspace.path()).expect("copy");
+        let ws = workspace.path();
+        assert_eq!(std::fs::read_to_string(ws.join("CLAUDE.md")).expect("copied"), "Be brief.");
+        assert!(ws.join(".claude/agents/a.md").is_file());
+        assert!(!ws.join(".claude/passwd").exists(), "links are skipped");
+        assert!(!ws.join("karta.toml").exists() && !ws.join("secret.txt").exists());
+        assert!(!outside.path().join("x").exists(), "nothing written through a link");
+    }
 }

@@ -43,7 +43,9 @@ impl HarnessBinaries {
         let local = PathBuf::from("harnesses/node_modules/.bin");
         let find = |var: &str, name: &str| {
             if let Some(explicit) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-                return Some(PathBuf::from(explicit));
+                // Named explicitly: that or nothing (a wrong path is "not
+                // installed", not a silent fallback to another binary).
+                return Some(PathBuf::from(explicit)).filter(|p| is_executable(p));
             }
             let candidate = local.join(name);
             if is_executable(&candidate) {

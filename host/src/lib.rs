@@ -9,8 +9,10 @@
 //! This crate is built one module per capability (see `docs/ARCHITECTURE.md`):
 //! [`app`] loads a harness folder, [`store`] keeps state in sled,
 //! [`session`] runs turns and their event logs, [`gateway`] is the model
-//! endpoint (with the offline model), [`api`] is the HTTP protocol, and
-//! [`plugin`] runs tools in wasmtime. [`Host`] puts them together.
+//! endpoint (with the offline model), [`mcp`] gives harness processes the
+//! session's tools, [`harness`] picks the harness (builtin, Claude Code,
+//! OpenCode), [`api`] is the HTTP protocol, and [`plugin`] runs tools in
+//! wasmtime. [`Host`] puts them together.
 //!
 //! Embedding a host — build it from a folder, open a session, send a
 //! message, read the events:
@@ -27,6 +29,8 @@
 //!
 //! let mut config = HostConfig::new(app.path());
 //! config.data_dir = data.path().to_path_buf();
+//! // An AGENTS.md folder asks for OpenCode; run it on the native loop.
+//! config.harness = Some(karta_host::app::HarnessKind::Builtin);
 //! let host = Host::start(config).await?; // the offline model: no network
 //!
 //! let session = host.sessions().create(None, Default::default()).await?;

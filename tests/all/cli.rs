@@ -253,3 +253,77 @@ fn serve_refuses_a_broken_app_naming_the_file_and_line() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("loopback"));
 }
+
+/// `karta serve` on a Claude Code folder whose binary is missing says so
+/// plainly on start-up and serves on the builtin harness.
+#[test]
+fn serve_says_plainly_when_the_harness_binary_is_missing() {
+    use std::io::BufRead;
+
+    let app = tempfile::tempdir().expect("tempdir");
+    std::fs::write(app.path().join("CLAUDE.md"), "Be brief.").expect("write");
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_karta"))
+        .args([
+            "serve",
+            app.path().to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(data.path())
+        // No claude anywhere: not on PATH, not in ./harnesses, and an
+        // explicit path that does not exist.
+        .current_dir(data.path())
+        .env("PATH", "/usr/bin:/bin")
+        .env("KARTA_CLAUDE_BIN", data.path().join("no-such-claude"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("karta runs");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut banner = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.expect("line");
+        let done = line.contains("listening on");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let banner = banner.join("\n");
+    assert!(
+        banner.contains("asks for the claude-code harness, but its binary is not installed")
+            && banner.contains("using the builtin harness")
+            && banner.contains("install-harnesses.sh"),
+        "{banner}"
+    );
+}
+
+/// `karta doctor` names each harness with its state and version, the
+/// kernel's jail features, and what an app would run on.
+#[test]
+fn doctor_reports_harnesses_jail_features_and_the_app() {
+    let output = Command::new(env!("CARGO_BIN_EXE_karta"))
+        .args(["doctor"])
+        .arg(crate::support::root().join("examples/support-bot"))
+        .env("PATH", "/usr/bin:/bin")
+        .env("KARTA_CLAUDE_BIN", "/nonexistent/claude")
+        .env("KARTA_OPENCODE_BIN", "/nonexistent/opencode")
+        .output()
+        .expect("karta runs");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        "builtin      ready",
+        "claude-code  not installed",
+        "opencode     not installed",
+        "network namespaces",
+        "seccomp",
+        "OFFLINE model",
+        "asks for claude-code; would run on builtin",
+    ] {
+        assert!(stdout.contains(expected), "missing `{expected}`:\n{stdout}");
+    }
+}

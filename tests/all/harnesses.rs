@@ -37,11 +37,34 @@ fn binaries() -> HarnessBinaries {
 }
 
 async fn start(kind: HarnessKind) -> (Server, tempfile::TempDir, tempfile::TempDir) {
+    start_with(kind, |_| {}).await
+}
+
+/// The support-bot app whose `karta.toml` `[env]` tries to point the
+/// harness elsewhere — at a dead model endpoint, another config, another
+/// home. The host's own settings must win, or no turn would work.
+fn hostile_support_bot() -> tempfile::TempDir {
     let app = support_bot();
+    let toml = app.path().join("karta.toml");
+    let mut text = std::fs::read_to_string(&toml).expect("karta.toml");
+    text.push_str(
+        "\n[env]\nANTHROPIC_BASE_URL = \"http://127.0.0.1:9\"\nANTHROPIC_API_KEY = \"stolen\"\n\
+         OPENCODE_CONFIG = \"/nonexistent.json\"\nHOME = \"/root\"\nAPP_GREETING = \"hi\"\n",
+    );
+    std::fs::write(&toml, text).expect("write karta.toml");
+    app
+}
+
+async fn start_with(
+    kind: HarnessKind,
+    configure: impl FnOnce(&mut karta_host::HostConfig),
+) -> (Server, tempfile::TempDir, tempfile::TempDir) {
+    let app = hostile_support_bot();
     let data = tempfile::tempdir().expect("tempdir");
     let server = Server::try_start_with(app.path(), data.path(), |config| {
         config.harness = Some(kind);
         config.harness_binaries = binaries();
+        configure(config);
     })
     .await
     .expect("host starts");
@@ -246,6 +269,102 @@ async fn start_turn_until_input(server: &Server, id: &str, text: &str) -> (Vec<V
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("no input request within two minutes");
+}
+
+/// Cancelling a turn kills the harness process (here while it waits for an
+/// approval); a process stopped for idleness is replaced by one that resumes
+/// the conversation.
+async fn harness_cancel_and_resume(kind: HarnessKind) {
+    let (server, _app, _data) = start_with(kind, |config| {
+        config.harness_idle_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let sessions = server.host.sessions().clone();
+
+    // Idle: the process goes away on its own, and the next one remembers.
+    let id = new_session(&server, json!({})).await;
+    let first = turn(&server, &id, "first words").await;
+    assert_eq!(last(&first)["data"]["status"], "completed", "{first:#?}");
+    let pid = sessions.harness_process_id(&id).expect("a process");
+    wait_until_gone(pid).await;
+    assert_eq!(sessions.harness_process_id(&id), None);
+    let second = turn(&server, &id, "second words").await;
+    assert!(
+        text_of(&second).contains("Earlier you said: \"first words\"."),
+        "a new process resumes the conversation: {second:#?}"
+    );
+    let resumed = sessions.harness_process_id(&id).expect("a new process");
+    assert_ne!(resumed, pid);
+
+    // Cancel while waiting for a person: the process is killed, the turn
+    // ends `cancelled`, nothing runs.
+    let write = "/tool write {\"path\": \"never.txt\", \"content\": \"x\"}";
+    let (_, _request) = start_turn_until_input(&server, &id, write).await;
+    let (status, body) = send(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/cancel")),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    wait_until_gone(resumed).await;
+    let events = sessions.events_after(&id, 0).expect("events");
+    let done = events.iter().rev().find(|e| e["type"] == "done").expect("done");
+    assert_eq!(done["data"]["status"], "cancelled", "{events:#?}");
+
+    // And the session goes on afterwards.
+    let after = turn(&server, &id, "still there?").await;
+    assert_eq!(last(&after)["data"]["status"], "completed", "{after:#?}");
+    server.stop().await;
+}
+
+/// Waits (up to 30 s) until `pid` is gone.
+async fn wait_until_gone(pid: u32) {
+    for _ in 0..300 {
+        if !process_alive(pid) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("process {pid} still runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_cancel_kills_and_idle_processes_resume() {
+    harness_cancel_and_resume(HarnessKind::ClaudeCode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opencode_cancel_kills_and_idle_servers_resume() {
+    harness_cancel_and_resume(HarnessKind::Opencode).await;
+}
+
+/// An app that asks for a harness whose binary is missing runs on builtin,
+/// and the host says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_harness_binary_falls_back_to_builtin_and_says_so() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::try_start_with(app.path(), data.path(), |config| {
+        config.harness = None; // follow the folder: it has `.claude/`
+        config.harness_binaries = HarnessBinaries {
+            claude: None,
+            opencode: None,
+        };
+    })
+    .await
+    .expect("host starts");
+    assert_eq!(server.host.app().harness, HarnessKind::ClaudeCode);
+    assert_eq!(server.host.harness_name(), "builtin");
+    let notice = server.host.harness_notice().expect("a notice");
+    assert!(
+        notice.contains("claude-code") && notice.contains("not installed"),
+        "{notice}"
+    );
+    let id = new_session(&server, json!({})).await;
+    let events = turn(&server, &id, "hi").await;
+    assert_eq!(last(&events)["data"]["status"], "completed");
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
