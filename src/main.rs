@@ -165,9 +165,9 @@ fn harness_arg(value: &str) -> anyhow::Result<Option<karta_host::app::HarnessKin
         "builtin" => Some(HarnessKind::Builtin),
         "claude-code" | "claude_code" | "claude" => Some(HarnessKind::ClaudeCode),
         "opencode" => Some(HarnessKind::Opencode),
-        other => anyhow::bail!(
-            "--harness must be auto, builtin, claude-code or opencode, not `{other}`"
-        ),
+        other => {
+            anyhow::bail!("--harness must be auto, builtin, claude-code or opencode, not `{other}`")
+        }
     })
 }
 
@@ -263,7 +263,9 @@ async fn doctor(app_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     println!("model upstream:");
     match std::env::var("KARTA_UPSTREAM_KEY") {
         Ok(key) if !key.trim().is_empty() => {
-            println!("  KARTA_UPSTREAM_KEY is set: `serve --upstream anthropic|openai` forwards to a real provider")
+            println!(
+                "  KARTA_UPSTREAM_KEY is set: `serve --upstream anthropic|openai` forwards to a real provider"
+            )
         }
         _ => println!(
             "  none configured: turns use the OFFLINE model (set KARTA_UPSTREAM_KEY and pass --upstream)"
@@ -272,10 +274,14 @@ async fn doctor(app_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     if let Some(dir) = app_dir {
         match karta_host::app::load(&dir) {
             Ok(app) => {
-                let selection = harness::select(app.harness, &binaries, std::time::Duration::from_secs(1));
+                let selection =
+                    harness::select(app.harness, &binaries, std::time::Duration::from_secs(1));
                 let running = selection.harness.as_ref().map_or("builtin", |h| h.name());
                 println!("app `{}` ({}):", app.name, dir.display());
-                println!("  asks for {}; would run on {running}", app.harness.as_str());
+                println!(
+                    "  asks for {}; would run on {running}",
+                    app.harness.as_str()
+                );
                 if let Some(notice) = selection.notice {
                     println!("  {notice}");
                 }

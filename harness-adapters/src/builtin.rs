@@ -289,16 +289,11 @@ impl BuiltinHarness {
                 }
             }
         }
-        cx.emit(HarnessEvent::ToolUse {
-            part_id: id.to_owned(),
-            tool: tool.to_owned(),
-            status: ToolStatus::Running,
-            input: input.clone(),
-            output: None,
-            error: None,
-            fuel: None,
-            duration_ms: None,
-        });
+        cx.emit(HarnessEvent::tool_running(
+            id.to_owned(),
+            tool.to_owned(),
+            input.clone(),
+        ));
         let result = cx.host.call_tool(tool, input).await;
         let (status, output, error, content, is_error) = match &result.content {
             Ok(output) => (

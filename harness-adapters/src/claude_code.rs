@@ -41,7 +41,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -49,9 +48,13 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};
 
 use crate::process::{HarnessProcess, Spawn, app_env, base_env};
+use crate::slots::{
+    ReportedResult, Slots, TurnFailure, finish_turn, finished_tool_use, new_message_id, outcome,
+    slot_process, stop_when_idle,
+};
 use crate::{
-    BoxFuture, Decision, Harness, HarnessEvent, SessionInfo, ToolStatus, TurnContext, TurnOutcome,
-    TurnRequest, Usage,
+    BoxFuture, Decision, Harness, HarnessEvent, SessionInfo, TurnContext, TurnOutcome, TurnRequest,
+    Usage,
 };
 
 /// The name the host's MCP server has in Claude Code's config; its tools
@@ -80,11 +83,9 @@ pub struct ClaudeCodeConfig {
 /// The Claude Code harness (see the module docs).
 pub struct ClaudeCodeHarness {
     config: ClaudeCodeConfig,
-    /// Session id -> its process slot (empty when stopped).
-    sessions: Mutex<HashMap<String, Slot>>,
+    /// Each session's process slot (empty when stopped).
+    sessions: Slots<ClaudeProcess>,
 }
-
-type Slot = Arc<tokio::sync::Mutex<Option<ClaudeProcess>>>;
 
 /// One running `claude`.
 struct ClaudeProcess {
@@ -96,25 +97,6 @@ struct ClaudeProcess {
     announced: bool,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Why a turn could not go on.
-struct TurnFailure {
-    code: &'static str,
-    message: String,
-}
-
-impl TurnFailure {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
 /// The file in the session's `HOME` that remembers Claude Code's own session
 /// id, for `--resume`.
 const RESUME_FILE: &str = "karta-claude-session";
@@ -124,15 +106,8 @@ impl ClaudeCodeHarness {
     pub fn new(config: ClaudeCodeConfig) -> Self {
         Self {
             config,
-            sessions: Mutex::default(),
+            sessions: Slots::default(),
         }
-    }
-
-    fn slot(&self, session_id: &str) -> Slot {
-        lock(&self.sessions)
-            .entry(session_id.to_owned())
-            .or_default()
-            .clone()
     }
 
     /// The command line for `session` (see the module docs).
@@ -207,9 +182,9 @@ impl ClaudeCodeHarness {
     }
 
     async fn start(&self, request: &TurnRequest) -> Result<ClaudeProcess, TurnFailure> {
-        let spawn = self
-            .spawn_for(request)
-            .map_err(|e| TurnFailure::new("harness_error", format!("cannot prepare claude: {e}")))?;
+        let spawn = self.spawn_for(request).map_err(|e| {
+            TurnFailure::new("harness_error", format!("cannot prepare claude: {e}"))
+        })?;
         let mut process = HarnessProcess::start(&spawn).map_err(|e| {
             TurnFailure::new(
                 "harness_unavailable",
@@ -267,64 +242,17 @@ impl ClaudeCodeHarness {
     }
 
     async fn turn(&self, request: TurnRequest, cx: TurnContext<'_>) -> TurnOutcome {
-        let slot = self.slot(&request.session.id);
+        let slot = self.sessions.slot(&request.session.id);
         let mut guard = slot.lock().await;
-        let user = json!({ "role": "user", "content": [{ "type": "text", "text": request.text }] });
         let mut turn = TurnState::default();
-
         let result = tokio::select! {
             result = self.drive(&mut guard, &request, &cx, &mut turn) => result,
-            () = cx.cancel.cancelled() => Err(TurnFailure::new("cancelled", "")),
+            () = cx.cancel.cancelled() => Err(TurnFailure::cancelled()),
         };
-        let status = match result {
-            Ok(status) => {
-                if let Some(claude) = guard.as_mut() {
-                    claude.last_used = Instant::now();
-                }
-                cx.emit(HarnessEvent::Done {
-                    message_id: turn.message_id(),
-                    usage: turn.usage,
-                    status: status.clone(),
-                });
-                status
-            }
-            Err(failure) => {
-                // A process in an unknown state is not reused: the next turn
-                // starts a fresh one that resumes the conversation.
-                if let Some(claude) = guard.take() {
-                    claude.process.kill().await;
-                }
-                if failure.code == "cancelled" {
-                    cx.emit(HarnessEvent::Done {
-                        message_id: turn.message_id(),
-                        usage: turn.usage,
-                        status: "cancelled".into(),
-                    });
-                    "cancelled".to_owned()
-                } else {
-                    cx.emit(HarnessEvent::Error {
-                        code: failure.code.to_owned(),
-                        message: failure.message,
-                    });
-                    "error".to_owned()
-                }
-            }
-        };
+        let status = finish_turn(&mut guard, result, &cx, turn.message_id(), turn.usage).await;
         drop(guard);
-        self.stop_when_idle(&request.session.id, slot);
-
-        let mut new_messages = vec![user];
-        if !turn.text.is_empty() {
-            new_messages.push(json!({
-                "role": "assistant", "content": [{ "type": "text", "text": turn.text }]
-            }));
-        }
-        TurnOutcome {
-            new_messages,
-            text: turn.text,
-            usage: turn.usage,
-            status,
-        }
+        stop_when_idle(&request.session.id, &slot, self.config.idle_timeout);
+        outcome(&request.text, turn.text, turn.usage, status)
     }
 
     /// Sends the message and maps the output until the turn's `result`.
@@ -387,28 +315,6 @@ impl ClaudeCodeHarness {
             }
         }
     }
-
-    /// Stops the session's process once it has been idle for the timeout.
-    /// The timer holds the slot weakly: a session deleted or a harness
-    /// dropped in the meantime has already stopped its process.
-    fn stop_when_idle(&self, session_id: &str, slot: Slot) {
-        let idle = self.config.idle_timeout;
-        let session_id = session_id.to_owned();
-        let slot = Arc::downgrade(&slot);
-        tokio::spawn(async move {
-            tokio::time::sleep(idle).await;
-            let Some(slot) = slot.upgrade() else {
-                return;
-            };
-            let mut guard = slot.lock().await;
-            if guard.as_ref().is_some_and(|c| c.last_used.elapsed() >= idle) {
-                if let Some(claude) = guard.take() {
-                    tracing::debug!(session = %session_id, "stopping an idle claude process");
-                    claude.process.kill().await;
-                }
-            }
-        });
-    }
 }
 
 /// The variables that point Claude Code at the gateway and keep it offline
@@ -457,6 +363,8 @@ fn remember_session(home: &Path, init: &Value) {
         let _ = std::fs::write(home.join(RESUME_FILE), id);
     }
 }
+
+slot_process!(ClaudeProcess);
 
 impl ClaudeProcess {
     async fn send(&mut self, line: &Value) -> Result<(), TurnFailure> {
@@ -544,9 +452,7 @@ fn karta_tool(name: &str) -> &str {
 
 impl TurnState {
     fn message_id(&self) -> String {
-        self.last_message
-            .clone()
-            .unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple()))
+        self.last_message.clone().unwrap_or_else(new_message_id)
     }
 
     /// A raw Anthropic streaming event (partial messages).
@@ -556,7 +462,7 @@ impl TurnState {
                 let id = event["message"]["id"]
                     .as_str()
                     .map(str::to_owned)
-                    .unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple()));
+                    .unwrap_or_else(new_message_id);
                 self.current_message = Some(id.clone());
                 self.last_message = Some(id);
                 self.step_usage = usage_of(&event["message"]["usage"]);
@@ -627,16 +533,11 @@ impl TurnState {
             }
             let tool = karta_tool(block["name"].as_str().unwrap_or_default()).to_owned();
             let input = block["input"].clone();
-            cx.emit(HarnessEvent::ToolUse {
-                part_id: id.clone(),
-                tool: tool.clone(),
-                status: ToolStatus::Running,
-                input: input.clone(),
-                output: None,
-                error: None,
-                fuel: None,
-                duration_ms: None,
-            });
+            cx.emit(HarnessEvent::tool_running(
+                id.clone(),
+                tool.clone(),
+                input.clone(),
+            ));
             self.tool_uses.insert(id, (tool, input));
         }
     }
@@ -655,41 +556,12 @@ impl TurnState {
             let is_error = block["is_error"].as_bool().unwrap_or(false);
             let denied = self.denied.remove(id) || self.denied.remove(&denial_key(&tool, &input));
             let run = cx.host.take_tool_run(&tool, &input);
-            let (status, output, error) = match (&run, denied) {
-                (Some(run), _) => match &run.content {
-                    Ok(output) => (ToolStatus::Completed, Some(output.clone()), None),
-                    Err(failure) => (
-                        ToolStatus::Error,
-                        None,
-                        Some(json!({ "kind": failure.kind, "message": failure.message })),
-                    ),
-                },
-                (None, true) => (
-                    ToolStatus::Error,
-                    None,
-                    Some(json!({ "kind": "denied", "message": text })),
-                ),
-                (None, false) if is_error => (
-                    ToolStatus::Error,
-                    None,
-                    Some(json!({ "kind": "tool_error", "message": text })),
-                ),
-                (None, false) => (
-                    ToolStatus::Completed,
-                    Some(serde_json::from_str(&text).unwrap_or(Value::String(text))),
-                    None,
-                ),
+            let reported = ReportedResult {
+                text,
+                is_error,
+                denied,
             };
-            cx.emit(HarnessEvent::ToolUse {
-                part_id: id.to_owned(),
-                tool,
-                status,
-                input,
-                output,
-                error,
-                fuel: run.as_ref().and_then(|r| r.fuel),
-                duration_ms: run.as_ref().map(|r| r.duration_ms),
-            });
+            cx.emit(finished_tool_use(id.to_owned(), tool, input, run, reported));
         }
     }
 
@@ -700,18 +572,26 @@ impl TurnState {
                 .as_str()
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
-                .unwrap_or_else(|| format!("claude ended the turn with an error ({})", line["subtype"]));
+                .unwrap_or_else(|| {
+                    format!("claude ended the turn with an error ({})", line["subtype"])
+                });
             return Err(TurnFailure::new("model_error", message));
         }
         if let Some(text) = line["result"].as_str().filter(|t| !t.is_empty()) {
             self.text = text.to_owned();
         }
         let total = usage_of(&line["usage"]);
-        if total.input_tokens + total.output_tokens > self.usage.input_tokens + self.usage.output_tokens
+        if total.input_tokens + total.output_tokens
+            > self.usage.input_tokens + self.usage.output_tokens
         {
             self.usage = total;
         }
-        Ok(if self.any_denied { "denied" } else { "completed" }.to_owned())
+        Ok(if self.any_denied {
+            "denied"
+        } else {
+            "completed"
+        }
+        .to_owned())
     }
 }
 
@@ -804,19 +684,10 @@ impl Harness for ClaudeCodeHarness {
     }
 
     fn end_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let slot = lock(&self.sessions).remove(session_id);
-            if let Some(slot) = slot {
-                if let Some(claude) = slot.lock().await.take() {
-                    claude.process.kill().await;
-                }
-            }
-        })
+        Box::pin(self.sessions.end(session_id))
     }
 
     fn process_id(&self, session_id: &str) -> Option<u32> {
-        let slot = lock(&self.sessions).get(session_id)?.clone();
-        let guard = slot.try_lock().ok()?;
-        guard.as_ref().and_then(|c| c.process.pid())
+        self.sessions.pid(session_id)
     }
 }

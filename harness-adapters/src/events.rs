@@ -130,6 +130,20 @@ pub enum HarnessEvent {
 }
 
 impl HarnessEvent {
+    /// A tool call that has started.
+    pub fn tool_running(part_id: impl Into<String>, tool: impl Into<String>, input: Value) -> Self {
+        Self::ToolUse {
+            part_id: part_id.into(),
+            tool: tool.into(),
+            status: ToolStatus::Running,
+            input,
+            output: None,
+            error: None,
+            fuel: None,
+            duration_ms: None,
+        }
+    }
+
     /// The protocol event `type`.
     pub fn kind(&self) -> &'static str {
         match self {

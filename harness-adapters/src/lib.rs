@@ -26,6 +26,7 @@ pub mod claude_code;
 mod events;
 pub mod opencode;
 pub mod process;
+mod slots;
 mod sse;
 
 use std::collections::BTreeMap;

@@ -36,7 +36,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -44,10 +43,14 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::process::{HarnessProcess, Spawn, app_env, base_env};
+use crate::slots::{
+    ReportedResult, Slots, TurnFailure, finish_turn, finished_tool_use, new_message_id, outcome,
+    slot_process, stop_when_idle,
+};
 use crate::sse::LoopbackClient;
 use crate::{
-    BoxFuture, Decision, Harness, HarnessEvent, SessionInfo, ToolStatus, TurnContext, TurnOutcome,
-    TurnRequest, Usage,
+    BoxFuture, Decision, Harness, HarnessEvent, SessionInfo, TurnContext, TurnOutcome, TurnRequest,
+    Usage,
 };
 
 /// The name of the host's MCP server in OpenCode's config; its tools are
@@ -83,10 +86,11 @@ pub struct OpencodeConfig {
 pub struct OpencodeHarness {
     config: OpencodeConfig,
     client: LoopbackClient,
-    sessions: Mutex<HashMap<String, Slot>>,
+    /// Each session's server slot (empty when stopped).
+    sessions: Slots<OpencodeServer>,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<OpencodeServer>>>;
+slot_process!(OpencodeServer);
 
 /// One running `opencode serve`.
 struct OpencodeServer {
@@ -100,25 +104,6 @@ struct OpencodeServer {
     last_used: Instant,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Why a turn could not go on.
-struct TurnFailure {
-    code: &'static str,
-    message: String,
-}
-
-impl TurnFailure {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
 /// The file in the session's `HOME` that remembers OpenCode's session id.
 const RESUME_FILE: &str = "karta-opencode-session";
 
@@ -128,15 +113,8 @@ impl OpencodeHarness {
         Self {
             config,
             client: LoopbackClient::default(),
-            sessions: Mutex::default(),
+            sessions: Slots::default(),
         }
-    }
-
-    fn slot(&self, session_id: &str) -> Slot {
-        lock(&self.sessions)
-            .entry(session_id.to_owned())
-            .or_default()
-            .clone()
     }
 
     /// The command line and config for `request`'s session.
@@ -166,7 +144,10 @@ impl OpencodeHarness {
                 // OpenCode installs its plugin package into its config dir
                 // on first start (from the npm registry); one dir shared by
                 // every session's server installs it once, not per session.
-                ("XDG_CONFIG_HOME", shared.join("config").display().to_string()),
+                (
+                    "XDG_CONFIG_HOME",
+                    shared.join("config").display().to_string(),
+                ),
                 ("XDG_CACHE_HOME", shared.join("cache").display().to_string()),
                 ("OPENCODE_DISABLE_MODELS_FETCH", "1".into()),
                 ("OPENCODE_DISABLE_AUTOUPDATE", "1".into()),
@@ -334,65 +315,17 @@ impl OpencodeHarness {
     }
 
     async fn turn(&self, request: TurnRequest, cx: TurnContext<'_>) -> TurnOutcome {
-        let slot = self.slot(&request.session.id);
+        let slot = self.sessions.slot(&request.session.id);
         let mut guard = slot.lock().await;
-        let user = json!({ "role": "user", "content": [{ "type": "text", "text": request.text }] });
         let mut turn = TurnState::default();
         let result = tokio::select! {
             result = self.drive(&mut guard, &request, &cx, &mut turn) => result,
-            () = cx.cancel.cancelled() => Err(TurnFailure::new("cancelled", "")),
+            () = cx.cancel.cancelled() => Err(TurnFailure::cancelled()),
         };
-        let status = match result {
-            Ok(status) => {
-                if let Some(server) = guard.as_mut() {
-                    server.last_used = Instant::now();
-                }
-                cx.emit(HarnessEvent::Done {
-                    message_id: turn.message_id(),
-                    usage: turn.usage,
-                    status: status.clone(),
-                });
-                status
-            }
-            Err(failure) => {
-                if let Some(server) = guard.take() {
-                    server.process.kill().await;
-                }
-                if failure.code == "cancelled" {
-                    cx.emit(HarnessEvent::Done {
-                        message_id: turn.message_id(),
-                        usage: turn.usage,
-                        status: "cancelled".into(),
-                    });
-                    "cancelled".to_owned()
-                } else {
-                    cx.emit(HarnessEvent::Error {
-                        code: failure.code.to_owned(),
-                        message: failure.message,
-                    });
-                    "error".to_owned()
-                }
-            }
-        };
+        let status = finish_turn(&mut guard, result, &cx, turn.message_id(), turn.usage).await;
         drop(guard);
-        stop_when_idle(
-            request.session.id.clone(),
-            Arc::downgrade(&slot),
-            self.config.idle_timeout,
-        );
-        let mut new_messages = vec![user];
-        let text = turn.final_text();
-        if !text.is_empty() {
-            new_messages.push(json!({
-                "role": "assistant", "content": [{ "type": "text", "text": text }]
-            }));
-        }
-        TurnOutcome {
-            new_messages,
-            text,
-            usage: turn.usage,
-            status,
-        }
+        stop_when_idle(&request.session.id, &slot, self.config.idle_timeout);
+        outcome(&request.text, turn.final_text(), turn.usage, status)
     }
 
     async fn drive(
@@ -475,7 +408,9 @@ impl OpencodeHarness {
             // waited long enough.
             let mut index = 0;
             while index < waiting.len() {
-                let call = waiting[index].0["tool"]["callID"].as_str().unwrap_or_default();
+                let call = waiting[index].0["tool"]["callID"]
+                    .as_str()
+                    .unwrap_or_default();
                 let ready = turn.inputs.contains_key(call)
                     || waiting[index].1.elapsed() >= PERMISSION_INPUT_WAIT;
                 if !ready {
@@ -509,23 +444,6 @@ fn event_session(event: &Value) -> Option<&str> {
         .as_str()
         .or_else(|| p["info"]["sessionID"].as_str())
         .or_else(|| p["part"]["sessionID"].as_str())
-}
-
-/// Stops a session's server once it has been idle for `idle`.
-fn stop_when_idle(session_id: String, slot: Weak<tokio::sync::Mutex<Option<OpencodeServer>>>, idle: Duration) {
-    tokio::spawn(async move {
-        tokio::time::sleep(idle).await;
-        let Some(slot) = slot.upgrade() else {
-            return;
-        };
-        let mut guard = slot.lock().await;
-        if guard.as_ref().is_some_and(|s| s.last_used.elapsed() >= idle) {
-            if let Some(server) = guard.take() {
-                tracing::debug!(session = %session_id, "stopping an idle opencode server");
-                server.process.kill().await;
-            }
-        }
-    });
 }
 
 /// A free loopback port for a new server.
@@ -610,10 +528,7 @@ fn karta_tool(name: &str) -> &str {
 
 impl TurnState {
     fn message_id(&self) -> String {
-        self.messages
-            .last()
-            .cloned()
-            .unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple()))
+        self.messages.last().cloned().unwrap_or_else(new_message_id)
     }
 
     fn final_text(&self) -> String {
@@ -627,7 +542,12 @@ impl TurnState {
     fn finish(&mut self) -> Result<String, TurnFailure> {
         match self.error.take() {
             Some(message) => Err(TurnFailure::new("model_error", message)),
-            None => Ok(if self.any_denied { "denied" } else { "completed" }.to_owned()),
+            None => Ok(if self.any_denied {
+                "denied"
+            } else {
+                "completed"
+            }
+            .to_owned()),
         }
     }
 
@@ -699,13 +619,13 @@ impl TurnState {
                 let full = part["text"].as_str().unwrap_or_default();
                 let seen = self.texts.entry(id.clone()).or_default();
                 // Updates carry the whole text; report only what is new.
-                if let Some(new) = full.strip_prefix(seen.as_str()) {
-                    if !new.is_empty() {
-                        cx.emit(HarnessEvent::Text {
-                            part_id: id.clone(),
-                            text: new.to_owned(),
-                        });
-                    }
+                if let Some(new) = full.strip_prefix(seen.as_str())
+                    && !new.is_empty()
+                {
+                    cx.emit(HarnessEvent::Text {
+                        part_id: id.clone(),
+                        text: new.to_owned(),
+                    });
                 }
                 *seen = full.to_owned();
                 self.last_text_part = Some(id);
@@ -759,16 +679,7 @@ impl TurnState {
         }
         match state["status"].as_str() {
             Some("running") if self.running.insert(call.clone()) => {
-                cx.emit(HarnessEvent::ToolUse {
-                    part_id: call,
-                    tool,
-                    status: ToolStatus::Running,
-                    input,
-                    output: None,
-                    error: None,
-                    fuel: None,
-                    duration_ms: None,
-                });
+                cx.emit(HarnessEvent::tool_running(call, tool, input));
             }
             Some(status @ ("completed" | "error")) if self.finished.insert(call.clone()) => {
                 let run = cx.host.take_tool_run(&tool, &input);
@@ -778,41 +689,12 @@ impl TurnState {
                     .or_else(|| state["error"].as_str())
                     .unwrap_or_default()
                     .to_owned();
-                let (status, output, error) = match (&run, denied) {
-                    (Some(run), _) => match &run.content {
-                        Ok(output) => (ToolStatus::Completed, Some(output.clone()), None),
-                        Err(failure) => (
-                            ToolStatus::Error,
-                            None,
-                            Some(json!({ "kind": failure.kind, "message": failure.message })),
-                        ),
-                    },
-                    (None, true) => (
-                        ToolStatus::Error,
-                        None,
-                        Some(json!({ "kind": "denied", "message": text })),
-                    ),
-                    (None, false) if status == "error" => (
-                        ToolStatus::Error,
-                        None,
-                        Some(json!({ "kind": "tool_error", "message": text })),
-                    ),
-                    (None, false) => (
-                        ToolStatus::Completed,
-                        Some(serde_json::from_str(&text).unwrap_or(Value::String(text))),
-                        None,
-                    ),
+                let reported = ReportedResult {
+                    text,
+                    is_error: status == "error",
+                    denied,
                 };
-                cx.emit(HarnessEvent::ToolUse {
-                    part_id: call,
-                    tool,
-                    status,
-                    input,
-                    output,
-                    error,
-                    fuel: run.as_ref().and_then(|r| r.fuel),
-                    duration_ms: run.as_ref().map(|r| r.duration_ms),
-                });
+                cx.emit(finished_tool_use(call, tool, input, run, reported));
             }
             _ => {}
         }
@@ -855,19 +737,10 @@ impl Harness for OpencodeHarness {
     }
 
     fn end_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let slot = lock(&self.sessions).remove(session_id);
-            if let Some(slot) = slot {
-                if let Some(server) = slot.lock().await.take() {
-                    server.process.kill().await;
-                }
-            }
-        })
+        Box::pin(self.sessions.end(session_id))
     }
 
     fn process_id(&self, session_id: &str) -> Option<u32> {
-        let slot = lock(&self.sessions).get(session_id)?.clone();
-        let guard = slot.try_lock().ok()?;
-        guard.as_ref().and_then(|s| s.process.pid())
+        self.sessions.pid(session_id)
     }
 }

@@ -122,10 +122,8 @@ fn die_with_parent(command: &mut Command) {
     // async-signal-safe system call (prctl), touching no memory of ours.
     unsafe {
         command.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(
-                rustix::process::Signal::KILL,
-            ))
-            .map_err(std::io::Error::from)
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
         });
     }
 }

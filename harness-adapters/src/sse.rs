@@ -70,12 +70,19 @@ impl LoopbackClient {
             .await
             .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?
             .to_bytes();
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
     }
 
     /// Opens an SSE stream and forwards each event's `data` (parsed as JSON)
     /// to `events` until the stream ends or nobody listens.
-    pub async fn subscribe(&self, url: &str, events: mpsc::UnboundedSender<Value>) -> Result<(), String> {
+    pub async fn subscribe(
+        &self,
+        url: &str,
+        events: mpsc::UnboundedSender<Value>,
+    ) -> Result<(), String> {
         let response = self.send("GET", url, None, "text/event-stream").await?;
         if !response.status().is_success() {
             return Err(format!("GET {url}: {}", response.status()));
@@ -90,10 +97,10 @@ impl LoopbackClient {
                 buffer.extend_from_slice(&data);
                 while let Some(end) = find_event_end(&buffer) {
                     let event: Vec<u8> = buffer.drain(..end).collect();
-                    if let Some(value) = parse_event(&event) {
-                        if events.send(value).is_err() {
-                            return;
-                        }
+                    if let Some(value) = parse_event(&event)
+                        && events.send(value).is_err()
+                    {
+                        return;
                     }
                 }
                 if buffer.len() > MAX_EVENT_BYTES {
@@ -141,10 +148,16 @@ mod tests {
     fn splits_and_parses_events() {
         let stream = b"data: {\"a\":1}\n\nevent: x\ndata: {\"b\":\ndata: 2}\r\n\r\ndata: partial";
         let end = find_event_end(stream).expect("first");
-        assert_eq!(parse_event(&stream[..end]), Some(serde_json::json!({"a": 1})));
+        assert_eq!(
+            parse_event(&stream[..end]),
+            Some(serde_json::json!({"a": 1}))
+        );
         let rest = &stream[end..];
         let end2 = find_event_end(rest).expect("second");
-        assert_eq!(parse_event(&rest[..end2]), Some(serde_json::json!({"b": 2})));
+        assert_eq!(
+            parse_event(&rest[..end2]),
+            Some(serde_json::json!({"b": 2}))
+        );
         assert_eq!(find_event_end(&rest[end2..]), None);
     }
 }

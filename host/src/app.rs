@@ -433,7 +433,12 @@ fn copy_tree(from: &Path, to: &Path, written: &mut u64, depth: usize) -> std::io
         std::fs::create_dir_all(to)?;
         for entry in std::fs::read_dir(from)? {
             let entry = entry?;
-            copy_tree(&entry.path(), &to.join(entry.file_name()), written, depth + 1)?;
+            copy_tree(
+                &entry.path(),
+                &to.join(entry.file_name()),
+                written,
+                depth + 1,
+            )?;
         }
     }
     Ok(())
@@ -672,10 +677,16 @@ mod tests {
 
         copy_harness_files(root, workspace.path()).expect("copy");
         let ws = workspace.path();
-        assert_eq!(std::fs::read_to_string(ws.join("CLAUDE.md")).expect("copied"), "Be brief.");
+        assert_eq!(
+            std::fs::read_to_string(ws.join("CLAUDE.md")).expect("copied"),
+            "Be brief."
+        );
         assert!(ws.join(".claude/agents/a.md").is_file());
         assert!(!ws.join(".claude/passwd").exists(), "links are skipped");
         assert!(!ws.join("karta.toml").exists() && !ws.join("secret.txt").exists());
-        assert!(!outside.path().join("x").exists(), "nothing written through a link");
+        assert!(
+            !outside.path().join("x").exists(),
+            "nothing written through a link"
+        );
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use karta_harness::ToolDef;
 
 use crate::app::{self, AppError, AppSpec, HarnessKind};
-use crate::harness::HarnessBinaries;
 use crate::gateway::{Gateway, Upstream};
+use crate::harness::HarnessBinaries;
 use crate::plugin::{LoadError, PluginRuntime, RuntimeConfig, RuntimeError};
 use crate::session::{SessionConfig, SessionTool, Sessions};
 use crate::store::{Store, StoreError};

@@ -979,9 +979,7 @@ impl TurnHost for SessionTurnHost {
 
     fn take_tool_run(&self, tool: &str, input: &Value) -> Option<ToolResult> {
         let mut runs = lock(&self.live.tool_runs);
-        let index = runs
-            .iter()
-            .rposition(|(t, i, _)| t == tool && i == input)?;
+        let index = runs.iter().rposition(|(t, i, _)| t == tool && i == input)?;
         Some(runs.remove(index).2)
     }
 

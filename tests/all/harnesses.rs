@@ -154,17 +154,29 @@ async fn harness_end_to_end(kind: HarnessKind, name: &str) {
         .as_array()
         .expect("tools")
         .iter()
-        .filter_map(|t| t["name"].as_str().or_else(|| t["function"]["name"].as_str()))
+        .filter_map(|t| {
+            t["name"]
+                .as_str()
+                .or_else(|| t["function"]["name"].as_str())
+        })
         .collect();
     assert!(
         offered.iter().any(|t| t.ends_with("convert")),
         "{offered:?}"
     );
-    for forbidden in ["Bash", "bash", "Read", "read", "Write", "write", "WebFetch", "webfetch"] {
-        assert!(!offered.contains(&forbidden), "{forbidden} offered: {offered:?}");
+    for forbidden in [
+        "Bash", "bash", "Read", "read", "Write", "write", "WebFetch", "webfetch",
+    ] {
+        assert!(
+            !offered.contains(&forbidden),
+            "{forbidden} offered: {offered:?}"
+        );
     }
     if kind == HarnessKind::ClaudeCode {
-        assert!(everything.contains("Answers questions about invoices"), "agents reach Claude Code");
+        assert!(
+            everything.contains("Answers questions about invoices"),
+            "agents reach Claude Code"
+        );
     }
 
     // A plugin tool through MCP: it ran in wasmtime (fuel on the event).
@@ -179,8 +191,14 @@ async fn harness_end_to_end(kind: HarnessKind, name: &str) {
     assert_eq!(uses[0]["data"]["part"]["tool"], "convert");
     assert_eq!(uses[0]["data"]["part"]["state"]["status"], "running");
     let done = uses.last().expect("finished");
-    assert_eq!(done["data"]["part"]["state"]["status"], "completed", "{done}");
-    assert!(done["data"]["fuel"].as_u64().is_some_and(|f| f > 0), "{done}");
+    assert_eq!(
+        done["data"]["part"]["state"]["status"], "completed",
+        "{done}"
+    );
+    assert!(
+        done["data"]["fuel"].as_u64().is_some_and(|f| f > 0),
+        "{done}"
+    );
     assert!(
         done["data"]["part"]["state"]["output"]
             .to_string()
@@ -188,7 +206,11 @@ async fn harness_end_to_end(kind: HarnessKind, name: &str) {
         "{done}"
     );
     assert_eq!(last(&tool_turn)["type"], "done");
-    assert!(text_of(&tool_turn).contains("convert returned"), "{}", text_of(&tool_turn));
+    assert!(
+        text_of(&tool_turn).contains("convert returned"),
+        "{}",
+        text_of(&tool_turn)
+    );
 
     // An approval asked, then denied: nothing is written.
     let workspace = data.path().join("workspaces").join(&id);
@@ -240,8 +262,7 @@ async fn harness_end_to_end(kind: HarnessKind, name: &str) {
 
 /// Whether `pid` runs (a zombie counts as gone).
 fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.contains(") Z "))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
 }
 
 /// Starts a streamed turn in the background and watches the session's log
@@ -263,7 +284,9 @@ async fn start_turn_until_input(server: &Server, id: &str, text: &str) -> (Vec<V
             return (events, request);
         }
         assert!(
-            !events.iter().any(|e| e["type"] == "done" || e["type"] == "error"),
+            !events
+                .iter()
+                .any(|e| e["type"] == "done" || e["type"] == "error"),
             "the turn ended without asking: {events:#?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -299,7 +322,7 @@ async fn harness_cancel_and_resume(kind: HarnessKind) {
     // Cancel while waiting for a person: the process is killed, the turn
     // ends `cancelled`, nothing runs.
     let write = "/tool write {\"path\": \"never.txt\", \"content\": \"x\"}";
-    let (_, _request) = start_turn_until_input(&server, &id, write).await;
+    let (_, request) = start_turn_until_input(&server, &id, write).await;
     let (status, body) = send(
         "POST",
         &server.url(&format!("/v1/sessions/{id}/cancel")),
@@ -308,8 +331,16 @@ async fn harness_cancel_and_resume(kind: HarnessKind) {
     .await;
     assert_eq!(status, 200, "{body}");
     wait_until_gone(resumed).await;
-    let events = sessions.events_after(&id, 0).expect("events");
-    let done = events.iter().rev().find(|e| e["type"] == "done").expect("done");
+    let after = request["seq"].as_u64().expect("seq");
+    let mut events = Vec::new();
+    for _ in 0..300 {
+        events = sessions.events_after(&id, after).expect("events");
+        if events.iter().any(|e| e["type"] == "done" || e["type"] == "error") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let done = events.last().expect("the turn ended");
     assert_eq!(done["data"]["status"], "cancelled", "{events:#?}");
 
     // And the session goes on afterwards.

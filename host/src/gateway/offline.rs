@@ -387,7 +387,10 @@ mod tests {
         assert_eq!(resolve_tool("calc", &offered), "mcp__karta__calc");
         assert_eq!(resolve_tool("Agent", &offered), "Agent");
         assert_eq!(resolve_tool("alc", &offered), "alc");
-        assert_eq!(resolve_tool("calc", &["karta_calc".to_owned()]), "karta_calc");
+        assert_eq!(
+            resolve_tool("calc", &["karta_calc".to_owned()]),
+            "karta_calc"
+        );
         let c = conversation(json!([{"role": "user", "content": [
             {"type": "text", "text": "<system-reminder>\n/say not me\n</system-reminder>"},
             {"type": "text", "text": "hello"},

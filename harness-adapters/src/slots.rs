@@ -1,0 +1,262 @@
+//! What the process harnesses (Claude Code, OpenCode) share: one slot per
+//! session holding its process, the idle timer, and how a turn's result
+//! becomes its last event.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::process::HarnessProcess;
+use crate::{HarnessEvent, ToolResult, ToolStatus, TurnContext, TurnOutcome, Usage};
+
+/// A session's running harness process, as a slot holds it.
+pub(crate) trait SlotProcess: Send + 'static {
+    /// The OS process.
+    fn harness_process(&self) -> &HarnessProcess;
+    /// Gives up everything but the OS process (to kill it).
+    fn into_harness_process(self) -> HarnessProcess;
+    /// When its last turn ended.
+    fn last_used(&self) -> Instant;
+    /// Marks a turn's end.
+    fn touch(&mut self);
+}
+
+/// Implements [`SlotProcess`] for a struct with `process: HarnessProcess`
+/// and `last_used: Instant` fields.
+macro_rules! slot_process {
+    ($type:ty) => {
+        impl $crate::slots::SlotProcess for $type {
+            fn harness_process(&self) -> &$crate::process::HarnessProcess {
+                &self.process
+            }
+
+            fn into_harness_process(self) -> $crate::process::HarnessProcess {
+                self.process
+            }
+
+            fn last_used(&self) -> std::time::Instant {
+                self.last_used
+            }
+
+            fn touch(&mut self) {
+                self.last_used = std::time::Instant::now();
+            }
+        }
+    };
+}
+pub(crate) use slot_process;
+
+/// A session's slot: its process, or `None` when stopped. A turn holds the
+/// lock for its whole length (one turn per session at a time).
+pub(crate) type Slot<P> = Arc<tokio::sync::Mutex<Option<P>>>;
+
+/// The slots of every session a harness has seen.
+pub(crate) struct Slots<P> {
+    map: Mutex<HashMap<String, Slot<P>>>,
+}
+
+impl<P> Default for Slots<P> {
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<P: SlotProcess> Slots<P> {
+    /// The slot of `session_id` (created empty on first use).
+    pub(crate) fn slot(&self, session_id: &str) -> Slot<P> {
+        lock(&self.map)
+            .entry(session_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets `session_id`, killing its process (after its turn, if one
+    /// runs: the caller cancels the turn first).
+    pub(crate) async fn end(&self, session_id: &str) {
+        let slot = lock(&self.map).remove(session_id);
+        if let Some(slot) = slot
+            && let Some(process) = slot.lock().await.take()
+        {
+            process.into_harness_process().kill().await;
+        }
+    }
+
+    /// The process id of `session_id`'s process, when it runs and no turn
+    /// holds the slot.
+    pub(crate) fn pid(&self, session_id: &str) -> Option<u32> {
+        let slot = lock(&self.map).get(session_id)?.clone();
+        let guard = slot.try_lock().ok()?;
+        guard.as_ref().and_then(|p| p.harness_process().pid())
+    }
+}
+
+/// Stops the process in `slot` once it has been idle for `idle`. The timer
+/// holds the slot weakly: a session deleted or a harness dropped in the
+/// meantime has already stopped its process.
+pub(crate) fn stop_when_idle<P: SlotProcess>(session_id: &str, slot: &Slot<P>, idle: Duration) {
+    let session_id = session_id.to_owned();
+    let slot = Arc::downgrade(slot);
+    tokio::spawn(async move {
+        tokio::time::sleep(idle).await;
+        let Some(slot) = slot.upgrade() else {
+            return;
+        };
+        let mut guard = slot.lock().await;
+        if guard
+            .as_ref()
+            .is_some_and(|p| p.last_used().elapsed() >= idle)
+            && let Some(process) = guard.take()
+        {
+            tracing::debug!(session = %session_id, "stopping an idle harness process");
+            process.into_harness_process().kill().await;
+        }
+    });
+}
+
+/// Why a turn could not go on.
+#[derive(Debug)]
+pub(crate) struct TurnFailure {
+    /// The protocol error code (`cancelled` ends the turn as cancelled).
+    pub(crate) code: &'static str,
+    /// The details.
+    pub(crate) message: String,
+}
+
+impl TurnFailure {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The turn was cancelled.
+    pub(crate) fn cancelled() -> Self {
+        Self::new("cancelled", "")
+    }
+}
+
+/// Ends a turn: emits `done` (completed, denied or cancelled) or `error`. A
+/// process in an unknown state — after a failure or a cancel — is killed
+/// rather than reused; the next turn starts one that resumes the session.
+/// Returns the turn's status.
+pub(crate) async fn finish_turn<P: SlotProcess>(
+    slot: &mut Option<P>,
+    result: Result<String, TurnFailure>,
+    cx: &TurnContext<'_>,
+    message_id: String,
+    usage: Usage,
+) -> String {
+    let failure = match result {
+        Ok(status) => {
+            if let Some(process) = slot.as_mut() {
+                process.touch();
+            }
+            cx.emit(HarnessEvent::Done {
+                message_id,
+                usage,
+                status: status.clone(),
+            });
+            return status;
+        }
+        Err(failure) => failure,
+    };
+    if let Some(process) = slot.take() {
+        process.into_harness_process().kill().await;
+    }
+    if failure.code == "cancelled" {
+        cx.emit(HarnessEvent::Done {
+            message_id,
+            usage,
+            status: "cancelled".into(),
+        });
+        "cancelled".to_owned()
+    } else {
+        cx.emit(HarnessEvent::Error {
+            code: failure.code.to_owned(),
+            message: failure.message,
+        });
+        "error".to_owned()
+    }
+}
+
+/// The outcome the host records: the user's message and the assistant's
+/// final text (the harness keeps the full conversation itself).
+pub(crate) fn outcome(user_text: &str, text: String, usage: Usage, status: String) -> TurnOutcome {
+    let mut new_messages =
+        vec![json!({ "role": "user", "content": [{ "type": "text", "text": user_text }] })];
+    if !text.is_empty() {
+        new_messages.push(json!({
+            "role": "assistant", "content": [{ "type": "text", "text": text }]
+        }));
+    }
+    TurnOutcome {
+        new_messages,
+        text,
+        usage,
+        status,
+    }
+}
+
+/// A fresh message id, for a turn that ended before the model gave one.
+pub(crate) fn new_message_id() -> String {
+    format!("msg_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// How a tool call the harness made ended, as the harness reported it.
+pub(crate) struct ReportedResult {
+    /// The result text the harness saw.
+    pub(crate) text: String,
+    /// Whether the harness marked it an error.
+    pub(crate) is_error: bool,
+    /// Whether a person denied the call.
+    pub(crate) denied: bool,
+}
+
+/// The finished `tool_use` event of a call: from the wasm run the MCP server
+/// recorded (`run`: output or error kind, fuel, time) when there is one,
+/// else from what the harness reported (a denial, or a tool of its own).
+pub(crate) fn finished_tool_use(
+    part_id: String,
+    tool: String,
+    input: Value,
+    run: Option<ToolResult>,
+    reported: ReportedResult,
+) -> HarnessEvent {
+    let failed = |kind: &str, message: &str| json!({ "kind": kind, "message": message });
+    let (status, output, error) = match (&run, reported) {
+        (Some(run), _) => match &run.content {
+            Ok(output) => (ToolStatus::Completed, Some(output.clone()), None),
+            Err(failure) => (
+                ToolStatus::Error,
+                None,
+                Some(failed(&failure.kind, &failure.message)),
+            ),
+        },
+        (None, r) if r.denied => (ToolStatus::Error, None, Some(failed("denied", &r.text))),
+        (None, r) if r.is_error => (ToolStatus::Error, None, Some(failed("tool_error", &r.text))),
+        (None, r) => (
+            ToolStatus::Completed,
+            Some(serde_json::from_str(&r.text).unwrap_or(Value::String(r.text))),
+            None,
+        ),
+    };
+    HarnessEvent::ToolUse {
+        part_id,
+        tool,
+        status,
+        input,
+        output,
+        error,
+        fuel: run.as_ref().and_then(|r| r.fuel),
+        duration_ms: run.as_ref().map(|r| r.duration_ms),
+    }
+}
