@@ -335,7 +335,10 @@ async fn harness_cancel_and_resume(kind: HarnessKind) {
     let mut events = Vec::new();
     for _ in 0..300 {
         events = sessions.events_after(&id, after).expect("events");
-        if events.iter().any(|e| e["type"] == "done" || e["type"] == "error") {
+        if events
+            .iter()
+            .any(|e| e["type"] == "done" || e["type"] == "error")
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
