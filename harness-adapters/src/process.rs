@@ -162,7 +162,7 @@ pub fn is_executable(path: &Path) -> bool {
 /// Variable names an app's `[env]` may not set for a harness process: they
 /// would redirect its model traffic, its tools, its config or its home, or
 /// load native code into it.
-const RESERVED_ENV_PREFIXES: &[&str] = &[
+pub const RESERVED_ENV_PREFIXES: &[&str] = &[
     "ANTHROPIC_",
     "CLAUDE_",
     "OPENCODE_",

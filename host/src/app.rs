@@ -385,11 +385,11 @@ fn detect_harness(root: &Path) -> HarnessKind {
 
 /// The files of an app that a harness process reads from its working
 /// directory.
-const HARNESS_FILES: &[&str] = &["CLAUDE.md", "AGENTS.md", ".claude", ".opencode"];
+pub const HARNESS_FILES: &[&str] = &["CLAUDE.md", "AGENTS.md", ".claude", ".opencode"];
 
 /// The most a harness-file copy may write (a hostile app must not fill the
 /// disk one session at a time).
-const MAX_HARNESS_COPY_BYTES: u64 = 64 * 1024 * 1024;
+pub const MAX_HARNESS_COPY_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Copies the app's harness files ([`HARNESS_FILES`]) into a session
 /// workspace, so the harness process finds them in its working directory.
