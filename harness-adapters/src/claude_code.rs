@@ -8,7 +8,7 @@
 //!        --include-partial-messages --permission-prompt-tool stdio
 //!        --mcp-config <home>/karta-mcp.json --strict-mcp-config
 //!        --tools <ALLOWED_BUILTIN_TOOLS> --allowedTools mcp__karta__<tool>,…
-//!        [--model M] [--resume <claude session id>]
+//!        [--agent A] [--model M] [--resume <claude session id>]
 //! ```
 //!
 //! in the session workspace (which the host populated with the app's
@@ -33,7 +33,11 @@
 //! | `system` `init` / `api_retry` | `system` |
 //! | `result` | `done`, or `error` when `is_error` |
 //!
-//! Several turns run in one process. The process is killed on cancel, after
+//! Several turns run in one process. A session that names an agent before
+//! its first turn runs as that agent (`--agent`); Claude Code fixes the main
+//! agent when a conversation starts (it ignores `--agent` on `--resume`), so
+//! a later switch is reported in a `system` event and the app's agents stay
+//! available as sub-agents (the `Agent` tool). The process is killed on cancel, after
 //! [`ClaudeCodeConfig::idle_timeout`] without a turn, on session delete, and
 //! when the harness is dropped; the next turn starts a new one with
 //! `--resume`, so the conversation survives (Claude Code keeps it in the
@@ -95,6 +99,8 @@ struct ClaudeProcess {
     last_used: Instant,
     /// Whether `system/init` was reported (once per process).
     announced: bool,
+    /// The agent it runs as (`--agent`), if any.
+    agent: Option<String>,
 }
 
 /// The file in the session's `HOME` that remembers Claude Code's own session
@@ -153,6 +159,10 @@ impl ClaudeCodeHarness {
                     .join(","),
             );
         }
+        if let Some(agent) = &request.agent {
+            args.push("--agent".into());
+            args.push(agent.clone());
+        }
         if !request.model.is_empty() {
             args.push("--model".into());
             args.push(request.model.clone());
@@ -201,6 +211,7 @@ impl ClaudeCodeHarness {
             lines: BufReader::with_capacity(64 * 1024, stdout).lines(),
             last_used: Instant::now(),
             announced: false,
+            agent: request.agent.clone(),
         };
         let request_id = format!("init_{}", uuid::Uuid::new_v4().simple());
         claude
@@ -269,6 +280,20 @@ impl ClaudeCodeHarness {
         let Some(claude) = slot.as_mut() else {
             return Err(TurnFailure::new("harness_error", "no claude process"));
         };
+        if claude.agent != request.agent {
+            // Claude Code fixes its main agent when its conversation starts
+            // (`--agent` is ignored on `--resume`); say so rather than
+            // pretend.
+            cx.emit(HarnessEvent::System {
+                data: json!({
+                    "harness": "claude_code",
+                    "notice": format!(
+                        "Claude Code keeps the agent this conversation started with ({}); the app's agents stay available as sub-agents",
+                        claude.agent.as_deref().unwrap_or("the main agent")
+                    ),
+                }),
+            });
+        }
         claude
             .send(&json!({
                 "type": "user",

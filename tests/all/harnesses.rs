@@ -177,6 +177,20 @@ async fn harness_end_to_end(kind: HarnessKind, name: &str) {
             everything.contains("Answers questions about invoices"),
             "agents reach Claude Code"
         );
+        // A session that starts as an agent runs Claude Code as that agent:
+        // the model gets the agent's prompt.
+        let billing = new_session(&server, json!({})).await;
+        let url = server.url(&format!("/v1/sessions/{billing}/messages"));
+        let body = json!({ "text": "a billing question", "agent": "billing", "stream": true });
+        let events = sse("POST", &url, Some(body), &[], usize::MAX).await;
+        assert_eq!(last(&events)["data"]["status"], "completed", "{events:#?}");
+        let requests = server.host.sessions().gateway().recent_requests();
+        assert!(
+            Value::Array(requests)
+                .to_string()
+                .contains("Quote amounts with their currency"),
+            "the billing agent's prompt reaches the model"
+        );
     }
 
     // A plugin tool through MCP: it ran in wasmtime (fuel on the event).
