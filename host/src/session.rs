@@ -692,11 +692,17 @@ impl Sessions {
     /// (populated with the app's harness files), a scratch `HOME`, and its
     /// two ways out — the gateway with the session's key and the MCP server
     /// with the session's token.
-    fn session_info(&self, live: &LiveSession, tools: &[SessionTool]) -> SessionInfo {
+    fn session_info(
+        &self,
+        live: &LiveSession,
+        tools: &[SessionTool],
+    ) -> Result<SessionInfo, String> {
         let workspace = self.config.workspaces.join(&live.id);
-        if let Err(e) = crate::app::copy_harness_files(&self.app.root, &workspace) {
-            tracing::warn!(session = %live.id, "cannot copy the app's harness files: {e}");
-        }
+        // Before every turn: a plugin may have changed them since. A harness
+        // without the app's instructions would answer as someone else, so a
+        // failed copy fails the turn.
+        crate::app::copy_harness_files(&self.app.root, &workspace)
+            .map_err(|e| format!("cannot give the harness the app's files: {e}"))?;
         let token = lock(&live.mcp_token)
             .get_or_insert_with(|| {
                 let token = format!("kmcp_{}", uuid::Uuid::new_v4().simple());
@@ -704,7 +710,7 @@ impl Sessions {
                 token
             })
             .clone();
-        SessionInfo {
+        Ok(SessionInfo {
             id: live.id.clone(),
             workspace,
             home: self.config.homes.join(&live.id),
@@ -717,7 +723,7 @@ impl Sessions {
                 .filter(|t| !t.approval)
                 .map(|t| t.def.name.clone())
                 .collect(),
-        }
+        })
     }
 
     fn tools_for(&self, agent: Option<&str>) -> Vec<SessionTool> {
@@ -755,9 +761,13 @@ impl Sessions {
         };
         let mut request = request;
         let builtin;
+        let mut unprepared = None;
         let harness: &dyn Harness = match &self.harness {
             Some(harness) => {
-                request.session = self.session_info(&live, &host.tools);
+                match self.session_info(&live, &host.tools) {
+                    Ok(info) => request.session = info,
+                    Err(message) => unprepared = Some(message),
+                }
                 harness.as_ref()
             }
             None => {
@@ -792,7 +802,21 @@ impl Sessions {
             events: events_tx,
             cancel: cancel.clone(),
         };
-        let outcome = harness.run_turn(request, context).await;
+        let outcome = match unprepared {
+            None => harness.run_turn(request, context).await,
+            Some(message) => {
+                context.emit(HarnessEvent::Error {
+                    code: "app_error".into(),
+                    message,
+                });
+                karta_harness::TurnOutcome {
+                    new_messages: Vec::new(),
+                    text: String::new(),
+                    usage: Usage::default(),
+                    status: "error".into(),
+                }
+            }
+        };
         drop(host);
         // Every turn ends with a terminal event, whatever the harness did.
         let terminal = writer.await.ok().flatten().unwrap_or(HarnessEvent::Error {
