@@ -145,8 +145,10 @@ impl TurnFailure {
 }
 
 /// Ends a turn: emits `done` (completed, denied or cancelled) or `error`. A
-/// process in an unknown state — after a failure or a cancel — is killed
-/// rather than reused; the next turn starts one that resumes the session.
+/// process in an unknown state — after a harness failure or a cancel — is
+/// killed rather than reused; the next turn starts one that resumes the
+/// session. After a `model_error` (the harness reported the model's failure
+/// and finished its turn) the process is kept.
 /// Returns the turn's status.
 pub(crate) async fn finish_turn<P: SlotProcess>(
     slot: &mut Option<P>,
@@ -169,8 +171,14 @@ pub(crate) async fn finish_turn<P: SlotProcess>(
         }
         Err(failure) => failure,
     };
-    if let Some(process) = slot.take() {
+    // A model error ends the turn cleanly on the harness's side: its
+    // process goes on. Anything else leaves it in an unknown state.
+    if failure.code != "model_error"
+        && let Some(process) = slot.take()
+    {
         process.into_harness_process().kill().await;
+    } else if let Some(process) = slot.as_mut() {
+        process.touch();
     }
     if failure.code == "cancelled" {
         cx.emit(HarnessEvent::Done {

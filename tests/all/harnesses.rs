@@ -236,6 +236,17 @@ async fn harness_end_to_end(kind: HarnessKind, name: &str) {
         text_of(&tool_turn)
     );
 
+    // The model failing ends the turn with a clear `error`; the session
+    // (and its process) goes on.
+    let failed = turn(&server, &id, "/fail 400 the model refused").await;
+    assert_eq!(last(&failed)["type"], "error", "{failed:#?}");
+    assert_eq!(last(&failed)["data"]["code"], "model_error");
+    let recovered = turn(&server, &id, "still here").await;
+    assert!(
+        text_of(&recovered).contains("You said: \"still here\"."),
+        "{recovered:#?}"
+    );
+
     // An approval asked, then denied: nothing is written.
     let workspace = data.path().join("workspaces").join(&id);
     let write = "/tool write {\"path\": \"note.txt\", \"content\": \"kept\"}";

@@ -175,6 +175,23 @@ fn anthropic_text(content: &Value) -> String {
     }
 }
 
+/// What the user said in one Anthropic user message: its last text block
+/// that is not a harness reminder. (A harness may merge a message whose turn
+/// failed with the next one, as separate blocks; the newest block is what
+/// the user says now.)
+fn user_text(content: &Value) -> String {
+    match content {
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter(|b| b["type"] == "text")
+            .filter_map(|b| b["text"].as_str())
+            .rfind(|t| !is_reminder(t))
+            .unwrap_or_default()
+            .to_owned(),
+        other => anthropic_text(other),
+    }
+}
+
 /// Reads an Anthropic Messages request.
 pub(crate) fn from_anthropic(request: &Value) -> Conversation {
     let mut conversation = Conversation {
@@ -220,7 +237,7 @@ pub(crate) fn from_anthropic(request: &Value) -> Conversation {
                     .filter(|b| b["type"] == "tool_result")
                     .collect();
                 if results.is_empty() {
-                    let text = anthropic_text(&message["content"]);
+                    let text = user_text(&message["content"]);
                     // A message of reminders only is the harness talking.
                     let reminders_only = text.trim().is_empty() && message["content"].is_array();
                     if !reminders_only {
@@ -396,6 +413,11 @@ mod tests {
             {"type": "text", "text": "hello"},
         ]}]));
         assert_eq!(c.user_texts, vec!["hello".to_owned()]);
+        let merged = conversation(json!([{"role": "user", "content": [
+            {"type": "text", "text": "/fail 500 boom"},
+            {"type": "text", "text": "after"},
+        ]}]));
+        assert_eq!(merged.user_texts, vec!["after".to_owned()]);
     }
 
     #[test]
