@@ -259,7 +259,8 @@ async fn doctor(app_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         println!("  {state} {:<20} {}", feature.name, feature.detail);
     }
     println!("  (harness processes run with a cleared environment, a scratch HOME, their own");
-    println!("   process group and die with the host; namespaces/landlock are not applied yet)");
+    println!("   process group, Landlock rules when available, and die with the host;");
+    println!("   namespaces, seccomp and cgroups are not applied yet)");
     println!("model upstream:");
     match std::env::var("KARTA_UPSTREAM_KEY") {
         Ok(key) if !key.trim().is_empty() => {

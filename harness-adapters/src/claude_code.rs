@@ -51,7 +51,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};
 
-use crate::process::{HarnessProcess, Spawn, app_env, base_env};
+use crate::process::{HarnessProcess, JailSpec, Spawn, app_env, base_env};
 use crate::slots::{
     ReportedResult, Slots, TurnFailure, finish_turn, finished_tool_use, new_message_id, outcome,
     slot_process, stop_when_idle,
@@ -119,7 +119,7 @@ impl ClaudeCodeHarness {
     /// The command line for `session` (see the module docs).
     fn spawn_for(&self, request: &TurnRequest) -> std::io::Result<Spawn> {
         let session = &request.session;
-        std::fs::create_dir_all(&session.home)?;
+        std::fs::create_dir_all(session.home.join("tmp"))?;
         let mcp_config = session.home.join("karta-mcp.json");
         std::fs::write(
             &mcp_config,
@@ -188,6 +188,12 @@ impl ClaudeCodeHarness {
             env,
             stdin: true,
             stdout: true,
+            jail: Some(JailSpec::for_session(
+                session,
+                &self.config.program,
+                Vec::new(),
+                Vec::new(),
+            )),
         })
     }
 
@@ -321,6 +327,7 @@ impl ClaudeCodeHarness {
                                 data: json!({
                                     "harness": "claude_code",
                                     "subtype": "init",
+                                    "confined": claude.process.confined(),
                                     "model": line["model"],
                                     "claude_session_id": line["session_id"],
                                     "tools": line["tools"],

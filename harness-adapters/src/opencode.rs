@@ -42,7 +42,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::process::{HarnessProcess, Spawn, app_env, base_env};
+use crate::process::{HarnessProcess, JailSpec, Spawn, app_env, base_env};
 use crate::slots::{
     ReportedResult, Slots, TurnFailure, finish_turn, finished_tool_use, new_message_id, outcome,
     slot_process, stop_when_idle,
@@ -120,7 +120,7 @@ impl OpencodeHarness {
     /// The command line and config for `request`'s session.
     fn spawn_for(&self, request: &TurnRequest, port: u16) -> std::io::Result<Spawn> {
         let session = &request.session;
-        std::fs::create_dir_all(&session.home)?;
+        std::fs::create_dir_all(session.home.join("tmp"))?;
         let config_file = session.home.join("karta-opencode.json");
         std::fs::write(
             &config_file,
@@ -136,6 +136,9 @@ impl OpencodeHarness {
         // The app's own `[env]` (minus the names the host sets) first, then
         // the host's: nothing in it can redirect the model traffic, the
         // tools or the home.
+        // Landlock rules name existing directories only.
+        std::fs::create_dir_all(shared.join("config"))?;
+        std::fs::create_dir_all(shared.join("cache"))?;
         let mut env = app_env(&session.env);
         env.extend(base_env(&session.home, &self.config.program));
         env.extend(
@@ -171,6 +174,12 @@ impl OpencodeHarness {
             env,
             stdin: false,
             stdout: true,
+            jail: Some(JailSpec::for_session(
+                session,
+                &self.config.program,
+                vec![shared],
+                vec![port],
+            )),
         })
     }
 

@@ -7,6 +7,14 @@
 //! - dropping a [`HarnessProcess`] kills its whole process group;
 //! - the child asks the kernel for `SIGKILL` when the Karta process dies
 //!   (`PR_SET_PDEATHSIG`), so even a `kill -9` of the host leaves no orphan.
+//!
+//! With a [`JailSpec`] the process is also confined with Landlock before it
+//! starts: it may read the system and its own binary's package, write only
+//! its workspace, its `HOME` (with its own `TMPDIR`) and `/dev`, connect
+//! only to the TCP
+//! ports it is given (the gateway's and the MCP server's) and bind only its
+//! own. On a kernel without Landlock this is best effort: the process runs
+//! unconfined and [`HarnessProcess::confined`] says so.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +42,118 @@ pub struct Spawn {
     pub stdin: bool,
     /// Whether the caller reads the process's stdout.
     pub stdout: bool,
+    /// Confine it with Landlock.
+    pub jail: Option<JailSpec>,
+}
+
+/// What a confined harness process may reach.
+#[derive(Debug, Clone, Default)]
+pub struct JailSpec {
+    /// Trees it may read and execute (besides the system directories).
+    pub read: Vec<PathBuf>,
+    /// Trees it may read and write.
+    pub write: Vec<PathBuf>,
+    /// TCP ports it may connect to (any address).
+    pub connect_ports: Vec<u16>,
+    /// TCP ports it may bind.
+    pub bind_ports: Vec<u16>,
+}
+
+/// System trees every confined process may read (libraries, certificates,
+/// `/proc` for itself; Landlock keeps it from tracing or reading the
+/// environment of processes outside its domain).
+const SYSTEM_READ: &[&str] = &[
+    "/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/proc", "/sys", "/opt",
+];
+
+/// Trees every confined process may write: `/dev` for `null`, `tty` and
+/// shared memory. Not `/tmp`: sessions would share it; a harness gets its own
+/// (`TMPDIR` in its `HOME`, see [`base_env`]).
+const SYSTEM_WRITE: &[&str] = &["/dev"];
+
+impl JailSpec {
+    /// The Landlock ruleset, ready to enforce in the child.
+    fn ruleset(&self) -> Result<landlock::RulesetCreated, landlock::RulesetError> {
+        use landlock::{
+            ABI, Access, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr, RulesetCreatedAttr,
+            path_beneath_rules,
+        };
+        let abi = ABI::V5;
+        let read: Vec<PathBuf> = SYSTEM_READ
+            .iter()
+            .map(PathBuf::from)
+            .chain(self.read.iter().cloned())
+            .collect();
+        let write: Vec<PathBuf> = SYSTEM_WRITE
+            .iter()
+            .map(PathBuf::from)
+            .chain(self.write.iter().cloned())
+            .collect();
+        let mut ruleset = Ruleset::default()
+            .handle_access(AccessFs::from_all(abi))?
+            .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)?
+            .create()?
+            .add_rules(path_beneath_rules(&read, AccessFs::from_read(abi)))?
+            .add_rules(path_beneath_rules(&write, AccessFs::from_all(abi)))?;
+        for port in &self.connect_ports {
+            ruleset = ruleset.add_rule(NetPort::new(*port, AccessNet::ConnectTcp))?;
+        }
+        for port in &self.bind_ports {
+            ruleset = ruleset.add_rule(NetPort::new(*port, AccessNet::BindTcp))?;
+        }
+        Ok(ruleset)
+    }
+}
+
+impl JailSpec {
+    /// The jail of a harness process for `session`: it reads its own
+    /// package (`program`'s `node_modules`, else its directory), writes its
+    /// workspace, its `HOME` and `extra_write`, connects to the gateway and
+    /// the MCP server, and binds `bind_ports`.
+    pub fn for_session(
+        session: &crate::SessionInfo,
+        program: &Path,
+        extra_write: Vec<PathBuf>,
+        bind_ports: Vec<u16>,
+    ) -> Self {
+        let program = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+        let package = program
+            .ancestors()
+            .find(|a| a.file_name().is_some_and(|n| n == "node_modules"))
+            .or_else(|| program.parent())
+            .map(Path::to_path_buf);
+        let mut write = vec![session.workspace.clone(), session.home.clone()];
+        write.extend(extra_write);
+        Self {
+            read: package.into_iter().collect(),
+            write,
+            connect_ports: [&session.gateway_url, &session.mcp_url]
+                .into_iter()
+                .filter_map(|url| url_port(url))
+                .collect(),
+            bind_ports,
+        }
+    }
+}
+
+/// The port of an `http://host:port/...` URL.
+pub fn url_port(url: &str) -> Option<u16> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next()?;
+    authority.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Whether this kernel enforces Landlock file and TCP rules.
+pub fn landlock_available() -> bool {
+    use landlock::{ABI, Access, AccessFs, AccessNet, Compatible, Ruleset, RulesetAttr};
+    // Creating (not enforcing) a ruleset in hard-requirement mode fails when
+    // the kernel cannot enforce it.
+    Ruleset::default()
+        .set_compatibility(landlock::CompatLevel::HardRequirement)
+        .handle_access(AccessFs::from_all(ABI::V4))
+        .and_then(|r| r.handle_access(AccessNet::ConnectTcp))
+        .and_then(|r| r.create())
+        .is_ok()
 }
 
 /// A running harness process.
@@ -42,6 +162,7 @@ pub struct HarnessProcess {
     pub child: Child,
     pid: Option<u32>,
     stderr_tail: Arc<Mutex<String>>,
+    confined: bool,
 }
 
 impl HarnessProcess {
@@ -66,7 +187,14 @@ impl HarnessProcess {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        die_with_parent(&mut command);
+        let ruleset = match &spawn.jail {
+            Some(jail) => Some(jail.ruleset().map_err(|e| {
+                std::io::Error::other(format!("cannot build the Landlock rules: {e}"))
+            })?),
+            None => None,
+        };
+        let confined = ruleset.is_some() && landlock_available();
+        prepare_child(&mut command, ruleset);
         let mut child = command.spawn()?;
         let pid = child.id();
         let stderr_tail = Arc::new(Mutex::new(String::new()));
@@ -77,7 +205,13 @@ impl HarnessProcess {
             child,
             pid,
             stderr_tail,
+            confined,
         })
+    }
+
+    /// Whether the process runs confined by Landlock.
+    pub fn confined(&self) -> bool {
+        self.confined
     }
 
     /// The process id, while it runs.
@@ -115,15 +249,26 @@ fn kill_group(pid: Option<u32>) {
     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
 }
 
-/// Asks the kernel to `SIGKILL` the child when its parent dies.
+/// Between fork and exec: ask the kernel to `SIGKILL` the child when its
+/// parent dies, then enforce the Landlock ruleset (built in the parent).
 #[allow(unsafe_code)]
-fn die_with_parent(command: &mut Command) {
-    // SAFETY: the closure runs between fork and exec and only makes one
-    // async-signal-safe system call (prctl), touching no memory of ours.
+fn prepare_child(command: &mut Command, ruleset: Option<landlock::RulesetCreated>) {
+    let ruleset = std::sync::Mutex::new(ruleset);
+    // SAFETY: the closure runs in the child between fork and exec. It makes
+    // system calls only (prctl, then landlock_restrict_self on the ruleset
+    // fd the parent prepared) and allocates nothing on success; the mutex
+    // was never shared with another thread of the child.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
+                .map_err(std::io::Error::from)?;
+            let ruleset = ruleset.lock().ok().and_then(|mut r| r.take());
+            if let Some(ruleset) = ruleset {
+                ruleset
+                    .restrict_self()
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+            }
+            Ok(())
         });
     }
 }
@@ -211,6 +356,7 @@ pub fn base_env(home: &Path, program: &Path) -> BTreeMap<String, String> {
     path.push_str("/usr/local/bin:/usr/bin:/bin");
     BTreeMap::from([
         ("HOME".to_owned(), home.display().to_string()),
+        ("TMPDIR".to_owned(), home.join("tmp").display().to_string()),
         ("PATH".to_owned(), path),
         ("LANG".to_owned(), "C.UTF-8".to_owned()),
         ("TERM".to_owned(), "dumb".to_owned()),

@@ -144,6 +144,16 @@ async fn harness_end_to_end(kind: HarnessKind, name: &str) {
         .sessions()
         .harness_process_id(&id)
         .expect("a harness process runs for the session");
+    if kind == HarnessKind::ClaudeCode {
+        let init = first
+            .iter()
+            .find(|e| e["type"] == "system" && e["data"]["subtype"] == "init")
+            .expect("claude's init");
+        assert_eq!(
+            init["data"]["confined"], true,
+            "Landlock confines it: {init}"
+        );
+    }
 
     // A second turn remembers the first (the process keeps the conversation).
     let second = turn(&server, &id, "and again").await;

@@ -5,6 +5,7 @@
 mod cli;
 mod gateway;
 mod harnesses;
+mod jail;
 mod mcp;
 mod plugin_runtime;
 mod sessions;
