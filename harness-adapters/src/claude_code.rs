@@ -167,12 +167,9 @@ impl ClaudeCodeHarness {
             args.push("--model".into());
             args.push(request.model.clone());
         }
-        if let Ok(previous) = std::fs::read_to_string(session.home.join(RESUME_FILE)) {
-            let previous = previous.trim();
-            if !previous.is_empty() {
-                args.push("--resume".into());
-                args.push(previous.to_owned());
-            }
+        if let Some(previous) = resume_id(&session.home) {
+            args.push("--resume".into());
+            args.push(previous);
         }
 
         // The app's own `[env]` (minus the names the host sets) first, then
@@ -281,7 +278,21 @@ impl ClaudeCodeHarness {
         turn: &mut TurnState,
     ) -> Result<String, TurnFailure> {
         if slot.is_none() {
-            *slot = Some(self.start(request).await?);
+            let started = match self.start(request).await {
+                // A conversation Claude Code cannot resume (its files are
+                // gone) must not fail every later turn: start afresh once.
+                Err(failure) if resume_id(&request.session.home).is_some() => {
+                    tracing::warn!(
+                        session = %request.session.id,
+                        "claude could not resume ({}); starting a new conversation",
+                        failure.message
+                    );
+                    let _ = std::fs::remove_file(request.session.home.join(RESUME_FILE));
+                    self.start(request).await?
+                }
+                started => started?,
+            };
+            *slot = Some(started);
         }
         let Some(claude) = slot.as_mut() else {
             return Err(TurnFailure::new("harness_error", "no claude process"));
@@ -387,6 +398,12 @@ fn trust_workspace(home: &Path, workspace: &Path) -> std::io::Result<()> {
     }
     config["projects"][key]["hasTrustDialogAccepted"] = json!(true);
     std::fs::write(&file, serde_json::to_vec_pretty(&config)?)
+}
+
+/// The Claude Code conversation to resume, if one was remembered.
+fn resume_id(home: &Path) -> Option<String> {
+    let id = std::fs::read_to_string(home.join(RESUME_FILE)).ok()?;
+    Some(id.trim().to_owned()).filter(|id| !id.is_empty())
 }
 
 /// Remembers Claude Code's session id for `--resume`.

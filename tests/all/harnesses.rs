@@ -343,7 +343,7 @@ async fn start_turn_until_input(server: &Server, id: &str, text: &str) -> (Vec<V
 /// approval); a process stopped for idleness is replaced by one that resumes
 /// the conversation.
 async fn harness_cancel_and_resume(kind: HarnessKind) {
-    let (server, _app, _data) = start_with(kind, |config| {
+    let (server, _app, data) = start_with(kind, |config| {
         config.harness_idle_timeout = std::time::Duration::from_secs(1);
     })
     .await;
@@ -394,6 +394,21 @@ async fn harness_cancel_and_resume(kind: HarnessKind) {
     // And the session goes on afterwards.
     let after = turn(&server, &id, "still there?").await;
     assert_eq!(last(&after)["data"]["status"], "completed", "{after:#?}");
+
+    // A conversation the harness can no longer resume (its files are gone)
+    // does not poison the session: the next process starts afresh.
+    if kind == HarnessKind::ClaudeCode {
+        let pid = sessions.harness_process_id(&id).expect("a process");
+        wait_until_gone(pid).await;
+        let home = data.path().join("homes").join(&id);
+        std::fs::write(
+            home.join("karta-claude-session"),
+            "00000000-0000-4000-8000-000000000000",
+        )
+        .expect("write");
+        let fresh = turn(&server, &id, "fresh start").await;
+        assert_eq!(last(&fresh)["data"]["status"], "completed", "{fresh:#?}");
+    }
     server.stop().await;
 }
 
