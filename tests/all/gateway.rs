@@ -5,7 +5,7 @@
 use karta_host::gateway::{Gateway, Upstream, UpstreamKind};
 use serde_json::{Value, json};
 
-use crate::sessions::{Server, send, support_bot};
+use crate::sessions::{Server, support_bot};
 
 async fn serve(gateway: &Gateway) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -184,14 +184,14 @@ async fn instructions_agents_and_skills_reach_the_model() {
     let app = support_bot();
     let data = tempfile::tempdir().expect("tempdir");
     let server = Server::start(app.path(), data.path()).await;
-    let (_, session) = send("POST", &server.url("/v1/sessions"), json!({})).await;
+    let (_, session) = server.post("/v1/sessions", json!({})).await;
     let id = session["id"].as_str().expect("id");
-    let (status, answer) = send(
-        "POST",
-        &server.url(&format!("/v1/sessions/{id}/messages")),
-        json!({ "text": "/tool load_skill {\"name\": \"refunds\"}", "agent": "billing" }),
-    )
-    .await;
+    let (status, answer) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "/tool load_skill {\"name\": \"refunds\"}", "agent": "billing" }),
+        )
+        .await;
     assert_eq!(status, 200, "{answer}");
     assert!(
         answer["text"]
@@ -222,20 +222,15 @@ async fn instructions_agents_and_skills_reach_the_model() {
     );
 
     // A model failure is an error event, and the session goes on.
-    let (status, answer) = send(
-        "POST",
-        &server.url(&format!("/v1/sessions/{id}/messages")),
-        json!({ "text": "/fail 503 overloaded" }),
-    )
-    .await;
+    let (status, answer) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "/fail 503 overloaded" }),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(answer["status"], "error");
-    let (_, events) = send(
-        "GET",
-        &server.url(&format!("/v1/sessions/{id}/transcript")),
-        Value::Null,
-    )
-    .await;
+    let (_, events) = server.get(&format!("/v1/sessions/{id}/transcript")).await;
     assert_eq!(events["messages"].as_array().map(Vec::len), Some(4));
     server.stop().await;
 }

@@ -291,12 +291,7 @@ async fn harness_end_to_end(kind: HarnessKind, name: &str) {
     );
 
     // Deleting the session stops its process: no orphan.
-    let (status, _) = send(
-        "DELETE",
-        &server.url(&format!("/v1/sessions/{id}")),
-        Value::Null,
-    )
-    .await;
+    let (status, _) = server.delete(&format!("/v1/sessions/{id}")).await;
     assert_eq!(status, 204);
     assert!(
         !process_alive(pid),
@@ -368,12 +363,9 @@ async fn harness_cancel_and_resume(kind: HarnessKind) {
     // ends `cancelled`, nothing runs.
     let write = "/tool write {\"path\": \"never.txt\", \"content\": \"x\"}";
     let (_, request) = start_turn_until_input(&server, &id, write).await;
-    let (status, body) = send(
-        "POST",
-        &server.url(&format!("/v1/sessions/{id}/cancel")),
-        json!({}),
-    )
-    .await;
+    let (status, body) = server
+        .post(&format!("/v1/sessions/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(status, 200, "{body}");
     wait_until_gone(resumed).await;
     let after = request["seq"].as_u64().expect("seq");

@@ -19,7 +19,7 @@ async fn mcp_lists_and_calls_the_session_tools() {
     let app = support_bot();
     let data = tempfile::tempdir().expect("tempdir");
     let server = Server::start(app.path(), data.path()).await;
-    let (_, session) = send("POST", &server.url("/v1/sessions"), json!({})).await;
+    let (_, session) = server.post("/v1/sessions", json!({})).await;
     let id = session["id"].as_str().expect("id");
     let token = server.host.sessions().issue_mcp_token(id).expect("token");
     let url = format!("{}/mcp/{token}", server.host.mcp_url());
@@ -93,12 +93,7 @@ async fn mcp_lists_and_calls_the_session_tools() {
     assert_eq!(status, 404, "a forged token learns nothing");
 
     // Deleting the session revokes its token.
-    let (status, _) = send(
-        "DELETE",
-        &server.url(&format!("/v1/sessions/{id}")),
-        Value::Null,
-    )
-    .await;
+    let (status, _) = server.delete(&format!("/v1/sessions/{id}")).await;
     assert_eq!(status, 204);
     let (status, _) = rpc(&url, "tools/list", json!({})).await;
     assert_eq!(status, 404);

@@ -96,6 +96,26 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
+    /// `GET path`: the status and the JSON answer.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        send("GET", &self.url(path), Value::Null).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        send("POST", &self.url(path), body).await
+    }
+
+    /// `PUT path` with a JSON body.
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        send("PUT", &self.url(path), body).await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        send("DELETE", &self.url(path), Value::Null).await
+    }
+
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -197,7 +217,7 @@ pub fn types(events: &[Value]) -> Vec<&str> {
 }
 
 pub async fn new_session(server: &Server, body: Value) -> String {
-    let (status, session) = send("POST", &server.url("/v1/sessions"), body).await;
+    let (status, session) = server.post("/v1/sessions", body).await;
     assert_eq!(status, 201, "{session}");
     session["id"].as_str().expect("id").to_owned()
 }
@@ -284,21 +304,11 @@ async fn a_turn_calls_a_plugin_in_wasmtime_and_streams_events() {
     }
 
     // Found again by metadata.
-    let (status, list) = send(
-        "GET",
-        &server.url("/v1/sessions?customer_id=c42"),
-        Value::Null,
-    )
-    .await;
+    let (status, list) = server.get("/v1/sessions?customer_id=c42").await;
     assert_eq!(status, 200);
     assert_eq!(list["total"], 1);
     assert_eq!(list["sessions"][0]["id"], id.as_str());
-    let (_, none) = send(
-        "GET",
-        &server.url("/v1/sessions?customer_id=other"),
-        Value::Null,
-    )
-    .await;
+    let (_, none) = server.get("/v1/sessions?customer_id=other").await;
     assert_eq!(none["total"], 0);
     server.stop().await;
 }
@@ -411,12 +421,7 @@ async fn participants_are_attributed() {
     assert_eq!(status, 200);
     assert_eq!(answer["agent"], "billing");
 
-    let (_, transcript) = send(
-        "GET",
-        &server.url(&format!("/v1/sessions/{id}/transcript")),
-        Value::Null,
-    )
-    .await;
+    let (_, transcript) = server.get(&format!("/v1/sessions/{id}/transcript")).await;
     let senders: Vec<(String, String, String)> = transcript["messages"]
         .as_array()
         .expect("messages")
@@ -447,12 +452,7 @@ async fn participants_are_attributed() {
         .collect();
     assert_eq!(senders, expected);
 
-    let (_, session) = send(
-        "GET",
-        &server.url(&format!("/v1/sessions/{id}")),
-        Value::Null,
-    )
-    .await;
+    let (_, session) = server.get(&format!("/v1/sessions/{id}")).await;
     assert_eq!(session["current_agent"], "billing", "the agent persists");
     assert_eq!(
         session["participants"],
@@ -496,12 +496,7 @@ async fn turn_waiting_for_approval(server: &Server, path: &str) -> (String, Stri
         request["options"],
         json!(["approve_once", "approve_session", "deny"])
     );
-    let (_, session) = send(
-        "GET",
-        &server.url(&format!("/v1/sessions/{id}")),
-        Value::Null,
-    )
-    .await;
+    let (_, session) = server.get(&format!("/v1/sessions/{id}")).await;
     assert_eq!(session["status"], "waiting_input");
     assert_eq!(
         session["pending_input"]["request_id"],
@@ -535,12 +530,12 @@ async fn approvals_allow_and_deny() {
     let next = continuation.last().expect("an event");
     assert_eq!(next["type"], "input_required");
     let second = next["data"]["request_id"].as_str().expect("id");
-    let (_, answer) = send(
-        "PUT",
-        &server.url(&format!("/v1/sessions/{id}/inputs/{second}")),
-        json!({ "decision": "deny" }),
-    )
-    .await;
+    let (_, answer) = server
+        .put(
+            &format!("/v1/sessions/{id}/inputs/{second}"),
+            json!({ "decision": "deny" }),
+        )
+        .await;
     let done = answer["events"]
         .as_array()
         .and_then(|e| e.last())
@@ -585,23 +580,20 @@ async fn a_running_turn_refuses_a_second_message_and_can_be_cancelled() {
     let app = support_bot();
     let (server, _data) = start(app.path()).await;
     let (id, _request) = turn_waiting_for_approval(&server, "x.txt").await;
-    let (status, body) = send(
-        "POST",
-        &server.url(&format!("/v1/sessions/{id}/messages")),
-        json!({ "text": "are you there?" }),
-    )
-    .await;
+    let (status, body) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "are you there?" }),
+        )
+        .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"], "turn_in_progress");
 
     let events_url = server.url(&format!("/v1/sessions/{id}/events?after=3"));
     let waiter = tokio::spawn(async move { sse("GET", &events_url, None, &[], usize::MAX).await });
-    let (status, answer) = send(
-        "POST",
-        &server.url(&format!("/v1/sessions/{id}/cancel")),
-        json!({}),
-    )
-    .await;
+    let (status, answer) = server
+        .post(&format!("/v1/sessions/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(answer["cancelled"], true);
     let rest = waiter.await.expect("stream");
@@ -610,12 +602,12 @@ async fn a_running_turn_refuses_a_second_message_and_can_be_cancelled() {
     assert_eq!(done["data"]["status"], "cancelled");
 
     // The session is free again.
-    let (status, _) = send(
-        "POST",
-        &server.url(&format!("/v1/sessions/{id}/messages")),
-        json!({ "text": "hello again" }),
-    )
-    .await;
+    let (status, _) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "hello again" }),
+        )
+        .await;
     assert_eq!(status, 200);
     server.stop().await;
 }
@@ -624,9 +616,9 @@ async fn a_running_turn_refuses_a_second_message_and_can_be_cancelled() {
 async fn bad_requests_get_clear_errors() {
     let app = support_bot();
     let (server, _data) = start(app.path()).await;
-    let (status, health) = send("GET", &server.url("/healthz"), Value::Null).await;
+    let (status, health) = server.get("/healthz").await;
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
-    let (status, ready) = send("GET", &server.url("/readyz"), Value::Null).await;
+    let (status, ready) = server.get("/readyz").await;
     assert_eq!((status, ready["app"].as_str()), (200, Some("support-bot")));
 
     let (status, body) = send_raw("POST", &server.url("/v1/sessions"), "{\"metadata\": {").await;
@@ -639,12 +631,9 @@ async fn bad_requests_get_clear_errors() {
         "{body}"
     );
 
-    let (status, body) = send(
-        "POST",
-        &server.url("/v1/sessions"),
-        json!({ "metadata": { "a": 1 } }),
-    )
-    .await;
+    let (status, body) = server
+        .post("/v1/sessions", json!({ "metadata": { "a": 1 } }))
+        .await;
     assert_eq!(status, 400);
     assert!(
         body["message"]
@@ -675,42 +664,29 @@ async fn bad_requests_get_clear_errors() {
         assert_eq!(status, 404, "{method} {path}: {body}");
         assert_eq!(body["error"], "not_found");
     }
-    let (status, _) = send(
-        "POST",
-        &server.url(&format!("/v1/sessions/{id}/messages")),
-        json!({ "text": "  " }),
-    )
-    .await;
+    let (status, _) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "  " }),
+        )
+        .await;
     assert_eq!(status, 400);
-    let (status, _) = send(
-        "POST",
-        &server.url("/v1/sessions"),
-        json!({ "session_id": "../../etc" }),
-    )
-    .await;
+    let (status, _) = server
+        .post("/v1/sessions", json!({ "session_id": "../../etc" }))
+        .await;
     assert_eq!(status, 400);
 
     // Nothing was lost: the session still works.
-    let (status, _) = send(
-        "POST",
-        &server.url(&format!("/v1/sessions/{id}/messages")),
-        json!({ "text": "ok" }),
-    )
-    .await;
+    let (status, _) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "ok" }),
+        )
+        .await;
     assert_eq!(status, 200);
-    let (status, _) = send(
-        "DELETE",
-        &server.url(&format!("/v1/sessions/{id}")),
-        Value::Null,
-    )
-    .await;
+    let (status, _) = server.delete(&format!("/v1/sessions/{id}")).await;
     assert_eq!(status, 204);
-    let (status, _) = send(
-        "GET",
-        &server.url(&format!("/v1/sessions/{id}")),
-        Value::Null,
-    )
-    .await;
+    let (status, _) = server.get(&format!("/v1/sessions/{id}")).await;
     assert_eq!(status, 404);
     server.stop().await;
 }
@@ -721,12 +697,12 @@ async fn sessions_and_logs_survive_a_restart() {
     let data = tempfile::tempdir().expect("tempdir");
     let server = Server::start(app.path(), data.path()).await;
     let id = new_session(&server, json!({ "metadata": { "customer_id": "r1" } })).await;
-    let (_, first) = send(
-        "POST",
-        &server.url(&format!("/v1/sessions/{id}/messages")),
-        json!({ "text": "remember me" }),
-    )
-    .await;
+    let (_, first) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "remember me" }),
+        )
+        .await;
     let before = sse(
         "GET",
         &server.url(&format!("/v1/sessions/{id}/events")),
@@ -747,19 +723,14 @@ async fn sessions_and_logs_survive_a_restart() {
     )
     .await;
     assert_eq!(after, before, "the log is the same after a restart");
-    let (_, list) = send(
-        "GET",
-        &server.url("/v1/sessions?customer_id=r1"),
-        Value::Null,
-    )
-    .await;
+    let (_, list) = server.get("/v1/sessions?customer_id=r1").await;
     assert_eq!(list["total"], 1);
-    let (_, answer) = send(
-        "POST",
-        &server.url(&format!("/v1/sessions/{id}/messages")),
-        json!({ "text": "and now?" }),
-    )
-    .await;
+    let (_, answer) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "and now?" }),
+        )
+        .await;
     assert_eq!(
         answer["text"], "You said: \"and now?\". Earlier you said: \"remember me\".",
         "history survived (first answer: {first})"
