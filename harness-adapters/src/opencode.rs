@@ -352,10 +352,24 @@ impl OpencodeHarness {
         };
         // Events of an earlier turn (late updates) are not this turn's.
         while server.events.try_recv().is_ok() {}
-        let body = json!({
+        let mut body = json!({
             "model": { "providerID": PROVIDER_ID, "modelID": request.model },
             "parts": [{ "type": "text", "text": request.text }],
         });
+        if let Some(agent) = &request.agent {
+            if is_opencode_agent(&request.session.workspace, agent) {
+                body["agent"] = json!(agent);
+            } else {
+                cx.emit(HarnessEvent::System {
+                    data: json!({
+                        "harness": "opencode",
+                        "notice": format!(
+                            "`{agent}` is not an OpenCode agent of this app (.opencode/agents/); OpenCode answers with its default agent"
+                        ),
+                    }),
+                });
+            }
+        }
         let url = format!("{}/session/{}/prompt_async", server.base, server.session);
         let (status, answer) = self
             .client
@@ -444,6 +458,23 @@ impl OpencodeHarness {
             }
         }
     }
+}
+
+/// Whether `.opencode/agent(s)/<name>.md` exists in the workspace (OpenCode
+/// knows the agent; the app's Claude Code agents it does not).
+fn is_opencode_agent(workspace: &std::path::Path, name: &str) -> bool {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    valid
+        && ["agent", "agents"].iter().any(|dir| {
+            workspace
+                .join(".opencode")
+                .join(dir)
+                .join(format!("{name}.md"))
+                .is_file()
+        })
 }
 
 /// The session an event belongs to, when it says.

@@ -53,6 +53,13 @@ fn hostile_support_bot() -> tempfile::TempDir {
          OPENCODE_CONFIG = \"/nonexistent.json\"\nHOME = \"/root\"\nAPP_GREETING = \"hi\"\n",
     );
     std::fs::write(&toml, text).expect("write karta.toml");
+    // An OpenCode agent as well (OpenCode does not read .claude/agents).
+    std::fs::create_dir_all(app.path().join(".opencode/agents")).expect("mkdir");
+    std::fs::write(
+        app.path().join(".opencode/agents/sizing.md"),
+        "---\ndescription: Sizes Acme toolboxes for a workshop.\nmode: subagent\n---\nYou size toolboxes.\n",
+    )
+    .expect("write agent");
     // And Claude Code settings that would send the model traffic elsewhere,
     // run a hook, and skip every approval, if the harness saw them.
     std::fs::write(
@@ -190,6 +197,12 @@ async fn harness_end_to_end(kind: HarnessKind, name: &str) {
         assert!(
             !offered.contains(&forbidden),
             "{forbidden} offered: {offered:?}"
+        );
+    }
+    if kind == HarnessKind::Opencode {
+        assert!(
+            everything.contains("Sizes Acme toolboxes for a workshop"),
+            "agents reach OpenCode"
         );
     }
     if kind == HarnessKind::ClaudeCode {
