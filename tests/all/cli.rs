@@ -305,9 +305,11 @@ fn serve_says_plainly_when_the_harness_binary_is_missing() {
 /// kernel's jail features, and what an app would run on.
 #[test]
 fn doctor_reports_harnesses_jail_features_and_the_app() {
+    // A copy with its plugins built in (a fresh clone has no .wasm files).
+    let app = crate::sessions::support_bot();
     let output = Command::new(env!("CARGO_BIN_EXE_karta"))
         .args(["doctor"])
-        .arg(crate::support::root().join("examples/support-bot"))
+        .arg(app.path())
         .env("PATH", "/usr/bin:/bin")
         .env("KARTA_CLAUDE_BIN", "/nonexistent/claude")
         .env("KARTA_OPENCODE_BIN", "/nonexistent/opencode")
@@ -322,6 +324,7 @@ fn doctor_reports_harnesses_jail_features_and_the_app() {
         "network namespaces",
         "seccomp",
         "OFFLINE model",
+        "app `support-bot`",
         "asks for claude-code; would run on builtin",
     ] {
         assert!(stdout.contains(expected), "missing `{expected}`:\n{stdout}");
