@@ -173,6 +173,13 @@ async fn harness_end_to_end(kind: HarnessKind, name: &str) {
     // The app's instructions and agents reached the model, and the only
     // tools the model was offered are the app's (over MCP) — not the
     // harness's own shell or file tools.
+    // The gateway metered those model calls to this session (the harness
+    // holds the session's own gateway key).
+    let metered = server.host.sessions().gateway().usage(&id);
+    assert!(
+        metered.requests >= 2 && metered.input_tokens > 0 && metered.output_tokens > 0,
+        "{metered:?}"
+    );
     let requests = server.host.sessions().gateway().recent_requests();
     let everything = Value::Array(requests.clone()).to_string();
     assert!(everything.contains("You are the support assistant of Acme Tools"));
