@@ -247,6 +247,19 @@ pub fn load(root: &Path) -> Result<AppSpec, AppError> {
     };
 
     let harness = config.harness.unwrap_or_else(|| detect_harness(&root));
+    // Refused here, at start-up, rather than on every harness turn.
+    let harness_bytes = harness_files_size(&root);
+    if harness_bytes > MAX_HARNESS_COPY_BYTES {
+        return Err(error(
+            &root,
+            None,
+            format!(
+                "the harness files (CLAUDE.md, AGENTS.md, agents, commands, skills) take {} MiB; at most {} MiB reach the harness",
+                harness_bytes >> 20,
+                MAX_HARNESS_COPY_BYTES >> 20
+            ),
+        ));
+    }
     let mut agents = BTreeMap::new();
     for dir in [root.join(".claude/agents"), root.join(".opencode/agents")] {
         for file in markdown_files(&dir)? {
@@ -495,6 +508,28 @@ pub fn sanitize_claude_settings(settings: &serde_json::Value) -> serde_json::Val
         }
     }
     serde_json::json!({ "permissions": permissions })
+}
+
+/// The bytes [`copy_harness_files`] would copy (regular files only, links
+/// skipped, as deep as it goes).
+fn harness_files_size(root: &Path) -> u64 {
+    fn size(path: &Path, depth: usize) -> u64 {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_file() => meta.len(),
+            Ok(meta) if meta.is_dir() && depth < 16 => std::fs::read_dir(path)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| size(&entry.path(), depth + 1))
+                .sum(),
+            _ => 0,
+        }
+    }
+    HARNESS_FILES
+        .iter()
+        .chain(CLAUDE_SETTINGS_FILES)
+        .map(|name| size(&root.join(name), 0))
+        .sum()
 }
 
 fn copy_tree(from: &Path, to: &Path, written: &mut u64, depth: usize) -> std::io::Result<()> {
@@ -821,5 +856,18 @@ mod tests {
             settings,
             serde_json::json!({"permissions": {"allow": ["Read(./docs/**)"], "deny": ["WebFetch"]}})
         );
+    }
+
+    #[test]
+    fn an_app_with_huge_harness_files_is_refused_at_load() {
+        let app = tempfile::tempdir().expect("tempdir");
+        write(app.path(), "CLAUDE.md", "hi");
+        std::fs::create_dir_all(app.path().join(".claude/skills/huge")).expect("mkdir");
+        let file =
+            std::fs::File::create(app.path().join(".claude/skills/huge/data.bin")).expect("create");
+        // Sparse: the size counts, no disk is used.
+        file.set_len(MAX_HARNESS_COPY_BYTES + 1).expect("set_len");
+        let e = load(app.path()).expect_err("too big");
+        assert!(e.to_string().contains("at most 64 MiB"), "{e}");
     }
 }
