@@ -17,8 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 use crate::{
-    BoxFuture, Decision, Harness, HarnessEvent, ToolStatus, TurnContext, TurnOutcome, TurnRequest,
-    Usage,
+    BoxFuture, Harness, HarnessEvent, ToolStatus, TurnContext, TurnOutcome, TurnRequest, Usage,
 };
 
 /// Model steps one turn may take before it is stopped.
@@ -258,36 +257,22 @@ impl BuiltinHarness {
         tool: &str,
         input: &Value,
     ) -> (Value, bool) {
-        if cx.host.needs_approval(tool) {
-            let decision = tokio::select! {
-                d = cx.host.request_approval(tool, input) => d,
-                () = cx.cancel.cancelled() => None,
-            };
-            match decision {
-                Some(Decision::ApproveOnce | Decision::ApproveSession) => {}
-                Some(Decision::Deny) | None => {
-                    let why = if decision.is_none() {
-                        "the approval request timed out or the turn was cancelled"
-                    } else {
-                        "a person denied this tool call"
-                    };
-                    cx.emit(HarnessEvent::ToolUse {
-                        part_id: id.to_owned(),
-                        tool: tool.to_owned(),
-                        status: ToolStatus::Error,
-                        input: input.clone(),
-                        output: None,
-                        error: Some(json!({ "kind": "denied", "message": why })),
-                        fuel: None,
-                        duration_ms: None,
-                    });
-                    let result = json!({
-                        "type": "tool_result", "tool_use_id": id, "is_error": true,
-                        "content": format!("Tool call denied: {why}."),
-                    });
-                    return (result, true);
-                }
-            }
+        if let Err(why) = cx.approve(tool, input).await {
+            cx.emit(HarnessEvent::ToolUse {
+                part_id: id.to_owned(),
+                tool: tool.to_owned(),
+                status: ToolStatus::Error,
+                input: input.clone(),
+                output: None,
+                error: Some(json!({ "kind": "denied", "message": why })),
+                fuel: None,
+                duration_ms: None,
+            });
+            let result = json!({
+                "type": "tool_result", "tool_use_id": id, "is_error": true,
+                "content": format!("Tool call denied: {why}."),
+            });
+            return (result, true);
         }
         cx.emit(HarnessEvent::tool_running(
             id.to_owned(),
@@ -466,7 +451,7 @@ impl Harness for BuiltinHarness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ToolDef, ToolResult, TurnHost};
+    use crate::{Decision, ToolDef, ToolResult, TurnHost};
 
     struct NoHost;
 

@@ -7,7 +7,7 @@
 //! claude -p --input-format stream-json --output-format stream-json --verbose
 //!        --include-partial-messages --permission-prompt-tool stdio
 //!        --mcp-config <home>/karta-mcp.json --strict-mcp-config
-//!        --tools <ALLOWED_BUILTIN_TOOLS> --allowedTools mcp__karta__<tool>,…
+//!        --tools <KEPT_BUILTIN_TOOLS> --allowedTools mcp__karta__<tool>,…
 //!        [--agent A] [--model M] [--resume <claude session id>]
 //! ```
 //!
@@ -51,14 +51,13 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};
 
-use crate::process::{HarnessProcess, JailSpec, Spawn, app_env, base_env};
+use crate::process::{HarnessProcess, JailSpec, Spawn, session_env};
 use crate::slots::{
     ReportedResult, Slots, TurnFailure, finish_turn, finished_tool_use, new_message_id, outcome,
-    slot_process, stop_when_idle,
+    remember, remembered, slot_process, stop_when_idle,
 };
 use crate::{
-    BoxFuture, Decision, Harness, HarnessEvent, SessionInfo, TurnContext, TurnOutcome, TurnRequest,
-    Usage,
+    BoxFuture, Harness, HarnessEvent, SessionInfo, TurnContext, TurnOutcome, TurnRequest, Usage,
 };
 
 /// The name the host's MCP server has in Claude Code's config; its tools
@@ -119,7 +118,7 @@ impl ClaudeCodeHarness {
     /// The command line for `session` (see the module docs).
     fn spawn_for(&self, request: &TurnRequest) -> std::io::Result<Spawn> {
         let session = &request.session;
-        std::fs::create_dir_all(session.home.join("tmp"))?;
+        let env = session_env(session, &self.config.program, claude_env(session))?;
         let mcp_config = session.home.join("karta-mcp.json");
         std::fs::write(
             &mcp_config,
@@ -167,17 +166,11 @@ impl ClaudeCodeHarness {
             args.push("--model".into());
             args.push(request.model.clone());
         }
-        if let Some(previous) = resume_id(&session.home) {
+        if let Some(previous) = remembered(&session.home, RESUME_FILE) {
             args.push("--resume".into());
             args.push(previous);
         }
 
-        // The app's own `[env]` (minus the names the host sets) first, then
-        // the host's: nothing in it can redirect the model traffic, the
-        // tools or the home.
-        let mut env = app_env(&session.env);
-        env.extend(base_env(&session.home, &self.config.program));
-        env.extend(claude_env(session));
         Ok(Spawn {
             program: self.config.program.clone(),
             args,
@@ -281,7 +274,7 @@ impl ClaudeCodeHarness {
             let started = match self.start(request).await {
                 // A conversation Claude Code cannot resume (its files are
                 // gone) must not fail every later turn: start afresh once.
-                Err(failure) if resume_id(&request.session.home).is_some() => {
+                Err(failure) if remembered(&request.session.home, RESUME_FILE).is_some() => {
                     tracing::warn!(
                         session = %request.session.id,
                         "claude could not resume ({}); starting a new conversation",
@@ -331,7 +324,9 @@ impl ClaudeCodeHarness {
                 }
                 Some("system") => {
                     if line["subtype"] == "init" {
-                        remember_session(&request.session.home, &line);
+                        if let Some(id) = line["session_id"].as_str() {
+                            remember(&request.session.home, RESUME_FILE, id);
+                        }
                         if !claude.announced {
                             claude.announced = true;
                             cx.emit(HarnessEvent::System {
@@ -400,19 +395,6 @@ fn trust_workspace(home: &Path, workspace: &Path) -> std::io::Result<()> {
     std::fs::write(&file, serde_json::to_vec_pretty(&config)?)
 }
 
-/// The Claude Code conversation to resume, if one was remembered.
-fn resume_id(home: &Path) -> Option<String> {
-    let id = std::fs::read_to_string(home.join(RESUME_FILE)).ok()?;
-    Some(id.trim().to_owned()).filter(|id| !id.is_empty())
-}
-
-/// Remembers Claude Code's session id for `--resume`.
-fn remember_session(home: &Path, init: &Value) {
-    if let Some(id) = init["session_id"].as_str() {
-        let _ = std::fs::write(home.join(RESUME_FILE), id);
-    }
-}
-
 slot_process!(ClaudeProcess);
 
 impl ClaudeProcess {
@@ -472,9 +454,8 @@ impl ClaudeProcess {
 /// What one turn has seen so far.
 #[derive(Default)]
 struct TurnState {
-    /// The id of the model message being streamed.
-    current_message: Option<String>,
-    last_message: Option<String>,
+    /// The id of the model message being streamed (the latest one).
+    message: Option<String>,
     step_index: u32,
     step_open: bool,
     step_usage: Usage,
@@ -501,7 +482,7 @@ fn karta_tool(name: &str) -> &str {
 
 impl TurnState {
     fn message_id(&self) -> String {
-        self.last_message.clone().unwrap_or_else(new_message_id)
+        self.message.clone().unwrap_or_else(new_message_id)
     }
 
     /// A raw Anthropic streaming event (partial messages).
@@ -512,8 +493,7 @@ impl TurnState {
                     .as_str()
                     .map(str::to_owned)
                     .unwrap_or_else(new_message_id);
-                self.current_message = Some(id.clone());
-                self.last_message = Some(id);
+                self.message = Some(id);
                 self.step_usage = usage_of(&event["message"]["usage"]);
                 self.step_open = true;
                 self.text.clear();
@@ -524,7 +504,7 @@ impl TurnState {
             Some("content_block_delta") => {
                 let part_id = format!(
                     "{}_{}",
-                    self.current_message.as_deref().unwrap_or("msg"),
+                    self.message.as_deref().unwrap_or("msg"),
                     event["index"].as_u64().unwrap_or(0)
                 );
                 let delta = &event["delta"];
@@ -690,26 +670,14 @@ async fn answer_control_request(line: &Value, cx: &TurnContext<'_>, turn: &mut T
     }
     let tool = karta_tool(request["tool_name"].as_str().unwrap_or_default()).to_owned();
     let input = request["input"].clone();
-    let decision = if cx.host.needs_approval(&tool) {
-        cx.host.request_approval(&tool, &input).await
-    } else {
-        Some(Decision::ApproveOnce)
-    };
-    let response = match decision {
-        Some(Decision::ApproveOnce | Decision::ApproveSession) => {
-            json!({ "behavior": "allow", "updatedInput": input })
-        }
-        Some(Decision::Deny) | None => {
+    let response = match cx.approve(&tool, &input).await {
+        Ok(()) => json!({ "behavior": "allow", "updatedInput": input }),
+        Err(why) => {
             turn.any_denied = true;
             turn.denied.insert(match request["tool_use_id"].as_str() {
                 Some(id) => id.to_owned(),
                 None => denial_key(&tool, &input),
             });
-            let why = if decision.is_none() {
-                "the approval request timed out or the turn was cancelled"
-            } else {
-                "a person denied this tool call"
-            };
             json!({ "behavior": "deny", "message": format!("Tool call denied: {why}.") })
         }
     };

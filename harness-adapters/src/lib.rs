@@ -134,6 +134,24 @@ impl TurnContext<'_> {
     pub fn emit(&self, event: HarnessEvent) {
         let _ = self.events.send(event);
     }
+
+    /// Whether `tool` may run with `input`: at once when it needs no
+    /// approval, else once a person approves. `Err` says why not (a denial,
+    /// or no answer: a timed-out request or a cancelled turn).
+    pub async fn approve(&self, tool: &str, input: &serde_json::Value) -> Result<(), &'static str> {
+        if !self.host.needs_approval(tool) {
+            return Ok(());
+        }
+        let decision = tokio::select! {
+            decision = self.host.request_approval(tool, input) => decision,
+            () = self.cancel.cancelled() => None,
+        };
+        match decision {
+            Some(Decision::ApproveOnce | Decision::ApproveSession) => Ok(()),
+            Some(Decision::Deny) => Err("a person denied this tool call"),
+            None => Err("the approval request timed out or the turn was cancelled"),
+        }
+    }
 }
 
 /// The input of one turn.

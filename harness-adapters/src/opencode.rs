@@ -42,15 +42,14 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::process::{HarnessProcess, JailSpec, Spawn, app_env, base_env};
+use crate::process::{HarnessProcess, JailSpec, Spawn, session_env};
 use crate::slots::{
     ReportedResult, Slots, TurnFailure, finish_turn, finished_tool_use, new_message_id, outcome,
-    slot_process, stop_when_idle,
+    remember, remembered, slot_process, stop_when_idle,
 };
 use crate::sse::LoopbackClient;
 use crate::{
-    BoxFuture, Decision, Harness, HarnessEvent, SessionInfo, TurnContext, TurnOutcome, TurnRequest,
-    Usage,
+    BoxFuture, Harness, HarnessEvent, SessionInfo, TurnContext, TurnOutcome, TurnRequest, Usage,
 };
 
 /// The name of the host's MCP server in OpenCode's config; its tools are
@@ -120,12 +119,7 @@ impl OpencodeHarness {
     /// The command line and config for `request`'s session.
     fn spawn_for(&self, request: &TurnRequest, port: u16) -> std::io::Result<Spawn> {
         let session = &request.session;
-        std::fs::create_dir_all(session.home.join("tmp"))?;
         let config_file = session.home.join("karta-opencode.json");
-        std::fs::write(
-            &config_file,
-            serde_json::to_vec_pretty(&opencode_config(session, &request.model))?,
-        )?;
         // Next to the sessions' homes; `.shared` is no valid session id.
         let shared = session
             .home
@@ -133,15 +127,12 @@ impl OpencodeHarness {
             .unwrap_or(&session.home)
             .join(".shared")
             .join("opencode");
-        // The app's own `[env]` (minus the names the host sets) first, then
-        // the host's: nothing in it can redirect the model traffic, the
-        // tools or the home.
         // Landlock rules name existing directories only.
         std::fs::create_dir_all(shared.join("config"))?;
         std::fs::create_dir_all(shared.join("cache"))?;
-        let mut env = app_env(&session.env);
-        env.extend(base_env(&session.home, &self.config.program));
-        env.extend(
+        let env = session_env(
+            session,
+            &self.config.program,
             [
                 ("OPENCODE_CONFIG", config_file.display().to_string()),
                 // OpenCode installs its plugin package into its config dir
@@ -158,9 +149,13 @@ impl OpencodeHarness {
                 ("OPENCODE_DISABLE_LSP_DOWNLOAD", "1".into()),
                 ("OPENCODE_DISABLE_DEFAULT_PLUGINS", "1".into()),
             ]
-            .into_iter()
             .map(|(k, v)| (k.to_owned(), v)),
-        );
+        )?;
+        // `session_env` made the home.
+        std::fs::write(
+            &config_file,
+            serde_json::to_vec_pretty(&opencode_config(session, &request.model))?,
+        )?;
         Ok(Spawn {
             program: self.config.program.clone(),
             args: vec![
@@ -189,13 +184,12 @@ impl OpencodeHarness {
         let spawn = self.spawn_for(request, port).map_err(|e| {
             TurnFailure::new("harness_error", format!("cannot prepare opencode: {e}"))
         })?;
-        let process = HarnessProcess::start(&spawn).map_err(|e| {
+        let mut process = HarnessProcess::start(&spawn).map_err(|e| {
             TurnFailure::new(
                 "harness_unavailable",
                 format!("cannot start {}: {e}", spawn.program.display()),
             )
         })?;
-        let mut process = process;
         // Ready once it says where it listens (it binds late, and a
         // connection made before that can stall).
         let Some(stdout) = process.child.stdout.take() else {
@@ -265,7 +259,7 @@ impl OpencodeHarness {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if port != 0 && !base.ends_with(&format!(":{port}")) {
+        if !base.ends_with(&format!(":{port}")) {
             tracing::warn!("opencode listens on {base}, not on the port it was given ({port})");
         }
         self.open_session(process, base, events, request).await
@@ -280,9 +274,7 @@ impl OpencodeHarness {
         request: &TurnRequest,
     ) -> Result<OpencodeServer, TurnFailure> {
         let home = &request.session.home;
-        let previous = std::fs::read_to_string(home.join(RESUME_FILE)).unwrap_or_default();
-        let previous = previous.trim();
-        if !previous.is_empty() {
+        if let Some(previous) = remembered(home, RESUME_FILE) {
             let (status, _) = self
                 .client
                 .json("GET", &format!("{base}/session/{previous}"), None)
@@ -293,7 +285,7 @@ impl OpencodeHarness {
                     process,
                     base,
                     events,
-                    session: previous.to_owned(),
+                    session: previous,
                     last_used: Instant::now(),
                 });
             }
@@ -313,7 +305,7 @@ impl OpencodeHarness {
                 format!("opencode did not create a session ({status}): {created}"),
             ));
         };
-        let _ = std::fs::write(home.join(RESUME_FILE), id);
+        remember(home, RESUME_FILE, id);
         Ok(OpencodeServer {
             process,
             base,
@@ -416,7 +408,7 @@ impl OpencodeHarness {
                             .map(str::to_owned)
                             .unwrap_or_else(|| error.to_string());
                         if error["name"] == "MessageAbortedError" {
-                            return Err(TurnFailure::new("cancelled", message));
+                            return Err(TurnFailure::cancelled());
                         }
                         turn.error = Some(message);
                     }
@@ -611,6 +603,8 @@ impl TurnState {
         }
     }
 
+    /// Whether a part (or delta) belongs to the user's message, which
+    /// OpenCode echoes as parts too.
     fn is_user_part(&self, part: &Value) -> bool {
         part["messageID"]
             .as_str()
@@ -623,11 +617,7 @@ impl TurnState {
         let (Some(part_id), Some(delta)) = (p["partID"].as_str(), p["delta"].as_str()) else {
             return;
         };
-        if p["messageID"]
-            .as_str()
-            .and_then(|m| self.roles.get(m))
-            .is_some_and(|r| r == "user")
-        {
+        if self.is_user_part(p) {
             return;
         }
         if self.reasoning.contains(part_id) {
@@ -747,14 +737,9 @@ async fn answer_permission(p: &Value, cx: &TurnContext<'_>, turn: &mut TurnState
     let tool = karta_tool(p["permission"].as_str().unwrap_or_default()).to_owned();
     let call = p["tool"]["callID"].as_str().unwrap_or_default().to_owned();
     let input = turn.inputs.get(&call).cloned().unwrap_or_else(|| json!({}));
-    let decision = if cx.host.needs_approval(&tool) {
-        cx.host.request_approval(&tool, &input).await
-    } else {
-        Some(Decision::ApproveOnce)
-    };
-    match decision {
-        Some(Decision::ApproveOnce | Decision::ApproveSession) => json!({ "reply": "once" }),
-        Some(Decision::Deny) | None => {
+    match cx.approve(&tool, &input).await {
+        Ok(()) => json!({ "reply": "once" }),
+        Err(_) => {
             turn.any_denied = true;
             turn.denied.insert(call);
             // With a message the model hears why and the turn goes on.

@@ -146,14 +146,18 @@ pub fn url_port(url: &str) -> Option<u16> {
 /// Whether this kernel enforces Landlock file and TCP rules.
 pub fn landlock_available() -> bool {
     use landlock::{ABI, Access, AccessFs, AccessNet, Compatible, Ruleset, RulesetAttr};
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     // Creating (not enforcing) a ruleset in hard-requirement mode fails when
-    // the kernel cannot enforce it.
-    Ruleset::default()
-        .set_compatibility(landlock::CompatLevel::HardRequirement)
-        .handle_access(AccessFs::from_all(ABI::V4))
-        .and_then(|r| r.handle_access(AccessNet::ConnectTcp))
-        .and_then(|r| r.create())
-        .is_ok()
+    // the kernel cannot enforce it. The kernel does not change underneath
+    // us: asked once.
+    *AVAILABLE.get_or_init(|| {
+        Ruleset::default()
+            .set_compatibility(landlock::CompatLevel::HardRequirement)
+            .handle_access(AccessFs::from_all(ABI::V4))
+            .and_then(|r| r.handle_access(AccessNet::ConnectTcp))
+            .and_then(|r| r.create())
+            .is_ok()
+    })
 }
 
 /// A running harness process.
@@ -344,9 +348,26 @@ pub fn app_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The whole environment of a harness process for `session`: the app's own
+/// `[env]` (minus the names the host sets) first, then [`base_env`], then
+/// the harness's own variables — so nothing the app sets can redirect the
+/// model traffic, the tools or the home. Creates the `HOME` (and its
+/// `TMPDIR`) the environment names.
+pub fn session_env(
+    session: &crate::SessionInfo,
+    program: &Path,
+    harness: impl IntoIterator<Item = (String, String)>,
+) -> std::io::Result<BTreeMap<String, String>> {
+    std::fs::create_dir_all(session.home.join("tmp"))?;
+    let mut env = app_env(&session.env);
+    env.extend(base_env(&session.home, program));
+    env.extend(harness);
+    Ok(env)
+}
+
 /// The base environment of every harness process: a `PATH` with the
-/// system directories and the binary's own, the scratch `HOME`, and a
-/// neutral locale.
+/// system directories and the binary's own, the scratch `HOME` with its own
+/// `TMPDIR`, and a neutral locale.
 pub fn base_env(home: &Path, program: &Path) -> BTreeMap<String, String> {
     let mut path = String::new();
     if let Some(dir) = program.parent() {

@@ -214,6 +214,20 @@ pub(crate) fn outcome(user_text: &str, text: String, usage: Usage, status: Strin
     }
 }
 
+/// The harness's own conversation id remembered in `home/file`, for a new
+/// process to continue it.
+pub(crate) fn remembered(home: &std::path::Path, file: &str) -> Option<String> {
+    let id = std::fs::read_to_string(home.join(file)).ok()?;
+    Some(id.trim().to_owned()).filter(|id| !id.is_empty())
+}
+
+/// Remembers the harness's conversation id in `home/file`.
+pub(crate) fn remember(home: &std::path::Path, file: &str, id: &str) {
+    if let Err(e) = std::fs::write(home.join(file), id) {
+        tracing::warn!("cannot remember the harness conversation {id}: {e}");
+    }
+}
+
 /// A fresh message id, for a turn that ended before the model gave one.
 pub(crate) fn new_message_id() -> String {
     format!("msg_{}", uuid::Uuid::new_v4().simple())

@@ -143,7 +143,8 @@ struct LiveSession {
     turn: Mutex<Option<CancellationToken>>,
     pending: Mutex<HashMap<String, PendingInput>>,
     gateway_key: String,
-    /// The session's MCP token, minted on first use by a process harness.
+    /// The session's MCP token, minted on first use (see
+    /// [`Sessions::issue_mcp_token`]).
     mcp_token: Mutex<Option<String>>,
     /// Tool calls made over MCP, not yet reported by the harness: (tool,
     /// input, result). Bounded by [`MAX_UNREPORTED_RUNS`].
@@ -224,13 +225,22 @@ impl Sessions {
         self.harness.as_ref()?.process_id(session_id)
     }
 
-    /// Mints an MCP token for `session_id`: an unguessable bearer of the
-    /// session's tools, for a harness process's MCP client.
+    /// The MCP token of `session_id`: an unguessable bearer of the
+    /// session's tools, for a harness process's MCP client. Minted on first
+    /// use; revoked when the session is deleted.
     pub fn issue_mcp_token(&self, session_id: &str) -> Result<String, SessionError> {
-        self.live(session_id)?;
-        let token = format!("kmcp_{}", uuid::Uuid::new_v4().simple());
-        lock(&self.mcp_tokens).insert(token.clone(), session_id.to_owned());
-        Ok(token)
+        let live = self.live(session_id)?;
+        Ok(self.mcp_token(&live))
+    }
+
+    fn mcp_token(&self, live: &LiveSession) -> String {
+        lock(&live.mcp_token)
+            .get_or_insert_with(|| {
+                let token = format!("kmcp_{}", uuid::Uuid::new_v4().simple());
+                lock(&self.mcp_tokens).insert(token.clone(), live.id.clone());
+                token
+            })
+            .clone()
     }
 
     /// The session an MCP token belongs to.
@@ -703,13 +713,7 @@ impl Sessions {
         // failed copy fails the turn.
         crate::app::copy_harness_files(&self.app.root, &workspace)
             .map_err(|e| format!("cannot give the harness the app's files: {e}"))?;
-        let token = lock(&live.mcp_token)
-            .get_or_insert_with(|| {
-                let token = format!("kmcp_{}", uuid::Uuid::new_v4().simple());
-                lock(&self.mcp_tokens).insert(token.clone(), live.id.clone());
-                token
-            })
-            .clone();
+        let token = self.mcp_token(live);
         Ok(SessionInfo {
             id: live.id.clone(),
             workspace,
