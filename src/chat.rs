@@ -3,18 +3,22 @@
 //! Opens (or resumes) a session, then for each line typed sends a streaming
 //! message and prints the events as they arrive: text as it comes, reasoning
 //! dimmed, tool calls as one-line summaries, approval prompts answered at the
-//! keyboard (the answer goes back with `PUT …/inputs/{request_id}` while the
-//! stream goes on).
+//! keyboard. A turn's stream ends at an approval prompt (as the protocol
+//! says); the answer goes back with `PUT …/inputs/{request_id}`, whose
+//! reply carries the rest of the turn.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use karta_harness::http::MAX_EVENT_BYTES;
+use karta_harness::{Decision, Envelope, Event, InputRequiredData, TurnStatus, sse};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
@@ -40,7 +44,7 @@ pub async fn run(
     if let Some(id) = session {
         body["session_id"] = json!(id);
     }
-    let created = request(&client, "POST", &format!("{base}/v1/sessions"), Some(body))
+    let created = request_json(&client, "POST", &format!("{base}/v1/sessions"), Some(body))
         .await
         .with_context(|| format!("cannot open a session at {base} (is `karta serve` running?)"))?;
     let session = created["id"]
@@ -81,7 +85,7 @@ pub async fn run(
 }
 
 /// A JSON request; non-2xx answers become errors carrying the server's message.
-async fn request(
+async fn request_json(
     client: &HttpClient,
     method: &str,
     url: &str,
@@ -110,6 +114,8 @@ async fn request(
 }
 
 impl Chat {
+    /// One message: streams its turn; at an approval prompt asks here, and
+    /// shows the continuation the answer returns, until the turn ends.
     async fn turn(&mut self, text: &str) -> anyhow::Result<()> {
         let mut body = json!({ "text": text, "stream": true });
         if let Some(agent) = &self.agent {
@@ -130,111 +136,95 @@ impl Chat {
                 value["message"].as_str().unwrap_or("error")
             );
         }
-        let mut body = response.into_body();
-        let mut buffer = String::new();
-        while let Some(frame) = body.frame().await {
-            let Ok(data) = frame?.into_data() else {
-                continue;
-            };
-            buffer.push_str(&String::from_utf8_lossy(&data));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let data: String = block
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data: "))
-                    .collect();
-                if let Ok(event) = serde_json::from_str::<Value>(&data) {
-                    self.show(&event).await?;
-                }
+        let mut stream = sse::body_events(response.into_body(), MAX_EVENT_BYTES);
+        let mut last = None;
+        while let Some(frame) = stream.next().await {
+            let frame = frame?;
+            if let Some(envelope) = sse::json_data::<Envelope>(&frame) {
+                self.show(&envelope.event);
+                last = Some(envelope.event);
+            } else if let Some(failure) = sse::json_data::<Value>(&frame) {
+                println!("\n  error: {}", failure["data"]);
+            }
+        }
+        // A stream ends at an approval prompt; its answer returns the rest.
+        while let Some(Event::InputRequired(request)) = last.take() {
+            let decision = self.ask(&request).await?;
+            let url = format!(
+                "{}/v1/sessions/{}/inputs/{}",
+                self.base, self.session, request.request_id
+            );
+            let answer = request_json(
+                &self.client,
+                "PUT",
+                &url,
+                Some(json!({ "decision": decision })),
+            )
+            .await?;
+            let events: Vec<Envelope> =
+                serde_json::from_value(answer["events"].clone()).unwrap_or_default();
+            for envelope in events {
+                self.show(&envelope.event);
+                last = Some(envelope.event);
             }
         }
         Ok(())
     }
 
-    async fn show(&mut self, event: &Value) -> anyhow::Result<()> {
-        let data = &event["data"];
+    /// Asks at the keyboard whether a tool call may run.
+    async fn ask(&mut self, request: &InputRequiredData) -> anyhow::Result<Decision> {
+        Ok(loop {
+            eprint!("    [o]nce / [s]ession / [d]eny: ");
+            let _ = std::io::stderr().flush();
+            let answer = self.stdin.next_line().await?.unwrap_or_default();
+            match answer.trim() {
+                "o" | "once" | "y" => break Decision::ApproveOnce,
+                "s" | "session" => break Decision::ApproveSession,
+                "d" | "deny" | "n" => break Decision::Deny,
+                _ if answer.is_empty() => bail!("no answer to `{}`", request.message),
+                _ => continue,
+            }
+        })
+    }
+
+    fn show(&self, event: &Event) {
         let mut out = std::io::stdout();
-        match event["type"].as_str() {
-            Some("text") => {
-                print!("{}", data["part"]["text"].as_str().unwrap_or_default());
-            }
-            Some("reasoning") => {
-                println!(
-                    "\x1b[2m{}\x1b[0m",
-                    data["part"]["text"].as_str().unwrap_or_default()
-                );
-            }
-            Some("tool_use") => {
-                let part = &data["part"];
-                let tool = part["tool"].as_str().unwrap_or("?");
-                match part["state"]["status"].as_str() {
-                    Some("running") => println!("\n  ⚙ {tool} {}", part["state"]["input"]),
-                    Some("completed") => println!(
-                        "  ✓ {tool} → {} (fuel {}, {} ms)",
-                        part["state"]["output"], data["fuel"], data["duration_ms"]
-                    ),
-                    _ => println!(
-                        "  ✗ {tool}: {} {}",
-                        part["state"]["error"]["kind"].as_str().unwrap_or(""),
-                        part["state"]["error"]["message"].as_str().unwrap_or("")
-                    ),
+        match event {
+            Event::Text(data) => print!("{}", data.part.text),
+            Event::Reasoning(data) => println!("\x1b[2m{}\x1b[0m", data.part.text),
+            Event::ToolUse(data) => {
+                let part = &data.part;
+                let fuel = data.fuel.map_or("-".into(), |f| f.to_string());
+                let ms = data.duration_ms.unwrap_or(0);
+                match (&part.state.output, &part.state.error) {
+                    (_, Some(error)) => {
+                        println!("  ✗ {}: {} {}", part.tool, error.kind, error.message)
+                    }
+                    (Some(output), None) => {
+                        println!("  ✓ {} → {output} (fuel {fuel}, {ms} ms)", part.tool)
+                    }
+                    (None, None) => println!("\n  ⚙ {} {}", part.tool, part.state.input),
                 }
             }
-            Some("input_required") => {
-                println!(
-                    "\n  ? {} {}",
-                    data["message"].as_str().unwrap_or("approval needed"),
-                    data["input"]
-                );
-                let decision = loop {
-                    eprint!("    [o]nce / [s]ession / [d]eny: ");
-                    let _ = std::io::stderr().flush();
-                    let answer = self.stdin.next_line().await?.unwrap_or_default();
-                    match answer.trim() {
-                        "o" | "once" | "y" => break "approve_once",
-                        "s" | "session" => break "approve_session",
-                        "d" | "deny" | "n" => break "deny",
-                        _ => continue,
-                    }
-                };
-                let url = format!(
-                    "{}/v1/sessions/{}/inputs/{}",
-                    self.base,
-                    self.session,
-                    data["request_id"].as_str().unwrap_or_default()
-                );
-                // The answer's continuation also arrives on the open stream;
-                // the body is not needed here.
-                let client = self.client.clone();
-                tokio::spawn(async move {
-                    if let Err(e) =
-                        request(&client, "PUT", &url, Some(json!({ "decision": decision }))).await
-                    {
-                        eprintln!("error answering: {e:#}");
-                    }
-                });
+            Event::InputRequired(request) => {
+                println!("\n  ? {} {}", request.message, request.input);
             }
-            Some("error") => println!(
-                "\n  error {}: {}",
-                data["code"].as_str().unwrap_or(""),
-                data["message"].as_str().unwrap_or("")
-            ),
-            Some("done") => {
-                let usage = &data["usage"];
-                let status = data["status"].as_str().unwrap_or("completed");
-                let note = if status == "completed" {
-                    String::new()
-                } else {
-                    format!(", {status}")
+            Event::Error(error) => println!("\n  error {}: {}", error.code, error.message),
+            Event::Done(done) => {
+                let note = match done.status {
+                    TurnStatus::Completed => String::new(),
+                    other => format!(", {}", other.as_str()),
                 };
                 println!(
                     "\n\x1b[2m({} tokens in, {} out{note})\x1b[0m",
-                    usage["input_tokens"], usage["output_tokens"]
+                    done.usage.input_tokens
+                        + done.usage.cache_read_tokens
+                        + done.usage.cache_write_tokens,
+                    done.usage.output_tokens
                 );
             }
-            _ => {}
+            Event::StepStart(_) | Event::StepFinish(_) | Event::System(_) => {}
         }
         let _ = out.flush();
-        Ok(())
     }
 }

@@ -32,8 +32,39 @@ use serde_json::json;
     long_about = None,
 )]
 struct Cli {
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object per line) for log collectors. Levels come from RUST_LOG
+    /// (default `info` for serve, `warn` otherwise; e.g.
+    /// RUST_LOG=karta_host=debug,tower_http=debug).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the log subscriber: RUST_LOG filters, `format` shapes.
+fn install_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if let Err(e) = installed {
+        eprintln!("karta: cannot install the logger: {e}");
+    }
 }
 
 #[derive(Subcommand)]
@@ -275,8 +306,12 @@ async fn doctor(app_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     if let Some(dir) = app_dir {
         match karta_host::app::load(&dir) {
             Ok(app) => {
-                let selection =
-                    harness::select(app.harness, &binaries, std::time::Duration::from_secs(1));
+                let selection = harness::select(
+                    app.harness,
+                    &binaries,
+                    std::time::Duration::from_secs(1),
+                    &karta_harness::http::HttpClient::new(),
+                );
                 let running = selection.harness.as_ref().map_or("builtin", |h| h.name());
                 println!("app `{}` ({}):", app.name, dir.display());
                 println!(
@@ -298,6 +333,11 @@ async fn doctor(app_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    install_logging(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -392,12 +432,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("karta: data in {}", args.data.display());
     eprintln!("karta: DEV MODE: no auth, one implicit org; loopback only");
-    eprintln!("karta: listening on http://{}", listener.local_addr()?);
-    host.serve(listener, async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("karta: shutting down");
-    })
-    .await?;
+    let addr = listener.local_addr()?;
+    eprintln!(
+        "karta: listening on http://{addr} (metrics at /metrics, the API described at /openapi.json)"
+    );
+    host.spawn_api(listener).await?;
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("karta: shutting down (running turns are cancelled and saved)");
+    host.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 

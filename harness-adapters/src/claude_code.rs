@@ -51,13 +51,15 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};
 
+use crate::model_stream::{AnthropicEvent, AnthropicMessage, AnthropicUsage, StreamDelta};
 use crate::process::{HarnessProcess, JailSpec, Spawn, session_env};
 use crate::slots::{
     ReportedResult, Slots, TurnFailure, finish_turn, finished_tool_use, new_message_id, outcome,
     remember, remembered, slot_process, stop_when_idle,
 };
 use crate::{
-    BoxFuture, Harness, HarnessEvent, SessionInfo, TurnContext, TurnOutcome, TurnRequest, Usage,
+    BoxFuture, ErrorCode, Event, Harness, SessionInfo, TurnContext, TurnOutcome, TurnRequest,
+    TurnStatus, Usage,
 };
 
 /// The name the host's MCP server has in Claude Code's config; its tools
@@ -188,18 +190,18 @@ impl ClaudeCodeHarness {
     }
 
     async fn start(&self, request: &TurnRequest) -> Result<ClaudeProcess, TurnFailure> {
-        let spawn = self.spawn_for(request).map_err(|e| {
-            TurnFailure::new("harness_error", format!("cannot prepare claude: {e}"))
-        })?;
+        let spawn = self
+            .spawn_for(request)
+            .map_err(|e| TurnFailure::harness(format!("cannot prepare claude: {e}")))?;
         let mut process = HarnessProcess::start(&spawn).map_err(|e| {
             TurnFailure::new(
-                "harness_unavailable",
+                ErrorCode::HarnessUnavailable,
                 format!("cannot start {}: {e}", spawn.program.display()),
             )
         })?;
         let (Some(stdin), Some(stdout)) = (process.child.stdin.take(), process.child.stdout.take())
         else {
-            return Err(TurnFailure::new("harness_error", "claude has no pipes"));
+            return Err(TurnFailure::harness("claude has no pipes"));
         };
         let mut claude = ClaudeProcess {
             process,
@@ -225,10 +227,10 @@ impl ClaudeCodeHarness {
                 if line["type"] == "control_response" {
                     let response = &line["response"];
                     if response["subtype"] == "error" {
-                        return Err(TurnFailure::new(
-                            "harness_error",
-                            format!("claude refused to start: {}", response["error"]),
-                        ));
+                        return Err(TurnFailure::harness(format!(
+                            "claude refused to start: {}",
+                            response["error"]
+                        )));
                     }
                     return Ok(());
                 }
@@ -238,13 +240,10 @@ impl ClaudeCodeHarness {
         match answered {
             Ok(Ok(())) => Ok(claude),
             Ok(Err(failure)) => Err(failure),
-            Err(_) => Err(TurnFailure::new(
-                "harness_error",
-                format!(
-                    "claude did not answer its initialize request within {}s",
-                    START_TIMEOUT.as_secs()
-                ),
-            )),
+            Err(_) => Err(TurnFailure::harness(format!(
+                "claude did not answer its initialize request within {}s",
+                START_TIMEOUT.as_secs()
+            ))),
         }
     }
 
@@ -269,7 +268,7 @@ impl ClaudeCodeHarness {
         request: &TurnRequest,
         cx: &TurnContext<'_>,
         turn: &mut TurnState,
-    ) -> Result<String, TurnFailure> {
+    ) -> Result<TurnStatus, TurnFailure> {
         if slot.is_none() {
             let started = match self.start(request).await {
                 // A conversation Claude Code cannot resume (its files are
@@ -278,7 +277,7 @@ impl ClaudeCodeHarness {
                     tracing::warn!(
                         session = %request.session.id,
                         "claude could not resume ({}); starting a new conversation",
-                        failure.message
+                        failure.message()
                     );
                     let _ = std::fs::remove_file(request.session.home.join(RESUME_FILE));
                     self.start(request).await?
@@ -288,21 +287,19 @@ impl ClaudeCodeHarness {
             *slot = Some(started);
         }
         let Some(claude) = slot.as_mut() else {
-            return Err(TurnFailure::new("harness_error", "no claude process"));
+            return Err(TurnFailure::harness("no claude process"));
         };
         if claude.agent != request.agent {
             // Claude Code fixes its main agent when its conversation starts
             // (`--agent` is ignored on `--resume`); say so rather than
             // pretend.
-            cx.emit(HarnessEvent::System {
-                data: json!({
-                    "harness": "claude_code",
-                    "notice": format!(
-                        "Claude Code keeps the agent this conversation started with ({}); the app's agents stay available as sub-agents",
-                        claude.agent.as_deref().unwrap_or("the main agent")
-                    ),
-                }),
-            });
+            cx.emit(Event::System(json!({
+                "harness": "claude_code",
+                "notice": format!(
+                    "Claude Code keeps the agent this conversation started with ({}); the app's agents stay available as sub-agents",
+                    claude.agent.as_deref().unwrap_or("the main agent")
+                ),
+            })));
         }
         claude
             .send(&json!({
@@ -315,7 +312,7 @@ impl ClaudeCodeHarness {
         loop {
             let line = claude.next_line().await?;
             match line["type"].as_str() {
-                Some("stream_event") => turn.stream_event(&line["event"], cx),
+                Some("stream_event") => turn.stream_event(&line["event"], cx)?,
                 Some("assistant") => turn.assistant(&line, cx),
                 Some("user") => turn.tool_results(&line, cx),
                 Some("control_request") => {
@@ -329,23 +326,21 @@ impl ClaudeCodeHarness {
                         }
                         if !claude.announced {
                             claude.announced = true;
-                            cx.emit(HarnessEvent::System {
-                                data: json!({
-                                    "harness": "claude_code",
-                                    "subtype": "init",
-                                    "confined": claude.process.confined(),
-                                    "model": line["model"],
-                                    "claude_session_id": line["session_id"],
-                                    "tools": line["tools"],
-                                    "mcp_servers": line["mcp_servers"],
-                                    "agents": line["agents"],
-                                }),
+                            let summary = json!({
+                                "harness": "claude_code",
+                                "subtype": "init",
+                                "confined": claude.process.confined(),
+                                "model": line["model"],
+                                "claude_session_id": line["session_id"],
+                                "tools": line["tools"],
+                                "mcp_servers": line["mcp_servers"],
+                                "agents": line["agents"],
                             });
+                            cx.emit_raw(Event::System(summary), line);
                         }
                     } else if line["subtype"] == "api_retry" {
-                        cx.emit(HarnessEvent::System {
-                            data: json!({ "harness": "claude_code", "subtype": "api_retry", "detail": line }),
-                        });
+                        let summary = json!({ "harness": "claude_code", "subtype": "api_retry" });
+                        cx.emit_raw(Event::System(summary), line);
                     }
                 }
                 Some("result") => return turn.result(&line),
@@ -400,7 +395,7 @@ slot_process!(ClaudeProcess);
 impl ClaudeProcess {
     async fn send(&mut self, line: &Value) -> Result<(), TurnFailure> {
         let mut bytes = serde_json::to_vec(line)
-            .map_err(|e| TurnFailure::new("harness_error", format!("cannot encode: {e}")))?;
+            .map_err(|e| TurnFailure::harness(format!("cannot encode: {e}")))?;
         bytes.push(b'\n');
         let written = async {
             self.stdin.write_all(&bytes).await?;
@@ -419,10 +414,10 @@ impl ClaudeProcess {
                 Err(e) => return Err(self.died(&format!("cannot read claude's output: {e}"))),
             };
             if line.len() > MAX_LINE_BYTES {
-                return Err(TurnFailure::new(
-                    "harness_error",
-                    format!("claude wrote a line of {} bytes", line.len()),
-                ));
+                return Err(TurnFailure::harness(format!(
+                    "claude wrote a line of {} bytes",
+                    line.len()
+                )));
             }
             let trimmed = line.trim();
             if trimmed.is_empty() {
@@ -447,18 +442,19 @@ impl ClaudeProcess {
         if !tail.is_empty() {
             message.push_str(&format!("; its last words: {tail}"));
         }
-        TurnFailure::new("harness_error", message)
+        TurnFailure::harness(message)
     }
 }
 
 /// What one turn has seen so far.
 #[derive(Default)]
 struct TurnState {
-    /// The id of the model message being streamed (the latest one).
-    message: Option<String>,
+    /// The model message being streamed (the latest one), assembled from
+    /// Claude Code's partial messages.
+    message: Option<AnthropicMessage>,
+    /// The id of the latest model message.
+    message_id: Option<String>,
     step_index: u32,
-    step_open: bool,
-    step_usage: Usage,
     usage: Usage,
     /// Text of the latest assistant message.
     text: String,
@@ -482,72 +478,55 @@ fn karta_tool(name: &str) -> &str {
 
 impl TurnState {
     fn message_id(&self) -> String {
-        self.message.clone().unwrap_or_else(new_message_id)
+        self.message_id.clone().unwrap_or_else(new_message_id)
     }
 
-    /// A raw Anthropic streaming event (partial messages).
-    fn stream_event(&mut self, event: &Value, cx: &TurnContext<'_>) {
-        match event["type"].as_str() {
-            Some("message_start") => {
-                let id = event["message"]["id"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(new_message_id);
-                self.message = Some(id);
-                self.step_usage = usage_of(&event["message"]["usage"]);
-                self.step_open = true;
-                self.text.clear();
-                cx.emit(HarnessEvent::StepStart {
-                    step_index: self.step_index,
-                });
-            }
-            Some("content_block_delta") => {
-                let part_id = format!(
-                    "{}_{}",
-                    self.message.as_deref().unwrap_or("msg"),
-                    event["index"].as_u64().unwrap_or(0)
-                );
-                let delta = &event["delta"];
-                match delta["type"].as_str() {
-                    Some("text_delta") => {
-                        let text = delta["text"].as_str().unwrap_or_default();
-                        self.text.push_str(text);
-                        cx.emit(HarnessEvent::Text {
-                            part_id,
-                            text: text.to_owned(),
-                        });
-                    }
-                    Some("thinking_delta") => cx.emit(HarnessEvent::Reasoning {
-                        part_id,
-                        text: delta["thinking"].as_str().unwrap_or_default().to_owned(),
-                    }),
-                    _ => {}
-                }
-            }
-            Some("message_delta") => {
-                let usage = usage_of(&event["usage"]);
-                if usage.output_tokens > 0 {
-                    self.step_usage.output_tokens = usage.output_tokens;
-                }
-                if usage.input_tokens > 0 {
-                    self.step_usage.input_tokens = usage.input_tokens;
-                }
-                if self.step_open {
-                    self.step_open = false;
-                    self.usage.add(self.step_usage);
-                    cx.emit(HarnessEvent::StepFinish {
-                        step_index: self.step_index,
-                        usage: self.step_usage,
-                        stop_reason: event["delta"]["stop_reason"]
-                            .as_str()
-                            .unwrap_or("end_turn")
-                            .to_owned(),
-                    });
-                    self.step_index += 1;
-                }
-            }
-            _ => {}
+    /// A raw Anthropic streaming event (partial messages): deltas become
+    /// `text` / `reasoning`, a message's start and end become its step.
+    fn stream_event(&mut self, event: &Value, cx: &TurnContext<'_>) -> Result<(), TurnFailure> {
+        let Ok(event) = serde_json::from_value::<AnthropicEvent>(event.clone()) else {
+            tracing::debug!("claude sent a stream event that is not Anthropic's: {event}");
+            return Ok(());
+        };
+        let starts = matches!(event, AnthropicEvent::MessageStart { .. });
+        let finishes = matches!(event, AnthropicEvent::MessageDelta { .. });
+        if starts {
+            self.message = Some(AnthropicMessage::default());
+            self.text.clear();
         }
+        let Some(message) = self.message.as_mut() else {
+            return Ok(());
+        };
+        let delta = message
+            .apply(event)
+            .map_err(|e| TurnFailure::new(ErrorCode::ModelError, e.to_string()))?;
+        if starts {
+            self.message_id = Some(message.id.clone().unwrap_or_else(new_message_id));
+            cx.emit(Event::step_start(self.step_index));
+        }
+        let part =
+            |index: usize| format!("{}_{index}", self.message_id.as_deref().unwrap_or("msg"));
+        match delta {
+            Some(StreamDelta::Text { index, text }) => {
+                self.text.push_str(&text);
+                cx.emit(Event::text(part(index), text));
+            }
+            Some(StreamDelta::Reasoning { index, text }) => {
+                cx.emit(Event::reasoning(part(index), text));
+            }
+            None => {}
+        }
+        if finishes && let Some(message) = self.message.take() {
+            let usage = message.usage();
+            self.usage.add(usage);
+            cx.emit(Event::step_finish(
+                self.step_index,
+                usage,
+                message.stop_reason(),
+            ));
+            self.step_index += 1;
+        }
+        Ok(())
     }
 
     /// A finished assistant content block: tool calls start here.
@@ -562,11 +541,7 @@ impl TurnState {
             }
             let tool = karta_tool(block["name"].as_str().unwrap_or_default()).to_owned();
             let input = block["input"].clone();
-            cx.emit(HarnessEvent::tool_running(
-                id.clone(),
-                tool.clone(),
-                input.clone(),
-            ));
+            cx.emit(Event::tool_running(id.clone(), tool.clone(), input.clone()));
             self.tool_uses.insert(id, (tool, input));
         }
     }
@@ -595,7 +570,7 @@ impl TurnState {
     }
 
     /// The turn's `result` line: how it ended.
-    fn result(&mut self, line: &Value) -> Result<String, TurnFailure> {
+    fn result(&mut self, line: &Value) -> Result<TurnStatus, TurnFailure> {
         if line["is_error"].as_bool().unwrap_or(false) {
             let message = line["result"]
                 .as_str()
@@ -604,40 +579,34 @@ impl TurnState {
                 .unwrap_or_else(|| {
                     format!("claude ended the turn with an error ({})", line["subtype"])
                 });
-            return Err(TurnFailure::new("model_error", message));
+            return Err(TurnFailure::new(ErrorCode::ModelError, message));
         }
         if let Some(text) = line["result"].as_str().filter(|t| !t.is_empty()) {
             self.text = text.to_owned();
         }
-        let total = usage_of(&line["usage"]);
-        if total.input_tokens + total.output_tokens
-            > self.usage.input_tokens + self.usage.output_tokens
-        {
-            self.usage = total;
+        // Claude Code's own total of the turn; the steps' sum is what the
+        // turn reports (the host replaces both with what the gateway metered).
+        if let Ok(reported) = serde_json::from_value::<AnthropicUsage>(line["usage"].clone()) {
+            let mut total = Usage::default();
+            reported.update(&mut total);
+            if total != self.usage {
+                tracing::debug!(
+                    "claude's turn usage {total:?} differs from its steps' {:?}",
+                    self.usage
+                );
+            }
         }
         Ok(if self.any_denied {
-            "denied"
+            TurnStatus::Denied
         } else {
-            "completed"
-        }
-        .to_owned())
+            TurnStatus::Completed
+        })
     }
 }
 
 /// How a denied call without a tool-use id is remembered.
 fn denial_key(tool: &str, input: &Value) -> String {
     format!("{tool}\u{0}{input}")
-}
-
-/// Anthropic usage, counting cached input as input.
-fn usage_of(usage: &Value) -> Usage {
-    let n = |key: &str| usage[key].as_u64().unwrap_or(0);
-    Usage {
-        input_tokens: n("input_tokens")
-            + n("cache_read_input_tokens")
-            + n("cache_creation_input_tokens"),
-        output_tokens: n("output_tokens"),
-    }
 }
 
 /// The text of a `tool_result` content (a string or text blocks).
@@ -706,5 +675,9 @@ impl Harness for ClaudeCodeHarness {
 
     fn process_id(&self, session_id: &str) -> Option<u32> {
         self.sessions.pid(session_id)
+    }
+
+    fn process_count(&self) -> usize {
+        self.sessions.count()
     }
 }

@@ -1,7 +1,7 @@
 //! # karta-harness — agent harnesses behind one trait
 //!
 //! A *harness* runs an agent turn: it talks to the model, runs tools, asks for
-//! approvals, and reports what happens as a stream of [`HarnessEvent`]s. The
+//! approvals, and reports what happens as a stream of protocol [`Event`]s. The
 //! host (`karta-host`) owns sessions, storage and the wire protocol; a harness
 //! owns only the turn.
 //!
@@ -24,17 +24,23 @@
 pub mod builtin;
 pub mod claude_code;
 mod events;
+pub mod http;
+pub mod model_stream;
 pub mod opencode;
 pub mod process;
 mod slots;
-mod sse;
+pub mod sse;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 
-pub use events::{HarnessEvent, ToolStatus, Usage};
+pub use events::{
+    DoneData, Envelope, ErrorCode, ErrorData, Event, InputKind, InputRequiredData, ReasoningData,
+    ReasoningPart, Source, StepFinishData, StepStartData, TextData, TextPart, ToolError,
+    ToolErrorKind, ToolPart, ToolState, ToolStatus, ToolUseData, TurnStatus, Usage,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -56,28 +62,51 @@ pub struct ToolDef {
 /// What a tool call produced, as the harness reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolResult {
-    /// The output (JSON) or the error message.
-    pub content: Result<serde_json::Value, ToolFailure>,
+    /// The output (JSON) or the error.
+    pub content: Result<serde_json::Value, ToolError>,
     /// Fuel the call used, when it ran in wasm.
     pub fuel: Option<u64>,
     /// Wall-clock time of the call.
     pub duration_ms: u64,
 }
 
-/// A tool call that failed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ToolFailure {
-    /// The error kind (`out_of_fuel`, `access_denied`, …).
-    pub kind: String,
-    /// The message.
-    pub message: String,
+impl ToolResult {
+    /// A call that failed before anything ran.
+    pub fn failed(kind: ToolErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            content: Err(ToolError {
+                kind,
+                message: message.into(),
+            }),
+            fuel: None,
+            duration_ms: 0,
+        }
+    }
+
+    /// The finished `tool_use` event of this call.
+    pub fn event(
+        &self,
+        part_id: impl Into<String>,
+        tool: impl Into<String>,
+        input: serde_json::Value,
+    ) -> Event {
+        Event::tool_finished(
+            part_id,
+            tool,
+            input,
+            self.content.clone(),
+            self.fuel,
+            Some(self.duration_ms),
+        )
+    }
 }
 
 /// A person's answer to an approval request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
-    /// Run this call.
+    /// Run this call. (`allow` is accepted as an old name of it.)
+    #[serde(alias = "allow")]
     ApproveOnce,
     /// Run this call and every later call of the same tool in this session.
     ApproveSession,
@@ -117,13 +146,23 @@ pub trait TurnHost: Send + Sync {
     }
 }
 
+/// An event as a harness emits it, with its native payload when that is
+/// worth logging (the envelope's `raw`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emitted {
+    /// The event.
+    pub event: Event,
+    /// The harness's own payload.
+    pub raw: Option<serde_json::Value>,
+}
+
 /// Everything a harness needs for one turn.
 pub struct TurnContext<'a> {
     /// The host side: tools and approvals.
     pub host: &'a dyn TurnHost,
     /// Where events go, in order. A closed channel means nobody listens any
     /// more; the turn goes on regardless.
-    pub events: mpsc::UnboundedSender<HarnessEvent>,
+    pub events: mpsc::UnboundedSender<Emitted>,
     /// Cancelled when the turn must stop (cancel route, session delete).
     pub cancel: CancellationToken,
 }
@@ -131,8 +170,17 @@ pub struct TurnContext<'a> {
 impl TurnContext<'_> {
     /// Sends an event (ignoring a closed channel: the host logs events, and a
     /// turn must not fail because a listener left).
-    pub fn emit(&self, event: HarnessEvent) {
-        let _ = self.events.send(event);
+    pub fn emit(&self, event: Event) {
+        let _ = self.events.send(Emitted { event, raw: None });
+    }
+
+    /// Sends an event with the harness's native payload, kept in the log as
+    /// the envelope's `raw`.
+    pub fn emit_raw(&self, event: Event, raw: serde_json::Value) {
+        let _ = self.events.send(Emitted {
+            event,
+            raw: Some(raw),
+        });
     }
 
     /// Whether `tool` may run with `input`: at once when it needs no
@@ -205,10 +253,10 @@ pub struct TurnOutcome {
     pub new_messages: Vec<serde_json::Value>,
     /// The final assistant text of the turn.
     pub text: String,
-    /// Tokens used by the turn.
+    /// Tokens used by the turn, as the harness counted them.
     pub usage: Usage,
-    /// `completed`, `denied`, `cancelled` or `error`.
-    pub status: String,
+    /// How it ended.
+    pub status: TurnStatus,
 }
 
 /// An agent harness.
@@ -234,5 +282,10 @@ pub trait Harness: Send + Sync {
     /// measuring memory per session).
     fn process_id(&self, _session_id: &str) -> Option<u32> {
         None
+    }
+
+    /// How many harness processes run (for metrics).
+    fn process_count(&self) -> usize {
+        0
     }
 }

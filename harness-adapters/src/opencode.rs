@@ -42,14 +42,15 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+use crate::http::HttpClient;
 use crate::process::{HarnessProcess, JailSpec, Spawn, session_env};
 use crate::slots::{
     ReportedResult, Slots, TurnFailure, finish_turn, finished_tool_use, new_message_id, outcome,
     remember, remembered, slot_process, stop_when_idle,
 };
-use crate::sse::LoopbackClient;
 use crate::{
-    BoxFuture, Harness, HarnessEvent, SessionInfo, TurnContext, TurnOutcome, TurnRequest, Usage,
+    BoxFuture, ErrorCode, Event, Harness, SessionInfo, TurnContext, TurnOutcome, TurnRequest,
+    TurnStatus, Usage,
 };
 
 /// The name of the host's MCP server in OpenCode's config; its tools are
@@ -73,18 +74,20 @@ const PERMISSION_INPUT_WAIT: Duration = Duration::from_secs(2);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Settings of the OpenCode harness.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OpencodeConfig {
     /// The `opencode` binary.
     pub program: PathBuf,
     /// A session's server is stopped after this long without a turn.
     pub idle_timeout: Duration,
+    /// The host's shared HTTP client, for the servers' loopback APIs.
+    pub client: HttpClient,
 }
 
 /// The OpenCode harness (see the module docs).
 pub struct OpencodeHarness {
     config: OpencodeConfig,
-    client: LoopbackClient,
+    client: HttpClient,
     /// Each session's server slot (empty when stopped).
     sessions: Slots<OpencodeServer>,
 }
@@ -110,8 +113,8 @@ impl OpencodeHarness {
     /// A harness running `config.program`.
     pub fn new(config: OpencodeConfig) -> Self {
         Self {
+            client: config.client.clone(),
             config,
-            client: LoopbackClient::default(),
             sessions: Slots::default(),
         }
     }
@@ -179,21 +182,20 @@ impl OpencodeHarness {
     }
 
     async fn start(&self, request: &TurnRequest) -> Result<OpencodeServer, TurnFailure> {
-        let port = free_port()
-            .map_err(|e| TurnFailure::new("harness_error", format!("no free port: {e}")))?;
-        let spawn = self.spawn_for(request, port).map_err(|e| {
-            TurnFailure::new("harness_error", format!("cannot prepare opencode: {e}"))
-        })?;
+        let port = free_port().map_err(|e| TurnFailure::harness(format!("no free port: {e}")))?;
+        let spawn = self
+            .spawn_for(request, port)
+            .map_err(|e| TurnFailure::harness(format!("cannot prepare opencode: {e}")))?;
         let mut process = HarnessProcess::start(&spawn).map_err(|e| {
             TurnFailure::new(
-                "harness_unavailable",
+                ErrorCode::HarnessUnavailable,
                 format!("cannot start {}: {e}", spawn.program.display()),
             )
         })?;
         // Ready once it says where it listens (it binds late, and a
         // connection made before that can stall).
         let Some(stdout) = process.child.stdout.take() else {
-            return Err(TurnFailure::new("harness_error", "opencode has no stdout"));
+            return Err(TurnFailure::harness("opencode has no stdout"));
         };
         let mut lines = BufReader::new(stdout).lines();
         let listening = tokio::time::timeout(START_TIMEOUT, async {
@@ -209,24 +211,18 @@ impl OpencodeHarness {
             Ok(Some(url)) => url,
             Ok(None) => {
                 let status = process.child.wait().await.ok();
-                return Err(TurnFailure::new(
-                    "harness_error",
-                    format!(
-                        "opencode exited before listening ({}); its last words: {}",
-                        status.map(|s| s.to_string()).unwrap_or_default(),
-                        process.stderr_tail()
-                    ),
-                ));
+                return Err(TurnFailure::harness(format!(
+                    "opencode exited before listening ({}); its last words: {}",
+                    status.map(|s| s.to_string()).unwrap_or_default(),
+                    process.stderr_tail()
+                )));
             }
             Err(_) => {
-                return Err(TurnFailure::new(
-                    "harness_error",
-                    format!(
-                        "opencode did not start listening within {}s; its last words: {}",
-                        START_TIMEOUT.as_secs(),
-                        process.stderr_tail()
-                    ),
-                ));
+                return Err(TurnFailure::harness(format!(
+                    "opencode did not start listening within {}s; its last words: {}",
+                    START_TIMEOUT.as_secs(),
+                    process.stderr_tail()
+                )));
             }
         };
         // Keep draining its stdout, so it never blocks on a full pipe.
@@ -250,10 +246,9 @@ impl OpencodeHarness {
                         Ok(Err(e)) => e,
                         _ => "no answer within 5 s".to_owned(),
                     };
-                    return Err(TurnFailure::new(
-                        "harness_error",
-                        format!("cannot follow opencode's events: {why}"),
-                    ));
+                    return Err(TurnFailure::harness(format!(
+                        "cannot follow opencode's events: {why}"
+                    )));
                 }
                 _ => attempt += 1,
             }
@@ -279,7 +274,7 @@ impl OpencodeHarness {
                 .client
                 .json("GET", &format!("{base}/session/{previous}"), None)
                 .await
-                .map_err(|e| TurnFailure::new("harness_error", e))?;
+                .map_err(TurnFailure::harness)?;
             if status == 200 {
                 return Ok(OpencodeServer {
                     process,
@@ -298,12 +293,11 @@ impl OpencodeHarness {
                 Some(&json!({ "title": format!("karta {}", request.session.id) })),
             )
             .await
-            .map_err(|e| TurnFailure::new("harness_error", e))?;
+            .map_err(TurnFailure::harness)?;
         let Some(id) = created["id"].as_str().filter(|_| status < 300) else {
-            return Err(TurnFailure::new(
-                "harness_error",
-                format!("opencode did not create a session ({status}): {created}"),
-            ));
+            return Err(TurnFailure::harness(format!(
+                "opencode did not create a session ({status}): {created}"
+            )));
         };
         remember(home, RESUME_FILE, id);
         Ok(OpencodeServer {
@@ -335,12 +329,12 @@ impl OpencodeHarness {
         request: &TurnRequest,
         cx: &TurnContext<'_>,
         turn: &mut TurnState,
-    ) -> Result<String, TurnFailure> {
+    ) -> Result<TurnStatus, TurnFailure> {
         if slot.is_none() {
             *slot = Some(self.start(request).await?);
         }
         let Some(server) = slot.as_mut() else {
-            return Err(TurnFailure::new("harness_error", "no opencode server"));
+            return Err(TurnFailure::harness("no opencode server"));
         };
         // Events of an earlier turn (late updates) are not this turn's.
         while server.events.try_recv().is_ok() {}
@@ -352,14 +346,12 @@ impl OpencodeHarness {
             if is_opencode_agent(&request.session.workspace, agent) {
                 body["agent"] = json!(agent);
             } else {
-                cx.emit(HarnessEvent::System {
-                    data: json!({
-                        "harness": "opencode",
-                        "notice": format!(
-                            "`{agent}` is not an OpenCode agent of this app (.opencode/agents/); OpenCode answers with its default agent"
-                        ),
-                    }),
-                });
+                cx.emit(Event::System(json!({
+                    "harness": "opencode",
+                    "notice": format!(
+                        "`{agent}` is not an OpenCode agent of this app (.opencode/agents/); OpenCode answers with its default agent"
+                    ),
+                })));
             }
         }
         let url = format!("{}/session/{}/prompt_async", server.base, server.session);
@@ -367,12 +359,11 @@ impl OpencodeHarness {
             .client
             .json("POST", &url, Some(&body))
             .await
-            .map_err(|e| TurnFailure::new("harness_error", e))?;
+            .map_err(TurnFailure::harness)?;
         if status >= 300 {
-            return Err(TurnFailure::new(
-                "harness_error",
-                format!("opencode refused the message ({status}): {answer}"),
-            ));
+            return Err(TurnFailure::harness(format!(
+                "opencode refused the message ({status}): {answer}"
+            )));
         }
         // Permission requests whose tool input has not shown up yet: OpenCode
         // announces the request before the tool part carrying the input.
@@ -388,10 +379,9 @@ impl OpencodeHarness {
             };
             let Some(event) = next else {
                 let tail = server.process.stderr_tail();
-                return Err(TurnFailure::new(
-                    "harness_error",
-                    format!("opencode's event stream ended; its last words: {tail}"),
-                ));
+                return Err(TurnFailure::harness(format!(
+                    "opencode's event stream ended; its last words: {tail}"
+                )));
             };
             let properties = &event["properties"];
             let ours = event_session(&event).is_none_or(|s| s == server.session);
@@ -440,12 +430,11 @@ impl OpencodeHarness {
                     .client
                     .json("POST", &url, Some(&reply))
                     .await
-                    .map_err(|e| TurnFailure::new("harness_error", e))?;
+                    .map_err(TurnFailure::harness)?;
                 if status >= 300 {
-                    return Err(TurnFailure::new(
-                        "harness_error",
-                        format!("opencode refused the permission reply ({status}): {answer}"),
-                    ));
+                    return Err(TurnFailure::harness(format!(
+                        "opencode refused the permission reply ({status}): {answer}"
+                    )));
                 }
             }
         }
@@ -571,15 +560,14 @@ impl TurnState {
             .unwrap_or_default()
     }
 
-    fn finish(&mut self) -> Result<String, TurnFailure> {
+    fn finish(&mut self) -> Result<TurnStatus, TurnFailure> {
         match self.error.take() {
-            Some(message) => Err(TurnFailure::new("model_error", message)),
+            Some(message) => Err(TurnFailure::new(ErrorCode::ModelError, message)),
             None => Ok(if self.any_denied {
-                "denied"
+                TurnStatus::Denied
             } else {
-                "completed"
-            }
-            .to_owned()),
+                TurnStatus::Completed
+            }),
         }
     }
 
@@ -621,20 +609,14 @@ impl TurnState {
             return;
         }
         if self.reasoning.contains(part_id) {
-            cx.emit(HarnessEvent::Reasoning {
-                part_id: part_id.to_owned(),
-                text: delta.to_owned(),
-            });
+            cx.emit(Event::reasoning(part_id, delta));
         } else {
             self.texts
                 .entry(part_id.to_owned())
                 .or_default()
                 .push_str(delta);
             self.last_text_part = Some(part_id.to_owned());
-            cx.emit(HarnessEvent::Text {
-                part_id: part_id.to_owned(),
-                text: delta.to_owned(),
-            });
+            cx.emit(Event::text(part_id, delta));
         }
     }
 
@@ -652,10 +634,7 @@ impl TurnState {
                 if let Some(new) = full.strip_prefix(seen.as_str())
                     && !new.is_empty()
                 {
-                    cx.emit(HarnessEvent::Text {
-                        part_id: id.clone(),
-                        text: new.to_owned(),
-                    });
+                    cx.emit(Event::text(id.clone(), new));
                 }
                 *seen = full.to_owned();
                 self.last_text_part = Some(id);
@@ -664,30 +643,18 @@ impl TurnState {
                 let first = self.reasoning.insert(id.clone());
                 let text = part["text"].as_str().unwrap_or_default();
                 if first && !text.is_empty() {
-                    cx.emit(HarnessEvent::Reasoning {
-                        part_id: id,
-                        text: text.to_owned(),
-                    });
+                    cx.emit(Event::reasoning(id, text));
                 }
             }
-            Some("step-start") => cx.emit(HarnessEvent::StepStart {
-                step_index: self.step_index,
-            }),
+            Some("step-start") => cx.emit(Event::step_start(self.step_index)),
             Some("step-finish") => {
-                let tokens = &part["tokens"];
-                let usage = Usage {
-                    input_tokens: tokens["input"].as_u64().unwrap_or(0)
-                        + tokens["cache"]["read"].as_u64().unwrap_or(0)
-                        + tokens["cache"]["write"].as_u64().unwrap_or(0),
-                    output_tokens: tokens["output"].as_u64().unwrap_or(0)
-                        + tokens["reasoning"].as_u64().unwrap_or(0),
-                };
+                let usage = opencode_usage(&part["tokens"]);
                 self.usage.add(usage);
-                cx.emit(HarnessEvent::StepFinish {
-                    step_index: self.step_index,
+                cx.emit(Event::step_finish(
+                    self.step_index,
                     usage,
-                    stop_reason: part["reason"].as_str().unwrap_or("stop").to_owned(),
-                });
+                    part["reason"].as_str().unwrap_or("stop"),
+                ));
                 self.step_index += 1;
             }
             Some("tool") => self.tool_part(part, cx),
@@ -709,7 +676,7 @@ impl TurnState {
         }
         match state["status"].as_str() {
             Some("running") if self.running.insert(call.clone()) => {
-                cx.emit(HarnessEvent::tool_running(call, tool, input));
+                cx.emit(Event::tool_running(call, tool, input));
             }
             Some(status @ ("completed" | "error")) if self.finished.insert(call.clone()) => {
                 let run = cx.host.take_tool_run(&tool, &input);
@@ -728,6 +695,19 @@ impl TurnState {
             }
             _ => {}
         }
+    }
+}
+
+/// A step's tokens as OpenCode reports them (`{input, output, reasoning,
+/// cache: {read, write}}`), split as Karta counts them: its `input` excludes
+/// the cache, and reasoning is output.
+fn opencode_usage(tokens: &Value) -> Usage {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    Usage {
+        input_tokens: n(&tokens["input"]),
+        output_tokens: n(&tokens["output"]) + n(&tokens["reasoning"]),
+        cache_read_tokens: n(&tokens["cache"]["read"]),
+        cache_write_tokens: n(&tokens["cache"]["write"]),
     }
 }
 
@@ -767,5 +747,9 @@ impl Harness for OpencodeHarness {
 
     fn process_id(&self, session_id: &str) -> Option<u32> {
         self.sessions.pid(session_id)
+    }
+
+    fn process_count(&self) -> usize {
+        self.sessions.count()
     }
 }

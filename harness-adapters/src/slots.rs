@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::process::HarnessProcess;
-use crate::{HarnessEvent, ToolResult, ToolStatus, TurnContext, TurnOutcome, Usage};
+use crate::{
+    ErrorCode, Event, ToolError, ToolErrorKind, ToolResult, TurnContext, TurnOutcome, TurnStatus,
+    Usage,
+};
 
 /// A session's running harness process, as a slot holds it.
 pub(crate) trait SlotProcess: Send + 'static {
@@ -89,6 +92,15 @@ impl<P: SlotProcess> Slots<P> {
         }
     }
 
+    /// How many sessions have a process (a slot held by a turn counts: the
+    /// turn has or is starting one).
+    pub(crate) fn count(&self) -> usize {
+        lock(&self.map)
+            .values()
+            .filter(|slot| slot.try_lock().map_or(true, |process| process.is_some()))
+            .count()
+    }
+
     /// The process id of `session_id`'s process, when it runs and no turn
     /// holds the slot.
     pub(crate) fn pid(&self, session_id: &str) -> Option<u32> {
@@ -123,24 +135,42 @@ pub(crate) fn stop_when_idle<P: SlotProcess>(session_id: &str, slot: &Slot<P>, i
 
 /// Why a turn could not go on.
 #[derive(Debug)]
-pub(crate) struct TurnFailure {
-    /// The protocol error code (`cancelled` ends the turn as cancelled).
-    pub(crate) code: &'static str,
-    /// The details.
-    pub(crate) message: String,
+pub(crate) enum TurnFailure {
+    /// The turn was cancelled: it ends with `done` (cancelled).
+    Cancelled,
+    /// The turn failed: it ends with an `error` event.
+    Failed {
+        /// The protocol error code.
+        code: ErrorCode,
+        /// The details.
+        message: String,
+    },
 }
 
 impl TurnFailure {
-    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Failed {
             code,
             message: message.into(),
         }
     }
 
+    /// The harness itself failed or broke its protocol.
+    pub(crate) fn harness(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::HarnessError, message)
+    }
+
     /// The turn was cancelled.
     pub(crate) fn cancelled() -> Self {
-        Self::new("cancelled", "")
+        Self::Cancelled
+    }
+
+    /// What went wrong, for logs.
+    pub(crate) fn message(&self) -> &str {
+        match self {
+            Self::Cancelled => "cancelled",
+            Self::Failed { message, .. } => message,
+        }
     }
 }
 
@@ -152,53 +182,55 @@ impl TurnFailure {
 /// Returns the turn's status.
 pub(crate) async fn finish_turn<P: SlotProcess>(
     slot: &mut Option<P>,
-    result: Result<String, TurnFailure>,
+    result: Result<TurnStatus, TurnFailure>,
     cx: &TurnContext<'_>,
     message_id: String,
     usage: Usage,
-) -> String {
+) -> TurnStatus {
     let failure = match result {
         Ok(status) => {
             if let Some(process) = slot.as_mut() {
                 process.touch();
             }
-            cx.emit(HarnessEvent::Done {
-                message_id,
-                usage,
-                status: status.clone(),
-            });
+            cx.emit(Event::done(message_id, usage, status));
             return status;
         }
         Err(failure) => failure,
     };
     // A model error ends the turn cleanly on the harness's side: its
     // process goes on. Anything else leaves it in an unknown state.
-    if failure.code != "model_error"
-        && let Some(process) = slot.take()
-    {
+    let keeps_process = matches!(
+        failure,
+        TurnFailure::Failed {
+            code: ErrorCode::ModelError,
+            ..
+        }
+    );
+    if !keeps_process && let Some(process) = slot.take() {
         process.into_harness_process().kill().await;
     } else if let Some(process) = slot.as_mut() {
         process.touch();
     }
-    if failure.code == "cancelled" {
-        cx.emit(HarnessEvent::Done {
-            message_id,
-            usage,
-            status: "cancelled".into(),
-        });
-        "cancelled".to_owned()
-    } else {
-        cx.emit(HarnessEvent::Error {
-            code: failure.code.to_owned(),
-            message: failure.message,
-        });
-        "error".to_owned()
+    match failure {
+        TurnFailure::Cancelled => {
+            cx.emit(Event::done(message_id, usage, TurnStatus::Cancelled));
+            TurnStatus::Cancelled
+        }
+        TurnFailure::Failed { code, message } => {
+            cx.emit(Event::error(code, message));
+            TurnStatus::Error
+        }
     }
 }
 
 /// The outcome the host records: the user's message and the assistant's
 /// final text (the harness keeps the full conversation itself).
-pub(crate) fn outcome(user_text: &str, text: String, usage: Usage, status: String) -> TurnOutcome {
+pub(crate) fn outcome(
+    user_text: &str,
+    text: String,
+    usage: Usage,
+    status: TurnStatus,
+) -> TurnOutcome {
     let mut new_messages =
         vec![json!({ "role": "user", "content": [{ "type": "text", "text": user_text }] })];
     if !text.is_empty() {
@@ -252,33 +284,17 @@ pub(crate) fn finished_tool_use(
     input: Value,
     run: Option<ToolResult>,
     reported: ReportedResult,
-) -> HarnessEvent {
-    let failed = |kind: &str, message: &str| json!({ "kind": kind, "message": message });
-    let (status, output, error) = match (&run, reported) {
-        (Some(run), _) => match &run.content {
-            Ok(output) => (ToolStatus::Completed, Some(output.clone()), None),
-            Err(failure) => (
-                ToolStatus::Error,
-                None,
-                Some(failed(&failure.kind, &failure.message)),
-            ),
-        },
-        (None, r) if r.denied => (ToolStatus::Error, None, Some(failed("denied", &r.text))),
-        (None, r) if r.is_error => (ToolStatus::Error, None, Some(failed("tool_error", &r.text))),
-        (None, r) => (
-            ToolStatus::Completed,
-            Some(serde_json::from_str(&r.text).unwrap_or(Value::String(r.text))),
-            None,
-        ),
-    };
-    HarnessEvent::ToolUse {
-        part_id,
-        tool,
-        status,
-        input,
-        output,
-        error,
-        fuel: run.as_ref().and_then(|r| r.fuel),
-        duration_ms: run.as_ref().map(|r| r.duration_ms),
+) -> Event {
+    if let Some(run) = run {
+        return run.event(part_id, tool, input);
     }
+    let failed = |kind, message| Err(ToolError { kind, message });
+    let result = if reported.denied {
+        failed(ToolErrorKind::Denied, reported.text)
+    } else if reported.is_error {
+        failed(ToolErrorKind::ToolError, reported.text)
+    } else {
+        Ok(serde_json::from_str(&reported.text).unwrap_or(Value::String(reported.text)))
+    };
+    Event::tool_finished(part_id, tool, input, result, None, None)
 }

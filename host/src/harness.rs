@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use karta_harness::Harness;
 use karta_harness::claude_code::{ClaudeCodeConfig, ClaudeCodeHarness};
+use karta_harness::http::HttpClient;
 use karta_harness::opencode::{OpencodeConfig, OpencodeHarness};
 use karta_harness::process::{find_on_path, is_executable};
 
@@ -93,7 +94,12 @@ pub struct Selection {
 }
 
 /// Picks the harness for an app that asks for `asked`.
-pub fn select(asked: HarnessKind, binaries: &HarnessBinaries, idle_timeout: Duration) -> Selection {
+pub fn select(
+    asked: HarnessKind,
+    binaries: &HarnessBinaries,
+    idle_timeout: Duration,
+    http: &HttpClient,
+) -> Selection {
     let harness: Option<Arc<dyn Harness>> = match asked {
         HarnessKind::Builtin => None,
         HarnessKind::ClaudeCode => binaries.claude.clone().map(|program| {
@@ -106,6 +112,7 @@ pub fn select(asked: HarnessKind, binaries: &HarnessBinaries, idle_timeout: Dura
             Arc::new(OpencodeHarness::new(OpencodeConfig {
                 program,
                 idle_timeout,
+                client: http.clone(),
             })) as Arc<dyn Harness>
         }),
     };

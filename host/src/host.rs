@@ -7,12 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use karta_harness::ToolDef;
+use karta_harness::http::HttpClient;
 
 use crate::app::{self, AppError, AppSpec, HarnessKind};
+use crate::credentials::Credentials;
 use crate::gateway::{Gateway, Upstream};
 use crate::harness::HarnessBinaries;
+use crate::listen::ServerTask;
+use crate::metrics::Metrics;
 use crate::plugin::{LoadError, PluginRuntime, RuntimeConfig, RuntimeError};
-use crate::session::{SessionConfig, SessionTool, Sessions};
+use crate::session::{SessionConfig, SessionParts, SessionTool, Sessions};
 use crate::store::{Store, StoreError};
 
 /// How to build a [`Host`].
@@ -97,31 +101,46 @@ pub enum HostError {
     Gateway(std::io::Error),
 }
 
-/// A running Karta host: the app, its plugins, the store, the gateway and
-/// the session manager.
+/// A running Karta host: the app, its plugins, the store, the gateway, the
+/// MCP server and the session manager. Cheap to clone; [`Host::shutdown`]
+/// stops it.
 #[derive(Clone)]
 pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+struct HostInner {
     sessions: Arc<Sessions>,
     gateway_url: String,
     mcp_url: String,
     harness_notice: Option<String>,
-    /// Stops the MCP server when the last clone of the host is dropped: its
-    /// task holds the sessions (and so the sled database and its lock).
-    _mcp_server: Arc<AbortOnDrop>,
+    /// The API servers [`Host::spawn_api`] started.
+    api: tokio::sync::Mutex<Vec<ServerTask>>,
+    /// The gateway and the MCP server: stopped after the turns.
+    ways_out: tokio::sync::Mutex<Vec<ServerTask>>,
+    /// Revokes the credentials of sessions whose harness process stopped.
+    sweeper: tokio::task::AbortHandle,
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
+impl Drop for HostInner {
     fn drop(&mut self) {
-        self.0.abort();
+        self.sweeper.abort();
     }
+}
+
+/// How often credentials left by stopped harness processes are revoked.
+const CREDENTIAL_SWEEP: Duration = Duration::from_secs(30);
+
+async fn loopback_listener() -> Result<tokio::net::TcpListener, HostError> {
+    tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .map_err(HostError::Gateway)
 }
 
 impl Host {
     /// Loads the app, opens the store, loads every plugin, and starts the
-    /// model gateway on a loopback port. Refuses to start on any error.
+    /// model gateway and the MCP server on loopback ports of their own.
+    /// Refuses to start on any error.
     pub async fn start(config: HostConfig) -> Result<Self, HostError> {
         let app = app::load(&config.app_dir)?;
         let data_error = |e: std::io::Error| HostError::DataDir {
@@ -137,16 +156,20 @@ impl Host {
         })?;
         let tools = load_tools(&runtime, &app).await?;
 
-        let gateway = Gateway::new(config.upstream.clone());
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
+        let credentials = Arc::new(Credentials::new());
+        let metrics = Arc::new(Metrics::new());
+        let http = HttpClient::new();
+        let gateway = Gateway::new(
+            config.upstream.clone(),
+            credentials.clone(),
+            metrics.clone(),
+        );
+        let (gateway_url, gateway_server) = gateway
+            .serve(loopback_listener().await?)
             .map_err(HostError::Gateway)?;
-        let gateway_url = gateway.serve(listener).await.map_err(HostError::Gateway)?;
         // The MCP server harness processes reach, on a loopback port of its
         // own (like the gateway: the only two ways out of a harness).
-        let mcp_listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .map_err(HostError::Gateway)?;
+        let mcp_listener = loopback_listener().await?;
         let mcp_url = format!(
             "http://{}",
             mcp_listener.local_addr().map_err(HostError::Gateway)?
@@ -155,87 +178,138 @@ impl Host {
             config.harness.unwrap_or(app.harness),
             &config.harness_binaries,
             config.harness_idle_timeout,
+            &http,
         );
-        let mut sessions = Sessions::new(
+        let sessions = Arc::new(Sessions::new(SessionParts {
             store,
-            Arc::new(app),
+            app: Arc::new(app),
             tools,
             gateway,
-            gateway_url.clone(),
-            SessionConfig {
+            gateway_url: gateway_url.clone(),
+            config: SessionConfig {
                 workspaces: data_dir.join("workspaces"),
                 homes: data_dir.join("homes"),
                 mcp_url: mcp_url.clone(),
                 approval_timeout: config.approval_timeout,
                 default_model: config.default_model,
             },
+            harness: selection.harness,
+            http,
+            credentials,
+            metrics,
+        }));
+        let mcp_server = crate::listen::spawn_server(
+            "MCP server",
+            mcp_listener,
+            crate::mcp::router(sessions.clone()),
         );
-        if let Some(harness) = selection.harness {
-            sessions = sessions.with_harness(harness);
-        }
-        let sessions = Arc::new(sessions);
-        let mcp_router = crate::mcp::router(sessions.clone());
-        let mcp_server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(mcp_listener, mcp_router).await {
-                tracing::error!("the MCP server stopped: {e}");
-            }
-        });
+        let sweeper = {
+            let sessions = Arc::downgrade(&sessions);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(CREDENTIAL_SWEEP);
+                loop {
+                    every.tick().await;
+                    match sessions.upgrade() {
+                        Some(sessions) => sessions.sweep_credentials(),
+                        None => return,
+                    }
+                }
+            })
+            .abort_handle()
+        };
         Ok(Self {
-            sessions,
-            gateway_url,
-            mcp_url,
-            harness_notice: selection.notice,
-            _mcp_server: Arc::new(AbortOnDrop(mcp_server)),
+            inner: Arc::new(HostInner {
+                sessions,
+                gateway_url,
+                mcp_url,
+                harness_notice: selection.notice,
+                api: tokio::sync::Mutex::default(),
+                ways_out: tokio::sync::Mutex::new(vec![gateway_server, mcp_server]),
+                sweeper,
+            }),
         })
     }
 
     /// The session manager (create sessions, send messages, subscribe).
     pub fn sessions(&self) -> &Arc<Sessions> {
-        &self.sessions
+        &self.inner.sessions
     }
 
     /// The app being served.
     pub fn app(&self) -> &AppSpec {
-        self.sessions.app()
+        self.inner.sessions.app()
     }
 
     /// The harness that runs turns (`builtin`, `claude_code`, `opencode`).
     pub fn harness_name(&self) -> &'static str {
-        self.sessions.harness_name()
+        self.inner.sessions.harness_name()
     }
 
     /// Why the app does not run on the harness it asks for, when it does
     /// not (its binary is missing).
     pub fn harness_notice(&self) -> Option<&str> {
-        self.harness_notice.as_deref()
+        self.inner.harness_notice.as_deref()
     }
 
     /// The model gateway's base URL (loopback).
     pub fn gateway_url(&self) -> &str {
-        &self.gateway_url
+        &self.inner.gateway_url
     }
 
     /// The MCP server's base URL (loopback); a session's endpoint is
     /// `{mcp_url}/mcp/{token}` with a token from
     /// [`Sessions::issue_mcp_token`].
     pub fn mcp_url(&self) -> &str {
-        &self.mcp_url
+        &self.inner.mcp_url
     }
 
     /// The HTTP API router.
     pub fn router(&self) -> axum::Router {
-        crate::api::router(self.sessions.clone())
+        crate::api::router(self.inner.sessions.clone())
     }
 
-    /// Serves the API on `listener` until `shutdown` resolves.
+    /// Serves the API on `listener` until `shutdown` resolves (the CLI's
+    /// way; see [`Host::spawn_api`] for a server the host stops itself).
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        let server = crate::listen::spawn_server("API", listener, self.router());
+        shutdown.await;
+        server.stop().await;
+        Ok(())
+    }
+
+    /// Serves the API on `listener` in the background until
+    /// [`Host::shutdown`]; returns the address it listens on.
+    pub async fn spawn_api(
+        &self,
+        listener: tokio::net::TcpListener,
+    ) -> std::io::Result<SocketAddr> {
+        let addr = listener.local_addr()?;
+        let server = crate::listen::spawn_server("API", listener, self.router());
+        self.inner.api.lock().await.push(server);
+        Ok(addr)
+    }
+
+    /// Stops the host: the API stops accepting, running turns are
+    /// cancelled and saved, harness processes are stopped, then the MCP
+    /// server and the gateway stop. Once every clone of the host is
+    /// dropped, the store is closed and its data dir may be opened again.
+    pub async fn shutdown(&self) {
+        // The API first, so no new turn starts; then the turns; then the
+        // ways out, which the turns were using.
+        let api = std::mem::take(&mut *self.inner.api.lock().await);
+        for server in api {
+            server.stop().await;
+        }
+        self.inner.sessions.shutdown().await;
+        let ways_out = std::mem::take(&mut *self.inner.ways_out.lock().await);
+        for server in ways_out {
+            server.stop().await;
+        }
+        self.inner.sweeper.abort();
     }
 }
 

@@ -72,12 +72,18 @@
 
 pub mod api;
 pub mod app;
+pub mod credentials;
 pub mod gateway;
 pub mod harness;
 mod host;
+pub mod listen;
 pub mod mcp;
+pub mod metrics;
 pub mod plugin;
 pub mod session;
 pub mod store;
+
+/// The protocol's events, as every part of the host speaks them.
+pub use karta_harness::{Envelope, ErrorCode, Event, TurnStatus, Usage};
 
 pub use host::{Host, HostConfig, HostError};

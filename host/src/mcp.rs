@@ -36,7 +36,8 @@ pub const PROTOCOL_VERSION: &str = "2025-11-25";
 /// Largest JSON-RPC message accepted.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// The MCP router: `POST /mcp/{token}`.
+/// The MCP router: `POST /mcp/{token}` (served by the host on its own
+/// loopback port, through [`crate::listen::spawn_server`]).
 pub fn router(sessions: Arc<Sessions>) -> Router {
     Router::new()
         .route(
@@ -122,7 +123,7 @@ async fn handle(
                         }),
                         Err(failure) => json!({
                             "content": [{ "type": "text", "text": format!("{}: {}", failure.kind, failure.message) }],
-                            "structuredContent": { "error": { "kind": failure.kind, "message": failure.message } },
+                            "structuredContent": { "error": failure },
                             "isError": true,
                             "_meta": meta,
                         }),

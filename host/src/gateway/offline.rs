@@ -18,8 +18,12 @@
 //! result, then the `/say` text if given.
 //!
 //! Usage is counted like a provider would, deterministically: a token per
-//! four characters of the request's messages and system prompt (input) and of
-//! the answer (output), at least one each.
+//! four characters (at least one) of the request's messages (input), of the
+//! answer (output), and of the system prompt, which is a prompt-cache
+//! *write* on a conversation's first call and a cache *read* on every later
+//! one (a request with an assistant message in it) — so every kind of
+//! token a provider bills shows up in tests. In the OpenAI shape, which has
+//! no cache writes, those count as plain input.
 
 use serde_json::{Value, json};
 
@@ -32,8 +36,13 @@ pub(crate) struct Conversation {
     pub(crate) user_texts: Vec<String>,
     /// Tool results after the last user text: (tool name, content, is_error).
     pub(crate) tool_results: Vec<(String, String, bool)>,
-    /// Characters of the whole request, for usage.
+    /// Characters of the request's messages, for usage.
     pub(crate) request_chars: usize,
+    /// Characters of its system prompt (the cached part), for usage.
+    pub(crate) system_chars: usize,
+    /// Whether the model answered before in this conversation (the system
+    /// prompt is then read from the cache).
+    pub(crate) follow_up: bool,
     /// The names of the tools the request offers.
     pub(crate) tool_names: Vec<String>,
 }
@@ -47,6 +56,8 @@ pub(crate) struct Reply {
     pub(crate) tool_calls: Vec<(String, String, Value)>,
     pub(crate) input_tokens: u64,
     pub(crate) output_tokens: u64,
+    pub(crate) cache_read_tokens: u64,
+    pub(crate) cache_write_tokens: u64,
 }
 
 /// A directive asked for an HTTP failure.
@@ -125,6 +136,14 @@ pub(crate) fn reply(conversation: &Conversation) -> Result<Reply, Failure> {
         reply.text = Some(text.trim_end().to_owned());
     }
     reply.input_tokens = tokens(conversation.request_chars);
+    if conversation.system_chars > 0 {
+        let cached = tokens(conversation.system_chars);
+        if conversation.follow_up {
+            reply.cache_read_tokens = cached;
+        } else {
+            reply.cache_write_tokens = cached;
+        }
+    }
     let out_chars = reply.text.as_ref().map_or(0, String::len)
         + reply.thinking.as_ref().map_or(0, String::len)
         + reply
@@ -204,7 +223,14 @@ pub(crate) fn from_anthropic(request: &Value) -> Conversation {
                 .join("\n"),
             _ => String::new(),
         },
-        request_chars: request["messages"].to_string().len() + request["system"].to_string().len(),
+        request_chars: request["messages"].to_string().len(),
+        system_chars: match &request["system"] {
+            Value::Null => 0,
+            other => other.to_string().len(),
+        },
+        follow_up: request["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["role"] == "assistant")),
         tool_names: request["tools"]
             .as_array()
             .into_iter()
@@ -264,6 +290,9 @@ pub(crate) fn from_anthropic(request: &Value) -> Conversation {
 pub(crate) fn from_openai(request: &Value) -> Conversation {
     let mut conversation = Conversation {
         request_chars: request["messages"].to_string().len(),
+        follow_up: request["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["role"] == "assistant")),
         tool_names: request["tools"]
             .as_array()
             .into_iter()
@@ -314,6 +343,11 @@ pub(crate) fn from_openai(request: &Value) -> Conversation {
             _ => {}
         }
     }
+    // The system messages are the cached part of the prompt.
+    conversation.system_chars = conversation.system.len();
+    conversation.request_chars = conversation
+        .request_chars
+        .saturating_sub(conversation.system_chars);
     conversation
 }
 

@@ -1,0 +1,152 @@
+//! The HTTP API: Karta's session protocol on axum.
+//!
+//! [`router`] is a plain function of the shared state, so tests can drive it
+//! without a socket and `karta serve` puts it on one. Routes are registered
+//! through `utoipa-axum`, which builds the OpenAPI document served at
+//! `GET /openapi.json` from the same handler annotations that route — the
+//! document cannot drift from the routes. Routes (flat, dev mode):
+//!
+//! | route | |
+//! | --- | --- |
+//! | `GET /healthz`, `GET /readyz` | liveness, readiness (one read of the store) |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /openapi.json` | this API, described |
+//! | `POST /v1/sessions` | create or resume (`session_id`) |
+//! | `GET /v1/sessions` | list; query = metadata filters, `page`, `per_page` |
+//! | `GET /v1/sessions/{id}` | the session object |
+//! | `DELETE /v1/sessions/{id}` | delete (cancels a running turn) |
+//! | `POST /v1/sessions/{id}/messages` | start a turn; `stream: true` answers SSE |
+//! | `PUT /v1/sessions/{id}/inputs/{request_id}` | answer an approval; the continuation |
+//! | `GET /v1/sessions/{id}/transcript` | messages with senders |
+//! | `GET /v1/sessions/{id}/events` | SSE replay (`?after=` / `Last-Event-ID`), then live until the turn ends or pauses |
+//! | `POST /v1/sessions/{id}/cancel` | stop the running turn |
+//!
+//! Errors are `{"error": "<code>", "message": "…"}` with the protocol's
+//! status codes; internal details are logged, not sent. Every request runs
+//! in a `request` span (method, path, and the session id once known).
+
+mod error;
+mod extract;
+mod sessions;
+mod sse;
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::{ApiError, ErrorBody};
+pub use extract::ApiJson;
+
+use crate::session::Sessions;
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Karta host",
+        description = "Karta's session protocol: sessions, turns streamed as Server-Sent Events, approvals, transcripts. See PROTOCOL.md."
+    ),
+    tags(
+        (name = "sessions", description = "Sessions and their turns"),
+        (name = "operations", description = "Health, readiness, metrics")
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI document, built once (it depends only on the code).
+static OPENAPI: OnceLock<String> = OnceLock::new();
+
+/// The router over `sessions`.
+pub fn router(sessions: Arc<Sessions>) -> Router {
+    let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+        .merge(sessions::routes())
+        .split_for_parts();
+    OPENAPI.get_or_init(|| document.to_pretty_json().unwrap_or_else(|_| "{}".into()));
+    router
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    session = tracing::field::Empty,
+                )
+            }),
+        )
+        .with_state(sessions)
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The host is up")))]
+async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Readiness: the store answers (one read, whatever its size).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready"),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ))]
+async fn readyz(State(sessions): State<Arc<Sessions>>) -> Response {
+    match sessions.store().check() {
+        Ok(()) => {
+            axum::Json(json!({ "status": "ready", "app": sessions.app().name })).into_response()
+        }
+        Err(e) => {
+            tracing::error!("not ready: {e}");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the store is unavailable",
+            )
+            .into_response()
+        }
+    }
+}
+
+/// Metrics in Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+async fn metrics(State(sessions): State<Arc<Sessions>>) -> Response {
+    let metrics = sessions.metrics();
+    metrics
+        .harness_processes
+        .set(sessions.harness_process_count() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+/// This API as an OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document")))]
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        OPENAPI.get().cloned().unwrap_or_default(),
+    )
+        .into_response()
+}

@@ -1,0 +1,48 @@
+//! The SSE writer: a subscription's items as Server-Sent Events, through
+//! axum's `Sse` with a keep-alive comment every 15 s (so a turn waiting
+//! for a person is not cut by proxies).
+//!
+//! An event is `event: <type>`, `id: <seq>`, `data: <envelope>`; a failed
+//! stream ends with an unnumbered `event: error` whose data is
+//! `{"type": "error", "data": {code, message}}`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::response::sse::{Event as Frame, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::session::Published;
+
+/// One SSE frame of a subscription item.
+fn frame(item: Published) -> Frame {
+    let built = match item {
+        Published::Event(envelope) => Frame::default()
+            .event(envelope.event.kind())
+            .id(envelope.seq.to_string())
+            .json_data(&*envelope),
+        Published::Failed(error) => Frame::default()
+            .event("error")
+            .json_data(json!({ "type": "error", "data": error })),
+    };
+    built.unwrap_or_else(|e| {
+        tracing::error!("cannot encode an event: {e}");
+        Frame::default().event("error").data(
+            json!({ "type": "error", "data": { "code": "internal", "message": "an event could not be encoded" } })
+                .to_string(),
+        )
+    })
+}
+
+/// The items of `events` as an SSE response.
+pub(super) fn stream(events: mpsc::Receiver<Published>) -> Response {
+    let frames: std::pin::Pin<Box<dyn Stream<Item = Result<Frame, Infallible>> + Send>> =
+        Box::pin(ReceiverStream::new(events).map(|item| Ok(frame(item))));
+    Sse::new(frames)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}

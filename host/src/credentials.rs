@@ -1,0 +1,145 @@
+//! The credentials a session's turn carries out of the host: its gateway key
+//! (the model endpoint meters calls to the session it names) and its MCP
+//! token (the MCP server runs the session's tools for whoever holds it).
+//!
+//! Both are unguessable bearer strings (`kgw_…`, `kmcp_…`, 128 random bits)
+//! minted together on a session's first turn and kept while something may
+//! use them: while the session is in memory, or while a harness process
+//! that was given them still runs. They are revoked when the session is
+//! deleted, and when it has left memory with no process left (see
+//! `session::live`). A revoked credential is refused like a forged one.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// A session's two credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCredentials {
+    /// For the model gateway (`x-api-key` / `Authorization: Bearer`).
+    pub gateway_key: String,
+    /// For the MCP server (in the endpoint's path).
+    pub mcp_token: String,
+}
+
+/// Every credential issued and not revoked.
+#[derive(Default)]
+pub struct Credentials {
+    inner: Mutex<Maps>,
+}
+
+#[derive(Default)]
+struct Maps {
+    by_session: HashMap<String, SessionCredentials>,
+    /// gateway key or MCP token -> session id.
+    owner: HashMap<String, String>,
+}
+
+fn lock(mutex: &Mutex<Maps>) -> std::sync::MutexGuard<'_, Maps> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn mint(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+impl Credentials {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The credentials of `session`, minted on first use.
+    pub fn for_session(&self, session: &str) -> SessionCredentials {
+        let mut maps = lock(&self.inner);
+        if let Some(existing) = maps.by_session.get(session) {
+            return existing.clone();
+        }
+        let issued = SessionCredentials {
+            gateway_key: mint("kgw"),
+            mcp_token: mint("kmcp"),
+        };
+        maps.owner
+            .insert(issued.gateway_key.clone(), session.to_owned());
+        maps.owner
+            .insert(issued.mcp_token.clone(), session.to_owned());
+        maps.by_session.insert(session.to_owned(), issued.clone());
+        issued
+    }
+
+    /// The session a gateway key belongs to.
+    pub fn session_for_gateway_key(&self, key: &str) -> Option<String> {
+        self.owner_of(key, |c| &c.gateway_key)
+    }
+
+    /// The session an MCP token belongs to.
+    pub fn session_for_mcp_token(&self, token: &str) -> Option<String> {
+        self.owner_of(token, |c| &c.mcp_token)
+    }
+
+    /// The owner of `secret`, if it is that owner's credential of the kind
+    /// `field` picks (a gateway key is no MCP token, and back).
+    fn owner_of(
+        &self,
+        secret: &str,
+        field: impl Fn(&SessionCredentials) -> &String,
+    ) -> Option<String> {
+        let maps = lock(&self.inner);
+        let session = maps.owner.get(secret)?;
+        let issued = maps.by_session.get(session)?;
+        (field(issued) == secret).then(|| session.clone())
+    }
+
+    /// Revokes the credentials of `session`.
+    pub fn revoke(&self, session: &str) {
+        let mut maps = lock(&self.inner);
+        if let Some(issued) = maps.by_session.remove(session) {
+            maps.owner.remove(&issued.gateway_key);
+            maps.owner.remove(&issued.mcp_token);
+        }
+    }
+
+    /// The sessions holding credentials.
+    pub fn sessions(&self) -> Vec<String> {
+        lock(&self.inner).by_session.keys().cloned().collect()
+    }
+
+    /// How many sessions hold credentials.
+    pub fn len(&self) -> usize {
+        lock(&self.inner).by_session.len()
+    }
+
+    /// Whether no session holds credentials.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_name_their_session_and_their_kind_only_until_revoked() {
+        let registry = Credentials::new();
+        let a = registry.for_session("a");
+        assert_eq!(registry.for_session("a"), a, "minted once");
+        let b = registry.for_session("b");
+        assert_ne!(a.gateway_key, b.gateway_key);
+        assert_eq!(
+            registry.session_for_gateway_key(&a.gateway_key).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            registry.session_for_mcp_token(&b.mcp_token).as_deref(),
+            Some("b")
+        );
+        // A gateway key is no MCP token.
+        assert_eq!(registry.session_for_mcp_token(&a.gateway_key), None);
+        assert_eq!(registry.session_for_gateway_key("kgw_forged"), None);
+        registry.revoke("a");
+        assert_eq!(registry.session_for_gateway_key(&a.gateway_key), None);
+        assert_eq!(registry.session_for_mcp_token(&a.mcp_token), None);
+        assert_eq!(registry.len(), 1);
+        assert_ne!(registry.for_session("a"), a, "a new session gets new ones");
+    }
+}

@@ -1,0 +1,157 @@
+//! Answers pass through here on their way to the harness: a provider's,
+//! forwarded with the platform's key, and the offline model's alike. Their
+//! tokens are metered as they pass — an SSE answer event by event, before
+//! the event is sent on, so a harness never sees the end of an answer
+//! whose tokens are not yet counted; a unary answer when it is complete,
+//! before its last chunk is sent on. Nothing is buffered but the event
+//! being read (and, for a unary answer, a copy of the JSON to read its
+//! usage from).
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::{FutureExt, Stream, StreamExt};
+use http_body_util::Full;
+use karta_harness::model_stream::{UsageMeter, WireShape};
+use karta_harness::sse;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+
+use super::{Gateway, MAX_EVENT_BYTES, MAX_UNARY_BYTES, Upstream, UpstreamKind, error_response};
+
+/// A body relaying `chunks` while metering them to `session`.
+pub(super) fn metered<S, E>(
+    gateway: Gateway,
+    session: String,
+    shape: WireShape,
+    streaming: bool,
+    chunks: S,
+) -> Body
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
+    tokio::spawn(async move {
+        let mut chunks = std::pin::pin!(chunks);
+        let mut meter = UsageMeter::new(shape);
+        if streaming {
+            // The SSE reader is fed chunk by chunk and drained at once:
+            // every complete event is metered before its bytes go on.
+            let (feed, fed) = mpsc::unbounded_channel::<Bytes>();
+            let mut events = sse::events(
+                UnboundedReceiverStream::new(fed).map(Ok::<_, Infallible>),
+                MAX_EVENT_BYTES,
+            );
+            while let Some(chunk) = chunks.next().await {
+                let Ok(chunk) = chunk else { break };
+                let _ = feed.send(chunk.clone());
+                while let Some(Some(event)) = events.next().now_or_never() {
+                    match event {
+                        Ok(event) => {
+                            if let Some(data) = event.data.as_deref() {
+                                gateway.meter(&session, meter.observe(data));
+                            }
+                        }
+                        Err(e) => tracing::warn!("cannot read the model's stream for usage: {e}"),
+                    }
+                }
+                if tx.send(Ok(chunk)).await.is_err() {
+                    break;
+                }
+            }
+        } else {
+            // Hold each chunk back until the next one arrives, so the last
+            // goes on only once the whole answer is metered.
+            let mut copy = Vec::new();
+            let mut held: Option<Bytes> = None;
+            while let Some(chunk) = chunks.next().await {
+                let Ok(chunk) = chunk else { break };
+                if copy.len() + chunk.len() <= MAX_UNARY_BYTES {
+                    copy.extend_from_slice(&chunk);
+                }
+                if let Some(previous) = held.replace(chunk)
+                    && tx.send(Ok(previous)).await.is_err()
+                {
+                    return;
+                }
+            }
+            gateway.meter(&session, meter.observe_unary(&copy));
+            if let Some(last) = held {
+                let _ = tx.send(Ok(last)).await;
+            }
+        }
+    });
+    Body::from_stream(ReceiverStream::new(rx))
+}
+
+/// Sends the request on to the real provider with the platform's key and
+/// relays its answer back, metered.
+pub(super) async fn forward(
+    gateway: &Gateway,
+    upstream: &Upstream,
+    kind: UpstreamKind,
+    session: String,
+    bytes: Bytes,
+    streaming: bool,
+) -> Response {
+    let path = match upstream.kind {
+        UpstreamKind::Anthropic => "/v1/messages",
+        UpstreamKind::Openai => "/v1/chat/completions",
+    };
+    if upstream.kind != kind {
+        return error_response(
+            kind,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            &format!(
+                "this gateway's upstream speaks {:?}; use {path}",
+                upstream.kind
+            ),
+        );
+    }
+    let url = format!("{}{path}", upstream.base_url.trim_end_matches('/'));
+    let mut builder = hyper::Request::post(url).header("content-type", "application/json");
+    builder = match kind {
+        UpstreamKind::Anthropic => builder
+            .header("x-api-key", &upstream.api_key)
+            .header("anthropic-version", "2023-06-01"),
+        UpstreamKind::Openai => {
+            builder.header("authorization", format!("Bearer {}", upstream.api_key))
+        }
+    };
+    let Ok(outbound) = builder.body(Full::new(bytes)) else {
+        return error_response(
+            kind,
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            "bad upstream URL",
+        );
+    };
+    let response = match gateway.inner.client.request(outbound).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!("upstream unreachable: {e:#}");
+            return error_response(
+                kind,
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "the model provider could not be reached",
+            );
+        }
+    };
+    let status = response.status();
+    let content_type = response.headers().get("content-type").cloned();
+    let chunks = http_body_util::BodyDataStream::new(response.into_body());
+    let body = metered(gateway.clone(), session, kind.shape(), streaming, chunks);
+    let mut response = Response::builder().status(status);
+    if let Some(content_type) = content_type {
+        response = response.header("content-type", content_type);
+    }
+    response
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

@@ -1,0 +1,163 @@
+//! The event log of a session: append (number, write, publish), replay and
+//! subscribe.
+//!
+//! An event gets its sequence number, is written to sled, and only then is
+//! published, all under the session's state lock — so what a subscriber
+//! sees is in the log, in order, and a client that reconnects with the last
+//! number it saw (`after`) gets exactly what it missed, once.
+//!
+//! A stream ends after an event that ends it (`done`, `error`,
+//! `input_required`: [`Event::ends_stream`]), or with an unnumbered error
+//! frame ([`Published::Failed`]) when the log itself failed or the session
+//! was deleted — never silently.
+
+use std::sync::Arc;
+
+use karta_harness::{Envelope, ErrorData, Event, Source};
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc};
+
+use super::live::{LiveRef, LiveSession, SessionState};
+use super::{SessionError, now};
+use crate::store::{Store, StoreError};
+
+/// How many sequence numbers a turn may hand out per durable reservation
+/// (one flush of the record per this many events).
+const SEQ_BLOCK: u64 = 256;
+
+/// What subscribers of a session receive.
+#[derive(Debug, Clone)]
+pub enum Published {
+    /// An event of the log.
+    Event(Arc<Envelope>),
+    /// The stream cannot go on (the log could not be written, the session
+    /// was deleted): an unnumbered `error` frame, then the end.
+    Failed(ErrorData),
+}
+
+/// Reserves sequence numbers for a turn that is starting; the caller
+/// saves and flushes the record with the user's message.
+pub(crate) fn reserve_seqs(state: &mut SessionState) {
+    state.record.seq_reserved = state.next_seq + SEQ_BLOCK;
+}
+
+impl LiveSession {
+    /// Gives `event` the next sequence number and writes it; does not
+    /// publish it. The caller holds the state lock (`state`). While a turn
+    /// runs, numbers are handed out only below a durable reservation.
+    pub(crate) async fn write(
+        &self,
+        store: &Store,
+        state: &mut SessionState,
+        event: Event,
+        raw: Option<Value>,
+    ) -> Result<Arc<Envelope>, StoreError> {
+        let seq = state.next_seq;
+        if state.record.turn_running && seq > state.record.seq_reserved {
+            state.record.seq_reserved = seq + SEQ_BLOCK;
+            store.put_session(&state.record)?;
+            store.flush().await?;
+        }
+        let envelope = Arc::new(Envelope {
+            event,
+            source: Source::Karta,
+            session_id: self.id.clone(),
+            timestamp: now().0,
+            seq,
+            raw,
+        });
+        store.put_event(&envelope)?;
+        state.next_seq = seq + 1;
+        Ok(envelope)
+    }
+
+    /// Writes `event` and publishes it (nothing, once the session is
+    /// deleted).
+    pub(crate) async fn append(
+        &self,
+        store: &Store,
+        state: &mut SessionState,
+        event: Event,
+        raw: Option<Value>,
+    ) -> Result<(), StoreError> {
+        if self.is_deleted() {
+            return Ok(());
+        }
+        let envelope = self.write(store, state, event, raw).await?;
+        self.publish(Published::Event(envelope));
+        Ok(())
+    }
+
+    /// Sends to every subscriber (none listening is fine).
+    pub(crate) fn publish(&self, item: Published) {
+        let _ = self.events.send(item);
+    }
+}
+
+/// A subscription: replays the log after `after`; then, while a turn runs,
+/// follows it live until an event that ends the stream. A subscriber that
+/// joins after a turn ended still gets its terminal event from the replay;
+/// one that joins a paused turn ends after the pending `input_required`.
+pub(crate) async fn subscribe(
+    live: LiveRef,
+    store: Store,
+    after: u64,
+) -> Result<mpsc::Receiver<Published>, SessionError> {
+    // Under the state lock, so that a turn cannot end (clear its flag and
+    // publish its terminal event) between the replay and the flag's read.
+    let (mut rx, replay, running) = {
+        let _state = live.state.lock().await;
+        let rx = live.events.subscribe();
+        let replay = store.events_after(&live.id, after)?;
+        (rx, replay, live.is_running())
+    };
+    let (tx, out) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut last = after;
+        let mut replay_ended_stream = false;
+        for envelope in replay {
+            last = envelope.seq;
+            replay_ended_stream = envelope.event.ends_stream();
+            if tx.send(Published::Event(Arc::new(envelope))).await.is_err() {
+                return;
+            }
+        }
+        if !running || replay_ended_stream {
+            return;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(Published::Event(envelope)) => {
+                    if envelope.seq <= last {
+                        continue;
+                    }
+                    last = envelope.seq;
+                    let ends = envelope.event.ends_stream();
+                    if tx.send(Published::Event(envelope)).await.is_err() || ends {
+                        return;
+                    }
+                }
+                Ok(failed @ Published::Failed(_)) => {
+                    let _ = tx.send(failed).await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // A slow subscriber fell behind the channel: catch up
+                    // from the log, which has everything.
+                    let Ok(missed) = store.events_after(&live.id, last) else {
+                        return;
+                    };
+                    for envelope in missed {
+                        last = envelope.seq;
+                        let ends = envelope.event.ends_stream();
+                        if tx.send(Published::Event(Arc::new(envelope))).await.is_err() || ends {
+                            return;
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Ok(out)
+}

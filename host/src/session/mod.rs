@@ -1,0 +1,575 @@
+//! Sessions: the public face of everything a session is, in parts named
+//! for what they do.
+//!
+//! | part | file | owns |
+//! | --- | --- | --- |
+//! | [`Sessions`] | `mod.rs` | the API the HTTP routes and embedders call |
+//! | live sessions | `live.rs` | the sessions in memory, bounded; crash repair on load |
+//! | event log | `log.rs` | numbering, writing and publishing events; replay; subscriptions |
+//! | turn runner | `turn.rs` | saving a message, running the harness, saving the turn |
+//! | approvals | `approvals.rs` | requests waiting for a person, and their answers |
+//! | tools | `tools.rs` | which tools a turn may use, and running them |
+//!
+//! Records, histories and logs live in [`crate::store`]; the gateway keys
+//! and MCP tokens a turn carries out in [`crate::credentials`].
+//!
+//! One turn runs at a time per session; a message sent while a turn runs is
+//! refused with [`SessionError::TurnInProgress`] (HTTP 409) rather than
+//! queued, so a client always knows which turn its message started. A turn
+//! runs in a task of its own: it goes on when the client that started it
+//! disconnects, and stops on cancel, delete or shutdown.
+
+mod approvals;
+mod live;
+mod log;
+mod tools;
+mod turn;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use karta_harness::http::HttpClient;
+use karta_harness::{
+    Decision, Envelope, ErrorCode, ErrorData, Harness, InputRequiredData, ToolDef, ToolResult,
+    TurnStatus, Usage,
+};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+use crate::app::AppSpec;
+use crate::credentials::Credentials;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::store::{
+    Participant, ParticipantType, SessionRecord, Store, StoreError, TranscriptMessage,
+};
+use live::LiveMap;
+pub use log::Published;
+pub use tools::SessionTool;
+use tools::Toolbox;
+
+/// Why a session operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No such session (or not yours).
+    #[error("no session `{0}`")]
+    NotFound(String),
+    /// A turn is already running in this session.
+    #[error("a turn is already running in session `{0}`; wait for its `done` event or cancel it")]
+    TurnInProgress(String),
+    /// No pending input request with that id.
+    #[error("no pending input request `{0}` in this session")]
+    NoSuchInput(String),
+    /// The request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Settings of the session manager.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Where session workspaces live (`<dir>/<session id>`).
+    pub workspaces: PathBuf,
+    /// How long a turn waits for an approval before treating it as denied.
+    pub approval_timeout: Duration,
+    /// The model name sent when the agent names none.
+    pub default_model: String,
+    /// Where harness processes get their scratch `HOME`s
+    /// (`<dir>/<session id>`).
+    pub homes: PathBuf,
+    /// The MCP server's base URL; a session's endpoint is
+    /// `{mcp_url}/mcp/{token}`.
+    pub mcp_url: String,
+}
+
+/// What the session manager is built from.
+pub struct SessionParts {
+    /// The database.
+    pub store: Store,
+    /// The app served.
+    pub app: Arc<AppSpec>,
+    /// Its tools.
+    pub tools: Vec<SessionTool>,
+    /// The model gateway.
+    pub gateway: Gateway,
+    /// The gateway's base URL.
+    pub gateway_url: String,
+    /// Settings.
+    pub config: SessionConfig,
+    /// The process harness that runs turns; `None` runs them on the builtin
+    /// loop.
+    pub harness: Option<Arc<dyn Harness>>,
+    /// The shared HTTP client (the builtin loop's calls to the gateway).
+    pub http: HttpClient,
+    /// The credentials registry the gateway and the MCP server check.
+    pub credentials: Arc<Credentials>,
+    /// Where turns and tool calls are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// What a new message carries.
+#[derive(Debug, Clone, Default)]
+pub struct MessageRequest {
+    /// The text.
+    pub text: String,
+    /// Switch to this agent first (it stays the session's agent).
+    pub agent: Option<String>,
+    /// Who is speaking.
+    pub participant_name: Option<String>,
+    /// A person (default) or an agent.
+    pub participant_type: Option<ParticipantType>,
+    /// Ask the model to think first.
+    pub thinking: bool,
+}
+
+/// A started turn: the sequence number before its first event, and a
+/// receiver that resolves when the turn ends.
+pub struct StartedTurn {
+    /// Events of this turn have sequence numbers above this.
+    pub after: u64,
+    /// Resolves with the outcome when the turn ends.
+    pub finished: oneshot::Receiver<TurnSummary>,
+}
+
+/// How a turn ended, for unary answers.
+#[derive(Debug, Clone)]
+pub struct TurnSummary {
+    /// The final assistant text.
+    pub text: String,
+    /// The assistant message id.
+    pub message_id: String,
+    /// The agent that answered.
+    pub agent: Option<String>,
+    /// Tokens the gateway metered for the turn.
+    pub usage: Usage,
+    /// How it ended.
+    pub status: TurnStatus,
+}
+
+/// Where a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    /// No turn runs.
+    Idle,
+    /// A turn runs.
+    Running,
+    /// A turn waits for a person (`pending_input`).
+    WaitingInput,
+}
+
+/// The protocol's session object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionObject {
+    /// The session id.
+    pub id: String,
+    /// Caller metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// The agent the session talks to.
+    pub current_agent: Option<String>,
+    /// Where it is.
+    pub status: SessionStatus,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// Always `null`: sessions have no parents yet.
+    pub parent_id: Option<String>,
+    /// The approval a turn waits for.
+    pub pending_input: Option<InputRequiredData>,
+    /// Always `default`: tools ask as the app's grants say.
+    pub permission_mode: &'static str,
+    /// Who has spoken.
+    pub participants: Vec<Participant>,
+}
+
+impl SessionObject {
+    fn new(record: &SessionRecord, running: bool, pending: Option<InputRequiredData>) -> Self {
+        let status = match (&pending, running) {
+            (Some(_), _) => SessionStatus::WaitingInput,
+            (None, true) => SessionStatus::Running,
+            (None, false) => SessionStatus::Idle,
+        };
+        Self {
+            id: record.id.clone(),
+            metadata: record.metadata.clone(),
+            current_agent: record.current_agent.clone(),
+            status,
+            created_at: record.created_at.clone(),
+            updated_at: record.updated_at.clone(),
+            parent_id: None,
+            pending_input: pending,
+            permission_mode: "default",
+            participants: record.participants.clone(),
+        }
+    }
+}
+
+/// The session manager.
+pub struct Sessions {
+    store: Store,
+    app: Arc<AppSpec>,
+    toolbox: Toolbox,
+    gateway: Gateway,
+    gateway_url: String,
+    config: SessionConfig,
+    harness: Option<Arc<dyn Harness>>,
+    http: HttpClient,
+    live: Arc<LiveMap>,
+    credentials: Arc<Credentials>,
+    metrics: Arc<Metrics>,
+    /// Every running turn's task, so shutdown can wait for them.
+    turns: TaskTracker,
+}
+
+/// Now, as RFC 3339 (milliseconds) and as milliseconds since the epoch.
+fn now() -> (String, u64) {
+    let time = SystemTime::now();
+    let ms = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    (humantime::format_rfc3339_millis(time).to_string(), ms)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A session id a client may choose: `[A-Za-z0-9_-]{1,64}`.
+pub fn valid_session_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Sessions {
+    /// A manager over `parts`.
+    pub fn new(parts: SessionParts) -> Self {
+        let live = Arc::new(LiveMap::new(
+            parts.store.clone(),
+            parts.credentials.clone(),
+            parts.harness.clone(),
+            parts.metrics.clone(),
+        ));
+        Self {
+            toolbox: Toolbox {
+                app: parts.app.clone(),
+                tools: Arc::new(parts.tools),
+                metrics: parts.metrics.clone(),
+            },
+            store: parts.store,
+            app: parts.app,
+            gateway: parts.gateway,
+            gateway_url: parts.gateway_url,
+            config: parts.config,
+            harness: parts.harness,
+            http: parts.http,
+            live,
+            credentials: parts.credentials,
+            metrics: parts.metrics,
+            turns: TaskTracker::new(),
+        }
+    }
+
+    /// The name of the harness that runs turns.
+    pub fn harness_name(&self) -> &'static str {
+        self.harness.as_ref().map_or("builtin", |h| h.name())
+    }
+
+    /// How many harness processes run.
+    pub fn harness_process_count(&self) -> usize {
+        self.harness.as_ref().map_or(0, |h| h.process_count())
+    }
+
+    /// The harness process serving `session_id`, if one runs.
+    pub fn harness_process_id(&self, session_id: &str) -> Option<u32> {
+        self.harness.as_ref()?.process_id(session_id)
+    }
+
+    /// The app being served.
+    pub fn app(&self) -> &AppSpec {
+        &self.app
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The gateway.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// How many sessions are in memory now.
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// The MCP token of `session_id`: an unguessable bearer of the
+    /// session's tools, for a harness process's MCP client.
+    pub fn issue_mcp_token(&self, session_id: &str) -> Result<String, SessionError> {
+        if !self.store.contains_session(session_id)? {
+            return Err(SessionError::NotFound(session_id.to_owned()));
+        }
+        Ok(self.credentials.for_session(session_id).mcp_token)
+    }
+
+    /// The session an MCP token belongs to.
+    pub fn session_for_mcp_token(&self, token: &str) -> Option<String> {
+        self.credentials.session_for_mcp_token(token)
+    }
+
+    /// Revokes the credentials of sessions that have left memory and have
+    /// no harness process any more (the host runs this periodically).
+    pub fn sweep_credentials(&self) {
+        self.live.sweep_credentials();
+    }
+
+    /// The tools the session's current agent may use.
+    pub async fn session_tools(&self, id: &str) -> Result<Vec<ToolDef>, SessionError> {
+        let record = self.record(id)?;
+        // A process harness reads the app's skills itself, natively; it gets
+        // only the plugin tools.
+        let process_harness = self.harness.is_some();
+        Ok(self
+            .toolbox
+            .for_agent(record.current_agent.as_deref())
+            .into_iter()
+            .filter(|t| t.plugin.is_some() || !process_harness)
+            .map(|t| t.def)
+            .collect())
+    }
+
+    /// Runs one of the session's tools outside a builtin turn (for a harness
+    /// that calls tools over MCP), with the session workspace as its preopen.
+    pub async fn call_tool(
+        &self,
+        id: &str,
+        tool: &str,
+        input: &Value,
+    ) -> Result<ToolResult, SessionError> {
+        let live = self.live.get(id).await?;
+        let agent = live.state.lock().await.record.current_agent.clone();
+        let tools = self.toolbox.for_agent(agent.as_deref());
+        let result = self
+            .toolbox
+            .run(&tools, &self.workspace(id), tool, input)
+            .await;
+        live.record_tool_run(tool, input, &result);
+        Ok(result)
+    }
+
+    fn record(&self, id: &str) -> Result<SessionRecord, SessionError> {
+        self.store
+            .session(id)?
+            .ok_or_else(|| SessionError::NotFound(id.to_owned()))
+    }
+
+    /// Creates a session, or returns the existing one when `session_id` names
+    /// one (resume). Durable before it returns; it does not stay in memory.
+    pub async fn create(
+        &self,
+        session_id: Option<String>,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<SessionObject, SessionError> {
+        if metadata.len() > 50 {
+            return Err(SessionError::Invalid(
+                "metadata may hold at most 50 keys".into(),
+            ));
+        }
+        if let Some(id) = &session_id {
+            if !valid_session_id(id) {
+                return Err(SessionError::Invalid(
+                    "session_id must be 1-64 characters of [A-Za-z0-9_-]".into(),
+                ));
+            }
+            if self.store.contains_session(id)? {
+                return self.object(id).await;
+            }
+        }
+        let id = session_id.unwrap_or_else(|| format!("ses_{}", uuid::Uuid::new_v4().simple()));
+        let (stamp, ms) = now();
+        let record = SessionRecord {
+            v: 2,
+            id: id.clone(),
+            metadata,
+            current_agent: None,
+            created_at: stamp.clone(),
+            updated_at: stamp,
+            created_ms: ms,
+            participants: Vec::new(),
+            approved_tools: Default::default(),
+            turn_running: false,
+            seq_reserved: 0,
+        };
+        std::fs::create_dir_all(self.workspace(&id)).map_err(|e| {
+            SessionError::Invalid(format!("cannot create the session workspace: {e}"))
+        })?;
+        self.store.create_session(&record)?;
+        self.store.flush().await?;
+        Ok(SessionObject::new(&record, false, None))
+    }
+
+    /// The protocol's session object.
+    pub async fn object(&self, id: &str) -> Result<SessionObject, SessionError> {
+        let live = self.live.get(id).await?;
+        let record = live.state.lock().await.record.clone();
+        Ok(SessionObject::new(
+            &record,
+            live.is_running(),
+            live.approvals.first_pending(),
+        ))
+    }
+
+    /// Sessions whose metadata contains every `filters` pair, newest first:
+    /// page `page` (1-based) of `per_page`, and how many match in all.
+    pub fn list(
+        &self,
+        filters: &BTreeMap<String, String>,
+        page: usize,
+        per_page: usize,
+    ) -> Result<(Vec<SessionObject>, usize), SessionError> {
+        let offset = page
+            .checked_sub(1)
+            .and_then(|p| p.checked_mul(per_page))
+            .ok_or_else(|| SessionError::Invalid("`page` × `per_page` is too large".into()))?;
+        let found = self.store.list_sessions(filters, offset, per_page)?;
+        let objects = found
+            .records
+            .iter()
+            .map(|record| match self.live.peek(&record.id) {
+                // In memory: its turn and approvals are there.
+                Some(live) => {
+                    SessionObject::new(record, live.is_running(), live.approvals.first_pending())
+                }
+                None => SessionObject::new(record, false, None),
+            })
+            .collect();
+        Ok((objects, found.total))
+    }
+
+    /// Deletes a session: cancels its turn, drops its log, transcript and
+    /// workspace, revokes its credentials, stops its harness process. Its
+    /// subscribers' streams end with a `session_deleted` error frame.
+    pub async fn delete(&self, id: &str) -> Result<(), SessionError> {
+        let live = self.live.get(id).await?;
+        live.mark_deleted();
+        if let Some(cancel) = lock(&live.turn).clone() {
+            cancel.cancel();
+        }
+        live.approvals.clear();
+        {
+            let _state = live.state.lock().await;
+            self.store.delete_session(id)?;
+            self.store.flush().await?;
+        }
+        live.publish(Published::Failed(ErrorData {
+            code: ErrorCode::SessionDeleted,
+            message: format!("session `{id}` was deleted"),
+        }));
+        self.live.remove(id);
+        self.credentials.revoke(id);
+        self.gateway.take_usage(id);
+        if let Some(harness) = &self.harness {
+            harness.end_session(id).await;
+        }
+        let _ = std::fs::remove_dir_all(self.workspace(id));
+        let _ = std::fs::remove_dir_all(self.config.homes.join(id));
+        Ok(())
+    }
+
+    /// The transcript: every message with its sender.
+    pub fn transcript(&self, id: &str) -> Result<Vec<TranscriptMessage>, SessionError> {
+        if !self.store.contains_session(id)? {
+            return Err(SessionError::NotFound(id.to_owned()));
+        }
+        Ok(self.store.messages(id)?)
+    }
+
+    /// Events with a sequence number above `after`.
+    pub fn events_after(&self, id: &str, after: u64) -> Result<Vec<Envelope>, SessionError> {
+        if !self.store.contains_session(id)? {
+            return Err(SessionError::NotFound(id.to_owned()));
+        }
+        Ok(self.store.events_after(id, after)?)
+    }
+
+    /// Whether a turn is running in the session.
+    pub fn is_running(&self, id: &str) -> bool {
+        self.live.peek(id).is_some_and(|live| live.is_running())
+    }
+
+    /// A live subscription: replays the log after `after`, then follows the
+    /// running turn until its end or its next `input_required`.
+    pub async fn subscribe(
+        &self,
+        id: &str,
+        after: u64,
+    ) -> Result<mpsc::Receiver<Published>, SessionError> {
+        let live = self.live.get(id).await?;
+        log::subscribe(live, self.store.clone(), after).await
+    }
+
+    /// Starts a turn with `message`.
+    pub async fn send(
+        self: &Arc<Self>,
+        id: &str,
+        message: MessageRequest,
+    ) -> Result<StartedTurn, SessionError> {
+        turn::start(self, id, message).await
+    }
+
+    /// Cancels the running turn, if any; returns whether one was running.
+    pub async fn cancel(&self, id: &str) -> Result<bool, SessionError> {
+        let live = self.live.get(id).await?;
+        let running = lock(&live.turn).clone();
+        Ok(running.map(|cancel| cancel.cancel()).is_some())
+    }
+
+    /// Answers a pending input request.
+    pub async fn answer(
+        &self,
+        id: &str,
+        request_id: &str,
+        decision: Decision,
+    ) -> Result<(), SessionError> {
+        let live = self.live.get(id).await?;
+        live.approvals.answer(request_id, decision)
+    }
+
+    /// The last event sequence number written.
+    pub async fn last_seq(&self, id: &str) -> Result<u64, SessionError> {
+        let live = self.live.get(id).await?;
+        let state = live.state.lock().await;
+        Ok(state.next_seq - 1)
+    }
+
+    /// Stops every running turn and waits for their tasks to end (each
+    /// saves its turn as cancelled).
+    pub async fn shutdown(&self) {
+        self.live.cancel_turns();
+        self.turns.close();
+        self.turns.wait().await;
+        if let Some(harness) = &self.harness {
+            for id in self.credentials.sessions() {
+                harness.end_session(&id).await;
+            }
+        }
+    }
+}

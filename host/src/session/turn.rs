@@ -1,0 +1,417 @@
+//! Running a turn: the user's message is saved and the turn claimed
+//! ([`start`]); a task runs the harness, one writer appends its events in
+//! order, and the turn is saved and its terminal event published
+//! ([`run`]).
+//!
+//! The terminal event (`done` / `error`) is held back until the turn is
+//! saved — history, transcript, the record with the approvals it gathered
+//! and the end of its sequence reservation, flushed — and the session is
+//! free for the next message. A client that sees `done` may send at once,
+//! and that turn sees this one. Its `usage` is what the gateway metered for
+//! the session during the turn, so `done`, the transcript and the meter
+//! agree by construction.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use karta_harness::builtin::BuiltinHarness;
+use karta_harness::{
+    Emitted, ErrorCode, ErrorData, Event, Harness, SessionInfo, TurnContext, TurnOutcome,
+    TurnRequest, TurnStatus, Usage,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::approvals::TurnApprovals;
+use super::live::LiveRef;
+use super::log::{Published, reserve_seqs};
+use super::tools::{SessionTool, SessionTurnHost};
+use super::{MessageRequest, SessionError, Sessions, StartedTurn, TurnSummary, lock, now};
+use crate::credentials::SessionCredentials;
+use crate::store::{Participant, ParticipantType, Role, Store, StoreError, TranscriptMessage};
+
+/// Saves `message` and starts its turn.
+pub(super) async fn start(
+    sessions: &Arc<Sessions>,
+    id: &str,
+    message: MessageRequest,
+) -> Result<StartedTurn, SessionError> {
+    if message.text.trim().is_empty() {
+        return Err(SessionError::Invalid("`text` must not be empty".into()));
+    }
+    if let Some(agent) = &message.agent
+        && !sessions.app.agents.contains_key(agent)
+    {
+        return Err(SessionError::Invalid(format!(
+            "no agent `{agent}`; this app has: {}",
+            sessions
+                .app
+                .agents
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let live = sessions.live.get(id).await?;
+    let cancel = CancellationToken::new();
+    {
+        let mut turn = lock(&live.turn);
+        if turn.is_some() {
+            return Err(SessionError::TurnInProgress(id.to_owned()));
+        }
+        *turn = Some(cancel.clone());
+    }
+    let (after, request, agent) = match save_message(sessions, &live, &message).await {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            lock(&live.turn).take();
+            return Err(e);
+        }
+    };
+    let (finished_tx, finished) = oneshot::channel();
+    let task_sessions = sessions.clone();
+    sessions.turns.spawn(async move {
+        let summary = run(task_sessions, live, request, agent, cancel).await;
+        let _ = finished_tx.send(summary);
+    });
+    Ok(StartedTurn { after, finished })
+}
+
+/// Writes the user's message and marks the turn running, durably; returns
+/// the sequence number before the turn's first event, the harness's
+/// request and the agent.
+async fn save_message(
+    sessions: &Sessions,
+    live: &LiveRef,
+    message: &MessageRequest,
+) -> Result<(u64, TurnRequest, Option<String>), SessionError> {
+    let store = &sessions.store;
+    let mut state = live.state.lock().await;
+    if live.is_deleted() {
+        return Err(SessionError::NotFound(live.id.clone()));
+    }
+    let before = state.record.clone();
+    let participant = Participant {
+        name: message
+            .participant_name
+            .clone()
+            .unwrap_or_else(|| "user".into()),
+        kind: message.participant_type.unwrap_or_default(),
+    };
+    let (stamp, _) = now();
+    let record = &mut state.record;
+    if let Some(agent) = &message.agent {
+        record.current_agent = Some(agent.clone());
+    }
+    if !record.participants.contains(&participant) {
+        record.participants.push(participant.clone());
+    }
+    record.updated_at = stamp.clone();
+    record.turn_running = true;
+    let several_speakers = record.participants.len() > 1;
+    let agent = record.current_agent.clone();
+    reserve_seqs(&mut state);
+    let user_message = TranscriptMessage {
+        id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+        role: Role::User,
+        text: message.text.clone(),
+        participant_name: participant.name.clone(),
+        participant_type: participant.kind,
+        agent: None,
+        status: None,
+        usage: None,
+        created_at: stamp,
+    };
+    let written = async {
+        let index = store.append_message(&live.id, &user_message)?;
+        let saved = async {
+            store.put_session(&state.record)?;
+            store.flush().await
+        };
+        if let Err(e) = saved.await {
+            // Leave the session as it was: no message, no turn.
+            let _ = store.remove_message(&live.id, index);
+            return Err(e);
+        }
+        store.history(&live.id)
+    };
+    let history = match written.await {
+        Ok(history) => history,
+        Err(e) => {
+            state.record = before;
+            let _ = store.put_session(&state.record);
+            return Err(e.into());
+        }
+    };
+    let text = if participant.kind == ParticipantType::Ai || several_speakers {
+        // Several speakers: tell the model who says what.
+        format!("[{}]: {}", participant.name, message.text)
+    } else {
+        message.text.clone()
+    };
+    let request = TurnRequest {
+        system: sessions.system_prompt(agent.as_deref()),
+        history,
+        text,
+        thinking: message.thinking,
+        model: agent
+            .as_deref()
+            .and_then(|a| sessions.app.agents.get(a))
+            .and_then(|a| a.model.clone())
+            .unwrap_or_else(|| sessions.config.default_model.clone()),
+        agent: agent.clone(),
+        session: SessionInfo::default(),
+    };
+    Ok((state.next_seq - 1, request, agent))
+}
+
+/// Runs a turn to its end and saves it (see the module docs).
+async fn run(
+    sessions: Arc<Sessions>,
+    live: LiveRef,
+    mut request: TurnRequest,
+    agent: Option<String>,
+    cancel: CancellationToken,
+) -> TurnSummary {
+    let span = tracing::info_span!("turn", session = %live.id, harness = sessions.harness_name());
+    async move {
+        let started = Instant::now();
+        let credentials = sessions.credentials.for_session(&live.id);
+        let (events_tx, events_rx) = mpsc::unbounded_channel::<Emitted>();
+        let approved = live.state.lock().await.record.approved_tools.clone();
+        let host = SessionTurnHost {
+            live: live.clone(),
+            toolbox: sessions.toolbox.clone(),
+            tools: sessions.toolbox.for_agent(agent.as_deref()),
+            approvals: TurnApprovals::new(approved, sessions.config.approval_timeout),
+            events: events_tx.clone(),
+            workspace: sessions.workspace(&live.id),
+            cancel: cancel.clone(),
+        };
+        let writer = tokio::spawn(write_events(sessions.store.clone(), live.clone(), events_rx));
+        let context = TurnContext {
+            host: &host,
+            events: events_tx,
+            cancel,
+        };
+        let outcome = match &sessions.harness {
+            Some(harness) => match sessions.session_info(&live.id, &credentials, &host.tools) {
+                Ok(info) => {
+                    request.session = info;
+                    harness.run_turn(request, context).await
+                }
+                Err(message) => {
+                    context.emit(Event::error(ErrorCode::AppError, message));
+                    failed_outcome()
+                }
+            },
+            None => {
+                let builtin = BuiltinHarness::new(
+                    sessions.http.clone(),
+                    sessions.gateway_url.as_str(),
+                    credentials.gateway_key.as_str(),
+                );
+                builtin.run_turn(request, context).await
+            }
+        };
+        let approved = host.approvals.approved();
+        drop(host);
+        let terminal = writer.await.ok().flatten();
+        let metered = sessions.gateway.take_usage(&live.id);
+        if metered != outcome.usage {
+            tracing::debug!(harness = ?outcome.usage, ?metered, "the harness counted other tokens than the gateway metered");
+        }
+        let summary = finish(&sessions, &live, terminal, outcome, agent, metered, approved).await;
+        sessions
+            .metrics
+            .record_turn(sessions.harness_name(), summary.status, started.elapsed());
+        summary
+    }
+    .instrument(span)
+    .await
+}
+
+fn failed_outcome() -> TurnOutcome {
+    TurnOutcome {
+        new_messages: Vec::new(),
+        text: String::new(),
+        usage: Usage::default(),
+        status: TurnStatus::Error,
+    }
+}
+
+/// Appends the harness's events in order, holding back the terminal one.
+async fn write_events(
+    store: Store,
+    live: LiveRef,
+    mut events: mpsc::UnboundedReceiver<Emitted>,
+) -> Option<Emitted> {
+    let mut terminal = None;
+    let mut failed = false;
+    while let Some(emitted) = events.recv().await {
+        if emitted.event.ends_turn() {
+            terminal.get_or_insert(emitted);
+            continue;
+        }
+        let mut state = live.state.lock().await;
+        if let Err(e) = live
+            .append(&store, &mut state, emitted.event, emitted.raw)
+            .await
+        {
+            tracing::error!("cannot write an event: {e}");
+            if !failed {
+                // The streams of this turn cannot be trusted to be whole:
+                // end them with an error rather than a gap.
+                failed = true;
+                live.publish(Published::Failed(storage_failure()));
+            }
+        }
+    }
+    terminal
+}
+
+fn storage_failure() -> ErrorData {
+    ErrorData {
+        code: ErrorCode::StorageUnavailable,
+        message: "the session log could not be written; the turn's end is not recorded".into(),
+    }
+}
+
+/// Saves the turn, frees the session and publishes the terminal event,
+/// under one hold of the state lock.
+async fn finish(
+    sessions: &Sessions,
+    live: &LiveRef,
+    terminal: Option<Emitted>,
+    outcome: TurnOutcome,
+    agent: Option<String>,
+    metered: Usage,
+    approved: std::collections::BTreeSet<String>,
+) -> TurnSummary {
+    let mut terminal = terminal.unwrap_or_else(|| Emitted {
+        event: Event::error(
+            ErrorCode::HarnessError,
+            "the harness ended the turn without a done event",
+        ),
+        raw: None,
+    });
+    let (message_id, status) = match &mut terminal.event {
+        Event::Done(done) => {
+            done.usage = metered;
+            (done.message_id.clone(), done.status)
+        }
+        _ => (
+            format!("msg_{}", uuid::Uuid::new_v4().simple()),
+            TurnStatus::Error,
+        ),
+    };
+    let summary = TurnSummary {
+        text: outcome.text.clone(),
+        message_id: message_id.clone(),
+        agent: agent.clone(),
+        usage: metered,
+        status,
+    };
+    let store = &sessions.store;
+    let mut state = live.state.lock().await;
+    if live.is_deleted() {
+        lock(&live.turn).take();
+        return summary;
+    }
+    let (stamp, _) = now();
+    let assistant = TranscriptMessage {
+        id: message_id,
+        role: Role::Assistant,
+        text: outcome.text,
+        participant_name: agent.clone().unwrap_or_else(|| sessions.app.name.clone()),
+        participant_type: ParticipantType::Ai,
+        agent,
+        status: Some(status),
+        usage: Some(metered),
+        created_at: stamp.clone(),
+    };
+    let saved: Result<_, StoreError> = async {
+        store.append_history(&live.id, &outcome.new_messages)?;
+        store.append_message(&live.id, &assistant)?;
+        let envelope = live
+            .write(store, &mut state, terminal.event, terminal.raw)
+            .await?;
+        let record = &mut state.record;
+        record.turn_running = false;
+        record.seq_reserved = envelope.seq;
+        record.updated_at = stamp;
+        record.approved_tools = approved;
+        store.put_session(record)?;
+        store.flush().await?;
+        Ok(envelope)
+    }
+    .await;
+    lock(&live.turn).take();
+    match saved {
+        Ok(envelope) => live.publish(Published::Event(envelope)),
+        Err(e) => {
+            tracing::error!("cannot save the turn: {e}");
+            state.record.turn_running = false;
+            live.publish(Published::Failed(storage_failure()));
+        }
+    }
+    summary
+}
+
+impl Sessions {
+    /// The system prompt for `agent`: the app's instructions, the agent's
+    /// prompt, the skill index.
+    fn system_prompt(&self, agent: Option<&str>) -> String {
+        let mut prompt = self.app.instructions.trim().to_owned();
+        if let Some(agent) = agent.and_then(|a| self.app.agents.get(a)) {
+            prompt.push_str(&format!("\n\n# Agent: {}\n\n{}", agent.name, agent.prompt));
+        }
+        if !self.app.skills.is_empty() {
+            prompt.push_str("\n\n# Skills\n\nCall `load_skill` with a skill's name to read its instructions before using it.\n");
+            for skill in &self.app.skills {
+                prompt.push_str(&format!("- {}: {}\n", skill.name, skill.description));
+            }
+        }
+        prompt.trim().to_owned()
+    }
+
+    /// The session's workspace directory.
+    pub(crate) fn workspace(&self, id: &str) -> PathBuf {
+        self.config.workspaces.join(id)
+    }
+
+    /// What a process harness needs about the session: its workspace
+    /// (populated with the app's harness files), a scratch `HOME`, and its
+    /// two ways out — the gateway with the session's key and the MCP server
+    /// with the session's token.
+    fn session_info(
+        &self,
+        id: &str,
+        credentials: &SessionCredentials,
+        tools: &[SessionTool],
+    ) -> Result<SessionInfo, String> {
+        let workspace = self.workspace(id);
+        // Before every turn: a plugin may have changed them since. A harness
+        // without the app's instructions would answer as someone else, so a
+        // failed copy fails the turn.
+        crate::app::copy_harness_files(&self.app.root, &workspace)
+            .map_err(|e| format!("cannot give the harness the app's files: {e}"))?;
+        Ok(SessionInfo {
+            id: id.to_owned(),
+            workspace,
+            home: self.config.homes.join(id),
+            gateway_url: self.gateway_url.clone(),
+            gateway_key: credentials.gateway_key.clone(),
+            mcp_url: format!("{}/mcp/{}", self.config.mcp_url, credentials.mcp_token),
+            env: self.app.env.clone(),
+            preapproved_tools: tools
+                .iter()
+                .filter(|t| !t.approval)
+                .map(|t| t.def.name.clone())
+                .collect(),
+        })
+    }
+}

@@ -1,0 +1,328 @@
+//! Durable state in sled: one database per data dir, one tree per kind of
+//! record. The record types here *are* the on-disk schema.
+//!
+//! | tree | key | value |
+//! | --- | --- | --- |
+//! | `meta` | `schema_version` | `u32` big-endian |
+//! | `sessions` | session id | [`SessionRecord`] as JSON (small: no history) |
+//! | `sessions_by_time` | created ms (u64 BE), session id | — (listing, newest first) |
+//! | `sessions_by_meta` | key, value (each u32-BE length-prefixed), created ms, id | — (listing by metadata) |
+//! | `events` | session id, `0x00`, seq (u64 BE) | [`Envelope`] JSON |
+//! | `history` | session id, `0x00`, index (u64 BE) | a model message (Anthropic shape) |
+//! | `transcript` | session id, `0x00`, index (u64 BE) | [`TranscriptMessage`] JSON |
+//!
+//! Big-endian integers make a prefix scan return a session's rows in order,
+//! and a session id (`[A-Za-z0-9_-]`) never contains the `0x00` separator.
+//! Listing and readiness read the index trees and never the histories, so
+//! they cost the same with ten sessions as with a million histories.
+
+mod records;
+mod sessions;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use karta_harness::Envelope;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use records::{Participant, ParticipantType, Role, SessionRecord, TranscriptMessage};
+pub use sessions::SessionPage;
+
+/// The schema this build writes and reads. Version 1 kept each session's
+/// history inside its record; [`Store::open`] moves it out.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (I/O, corruption, a lock held by another process).
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record could not be encoded or decoded.
+    #[error("corrupt record: {0}")]
+    Codec(#[from] serde_json::Error),
+    /// The data dir was written by a newer Karta.
+    #[error("the data dir has schema version {found}; this build reads up to {SCHEMA_VERSION}")]
+    Schema {
+        /// What the data dir says.
+        found: u32,
+    },
+    /// A failure injected by a test (feature `fault-injection`).
+    #[error("injected storage failure")]
+    Injected,
+}
+
+/// The sled database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    sessions: sled::Tree,
+    by_time: sled::Tree,
+    by_meta: sled::Tree,
+    events: sled::Tree,
+    history: sled::Tree,
+    transcript: sled::Tree,
+    faults: Arc<Faults>,
+}
+
+/// Failures a test asked for: the next N flushes / event writes fail.
+#[derive(Default)]
+struct Faults {
+    flushes: AtomicU32,
+    event_writes: AtomicU32,
+}
+
+impl Faults {
+    fn take(counter: &AtomicU32) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// The key of row `index` of `session` in a per-session tree.
+fn child_key(session: &str, index: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(session.len() + 9);
+    key.extend_from_slice(session.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// The prefix of every row of `session` in a per-session tree.
+fn prefix(session: &str) -> Vec<u8> {
+    let mut key = session.as_bytes().to_vec();
+    key.push(0);
+    key
+}
+
+/// The trailing big-endian `u64` of a key.
+fn tail_u64(key: &[u8]) -> u64 {
+    key.len()
+        .checked_sub(8)
+        .and_then(|start| key[start..].try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`, moving an older schema
+    /// forward.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::open(dir)?;
+        let store = Self {
+            meta: db.open_tree("meta")?,
+            sessions: db.open_tree("sessions")?,
+            by_time: db.open_tree("sessions_by_time")?,
+            by_meta: db.open_tree("sessions_by_meta")?,
+            events: db.open_tree("events")?,
+            history: db.open_tree("history")?,
+            transcript: db.open_tree("transcript")?,
+            faults: Arc::default(),
+            db,
+        };
+        match store.schema_version()? {
+            None => {
+                store
+                    .meta
+                    .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+            }
+            Some(found) if found > SCHEMA_VERSION => return Err(StoreError::Schema { found }),
+            Some(1) => {
+                store.migrate_from_v1()?;
+                store.db.flush()?;
+            }
+            Some(_) => {}
+        }
+        Ok(store)
+    }
+
+    fn schema_version(&self) -> Result<Option<u32>, StoreError> {
+        Ok(self.meta.get("schema_version")?.map(|bytes| {
+            bytes
+                .as_ref()
+                .try_into()
+                .map(u32::from_be_bytes)
+                .unwrap_or(u32::MAX)
+        }))
+    }
+
+    /// Whether the database answers: one read of one key, whatever the
+    /// number of sessions (for `/readyz`).
+    pub fn check(&self) -> Result<(), StoreError> {
+        self.schema_version().map(|_| ())
+    }
+
+    /// Makes every write so far durable.
+    ///
+    /// Runs sled's blocking `flush` on the blocking pool: `flush_async`
+    /// stalled for good under a few hundred concurrent callers here (the
+    /// 500-session bench hung with it).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        if Faults::take(&self.faults.flushes) {
+            return Err(StoreError::Injected);
+        }
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| {
+                StoreError::Sled(sled::Error::Unsupported(format!("flush task failed: {e}")))
+            })??;
+        Ok(())
+    }
+
+    /// Makes the next `flushes` flushes and the next `event_writes` event
+    /// writes fail, for tests of what the host does when storage fails.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn inject_failures(&self, flushes: u32, event_writes: u32) {
+        self.faults.flushes.store(flushes, Ordering::SeqCst);
+        self.faults
+            .event_writes
+            .store(event_writes, Ordering::SeqCst);
+    }
+
+    /// Appends an event at its `seq`.
+    pub fn put_event(&self, envelope: &Envelope) -> Result<(), StoreError> {
+        if Faults::take(&self.faults.event_writes) {
+            return Err(StoreError::Injected);
+        }
+        self.events.insert(
+            child_key(&envelope.session_id, envelope.seq),
+            encode(envelope)?,
+        )?;
+        Ok(())
+    }
+
+    /// The events with a sequence number above `after`, in order.
+    pub fn events_after(&self, session: &str, after: u64) -> Result<Vec<Envelope>, StoreError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        self.events
+            .range(child_key(session, first)..=child_key(session, u64::MAX))
+            .values()
+            .map(|v| decode(&v?))
+            .collect()
+    }
+
+    /// The highest event sequence number of a session (0 when none).
+    pub fn last_seq(&self, session: &str) -> Result<u64, StoreError> {
+        last_index(&self.events, session).map(|last| last.unwrap_or(0))
+    }
+
+    /// The last event of a session.
+    pub fn last_event(&self, session: &str) -> Result<Option<Envelope>, StoreError> {
+        match self
+            .events
+            .scan_prefix(prefix(session))
+            .values()
+            .next_back()
+        {
+            Some(value) => Ok(Some(decode(&value?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Appends model messages to a session's history.
+    pub fn append_history(&self, session: &str, messages: &[Value]) -> Result<(), StoreError> {
+        let first = last_index(&self.history, session)?.map_or(0, |last| last + 1);
+        for (index, message) in (first..).zip(messages) {
+            self.history
+                .insert(child_key(session, index), encode(message)?)?;
+        }
+        Ok(())
+    }
+
+    /// A session's history, oldest first.
+    pub fn history(&self, session: &str) -> Result<Vec<Value>, StoreError> {
+        self.history
+            .scan_prefix(prefix(session))
+            .values()
+            .map(|v| decode(&v?))
+            .collect()
+    }
+
+    /// Appends a transcript message; returns its index.
+    pub fn append_message(
+        &self,
+        session: &str,
+        message: &TranscriptMessage,
+    ) -> Result<u64, StoreError> {
+        let index = last_index(&self.transcript, session)?.map_or(0, |last| last + 1);
+        self.transcript
+            .insert(child_key(session, index), encode(message)?)?;
+        Ok(index)
+    }
+
+    /// Removes transcript message `index` (a turn that could not start).
+    pub fn remove_message(&self, session: &str, index: u64) -> Result<(), StoreError> {
+        self.transcript.remove(child_key(session, index))?;
+        Ok(())
+    }
+
+    /// The transcript, in order.
+    pub fn messages(&self, session: &str) -> Result<Vec<TranscriptMessage>, StoreError> {
+        self.transcript
+            .scan_prefix(prefix(session))
+            .values()
+            .map(|v| decode(&v?))
+            .collect()
+    }
+
+    /// Removes every row of `session` from a per-session tree.
+    fn clear(tree: &sled::Tree, session: &str) -> Result<(), StoreError> {
+        let keys: Vec<sled::IVec> = tree
+            .scan_prefix(prefix(session))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for key in keys {
+            tree.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// Version 1 kept the history inside the session record and had no
+    /// listing indexes: move the history out, build the indexes.
+    fn migrate_from_v1(&self) -> Result<(), StoreError> {
+        for entry in self.sessions.iter() {
+            let (_, bytes) = entry?;
+            let mut old: Value = decode(&bytes)?;
+            let history = old
+                .get_mut("history")
+                .map(Value::take)
+                .and_then(|h| match h {
+                    Value::Array(messages) => Some(messages),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let record = SessionRecord::from_v1(old)?;
+            Self::clear(&self.history, &record.id)?;
+            self.append_history(&record.id, &history)?;
+            self.put_session(&record)?;
+            self.index_session(&record)?;
+        }
+        self.meta
+            .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+        Ok(())
+    }
+}
+
+/// The last index of `session`'s rows in `tree`.
+fn last_index(tree: &sled::Tree, session: &str) -> Result<Option<u64>, StoreError> {
+    match tree.scan_prefix(prefix(session)).keys().next_back() {
+        Some(key) => Ok(Some(tail_u64(&key?))),
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,112 @@
+//! The records the store keeps, as they are on disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use karta_harness::{TurnStatus, Usage};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::StoreError;
+
+/// Whether a participant is a person or an agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParticipantType {
+    /// A person.
+    #[default]
+    Human,
+    /// Another agent.
+    Ai,
+}
+
+/// Someone who takes part in a session.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Participant {
+    /// Their name.
+    pub name: String,
+    /// A person or an agent.
+    #[serde(rename = "type")]
+    pub kind: ParticipantType,
+}
+
+/// A session as stored: what it is, not what was said (the history, the
+/// transcript and the event log are trees of their own).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Record version.
+    pub v: u32,
+    /// The session id.
+    pub id: String,
+    /// Caller metadata (e.g. `customer_id`), searchable.
+    pub metadata: BTreeMap<String, String>,
+    /// The agent the session talks to, if one was chosen.
+    pub current_agent: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// Milliseconds since the epoch, for ordering.
+    pub created_ms: u64,
+    /// Who has spoken, in order of first appearance.
+    pub participants: Vec<Participant>,
+    /// Tools a person approved for the whole session.
+    pub approved_tools: BTreeSet<String>,
+    /// Set (durably) when a turn starts and cleared when it ends: a record
+    /// loaded with it set belongs to a turn the host did not finish.
+    #[serde(default)]
+    pub turn_running: bool,
+    /// While a turn runs, the highest sequence number it may have handed
+    /// out before the last flush. After a crash the log resumes above it,
+    /// so a number a client saw but the disk lost is never given again.
+    #[serde(default)]
+    pub seq_reserved: u64,
+}
+
+impl SessionRecord {
+    /// A version-1 record (history inside, next_seq and message_count kept
+    /// in the record) read as the current version.
+    pub(super) fn from_v1(mut old: Value) -> Result<Self, StoreError> {
+        if let Some(fields) = old.as_object_mut() {
+            fields.remove("next_seq");
+            fields.remove("message_count");
+            fields.insert("v".into(), Value::from(2));
+        }
+        Ok(serde_json::from_value(old)?)
+    }
+}
+
+/// Who wrote a transcript message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A participant's message.
+    User,
+    /// The app's answer.
+    Assistant,
+}
+
+/// One message of the transcript, with its sender.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TranscriptMessage {
+    /// The message id.
+    pub id: String,
+    /// Who wrote it.
+    pub role: Role,
+    /// The text.
+    pub text: String,
+    /// The sender's name.
+    pub participant_name: String,
+    /// A person or an agent.
+    pub participant_type: ParticipantType,
+    /// The agent that answered (assistant messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// How the turn ended (assistant messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TurnStatus>,
+    /// The turn's metered tokens (assistant messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// RFC 3339.
+    pub created_at: String,
+}
