@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use karta_host::app::HarnessKind;
 use karta_host::harness::HarnessBinaries;
-use karta_host::session::{MessageRequest, Sessions};
+use karta_host::session::{MessageRequest, Published, Sessions};
+use karta_host::{Event, TurnStatus};
 use karta_host::{Host, HostConfig};
 
 /// The harnesses measured, with their names in the report.
@@ -67,18 +68,20 @@ async fn first_text(sessions: &std::sync::Arc<Sessions>, id: &str, text: &str) -
         )
         .await
         .expect("send");
-    let mut events = sessions.subscribe(id, turn.after).expect("subscribe");
+    let mut events = sessions.subscribe(id, turn.after).await.expect("subscribe");
     let mut latency = None;
-    while let Some(event) = events.recv().await {
-        if latency.is_none() && event["type"] == "text" {
-            latency = Some(started.elapsed());
-        }
-        if event["type"] == "error" {
-            panic!("the turn failed: {event}");
+    while let Some(item) = events.recv().await {
+        let Published::Event(envelope) = item else {
+            panic!("the stream failed: {item:?}");
+        };
+        match &envelope.event {
+            Event::Text(_) if latency.is_none() => latency = Some(started.elapsed()),
+            Event::Error(error) => panic!("the turn failed: {error:?}"),
+            _ => {}
         }
     }
     let summary = turn.finished.await.expect("turn ends");
-    assert_eq!(summary.status, "completed", "{summary:?}");
+    assert_eq!(summary.status, TurnStatus::Completed, "{summary:?}");
     latency.expect("a text event")
 }
 
@@ -87,7 +90,7 @@ async fn new_session(sessions: &Sessions) -> String {
         .create(None, Default::default())
         .await
         .expect("create");
-    session["id"].as_str().expect("id").to_owned()
+    session.id
 }
 
 /// Resident memory of `pid` and all its descendants, in MiB.

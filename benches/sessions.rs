@@ -42,10 +42,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("turn_with_tool", |b| {
         b.iter_batched(
             || {
-                let s = rt
-                    .block_on(sessions.create(None, Default::default()))
-                    .expect("create");
-                s["id"].as_str().unwrap_or_default().to_owned()
+                rt.block_on(sessions.create(None, Default::default()))
+                    .expect("create")
+                    .id
             },
             |id| {
                 rt.block_on(async {

@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo run --example embed [APP_DIR]` (default `examples/hello`).
 
-use karta_host::session::MessageRequest;
+use karta_host::session::{MessageRequest, Published};
 use karta_host::{Host, HostConfig};
 
 #[tokio::main]
@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let session = host.sessions().create(None, Default::default()).await?;
-    let id = session["id"].as_str().unwrap_or_default().to_owned();
+    let id = session.id;
     let turn = host
         .sessions()
         .send(
@@ -40,14 +40,17 @@ async fn main() -> anyhow::Result<()> {
 
     // Subscribe from just before the turn: every event of it, in order,
     // ending with `done`.
-    let mut events = host.sessions().subscribe(&id, turn.after)?;
-    while let Some(event) = events.recv().await {
-        println!(
-            "{:>3} {:<12} {}",
-            event["seq"],
-            event["type"].as_str().unwrap_or(""),
-            event["data"]
-        );
+    let mut events = host.sessions().subscribe(&id, turn.after).await?;
+    while let Some(item) = events.recv().await {
+        match item {
+            Published::Event(envelope) => println!(
+                "{:>3} {:<12} {}",
+                envelope.seq,
+                envelope.event.kind(),
+                serde_json::to_string(&envelope.event)?
+            ),
+            Published::Failed(error) => println!("the stream failed: {error:?}"),
+        }
     }
     let summary = turn.finished.await?;
     println!("answer: {}", summary.text);

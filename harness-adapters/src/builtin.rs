@@ -200,6 +200,15 @@ impl BuiltinHarness {
             let mut results = Vec::new();
             for block in tool_uses {
                 let id = block["id"].as_str().unwrap_or_default().to_owned();
+                if cx.cancel.is_cancelled() {
+                    // Every tool_use needs its result in the history, or the
+                    // next turn's request is malformed; nothing more runs.
+                    results.push(json!({
+                        "type": "tool_result", "tool_use_id": id, "is_error": true,
+                        "content": "The turn was cancelled before this tool ran.",
+                    }));
+                    continue;
+                }
                 let tool = block["name"].as_str().unwrap_or_default().to_owned();
                 let input = block["input"].clone();
                 let (result, denied) = self.run_tool(&cx, &id, &tool, &input).await;

@@ -190,6 +190,10 @@ impl TurnContext<'_> {
         if !self.host.needs_approval(tool) {
             return Ok(());
         }
+        if self.cancel.is_cancelled() {
+            // No question to a person for a turn that is over.
+            return Err("the turn was cancelled");
+        }
         let decision = tokio::select! {
             decision = self.host.request_approval(tool, input) => decision,
             () = self.cancel.cancelled() => None,

@@ -4,13 +4,16 @@
 //!
 //! Both are unguessable bearer strings (`kgw_…`, `kmcp_…`, 128 random bits)
 //! minted together on a session's first turn and kept while something may
-//! use them: while the session is in memory, or while a harness process
-//! that was given them still runs. They are revoked when the session is
-//! deleted, and when it has left memory with no process left (see
-//! `session::live`). A revoked credential is refused like a forged one.
+//! use them: while the session is in memory, while a harness process that
+//! was given them still runs, or while they were used lately. They are
+//! revoked when the session is deleted, and by a periodic sweep once none
+//! of that holds any more (see `session::live`), so the registry stays as
+//! small as the set of sessions at work. A revoked credential is refused
+//! like a forged one.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// A session's two credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,9 +32,14 @@ pub struct Credentials {
 
 #[derive(Default)]
 struct Maps {
-    by_session: HashMap<String, SessionCredentials>,
+    by_session: HashMap<String, Issued>,
     /// gateway key or MCP token -> session id.
     owner: HashMap<String, String>,
+}
+
+struct Issued {
+    credentials: SessionCredentials,
+    last_used: Instant,
 }
 
 fn lock(mutex: &Mutex<Maps>) -> std::sync::MutexGuard<'_, Maps> {
@@ -51,8 +59,9 @@ impl Credentials {
     /// The credentials of `session`, minted on first use.
     pub fn for_session(&self, session: &str) -> SessionCredentials {
         let mut maps = lock(&self.inner);
-        if let Some(existing) = maps.by_session.get(session) {
-            return existing.clone();
+        if let Some(existing) = maps.by_session.get_mut(session) {
+            existing.last_used = Instant::now();
+            return existing.credentials.clone();
         }
         let issued = SessionCredentials {
             gateway_key: mint("kgw"),
@@ -62,7 +71,13 @@ impl Credentials {
             .insert(issued.gateway_key.clone(), session.to_owned());
         maps.owner
             .insert(issued.mcp_token.clone(), session.to_owned());
-        maps.by_session.insert(session.to_owned(), issued.clone());
+        maps.by_session.insert(
+            session.to_owned(),
+            Issued {
+                credentials: issued.clone(),
+                last_used: Instant::now(),
+            },
+        );
         issued
     }
 
@@ -83,24 +98,33 @@ impl Credentials {
         secret: &str,
         field: impl Fn(&SessionCredentials) -> &String,
     ) -> Option<String> {
-        let maps = lock(&self.inner);
-        let session = maps.owner.get(secret)?;
-        let issued = maps.by_session.get(session)?;
-        (field(issued) == secret).then(|| session.clone())
+        let mut maps = lock(&self.inner);
+        let session = maps.owner.get(secret)?.clone();
+        let issued = maps.by_session.get_mut(&session)?;
+        if field(&issued.credentials) != secret {
+            return None;
+        }
+        issued.last_used = Instant::now();
+        Some(session)
     }
 
     /// Revokes the credentials of `session`.
     pub fn revoke(&self, session: &str) {
         let mut maps = lock(&self.inner);
         if let Some(issued) = maps.by_session.remove(session) {
-            maps.owner.remove(&issued.gateway_key);
-            maps.owner.remove(&issued.mcp_token);
+            maps.owner.remove(&issued.credentials.gateway_key);
+            maps.owner.remove(&issued.credentials.mcp_token);
         }
     }
 
-    /// The sessions holding credentials.
-    pub fn sessions(&self) -> Vec<String> {
-        lock(&self.inner).by_session.keys().cloned().collect()
+    /// The sessions whose credentials were not used for `idle`.
+    pub fn idle_sessions(&self, idle: Duration) -> Vec<String> {
+        lock(&self.inner)
+            .by_session
+            .iter()
+            .filter(|(_, issued)| issued.last_used.elapsed() >= idle)
+            .map(|(session, _)| session.clone())
+            .collect()
     }
 
     /// How many sessions hold credentials.
@@ -141,5 +165,7 @@ mod tests {
         assert_eq!(registry.session_for_mcp_token(&a.mcp_token), None);
         assert_eq!(registry.len(), 1);
         assert_ne!(registry.for_session("a"), a, "a new session gets new ones");
+        assert!(registry.idle_sessions(Duration::from_secs(3600)).is_empty());
+        assert_eq!(registry.idle_sessions(Duration::ZERO).len(), 2);
     }
 }

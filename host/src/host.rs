@@ -210,7 +210,7 @@ impl Host {
                 loop {
                     every.tick().await;
                     match sessions.upgrade() {
-                        Some(sessions) => sessions.sweep_credentials(),
+                        Some(sessions) => sessions.sweep_credentials(CREDENTIAL_SWEEP),
                         None => return,
                     }
                 }

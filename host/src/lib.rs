@@ -18,8 +18,8 @@
 //! message, read the events:
 //!
 //! ```
-//! use karta_host::session::MessageRequest;
-//! use karta_host::{Host, HostConfig};
+//! use karta_host::session::{MessageRequest, Published};
+//! use karta_host::{Event, Host, HostConfig};
 //!
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,19 +34,22 @@
 //! let host = Host::start(config).await?; // the offline model: no network
 //!
 //! let session = host.sessions().create(None, Default::default()).await?;
-//! let id = session["id"].as_str().unwrap_or_default();
 //! let turn = host
 //!     .sessions()
-//!     .send(id, MessageRequest { text: "hi".into(), ..Default::default() })
+//!     .send(&session.id, MessageRequest { text: "hi".into(), ..Default::default() })
 //!     .await?;
-//! let mut events = host.sessions().subscribe(id, turn.after)?;
+//! let mut events = host.sessions().subscribe(&session.id, turn.after).await?;
 //! let mut kinds = Vec::new();
-//! while let Some(event) = events.recv().await {
-//!     kinds.push(event["type"].as_str().unwrap_or_default().to_owned());
+//! while let Some(Published::Event(envelope)) = events.recv().await {
+//!     kinds.push(envelope.event.kind());
+//!     if let Event::Done(done) = &envelope.event {
+//!         assert!(done.usage.total() > 0, "the gateway metered the turn");
+//!     }
 //! }
 //! kinds.dedup(); // text arrives as several deltas
 //! assert_eq!(kinds, ["step_start", "text", "step_finish", "done"]);
 //! assert_eq!(turn.finished.await?.text, "You said: \"hi\".");
+//! host.shutdown().await;
 //! # Ok(()) }
 //! ```
 //!

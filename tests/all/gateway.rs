@@ -3,15 +3,21 @@
 //! app's instructions look like when they reach the model.
 
 use karta_host::gateway::{Gateway, Upstream, UpstreamKind};
+use karta_host::listen::ServerTask;
 use serde_json::{Value, json};
 
 use crate::sessions::{Server, support_bot};
 
-async fn serve(gateway: &Gateway) -> String {
+/// Serves `gateway` on a loopback port; it stops when the task is dropped.
+async fn serve(gateway: &Gateway) -> (String, ServerTask) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    gateway.serve(listener).await.expect("serve")
+    gateway.serve(listener).expect("serve")
+}
+
+fn key(gateway: &Gateway, session: &str) -> String {
+    gateway.credentials().for_session(session).gateway_key
 }
 
 /// POSTs `body` with a gateway key; returns status and raw text.
@@ -46,9 +52,9 @@ fn sse_data(text: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn the_openai_shape_streams_chunks_like_openai() {
-    let gateway = Gateway::new(None);
-    let url = serve(&gateway).await;
-    let key = gateway.issue_key("s1");
+    let gateway = Gateway::standalone(None);
+    let (url, _gateway_server) = serve(&gateway).await;
+    let key = key(&gateway, "s1");
     let body = json!({
         "model": "m", "stream": true, "stream_options": { "include_usage": true },
         "messages": [{ "role": "user", "content": "/tool calc {\"expression\": \"1+1\"}" }],
@@ -98,9 +104,9 @@ async fn the_openai_shape_streams_chunks_like_openai() {
 
 #[tokio::test]
 async fn the_anthropic_shape_streams_message_events() {
-    let gateway = Gateway::new(None);
-    let url = serve(&gateway).await;
-    let key = gateway.issue_key("s1");
+    let gateway = Gateway::standalone(None);
+    let (url, _gateway_server) = serve(&gateway).await;
+    let key = key(&gateway, "s1");
     let body = json!({
         "model": "m", "stream": true, "max_tokens": 100,
         "messages": [{ "role": "user", "content": [{ "type": "text", "text": "/think a\n/say b c d e f g h" }] }],
@@ -124,17 +130,17 @@ async fn the_anthropic_shape_streams_message_events() {
 
 #[tokio::test]
 async fn unknown_keys_and_bad_bodies_are_refused() {
-    let gateway = Gateway::new(None);
-    let url = serve(&gateway).await;
+    let gateway = Gateway::standalone(None);
+    let (url, _gateway_server) = serve(&gateway).await;
     let (status, text) = post(&format!("{url}/v1/messages"), "kgw_forged", &json!({})).await;
     assert_eq!(status, 401, "{text}");
-    let key = gateway.issue_key("s1");
+    let key = key(&gateway, "s1");
     let (status, _) = post(&format!("{url}/v1/messages"), &key, &json!("not an object")).await;
     assert_eq!(
         status, 200,
         "a JSON string is JSON; the offline model answers it"
     );
-    gateway.revoke_session("s1");
+    gateway.credentials().revoke("s1");
     let (status, _) = post(&format!("{url}/v1/messages"), &key, &json!({})).await;
     assert_eq!(status, 401, "revoked keys stop working");
 }
@@ -143,21 +149,21 @@ async fn unknown_keys_and_bad_bodies_are_refused() {
 async fn requests_are_forwarded_to_a_real_upstream_with_the_platform_key() {
     // The "provider": a gateway with the offline model, which accepts only
     // the platform key it issued.
-    let provider = Gateway::new(None);
-    let provider_url = serve(&provider).await;
-    let platform_key = provider.issue_key("platform");
+    let provider = Gateway::standalone(None);
+    let (provider_url, _provider_server) = serve(&provider).await;
+    let platform_key = key(&provider, "platform");
 
     for (kind, path) in [
         (UpstreamKind::Anthropic, "/v1/messages"),
         (UpstreamKind::Openai, "/v1/chat/completions"),
     ] {
-        let gateway = Gateway::new(Some(Upstream {
+        let gateway = Gateway::standalone(Some(Upstream {
             kind,
             base_url: provider_url.clone(),
             api_key: platform_key.clone(),
         }));
-        let url = serve(&gateway).await;
-        let session_key = gateway.issue_key("s1");
+        let (url, _gateway_server) = serve(&gateway).await;
+        let session_key = key(&gateway, "s1");
         for stream in [false, true] {
             let body = json!({
                 "model": "m", "max_tokens": 50, "stream": stream,
@@ -171,11 +177,19 @@ async fn requests_are_forwarded_to_a_real_upstream_with_the_platform_key() {
         let usage = gateway.usage("s1");
         assert_eq!(usage.requests, 2, "{kind:?}");
         assert!(
-            usage.input_tokens > 0 && usage.output_tokens > 0,
+            usage.usage.input_tokens > 0 && usage.usage.output_tokens > 0,
             "{kind:?}: {usage:?}"
         );
-        // The session's key never reaches the provider; the platform's does.
-        assert!(provider.usage("platform").requests >= 2);
+        // The session's key never reaches the provider; the platform's does,
+        // and both count the same tokens (one formula, read as the answer
+        // streams through).
+        let at_provider = provider.usage("platform");
+        assert!(at_provider.requests >= 2);
+        assert_eq!(
+            provider.take_usage("platform"),
+            gateway.take_usage("s1"),
+            "{kind:?}"
+        );
     }
 }
 
@@ -233,4 +247,45 @@ async fn instructions_agents_and_skills_reach_the_model() {
     let (_, events) = server.get(&format!("/v1/sessions/{id}/transcript")).await;
     assert_eq!(events["messages"].as_array().map(Vec::len), Some(4));
     server.stop().await;
+}
+
+/// An Anthropic stream with a 4-byte character and cache counts, as a
+/// provider sends it.
+const UPSTREAM_STREAM: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"usage\":{\"input_tokens\":21,\"cache_read_input_tokens\":400,\"cache_creation_input_tokens\":7,\"output_tokens\":1}}}\n\n\
+event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"caf\xc3\xa9 \xf0\x9f\x98\x80 ok\"}}\n\n\
+event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
+#[tokio::test]
+async fn a_forwarded_stream_arrives_intact_and_is_metered_exactly_whatever_its_frames() {
+    for chunk in [1, 2, 3, 5, 64, UPSTREAM_STREAM.len()] {
+        let provider =
+            crate::support::trickle_server(UPSTREAM_STREAM, "text/event-stream", chunk).await;
+        let gateway = Gateway::standalone(Some(Upstream {
+            kind: UpstreamKind::Anthropic,
+            base_url: format!("http://{provider}"),
+            api_key: "platform".into(),
+        }));
+        let (url, _server) = serve(&gateway).await;
+        let body = json!({ "model": "m", "max_tokens": 10, "stream": true, "messages": [] });
+        let (status, text) = post(&format!("{url}/v1/messages"), &key(&gateway, "s1"), &body).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            text.as_bytes(),
+            UPSTREAM_STREAM,
+            "byte for byte, {chunk}-byte frames"
+        );
+        assert_eq!(
+            gateway.take_usage("s1"),
+            karta_host::Usage {
+                input_tokens: 21,
+                output_tokens: 9,
+                cache_read_tokens: 400,
+                cache_write_tokens: 7,
+            },
+            "{chunk}-byte frames"
+        );
+    }
 }

@@ -6,10 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use karta_harness::sse;
 use karta_host::{Host, HostConfig};
 use serde_json::{Value, json};
 
@@ -45,8 +47,6 @@ fn copy_dir(from: &Path, to: &Path) {
 pub struct Server {
     pub addr: SocketAddr,
     pub host: Host,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -74,22 +74,8 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = host.clone();
-        let task = tokio::spawn(async move {
-            let _ = serving
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        Ok(Self {
-            addr,
-            host,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        let addr = host.spawn_api(listener).await.expect("serve");
+        Ok(Self { addr, host })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -116,13 +102,9 @@ impl Server {
         send("DELETE", &self.url(path), Value::Null).await
     }
 
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+    /// Stops the host; its data dir can be opened again at once.
+    pub async fn stop(self) {
+        self.host.shutdown().await;
     }
 }
 
@@ -180,34 +162,19 @@ pub async fn sse(
         "text/event-stream",
         "an SSE answer"
     );
-    let mut body = response.into_body();
-    let mut buffer = String::new();
+    let mut frames = sse::body_events(response.into_body(), 16 * 1024 * 1024);
     let mut events = Vec::new();
     while events.len() < limit {
-        let Some(frame) = body.frame().await else {
+        let Some(frame) = frames.next().await else {
             break;
         };
-        let Ok(data) = frame.expect("frame").into_data() else {
-            continue;
-        };
-        buffer.push_str(&String::from_utf8_lossy(&data));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            if block.starts_with(':') {
-                continue;
-            }
-            let id = block.lines().find_map(|l| l.strip_prefix("id: "));
-            let data = block
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .expect("data line");
-            let event: Value = serde_json::from_str(data).expect("JSON envelope");
-            assert_eq!(id.map(str::to_owned), Some(event["seq"].to_string()));
-            events.push(event);
-            if events.len() == limit {
-                break;
-            }
+        let frame = frame.expect("a well-formed SSE stream");
+        let event: Value = sse::json_data(&frame).expect("JSON data");
+        match &frame.id {
+            Some(id) => assert_eq!(id, &event["seq"].to_string(), "id is the seq"),
+            None => assert_eq!(event["type"], "error", "only an error frame has no id"),
         }
+        events.push(event);
     }
     events
 }
@@ -713,7 +680,7 @@ async fn sessions_and_logs_survive_a_restart() {
     .await;
     server.stop().await;
 
-    let server = wait_for_restart(app.path(), data.path()).await;
+    let server = Server::start(app.path(), data.path()).await;
     let after = sse(
         "GET",
         &server.url(&format!("/v1/sessions/{id}/events")),
@@ -745,19 +712,6 @@ async fn sessions_and_logs_survive_a_restart() {
     .await;
     assert_eq!(next[0]["seq"], before.len() + 1, "sequence numbers go on");
     server.stop().await;
-}
-
-/// sled releases its lock when the last handle of the old host is gone,
-/// which can lag the server's stop by a moment (its tasks are aborted, not
-/// joined).
-async fn wait_for_restart(app: &Path, data: &Path) -> Server {
-    for _ in 0..100 {
-        match Server::try_start(app, data).await {
-            Ok(server) => return server,
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    panic!("the data dir stayed locked after the first host stopped");
 }
 
 /// Regression: sled's `flush_async` stalled for good under a few hundred

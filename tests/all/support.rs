@@ -97,3 +97,47 @@ pub async fn http_server(body: &'static str) -> SocketAddr {
     });
     addr
 }
+
+/// A loopback HTTP server answering every request with `body` (of
+/// `content_type`), sent `chunk` bytes per frame — as a provider's stream
+/// arrives in network frames that split events and characters anywhere.
+pub async fn trickle_server(
+    body: &'static [u8],
+    content_type: &'static str,
+    chunk: usize,
+) -> SocketAddr {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = service_fn(move |_req| async move {
+                    let frames = futures_util::stream::iter(
+                        body.chunks(chunk)
+                            .map(|c| {
+                                Ok::<_, Infallible>(hyper::body::Frame::data(
+                                    bytes::Bytes::from_static(c),
+                                ))
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                    let response = hyper::Response::builder()
+                        .header("content-type", content_type)
+                        .body(http_body_util::StreamBody::new(frames))
+                        .expect("response");
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}

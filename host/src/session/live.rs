@@ -17,6 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use karta_harness::{ErrorCode, Event, Harness, ToolResult};
 use serde_json::Value;
@@ -163,7 +164,6 @@ impl Drop for LiveRef {
         if unused {
             map.remove(&id);
             self.map.metrics.live_sessions.set(map.len() as i64);
-            self.map.revoke_if_unused(&id);
         }
     }
 }
@@ -277,28 +277,21 @@ impl LiveMap {
         self.metrics.live_sessions.set(map.len() as i64);
     }
 
-    /// Revokes the credentials of every session that is neither in memory
-    /// nor served by a harness process (a process stopped after its idle
-    /// time leaves its session's credentials behind).
-    pub(crate) fn sweep_credentials(&self) {
+    /// Revokes the credentials unused for `idle` of every session that is
+    /// neither in memory nor served by a harness process (a process stopped
+    /// after its idle time leaves its session's credentials behind). Under
+    /// the map's lock: a turn that would hand them to a new process first
+    /// takes its session from the map.
+    pub(crate) fn sweep_credentials(&self, idle: Duration) {
         let map = lock(&self.map);
-        for id in self.credentials.sessions() {
-            if !map.contains_key(&id) {
-                self.revoke_if_unused(&id);
+        for id in self.credentials.idle_sessions(idle) {
+            let has_process = self
+                .harness
+                .as_ref()
+                .is_some_and(|h| h.process_id(&id).is_some());
+            if !map.contains_key(&id) && !has_process {
+                self.credentials.revoke(&id);
             }
-        }
-    }
-
-    /// Revokes `id`'s credentials unless a harness process still holds
-    /// them. The caller holds the map's lock (a turn that would start a
-    /// process first takes the session from the map).
-    fn revoke_if_unused(&self, id: &str) {
-        let has_process = self
-            .harness
-            .as_ref()
-            .is_some_and(|h| h.process_id(id).is_some());
-        if !has_process {
-            self.credentials.revoke(id);
         }
     }
 }

@@ -335,10 +335,16 @@ impl Sessions {
         self.credentials.session_for_mcp_token(token)
     }
 
-    /// Revokes the credentials of sessions that have left memory and have
-    /// no harness process any more (the host runs this periodically).
-    pub fn sweep_credentials(&self) {
-        self.live.sweep_credentials();
+    /// Revokes the credentials unused for `idle` of sessions that have left
+    /// memory and have no harness process any more (the host runs this
+    /// periodically).
+    pub fn sweep_credentials(&self, idle: Duration) {
+        self.live.sweep_credentials(idle);
+    }
+
+    /// How many sessions hold credentials.
+    pub fn credential_count(&self) -> usize {
+        self.credentials.len()
     }
 
     /// The tools the session's current agent may use.
@@ -567,7 +573,7 @@ impl Sessions {
         self.turns.close();
         self.turns.wait().await;
         if let Some(harness) = &self.harness {
-            for id in self.credentials.sessions() {
+            for id in self.credentials.idle_sessions(Duration::ZERO) {
                 harness.end_session(&id).await;
             }
         }
