@@ -13,7 +13,7 @@ use karta_host::app::HarnessKind;
 use karta_host::harness::HarnessBinaries;
 use serde_json::{Value, json};
 
-use crate::sessions::{Server, new_session, send, sse, support_bot};
+use crate::sessions::{Server, new_session, send, sse, support_bot, turn_with_one_usage};
 
 /// The installed binaries, or a failure saying how to install them.
 fn binaries() -> HarnessBinaries {
@@ -137,8 +137,11 @@ async fn harness_end_to_end(kind: HarnessKind, name: &str) {
     assert_eq!(server.host.harness_name(), name);
     let id = new_session(&server, json!({})).await;
 
-    // A plain text turn, produced by the real binary.
-    let first = turn(&server, &id, "hello there").await;
+    // A plain text turn, produced by the real binary; its tokens are
+    // counted once, the same by the gateway, `done`, the transcript and the
+    // harness's own steps (Claude Code's read with the host's stream
+    // interpreter; OpenCode's as it reports them).
+    let first = turn_with_one_usage(&server, &id, "hello there", true).await;
     assert_eq!(last(&first)["type"], "done", "{first:#?}");
     assert_eq!(last(&first)["data"]["status"], "completed");
     assert!(

@@ -7,6 +7,8 @@ mod gateway;
 mod harnesses;
 mod jail;
 mod mcp;
+mod observability;
 mod plugin_runtime;
+mod reliability;
 mod sessions;
 mod support;

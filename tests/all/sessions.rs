@@ -784,3 +784,73 @@ async fn regression_a_message_sent_right_after_done_gets_its_whole_turn() {
     }
     server.stop().await;
 }
+
+/// The tokens the gateway metered so far, by kind, from `GET /metrics`.
+pub async fn metered_tokens(server: &Server) -> karta_host::Usage {
+    let text = crate::support::get_text(&server.url("/metrics")).await;
+    let count = |kind: &str| -> u64 {
+        let prefix = format!("karta_model_tokens_total{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
+    };
+    karta_host::Usage {
+        input_tokens: count("input"),
+        output_tokens: count("output"),
+        cache_read_tokens: count("cache_read"),
+        cache_write_tokens: count("cache_write"),
+    }
+}
+
+/// Runs one streamed turn and checks that its tokens are counted once, the
+/// same everywhere: the gateway's meter (`/metrics`, the only turn running),
+/// the `done` event, the transcript — and, when `steps_agree`, the sum of
+/// the `step_finish` events, which the harness counted itself from the
+/// model's stream. Returns the turn's events.
+pub async fn turn_with_one_usage(
+    server: &Server,
+    id: &str,
+    text: &str,
+    steps_agree: bool,
+) -> Vec<Value> {
+    let before = metered_tokens(server).await;
+    let events = sse(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        Some(json!({ "text": text, "stream": true })),
+        &[],
+        usize::MAX,
+    )
+    .await;
+    let done = events.last().expect("events");
+    assert_eq!(done["type"], "done", "{events:#?}");
+    let done_usage: karta_host::Usage =
+        serde_json::from_value(done["data"]["usage"].clone()).expect("usage");
+    let after = metered_tokens(server).await;
+    let metered = karta_host::Usage {
+        input_tokens: after.input_tokens - before.input_tokens,
+        output_tokens: after.output_tokens - before.output_tokens,
+        cache_read_tokens: after.cache_read_tokens - before.cache_read_tokens,
+        cache_write_tokens: after.cache_write_tokens - before.cache_write_tokens,
+    };
+    assert!(done_usage.total() > 0, "{events:#?}");
+    assert_eq!(done_usage, metered, "done = what the gateway metered");
+    let (_, transcript) = server.get(&format!("/v1/sessions/{id}/transcript")).await;
+    let answer = transcript["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .expect("the answer");
+    let transcript_usage: karta_host::Usage =
+        serde_json::from_value(answer["usage"].clone()).expect("transcript usage");
+    assert_eq!(transcript_usage, done_usage, "transcript = done");
+    if steps_agree {
+        let mut steps = karta_host::Usage::default();
+        for event in events.iter().filter(|e| e["type"] == "step_finish") {
+            let usage: karta_host::Usage =
+                serde_json::from_value(event["data"]["usage"].clone()).expect("step usage");
+            steps.add(usage);
+        }
+        assert_eq!(steps, done_usage, "the harness's own count = the gateway's");
+    }
+    events
+}

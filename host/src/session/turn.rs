@@ -303,10 +303,15 @@ async fn finish(
             done.usage = metered;
             (done.message_id.clone(), done.status)
         }
-        _ => (
-            format!("msg_{}", uuid::Uuid::new_v4().simple()),
-            TurnStatus::Error,
-        ),
+        other => {
+            if let Event::Error(error) = other {
+                tracing::warn!(code = %error.code, reason = %error.message, "the turn failed");
+            }
+            (
+                format!("msg_{}", uuid::Uuid::new_v4().simple()),
+                TurnStatus::Error,
+            )
+        }
     };
     let summary = TurnSummary {
         text: outcome.text.clone(),

@@ -1,0 +1,176 @@
+//! What an operator sees: `/metrics`, `/openapi.json`, logs from `karta
+//! serve`, and one count of tokens everywhere.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::sessions::{Server, new_session, support_bot, turn_with_one_usage};
+use crate::support::get_text;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builtin_turn_counts_its_tokens_once_and_shows_in_the_metrics() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(app.path(), data.path()).await;
+    let id = new_session(&server, json!({})).await;
+    // Two model steps (a tool call, then the answer): the second reads the
+    // system prompt from the offline model's cache, the first writes it.
+    let events = turn_with_one_usage(
+        &server,
+        &id,
+        "/tool calc {\"expression\": \"2+2\"}\n/say four",
+        true,
+    )
+    .await;
+    let done: karta_host::Usage =
+        serde_json::from_value(events.last().expect("done")["data"]["usage"].clone())
+            .expect("usage");
+    assert!(
+        done.cache_read_tokens > 0 && done.cache_write_tokens > 0,
+        "every kind of token is counted: {done:?}"
+    );
+
+    let metrics = get_text(&server.url("/metrics")).await;
+    for line in [
+        "karta_turns_total{harness=\"builtin\",outcome=\"completed\"} 1",
+        "karta_tool_calls_total{outcome=\"ok\"} 1",
+        "karta_live_sessions 0",
+        "karta_harness_processes 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("karta_turn_duration_seconds_count{harness=\"builtin\"} 1"),
+        "{metrics}"
+    );
+    let fuel: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("karta_tool_fuel_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("fuel counted");
+    assert!(fuel > 0);
+    server.stop().await;
+}
+
+/// Every route of the router is in the OpenAPI document, and everything
+/// the document names is routed: both come from the same annotations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_names_every_route() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(app.path(), data.path()).await;
+    let document: Value =
+        serde_json::from_str(&get_text(&server.url("/openapi.json")).await).expect("JSON");
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
+    let paths = document["paths"].as_object().expect("paths");
+    let mut documented = Vec::new();
+    for (path, item) in paths {
+        for method in item.as_object().expect("path item").keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    let mut expected = [
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+        "GET /openapi.json",
+        "POST /v1/sessions",
+        "GET /v1/sessions",
+        "GET /v1/sessions/{id}",
+        "DELETE /v1/sessions/{id}",
+        "POST /v1/sessions/{id}/messages",
+        "PUT /v1/sessions/{id}/inputs/{request_id}",
+        "GET /v1/sessions/{id}/transcript",
+        "GET /v1/sessions/{id}/events",
+        "POST /v1/sessions/{id}/cancel",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    expected.sort();
+    assert_eq!(documented, expected);
+
+    // Everything documented is routed (not the fallback's "no such route").
+    for route in &documented {
+        let (method, path) = route.split_once(' ').expect("method and path");
+        let path = path
+            .replace("{id}", "ses_none")
+            .replace("{request_id}", "req_none");
+        let (_, body) =
+            crate::sessions::send(method, &server.url(&path), json!({"text": "x"})).await;
+        assert_ne!(body["message"], "no such route", "{route}");
+    }
+    let (status, body) = server.get("/v1/not-a-route").await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (404, Some("no such route"))
+    );
+    server.stop().await;
+}
+
+/// `karta serve` logs each request (with its session) and a failed turn,
+/// as JSON lines with `--log-format json`.
+#[test]
+fn serve_logs_requests_and_failed_turns() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_karta"))
+        .args(["--log-format", "json", "serve"])
+        .arg(app.path())
+        .args(["--listen", "127.0.0.1:0", "--harness", "builtin", "--data"])
+        .arg(data.path())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("karta serve starts");
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let url = loop {
+        let line = lines.next().expect("a banner line").expect("utf-8");
+        if let Some(rest) = line.split_once("listening on ").map(|(_, r)| r) {
+            break rest.split_whitespace().next().expect("url").to_owned();
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    let id = runtime.block_on(async {
+        let (_, session) =
+            crate::sessions::send("POST", &format!("{url}/v1/sessions"), json!({})).await;
+        let id = session["id"].as_str().expect("id").to_owned();
+        let (status, answer) = crate::sessions::send(
+            "POST",
+            &format!("{url}/v1/sessions/{id}/messages"),
+            json!({ "text": "/fail 500 the model broke" }),
+        )
+        .await;
+        assert_eq!((status, answer["status"].as_str()), (200, Some("error")));
+        id
+    });
+    let _ = child.kill();
+    let mut json_lines = Vec::new();
+    for line in lines.map_while(Result::ok) {
+        if let Ok(value) = serde_json::from_str::<Value>(&line) {
+            json_lines.push(value);
+        }
+    }
+    let _ = child.wait();
+    let failed = json_lines
+        .iter()
+        .find(|l| l["message"] == "the turn failed")
+        .unwrap_or_else(|| panic!("a failed-turn line in {json_lines:#?}"));
+    assert_eq!(failed["code"], "model_error", "{failed}");
+    assert!(
+        failed.to_string().contains(&id),
+        "the turn's span names its session: {failed}"
+    );
+    assert!(
+        json_lines.iter().any(|l| {
+            l["message"] == "finished processing request" && l.to_string().contains(&id)
+        }),
+        "requests are logged with their session: {json_lines:#?}"
+    );
+}

@@ -1,0 +1,446 @@
+//! Regressions of issue 8: the log never loses a client's place, reuses a
+//! number, or leaves a stream hanging; storage failures are answers, not
+//! stuck sessions; sessions leave memory; a host stops cleanly.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::sessions::{Server, new_session, send, sse, support_bot, types};
+
+/// Starts a turn that writes a file (the `files` plugin asks first) and
+/// reads its stream to the end, as a client that shows a prompt only once
+/// the stream has ended does. Returns the session and the events.
+async fn turn_paused_at_approval(server: &Server) -> (String, Vec<Value>) {
+    paused_turn(server, TWO_WRITES).await
+}
+
+const TWO_WRITES: &str = "/tool write {\"path\": \"a.txt\", \"content\": \"x\"}\n/tool write {\"path\": \"b.txt\", \"content\": \"y\"}";
+const ONE_WRITE: &str = "/tool write {\"path\": \"a.txt\", \"content\": \"x\"}";
+
+async fn paused_turn(server: &Server, text: &str) -> (String, Vec<Value>) {
+    let id = new_session(server, json!({})).await;
+    let events = sse(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        Some(json!({ "text": text, "agent": "technical", "stream": true })),
+        &[],
+        usize::MAX,
+    )
+    .await;
+    (id, events)
+}
+
+fn request_id(event: &Value) -> &str {
+    event["data"]["request_id"].as_str().expect("a request id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue8_a_stream_ends_at_input_required_and_the_answer_carries_the_rest() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(app.path(), data.path()).await;
+    let (id, events) = turn_paused_at_approval(&server).await;
+    // The stream ended by itself (sse() reads to the end) at the prompt.
+    assert_eq!(
+        types(&events),
+        ["step_start", "step_finish", "input_required"]
+    );
+    // A live follow of the paused turn ends there too.
+    let follow = sse(
+        "GET",
+        &server.url(&format!("/v1/sessions/{id}/events")),
+        None,
+        &[],
+        usize::MAX,
+    )
+    .await;
+    assert_eq!(follow, events);
+
+    // The answer returns the continuation up to the next prompt, then the
+    // end; the log replays all of it, once.
+    let (status, first) = server
+        .put(
+            &format!("/v1/sessions/{id}/inputs/{}", request_id(&events[2])),
+            json!({ "decision": "approve_once" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{first}");
+    let first = first["events"].as_array().expect("events").clone();
+    assert_eq!(types(&first), ["tool_use", "tool_use", "input_required"]);
+    let (_, second) = server
+        .put(
+            &format!("/v1/sessions/{id}/inputs/{}", request_id(&first[2])),
+            json!({ "decision": "approve_once" }),
+        )
+        .await;
+    let second = second["events"].as_array().expect("events").clone();
+    assert_eq!(
+        second.last().map(|e| e["type"].clone()),
+        Some(json!("done"))
+    );
+    let all = sse(
+        "GET",
+        &server.url(&format!("/v1/sessions/{id}/events")),
+        None,
+        &[],
+        usize::MAX,
+    )
+    .await;
+    let told: Vec<Value> = events
+        .iter()
+        .chain(&first)
+        .chain(&second)
+        .cloned()
+        .collect();
+    assert_eq!(all, told, "the log is exactly what the client was told");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue8_a_flush_failure_is_503_and_the_session_stays_usable() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(app.path(), data.path()).await;
+    let id = new_session(&server, json!({})).await;
+    server.host.sessions().store().inject_failures(1, 0);
+    let (status, body) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "lost?" }),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "storage_unavailable");
+    let (_, session) = server.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(session["status"], "idle", "not stuck running: {session}");
+    let (status, answer) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "again" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["text"], "You said: \"again\".",
+        "the failed message left nothing"
+    );
+    let (_, transcript) = server.get(&format!("/v1/sessions/{id}/transcript")).await;
+    assert_eq!(transcript["messages"].as_array().map(Vec::len), Some(2));
+    // Creating a session fails the same way, and nothing half-made stays.
+    server.host.sessions().store().inject_failures(1, 0);
+    let (status, _) = server.post("/v1/sessions", json!({})).await;
+    assert_eq!(status, 503);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue8_every_stream_ends_with_an_error_frame_when_the_end_cannot_be_saved() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(app.path(), data.path()).await;
+    let (id, events) = paused_turn(&server, ONE_WRITE).await;
+    let after = events.last().expect("events")["seq"].as_u64().expect("seq");
+    let follower_url = server.url(&format!("/v1/sessions/{id}/events?after={after}"));
+    let follower =
+        tokio::spawn(async move { sse("GET", &follower_url, None, &[], usize::MAX).await });
+    // Let the follower subscribe before the turn goes on.
+    while !server.host.sessions().is_running(&id) {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // Every write of the turn's end fails: the terminal event cannot be
+    // logged, nor its flush done.
+    server.host.sessions().store().inject_failures(100, 100);
+    let (status, answer) = server
+        .put(
+            &format!("/v1/sessions/{id}/inputs/{}", request_id(&events[2])),
+            json!({ "decision": "deny" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let continuation = answer["events"].as_array().expect("events");
+    let last = continuation.last().expect("an end");
+    assert_eq!(last["type"], "error", "{continuation:#?}");
+    assert_eq!(last["data"]["code"], "storage_unavailable");
+    let followed = follower.await.expect("follower");
+    let last = followed.last().expect("the follower's end");
+    assert_eq!(last["type"], "error", "{followed:#?}");
+    assert!(last.get("seq").is_none(), "an unnumbered frame: {last}");
+
+    // Storage is back: the session works.
+    server.host.sessions().store().inject_failures(0, 0);
+    let (_, session) = server.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(session["status"], "idle", "{session}");
+    let (status, _) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "hello" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue8_approve_session_is_saved_with_the_turn() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(app.path(), data.path()).await;
+    let (id, events) = turn_paused_at_approval(&server).await;
+    let (_, answer) = server
+        .put(
+            &format!("/v1/sessions/{id}/inputs/{}", request_id(&events[2])),
+            json!({ "decision": "approve_session" }),
+        )
+        .await;
+    let continuation = answer["events"].as_array().expect("events");
+    assert_eq!(
+        continuation.last().map(|e| e["type"].clone()),
+        Some(json!("done"))
+    );
+    server.stop().await;
+
+    // After a restart, the session still has the approval.
+    let server = Server::start(app.path(), data.path()).await;
+    let events = sse(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        Some(json!({ "text": "/tool write {\"path\": \"c.txt\", \"content\": \"z\"}", "stream": true })),
+        &[],
+        usize::MAX,
+    )
+    .await;
+    assert!(!types(&events).contains(&"input_required"), "{events:#?}");
+    assert_eq!(
+        events.last().map(|e| e["type"].clone()),
+        Some(json!("done"))
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue8_a_delete_racing_a_send_or_an_approval_stays_deleted() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(app.path(), data.path()).await;
+    for round in 0..20 {
+        let id = new_session(&server, json!({})).await;
+        let send_url = server.url(&format!("/v1/sessions/{id}/messages"));
+        let sending =
+            tokio::spawn(async move { send("POST", &send_url, json!({ "text": "hi" })).await });
+        let delete_url = server.url(&format!("/v1/sessions/{id}"));
+        let deleting = tokio::spawn(async move { send("DELETE", &delete_url, Value::Null).await });
+        let (sent, deleted) = (
+            sending.await.expect("send"),
+            deleting.await.expect("delete"),
+        );
+        assert!(matches!(sent.0, 200 | 404), "round {round}: {sent:?}");
+        assert_eq!(deleted.0, 204, "round {round}");
+        assert_gone(&server, &id).await;
+    }
+    for _ in 0..10 {
+        let (id, events) = turn_paused_at_approval(&server).await;
+        let input_url = server.url(&format!(
+            "/v1/sessions/{id}/inputs/{}",
+            request_id(&events[2])
+        ));
+        let approving = tokio::spawn(async move {
+            send("PUT", &input_url, json!({ "decision": "approve_session" })).await
+        });
+        let (status, _) = server.delete(&format!("/v1/sessions/{id}")).await;
+        assert_eq!(status, 204);
+        let (status, _) = approving.await.expect("approve");
+        assert!(matches!(status, 200 | 404), "{status}");
+        assert_gone(&server, &id).await;
+    }
+    server.stop().await;
+}
+
+/// The session answers 404 everywhere and has no record left, now and once
+/// its turn has wound down.
+async fn assert_gone(server: &Server, id: &str) {
+    for _ in 0..2 {
+        let (status, _) = server.get(&format!("/v1/sessions/{id}")).await;
+        assert_eq!(status, 404, "{id}");
+        let store = server.host.sessions().store();
+        assert!(
+            !store.contains_session(id).expect("store"),
+            "{id} resurrected"
+        );
+        let (_, list) = server.get("/v1/sessions?per_page=100").await;
+        assert!(
+            !list.to_string().contains(id),
+            "{id} listed after its delete"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue8_listing_pages_that_overflow_are_400() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(app.path(), data.path()).await;
+    for query in [
+        "page=18446744073709551615&per_page=100",
+        "page=99999999999999999999999",
+        "per_page=0",
+        "page=-1",
+    ] {
+        let (status, body) = server.get(&format!("/v1/sessions?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+    }
+    let (status, body) = server.get("/v1/sessions?page=2&per_page=100").await;
+    assert_eq!((status, body["sessions"].clone()), (200, json!([])));
+    server.stop().await;
+}
+
+/// Sessions leave memory when nothing uses them: creating, listing,
+/// reading, turns and readiness keep nothing loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue8_sessions_leave_memory() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(app.path(), data.path()).await;
+    let sessions = server.host.sessions().clone();
+    let mut ids = Vec::new();
+    for i in 0..1000 {
+        let created = sessions
+            .create(None, [("n".to_owned(), (i % 7).to_string())].into())
+            .await
+            .expect("create");
+        ids.push(created.id);
+    }
+    assert_eq!(sessions.live_count(), 0, "created sessions stay on disk");
+    for id in ids.iter().take(20) {
+        let (status, _) = server
+            .post(
+                &format!("/v1/sessions/{id}/messages"),
+                json!({ "text": "hi" }),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, _) = server.get(&format!("/v1/sessions/{id}")).await;
+        assert_eq!(status, 200);
+    }
+    let (_, list) = server.get("/v1/sessions?n=3&per_page=5&page=2").await;
+    assert_eq!(list["total"], 143);
+    assert_eq!(list["sessions"].as_array().map(Vec::len), Some(5));
+    let (_, all) = server.get("/v1/sessions").await;
+    assert_eq!(all["total"], 1000);
+    let (status, _) = server.get("/readyz").await;
+    assert_eq!(status, 200);
+    assert_eq!(sessions.live_count(), 0, "nothing stayed in memory");
+    server.stop().await;
+}
+
+/// `karta serve` on `app`, its API URL read from its banner.
+fn serve(app: &Path, data: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_karta"))
+        .arg("serve")
+        .arg(app)
+        .args(["--listen", "127.0.0.1:0", "--harness", "builtin", "--data"])
+        .arg(data)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("karta serve starts");
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let url = loop {
+        let line = lines.next().expect("a banner line").expect("utf-8");
+        if let Some((_, rest)) = line.split_once("listening on ") {
+            break rest.split_whitespace().next().expect("url").to_owned();
+        }
+    };
+    // Keep draining stderr so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+/// kill -9 in the middle of a turn; a client that reconnects with the last
+/// number it saw gets the `interrupted` end and then what follows, once
+/// each, and no number is ever given twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue8_after_kill_9_no_sequence_number_is_reused() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mut server, url) = serve(app.path(), data.path());
+    let (_, session) = send("POST", &format!("{url}/v1/sessions"), json!({})).await;
+    let id = session["id"].as_str().expect("id").to_owned();
+    let seen = sse(
+        "POST",
+        &format!("{url}/v1/sessions/{id}/messages"),
+        Some(json!({ "text": ONE_WRITE, "agent": "technical", "stream": true })),
+        &[],
+        usize::MAX,
+    )
+    .await;
+    assert_eq!(
+        types(&seen),
+        ["step_start", "step_finish", "input_required"]
+    );
+    let last_seen = seen.last().expect("seen")["seq"].as_u64().expect("seq");
+    server.kill().expect("kill -9");
+    server.wait().expect("reaped");
+
+    let (mut server, url) = serve(app.path(), data.path());
+    let events_url = format!("{url}/v1/sessions/{id}/events");
+    let resumed = sse(
+        "GET",
+        &events_url,
+        None,
+        &[("last-event-id", &last_seen.to_string())],
+        usize::MAX,
+    )
+    .await;
+    assert_eq!(types(&resumed), ["error"], "{resumed:#?}");
+    assert_eq!(resumed[0]["data"]["code"], "interrupted");
+    let interrupted = resumed[0]["seq"].as_u64().expect("seq");
+    assert!(interrupted > last_seen, "{interrupted} after {last_seen}");
+
+    // The session goes on above it; the whole log has each number once.
+    let (status, _) = send(
+        "POST",
+        &format!("{url}/v1/sessions/{id}/messages"),
+        json!({ "text": "still there?" }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let all = sse("GET", &events_url, None, &[], usize::MAX).await;
+    let seqs: Vec<u64> = all.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(types(&all).iter().filter(|t| **t == "error").count(), 1);
+    assert!(seqs.iter().filter(|s| **s > interrupted).count() >= 4);
+    let after_restart: Vec<u64> = seqs.iter().copied().filter(|s| *s > interrupted).collect();
+    assert_eq!(
+        after_restart,
+        (interrupted + 1..interrupted + 1 + after_restart.len() as u64).collect::<Vec<_>>(),
+        "one by one again after the repair"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// A host that has shut down has released its data dir: the store opens
+/// again at once, with everything in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue8_shutdown_releases_the_store() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(app.path(), data.path()).await;
+    let id = new_session(&server, json!({})).await;
+    // A turn left waiting for a person, and a live follower of it.
+    let (paused, _) = turn_paused_at_approval(&server).await;
+    server.stop().await;
+    let store = karta_host::store::Store::open(&data.path().join("db")).expect("released");
+    assert!(store.contains_session(&id).expect("read"));
+    let last = store.last_event(&paused).expect("read").expect("an event");
+    assert_eq!(
+        serde_json::to_value(&last.event).expect("json")["data"]["status"],
+        "cancelled",
+        "the paused turn was cancelled and saved on shutdown"
+    );
+}
