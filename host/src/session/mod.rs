@@ -9,6 +9,8 @@
 //! | turn runner | `turn.rs` | saving a message, running the harness, saving the turn |
 //! | approvals | `approvals.rs` | requests waiting for a person, and their answers |
 //! | tools | `tools.rs` | which tools a turn may use, and running them |
+//! | harness context | `context.rs` | the system prompt, and what a harness process is given |
+//! | types | `types.rs` | the requests, answers and errors of the API above |
 //!
 //! Records, histories and logs live in [`crate::store`]; the gateway keys
 //! and MCP tokens a turn carries out in [`crate::credentials`].
@@ -20,197 +22,36 @@
 //! disconnects, and stops on cancel, delete or shutdown.
 
 mod approvals;
+mod context;
 mod live;
 mod log;
 mod tools;
 mod turn;
+mod types;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use karta_harness::http::HttpClient;
-use karta_harness::{
-    Decision, Envelope, ErrorCode, ErrorData, Harness, InputRequiredData, ToolDef, ToolResult,
-    TurnStatus, Usage,
-};
-use serde::Serialize;
+use karta_harness::{Decision, Envelope, ErrorCode, ErrorData, Harness, ToolDef, ToolResult};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::app::AppSpec;
 use crate::credentials::Credentials;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::store::{
-    Participant, ParticipantType, SessionRecord, Store, StoreError, TranscriptMessage,
-};
+use crate::store::{SessionRecord, Store, TranscriptMessage};
 use live::LiveMap;
 pub use log::Published;
 pub use tools::SessionTool;
 use tools::Toolbox;
-
-/// Why a session operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// No such session (or not yours).
-    #[error("no session `{0}`")]
-    NotFound(String),
-    /// A turn is already running in this session.
-    #[error("a turn is already running in session `{0}`; wait for its `done` event or cancel it")]
-    TurnInProgress(String),
-    /// No pending input request with that id.
-    #[error("no pending input request `{0}` in this session")]
-    NoSuchInput(String),
-    /// The request is invalid.
-    #[error("{0}")]
-    Invalid(String),
-    /// Storage failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Settings of the session manager.
-#[derive(Debug, Clone)]
-pub struct SessionConfig {
-    /// Where session workspaces live (`<dir>/<session id>`).
-    pub workspaces: PathBuf,
-    /// How long a turn waits for an approval before treating it as denied.
-    pub approval_timeout: Duration,
-    /// The model name sent when the agent names none.
-    pub default_model: String,
-    /// Where harness processes get their scratch `HOME`s
-    /// (`<dir>/<session id>`).
-    pub homes: PathBuf,
-    /// The MCP server's base URL; a session's endpoint is
-    /// `{mcp_url}/mcp/{token}`.
-    pub mcp_url: String,
-}
-
-/// What the session manager is built from.
-pub struct SessionParts {
-    /// The database.
-    pub store: Store,
-    /// The app served.
-    pub app: Arc<AppSpec>,
-    /// Its tools.
-    pub tools: Vec<SessionTool>,
-    /// The model gateway.
-    pub gateway: Gateway,
-    /// The gateway's base URL.
-    pub gateway_url: String,
-    /// Settings.
-    pub config: SessionConfig,
-    /// The process harness that runs turns; `None` runs them on the builtin
-    /// loop.
-    pub harness: Option<Arc<dyn Harness>>,
-    /// The shared HTTP client (the builtin loop's calls to the gateway).
-    pub http: HttpClient,
-    /// The credentials registry the gateway and the MCP server check.
-    pub credentials: Arc<Credentials>,
-    /// Where turns and tool calls are counted.
-    pub metrics: Arc<Metrics>,
-}
-
-/// What a new message carries.
-#[derive(Debug, Clone, Default)]
-pub struct MessageRequest {
-    /// The text.
-    pub text: String,
-    /// Switch to this agent first (it stays the session's agent).
-    pub agent: Option<String>,
-    /// Who is speaking.
-    pub participant_name: Option<String>,
-    /// A person (default) or an agent.
-    pub participant_type: Option<ParticipantType>,
-    /// Ask the model to think first.
-    pub thinking: bool,
-}
-
-/// A started turn: the sequence number before its first event, and a
-/// receiver that resolves when the turn ends.
-pub struct StartedTurn {
-    /// Events of this turn have sequence numbers above this.
-    pub after: u64,
-    /// Resolves with the outcome when the turn ends.
-    pub finished: oneshot::Receiver<TurnSummary>,
-}
-
-/// How a turn ended, for unary answers.
-#[derive(Debug, Clone)]
-pub struct TurnSummary {
-    /// The final assistant text.
-    pub text: String,
-    /// The assistant message id.
-    pub message_id: String,
-    /// The agent that answered.
-    pub agent: Option<String>,
-    /// Tokens the gateway metered for the turn.
-    pub usage: Usage,
-    /// How it ended.
-    pub status: TurnStatus,
-}
-
-/// Where a session is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SessionStatus {
-    /// No turn runs.
-    Idle,
-    /// A turn runs.
-    Running,
-    /// A turn waits for a person (`pending_input`).
-    WaitingInput,
-}
-
-/// The protocol's session object.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SessionObject {
-    /// The session id.
-    pub id: String,
-    /// Caller metadata.
-    pub metadata: BTreeMap<String, String>,
-    /// The agent the session talks to.
-    pub current_agent: Option<String>,
-    /// Where it is.
-    pub status: SessionStatus,
-    /// RFC 3339.
-    pub created_at: String,
-    /// RFC 3339.
-    pub updated_at: String,
-    /// Always `null`: sessions have no parents yet.
-    pub parent_id: Option<String>,
-    /// The approval a turn waits for.
-    pub pending_input: Option<InputRequiredData>,
-    /// Always `default`: tools ask as the app's grants say.
-    pub permission_mode: &'static str,
-    /// Who has spoken.
-    pub participants: Vec<Participant>,
-}
-
-impl SessionObject {
-    fn new(record: &SessionRecord, running: bool, pending: Option<InputRequiredData>) -> Self {
-        let status = match (&pending, running) {
-            (Some(_), _) => SessionStatus::WaitingInput,
-            (None, true) => SessionStatus::Running,
-            (None, false) => SessionStatus::Idle,
-        };
-        Self {
-            id: record.id.clone(),
-            metadata: record.metadata.clone(),
-            current_agent: record.current_agent.clone(),
-            status,
-            created_at: record.created_at.clone(),
-            updated_at: record.updated_at.clone(),
-            parent_id: None,
-            pending_input: pending,
-            permission_mode: "default",
-            participants: record.participants.clone(),
-        }
-    }
-}
+pub use types::{
+    MessageRequest, SessionConfig, SessionError, SessionObject, SessionParts, SessionStatus,
+    StartedTurn, TurnSummary,
+};
 
 /// The session manager.
 pub struct Sessions {

@@ -11,7 +11,6 @@
 //! the session during the turn, so `done`, the transcript and the meter
 //! agree by construction.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,9 +26,8 @@ use tracing::Instrument;
 use super::approvals::TurnApprovals;
 use super::live::LiveRef;
 use super::log::{Published, reserve_seqs};
-use super::tools::{SessionTool, SessionTurnHost};
+use super::tools::SessionTurnHost;
 use super::{MessageRequest, SessionError, Sessions, StartedTurn, TurnSummary, lock, now};
-use crate::credentials::SessionCredentials;
 use crate::store::{Participant, ParticipantType, Role, Store, StoreError, TranscriptMessage};
 
 /// Saves `message` and starts its turn.
@@ -364,59 +362,4 @@ async fn finish(
         }
     }
     summary
-}
-
-impl Sessions {
-    /// The system prompt for `agent`: the app's instructions, the agent's
-    /// prompt, the skill index.
-    fn system_prompt(&self, agent: Option<&str>) -> String {
-        let mut prompt = self.app.instructions.trim().to_owned();
-        if let Some(agent) = agent.and_then(|a| self.app.agents.get(a)) {
-            prompt.push_str(&format!("\n\n# Agent: {}\n\n{}", agent.name, agent.prompt));
-        }
-        if !self.app.skills.is_empty() {
-            prompt.push_str("\n\n# Skills\n\nCall `load_skill` with a skill's name to read its instructions before using it.\n");
-            for skill in &self.app.skills {
-                prompt.push_str(&format!("- {}: {}\n", skill.name, skill.description));
-            }
-        }
-        prompt.trim().to_owned()
-    }
-
-    /// The session's workspace directory.
-    pub(crate) fn workspace(&self, id: &str) -> PathBuf {
-        self.config.workspaces.join(id)
-    }
-
-    /// What a process harness needs about the session: its workspace
-    /// (populated with the app's harness files), a scratch `HOME`, and its
-    /// two ways out — the gateway with the session's key and the MCP server
-    /// with the session's token.
-    fn session_info(
-        &self,
-        id: &str,
-        credentials: &SessionCredentials,
-        tools: &[SessionTool],
-    ) -> Result<SessionInfo, String> {
-        let workspace = self.workspace(id);
-        // Before every turn: a plugin may have changed them since. A harness
-        // without the app's instructions would answer as someone else, so a
-        // failed copy fails the turn.
-        crate::app::copy_harness_files(&self.app.root, &workspace)
-            .map_err(|e| format!("cannot give the harness the app's files: {e}"))?;
-        Ok(SessionInfo {
-            id: id.to_owned(),
-            workspace,
-            home: self.config.homes.join(id),
-            gateway_url: self.gateway_url.clone(),
-            gateway_key: credentials.gateway_key.clone(),
-            mcp_url: format!("{}/mcp/{}", self.config.mcp_url, credentials.mcp_token),
-            env: self.app.env.clone(),
-            preapproved_tools: tools
-                .iter()
-                .filter(|t| !t.approval)
-                .map(|t| t.def.name.clone())
-                .collect(),
-        })
-    }
 }
