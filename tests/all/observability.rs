@@ -6,14 +6,13 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::sessions::{Server, new_session, support_bot, turn_with_one_usage};
-use crate::support::get_text;
+use crate::sessions::{
+    get_text, new_session, support_bot, support_bot_server, turn_with_one_usage,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_builtin_turn_counts_its_tokens_once_and_shows_in_the_metrics() {
-    let app = support_bot();
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(app.path(), data.path()).await;
+    let (server, _app, _data) = support_bot_server().await;
     let id = new_session(&server, json!({})).await;
     // Two model steps (a tool call, then the answer): the second reads the
     // system prompt from the offline model's cache, the first writes it.
@@ -58,9 +57,7 @@ async fn a_builtin_turn_counts_its_tokens_once_and_shows_in_the_metrics() {
 /// the document names is routed: both come from the same annotations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_names_every_route() {
-    let app = support_bot();
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(app.path(), data.path()).await;
+    let (server, _app, _data) = support_bot_server().await;
     let document: Value =
         serde_json::from_str(&get_text(&server.url("/openapi.json")).await).expect("JSON");
     assert!(

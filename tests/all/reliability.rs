@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::sessions::{Server, new_session, send, sse, support_bot, types};
+use crate::sessions::{Server, new_session, send, sse, support_bot, support_bot_server, types};
 
 /// Starts a turn that writes a file (the `files` plugin asks first) and
 /// reads its stream to the end, as a client that shows a prompt only once
@@ -39,9 +39,7 @@ fn request_id(event: &Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue8_a_stream_ends_at_input_required_and_the_answer_carries_the_rest() {
-    let app = support_bot();
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(app.path(), data.path()).await;
+    let (server, _app, _data) = support_bot_server().await;
     let (id, events) = turn_paused_at_approval(&server).await;
     // The stream ended by itself (sse() reads to the end) at the prompt.
     assert_eq!(
@@ -101,9 +99,7 @@ async fn regression_issue8_a_stream_ends_at_input_required_and_the_answer_carrie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue8_a_flush_failure_is_503_and_the_session_stays_usable() {
-    let app = support_bot();
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(app.path(), data.path()).await;
+    let (server, _app, _data) = support_bot_server().await;
     let id = new_session(&server, json!({})).await;
     server.host.sessions().store().inject_failures(1, 0);
     let (status, body) = server
@@ -138,9 +134,7 @@ async fn regression_issue8_a_flush_failure_is_503_and_the_session_stays_usable()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue8_every_stream_ends_with_an_error_frame_when_the_end_cannot_be_saved() {
-    let app = support_bot();
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(app.path(), data.path()).await;
+    let (server, _app, _data) = support_bot_server().await;
     let (id, events) = paused_turn(&server, ONE_WRITE).await;
     let after = events.last().expect("events")["seq"].as_u64().expect("seq");
     let follower_url = server.url(&format!("/v1/sessions/{id}/events?after={after}"));
@@ -187,9 +181,7 @@ async fn regression_issue8_every_stream_ends_with_an_error_frame_when_the_end_ca
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue8_approve_session_is_saved_with_the_turn() {
-    let app = support_bot();
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(app.path(), data.path()).await;
+    let (server, app, data) = support_bot_server().await;
     let (id, events) = turn_paused_at_approval(&server).await;
     let (_, answer) = server
         .put(
@@ -224,9 +216,7 @@ async fn regression_issue8_approve_session_is_saved_with_the_turn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue8_a_delete_racing_a_send_or_an_approval_stays_deleted() {
-    let app = support_bot();
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(app.path(), data.path()).await;
+    let (server, _app, _data) = support_bot_server().await;
     for round in 0..20 {
         let id = new_session(&server, json!({})).await;
         let send_url = server.url(&format!("/v1/sessions/{id}/messages"));
@@ -282,9 +272,7 @@ async fn assert_gone(server: &Server, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue8_listing_pages_that_overflow_are_400() {
-    let app = support_bot();
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(app.path(), data.path()).await;
+    let (server, _app, _data) = support_bot_server().await;
     for query in [
         "page=18446744073709551615&per_page=100",
         "page=99999999999999999999999",
@@ -303,9 +291,7 @@ async fn regression_issue8_listing_pages_that_overflow_are_400() {
 /// reading, turns and readiness keep nothing loaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue8_sessions_leave_memory() {
-    let app = support_bot();
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(app.path(), data.path()).await;
+    let (server, _app, _data) = support_bot_server().await;
     let sessions = server.host.sessions().clone();
     let mut ids = Vec::new();
     for i in 0..1000 {
@@ -428,9 +414,7 @@ async fn regression_issue8_after_kill_9_no_sequence_number_is_reused() {
 /// again at once, with everything in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue8_shutdown_releases_the_store() {
-    let app = support_bot();
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(app.path(), data.path()).await;
+    let (server, _app, data) = support_bot_server().await;
     let id = new_session(&server, json!({})).await;
     // A turn left waiting for a person, and a live follower of it.
     let (paused, _) = turn_paused_at_approval(&server).await;

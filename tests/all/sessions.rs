@@ -114,6 +114,15 @@ fn client() -> Client<HttpConnector, Full<Bytes>> {
 
 /// Sends a request with a raw body; returns the status and the JSON answer.
 pub async fn send_raw(method: &str, url: &str, body: impl Into<Bytes>) -> (u16, Value) {
+    let (status, bytes) = fetch(method, url, body).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Sends a request; returns the status and the raw answer.
+pub async fn fetch(method: &str, url: &str, body: impl Into<Bytes>) -> (u16, Bytes) {
     let request = hyper::Request::builder()
         .method(method)
         .uri(url)
@@ -128,10 +137,14 @@ pub async fn send_raw(method: &str, url: &str, body: impl Into<Bytes>) -> (u16, 
         .await
         .expect("body")
         .to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    (status, bytes)
+}
+
+/// `GET url` as text (asserting 200).
+pub async fn get_text(url: &str) -> String {
+    let (status, bytes) = fetch("GET", url, Bytes::new()).await;
+    assert_eq!(status, 200, "GET {url}");
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 pub async fn send(method: &str, url: &str, body: Value) -> (u16, Value) {
@@ -192,6 +205,15 @@ pub async fn new_session(server: &Server, body: Value) -> String {
 async fn start(app: &Path) -> (Server, tempfile::TempDir) {
     let data = tempfile::tempdir().expect("tempdir");
     (Server::start(app, data.path()).await, data)
+}
+
+/// A host serving a fresh copy of the support-bot app on a fresh data dir
+/// (keep the two directories as long as the server).
+pub async fn support_bot_server() -> (Server, tempfile::TempDir, tempfile::TempDir) {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(app.path(), data.path()).await;
+    (server, app, data)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -787,7 +809,7 @@ async fn regression_a_message_sent_right_after_done_gets_its_whole_turn() {
 
 /// The tokens the gateway metered so far, by kind, from `GET /metrics`.
 pub async fn metered_tokens(server: &Server) -> karta_host::Usage {
-    let text = crate::support::get_text(&server.url("/metrics")).await;
+    let text = get_text(&server.url("/metrics")).await;
     let count = |kind: &str| -> u64 {
         let prefix = format!("karta_model_tokens_total{{kind=\"{kind}\"}} ");
         text.lines()

@@ -141,22 +141,3 @@ pub async fn trickle_server(
     });
     addr
 }
-
-/// `GET url` as text (asserting 200).
-pub async fn get_text(url: &str) -> String {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let request = hyper::Request::get(url)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .expect("request");
-    let response = client.request(request).await.expect("response");
-    assert_eq!(response.status(), 200, "GET {url}");
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    String::from_utf8_lossy(&bytes).into_owned()
-}

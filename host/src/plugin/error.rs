@@ -4,66 +4,11 @@
 //! on, a message a person can read, and what the call consumed before it
 //! failed (a call that runs out of fuel still used all of it, and is billed).
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
-/// Why a tool call failed. Serialized in `snake_case` (`out_of_fuel`, …), the
-/// names the CLI and the APIs report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    /// The call used its whole fuel budget.
-    OutOfFuel,
-    /// The instance tried to grow its memory past the cap.
-    OutOfMemory,
-    /// The call ran past its wall-clock deadline.
-    Timeout,
-    /// The guest trapped: a panic, a stack overflow, an invalid operation.
-    Trap,
-    /// The input was not JSON, or the tool rejected it.
-    InvalidInput,
-    /// The tool ran and reported a failure of its own.
-    ToolError,
-    /// The tool needed a capability its grant does not give.
-    AccessDenied,
-    /// The tool's output was larger than the grant allows.
-    OutputTooLarge,
-    /// The tool's output was not JSON.
-    InvalidOutput,
-    /// No tool of that name in this plugin.
-    UnknownTool,
-    /// The host has no free instance slot right now; retry later.
-    Busy,
-    /// Something failed in the host itself (not the plugin's fault).
-    Internal,
-}
-
-impl ErrorKind {
-    /// The `snake_case` name of the kind.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OutOfFuel => "out_of_fuel",
-            Self::OutOfMemory => "out_of_memory",
-            Self::Timeout => "timeout",
-            Self::Trap => "trap",
-            Self::InvalidInput => "invalid_input",
-            Self::ToolError => "tool_error",
-            Self::AccessDenied => "access_denied",
-            Self::OutputTooLarge => "output_too_large",
-            Self::InvalidOutput => "invalid_output",
-            Self::UnknownTool => "unknown_tool",
-            Self::Busy => "busy",
-            Self::Internal => "internal",
-        }
-    }
-}
-
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Why a tool call failed: the protocol's tool error kinds, serialized in
+/// `snake_case` (`out_of_fuel`, …), the names the CLI and the APIs report.
+/// The runtime produces every kind but `denied`, which a harness reports
+/// when a person refuses a call.
+pub use karta_harness::ToolErrorKind as ErrorKind;
 
 /// A tool call that did not produce output.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -17,7 +17,7 @@ use super::approvals::TurnApprovals;
 use super::live::LiveRef;
 use crate::app::AppSpec;
 use crate::metrics::Metrics;
-use crate::plugin::{CallOptions, ErrorKind, Plugin};
+use crate::plugin::{CallOptions, Plugin};
 
 /// One tool a session may call.
 #[derive(Clone)]
@@ -70,25 +70,6 @@ impl Toolbox {
     }
 }
 
-/// Maps the plugin runtime's failure kinds onto the protocol's (the same
-/// names; the protocol adds `denied`).
-fn tool_error_kind(kind: ErrorKind) -> ToolErrorKind {
-    match kind {
-        ErrorKind::OutOfFuel => ToolErrorKind::OutOfFuel,
-        ErrorKind::OutOfMemory => ToolErrorKind::OutOfMemory,
-        ErrorKind::Timeout => ToolErrorKind::Timeout,
-        ErrorKind::Trap => ToolErrorKind::Trap,
-        ErrorKind::InvalidInput => ToolErrorKind::InvalidInput,
-        ErrorKind::ToolError => ToolErrorKind::ToolError,
-        ErrorKind::AccessDenied => ToolErrorKind::AccessDenied,
-        ErrorKind::OutputTooLarge => ToolErrorKind::OutputTooLarge,
-        ErrorKind::InvalidOutput => ToolErrorKind::InvalidOutput,
-        ErrorKind::UnknownTool => ToolErrorKind::UnknownTool,
-        ErrorKind::Busy => ToolErrorKind::Busy,
-        ErrorKind::Internal => ToolErrorKind::Internal,
-    }
-}
-
 /// Runs `tool` from `tools`: a plugin tool in wasmtime with the session
 /// workspace as its preopen, or the built-in `load_skill`.
 async fn run_tool(
@@ -119,7 +100,7 @@ async fn run_tool(
         },
         Err(failure) => ToolResult {
             content: Err(ToolError {
-                kind: tool_error_kind(failure.kind),
+                kind: failure.kind,
                 message: failure.message,
             }),
             fuel: Some(failure.fuel_consumed),
