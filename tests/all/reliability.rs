@@ -428,3 +428,76 @@ async fn regression_issue8_shutdown_releases_the_store() {
         "the paused turn was cancelled and saved on shutdown"
     );
 }
+
+/// A data dir written by the previous schema (history inside the session
+/// record, no listing indexes) is moved forward on open: the session lists,
+/// remembers its history, keeps its log, and a turn that was running when
+/// that host stopped is closed as `interrupted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_data_dir_is_read_forward() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    {
+        let db = sled::open(data.path().join("db")).expect("sled");
+        db.open_tree("meta")
+            .expect("meta")
+            .insert("schema_version", &1u32.to_be_bytes())
+            .expect("write");
+        let record = json!({
+            "v": 1, "id": "old1", "metadata": { "customer_id": "c9" }, "current_agent": null,
+            "created_at": "2026-11-01T00:00:00.000Z", "updated_at": "2026-11-01T00:00:00.000Z",
+            "created_ms": 1_790_000_000_000u64, "participants": [{ "name": "user", "type": "human" }],
+            "history": [
+                { "role": "user", "content": [{ "type": "text", "text": "first words" }] },
+                { "role": "assistant", "content": [{ "type": "text", "text": "noted" }] },
+            ],
+            "approved_tools": [], "next_seq": 4, "message_count": 2,
+        });
+        db.open_tree("sessions")
+            .expect("sessions")
+            .insert("old1", record.to_string().as_bytes())
+            .expect("write");
+        let events = db.open_tree("events").expect("events");
+        for (seq, kind, data) in [
+            (1u64, "step_start", json!({ "step_index": 0 })),
+            (
+                2,
+                "text",
+                json!({ "part": { "id": "p", "type": "text", "text": "not" } }),
+            ),
+        ] {
+            let envelope = json!({
+                "type": kind, "source": "karta", "session_id": "old1",
+                "timestamp": "2026-11-01T00:00:00.000Z", "seq": seq, "data": data,
+            });
+            let mut key = b"old1\0".to_vec();
+            key.extend_from_slice(&seq.to_be_bytes());
+            events
+                .insert(key, envelope.to_string().as_bytes())
+                .expect("write");
+        }
+        db.flush().expect("flush");
+    }
+    let server = Server::start(app.path(), data.path()).await;
+    let (_, list) = server.get("/v1/sessions?customer_id=c9").await;
+    assert_eq!(list["total"], 1, "{list}");
+    let log = sse(
+        "GET",
+        &server.url("/v1/sessions/old1/events"),
+        None,
+        &[],
+        usize::MAX,
+    )
+    .await;
+    assert_eq!(types(&log), ["step_start", "text", "error"]);
+    assert_eq!(log[2]["data"]["code"], "interrupted");
+    let (status, answer) = server
+        .post("/v1/sessions/old1/messages", json!({ "text": "and now?" }))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["text"],
+        "You said: \"and now?\". Earlier you said: \"first words\"."
+    );
+    server.stop().await;
+}

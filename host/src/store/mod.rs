@@ -307,7 +307,14 @@ impl Store {
                     _ => None,
                 })
                 .unwrap_or_default();
-            let record = SessionRecord::from_v1(old)?;
+            let mut record = SessionRecord::from_v1(old)?;
+            // Version 1 knew a crashed turn by its log not ending in a
+            // terminal event; version 2 keeps a flag.
+            record.turn_running = self
+                .last_event(&record.id)
+                .ok()
+                .flatten()
+                .is_some_and(|last| !last.event.ends_turn());
             Self::clear(&self.history, &record.id)?;
             self.append_history(&record.id, &history)?;
             self.put_session(&record)?;

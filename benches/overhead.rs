@@ -1,0 +1,883 @@
+//! What the Karta host adds to a warm Claude Code turn, against the bare
+//! `claude` CLI on the same flags and the same model endpoint (issue 8;
+//! goal: the host adds ≤ 2 ms at the median).
+//!
+//! Run: `scripts/install-harnesses.sh && cargo bench --bench overhead`
+//!
+//! Both paths talk to one "provider": a standalone gateway on the offline
+//! model, on a loopback port of its own, standing in for a real provider.
+//!
+//! - `overhead/karta_warm_turn`: a Karta host serves the support-bot app on
+//!   Claude Code, with the provider as its upstream, so every model call goes
+//!   harness → Karta's gateway → provider, as in a deployment. A client POSTs
+//!   a message with `stream: true` to the HTTP API (a real socket,
+//!   `TCP_NODELAY` like curl) and reads the SSE stream; the time is from the
+//!   request to the complete `done` event, which Karta publishes only once
+//!   the turn is saved and flushed. The session's `claude` process is
+//!   already running (two untimed turns first).
+//! - `overhead/bare_cli_warm_turn`: the same `claude` started by this bench,
+//!   with the exact argv and environment read from `/proc` of the Karta
+//!   session's process, except `ANTHROPIC_BASE_URL` / `ANTHROPIC_API_KEY`,
+//!   which point straight at the provider (as a peer server would), no
+//!   `--resume`, and copies of that process's `HOME` and working directory
+//!   (`HOME`, `TMPDIR` and the `--mcp-config` path moved with them), so the
+//!   two share no state: Karta rewrites the session's workspace before each
+//!   turn, and a `claude` sharing it burns CPU during Karta's turns. It
+//!   reaches the same MCP server (Karta's, the session's token). No jail.
+//!   It is driven like Karta's adapter drives it (`initialize` control
+//!   request, then one `user` line a turn); the time is from writing the
+//!   `user` line to reading the `result` line. Two untimed turns first.
+//!
+//! Every timed turn starts once all `claude` processes are idle: `claude`
+//! keeps working for a while after its `result` line, and a turn timed
+//! meanwhile would pay for it (a person's think time does the same).
+//!
+//! After the criterion group it prints the median of every turn criterion
+//! timed on each path and the difference, then runs `KARTA_OVERHEAD_ROUNDS`
+//! (default 100) interleaved rounds — one turn of each path per round, the
+//! order rotating, so the shared machine's drift hits both alike — and
+//! prints their medians, the median of the per-round differences (Karta
+//! minus bare; the headline figure), and the CPU time per turn of this
+//! process (provider, client, and for Karta the host) and of each `claude`.
+//! Each timed turn adds one exchange to its own conversation, so the
+//! conversations grow alike (to a few hundred exchanges).
+//!
+//! With `KARTA_OVERHEAD_BREAKDOWN=1` two more paths run, to see where the
+//! time goes: `overhead/karta_in_process_turn` (a second Karta session
+//! driven through `Sessions::send` / `subscribe`: no HTTP API) and
+//! `overhead/bare_cli_via_karta_gateway` (a second bare CLI pointed at
+//! Karta's own gateway with the session's key: the gateway hop alone).
+//!
+//! Skipped, with a line saying so, when the `claude` binary is not installed.
+
+// criterion_group! generates an undocumented function.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use karta_host::app::HarnessKind;
+use karta_host::gateway::{Gateway, Upstream, UpstreamKind};
+use karta_host::harness::HarnessBinaries;
+use karta_host::session::{MessageRequest, Published, Sessions};
+use karta_host::{Event, Host, HostConfig};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+/// What every timed turn says (the offline model answers `You said: …`).
+const TEXT: &str = "hello there";
+
+/// The pinned `claude`, if installed.
+fn claude_binary() -> Option<PathBuf> {
+    Some(common::root().join("harnesses/node_modules/.bin/claude")).filter(|p| p.exists())
+}
+
+/// When a turn's answer started and when the turn ended, from the moment
+/// the message was sent.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    /// The first text delta: a `text` event (Karta), a `text_delta`
+    /// `stream_event` line (bare).
+    first_text: Duration,
+    /// The complete `done` event (Karta), the `result` line (bare).
+    done: Duration,
+}
+
+/// A client of the Karta HTTP API, over one kept-alive loopback socket.
+struct ApiClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+impl ApiClient {
+    fn new(addr: std::net::SocketAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    fn post(&self, path: &str, body: &Value) -> hyper::Request<Full<Bytes>> {
+        hyper::Request::post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("a valid request")
+    }
+
+    async fn create_session(&self) -> String {
+        let response = self
+            .client
+            .request(self.post("/v1/sessions", &json!({})))
+            .await
+            .expect("POST /v1/sessions");
+        assert!(response.status().is_success(), "{}", response.status());
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let session: Value = serde_json::from_slice(&bytes).expect("a JSON session");
+        session["id"].as_str().expect("a session id").to_owned()
+    }
+
+    /// One streamed turn, timed from sending the request to the end of the
+    /// `done` event. Reads the stream to its end (untimed).
+    async fn turn(&self, id: &str, text: &str) -> Timing {
+        let request = self.post(
+            &format!("/v1/sessions/{id}/messages"),
+            &json!({ "text": text, "stream": true }),
+        );
+        let started = Instant::now();
+        let response = self.client.request(request).await.expect("POST messages");
+        assert!(response.status().is_success(), "{}", response.status());
+        let mut body = response.into_body();
+        let mut buffer = String::new();
+        let mut first_text = None;
+        let mut done = None;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.expect("an SSE frame").into_data() else {
+                continue;
+            };
+            if done.is_some() {
+                continue;
+            }
+            buffer.push_str(&String::from_utf8_lossy(&data));
+            // Complete SSE events only: each ends with a blank line.
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                let kind = event.lines().find_map(|l| l.strip_prefix("event: "));
+                match kind {
+                    Some("text") if first_text.is_none() => first_text = Some(started.elapsed()),
+                    Some("done") => done = Some(started.elapsed()),
+                    Some("error") => panic!("the turn failed: {event}"),
+                    _ => {}
+                }
+            }
+        }
+        Timing {
+            first_text: first_text.expect("the stream carried a text event"),
+            done: done.expect("the stream carried a done event"),
+        }
+    }
+}
+
+/// One turn through the session manager in-process: from `send` to the
+/// `done` event.
+async fn in_process_turn(sessions: &Arc<Sessions>, id: &str, text: &str) -> Timing {
+    let started = Instant::now();
+    let turn = sessions
+        .send(
+            id,
+            MessageRequest {
+                text: text.into(),
+                ..MessageRequest::default()
+            },
+        )
+        .await
+        .expect("send");
+    let mut events = sessions.subscribe(id, turn.after).await.expect("subscribe");
+    let mut first_text = None;
+    let mut done = None;
+    while let Some(item) = events.recv().await {
+        let Published::Event(envelope) = item else {
+            panic!("the stream failed: {item:?}");
+        };
+        match &envelope.event {
+            Event::Text(_) if first_text.is_none() => first_text = Some(started.elapsed()),
+            Event::Done(_) => done = Some(started.elapsed()),
+            Event::Error(error) => panic!("the turn failed: {error:?}"),
+            _ => {}
+        }
+    }
+    let _ = turn.finished.await;
+    Timing {
+        first_text: first_text.expect("a text event"),
+        done: done.expect("a done event"),
+    }
+}
+
+/// A running process as `/proc` shows it.
+struct ProcessImage {
+    argv: Vec<String>,
+    cwd: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+fn nul_separated(bytes: &[u8]) -> Vec<String> {
+    bytes
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+fn process_image(pid: u32) -> ProcessImage {
+    let read = |what: &str| {
+        std::fs::read(format!("/proc/{pid}/{what}"))
+            .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/{what}: {e}"))
+    };
+    let argv = nul_separated(&read("cmdline"));
+    let env = nul_separated(&read("environ"))
+        .into_iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("the process's cwd");
+    ProcessImage { argv, cwd, env }
+}
+
+impl ProcessImage {
+    fn var(&self, name: &str) -> &str {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("the harness process has no {name}"))
+    }
+}
+
+/// Copies a directory tree (files, directories, symbolic links).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().expect("file type");
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else if kind.is_symlink() {
+            let link = std::fs::read_link(entry.path()).expect("read_link");
+            std::os::unix::fs::symlink(link, &target).expect("symlink");
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A `claude` started by the bench, outside Karta, driven over its pipes.
+struct BareCli {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    /// Its copies of the session's `HOME` and workspace, and its stderr.
+    scratch: tempfile::TempDir,
+}
+
+impl BareCli {
+    /// Starts `claude` as `image` shows it, talking to `base_url` with
+    /// `api_key`, in copies of its `HOME` and working directory; waits for
+    /// its `initialize` answer.
+    async fn start(image: &ProcessImage, base_url: &str, api_key: &str) -> Self {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        // Copies of its `HOME` and of its working directory: Karta rewrites
+        // the session's workspace before every turn, and a `claude` sharing
+        // it re-reads `.claude/` and was measured burning CPU during Karta's
+        // turns.
+        let old_home = image.var("HOME").to_owned();
+        let new_home = scratch.path().join("home");
+        copy_tree(Path::new(&old_home), &new_home);
+        let new_home = new_home.display().to_string();
+        let old_cwd = image.cwd.display().to_string();
+        let new_cwd = scratch.path().join("workspace");
+        copy_tree(&image.cwd, &new_cwd);
+        let new_cwd = new_cwd.display().to_string();
+        // The workspace is trusted in `$HOME/.claude.json` by its path.
+        let claude_json = Path::new(&new_home).join(".claude.json");
+        if let Ok(text) = std::fs::read_to_string(&claude_json) {
+            std::fs::write(&claude_json, text.replace(&old_cwd, &new_cwd)).expect("write");
+        }
+        let moved = |value: &str| {
+            for (old, new) in [(&old_home, &new_home), (&old_cwd, &new_cwd)] {
+                if let Some(rest) = value.strip_prefix(old.as_str())
+                    && (rest.is_empty() || rest.starts_with('/'))
+                {
+                    return format!("{new}{rest}");
+                }
+            }
+            value.to_owned()
+        };
+
+        // The same arguments, minus `--resume <id>`; paths into the old
+        // `HOME` (the MCP config) read from the copy.
+        let mut args = Vec::new();
+        let mut rest = image.argv.iter().skip(1);
+        while let Some(arg) = rest.next() {
+            if arg == "--resume" {
+                rest.next();
+                continue;
+            }
+            args.push(moved(arg));
+        }
+        let env = image.env.iter().map(|(k, v)| {
+            let v = match k.as_str() {
+                "ANTHROPIC_BASE_URL" => base_url.to_owned(),
+                "ANTHROPIC_API_KEY" => api_key.to_owned(),
+                _ => moved(v),
+            };
+            (k.clone(), v)
+        });
+        let stderr = std::fs::File::create(scratch.path().join("stderr")).expect("stderr file");
+        let mut child = tokio::process::Command::new(&image.argv[0])
+            .args(&args)
+            .env_clear()
+            .envs(env)
+            .current_dir(&new_cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the bare claude starts");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut bare = Self {
+            child,
+            stdin,
+            lines: BufReader::with_capacity(64 * 1024, stdout).lines(),
+            scratch,
+        };
+        bare.send(&json!({
+            "type": "control_request",
+            "request_id": "init_1",
+            "request": { "subtype": "initialize", "hooks": null },
+        }))
+        .await;
+        let answer = bare.until("control_response").await;
+        assert_ne!(answer["response"]["subtype"], "error", "{answer}");
+        bare
+    }
+
+    async fn send(&mut self, line: &Value) {
+        let mut bytes = serde_json::to_vec(line).expect("JSON");
+        bytes.push(b'\n');
+        self.write(&bytes).await;
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        self.stdin.write_all(bytes).await.expect("write to claude");
+        self.stdin.flush().await.expect("flush to claude");
+    }
+
+    /// The next JSON line of its output.
+    async fn next_value(&mut self) -> Value {
+        loop {
+            let line = self
+                .lines
+                .next_line()
+                .await
+                .expect("read claude's output")
+                .unwrap_or_else(|| panic!("claude exited: {}", self.stderr_tail()));
+            if let Ok(value) = serde_json::from_str::<Value>(line.trim()) {
+                if value["type"] == "control_request" {
+                    panic!("claude asked something: {value}");
+                }
+                return value;
+            }
+        }
+    }
+
+    /// Reads output lines until one of type `kind`, and returns it.
+    async fn until(&mut self, kind: &str) -> Value {
+        loop {
+            let value = self.next_value().await;
+            if value["type"] == kind {
+                return value;
+            }
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.scratch.path().join("stderr")).unwrap_or_default();
+        let start = text.len().saturating_sub(2000);
+        text.get(start..).unwrap_or_default().to_owned()
+    }
+
+    /// One turn, timed from writing the `user` line to reading the `result`
+    /// line.
+    async fn turn(&mut self, text: &str) -> Timing {
+        let mut line = serde_json::to_vec(&json!({
+            "type": "user",
+            "message": { "role": "user", "content": [{ "type": "text", "text": text }] },
+            "parent_tool_use_id": null,
+            "session_id": "",
+        }))
+        .expect("JSON");
+        line.push(b'\n');
+        let started = Instant::now();
+        self.write(&line).await;
+        let mut first_text = None;
+        loop {
+            let value = self.next_value().await;
+            match value["type"].as_str() {
+                Some("stream_event")
+                    if first_text.is_none() && value["event"]["delta"]["type"] == "text_delta" =>
+                {
+                    first_text = Some(started.elapsed());
+                }
+                Some("result") => {
+                    let done = started.elapsed();
+                    assert_ne!(value["is_error"], true, "the bare turn failed: {value}");
+                    return Timing {
+                        first_text: first_text.expect("a text delta"),
+                        done,
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Kills its process group and waits for it.
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // It leads its own group (`process_group(0)`).
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+        }
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// The ways a turn is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Karta over its HTTP API.
+    Karta,
+    /// The same Karta session through `Sessions`, no HTTP API.
+    InProcess,
+    /// The bare CLI straight to the provider.
+    Bare,
+    /// A bare CLI through Karta's gateway to the provider.
+    ViaGateway,
+}
+
+impl Route {
+    const ALL: [Self; 4] = [Self::Karta, Self::InProcess, Self::Bare, Self::ViaGateway];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Karta => "karta_warm_turn",
+            Self::InProcess => "karta_in_process_turn",
+            Self::Bare => "bare_cli_warm_turn",
+            Self::ViaGateway => "bare_cli_via_karta_gateway",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Everything a turn of any route needs.
+struct Rig {
+    api: ApiClient,
+    sessions: Arc<Sessions>,
+    /// The session the HTTP route drives.
+    id: String,
+    /// The session the in-process route drives (its own `claude`, so every
+    /// route's conversation grows alike).
+    in_process_id: Option<String>,
+    bare: BareCli,
+    via_gateway: Option<BareCli>,
+}
+
+impl Rig {
+    async fn turn(&mut self, route: Route) -> Timing {
+        match route {
+            Route::Karta => self.api.turn(&self.id, TEXT).await,
+            Route::InProcess => {
+                let id = self.in_process_id.as_deref().expect("the breakdown");
+                in_process_turn(&self.sessions, id, TEXT).await
+            }
+            Route::Bare => self.bare.turn(TEXT).await,
+            Route::ViaGateway => {
+                let via = self.via_gateway.as_mut().expect("the breakdown");
+                via.turn(TEXT).await
+            }
+        }
+    }
+
+    /// The `claude` process a route's turns run in, if the route runs.
+    fn claude_pid(&self, route: Route) -> Option<u32> {
+        match route {
+            Route::Karta => self.sessions.harness_process_id(&self.id),
+            Route::InProcess => self
+                .in_process_id
+                .as_deref()
+                .and_then(|id| self.sessions.harness_process_id(id)),
+            Route::Bare => self.bare.child.id(),
+            Route::ViaGateway => self.via_gateway.as_ref().and_then(|via| via.child.id()),
+        }
+    }
+}
+
+impl Rig {
+    /// Waits until every `claude` is idle: each keeps working for a while
+    /// after its `result` line (writing its transcript, collecting garbage),
+    /// and a turn timed meanwhile would pay for another's. A person's think
+    /// time does the same between real turns.
+    async fn settle(&self) {
+        let pids: Vec<u32> = Route::ALL
+            .into_iter()
+            .filter_map(|r| self.claude_pid(r))
+            .collect();
+        let busy = || pids.iter().map(|p| cpu_time(*p)).sum::<Duration>();
+        let started = Instant::now();
+        let mut last = busy();
+        while started.elapsed() < SETTLE_MAX {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let now = busy();
+            if now.saturating_sub(last) < Duration::from_micros(300) {
+                return;
+            }
+            last = now;
+        }
+    }
+}
+
+/// The longest [`Rig::settle`] waits.
+const SETTLE_MAX: Duration = Duration::from_millis(500);
+
+/// The CPU time all threads of `pid` have run so far
+/// (`/proc/<pid>/task/*/schedstat`, nanoseconds).
+fn cpu_time(pid: u32) -> Duration {
+    let mut nanos = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        nanos += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Duration::from_nanos(nanos)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    assert!(!values.is_empty(), "no timed turns");
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+/// Interleaved turns of one route, with the CPU time they took.
+#[derive(Default)]
+struct Interleaved {
+    timings: Vec<Timing>,
+    /// This process: the provider, the client, and for Karta the host.
+    own_cpu: Vec<Duration>,
+    /// The route's `claude` process.
+    claude_cpu: Vec<Duration>,
+    /// The other routes' `claude` processes, idle meanwhile (or not).
+    idle_claude_cpu: Vec<Duration>,
+}
+
+fn bench(c: &mut Criterion) {
+    let Some(claude) = claude_binary() else {
+        println!("overhead: claude is not installed (scripts/install-harnesses.sh); skipped");
+        return;
+    };
+    let breakdown = std::env::var("KARTA_OVERHEAD_BREAKDOWN").is_ok_and(|v| v == "1");
+    let rounds: usize = std::env::var("KARTA_OVERHEAD_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+        .max(1);
+    let routes: Vec<Route> = Route::ALL
+        .into_iter()
+        .filter(|r| breakdown || matches!(r, Route::Karta | Route::Bare))
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let app = common::support_bot_app();
+    let data = tempfile::tempdir().expect("tempdir");
+
+    // The provider, and a Karta host whose gateway forwards to it.
+    let provider = Gateway::standalone(None);
+    let provider_key = provider.credentials().for_session("provider").gateway_key;
+    let (provider_url, provider_server) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        provider.serve(listener).expect("the provider serves")
+    });
+    let host = rt.block_on(async {
+        let mut config = HostConfig::new(app.path());
+        config.data_dir = data.path().to_path_buf();
+        config.harness = Some(HarnessKind::ClaudeCode);
+        config.harness_binaries = HarnessBinaries {
+            claude: Some(claude),
+            opencode: None,
+        };
+        config.upstream = Some(Upstream {
+            kind: UpstreamKind::Anthropic,
+            base_url: provider_url.clone(),
+            api_key: provider_key.clone(),
+        });
+        Host::start(config).await.expect("host starts")
+    });
+    let model_calls = || provider.usage("provider").requests;
+
+    // Two untimed turns on each path, so every `claude` is up and warm.
+    let (mut rig, calls) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let api = ApiClient::new(host.spawn_api(listener).await.expect("the API serves"));
+        let sessions = host.sessions().clone();
+        let id = api.create_session().await;
+        api.turn(&id, "warm up").await;
+        let before = model_calls();
+        api.turn(&id, "warm up again").await;
+        let karta_calls = model_calls() - before;
+        let pid = sessions
+            .harness_process_id(&id)
+            .expect("the session's claude runs");
+        let image = process_image(pid);
+        let mut bare = BareCli::start(&image, &provider_url, &provider_key).await;
+        bare.turn("warm up").await;
+        let before = model_calls();
+        bare.turn("warm up again").await;
+        let bare_calls = model_calls() - before;
+        let (in_process_id, via_gateway) = if breakdown {
+            let in_process_id = api.create_session().await;
+            in_process_turn(&sessions, &in_process_id, "warm up").await;
+            in_process_turn(&sessions, &in_process_id, "warm up again").await;
+            let key = image.var("ANTHROPIC_API_KEY").to_owned();
+            let mut via = BareCli::start(&image, host.gateway_url(), &key).await;
+            via.turn("warm up").await;
+            via.turn("warm up again").await;
+            (Some(in_process_id), Some(via))
+        } else {
+            (None, None)
+        };
+        let rig = Rig {
+            api,
+            sessions,
+            id,
+            in_process_id,
+            bare,
+            via_gateway,
+        };
+        (rig, (karta_calls, bare_calls))
+    });
+
+    // Criterion: each route in turn.
+    let mut sequential: [Vec<Timing>; 4] = Default::default();
+    let mut group = c.benchmark_group("overhead");
+    group
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(6))
+        .sampling_mode(SamplingMode::Flat);
+    for &route in &routes {
+        group.bench_function(route.name(), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        rig.settle().await;
+                        let timing = rig.turn(route).await;
+                        sequential[route.index()].push(timing);
+                        total += timing.done;
+                    }
+                    total
+                })
+            })
+        });
+    }
+    group.finish();
+
+    // Interleaved: one turn of each route per round, the order rotated, so
+    // drift on the shared machine hits every route alike. First, untimed
+    // turns bring every conversation to the same length.
+    let exchanges = 2 + routes
+        .iter()
+        .map(|r| sequential[r.index()].len())
+        .max()
+        .unwrap_or(0);
+    let mut interleaved: [Interleaved; 4] = Default::default();
+    let own = std::process::id();
+    rt.block_on(async {
+        for &route in &routes {
+            for _ in sequential[route.index()].len()..exchanges - 2 {
+                rig.turn(route).await;
+            }
+        }
+        for round in 0..rounds {
+            for i in 0..routes.len() {
+                let route = routes[(round + i) % routes.len()];
+                let claude = rig.claude_pid(route).expect("its claude runs");
+                let others: Vec<u32> = routes
+                    .iter()
+                    .filter(|r| **r != route)
+                    .filter_map(|r| rig.claude_pid(*r))
+                    .collect();
+                let others_cpu = || others.iter().map(|p| cpu_time(*p)).sum::<Duration>();
+                rig.settle().await;
+                let before = (cpu_time(own), cpu_time(claude), others_cpu());
+                let timing = rig.turn(route).await;
+                let entry = &mut interleaved[route.index()];
+                entry.timings.push(timing);
+                entry.own_cpu.push(cpu_time(own).saturating_sub(before.0));
+                entry
+                    .claude_cpu
+                    .push(cpu_time(claude).saturating_sub(before.1));
+                entry
+                    .idle_claude_cpu
+                    .push(others_cpu().saturating_sub(before.2));
+            }
+        }
+    });
+    let request_kib = provider
+        .recent_requests()
+        .last()
+        .map_or(0.0, |r| r.to_string().len() as f64 / 1024.0);
+
+    println!();
+    println!(
+        "overhead: model calls per warm turn: karta {}, bare {}; last model request {request_kib:.0} KiB",
+        calls.0, calls.1
+    );
+    println!("overhead: sequential (the criterion runs; median of every timed turn):");
+    let seq = |route: Route| {
+        median(
+            sequential[route.index()]
+                .iter()
+                .map(|t| ms(t.done))
+                .collect(),
+        )
+    };
+    for &route in &routes {
+        let turns = sequential[route.index()].len();
+        println!(
+            "  {:<28} {:8.2} ms  ({turns} turns)",
+            route.name(),
+            seq(route)
+        );
+    }
+    println!(
+        "  karta - bare                 {:8.2} ms  (goal ≤ 2 ms)",
+        seq(Route::Karta) - seq(Route::Bare)
+    );
+    println!(
+        "overhead: interleaved ({rounds} rounds from {exchanges} exchanges on, one turn of each route per round; medians; CPU: this process = provider, client and host; the route's claude; the other, idle claudes):"
+    );
+    println!(
+        "  {:<28} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "route", "first text", "done", "own CPU", "claude CPU", "idle CPU"
+    );
+    for &route in &routes {
+        let entry = &interleaved[route.index()];
+        println!(
+            "  {:<28} {:>7.2} ms {:>7.2} ms {:>7.2} ms {:>7.2} ms {:>7.2} ms",
+            route.name(),
+            median(entry.timings.iter().map(|t| ms(t.first_text)).collect()),
+            median(entry.timings.iter().map(|t| ms(t.done)).collect()),
+            median(entry.own_cpu.iter().copied().map(ms).collect()),
+            median(entry.claude_cpu.iter().copied().map(ms).collect()),
+            median(entry.idle_claude_cpu.iter().copied().map(ms).collect()),
+        );
+    }
+    // Per-round differences against the bare CLI.
+    let bare = &interleaved[Route::Bare.index()];
+    for &route in routes.iter().filter(|r| **r != Route::Bare) {
+        let entry = &interleaved[route.index()];
+        let paired = |f: fn(&Timing) -> Duration| {
+            median(
+                entry
+                    .timings
+                    .iter()
+                    .zip(&bare.timings)
+                    .map(|(a, b)| ms(f(a)) - ms(f(b)))
+                    .collect(),
+            )
+        };
+        println!(
+            "  {} - bare (median of per-round differences): first text {:+.2} ms, done {:+.2} ms",
+            route.name(),
+            paired(|t| t.first_text),
+            paired(|t| t.done),
+        );
+    }
+
+    // The same difference by quarter of the rounds: the overhead grows
+    // with the conversation.
+    let quarter = rounds.div_ceil(4);
+    let (karta, bare) = (
+        &interleaved[Route::Karta.index()].timings,
+        &interleaved[Route::Bare.index()].timings,
+    );
+    for (i, (k, b)) in karta.chunks(quarter).zip(bare.chunks(quarter)).enumerate() {
+        let from = exchanges + i * quarter;
+        println!(
+            "  karta_warm_turn - bare, exchanges {from}-{}: done {:+.2} ms (karta {:.2} ms, bare {:.2} ms)",
+            from + k.len(),
+            median(
+                k.iter()
+                    .zip(b)
+                    .map(|(a, b)| ms(a.done) - ms(b.done))
+                    .collect()
+            ),
+            median(k.iter().map(|t| ms(t.done)).collect()),
+            median(b.iter().map(|t| ms(t.done)).collect()),
+        );
+    }
+
+    rt.block_on(async {
+        let Rig {
+            sessions,
+            id,
+            in_process_id,
+            bare,
+            via_gateway,
+            ..
+        } = rig;
+        bare.stop().await;
+        if let Some(via) = via_gateway {
+            via.stop().await;
+        }
+        sessions.delete(&id).await.expect("delete the session");
+        if let Some(id) = in_process_id {
+            sessions.delete(&id).await.expect("delete the session");
+        }
+        host.shutdown().await;
+        drop(provider_server);
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
