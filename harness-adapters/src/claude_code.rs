@@ -47,6 +47,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};
@@ -102,6 +103,8 @@ struct ClaudeProcess {
     announced: bool,
     /// The agent it runs as (`--agent`), if any.
     agent: Option<String>,
+    /// Its conversation id, as last remembered in the session's `HOME`.
+    conversation: Option<String>,
 }
 
 /// The file in the session's `HOME` that remembers Claude Code's own session
@@ -210,6 +213,7 @@ impl ClaudeCodeHarness {
             last_used: Instant::now(),
             announced: false,
             agent: request.agent.clone(),
+            conversation: remembered(&request.session.home, RESUME_FILE),
         };
         let request_id = format!("init_{}", uuid::Uuid::new_v4().simple());
         claude
@@ -321,8 +325,13 @@ impl ClaudeCodeHarness {
                 }
                 Some("system") => {
                     if line["subtype"] == "init" {
-                        if let Some(id) = line["session_id"].as_str() {
+                        // Claude Code repeats `init` every turn; the file is
+                        // written only when its conversation id changes.
+                        if let Some(id) = line["session_id"].as_str()
+                            && claude.conversation.as_deref() != Some(id)
+                        {
                             remember(&request.session.home, RESUME_FILE, id);
+                            claude.conversation = Some(id.to_owned());
                         }
                         if !claude.announced {
                             claude.announced = true;
@@ -484,7 +493,7 @@ impl TurnState {
     /// A raw Anthropic streaming event (partial messages): deltas become
     /// `text` / `reasoning`, a message's start and end become its step.
     fn stream_event(&mut self, event: &Value, cx: &TurnContext<'_>) -> Result<(), TurnFailure> {
-        let Ok(event) = serde_json::from_value::<AnthropicEvent>(event.clone()) else {
+        let Ok(event) = AnthropicEvent::deserialize(event) else {
             tracing::debug!("claude sent a stream event that is not Anthropic's: {event}");
             return Ok(());
         };

@@ -211,7 +211,8 @@ impl TurnContext<'_> {
 pub struct TurnRequest {
     /// The system prompt: instructions, agent prompt, skill index.
     pub system: String,
-    /// The conversation so far, as Anthropic Messages `messages` entries.
+    /// The conversation so far, as Anthropic Messages `messages` entries
+    /// (empty for process harnesses, which keep their own).
     pub history: Vec<serde_json::Value>,
     /// The new user message.
     pub text: String,

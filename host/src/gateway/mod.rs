@@ -15,7 +15,7 @@ pub mod offline;
 mod relay;
 mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
@@ -89,9 +89,11 @@ struct GatewayInner {
     metrics: Arc<Metrics>,
     /// session id -> what was metered since its turn last took it.
     usage: Mutex<HashMap<String, MeteredUsage>>,
-    /// The last requests received, newest last (for `doctor`-style checks
-    /// and tests that assert what reached the model).
-    recent: Mutex<Vec<Value>>,
+    /// The last request bodies received, newest last (for `doctor`-style
+    /// checks and tests that assert what reached the model). Kept as the
+    /// bytes that arrived — parsing and copying a harness's 100 KiB request
+    /// on every call cost more than the rest of the hop.
+    recent: Mutex<VecDeque<Bytes>>,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
@@ -170,9 +172,13 @@ impl Gateway {
             .unwrap_or_default()
     }
 
-    /// The last requests the gateway received (bodies), oldest first.
+    /// The last requests the gateway received (bodies, as JSON), oldest
+    /// first.
     pub fn recent_requests(&self) -> Vec<Value> {
-        lock(&self.inner.recent).clone()
+        lock(&self.inner.recent)
+            .iter()
+            .map(|bytes| serde_json::from_slice(bytes).unwrap_or(Value::Null))
+            .collect()
     }
 
     /// The router: `/v1/messages`, `/v1/chat/completions`.
@@ -228,12 +234,12 @@ impl Gateway {
         self.inner.metrics.record_tokens(usage);
     }
 
-    fn remember(&self, body: &Value) {
+    fn remember(&self, body: &Bytes) {
         let mut recent = lock(&self.inner.recent);
         if recent.len() == RECENT_REQUESTS {
-            recent.remove(0);
+            recent.pop_front();
         }
-        recent.push(body.clone());
+        recent.push_back(body.clone());
     }
 }
 
@@ -254,13 +260,22 @@ fn error_response(kind: UpstreamKind, status: StatusCode, code: &str, message: &
     (status, axum::Json(body)).into_response()
 }
 
-/// Reads and checks a request: key, size, JSON.
+/// What the gateway reads of a request when it forwards it: only whether
+/// the answer streams (the rest is checked to be JSON, not built).
+#[derive(serde::Deserialize)]
+struct RequestHead {
+    #[serde(default)]
+    stream: bool,
+}
+
+/// Reads and checks a request: key, size, JSON. Returns the session, the
+/// bytes and whether the answer streams.
 async fn admit(
     gateway: &Gateway,
     kind: UpstreamKind,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(String, Bytes, Value), Response> {
+) -> Result<(String, Bytes, bool), Response> {
     let Some(session) = gateway.session_for(headers) else {
         return Err(error_response(
             kind,
@@ -283,16 +298,22 @@ async fn admit(
             ));
         }
     };
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        error_response(
-            kind,
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            &format!("the body is not valid JSON: {e}"),
-        )
-    })?;
-    gateway.remember(&value);
-    Ok((session, bytes, value))
+    let streaming = match serde_json::from_slice::<RequestHead>(&bytes) {
+        Ok(head) => head.stream,
+        // Valid JSON of another shape (the offline model answers it; a
+        // provider says what it thinks of it).
+        Err(e) if e.is_data() => false,
+        Err(e) => {
+            return Err(error_response(
+                kind,
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!("the body is not valid JSON: {e}"),
+            ));
+        }
+    };
+    gateway.remember(&bytes);
+    Ok((session, bytes, streaming))
 }
 
 async fn anthropic_messages(
@@ -312,15 +333,16 @@ async fn openai_chat(State(gateway): State<Gateway>, headers: HeaderMap, body: B
 /// answer passes through [`relay::metered`], which meters its tokens to the
 /// session as it goes.
 async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: Body) -> Response {
-    let (session, bytes, request) = match admit(&gateway, kind, &headers, body).await {
+    let (session, bytes, streaming) = match admit(&gateway, kind, &headers, body).await {
         Ok(admitted) => admitted,
         Err(response) => return response,
     };
     gateway.count_request(&session);
-    let streaming = request["stream"].as_bool().unwrap_or(false);
     if let Some(upstream) = gateway.upstream().cloned() {
         return relay::forward(&gateway, &upstream, kind, session, bytes, streaming).await;
     }
+    // The offline model reads the whole conversation.
+    let request: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let conversation = match kind {
         UpstreamKind::Anthropic => offline::from_anthropic(&request),
         UpstreamKind::Openai => offline::from_openai(&request),

@@ -46,7 +46,9 @@ impl Sessions {
         // Before every turn: a plugin may have changed them since. A harness
         // without the app's instructions would answer as someone else, so a
         // failed copy fails the turn.
-        crate::app::copy_harness_files(&self.app.root, &workspace)
+        self.app
+            .harness_files
+            .sync(&workspace)
             .map_err(|e| format!("cannot give the harness the app's files: {e}"))?;
         Ok(SessionInfo {
             id: id.to_owned(),

@@ -134,7 +134,14 @@ async fn save_message(
             let _ = store.remove_message(&live.id, index);
             return Err(e);
         }
-        store.history(&live.id)
+        // The builtin loop sends the conversation with every step; a
+        // process harness keeps its own, and reading it would cost a read
+        // of the whole history on every message.
+        if sessions.harness.is_none() {
+            store.history(&live.id)
+        } else {
+            Ok(Vec::new())
+        }
     };
     let history = match written.await {
         Ok(history) => history,

@@ -23,6 +23,13 @@ use serde::Deserialize;
 
 use crate::plugin::{Limits, PluginGrant, WorkspaceAccess};
 
+mod harness_files;
+
+pub use harness_files::{
+    CLAUDE_SETTINGS_FILES, HARNESS_FILES, HarnessFiles, MAX_HARNESS_COPY_BYTES, copy_harness_files,
+    sanitize_claude_settings,
+};
+
 /// Which harness runs the app's turns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -124,6 +131,8 @@ pub struct AppSpec {
     pub command_servers: Vec<CommandServer>,
     /// `[env]` of `karta.toml`, for harness processes.
     pub env: BTreeMap<String, String>,
+    /// What a harness process gets of the folder (read at load).
+    pub harness_files: HarnessFiles,
 }
 
 /// What is wrong with an app, and where.
@@ -247,19 +256,10 @@ pub fn load(root: &Path) -> Result<AppSpec, AppError> {
     };
 
     let harness = config.harness.unwrap_or_else(|| detect_harness(&root));
-    // Refused here, at start-up, rather than on every harness turn.
-    let harness_bytes = harness_files_size(&root);
-    if harness_bytes > MAX_HARNESS_COPY_BYTES {
-        return Err(error(
-            &root,
-            None,
-            format!(
-                "the harness files (CLAUDE.md, AGENTS.md, agents, commands, skills) take {} MiB; at most {} MiB reach the harness",
-                harness_bytes >> 20,
-                MAX_HARNESS_COPY_BYTES >> 20
-            ),
-        ));
-    }
+    // Read once, here: refused at start-up rather than on every harness
+    // turn, and never read again while the app is served.
+    let harness_files =
+        HarnessFiles::collect(&root).map_err(|e| error(&root, None, e.to_string()))?;
     let mut agents = BTreeMap::new();
     for dir in [root.join(".claude/agents"), root.join(".opencode/agents")] {
         for file in markdown_files(&dir)? {
@@ -381,6 +381,7 @@ pub fn load(root: &Path) -> Result<AppSpec, AppError> {
         plugins,
         command_servers,
         env: config.env,
+        harness_files,
     })
 }
 
@@ -393,187 +394,6 @@ fn detect_harness(root: &Path) -> HarnessKind {
         HarnessKind::Opencode
     } else {
         HarnessKind::Builtin
-    }
-}
-
-/// What of an app a harness process may read from its working directory:
-/// the instructions, and the markdown that configures agents, commands and
-/// skills. Everything else under `.claude/` and `.opencode/` is left out —
-/// hooks, plugins and custom tools there would run native code in the
-/// harness process, outside the WebAssembly runtime.
-pub const HARNESS_FILES: &[&str] = &[
-    "CLAUDE.md",
-    "AGENTS.md",
-    ".claude/agents",
-    ".claude/commands",
-    ".claude/skills",
-    ".claude/output-styles",
-    ".opencode/agent",
-    ".opencode/agents",
-    ".opencode/command",
-    ".opencode/commands",
-    ".opencode/skill",
-    ".opencode/skills",
-    ".opencode/mode",
-    ".opencode/modes",
-];
-
-/// Claude Code settings files, copied with only their permission rules
-/// (see [`sanitize_claude_settings`]).
-pub const CLAUDE_SETTINGS_FILES: &[&str] =
-    &[".claude/settings.json", ".claude/settings.local.json"];
-
-/// The most a harness-file copy may write (a hostile app must not fill the
-/// disk one session at a time).
-pub const MAX_HARNESS_COPY_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Makes the harness files in a session workspace exactly the app's
-/// ([`HARNESS_FILES`], [`CLAUDE_SETTINGS_FILES`]), before a harness turn.
-///
-/// The workspace is also the plugins' `/workspace`, so whatever a plugin
-/// wrote under `.claude/` or `.opencode/` is removed first (OpenCode's own
-/// `.opencode/node_modules` stays). Symbolic links are skipped (they could
-/// point anywhere on the host), as is anything but regular files and
-/// directories; the copy stops with an error past
-/// [`MAX_HARNESS_COPY_BYTES`]. Returns the bytes written.
-pub fn copy_harness_files(root: &Path, workspace: &Path) -> std::io::Result<u64> {
-    std::fs::create_dir_all(workspace)?;
-    for name in ["CLAUDE.md", "AGENTS.md", ".claude"] {
-        remove_any(&workspace.join(name))?;
-    }
-    if let Ok(entries) = std::fs::read_dir(workspace.join(".opencode")) {
-        for entry in entries.flatten() {
-            if entry.file_name() != "node_modules" {
-                remove_any(&entry.path())?;
-            }
-        }
-    }
-    let mut written = 0;
-    for name in HARNESS_FILES {
-        if let Some(parent) = workspace.join(name).parent()
-            && root.join(name).exists()
-        {
-            std::fs::create_dir_all(parent)?;
-        }
-        copy_tree(&root.join(name), &workspace.join(name), &mut written, 0)?;
-    }
-    for name in CLAUDE_SETTINGS_FILES {
-        let from = root.join(name);
-        if !std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_file()) {
-            continue;
-        }
-        let settings = std::fs::read(&from)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
-        let Some(settings) = settings else {
-            tracing::warn!(
-                "{} is not valid JSON; the harness does not get it",
-                from.display()
-            );
-            continue;
-        };
-        let to = workspace.join(name);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let bytes = serde_json::to_vec_pretty(&sanitize_claude_settings(&settings))
-            .map_err(std::io::Error::other)?;
-        written += bytes.len() as u64;
-        std::fs::write(to, bytes)?;
-    }
-    Ok(written)
-}
-
-/// The part of a Claude Code settings file a harness may see: its
-/// `permissions` `allow` / `ask` / `deny` rules — minus `allow` rules for the
-/// host's MCP tools (`karta.toml` decides which plugin tools run unasked).
-/// Everything else goes: `env` could point the model traffic elsewhere,
-/// `hooks`, `apiKeyHelper` and `statusLine` run commands,
-/// `permissions.defaultMode` could skip every approval.
-pub fn sanitize_claude_settings(settings: &serde_json::Value) -> serde_json::Value {
-    let mut permissions = serde_json::Map::new();
-    for key in ["allow", "ask", "deny"] {
-        let rules: Vec<serde_json::Value> = settings["permissions"][key]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|rule| rule.is_string())
-            .filter(|rule| {
-                key != "allow" || !rule.as_str().is_some_and(|r| r.starts_with("mcp__karta"))
-            })
-            .cloned()
-            .collect();
-        if !rules.is_empty() {
-            permissions.insert(key.to_owned(), serde_json::Value::Array(rules));
-        }
-    }
-    serde_json::json!({ "permissions": permissions })
-}
-
-/// The bytes [`copy_harness_files`] would copy (regular files only, links
-/// skipped, as deep as it goes).
-fn harness_files_size(root: &Path) -> u64 {
-    fn size(path: &Path, depth: usize) -> u64 {
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.is_file() => meta.len(),
-            Ok(meta) if meta.is_dir() && depth < 16 => std::fs::read_dir(path)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|entry| size(&entry.path(), depth + 1))
-                .sum(),
-            _ => 0,
-        }
-    }
-    HARNESS_FILES
-        .iter()
-        .chain(CLAUDE_SETTINGS_FILES)
-        .map(|name| size(&root.join(name), 0))
-        .sum()
-}
-
-fn copy_tree(from: &Path, to: &Path, written: &mut u64, depth: usize) -> std::io::Result<()> {
-    let meta = match std::fs::symlink_metadata(from) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if meta.is_file() {
-        *written += meta.len();
-        if *written > MAX_HARNESS_COPY_BYTES {
-            return Err(std::io::Error::other(format!(
-                "the app's harness files are larger than {} MiB",
-                MAX_HARNESS_COPY_BYTES >> 20
-            )));
-        }
-        // Never write through a link planted in the workspace.
-        if std::fs::symlink_metadata(to).is_ok_and(|m| !m.is_file()) {
-            remove_any(to)?;
-        }
-        std::fs::copy(from, to)?;
-    } else if meta.is_dir() && depth < 16 {
-        if std::fs::symlink_metadata(to).is_ok_and(|m| !m.is_dir()) {
-            remove_any(to)?;
-        }
-        std::fs::create_dir_all(to)?;
-        for entry in std::fs::read_dir(from)? {
-            let entry = entry?;
-            copy_tree(
-                &entry.path(),
-                &to.join(entry.file_name()),
-                written,
-                depth + 1,
-            )?;
-        }
-    }
-    Ok(())
-}
-
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(_) => Ok(()),
     }
 }
 
@@ -855,6 +675,50 @@ mod tests {
         assert_eq!(
             settings,
             serde_json::json!({"permissions": {"allow": ["Read(./docs/**)"], "deny": ["WebFetch"]}})
+        );
+    }
+
+    #[test]
+    fn syncing_again_touches_only_what_changed_and_never_writes_through_links() {
+        use std::os::unix::fs::MetadataExt;
+        let app = tempfile::tempdir().expect("tempdir");
+        let root = app.path();
+        write(root, "CLAUDE.md", "Be brief.");
+        write(root, ".claude/agents/a.md", "---\ndescription: a\n---\nHi");
+        write(root, ".claude/skills/s/SKILL.md", "a skill");
+        let files = HarnessFiles::collect(root).expect("collect");
+        let workspace = tempfile::tempdir().expect("tempdir");
+        let ws = workspace.path();
+        files.sync(ws).expect("first sync");
+        let inode = |p: &str| std::fs::metadata(ws.join(p)).expect("meta").ino();
+        let before = (inode("CLAUDE.md"), inode(".claude/agents/a.md"));
+        // A plugin edits one file, adds one, and swaps a directory for a
+        // link to somewhere else.
+        write(ws, ".claude/skills/s/SKILL.md", "rewritten by a plugin");
+        write(ws, ".claude/agents/extra.md", "planted");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::remove_dir_all(ws.join(".claude/skills")).expect("rm");
+        std::os::unix::fs::symlink(outside.path(), ws.join(".claude/skills")).expect("link");
+        files.sync(ws).expect("second sync");
+        assert_eq!(
+            (inode("CLAUDE.md"), inode(".claude/agents/a.md")),
+            before,
+            "files already right are not rewritten"
+        );
+        assert_eq!(
+            std::fs::read_to_string(ws.join(".claude/skills/s/SKILL.md")).expect("restored"),
+            "a skill"
+        );
+        assert!(
+            std::fs::symlink_metadata(ws.join(".claude/skills"))
+                .expect("meta")
+                .is_dir()
+        );
+        assert!(!ws.join(".claude/agents/extra.md").exists());
+        assert_eq!(
+            std::fs::read_dir(outside.path()).expect("read").count(),
+            0,
+            "nothing written through the link"
         );
     }
 
