@@ -9,14 +9,11 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use crate::session::{Published, Subscription};
 use axum::response::sse::{Event as Frame, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-
-use crate::session::Published;
 
 /// One SSE frame of a subscription item.
 fn frame(item: Published) -> Frame {
@@ -39,9 +36,9 @@ fn frame(item: Published) -> Frame {
 }
 
 /// The items of `events` as an SSE response.
-pub(super) fn stream(events: mpsc::Receiver<Published>) -> Response {
+pub(super) fn stream(events: Subscription) -> Response {
     let frames: std::pin::Pin<Box<dyn Stream<Item = Result<Frame, Infallible>> + Send>> =
-        Box::pin(ReceiverStream::new(events).map(|item| Ok(frame(item))));
+        Box::pin(events.into_stream().map(|item| Ok(frame(item))));
     Sse::new(frames)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

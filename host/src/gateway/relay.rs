@@ -18,11 +18,12 @@ use http_body_util::Full;
 use karta_harness::model_stream::{UsageMeter, WireShape};
 use karta_harness::sse;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::{Gateway, MAX_EVENT_BYTES, MAX_UNARY_BYTES, Upstream, UpstreamKind, error_response};
 
-/// A body relaying `chunks` while metering them to `session`.
+/// A body relaying `chunks` while metering them to `session`, in the
+/// connection's own task (no task or channel in between).
 pub(super) fn metered<S, E>(
     gateway: Gateway,
     session: String,
@@ -32,22 +33,19 @@ pub(super) fn metered<S, E>(
 ) -> Body
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
-    E: std::fmt::Display + Send + 'static,
+    E: Into<axum::BoxError> + 'static,
 {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
-    tokio::spawn(async move {
-        let mut chunks = std::pin::pin!(chunks);
-        let mut meter = UsageMeter::new(shape);
-        if streaming {
-            // The SSE reader is fed chunk by chunk and drained at once:
-            // every complete event is metered before its bytes go on.
-            let (feed, fed) = mpsc::unbounded_channel::<Bytes>();
-            let mut events = sse::events(
-                UnboundedReceiverStream::new(fed).map(Ok::<_, Infallible>),
-                MAX_EVENT_BYTES,
-            );
-            while let Some(chunk) = chunks.next().await {
-                let Ok(chunk) = chunk else { break };
+    let mut meter = UsageMeter::new(shape);
+    if streaming {
+        // The SSE reader is fed chunk by chunk and drained at once: every
+        // complete event is metered before its bytes go on.
+        let (feed, fed) = mpsc::unbounded_channel::<Bytes>();
+        let mut events = sse::events(
+            UnboundedReceiverStream::new(fed).map(Ok::<_, Infallible>),
+            MAX_EVENT_BYTES,
+        );
+        return Body::from_stream(chunks.map(move |chunk| {
+            if let Ok(chunk) = &chunk {
                 let _ = feed.send(chunk.clone());
                 while let Some(Some(event)) = events.next().now_or_never() {
                     match event {
@@ -59,33 +57,55 @@ where
                         Err(e) => tracing::warn!("cannot read the model's stream for usage: {e}"),
                     }
                 }
-                if tx.send(Ok(chunk)).await.is_err() {
-                    break;
-                }
             }
-        } else {
-            // Hold each chunk back until the next one arrives, so the last
-            // goes on only once the whole answer is metered.
-            let mut copy = Vec::new();
-            let mut held: Option<Bytes> = None;
-            while let Some(chunk) = chunks.next().await {
-                let Ok(chunk) = chunk else { break };
-                if copy.len() + chunk.len() <= MAX_UNARY_BYTES {
-                    copy.extend_from_slice(&chunk);
-                }
-                if let Some(previous) = held.replace(chunk)
-                    && tx.send(Ok(previous)).await.is_err()
-                {
-                    return;
-                }
+            chunk
+        }));
+    }
+    // A unary answer: hold each chunk back until the next one arrives, so
+    // the last goes on only once the whole answer is metered.
+    struct Unary<S> {
+        chunks: std::pin::Pin<Box<S>>,
+        held: Option<Bytes>,
+        copy: Vec<u8>,
+        done: bool,
+    }
+    let state = Unary {
+        chunks: Box::pin(chunks),
+        held: None,
+        copy: Vec::new(),
+        done: false,
+    };
+    Body::from_stream(futures_util::stream::unfold(state, move |mut state| {
+        let gateway = gateway.clone();
+        let session = session.clone();
+        let mut meter = meter;
+        async move {
+            if state.done {
+                return None;
             }
-            gateway.meter(&session, meter.observe_unary(&copy));
-            if let Some(last) = held {
-                let _ = tx.send(Ok(last)).await;
+            loop {
+                match state.chunks.next().await {
+                    Some(Ok(chunk)) => {
+                        if state.copy.len() + chunk.len() <= MAX_UNARY_BYTES {
+                            state.copy.extend_from_slice(&chunk);
+                        }
+                        if let Some(previous) = state.held.replace(chunk) {
+                            return Some((Ok::<_, axum::BoxError>(previous), state));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        state.done = true;
+                        return Some((Err(e.into()), state));
+                    }
+                    None => {
+                        state.done = true;
+                        gateway.meter(&session, meter.observe_unary(&state.copy));
+                        return state.held.take().map(|last| (Ok(last), state));
+                    }
+                }
             }
         }
-    });
-    Body::from_stream(ReceiverStream::new(rx))
+    }))
 }
 
 /// Sends the request on to the real provider with the platform's key and

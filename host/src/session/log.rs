@@ -11,11 +11,12 @@
 //! frame ([`Published::Failed`]) when the log itself failed or the session
 //! was deleted — never silently.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use karta_harness::{Envelope, ErrorData, Event, Source};
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use super::live::{LiveRef, LiveSession, SessionState};
 use super::{SessionError, now};
@@ -98,66 +99,110 @@ impl LiveSession {
 /// follows it live until an event that ends the stream. A subscriber that
 /// joins after a turn ended still gets its terminal event from the replay;
 /// one that joins a paused turn ends after the pending `input_required`.
+///
+/// It is read in the reader's own task ([`Subscription::recv`], or as a
+/// stream): no task and no channel of its own between the log and the
+/// client.
+pub struct Subscription {
+    replay: VecDeque<Envelope>,
+    rx: broadcast::Receiver<Published>,
+    /// The last sequence number given.
+    last: u64,
+    /// Whether to follow live after the replay.
+    follow: bool,
+    finished: bool,
+    /// Holds the session in memory while someone listens.
+    live: LiveRef,
+    store: Store,
+}
+
 pub(crate) async fn subscribe(
     live: LiveRef,
     store: Store,
     after: u64,
-) -> Result<mpsc::Receiver<Published>, SessionError> {
+) -> Result<Subscription, SessionError> {
     // Under the state lock, so that a turn cannot end (clear its flag and
     // publish its terminal event) between the replay and the flag's read.
-    let (mut rx, replay, running) = {
+    let (rx, replay, running) = {
         let _state = live.state.lock().await;
         let rx = live.events.subscribe();
         let replay = store.events_after(&live.id, after)?;
         (rx, replay, live.is_running())
     };
-    let (tx, out) = mpsc::channel(256);
-    tokio::spawn(async move {
-        let mut last = after;
-        let mut replay_ended_stream = false;
-        for envelope in replay {
-            last = envelope.seq;
-            replay_ended_stream = envelope.event.ends_stream();
-            if tx.send(Published::Event(Arc::new(envelope))).await.is_err() {
-                return;
-            }
+    let replay_ends_stream = replay.last().is_some_and(|e| e.event.ends_stream());
+    Ok(Subscription {
+        replay: replay.into(),
+        rx,
+        last: after,
+        follow: running && !replay_ends_stream,
+        finished: false,
+        live,
+        store,
+    })
+}
+
+impl Subscription {
+    /// The next item; `None` once the stream has ended.
+    pub async fn recv(&mut self) -> Option<Published> {
+        if self.finished {
+            return None;
         }
-        if !running || replay_ended_stream {
-            return;
+        if let Some(envelope) = self.replay.pop_front() {
+            self.last = envelope.seq;
+            if self.replay.is_empty() && !self.follow {
+                self.finished = true;
+            }
+            return Some(Published::Event(Arc::new(envelope)));
+        }
+        if !self.follow {
+            self.finished = true;
+            return None;
         }
         loop {
-            match rx.recv().await {
+            match self.rx.recv().await {
                 Ok(Published::Event(envelope)) => {
-                    if envelope.seq <= last {
+                    if envelope.seq <= self.last {
                         continue;
                     }
-                    last = envelope.seq;
-                    let ends = envelope.event.ends_stream();
-                    if tx.send(Published::Event(envelope)).await.is_err() || ends {
-                        return;
-                    }
+                    self.last = envelope.seq;
+                    self.finished = envelope.event.ends_stream();
+                    return Some(Published::Event(envelope));
                 }
                 Ok(failed @ Published::Failed(_)) => {
-                    let _ = tx.send(failed).await;
-                    return;
+                    self.finished = true;
+                    return Some(failed);
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // A slow subscriber fell behind the channel: catch up
                     // from the log, which has everything.
-                    let Ok(missed) = store.events_after(&live.id, last) else {
-                        return;
+                    let Ok(missed) = self.store.events_after(&self.live.id, self.last) else {
+                        self.finished = true;
+                        return None;
                     };
-                    for envelope in missed {
-                        last = envelope.seq;
-                        let ends = envelope.event.ends_stream();
-                        if tx.send(Published::Event(Arc::new(envelope))).await.is_err() || ends {
-                            return;
-                        }
+                    if missed.is_empty() {
+                        continue;
                     }
+                    let ends = missed.iter().position(|e| e.event.ends_stream());
+                    let mut missed: VecDeque<Envelope> = missed.into();
+                    if let Some(end) = ends {
+                        missed.truncate(end + 1);
+                        self.follow = false;
+                    }
+                    self.replay = missed;
+                    return Box::pin(self.recv()).await;
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.finished = true;
+                    return None;
+                }
             }
         }
-    });
-    Ok(out)
+    }
+
+    /// The subscription as a stream.
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Published> + Send {
+        futures_util::stream::unfold(self, |mut subscription| async move {
+            subscription.recv().await.map(|item| (item, subscription))
+        })
+    }
 }

@@ -36,7 +36,6 @@ use std::time::{Duration, SystemTime};
 use karta_harness::http::HttpClient;
 use karta_harness::{Decision, Envelope, ErrorCode, ErrorData, Harness, ToolDef, ToolResult};
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::app::AppSpec;
@@ -45,7 +44,7 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::store::{SessionRecord, Store, TranscriptMessage};
 use live::LiveMap;
-pub use log::Published;
+pub use log::{Published, Subscription};
 pub use tools::SessionTool;
 use tools::Toolbox;
 pub use types::{
@@ -364,11 +363,7 @@ impl Sessions {
 
     /// A live subscription: replays the log after `after`, then follows the
     /// running turn until its end or its next `input_required`.
-    pub async fn subscribe(
-        &self,
-        id: &str,
-        after: u64,
-    ) -> Result<mpsc::Receiver<Published>, SessionError> {
+    pub async fn subscribe(&self, id: &str, after: u64) -> Result<Subscription, SessionError> {
         let live = self.live.get(id).await?;
         log::subscribe(live, self.store.clone(), after).await
     }
