@@ -1,7 +1,10 @@
 //! Running a turn: the user's message is saved and the turn claimed
 //! ([`start`]); a task runs the harness, one writer appends its events in
 //! order, and the turn is saved and its terminal event published
-//! ([`run`]).
+//! ([`run`]). The message's flush overlaps the harness's start — the
+//! writer holds the turn's events until the message is durable, the client
+//! is answered only then, and a flush that fails takes the turn back
+//! (`abandon`) before the client gets its 503.
 //!
 //! The terminal event (`done` / `error`) is held back until the turn is
 //! saved — history, transcript, the record with the approvals it gathered
@@ -28,7 +31,9 @@ use super::live::LiveRef;
 use super::log::{Published, reserve_seqs};
 use super::tools::SessionTurnHost;
 use super::{MessageRequest, SessionError, Sessions, StartedTurn, TurnSummary, lock, now};
-use crate::store::{Participant, ParticipantType, Role, Store, StoreError, TranscriptMessage};
+use crate::store::{
+    Participant, ParticipantType, Role, SessionRecord, Store, StoreError, TranscriptMessage,
+};
 
 /// Saves `message` and starts its turn.
 pub(super) async fn start(
@@ -62,30 +67,64 @@ pub(super) async fn start(
         }
         *turn = Some(cancel.clone());
     }
-    let (after, request, agent) = match save_message(sessions, &live, &message).await {
+    let prepared = match save_message(sessions, &live, &message).await {
         Ok(prepared) => prepared,
         Err(e) => {
             lock(&live.turn).take();
             return Err(e);
         }
     };
-    let (finished_tx, finished) = oneshot::channel();
+    // The harness starts at once; the message is flushed meanwhile (the
+    // model's first answer takes far longer than a flush), and the turn's
+    // events are written only once it is durable. The client hears of the
+    // turn only after the flush.
+    let (durable_tx, durable) = oneshot::channel();
+    let (finished_tx, mut finished) = oneshot::channel();
     let task_sessions = sessions.clone();
+    let after = prepared.after;
+    let turn_cancel = cancel.clone();
     sessions.turns.spawn(async move {
-        let summary = run(task_sessions, live, request, agent, cancel).await;
+        let summary = run(task_sessions, live, prepared, turn_cancel, durable).await;
         let _ = finished_tx.send(summary);
     });
-    Ok(StartedTurn { after, finished })
+    match sessions.store.flush().await {
+        Ok(()) => {
+            let _ = durable_tx.send(true);
+            Ok(StartedTurn { after, finished })
+        }
+        Err(e) => {
+            // Undone before the answer: the session is as it was.
+            cancel.cancel();
+            let _ = durable_tx.send(false);
+            let _ = (&mut finished).await;
+            Err(e.into())
+        }
+    }
 }
 
-/// Writes the user's message and marks the turn running, durably; returns
-/// the sequence number before the turn's first event, the harness's
-/// request and the agent.
+/// A saved message, ready to run.
+struct Prepared {
+    /// The sequence number before the turn's first event.
+    after: u64,
+    request: TurnRequest,
+    agent: Option<String>,
+    /// What to restore if the message never becomes durable.
+    undo: Undo,
+}
+
+/// A message's writes, to take back.
+struct Undo {
+    message_index: u64,
+    record: SessionRecord,
+}
+
+/// Writes the user's message and marks the turn running (not flushed: the
+/// caller flushes while the harness starts).
 async fn save_message(
     sessions: &Sessions,
     live: &LiveRef,
     message: &MessageRequest,
-) -> Result<(u64, TurnRequest, Option<String>), SessionError> {
+) -> Result<Prepared, SessionError> {
     let store = &sessions.store;
     let mut state = live.state.lock().await;
     if live.is_deleted() {
@@ -125,26 +164,22 @@ async fn save_message(
     };
     let written = async {
         let index = store.append_message(&live.id, &user_message)?;
-        let saved = async {
-            store.put_session(&state.record)?;
-            store.flush().await
-        };
-        if let Err(e) = saved.await {
-            // Leave the session as it was: no message, no turn.
+        if let Err(e) = store.put_session(&state.record) {
             let _ = store.remove_message(&live.id, index);
             return Err(e);
         }
         // The builtin loop sends the conversation with every step; a
         // process harness keeps its own, and reading it would cost a read
         // of the whole history on every message.
-        if sessions.harness.is_none() {
-            store.history(&live.id)
+        let history = if sessions.harness.is_none() {
+            store.history(&live.id)?
         } else {
-            Ok(Vec::new())
-        }
+            Vec::new()
+        };
+        Ok((index, history))
     };
-    let history = match written.await {
-        Ok(history) => history,
+    let (message_index, history) = match written.await {
+        Ok(written) => written,
         Err(e) => {
             state.record = before;
             let _ = store.put_session(&state.record);
@@ -170,17 +205,31 @@ async fn save_message(
         agent: agent.clone(),
         session: SessionInfo::default(),
     };
-    Ok((state.next_seq - 1, request, agent))
+    Ok(Prepared {
+        after: state.next_seq - 1,
+        request,
+        agent,
+        undo: Undo {
+            message_index,
+            record: before,
+        },
+    })
 }
 
 /// Runs a turn to its end and saves it (see the module docs).
 async fn run(
     sessions: Arc<Sessions>,
     live: LiveRef,
-    mut request: TurnRequest,
-    agent: Option<String>,
+    prepared: Prepared,
     cancel: CancellationToken,
+    durable: oneshot::Receiver<bool>,
 ) -> TurnSummary {
+    let Prepared {
+        mut request,
+        agent,
+        undo,
+        ..
+    } = prepared;
     let span = tracing::info_span!("turn", session = %live.id, harness = sessions.harness_name());
     async move {
         let started = Instant::now();
@@ -196,7 +245,12 @@ async fn run(
             workspace: sessions.workspace(&live.id),
             cancel: cancel.clone(),
         };
-        let writer = tokio::spawn(write_events(sessions.store.clone(), live.clone(), events_rx));
+        let writer = tokio::spawn(write_events(
+            sessions.store.clone(),
+            live.clone(),
+            events_rx,
+            durable,
+        ));
         let context = TurnContext {
             host: &host,
             events: events_tx,
@@ -224,8 +278,15 @@ async fn run(
         };
         let approved = host.approvals.approved();
         drop(host);
-        let terminal = writer.await.ok().flatten();
+        let written = writer.await.unwrap_or(Written {
+            terminal: None,
+            durable: true,
+        });
         let metered = sessions.gateway.take_usage(&live.id);
+        if !written.durable {
+            return abandon(&sessions, &live, undo, agent).await;
+        }
+        let terminal = written.terminal;
         if metered != outcome.usage {
             tracing::debug!(harness = ?outcome.usage, ?metered, "the harness counted other tokens than the gateway metered");
         }
@@ -248,12 +309,30 @@ fn failed_outcome() -> TurnOutcome {
     }
 }
 
-/// Appends the harness's events in order, holding back the terminal one.
+/// What the writer saw of a turn.
+struct Written {
+    /// The terminal event, held back.
+    terminal: Option<Emitted>,
+    /// Whether the turn's message became durable (else nothing was written).
+    durable: bool,
+}
+
+/// Appends the harness's events in order, once the turn's message is
+/// durable, holding back the terminal one.
 async fn write_events(
     store: Store,
     live: LiveRef,
     mut events: mpsc::UnboundedReceiver<Emitted>,
-) -> Option<Emitted> {
+    durable: oneshot::Receiver<bool>,
+) -> Written {
+    if !durable.await.unwrap_or(false) {
+        // The turn is being abandoned: drain, write nothing.
+        while events.recv().await.is_some() {}
+        return Written {
+            terminal: None,
+            durable: false,
+        };
+    }
     let mut terminal = None;
     let mut failed = false;
     while let Some(emitted) = events.recv().await {
@@ -275,7 +354,34 @@ async fn write_events(
             }
         }
     }
-    terminal
+    Written {
+        terminal,
+        durable: true,
+    }
+}
+
+/// Takes back a turn whose message could not be made durable: the message
+/// and the record's changes go, nothing is published, the session is free.
+async fn abandon(
+    sessions: &Sessions,
+    live: &LiveRef,
+    undo: Undo,
+    agent: Option<String>,
+) -> TurnSummary {
+    let mut state = live.state.lock().await;
+    if !live.is_deleted() {
+        let _ = sessions.store.remove_message(&live.id, undo.message_index);
+        state.record = undo.record;
+        let _ = sessions.store.put_session(&state.record);
+    }
+    lock(&live.turn).take();
+    TurnSummary {
+        text: String::new(),
+        message_id: String::new(),
+        agent,
+        usage: Usage::default(),
+        status: TurnStatus::Cancelled,
+    }
 }
 
 fn storage_failure() -> ErrorData {
