@@ -834,6 +834,29 @@ fn bench(c: &mut Criterion) {
         );
     }
 
+    // The comparison issue 8 names: the bare CLI on the *same* gateway as
+    // Karta's (the offline model behind it), so the difference is the host
+    // alone — the API, the session, the log, the adapter — without the
+    // metering hop every deployment has.
+    if breakdown {
+        let karta = &interleaved[Route::Karta.index()].timings;
+        let via = &interleaved[Route::ViaGateway.index()].timings;
+        let paired = |f: fn(&Timing) -> Duration| {
+            median(
+                karta
+                    .iter()
+                    .zip(via)
+                    .map(|(a, b)| ms(f(a)) - ms(f(b)))
+                    .collect(),
+            )
+        };
+        println!(
+            "  karta_warm_turn - bare_cli_via_karta_gateway (same gateway: the host alone): first text {:+.2} ms, done {:+.2} ms  (goal ≤ 2 ms)",
+            paired(|t| t.first_text),
+            paired(|t| t.done),
+        );
+    }
+
     // The same difference by quarter of the rounds: the overhead grows
     // with the conversation.
     let quarter = rounds.div_ceil(4);

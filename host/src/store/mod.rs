@@ -168,7 +168,10 @@ impl Store {
     ///
     /// Runs sled's blocking `flush` on the blocking pool: `flush_async`
     /// stalled for good under a few hundred concurrent callers here (the
-    /// 500-session bench hung with it).
+    /// 500-session bench hung with it). Not `block_in_place`: it turns the
+    /// calling worker into a blocking thread that later exits, and a harness
+    /// process spawned from that thread dies with it (`PR_SET_PDEATHSIG`
+    /// follows the spawning *thread*) — seen in the overhead bench.
     pub async fn flush(&self) -> Result<(), StoreError> {
         if Faults::take(&self.faults.flushes) {
             return Err(StoreError::Injected);
