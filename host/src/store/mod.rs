@@ -31,6 +31,11 @@ use serde_json::Value;
 pub use records::{Participant, ParticipantType, Role, SessionRecord, TranscriptMessage};
 pub use sessions::SessionPage;
 
+/// The most memory sled's page cache may hold (its default is 1 GiB):
+/// with sessions on disk and only those in use in memory, the cache is
+/// what grows with the data, and this bounds it.
+pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The schema this build writes and reads. Version 1 kept each session's
 /// history inside its record; [`Store::open`] moves it out.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -120,7 +125,10 @@ impl Store {
     /// Opens (or creates) the database in `dir`, moving an older schema
     /// forward.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()?;
         let store = Self {
             meta: db.open_tree("meta")?,
             sessions: db.open_tree("sessions")?,
