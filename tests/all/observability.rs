@@ -1,14 +1,12 @@
 //! What an operator sees: `/metrics`, `/openapi.json`, logs from `karta
 //! serve`, and one count of tokens everywhere.
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
-
 use serde_json::{Value, json};
 
 use crate::sessions::{
     get_text, new_session, support_bot, support_bot_server, turn_with_one_usage,
 };
+use crate::support::ServeProcess;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_builtin_turn_counts_its_tokens_once_and_shows_in_the_metrics() {
@@ -117,22 +115,13 @@ async fn the_openapi_document_names_every_route() {
 fn serve_logs_requests_and_failed_turns() {
     let app = support_bot();
     let data = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_karta"))
-        .args(["--log-format", "json", "serve"])
-        .arg(app.path())
-        .args(["--listen", "127.0.0.1:0", "--harness", "builtin", "--data"])
-        .arg(data.path())
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("karta serve starts");
-    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let url = loop {
-        let line = lines.next().expect("a banner line").expect("utf-8");
-        if let Some(rest) = line.split_once("listening on ").map(|(_, r)| r) {
-            break rest.split_whitespace().next().expect("url").to_owned();
-        }
-    };
+    let mut server = ServeProcess::start(
+        app.path(),
+        data.path(),
+        &["--log-format", "json"],
+        &[("RUST_LOG", "info")],
+    );
+    let url = server.url.clone();
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     let id = runtime.block_on(async {
         let (_, session) =
@@ -147,14 +136,12 @@ fn serve_logs_requests_and_failed_turns() {
         assert_eq!((status, answer["status"].as_str()), (200, Some("error")));
         id
     });
-    let _ = child.kill();
-    let mut json_lines = Vec::new();
-    for line in lines.map_while(Result::ok) {
-        if let Ok(value) = serde_json::from_str::<Value>(&line) {
-            json_lines.push(value);
-        }
-    }
-    let _ = child.wait();
+    server.kill();
+    let json_lines: Vec<Value> = server
+        .stderr
+        .iter()
+        .filter_map(|line| serde_json::from_str(&line).ok())
+        .collect();
     let failed = json_lines
         .iter()
         .find(|l| l["message"] == "the turn failed")

@@ -2,13 +2,10 @@
 //! number, or leaves a stream hanging; storage failures are answers, not
 //! stuck sessions; sessions leave memory; a host stops cleanly.
 
-use std::io::BufRead;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-
 use serde_json::{Value, json};
 
 use crate::sessions::{Server, new_session, send, sse, support_bot, support_bot_server, types};
+use crate::support::ServeProcess;
 
 /// Starts a turn that writes a file (the `files` plugin asks first) and
 /// reads its stream to the end, as a client that shows a prompt only once
@@ -324,28 +321,6 @@ async fn regression_issue8_sessions_leave_memory() {
     server.stop().await;
 }
 
-/// `karta serve` on `app`, its API URL read from its banner.
-fn serve(app: &Path, data: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_karta"))
-        .arg("serve")
-        .arg(app)
-        .args(["--listen", "127.0.0.1:0", "--harness", "builtin", "--data"])
-        .arg(data)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("karta serve starts");
-    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let url = loop {
-        let line = lines.next().expect("a banner line").expect("utf-8");
-        if let Some((_, rest)) = line.split_once("listening on ") {
-            break rest.split_whitespace().next().expect("url").to_owned();
-        }
-    };
-    // Keep draining stderr so the server never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
-    (child, url)
-}
-
 /// kill -9 in the middle of a turn; a client that reconnects with the last
 /// number it saw gets the `interrupted` end and then what follows, once
 /// each, and no number is ever given twice.
@@ -353,7 +328,8 @@ fn serve(app: &Path, data: &Path) -> (Child, String) {
 async fn regression_issue8_after_kill_9_no_sequence_number_is_reused() {
     let app = support_bot();
     let data = tempfile::tempdir().expect("tempdir");
-    let (mut server, url) = serve(app.path(), data.path());
+    let mut server = ServeProcess::start(app.path(), data.path(), &[], &[]);
+    let url = server.url.clone();
     let (_, session) = send("POST", &format!("{url}/v1/sessions"), json!({})).await;
     let id = session["id"].as_str().expect("id").to_owned();
     let seen = sse(
@@ -369,10 +345,10 @@ async fn regression_issue8_after_kill_9_no_sequence_number_is_reused() {
         ["step_start", "step_finish", "input_required"]
     );
     let last_seen = seen.last().expect("seen")["seq"].as_u64().expect("seq");
-    server.kill().expect("kill -9");
-    server.wait().expect("reaped");
+    server.kill();
 
-    let (mut server, url) = serve(app.path(), data.path());
+    let mut server = ServeProcess::start(app.path(), data.path(), &[], &[]);
+    let url = server.url.clone();
     let events_url = format!("{url}/v1/sessions/{id}/events");
     let resumed = sse(
         "GET",
@@ -406,8 +382,7 @@ async fn regression_issue8_after_kill_9_no_sequence_number_is_reused() {
         (interrupted + 1..interrupted + 1 + after_restart.len() as u64).collect::<Vec<_>>(),
         "one by one again after the repair"
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    server.kill();
 }
 
 /// A host that has shut down has released its data dir: the store opens

@@ -141,3 +141,50 @@ pub async fn trickle_server(
     });
     addr
 }
+
+/// A real `karta serve` process on `app` (builtin harness, port 0).
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    /// Its API's base URL, read from its banner.
+    pub url: String,
+    /// Its stderr after the banner, line by line (read on a thread of its
+    /// own, so the server never blocks on a full pipe).
+    pub stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl ServeProcess {
+    /// Starts `karta [global_args] serve app …` with `env` added.
+    pub fn start(app: &Path, data: &Path, global_args: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_karta"))
+            .args(global_args)
+            .arg("serve")
+            .arg(app)
+            .args(["--listen", "127.0.0.1:0", "--harness", "builtin", "--data"])
+            .arg(data)
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("karta serve starts");
+        let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let url = loop {
+            let line = lines.next().expect("a banner line").expect("utf-8");
+            if let Some((_, rest)) = line.split_once("listening on ") {
+                break rest.split_whitespace().next().expect("url").to_owned();
+            }
+        };
+        let (tx, stderr) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, url, stderr }
+    }
+
+    /// `kill -9`, and reaped.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
