@@ -21,13 +21,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use karta_host::app::HarnessKind;
 use karta_host::harness::HarnessBinaries;
-use karta_host::session::{MessageRequest, Published, Sessions};
-use karta_host::{Event, TurnStatus};
+use karta_host::session::Sessions;
 use karta_host::{Host, HostConfig};
 
 /// The harnesses measured, with their names in the report.
@@ -57,32 +56,7 @@ async fn start(kind: HarnessKind, app: &std::path::Path, data: &std::path::Path)
 /// Sends `text` and returns the time to the first `text` event; waits for
 /// the turn to end (outside the measured time).
 async fn first_text(sessions: &std::sync::Arc<Sessions>, id: &str, text: &str) -> Duration {
-    let started = Instant::now();
-    let turn = sessions
-        .send(
-            id,
-            MessageRequest {
-                text: text.into(),
-                ..MessageRequest::default()
-            },
-        )
-        .await
-        .expect("send");
-    let mut events = sessions.subscribe(id, turn.after).await.expect("subscribe");
-    let mut latency = None;
-    while let Some(item) = events.recv().await {
-        let Published::Event(envelope) = item else {
-            panic!("the stream failed: {item:?}");
-        };
-        match &envelope.event {
-            Event::Text(_) if latency.is_none() => latency = Some(started.elapsed()),
-            Event::Error(error) => panic!("the turn failed: {error:?}"),
-            _ => {}
-        }
-    }
-    let summary = turn.finished.await.expect("turn ends");
-    assert_eq!(summary.status, TurnStatus::Completed, "{summary:?}");
-    latency.expect("a text event")
+    common::in_process_turn(sessions, id, text).await.0
 }
 
 async fn new_session(sessions: &Sessions) -> String {

@@ -69,8 +69,8 @@ use hyper_util::rt::TokioExecutor;
 use karta_host::app::HarnessKind;
 use karta_host::gateway::{Gateway, Upstream, UpstreamKind};
 use karta_host::harness::HarnessBinaries;
-use karta_host::session::{MessageRequest, Published, Sessions};
-use karta_host::{Event, Host, HostConfig};
+use karta_host::session::Sessions;
+use karta_host::{Host, HostConfig};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -178,36 +178,8 @@ impl ApiClient {
 /// One turn through the session manager in-process: from `send` to the
 /// `done` event.
 async fn in_process_turn(sessions: &Arc<Sessions>, id: &str, text: &str) -> Timing {
-    let started = Instant::now();
-    let turn = sessions
-        .send(
-            id,
-            MessageRequest {
-                text: text.into(),
-                ..MessageRequest::default()
-            },
-        )
-        .await
-        .expect("send");
-    let mut events = sessions.subscribe(id, turn.after).await.expect("subscribe");
-    let mut first_text = None;
-    let mut done = None;
-    while let Some(item) = events.recv().await {
-        let Published::Event(envelope) = item else {
-            panic!("the stream failed: {item:?}");
-        };
-        match &envelope.event {
-            Event::Text(_) if first_text.is_none() => first_text = Some(started.elapsed()),
-            Event::Done(_) => done = Some(started.elapsed()),
-            Event::Error(error) => panic!("the turn failed: {error:?}"),
-            _ => {}
-        }
-    }
-    let _ = turn.finished.await;
-    Timing {
-        first_text: first_text.expect("a text event"),
-        done: done.expect("a done event"),
-    }
+    let (first_text, done) = common::in_process_turn(sessions, id, text).await;
+    Timing { first_text, done }
 }
 
 /// A running process as `/proc` shows it.

@@ -100,3 +100,51 @@ pub fn calculator_app() -> tempfile::TempDir {
     .expect("write");
     dir
 }
+
+/// One turn through the session manager in-process: the times from `send`
+/// to the first `text` event and to the `done` event (panics if the turn
+/// fails). The turn has ended when it returns.
+pub async fn in_process_turn(
+    sessions: &std::sync::Arc<karta_host::session::Sessions>,
+    id: &str,
+    text: &str,
+) -> (std::time::Duration, std::time::Duration) {
+    use karta_host::Event;
+    use karta_host::session::{MessageRequest, Published};
+
+    let started = std::time::Instant::now();
+    let turn = sessions
+        .send(
+            id,
+            MessageRequest {
+                text: text.into(),
+                ..MessageRequest::default()
+            },
+        )
+        .await
+        .expect("send");
+    let mut events = sessions.subscribe(id, turn.after).await.expect("subscribe");
+    let mut first_text = None;
+    let mut done = None;
+    while let Some(item) = events.recv().await {
+        let Published::Event(envelope) = item else {
+            panic!("the stream failed: {item:?}");
+        };
+        match &envelope.event {
+            Event::Text(_) if first_text.is_none() => first_text = Some(started.elapsed()),
+            Event::Done(_) => done = Some(started.elapsed()),
+            Event::Error(error) => panic!("the turn failed: {error:?}"),
+            _ => {}
+        }
+    }
+    let summary = turn.finished.await.expect("turn ends");
+    assert_eq!(
+        summary.status,
+        karta_host::TurnStatus::Completed,
+        "{summary:?}"
+    );
+    (
+        first_text.expect("a text event"),
+        done.expect("a done event"),
+    )
+}
