@@ -68,22 +68,23 @@ where
         held: Option<Bytes>,
         copy: Vec<u8>,
         done: bool,
+        gateway: Gateway,
+        session: String,
+        meter: UsageMeter,
     }
     let state = Unary {
         chunks: Box::pin(chunks),
         held: None,
         copy: Vec::new(),
         done: false,
+        gateway,
+        session,
+        meter,
     };
-    Body::from_stream(futures_util::stream::unfold(state, move |mut state| {
-        let gateway = gateway.clone();
-        let session = session.clone();
-        let mut meter = meter;
-        async move {
-            if state.done {
-                return None;
-            }
-            loop {
+    Body::from_stream(futures_util::stream::unfold(
+        state,
+        |mut state| async move {
+            while !state.done {
                 match state.chunks.next().await {
                     Some(Ok(chunk)) => {
                         if state.copy.len() + chunk.len() <= MAX_UNARY_BYTES {
@@ -99,13 +100,15 @@ where
                     }
                     None => {
                         state.done = true;
-                        gateway.meter(&session, meter.observe_unary(&state.copy));
+                        let usage = state.meter.observe_unary(&state.copy);
+                        state.gateway.meter(&state.session, usage);
                         return state.held.take().map(|last| (Ok(last), state));
                     }
                 }
             }
-        }
-    }))
+            None
+        },
+    ))
 }
 
 /// Sends the request on to the real provider with the platform's key and

@@ -144,21 +144,21 @@ pub(crate) async fn subscribe(
 impl Subscription {
     /// The next item; `None` once the stream has ended.
     pub async fn recv(&mut self) -> Option<Published> {
-        if self.finished {
-            return None;
-        }
-        if let Some(envelope) = self.replay.pop_front() {
-            self.last = envelope.seq;
-            if self.replay.is_empty() && !self.follow {
-                self.finished = true;
-            }
-            return Some(Published::Event(Arc::new(envelope)));
-        }
-        if !self.follow {
-            self.finished = true;
-            return None;
-        }
         loop {
+            if self.finished {
+                return None;
+            }
+            if let Some(envelope) = self.replay.pop_front() {
+                self.last = envelope.seq;
+                if self.replay.is_empty() && !self.follow {
+                    self.finished = true;
+                }
+                return Some(Published::Event(Arc::new(envelope)));
+            }
+            if !self.follow {
+                self.finished = true;
+                return None;
+            }
             match self.rx.recv().await {
                 Ok(Published::Event(envelope)) => {
                     if envelope.seq <= self.last {
@@ -174,22 +174,18 @@ impl Subscription {
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // A slow subscriber fell behind the channel: catch up
-                    // from the log, which has everything.
+                    // from the log, which has everything, up to the event
+                    // that ends the stream (the loop replays it).
                     let Ok(missed) = self.store.events_after(&self.live.id, self.last) else {
                         self.finished = true;
                         return None;
                     };
-                    if missed.is_empty() {
-                        continue;
-                    }
-                    let ends = missed.iter().position(|e| e.event.ends_stream());
                     let mut missed: VecDeque<Envelope> = missed.into();
-                    if let Some(end) = ends {
+                    if let Some(end) = missed.iter().position(|e| e.event.ends_stream()) {
                         missed.truncate(end + 1);
                         self.follow = false;
                     }
                     self.replay = missed;
-                    return Box::pin(self.recv()).await;
                 }
                 Err(broadcast::error::RecvError::Closed) => {
                     self.finished = true;

@@ -182,11 +182,6 @@ impl Sessions {
         self.live.sweep_credentials(idle);
     }
 
-    /// How many sessions hold credentials.
-    pub fn credential_count(&self) -> usize {
-        self.credentials.len()
-    }
-
     /// The tools the session's current agent may use.
     pub async fn session_tools(&self, id: &str) -> Result<Vec<ToolDef>, SessionError> {
         let record = self.record(id)?;
