@@ -34,7 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use karta_harness::http::HttpClient;
-use karta_harness::{Decision, Envelope, ErrorCode, ErrorData, Harness, ToolDef, ToolResult};
+use karta_harness::{
+    Decision, Envelope, ErrorCode, ErrorData, Harness, ToolDef, ToolErrorKind, ToolResult,
+};
 use serde_json::Value;
 use tokio_util::task::TaskTracker;
 
@@ -199,6 +201,13 @@ impl Sessions {
 
     /// Runs one of the session's tools outside a builtin turn (for a harness
     /// that calls tools over MCP), with the session workspace as its preopen.
+    ///
+    /// A tool that needs approval runs only if it was approved for the
+    /// session, or for this call through the running turn (a person is
+    /// asked there if need be: `input_required`, then the `PUT` answer).
+    /// Otherwise — denied, timed out, no turn running — it does not run and
+    /// the result is a `denied` tool error. The harness's own settings are
+    /// not trusted to have asked.
     pub async fn call_tool(
         &self,
         id: &str,
@@ -206,12 +215,29 @@ impl Sessions {
         input: &Value,
     ) -> Result<ToolResult, SessionError> {
         let live = self.live.get(id).await?;
-        let agent = live.state.lock().await.record.current_agent.clone();
+        let (agent, approved_before) = {
+            let state = live.state.lock().await;
+            let record = &state.record;
+            let approved = record.approved_tools.contains(tool);
+            (record.current_agent.clone(), approved)
+        };
         let tools = self.toolbox.for_agent(agent.as_deref());
-        let result = self
-            .toolbox
-            .run(&tools, &self.workspace(id), tool, input)
-            .await;
+        let needs_approval = tools.iter().any(|t| t.def.name == tool && t.approval);
+        let authorized = if needs_approval {
+            live.approvals.authorize(tool, input, approved_before).await
+        } else {
+            Ok(())
+        };
+        let result = match authorized {
+            Ok(()) => {
+                self.toolbox
+                    .run(&tools, &self.workspace(id), tool, input)
+                    .await
+            }
+            Err(why) => ToolResult::failed(ToolErrorKind::Denied, why),
+        };
+        // Denials too: the harness adapter reports the call with the host's
+        // verdict, whatever the harness makes of the MCP error.
         live.record_tool_run(tool, input, &result);
         Ok(result)
     }

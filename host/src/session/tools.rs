@@ -138,7 +138,9 @@ pub(crate) struct SessionTurnHost {
     pub(crate) live: LiveRef,
     pub(crate) toolbox: Toolbox,
     pub(crate) tools: Vec<SessionTool>,
-    pub(crate) approvals: TurnApprovals,
+    /// Shared with the turn's [`super::approvals::TurnGate`], so approvals
+    /// given to MCP calls count for the turn and are saved with it.
+    pub(crate) approvals: Arc<TurnApprovals>,
     pub(crate) events: mpsc::UnboundedSender<Emitted>,
     pub(crate) workspace: PathBuf,
     pub(crate) cancel: CancellationToken,
@@ -159,13 +161,19 @@ impl TurnHost for SessionTurnHost {
         tool: &'a str,
         input: &'a Value,
     ) -> BoxFuture<'a, Option<Decision>> {
-        Box::pin(self.approvals.ask(
-            &self.live.approvals,
-            &self.events,
-            &self.cancel,
-            tool,
-            input,
-        ))
+        Box::pin(async move {
+            let emit = |event| self.events.send(Emitted { event, raw: None }).is_ok();
+            let decision = self
+                .approvals
+                .ask(&self.live.approvals, emit, &self.cancel, tool, input)
+                .await;
+            if decision == Some(Decision::ApproveOnce) {
+                // A process harness asked before calling over MCP: the call
+                // that follows must not ask the person again.
+                self.approvals.grant_once(tool, input);
+            }
+            decision
+        })
     }
 
     fn take_tool_run(&self, tool: &str, input: &Value) -> Option<ToolResult> {
@@ -173,6 +181,9 @@ impl TurnHost for SessionTurnHost {
     }
 
     fn call_tool<'a>(&'a self, tool: &'a str, input: &'a Value) -> BoxFuture<'a, ToolResult> {
+        // The builtin loop runs the call it had approved here, not over
+        // MCP: use up its one-shot grant so no other call can.
+        self.approvals.take_grant(tool, input);
         Box::pin(self.toolbox.run(&self.tools, &self.workspace, tool, input))
     }
 }

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::approvals::TurnApprovals;
+use super::approvals::{TurnApprovals, TurnGate};
 use super::live::LiveRef;
 use super::log::{Published, reserve_seqs};
 use super::tools::SessionTurnHost;
@@ -240,7 +240,10 @@ async fn run(
             live: live.clone(),
             toolbox: sessions.toolbox.clone(),
             tools: sessions.toolbox.for_agent(agent.as_deref()),
-            approvals: TurnApprovals::new(approved, sessions.config.approval_timeout),
+            approvals: Arc::new(TurnApprovals::new(
+                approved,
+                sessions.config.approval_timeout,
+            )),
             events: events_tx.clone(),
             workspace: sessions.workspace(&live.id),
             cancel: cancel.clone(),
@@ -250,6 +253,13 @@ async fn run(
             live.clone(),
             events_rx,
             durable,
+        ));
+        // MCP calls of the harness process ask through this turn while its
+        // harness runs (see `approvals`).
+        let gate = live.approvals.open_gate(TurnGate::new(
+            host.approvals.clone(),
+            events_tx.clone(),
+            cancel.child_token(),
         ));
         let context = TurnContext {
             host: &host,
@@ -276,6 +286,9 @@ async fn run(
                 builtin.run_turn(request, context).await
             }
         };
+        // Closed before the approvals are read and the writer is awaited:
+        // no MCP call can approve or log anything for this turn after.
+        drop(gate);
         let approved = host.approvals.approved();
         drop(host);
         let written = writer.await.unwrap_or(Written {
