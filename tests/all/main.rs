@@ -2,6 +2,7 @@
 //! `tests/all` layout). Guest fixtures are built from source on first use
 //! (`support::plugins`).
 
+mod api_guard;
 mod cli;
 mod gateway;
 mod harnesses;

@@ -161,6 +161,9 @@ pub async fn sse(
     limit: usize,
 ) -> Vec<Value> {
     let mut builder = hyper::Request::builder().method(method).uri(url);
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }

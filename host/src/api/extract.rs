@@ -2,16 +2,23 @@
 //! the protocol's error body.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-/// A JSON body: 413 past the body limit (`DefaultBodyLimit`), 400 with the
-/// line and column of a syntax error, 400 naming the field of a type error.
-/// An empty body reads as `{}`. The content type is not checked: `curl -d`
-/// sends JSON labelled as a form.
+/// A JSON body: 415 unless it is labelled `application/json`, 413 past the
+/// body limit (`DefaultBodyLimit`), 400 with the line and column of a
+/// syntax error, 400 naming the field of a type error. An empty body
+/// without a content type reads as `{}`.
+///
+/// The label is required because the content types a web page may send to
+/// any address without a CORS preflight (`text/plain`, forms) are exactly
+/// how a page would smuggle a JSON body into this loopback API (see
+/// `loopback`); `application/json` from another origin needs a preflight,
+/// which this API never grants. (So `curl -d` needs
+/// `-H 'content-type: application/json'`.)
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
@@ -22,6 +29,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let labelled = match request.headers().get(header::CONTENT_TYPE) {
+            Some(value) => {
+                if !is_json(value) {
+                    return Err(unsupported_media_type());
+                }
+                true
+            }
+            None => false,
+        };
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
@@ -41,8 +57,40 @@ where
                     ))
                 }
             })?;
+        if !labelled && !bytes.iter().all(u8::is_ascii_whitespace) {
+            // A body with no label: not known to be JSON.
+            return Err(unsupported_media_type());
+        }
         parse(&bytes).map(ApiJson)
     }
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "the body must be JSON sent with `Content-Type: application/json`",
+    )
+}
+
+/// `application/json`, with at most a UTF-8 `charset` parameter (JSON is
+/// UTF-8; RFC 8259).
+fn is_json(value: &HeaderValue) -> bool {
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return false;
+    }
+    parts.all(|parameter| match parameter.split_once('=') {
+        Some((name, charset)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let charset = charset.trim().trim_matches('"');
+            charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8")
+        }
+        _ => false,
+    })
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -88,6 +136,30 @@ mod tests {
     #[allow(dead_code)]
     struct Body {
         text: String,
+    }
+
+    #[test]
+    fn only_json_content_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+        ] {
+            assert!(is_json(&HeaderValue::from_static(ok)), "{ok}");
+        }
+        for refused in [
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/json; charset=latin1",
+            "application/json; boundary=x",
+            "application/jsonx",
+            "",
+        ] {
+            assert!(!is_json(&HeaderValue::from_static(refused)), "{refused}");
+        }
     }
 
     #[test]

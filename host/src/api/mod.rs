@@ -24,9 +24,15 @@
 //! Errors are `{"error": "<code>", "message": "…"}` with the protocol's
 //! status codes; internal details are logged, not sent. Every request runs
 //! in a `request` span (method, path, and the session id once known).
+//!
+//! Dev mode (today, always: there are no API keys yet) has no credentials,
+//! so [`loopback::guard`] refuses requests addressed to a non-loopback
+//! `Host` (DNS rebinding) or sent by a page of a non-loopback `Origin`
+//! (CSRF), and [`ApiJson`] requires `Content-Type: application/json`.
 
 mod error;
 mod extract;
+mod loopback;
 mod sessions;
 mod sse;
 
@@ -80,6 +86,10 @@ pub fn router(sessions: Arc<Sessions>) -> Router {
     router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Dev mode: no credentials, so only loopback callers (see
+        // `loopback`). Inside the trace layer, so refusals are logged too.
+        // When API keys come, this is the layer to scope to dev mode.
+        .layer(axum::middleware::from_fn(loopback::guard))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<_>| {
