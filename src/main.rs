@@ -143,6 +143,12 @@ enum ToolCommand {
         /// repeat for more. Without it every request is denied.
         #[arg(long = "allow-host", value_name = "HOST")]
         allow_hosts: Vec<String>,
+        /// Let the plugin reach this internal address range (CIDR, e.g.
+        /// 127.0.0.1/32); repeat for more. Loopback, private, link-local and
+        /// other internal addresses are refused otherwise, whatever
+        /// --allow-host says.
+        #[arg(long = "allow-net", value_name = "CIDR")]
+        allow_net: Vec<karta_host::plugin::IpNet>,
         /// Also print what the plugin logged, to stderr.
         #[arg(long)]
         logs: bool,
@@ -186,6 +192,29 @@ struct ServeArgs {
     /// is stopped; the next turn starts a new one that resumes the session.
     #[arg(long, default_value_t = 600)]
     harness_idle_secs: u64,
+    /// Let plugin HTTP reach this internal address range (CIDR, e.g.
+    /// 10.0.8.0/24 or 127.0.0.1/32); repeat for more. Plugins are refused
+    /// loopback, private (RFC 1918, fc00::/7), CGNAT, link-local (cloud
+    /// metadata), multicast, unspecified, broadcast and reserved addresses,
+    /// checked on every address a name resolves to, unless listed here.
+    #[arg(long = "plugin-allow-net", value_name = "CIDR")]
+    plugin_allow_net: Vec<karta_host::plugin::IpNet>,
+    /// The longest `timeout_ms` a plugin grant may ask for; an app whose
+    /// plugin asks for more is refused at start.
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    plugin_max_timeout_ms: u64,
+    /// Run harness processes (claude, opencode) WITHOUT the jail: no
+    /// namespaces, no seccomp, no limits — an app's code can then reach
+    /// everything this user can. For machines where the jail cannot be
+    /// built (not root, no Landlock); never for apps you did not write.
+    #[arg(long)]
+    no_jail: bool,
+    /// Memory of each jailed harness process tree, MiB (cgroup limit).
+    #[arg(long, default_value_t = 2048, value_name = "MIB")]
+    jail_memory_mib: u64,
+    /// Processes and threads of each jailed harness process tree.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    jail_max_processes: u64,
 }
 
 /// Parses `--harness`.
@@ -230,7 +259,7 @@ struct RuntimeArgs {
 }
 
 impl RuntimeArgs {
-    fn runtime(&self) -> anyhow::Result<PluginRuntime> {
+    fn runtime(&self, allow_net: Vec<karta_host::plugin::IpNet>) -> anyhow::Result<PluginRuntime> {
         let cache_dir = if self.no_cache {
             None
         } else {
@@ -240,6 +269,10 @@ impl RuntimeArgs {
             cache_dir: cache_dir.map(|d| d.join("components")),
             // One call per process: pre-reserving a pool buys nothing here.
             pooling: false,
+            // The person at the terminal is the operator and chose
+            // --timeout-ms; no pool slot is held for anyone else.
+            max_timeout: std::time::Duration::MAX,
+            allow_net,
             ..RuntimeConfig::default()
         };
         PluginRuntime::new(config).context("cannot start the plugin runtime")
@@ -311,6 +344,7 @@ async fn doctor(app_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                     &binaries,
                     std::time::Duration::from_secs(1),
                     &karta_harness::http::HttpClient::new(),
+                    Some(Default::default()),
                 );
                 let running = selection.harness.as_ref().map_or("builtin", |h| h.name());
                 println!("app `{}` ({}):", app.name, dir.display());
@@ -394,6 +428,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.approval_timeout = std::time::Duration::from_secs(args.approval_timeout_secs);
     config.harness = harness_arg(&args.harness)?;
     config.harness_idle_timeout = std::time::Duration::from_secs(args.harness_idle_secs.max(1));
+    config.plugin_allow_net = args.plugin_allow_net.clone();
+    config.plugin_max_timeout = std::time::Duration::from_millis(args.plugin_max_timeout_ms);
+    config.jail = (!args.no_jail).then(|| karta_harness::process::JailLimits {
+        memory_bytes: args.jail_memory_mib.max(64) << 20,
+        max_processes: args.jail_max_processes.max(16),
+        ..Default::default()
+    });
+    if args.no_jail {
+        eprintln!(
+            "karta: WARNING: --no-jail: harness processes run UNCONFINED; an app's code (and any tool a model runs) can read and write everything this user can"
+        );
+    }
     let host = karta_host::Host::start(config).await?;
     let app = host.app();
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -453,7 +499,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             agent,
         } => chat::run(&url, session, agent).await,
         Command::Tool(ToolCommand::List { component, runtime }) => {
-            let runtime = runtime.runtime()?;
+            let runtime = runtime.runtime(Vec::new())?;
             match runtime.load_file(&component, PluginGrant::default()).await {
                 Ok(plugin) => {
                     println!("{}", serde_json::to_string_pretty(plugin.tools())?);
@@ -469,6 +515,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limits,
             dir,
             allow_hosts,
+            allow_net,
             logs,
             runtime,
         }) => {
@@ -493,7 +540,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 workspace: access,
                 allowed_hosts: allow_hosts,
             };
-            let runtime = runtime.runtime()?;
+            let runtime = runtime.runtime(allow_net)?;
             let plugin = match runtime.load_file(&component, grant).await {
                 Ok(plugin) => plugin,
                 Err(e) => return Ok(print_error("invalid_component", &e.to_string())),

@@ -4,17 +4,16 @@
 //! back), its own scratch `HOME`, the session workspace as its working
 //! directory, and its own process group. It never outlives its owner:
 //!
-//! - dropping a [`HarnessProcess`] kills its whole process group;
+//! - dropping a [`HarnessProcess`] kills its whole process group (and, when
+//!   jailed, the pid namespace goes with it);
 //! - the child asks the kernel for `SIGKILL` when the Karta process dies
 //!   (`PR_SET_PDEATHSIG`), so even a `kill -9` of the host leaves no orphan.
 //!
-//! With a [`JailSpec`] the process is also confined with Landlock before it
-//! starts: it may read the system and its own binary's package, write only
-//! its workspace, its `HOME` (with its own `TMPDIR`) and `/dev`, connect
-//! only to the TCP
-//! ports it is given (the gateway's and the MCP server's) and bind only its
-//! own. On a kernel without Landlock this is best effort: the process runs
-//! unconfined and [`HarnessProcess::confined`] says so.
+//! With a [`JailSpec`] the process starts in the jail ([`crate::jail`]):
+//! namespaces, a root of its own, no capabilities, Landlock, seccomp,
+//! rlimits and cgroups. A jail that cannot be built is an error: the
+//! process is not started. Without one (the operator's `--no-jail`) it runs
+//! unconfined.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,99 +41,12 @@ pub struct Spawn {
     pub stdin: bool,
     /// Whether the caller reads the process's stdout.
     pub stdout: bool,
-    /// Confine it with Landlock.
+    /// Its jail (`None`: unconfined, only with the operator's `--no-jail`).
     pub jail: Option<JailSpec>,
 }
 
-/// What a confined harness process may reach.
-#[derive(Debug, Clone, Default)]
-pub struct JailSpec {
-    /// Trees it may read and execute (besides the system directories).
-    pub read: Vec<PathBuf>,
-    /// Trees it may read and write.
-    pub write: Vec<PathBuf>,
-    /// TCP ports it may connect to (any address).
-    pub connect_ports: Vec<u16>,
-    /// TCP ports it may bind.
-    pub bind_ports: Vec<u16>,
-}
-
-/// System trees every confined process may read (libraries, certificates,
-/// `/proc` for itself; Landlock keeps it from tracing or reading the
-/// environment of processes outside its domain).
-const SYSTEM_READ: &[&str] = &[
-    "/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/proc", "/sys", "/opt",
-];
-
-/// Trees every confined process may write: `/dev` for `null`, `tty` and
-/// shared memory. Not `/tmp`: sessions would share it; a harness gets its own
-/// (`TMPDIR` in its `HOME`, see [`base_env`]).
-const SYSTEM_WRITE: &[&str] = &["/dev"];
-
-impl JailSpec {
-    /// The Landlock ruleset, ready to enforce in the child.
-    fn ruleset(&self) -> Result<landlock::RulesetCreated, landlock::RulesetError> {
-        use landlock::{
-            ABI, Access, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr, RulesetCreatedAttr,
-            path_beneath_rules,
-        };
-        let abi = ABI::V5;
-        let read: Vec<PathBuf> = SYSTEM_READ
-            .iter()
-            .map(PathBuf::from)
-            .chain(self.read.iter().cloned())
-            .collect();
-        let write: Vec<PathBuf> = SYSTEM_WRITE
-            .iter()
-            .map(PathBuf::from)
-            .chain(self.write.iter().cloned())
-            .collect();
-        let mut ruleset = Ruleset::default()
-            .handle_access(AccessFs::from_all(abi))?
-            .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)?
-            .create()?
-            .add_rules(path_beneath_rules(&read, AccessFs::from_read(abi)))?
-            .add_rules(path_beneath_rules(&write, AccessFs::from_all(abi)))?;
-        for port in &self.connect_ports {
-            ruleset = ruleset.add_rule(NetPort::new(*port, AccessNet::ConnectTcp))?;
-        }
-        for port in &self.bind_ports {
-            ruleset = ruleset.add_rule(NetPort::new(*port, AccessNet::BindTcp))?;
-        }
-        Ok(ruleset)
-    }
-}
-
-impl JailSpec {
-    /// The jail of a harness process for `session`: it reads its own
-    /// package (`program`'s `node_modules`, else its directory), writes its
-    /// workspace, its `HOME` and `extra_write`, connects to the gateway and
-    /// the MCP server, and binds `bind_ports`.
-    pub fn for_session(
-        session: &crate::SessionInfo,
-        program: &Path,
-        extra_write: Vec<PathBuf>,
-        bind_ports: Vec<u16>,
-    ) -> Self {
-        let program = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
-        let package = program
-            .ancestors()
-            .find(|a| a.file_name().is_some_and(|n| n == "node_modules"))
-            .or_else(|| program.parent())
-            .map(Path::to_path_buf);
-        let mut write = vec![session.workspace.clone(), session.home.clone()];
-        write.extend(extra_write);
-        Self {
-            read: package.into_iter().collect(),
-            write,
-            connect_ports: [&session.gateway_url, &session.mcp_url]
-                .into_iter()
-                .filter_map(|url| url_port(url))
-                .collect(),
-            bind_ports,
-        }
-    }
-}
+use crate::jail::Jail;
+pub use crate::jail::{JailLimits, JailSpec, landlock_available};
 
 /// The port of an `http://host:port/...` URL.
 pub fn url_port(url: &str) -> Option<u16> {
@@ -143,34 +55,18 @@ pub fn url_port(url: &str) -> Option<u16> {
     authority.rsplit_once(':')?.1.parse().ok()
 }
 
-/// Whether this kernel enforces Landlock file and TCP rules.
-pub fn landlock_available() -> bool {
-    use landlock::{ABI, Access, AccessFs, AccessNet, Compatible, Ruleset, RulesetAttr};
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    // Creating (not enforcing) a ruleset in hard-requirement mode fails when
-    // the kernel cannot enforce it. The kernel does not change underneath
-    // us: asked once.
-    *AVAILABLE.get_or_init(|| {
-        Ruleset::default()
-            .set_compatibility(landlock::CompatLevel::HardRequirement)
-            .handle_access(AccessFs::from_all(ABI::V4))
-            .and_then(|r| r.handle_access(AccessNet::ConnectTcp))
-            .and_then(|r| r.create())
-            .is_ok()
-    })
-}
-
 /// A running harness process.
 pub struct HarnessProcess {
     /// The child (stdin/stdout taken by the caller when piped).
     pub child: Child,
     pid: Option<u32>,
     stderr_tail: Arc<Mutex<String>>,
-    confined: bool,
+    jail: Option<Jail>,
 }
 
 impl HarnessProcess {
-    /// Starts `spawn`.
+    /// Starts `spawn`, in its jail when it has one. A jail that cannot be
+    /// built fails the start (the error names the step).
     pub fn start(spawn: &Spawn) -> std::io::Result<Self> {
         let mut command = Command::new(&spawn.program);
         command
@@ -191,15 +87,25 @@ impl HarnessProcess {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let ruleset = match &spawn.jail {
-            Some(jail) => Some(jail.ruleset().map_err(|e| {
-                std::io::Error::other(format!("cannot build the Landlock rules: {e}"))
-            })?),
-            None => None,
+        let (child, jail) = match &spawn.jail {
+            Some(spec) => {
+                let mut jail =
+                    Jail::prepare(spec, &spawn.cwd, &mut command).map_err(std::io::Error::other)?;
+                let spawned = command.spawn();
+                let (child, result) = match spawned {
+                    Ok(child) => (Some(child), Ok(())),
+                    Err(e) => (None, Err(e)),
+                };
+                jail.started(result).map_err(std::io::Error::other)?;
+                let child = child.ok_or_else(|| std::io::Error::other("the jail did not start"))?;
+                (child, Some(jail))
+            }
+            None => {
+                die_with_host(&mut command);
+                (command.spawn()?, None)
+            }
         };
-        let confined = ruleset.is_some() && landlock_available();
-        prepare_child(&mut command, ruleset);
-        let mut child = command.spawn()?;
+        let mut child = child;
         let pid = child.id();
         let stderr_tail = Arc::new(Mutex::new(String::new()));
         if let Some(stderr) = child.stderr.take() {
@@ -209,13 +115,28 @@ impl HarnessProcess {
             child,
             pid,
             stderr_tail,
-            confined,
+            jail,
         })
     }
 
-    /// Whether the process runs confined by Landlock.
+    /// Whether the process runs in a jail.
     pub fn confined(&self) -> bool {
-        self.confined
+        self.jail.is_some()
+    }
+
+    /// The host port that reaches port `inside` the process listens on: the
+    /// jail's relay when jailed, else the port itself.
+    pub fn host_port(&self, inside: u16) -> u16 {
+        self.jail
+            .as_ref()
+            .and_then(|j| j.host_port(inside))
+            .unwrap_or(inside)
+    }
+
+    /// CPU time the jail's processes used so far (`None` unjailed, or
+    /// without a CPU accounting controller).
+    pub fn cpu_time(&self) -> Option<std::time::Duration> {
+        self.jail.as_ref()?.cpu_time()
     }
 
     /// The process id, while it runs.
@@ -235,6 +156,9 @@ impl HarnessProcess {
     pub async fn kill(mut self) {
         kill_group(self.pid.take());
         let _ = self.child.kill().await;
+        if let Some(jail) = self.jail.as_mut() {
+            jail.release();
+        }
     }
 }
 
@@ -249,30 +173,21 @@ fn kill_group(pid: Option<u32>) {
         return;
     };
     // The child leads its own group (`process_group(0)`): this reaches
-    // anything it started too.
+    // anything it started too (in a jail, killing the group's leader also
+    // ends the pid namespace and everything in it).
     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
 }
 
-/// Between fork and exec: ask the kernel to `SIGKILL` the child when its
-/// parent dies, then enforce the Landlock ruleset (built in the parent).
+/// Between fork and exec of an unjailed process: ask the kernel to
+/// `SIGKILL` the child when its parent dies.
 #[allow(unsafe_code)]
-fn prepare_child(command: &mut Command, ruleset: Option<landlock::RulesetCreated>) {
-    let ruleset = std::sync::Mutex::new(ruleset);
-    // SAFETY: the closure runs in the child between fork and exec. It makes
-    // system calls only (prctl, then landlock_restrict_self on the ruleset
-    // fd the parent prepared) and allocates nothing on success; the mutex
-    // was never shared with another thread of the child.
+fn die_with_host(command: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec and makes
+    // one system call.
     unsafe {
-        command.pre_exec(move || {
+        command.pre_exec(|| {
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)?;
-            let ruleset = ruleset.lock().ok().and_then(|mut r| r.take());
-            if let Some(ruleset) = ruleset {
-                ruleset
-                    .restrict_self()
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-            }
-            Ok(())
+                .map_err(std::io::Error::from)
         });
     }
 }

@@ -19,7 +19,7 @@ use karta_harness::Harness;
 use karta_harness::claude_code::{ClaudeCodeConfig, ClaudeCodeHarness};
 use karta_harness::http::HttpClient;
 use karta_harness::opencode::{OpencodeConfig, OpencodeHarness};
-use karta_harness::process::{find_on_path, is_executable};
+use karta_harness::process::{JailLimits, find_on_path, is_executable};
 
 use crate::app::HarnessKind;
 
@@ -99,6 +99,7 @@ pub fn select(
     binaries: &HarnessBinaries,
     idle_timeout: Duration,
     http: &HttpClient,
+    jail: Option<JailLimits>,
 ) -> Selection {
     let harness: Option<Arc<dyn Harness>> = match asked {
         HarnessKind::Builtin => None,
@@ -106,6 +107,7 @@ pub fn select(
             Arc::new(ClaudeCodeHarness::new(ClaudeCodeConfig {
                 program,
                 idle_timeout,
+                jail,
             })) as Arc<dyn Harness>
         }),
         HarnessKind::Opencode => binaries.opencode.clone().map(|program| {
@@ -113,6 +115,7 @@ pub fn select(
                 program,
                 idle_timeout,
                 client: http.clone(),
+                jail,
             })) as Arc<dyn Harness>
         }),
     };

@@ -38,6 +38,15 @@ pub struct HostConfig {
     pub harness: Option<HarnessKind>,
     /// A harness process is stopped after this long without a turn.
     pub harness_idle_timeout: Duration,
+    /// Internal address ranges (loopback, private, link-local, …) plugin HTTP
+    /// may reach anyway; empty refuses them all (see `plugin::RuntimeConfig`).
+    pub plugin_allow_net: Vec<crate::plugin::IpNet>,
+    /// The longest deadline a plugin grant may ask for; a longer
+    /// `timeout_ms` refuses the app at start.
+    pub plugin_max_timeout: Duration,
+    /// The jail of harness processes and its limits; `None` runs them
+    /// unconfined (the operator's `--no-jail`).
+    pub jail: Option<karta_harness::process::JailLimits>,
 }
 
 impl HostConfig {
@@ -52,6 +61,9 @@ impl HostConfig {
             harness_binaries: HarnessBinaries::locate(),
             harness: None,
             harness_idle_timeout: Duration::from_secs(600),
+            plugin_allow_net: Vec::new(),
+            plugin_max_timeout: crate::plugin::DEFAULT_MAX_TIMEOUT,
+            jail: Some(Default::default()),
         }
     }
 }
@@ -152,6 +164,8 @@ impl Host {
         let store = Store::open(&data_dir.join("db"))?;
         let runtime = PluginRuntime::new(RuntimeConfig {
             cache_dir: Some(data_dir.join("components")),
+            allow_net: config.plugin_allow_net.clone(),
+            max_timeout: config.plugin_max_timeout,
             ..RuntimeConfig::default()
         })?;
         let tools = load_tools(&runtime, &app).await?;
@@ -179,6 +193,7 @@ impl Host {
             &config.harness_binaries,
             config.harness_idle_timeout,
             &http,
+            config.jail,
         );
         let sessions = Arc::new(Sessions::new(SessionParts {
             store,

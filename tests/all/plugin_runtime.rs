@@ -7,7 +7,7 @@ use karta_host::plugin::{
 };
 use serde_json::json;
 
-use crate::support::{component, http_server, load};
+use crate::support::{component, http_server, load, load_allowing_loopback, runtime};
 
 fn limits(fuel: u64, memory_mib: u32, timeout_ms: u64) -> Limits {
     Limits {
@@ -351,18 +351,20 @@ async fn the_environment_is_empty() {
     assert_eq!(out.output, json!({"vars": [], "args": []}));
 }
 
+/// The local test server is reachable only because this runtime's operator
+/// allows 127.0.0.1/32 (`karta serve --plugin-allow-net 127.0.0.1/32`).
 #[tokio::test]
 async fn http_reaches_only_granted_hosts() {
     let addr = http_server("pong").await;
     let url = format!("http://{addr}/ping");
     let input = json!({ "url": url }).to_string();
 
-    let denied = load("hostile", PluginGrant::default()).await;
+    let denied = load_allowing_loopback("hostile", PluginGrant::default()).await;
     let failure = fail(&denied, "fetch", &input).await;
     assert_eq!(failure.kind, ErrorKind::AccessDenied, "{failure}");
     assert!(failure.message.contains("allowed_hosts"), "{failure}");
 
-    let other_port = load(
+    let other_port = load_allowing_loopback(
         "hostile",
         PluginGrant {
             allowed_hosts: vec![format!("127.0.0.1:{}", addr.port().wrapping_add(1))],
@@ -373,7 +375,7 @@ async fn http_reaches_only_granted_hosts() {
     let failure = fail(&other_port, "fetch", &input).await;
     assert_eq!(failure.kind, ErrorKind::AccessDenied, "{failure}");
 
-    let granted = load(
+    let granted = load_allowing_loopback(
         "hostile",
         PluginGrant {
             allowed_hosts: vec![format!("127.0.0.1:{}", addr.port())],
@@ -576,4 +578,253 @@ async fn logs_are_collected_and_bounded() {
         "{:?}",
         out.logs
     );
+}
+
+// ---- issue 9, item 5: plugin HTTP never reaches internal addresses ----
+
+/// Fetches `url` from the hostile plugin under a grant that names `host`, in
+/// the shared runtime (no operator exceptions), and returns the failure: the
+/// grant passes, so the refusal is the network policy's.
+async fn denied_fetch(host: &str, url: &str) -> CallFailure {
+    let plugin = load(
+        "hostile",
+        PluginGrant {
+            allowed_hosts: vec![host.to_owned()],
+            ..PluginGrant::default()
+        },
+    )
+    .await;
+    let failure = fail(&plugin, "fetch", &json!({ "url": url }).to_string()).await;
+    assert_eq!(failure.kind, ErrorKind::AccessDenied, "{failure}");
+    assert!(
+        failure.message.contains("not reachable from plugins"),
+        "the network policy, not the grant, refused: {failure}"
+    );
+    still_serves(&plugin).await;
+    failure
+}
+
+/// Asserts that nothing connected to `listener`.
+async fn never_connected(listener: &tokio::net::TcpListener) {
+    let accepted =
+        tokio::time::timeout(std::time::Duration::from_millis(200), listener.accept()).await;
+    assert!(accepted.is_err(), "a plugin connected to {listener:?}");
+}
+
+#[tokio::test]
+async fn regression_issue9_fetch_to_a_live_loopback_listener_is_denied() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let failure = denied_fetch("127.0.0.1", &format!("http://{addr}/")).await;
+    assert!(
+        failure.message.contains("127.0.0.1 is loopback"),
+        "{failure}"
+    );
+    never_connected(&listener).await;
+}
+
+#[tokio::test]
+async fn regression_issue9_fetch_to_the_metadata_address_is_denied_before_connecting() {
+    // Never connected to: the policy decides on the address alone.
+    let failure = denied_fetch(
+        "169.254.169.254",
+        "http://169.254.169.254/latest/meta-data/",
+    )
+    .await;
+    assert!(
+        failure.message.contains("169.254.169.254 is link-local"),
+        "{failure}"
+    );
+}
+
+#[tokio::test]
+async fn regression_issue9_a_name_resolving_to_loopback_is_denied() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let failure = denied_fetch("localhost", &format!("http://localhost:{port}/")).await;
+    assert!(
+        failure.message.contains("localhost is not reachable")
+            && failure.message.contains("127.0.0.1 is loopback"),
+        "{failure}"
+    );
+    never_connected(&listener).await;
+}
+
+#[tokio::test]
+async fn regression_issue9_fetch_to_ipv4_mapped_loopback_is_denied() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let failure = denied_fetch(
+        "::ffff:127.0.0.1",
+        &format!("http://[::ffff:127.0.0.1]:{port}/"),
+    )
+    .await;
+    assert!(
+        failure
+            .message
+            .contains("::ffff:127.0.0.1 is IPv4-mapped IPv6 of a refused IPv4 range"),
+        "{failure}"
+    );
+    never_connected(&listener).await;
+}
+
+#[tokio::test]
+async fn regression_issue9_fetch_to_ipv6_loopback_is_denied() {
+    // A live listener where the machine has IPv6; the denial must not depend
+    // on it.
+    let listener = tokio::net::TcpListener::bind("[::1]:0").await.ok();
+    let port = match &listener {
+        Some(l) => l.local_addr().expect("addr").port(),
+        None => 9,
+    };
+    let failure = denied_fetch("::1", &format!("http://[::1]:{port}/")).await;
+    assert!(failure.message.contains("::1 is loopback"), "{failure}");
+    if let Some(listener) = &listener {
+        never_connected(listener).await;
+    }
+}
+
+#[tokio::test]
+async fn an_operator_allow_covers_only_its_range() {
+    // 127.0.0.1/32 is allowed in this runtime; ::1 and 127.0.0.2 are not.
+    for (host, url) in [
+        ("::1", "http://[::1]:9/"),
+        ("127.0.0.2", "http://127.0.0.2:9/"),
+    ] {
+        let plugin = load_allowing_loopback(
+            "hostile",
+            PluginGrant {
+                allowed_hosts: vec![host.to_owned()],
+                ..PluginGrant::default()
+            },
+        )
+        .await;
+        let failure = fail(&plugin, "fetch", &json!({ "url": url }).to_string()).await;
+        assert_eq!(failure.kind, ErrorKind::AccessDenied, "{failure}");
+        assert!(failure.message.contains("is loopback"), "{failure}");
+    }
+}
+
+// ---- issue 9, item 9: what a guest makes the host do is bounded ----
+
+fn log_huge(n: u64, times: u64) -> String {
+    json!({ "n": n, "times": times }).to_string()
+}
+
+#[tokio::test]
+async fn regression_issue9_logging_is_charged_fuel_by_the_byte() {
+    let hostile = load("hostile", PluginGrant::default()).await;
+    let small = hostile
+        .call("log_huge", &log_huge(1, 1), &CallOptions::default())
+        .await
+        .expect("a small log");
+    let mib = 1024 * 1024;
+    let big = hostile
+        .call("log_huge", &log_huge(mib, 1), &CallOptions::default())
+        .await
+        .expect("a 1 MiB log line");
+    let charged = big.fuel_consumed.saturating_sub(small.fuel_consumed);
+    assert!(
+        charged >= mib * karta_host::plugin::FUEL_PER_HOST_BYTE,
+        "1 MiB through the log import cost only {charged} more fuel"
+    );
+}
+
+#[tokio::test]
+async fn regression_issue9_logging_a_huge_string_over_and_over_runs_out_of_fuel() {
+    // Building the 8 MiB line takes few instructions; handing it to the host
+    // a thousand times would be 8 GB of host copies.
+    let fuel = 100_000_000;
+    let hostile = load("hostile", grant_with(limits(fuel, 64, 10_000))).await;
+    let started = std::time::Instant::now();
+    let failure = fail(&hostile, "log_huge", &log_huge(8 * 1024 * 1024, 1000)).await;
+    assert_eq!(failure.kind, ErrorKind::OutOfFuel, "{failure}");
+    assert_eq!(failure.fuel_consumed, fuel, "the whole budget is billed");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "stopped early, not by the deadline"
+    );
+    still_serves(&hostile).await;
+}
+
+#[tokio::test]
+async fn regression_issue9_printing_is_charged_fuel_by_the_byte() {
+    let hostile = load("hostile", PluginGrant::default()).await;
+    let few = hostile
+        .call("print", r#"{"n": 1}"#, &CallOptions::default())
+        .await
+        .expect("print");
+    let many = hostile
+        .call("print", r#"{"n": 10000}"#, &CallOptions::default())
+        .await
+        .expect("print");
+    // 10,000 lines of 100 bytes to each of stdout and stderr; most dropped,
+    // all paid for.
+    let charged = many.fuel_consumed.saturating_sub(few.fuel_consumed);
+    assert!(charged >= 2 * 9_999 * 100, "only {charged} more fuel");
+}
+
+#[tokio::test]
+async fn regression_issue9_a_response_larger_than_the_guests_free_memory_is_refused() {
+    let body: &'static str = Box::leak("z".repeat(3 * 1024 * 1024 + 512 * 1024).into_boxed_str());
+    let addr = http_server(body).await;
+    let input = json!({ "url": format!("http://{addr}/big") }).to_string();
+    let grant = |memory_mib| PluginGrant {
+        limits: Limits {
+            memory_mib,
+            max_output_bytes: 16 * 1024 * 1024,
+            ..Limits::default()
+        },
+        allowed_hosts: vec![addr.to_string()],
+        ..PluginGrant::default()
+    };
+    // 3.5 MiB cannot fit in what a 4 MiB guest has left: the host stops
+    // reading there instead of holding it (and failing in the guest).
+    let small = load_allowing_loopback("hostile", grant(4)).await;
+    let failure = fail(&small, "fetch", &input).await;
+    assert_eq!(failure.kind, ErrorKind::ToolError, "{failure}");
+    assert!(
+        failure
+            .message
+            .contains("what the plugin's memory cap leaves"),
+        "{failure}"
+    );
+    // With room, the same body arrives whole.
+    let roomy = load_allowing_loopback("hostile", grant(64)).await;
+    let out = roomy
+        .call("fetch", &input, &CallOptions::default())
+        .await
+        .expect("a body that fits");
+    assert_eq!(out.output["body"].as_str().map(str::len), Some(body.len()));
+}
+
+#[tokio::test]
+async fn regression_issue9_a_deadline_above_the_operators_cap_is_refused() {
+    // The shared runtime has the default cap (60 s); a sleeping guest could
+    // otherwise hold a pool slot for as long as the app asks.
+    let max = karta_host::plugin::DEFAULT_MAX_TIMEOUT.as_millis() as u64;
+    let error = runtime()
+        .load_file(
+            &component("hostile"),
+            grant_with(limits(1_000_000_000, 64, max + 1)),
+        )
+        .await
+        .err()
+        .expect("a grant above the cap is refused");
+    match error {
+        LoadError::Grant(message) => assert!(
+            message.contains(&format!("timeout_ms = {}", max + 1))
+                && message.contains(&format!("maximum of {max} ms")),
+            "{message}"
+        ),
+        other => panic!("expected a grant error, got {other}"),
+    }
+    // At the cap itself it loads.
+    load("hostile", grant_with(limits(1_000_000_000, 64, max))).await;
 }

@@ -71,6 +71,29 @@ pub async fn load(name: &str, grant: PluginGrant) -> Plugin {
         .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
+/// A second runtime whose operator allows plugin HTTP to 127.0.0.1/32, for
+/// tests that need a reachable local server (the shared one refuses
+/// loopback, as `karta serve` does by default).
+pub fn runtime_allowing_loopback() -> &'static PluginRuntime {
+    static RUNTIME: OnceLock<PluginRuntime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        PluginRuntime::new(RuntimeConfig {
+            max_concurrent_instances: 16,
+            allow_net: vec!["127.0.0.1/32".parse().expect("a CIDR")],
+            ..RuntimeConfig::default()
+        })
+        .expect("runtime starts")
+    })
+}
+
+/// Loads fixture `name` under `grant` in [`runtime_allowing_loopback`].
+pub async fn load_allowing_loopback(name: &str, grant: PluginGrant) -> Plugin {
+    runtime_allowing_loopback()
+        .load_file(&component(name), grant)
+        .await
+        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+}
+
 /// A loopback HTTP server answering every request with `body`; returns its
 /// address. It lives as long as the test's tokio runtime.
 pub async fn http_server(body: &'static str) -> SocketAddr {

@@ -1,25 +1,36 @@
 //! The `karta:plugin/http` import: outbound HTTP behind the grant's
-//! allow-list.
+//! allow-list and the operator's network policy.
 //!
-//! The check happens here, in the host implementation of the import, before
-//! any connection is made: a host not listed answers `access-denied`. Redirects
-//! are not followed (the next hop could be a host not granted), response
-//! bodies are capped, and the whole exchange counts against the call's
-//! wall-clock deadline.
+//! Two checks, both before any byte is sent: the URL's host must be in the
+//! grant's `allowed_hosts` (here, in [`prepare`]), and every address the host
+//! name resolves to is judged by [`super::net::NetPolicy`] inside the
+//! connector, which connects only to addresses that passed — so a granted
+//! name that resolves to loopback or a metadata address is refused. Either
+//! refusal answers the guest `access-denied`, saying why. Redirects are not
+//! followed (the next hop could be a host not granted), and the whole
+//! exchange counts against the call's wall-clock deadline.
+//!
+//! Host memory: the response body is read into one buffer (no second copy)
+//! capped at the smaller of [`MAX_RESPONSE_BYTES`] and what the guest's
+//! memory cap has left — the guest must copy the body into its own memory,
+//! so a larger one could only fail there, after the host held it. Every byte
+//! the guest sends or receives is charged as fuel (see
+//! [`super::state::FUEL_PER_HOST_BYTE`]).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::bindings::karta::plugin::http::{self as wit, Header, HttpError, Request, Response};
 use super::error::RuntimeError;
+use super::net::{GuardedConnector, NetPolicy, find_denial};
 use super::state::CallState;
 
-/// Largest response body a plugin may receive.
+/// Largest response body a plugin may receive (less when its memory cap
+/// leaves less room).
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Largest request body a plugin may send.
@@ -28,15 +39,12 @@ const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// A shared HTTP(S) client; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct HttpClient {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<GuardedConnector>, Full<Bytes>>,
 }
 
 impl HttpClient {
-    pub(crate) fn new() -> Result<Self, RuntimeError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        http.set_nodelay(true);
+    pub(crate) fn new(policy: NetPolicy) -> Result<Self, RuntimeError> {
+        let http = GuardedConnector::new(policy, Duration::from_secs(10));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
@@ -46,36 +54,68 @@ impl HttpClient {
         Ok(Self { client })
     }
 
-    async fn send(&self, request: hyper::Request<Full<Bytes>>) -> Result<Response, HttpError> {
+    /// Sends `request` and reads the answer, its body capped at `cap` bytes.
+    async fn send(
+        &self,
+        request: hyper::Request<Full<Bytes>>,
+        cap: usize,
+    ) -> Result<Response, HttpError> {
         let response = self
             .client
             .request(request)
             .await
-            .map_err(|e| HttpError::Failed(format!("{e:#}")))?;
+            .map_err(|e| match find_denial(&e) {
+                Some(denied) => HttpError::AccessDenied(denied.to_string()),
+                None => HttpError::Failed(format!("{e:#}")),
+            })?;
         let status = response.status().as_u16();
-        let headers = response
+        let mut header_bytes = 0usize;
+        let headers: Vec<Header> = response
             .headers()
             .iter()
             .filter_map(|(name, value)| {
-                Some(Header {
+                let header = Header {
                     name: name.as_str().to_owned(),
                     value: value.to_str().ok()?.to_owned(),
-                })
+                };
+                header_bytes += header.name.len() + header.value.len();
+                Some(header)
             })
             .collect();
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| {
-                HttpError::Failed(format!(
-                    "reading the response failed (bodies are capped at {MAX_RESPONSE_BYTES} bytes): {e}"
-                ))
-            })?
-            .to_bytes();
+        // Headers land in the guest's memory too.
+        let cap = cap.saturating_sub(header_bytes);
+        let too_large = || {
+            HttpError::Failed(format!(
+                "the response body is larger than {cap} bytes, the most this call may \
+                 receive (the smaller of {MAX_RESPONSE_BYTES} bytes and what the plugin's \
+                 memory cap leaves)"
+            ))
+        };
+        let announced = response
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > cap as u64) {
+            return Err(too_large());
+        }
+        // One buffer, filled frame by frame: the only host-side copy.
+        let mut body = Vec::with_capacity(announced.map_or(0, |n| n as usize));
+        let mut incoming = response.into_body();
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame
+                .map_err(|e| HttpError::Failed(format!("reading the response failed: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if body.len() + data.len() > cap {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&data);
+            }
+        }
         Ok(Response {
             status,
             headers,
-            body: body.to_vec(),
+            body,
         })
     }
 }
@@ -132,16 +172,43 @@ fn prepare(state: &CallState, request: Request) -> Result<hyper::Request<Full<By
         .map_err(|e| HttpError::InvalidRequest(format!("bad request: {e}")))
 }
 
+/// The first characters of a URL, for a log line (the whole of it is the
+/// guest's to size).
+fn shown(url: &str) -> &str {
+    match url.char_indices().nth(200) {
+        Some((end, _)) => &url[..end],
+        None => url,
+    }
+}
+
 impl wit::Host for CallState {
     async fn fetch(&mut self, request: Request) -> Result<Response, HttpError> {
-        let url = request.url.clone();
+        // What the guest handed over was copied out of its memory: charge it.
+        let sent = request.url.len()
+            + request.body.len()
+            + request
+                .headers
+                .iter()
+                .map(|h| h.name.len() + h.value.len())
+                .sum::<usize>();
+        self.charge_host_bytes(sent);
+        let line = shown(&request.url).to_owned();
+        let cap = MAX_RESPONSE_BYTES.min(self.limiter.room());
         let result = match prepare(self, request) {
-            Ok(request) => self.http.send(request).await,
+            Ok(request) => self.http.send(request, cap).await,
             Err(e) => Err(e),
         };
         match &result {
-            Ok(r) => self.log.push("http", &format!("{url} -> {}", r.status)),
-            Err(e) => self.log.push("http", &format!("{url} -> {e:?}")),
+            Ok(r) => {
+                let received = r.body.len()
+                    + r.headers
+                        .iter()
+                        .map(|h| h.name.len() + h.value.len())
+                        .sum::<usize>();
+                self.charge_host_bytes(received);
+                self.log.push("http", &format!("{line} -> {}", r.status));
+            }
+            Err(e) => self.log.push("http", &format!("{line} -> {e:?}")),
         }
         result
     }

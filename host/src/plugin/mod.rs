@@ -14,7 +14,10 @@
 //!   or step failed.
 //!
 //! A guest that traps, loops, or runs out of fuel or memory costs one failed
-//! call, never the host: the store is dropped, the pool slot reused.
+//! call, never the host: the store is dropped, the pool slot reused. What a
+//! guest makes the host do is bounded by the guest's own limits: bytes through
+//! imports cost fuel, an HTTP body may not outgrow the guest's memory, and the
+//! operator caps every grant's deadline ([`RuntimeConfig::max_timeout`]).
 
 mod bindings;
 mod cache;
@@ -22,10 +25,12 @@ mod engine;
 mod error;
 mod grant;
 mod http;
+mod net;
 mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Linker, ResourceTable};
@@ -35,7 +40,9 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 pub use cache::ArtifactSource;
 pub use error::{CallFailure, ErrorKind, LoadError, RuntimeError};
 pub use grant::{Limits, PluginGrant, WorkspaceAccess};
-pub use state::LogLine;
+/// A CIDR range, as [`RuntimeConfig::allow_net`] takes it.
+pub use ipnet::IpNet;
+pub use state::{FUEL_PER_HOST_BYTE, LogLine};
 
 use bindings::{Plugin as PluginWorld, PluginPre};
 use state::{CallState, CappedOutput, LogBuffer, MemoryCap, MemoryLimitExceeded};
@@ -75,6 +82,15 @@ pub struct RuntimeConfig {
     pub max_wasm_stack_bytes: usize,
     /// Resolution of the wall-clock deadline.
     pub epoch_tick: Duration,
+    /// Address ranges plugin HTTP may reach although they are internal
+    /// (loopback, private, link-local, …; see the `net` module). Empty: none.
+    pub allow_net: Vec<IpNet>,
+    /// The longest `timeout_ms` a grant may ask for. A sleeping guest holds a
+    /// pool slot for as long as its deadline, so the operator bounds it; a
+    /// grant above it is refused at load ([`LoadError::Grant`]), like a
+    /// memory cap above [`Self::max_memory_bytes`], rather than silently
+    /// shortened.
+    pub max_timeout: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -86,9 +102,14 @@ impl Default for RuntimeConfig {
             max_memory_bytes: 1024 * 1024 * 1024,
             max_wasm_stack_bytes: 512 * 1024,
             epoch_tick: Duration::from_millis(5),
+            allow_net: Vec::new(),
+            max_timeout: DEFAULT_MAX_TIMEOUT,
         }
     }
 }
+
+/// The default of [`RuntimeConfig::max_timeout`].
+pub const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs tool plugins. Cheap to share (`Arc` inside); create one per process.
 #[derive(Clone)]
@@ -168,7 +189,7 @@ impl PluginRuntime {
                 engine,
                 linker,
                 cache,
-                http: http::HttpClient::new()?,
+                http: http::HttpClient::new(net::NetPolicy::new(config.allow_net.clone()))?,
                 config,
                 _ticker: ticker,
             }),
@@ -195,6 +216,14 @@ impl PluginRuntime {
                 "memory_mib = {} is above this host's maximum of {} MiB",
                 grant.limits.memory_mib,
                 inner.config.max_memory_bytes / (1024 * 1024)
+            )));
+        }
+        let max_timeout = inner.config.max_timeout.as_millis();
+        if u128::from(grant.limits.timeout_ms) > max_timeout {
+            return Err(LoadError::Grant(format!(
+                "timeout_ms = {} is above this host's maximum of {max_timeout} ms \
+                 (karta serve --plugin-max-timeout-ms)",
+                grant.limits.timeout_ms
             )));
         }
         let (component, digest, source) = {
@@ -374,22 +403,23 @@ impl Plugin {
     ) -> Result<(wasmtime::Result<R>, RunReport), CallFailure> {
         let started = Instant::now();
         let fuel = limits.fuel;
-        let stdout = CappedOutput::new(MAX_STDIO_BYTES);
-        let stderr = CappedOutput::new(MAX_STDIO_BYTES);
+        let unbilled = Arc::new(AtomicU64::new(0));
+        let stdout = CappedOutput::new(MAX_STDIO_BYTES, unbilled.clone());
+        let stderr = CappedOutput::new(MAX_STDIO_BYTES, unbilled.clone());
         let wasi = self.wasi_context(workspace, &stdout, &stderr)?;
         let state = CallState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryCap {
-                memory_bytes: usize::try_from(limits.memory_bytes()).unwrap_or(usize::MAX),
-                hit: false,
-            },
+            limiter: MemoryCap::new(usize::try_from(limits.memory_bytes()).unwrap_or(usize::MAX)),
             log: LogBuffer::default(),
             grant: self.grant.clone(),
             http: self.runtime.http.clone(),
+            unbilled,
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
+        // Bytes moved by imports are paid in fuel when each import returns.
+        store.call_hook(state::charge_host_bytes);
         // Wasmtime checks fuel at function entries and loop headers, so a
         // call can finish a little past its budget unnoticed. The store gets
         // a margin on top, and the exact count decides below: over budget by

@@ -1,11 +1,18 @@
 //! What one call's `Store` holds: its WASI context, its limiter, its log, its
 //! grant. Built fresh for every call and dropped with it, so nothing leaks
 //! from one call (or one session) into the next.
+//!
+//! Also the two ways host work is tied to the guest's own limits: the
+//! [`MemoryCap`] knows how much memory the guest has left (the HTTP import
+//! reads no more than that), and bytes that cross into the host through an
+//! import (log lines, stdout/stderr, HTTP) are charged as fuel by
+//! [`charge_host_bytes`] when the import returns.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
+use wasmtime::{CallHook, ResourceLimiter, StoreContextMut, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::karta::plugin::log;
@@ -16,6 +23,16 @@ use super::http::HttpClient;
 /// counted, so a chatty plugin cannot fill the host's memory.
 pub(crate) const MAX_LOG_BYTES: usize = 64 * 1024;
 
+/// Fuel charged for each byte a guest passes to the host or receives from it
+/// through an import (log text, stdout/stderr, HTTP requests and responses).
+///
+/// Wasm instructions cost about one unit each, but a guest can fill a
+/// megabyte with one `memory.fill` and hand it to the host again and again;
+/// every time, the host copies and validates it. Charging per byte makes that
+/// work count against the same budget as the guest's own: at one unit per
+/// byte, the default budget (10⁹) buys about 1 GB through the host per call.
+pub const FUEL_PER_HOST_BYTE: u64 = 1;
+
 /// The data of one call's store.
 pub(crate) struct CallState {
     pub(crate) wasi: WasiCtx,
@@ -24,6 +41,44 @@ pub(crate) struct CallState {
     pub(crate) log: LogBuffer,
     pub(crate) grant: Arc<PluginGrant>,
     pub(crate) http: HttpClient,
+    /// Bytes that crossed into or out of the host since the last charge;
+    /// shared with the stdout/stderr pipes.
+    pub(crate) unbilled: Arc<AtomicU64>,
+}
+
+impl CallState {
+    /// Records `bytes` to be charged as fuel when the current import returns.
+    pub(crate) fn charge_host_bytes(&mut self, bytes: usize) {
+        self.unbilled.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// The store's call hook: on every return from the host into wasm, takes the
+/// bytes the import moved out of the fuel tank. When the tank cannot pay, the
+/// guest traps out of fuel right there, before it can make another call.
+///
+/// A hook rather than a charge inside each import because WASI's stdout and
+/// stderr are host code we do not write; their pipes count into the same
+/// counter.
+pub(crate) fn charge_host_bytes(
+    mut store: StoreContextMut<'_, CallState>,
+    hook: CallHook,
+) -> wasmtime::Result<()> {
+    if !matches!(hook, CallHook::ReturningFromHost) {
+        return Ok(());
+    }
+    let bytes = store.data().unbilled.swap(0, Ordering::Relaxed);
+    if bytes == 0 {
+        return Ok(());
+    }
+    let cost = bytes.saturating_mul(FUEL_PER_HOST_BYTE);
+    let left = store.get_fuel()?;
+    if cost > left {
+        store.set_fuel(0)?;
+        return Err(Trap::OutOfFuel.into());
+    }
+    store.set_fuel(left - cost)?;
+    Ok(())
 }
 
 impl WasiView for CallState {
@@ -92,6 +147,7 @@ impl log::Host for CallState {
             log::Level::Warn => "warn",
             log::Level::Error => "error",
         };
+        self.charge_host_bytes(message.len());
         self.log.push(level, &message);
     }
 }
@@ -106,10 +162,30 @@ pub(crate) struct MemoryLimitExceeded {
     cap: usize,
 }
 
-/// Caps linear memory and tables for one call.
+/// Caps linear memory and tables for one call, and counts what the guest's
+/// memories hold so that host-side buffers can be sized to what is left.
 pub(crate) struct MemoryCap {
     pub(crate) memory_bytes: usize,
     pub(crate) hit: bool,
+    /// Bytes of linear memory granted so far, over all of the instance's
+    /// memories (their initial sizes included: creating a memory asks the
+    /// limiter too).
+    pub(crate) used: usize,
+}
+
+impl MemoryCap {
+    pub(crate) fn new(memory_bytes: usize) -> Self {
+        Self {
+            memory_bytes,
+            hit: false,
+            used: 0,
+        }
+    }
+
+    /// How many more bytes the guest's memory may grow by.
+    pub(crate) fn room(&self) -> usize {
+        self.memory_bytes.saturating_sub(self.used)
+    }
 }
 
 /// Table elements one instance may hold (function references; Rust guests use
@@ -119,7 +195,7 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -131,6 +207,7 @@ impl ResourceLimiter for MemoryCap {
             }
             .into());
         }
+        self.used = self.used.saturating_add(desired.saturating_sub(current));
         Ok(true)
     }
 
@@ -170,17 +247,22 @@ impl ResourceLimiter for MemoryCap {
 /// Dropping rather than failing matters: Rust's `print!` panics when a write
 /// fails, so a stream that refused writes once full would turn a chatty but
 /// correct plugin into a trap.
+///
+/// Every byte written, kept or not, is counted into `unbilled` and charged
+/// as fuel.
 #[derive(Clone)]
 pub(crate) struct CappedOutput {
     buffer: Arc<std::sync::Mutex<Vec<u8>>>,
     cap: usize,
+    unbilled: Arc<AtomicU64>,
 }
 
 impl CappedOutput {
-    pub(crate) fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize, unbilled: Arc<AtomicU64>) -> Self {
         Self {
             buffer: Arc::default(),
             cap,
+            unbilled,
         }
     }
 
@@ -209,6 +291,8 @@ impl tokio::io::AsyncWrite for CappedOutput {
         _cx: &mut std::task::Context<'_>,
         bytes: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        self.unbilled
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
         let room = self.cap.saturating_sub(buffer.len());
         buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);

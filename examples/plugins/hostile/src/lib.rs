@@ -16,6 +16,7 @@
 //! | `count`       | nothing: a deterministic loop   | (fuel figures)   |
 //! | `env`         | the environment                 | (returns it: must be empty) |
 //! | `print`       | stdout/stderr capture           | (succeeds; output kept up to the cap) |
+//! | `log_huge`    | host copies paid in fuel        | `out_of_fuel` when repeated enough |
 
 use std::hint::black_box;
 
@@ -40,6 +41,15 @@ pub struct Count {
 pub struct PathInput {
     /// The path to read.
     pub path: String,
+}
+
+/// How much to log.
+#[derive(Deserialize, JsonSchema)]
+pub struct LogInput {
+    /// Bytes per line.
+    pub n: u64,
+    /// Lines.
+    pub times: u64,
 }
 
 /// A URL.
@@ -141,6 +151,16 @@ pub fn print(input: Count) -> Result<Value, ToolError> {
     Ok(json!({ "printed": input.n }))
 }
 
+/// Logs one string of `n` bytes `times` times: a few instructions in the
+/// guest per line, megabytes of copying in the host unless it is paid for.
+pub fn log_huge(input: LogInput) -> Result<Value, ToolError> {
+    let line = "x".repeat(input.n as usize);
+    for _ in 0..input.times {
+        karta_guest::log::info(&line);
+    }
+    Ok(json!({ "logged": input.n.saturating_mul(input.times) }))
+}
+
 export_plugin! {
     tool("spin", "Loops forever.", spin),
     tool("alloc", "Allocates memory until stopped.", alloc),
@@ -153,4 +173,5 @@ export_plugin! {
     tool("count", "Sums 0..n.", count),
     tool("env", "Shows the environment.", env),
     tool("print", "Prints n lines to stdout and stderr.", print),
+    tool("log_huge", "Logs an n-byte line `times` times.", log_huge),
 }
