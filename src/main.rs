@@ -322,9 +322,10 @@ async fn doctor(app_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         let state = if feature.available { "yes" } else { "no " };
         println!("  {state} {:<20} {}", feature.name, feature.detail);
     }
-    println!("  (harness processes run with a cleared environment, a scratch HOME, their own");
-    println!("   process group, Landlock rules when available, and die with the host;");
-    println!("   namespaces, seccomp and cgroups are not applied yet)");
+    println!("  (harness processes run jailed: pid, mount, net, ipc and uts namespaces, a");
+    println!("   read-only root with only the session's workspace and HOME writable, no");
+    println!("   capabilities, Landlock, seccomp, rlimits, cgroups; a jail that cannot be");
+    println!("   built refuses to start them unless `serve --no-jail` is passed)");
     println!("model upstream:");
     match std::env::var("KARTA_UPSTREAM_KEY") {
         Ok(key) if !key.trim().is_empty() => {

@@ -190,9 +190,20 @@ pub fn jail_features() -> Vec<JailFeature> {
         name: "landlock",
         available: landlock,
         detail: if landlock {
-            "file and TCP-port rules enforced: harness processes are confined".into()
+            "file-write and TCP rules enforced (the jail's second wall)".into()
         } else {
-            "not enforced by this kernel: harness processes run unconfined".into()
+            "not enforced by this kernel: the jail refuses to start (--no-jail to run unconfined)"
+                .into()
+        },
+    });
+    let root = karta_harness::jail::privileged();
+    features.push(JailFeature {
+        name: "root",
+        available: root,
+        detail: if root {
+            "namespaces and cgroups can be created".into()
+        } else {
+            "not root: the jail refuses to start (--no-jail to run unconfined)".into()
         },
     });
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -201,16 +212,19 @@ pub fn jail_features() -> Vec<JailFeature> {
         name: "seccomp",
         available: seccomp,
         detail: if seccomp {
-            "Seccomp in /proc/self/status".into()
+            format!(
+                "{} system calls denied to jailed processes",
+                karta_harness::jail::seccomp::denied_count()
+            )
         } else {
             "absent".into()
         },
     });
-    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let cgroups = karta_harness::jail::cgroup::describe();
     features.push(JailFeature {
         name: "cgroups",
-        available: !cgroups.is_empty(),
-        detail: cgroups.lines().take(3).collect::<Vec<_>>().join("; "),
+        available: !cgroups.contains("missing"),
+        detail: cgroups,
     });
     features
 }

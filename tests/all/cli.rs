@@ -323,6 +323,7 @@ fn doctor_reports_harnesses_jail_features_and_the_app() {
         "opencode     not installed",
         "network namespaces",
         "seccomp",
+        "system calls denied to jailed processes",
         "OFFLINE model",
         "app `support-bot`",
         "asks for claude-code; would run on builtin",

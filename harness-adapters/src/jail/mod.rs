@@ -182,7 +182,7 @@ impl Jail {
         cwd: &Path,
         command: &mut tokio::process::Command,
     ) -> Result<Self, JailError> {
-        if !rustix::process::geteuid().is_root() {
+        if !privileged() {
             return Err(JailError::NotPrivileged);
         }
         if !landlock_available() {
@@ -354,6 +354,11 @@ fn landlock_rules(
         ruleset = ruleset.add_rule(NetPort::new(*port, AccessNet::BindTcp))?;
     }
     Ok(ruleset)
+}
+
+/// Whether this process may build jails (it runs as root).
+pub fn privileged() -> bool {
+    rustix::process::geteuid().is_root()
 }
 
 /// Whether this kernel enforces Landlock file and TCP rules.
