@@ -351,3 +351,34 @@ async fn a_jail_that_cannot_be_built_refuses_to_start_and_says_which_step() {
         .to_string();
     assert!(error.contains("entering the workspace failed"), "{error}");
 }
+
+/// Deleting a session kills its process group; the jail's pid namespace
+/// takes with it what left the group (`setsid`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue9_a_setsid_grandchild_dies_when_the_process_is_killed() {
+    if !can_jail() {
+        return;
+    }
+    let f = fixture();
+    // The number is built at run time, so only the grandchild's command
+    // line holds it (not the shell's own `-c` script).
+    let script = "N=9876; setsid sleep ${N}55 >/dev/null 2>&1 < /dev/null & echo STARTED; exec sleep 1000";
+    let spawn = jailed_shell(&f, script, Vec::new(), JailLimits::default());
+    let mut process = HarnessProcess::start(&spawn).expect("starts");
+    let mut stdout = process.child.stdout.take().expect("stdout");
+    let mut first = [0u8; 8];
+    tokio::io::AsyncReadExt::read_exact(&mut stdout, &mut first)
+        .await
+        .expect("read");
+    assert_eq!(&first, b"STARTED\n");
+    // The grandchild left the process group but runs in the jail.
+    for _ in 0..200 {
+        if !processes_with("sleep 987655").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!processes_with("sleep 987655").is_empty());
+    process.kill().await;
+    wait_until_gone("sleep 987655").await;
+}
