@@ -16,6 +16,15 @@
 //!
 //! `GET` (a server-initiated stream) is answered 405: this server never
 //! sends requests of its own.
+//!
+//! Approvals are enforced here, not left to the harness's settings (which
+//! live in a workspace a plugin may write): `tools/call` of a tool with
+//! `approval = "always"` goes through [`Sessions::call_tool`], which asks a
+//! person through the session's running turn and answers a denial (or a
+//! timeout, or no turn to ask in) as an `isError` result of kind `denied`.
+//!
+//! No `Host` / `Origin` check as on the API: every request must carry the
+//! session's token, which a web page (even a DNS-rebound one) does not know.
 
 use std::sync::Arc;
 
