@@ -6,6 +6,9 @@
 //!
 //! Run: `cargo bench --bench jail` (needs root, like the jail itself).
 
+// criterion_group! generates an undocumented function.
+#![allow(missing_docs)]
+
 use std::path::PathBuf;
 
 use criterion::{Criterion, criterion_group, criterion_main};

@@ -330,7 +330,7 @@ fn landlock_rules(
     scratch: &[&Path],
 ) -> Result<landlock::RulesetCreated, landlock::RulesetError> {
     use landlock::{
-        ABI, Access, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr, RulesetCreatedAttr,
+        ABI, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr, RulesetCreatedAttr,
         path_beneath_rules,
     };
     let abi = ABI::V5;
