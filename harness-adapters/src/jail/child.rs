@@ -14,19 +14,21 @@
 //!
 //! 1. **die with the host** (`PR_SET_PDEATHSIG`), first, so nothing below
 //!    can outlive a crashed host;
-//! 2. **join the cgroups** before anything else runs, so every process of
-//!    the jail is counted and limited from its first page;
-//! 3. **new pid namespace**, then `fork`: `unshare(CLONE_NEWPID)` applies
+//! 2. **new pid namespace**, then `fork`: `unshare(CLONE_NEWPID)` applies
 //!    to children only. The first child stays outside and waits (its exit
 //!    status is the harness's; killing it kills the jail, see 4); the
 //!    grandchild is pid 1 of the new namespace, and when it dies the kernel
 //!    kills everything left in it — a `setsid()` grandchild included;
+//! 3. the waiting parent **moves the grandchild into the cgroups** while
+//!    the grandchild builds its root (both wait for an RCU grace period;
+//!    together they wait for one), and the grandchild waits for that before
+//!    going on — every process of the harness is counted and limited;
 //! 4. in the grandchild: **die with the waiting parent** again;
 //! 5. **join the network namespace** the host prepared (loopback and the
 //!    relayed ports only), **new mount, ipc and uts namespaces**;
 //! 6. **mounts private** (nothing propagates back to the host), **build
 //!    the root** on a tmpfs, **pivot_root** into it and detach the old
-//!    root, remount the root read-only;
+//!    root, remount the root read-only; wait until in the cgroups;
 //! 7. **hostname**, **working directory**;
 //! 8. **rlimits**;
 //! 9. **drop every capability** (bounding set, then the sets, with
@@ -210,19 +212,22 @@ fn enter(plan: &ChildPlan) -> std::io::Result<()> {
         Step::DieWithHost,
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)),
     )?;
-    // 2. Cgroups.
-    for fd in &plan.cgroup_procs {
-        // SAFETY: a write of a static buffer to a descriptor the host opened.
-        let written = unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) };
-        if written != 1 {
-            return Err(fail(report, Step::JoinCgroup, last_errno()));
-        }
-    }
-    // 3. Pid namespace, then fork.
+    // 2. Pid namespace, then fork. The waiting parent moves the grandchild
+    // into the cgroups while the grandchild builds its root: a cgroup
+    // migration waits for an RCU grace period, and so does detaching the
+    // old root — done at the same time, one grace period covers both
+    // (BENCHMARKS.md, "jail"). The grandchild runs nothing of the harness
+    // before the parent says it is in (the `joined` pipe).
     // SAFETY: CLONE_NEWPID does not touch the descriptor table.
     check(report, Step::PidNamespace, unsafe {
         rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWPID)
     })?;
+    let mut joined = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills the two-element array we own.
+    if unsafe { libc::pipe2(joined.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(fail(report, Step::JoinCgroup, last_errno()));
+    }
+    let [joined_read, joined_write] = joined;
     // SAFETY: this child has a single thread; the grandchild only makes
     // system calls before it execs.
     let pid = unsafe { libc::fork() };
@@ -230,7 +235,25 @@ fn enter(plan: &ChildPlan) -> std::io::Result<()> {
         return Err(fail(report, Step::Fork, last_errno()));
     }
     if pid > 0 {
+        // 3. The waiting parent: join the grandchild to the cgroups, tell
+        // it, then wait.
+        let answer: &[u8] = match join_cgroups(&plan.cgroup_procs, pid) {
+            Ok(()) => b"y",
+            Err(errno) => {
+                fail(report, Step::JoinCgroup, errno);
+                b"n"
+            }
+        };
+        // SAFETY: a write of a static buffer to our own pipe.
+        unsafe {
+            libc::write(joined_write, answer.as_ptr().cast(), 1);
+        }
         wait_and_exit(pid);
+    }
+    // SAFETY: closing the grandchild's copy of the pipe's write end, so a
+    // parent that dies leaves it reading end-of-file, not blocked.
+    unsafe {
+        libc::close(joined_write);
     }
     // 4. The grandchild, pid 1 of the jail: die with the waiting parent.
     check(
@@ -259,6 +282,18 @@ fn enter(plan: &ChildPlan) -> std::io::Result<()> {
     })?;
     // 6. The root.
     build_root(report, &plan.mounts)?;
+    // In the cgroups before anything else happens.
+    let mut answer = [0u8; 1];
+    // SAFETY: reading one byte into a stack buffer from our own pipe.
+    let read = unsafe { libc::read(joined_read, answer.as_mut_ptr().cast(), 1) };
+    if read != 1 || answer[0] != b'y' {
+        // The parent reported the failing write already.
+        return Err(std::io::Error::from_raw_os_error(libc::EIO));
+    }
+    // SAFETY: closing our own pipe's read end.
+    unsafe {
+        libc::close(joined_read);
+    }
     // 7. Hostname, working directory.
     check(
         report,
@@ -292,6 +327,31 @@ fn enter(plan: &ChildPlan) -> std::io::Result<()> {
     for filter in &plan.seccomp {
         if seccompiler::apply_filter(filter).is_err() {
             return Err(fail(report, Step::Seccomp, libc::EPERM));
+        }
+    }
+    Ok(())
+}
+
+/// Writes `pid` to each `cgroup.procs`; the `errno` of the first failure.
+fn join_cgroups(procs: &[RawFd], pid: libc::pid_t) -> Result<(), i32> {
+    // The pid in decimal, formatted without allocating.
+    let mut digits = [0u8; 12];
+    let mut start = digits.len();
+    let mut rest = pid.unsigned_abs();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let text = &digits[start..];
+    for fd in procs {
+        // SAFETY: a write of a stack buffer to a descriptor the host opened.
+        let written = unsafe { libc::write(*fd, text.as_ptr().cast(), text.len()) };
+        if written != text.len() as isize {
+            return Err(last_errno());
         }
     }
     Ok(())
