@@ -414,7 +414,7 @@ impl Plugin {
             log: LogBuffer::default(),
             grant: self.grant.clone(),
             http: self.runtime.http.clone(),
-            unbilled,
+            unbilled: unbilled.clone(),
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -445,9 +445,15 @@ impl Plugin {
             Err(_) => Err(wasmtime::Error::from(Trap::Interrupt)),
         };
 
+        // Bytes no later return from the host charged (stdout that WASI's
+        // writer task flushed after the last import) are billed here.
+        let late = unbilled
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
+            .saturating_mul(state::FUEL_PER_HOST_BYTE);
         let consumed = fuel
             .saturating_add(FUEL_CHECK_MARGIN)
-            .saturating_sub(store.get_fuel().unwrap_or(0));
+            .saturating_sub(store.get_fuel().unwrap_or(0))
+            .saturating_add(late);
         let result = match result {
             Ok(_) if consumed > fuel => Err(wasmtime::Error::from(Trap::OutOfFuel)),
             other => other,
