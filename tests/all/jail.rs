@@ -362,7 +362,8 @@ async fn regression_issue9_a_setsid_grandchild_dies_when_the_process_is_killed()
     let f = fixture();
     // The number is built at run time, so only the grandchild's command
     // line holds it (not the shell's own `-c` script).
-    let script = "N=9876; setsid sleep ${N}55 >/dev/null 2>&1 < /dev/null & echo STARTED; exec sleep 1000";
+    let script =
+        "N=9876; setsid sleep ${N}55 >/dev/null 2>&1 < /dev/null & echo STARTED; exec sleep 1000";
     let spawn = jailed_shell(&f, script, Vec::new(), JailLimits::default());
     let mut process = HarnessProcess::start(&spawn).expect("starts");
     let mut stdout = process.child.stdout.take().expect("stdout");
