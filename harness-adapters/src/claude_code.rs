@@ -53,10 +53,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};
 
 use crate::model_stream::{AnthropicEvent, AnthropicMessage, AnthropicUsage, StreamDelta};
-use crate::process::{HarnessProcess, JailSpec, Spawn, session_env};
+use crate::process::{HarnessProcess, JailLimits, JailSpec, Spawn, session_env};
+use crate::safe_fs::SafeDir;
 use crate::slots::{
-    ReportedResult, Slots, TurnFailure, finish_turn, finished_tool_use, new_message_id, outcome,
-    remember, remembered, slot_process, stop_when_idle,
+    ReportedResult, Slots, TurnFailure, finish_turn, finished_tool_use, forget, new_message_id,
+    outcome, remember, remembered, slot_process, stop_when_idle,
 };
 use crate::{
     BoxFuture, ErrorCode, Event, Harness, SessionInfo, TurnContext, TurnOutcome, TurnRequest,
@@ -84,6 +85,9 @@ pub struct ClaudeCodeConfig {
     pub program: PathBuf,
     /// A session's process is stopped after this long without a turn.
     pub idle_timeout: Duration,
+    /// The limits of each process's jail; `None` runs it unjailed (only
+    /// with the operator's `--no-jail`).
+    pub jail: Option<JailLimits>,
 }
 
 /// The Claude Code harness (see the module docs).
@@ -111,6 +115,18 @@ struct ClaudeProcess {
 /// id, for `--resume`.
 const RESUME_FILE: &str = "karta-claude-session";
 
+/// The file in the session's `HOME` that names the host's MCP server
+/// (`--mcp-config`).
+const MCP_CONFIG_FILE: &str = "karta-mcp.json";
+
+/// Claude Code's own state file in its `HOME`, where the workspace is
+/// marked trusted.
+const CLAUDE_STATE_FILE: &str = ".claude.json";
+
+/// The largest `.claude.json` read back (Claude Code keeps per-project
+/// state there; a bigger one is started afresh rather than read whole).
+const MAX_CLAUDE_STATE_BYTES: u64 = 16 * 1024 * 1024;
+
 impl ClaudeCodeHarness {
     /// A harness running `config.program`.
     pub fn new(config: ClaudeCodeConfig) -> Self {
@@ -124,14 +140,17 @@ impl ClaudeCodeHarness {
     fn spawn_for(&self, request: &TurnRequest) -> std::io::Result<Spawn> {
         let session = &request.session;
         let env = session_env(session, &self.config.program, claude_env(session))?;
-        let mcp_config = session.home.join("karta-mcp.json");
-        std::fs::write(
-            &mcp_config,
-            serde_json::to_vec_pretty(&json!({
+        let mcp_config = session.home.join(MCP_CONFIG_FILE);
+        // The process writes its HOME: a link it left there is replaced,
+        // never written through.
+        let home = SafeDir::open(&session.home)?;
+        home.write(
+            Path::new(MCP_CONFIG_FILE),
+            &serde_json::to_vec_pretty(&json!({
                 "mcpServers": { MCP_SERVER_NAME: { "type": "http", "url": session.mcp_url } }
             }))?,
         )?;
-        trust_workspace(&session.home, &session.workspace)?;
+        trust_workspace(&home, &session.workspace)?;
 
         let mut args: Vec<String> = [
             "-p",
@@ -183,12 +202,15 @@ impl ClaudeCodeHarness {
             env,
             stdin: true,
             stdout: true,
-            jail: Some(JailSpec::for_session(
-                session,
-                &self.config.program,
-                Vec::new(),
-                Vec::new(),
-            )),
+            jail: self.config.jail.map(|limits| {
+                JailSpec::for_session(
+                    session,
+                    &self.config.program,
+                    Vec::new(),
+                    Vec::new(),
+                    limits,
+                )
+            }),
         })
     }
 
@@ -283,7 +305,7 @@ impl ClaudeCodeHarness {
                         "claude could not resume ({}); starting a new conversation",
                         failure.message()
                     );
-                    let _ = std::fs::remove_file(request.session.home.join(RESUME_FILE));
+                    forget(&request.session.home, RESUME_FILE);
                     self.start(request).await?
                 }
                 started => started?,
@@ -383,9 +405,19 @@ fn claude_env(session: &SessionInfo) -> BTreeMap<String, String> {
 
 /// Marks `workspace` trusted in `home/.claude.json`, so the app's
 /// `.claude/settings.json` applies.
-fn trust_workspace(home: &Path, workspace: &Path) -> std::io::Result<()> {
-    let file = home.join(".claude.json");
-    let mut config: Value = std::fs::read(&file)
+///
+/// The file is Claude Code's (so the process may have made it a link, a
+/// FIFO or a huge file): it is read without following a link, bounded, and
+/// anything unreadable is started afresh; it is written by replacing it.
+fn trust_workspace(home: &SafeDir, workspace: &Path) -> std::io::Result<()> {
+    let file = Path::new(CLAUDE_STATE_FILE);
+    let mut config: Value = home
+        .read(file, MAX_CLAUDE_STATE_BYTES)
+        .inspect_err(|e| {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("starting {CLAUDE_STATE_FILE} afresh: {e}");
+            }
+        })
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .filter(Value::is_object)
@@ -396,7 +428,7 @@ fn trust_workspace(home: &Path, workspace: &Path) -> std::io::Result<()> {
         config["projects"] = json!({});
     }
     config["projects"][key]["hasTrustDialogAccepted"] = json!(true);
-    std::fs::write(&file, serde_json::to_vec_pretty(&config)?)
+    home.write(file, &serde_json::to_vec_pretty(&config)?)
 }
 
 slot_process!(ClaudeProcess);
@@ -688,5 +720,125 @@ impl Harness for ClaudeCodeHarness {
 
     fn process_count(&self) -> usize {
         self.sessions.count()
+    }
+}
+
+#[cfg(test)]
+mod home_file_tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn request(base: &Path) -> TurnRequest {
+        let session = SessionInfo {
+            id: "s1".into(),
+            workspace: base.join("workspaces/s1"),
+            home: base.join("homes/s1"),
+            gateway_url: "http://127.0.0.1:1".into(),
+            gateway_key: "key".into(),
+            mcp_url: "http://127.0.0.1:2/mcp/token".into(),
+            ..SessionInfo::default()
+        };
+        std::fs::create_dir_all(&session.workspace).expect("mkdir");
+        std::fs::create_dir_all(&session.home).expect("mkdir");
+        TurnRequest {
+            system: String::new(),
+            history: Vec::new(),
+            text: "hi".into(),
+            thinking: false,
+            model: String::new(),
+            agent: None,
+            session,
+        }
+    }
+
+    fn harness() -> ClaudeCodeHarness {
+        ClaudeCodeHarness::new(ClaudeCodeConfig {
+            program: PathBuf::from("/nonexistent/claude"),
+            idle_timeout: Duration::from_secs(1),
+            jail: None,
+        })
+    }
+
+    #[test]
+    fn regression_issue9_links_in_claude_home_are_replaced_not_followed() {
+        let base = std::env::temp_dir().join(format!("karta-cc-{}", uuid::Uuid::new_v4().simple()));
+        let request = request(&base);
+        let home = &request.session.home;
+        let outside = base.join("outside");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(outside.join("secret"), "sk-ant-the-upstream-key").expect("write");
+        std::fs::write(outside.join("target.json"), "untouched").expect("write");
+        std::fs::write(outside.join("claude.json"), r#"{"mine": true}"#).expect("write");
+        // What the process could leave in its HOME for the next start.
+        symlink(outside.join("secret"), home.join(RESUME_FILE)).expect("link");
+        symlink("../../outside/target.json", home.join(MCP_CONFIG_FILE)).expect("link");
+        symlink(outside.join("claude.json"), home.join(CLAUDE_STATE_FILE)).expect("link");
+
+        let spawn = harness().spawn_for(&request).expect("spawn");
+        assert!(
+            !spawn
+                .args
+                .iter()
+                .any(|a| a.contains("sk-ant") || a == "--resume"),
+            "the secret is not on the command line: {:?}",
+            spawn.args
+        );
+        for (file, content) in [
+            ("secret", "sk-ant-the-upstream-key"),
+            ("target.json", "untouched"),
+            ("claude.json", r#"{"mine": true}"#),
+        ] {
+            assert_eq!(
+                std::fs::read_to_string(outside.join(file)).expect("read"),
+                content,
+                "{file} outside the home is unchanged"
+            );
+        }
+        for file in [MCP_CONFIG_FILE, CLAUDE_STATE_FILE] {
+            assert!(
+                std::fs::symlink_metadata(home.join(file))
+                    .expect("meta")
+                    .is_file(),
+                "{file} is now a real file"
+            );
+        }
+        let mcp: Value =
+            serde_json::from_slice(&std::fs::read(home.join(MCP_CONFIG_FILE)).expect("read"))
+                .expect("json");
+        assert_eq!(
+            mcp["mcpServers"][MCP_SERVER_NAME]["url"],
+            request.session.mcp_url
+        );
+
+        // A FIFO, or text that is not an id, is not taken either; a plain
+        // id is, and remembering replaces a link rather than writing
+        // through it.
+        std::fs::remove_file(home.join(RESUME_FILE)).expect("rm");
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(home.join(RESUME_FILE))
+            .status()
+            .expect("mkfifo");
+        assert!(fifo.success());
+        assert_eq!(remembered(home, RESUME_FILE), None);
+        std::fs::remove_file(home.join(RESUME_FILE)).expect("rm");
+        std::fs::write(home.join(RESUME_FILE), "x --dangerously-skip-permissions").expect("write");
+        assert_eq!(remembered(home, RESUME_FILE), None);
+        std::fs::remove_file(home.join(RESUME_FILE)).expect("rm");
+        symlink(outside.join("secret"), home.join(RESUME_FILE)).expect("link");
+        remember(home, RESUME_FILE, "0b5c7c2e-1111-4222-8333-944445555666");
+        assert_eq!(
+            std::fs::read_to_string(outside.join("secret")).expect("read"),
+            "sk-ant-the-upstream-key"
+        );
+        let spawn = harness().spawn_for(&request).expect("spawn");
+        assert!(
+            spawn
+                .args
+                .windows(2)
+                .any(|w| w[0] == "--resume" && w[1] == "0b5c7c2e-1111-4222-8333-944445555666"),
+            "{:?}",
+            spawn.args
+        );
+        std::fs::remove_dir_all(&base).expect("cleanup");
     }
 }

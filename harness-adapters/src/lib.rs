@@ -25,9 +25,11 @@ pub mod builtin;
 pub mod claude_code;
 mod events;
 pub mod http;
+pub mod jail;
 pub mod model_stream;
 pub mod opencode;
 pub mod process;
+pub mod safe_fs;
 mod slots;
 pub mod sse;
 

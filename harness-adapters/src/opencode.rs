@@ -35,7 +35,7 @@
 //! session's `HOME`, so the next server continues the same OpenCode session.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -43,7 +43,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::http::HttpClient;
-use crate::process::{HarnessProcess, JailSpec, Spawn, session_env};
+use crate::process::{HarnessProcess, JailLimits, JailSpec, Spawn, session_env};
+use crate::safe_fs::SafeDir;
 use crate::slots::{
     ReportedResult, Slots, TurnFailure, finish_turn, finished_tool_use, new_message_id, outcome,
     remember, remembered, slot_process, stop_when_idle,
@@ -82,6 +83,9 @@ pub struct OpencodeConfig {
     pub idle_timeout: Duration,
     /// The host's shared HTTP client, for the servers' loopback APIs.
     pub client: HttpClient,
+    /// The limits of each server's jail; `None` runs it unjailed (only
+    /// with the operator's `--no-jail`).
+    pub jail: Option<JailLimits>,
 }
 
 /// The OpenCode harness (see the module docs).
@@ -109,6 +113,12 @@ struct OpencodeServer {
 /// The file in the session's `HOME` that remembers OpenCode's session id.
 const RESUME_FILE: &str = "karta-opencode-session";
 
+/// The session's OpenCode config (`OPENCODE_CONFIG`), in its `HOME`.
+const CONFIG_FILE: &str = "karta-opencode.json";
+
+/// The project config files OpenCode would merge over ours.
+pub const PROJECT_CONFIG_FILES: &[&str] = &["opencode.json", "opencode.jsonc"];
+
 impl OpencodeHarness {
     /// A harness running `config.program`.
     pub fn new(config: OpencodeConfig) -> Self {
@@ -122,30 +132,41 @@ impl OpencodeHarness {
     /// The command line and config for `request`'s session.
     fn spawn_for(&self, request: &TurnRequest, port: u16) -> std::io::Result<Spawn> {
         let session = &request.session;
-        let config_file = session.home.join("karta-opencode.json");
-        // Next to the sessions' homes; `.shared` is no valid session id.
-        let shared = session
-            .home
-            .parent()
-            .unwrap_or(&session.home)
-            .join(".shared")
-            .join("opencode");
-        // Landlock rules name existing directories only.
-        std::fs::create_dir_all(shared.join("config"))?;
-        std::fs::create_dir_all(shared.join("cache"))?;
+        let config_file = session.home.join(CONFIG_FILE);
         let env = session_env(
             session,
             &self.config.program,
             [
                 ("OPENCODE_CONFIG", config_file.display().to_string()),
-                // OpenCode installs its plugin package into its config dir
-                // on first start (from the npm registry); one dir shared by
-                // every session's server installs it once, not per session.
+                // The config and cache dirs are the session's own, in its
+                // HOME: a dir shared by every session's server would let
+                // one session leave config (agents, plugins) for the next.
+                // OpenCode only tries, in the background, to install its
+                // plugin package there; without network that fails and
+                // start-up takes as long as with a warm shared dir
+                // (measured with opencode 1.18.33 in an empty network
+                // namespace: 3.1-3.6 s fresh, 4.2-4.3 s shared, on a loaded
+                // 2-core machine).
                 (
                     "XDG_CONFIG_HOME",
-                    shared.join("config").display().to_string(),
+                    session.home.join(".config").display().to_string(),
                 ),
-                ("XDG_CACHE_HOME", shared.join("cache").display().to_string()),
+                (
+                    "XDG_CACHE_HOME",
+                    session.home.join(".cache").display().to_string(),
+                ),
+                // The project's config is not OpenCode's to find: a
+                // workspace `opencode.json` (which a plugin can write) would
+                // be merged over ours — an MCP `command` is code execution.
+                // This also stops the search for `.opencode/` and `AGENTS.md`
+                // up from the workspace, so the app's `.opencode/` (synced by
+                // the host before every turn) is named directly, and the
+                // instructions are in our config (`instructions`).
+                ("OPENCODE_DISABLE_PROJECT_CONFIG", "1".into()),
+                (
+                    "OPENCODE_CONFIG_DIR",
+                    session.workspace.join(".opencode").display().to_string(),
+                ),
                 ("OPENCODE_DISABLE_MODELS_FETCH", "1".into()),
                 ("OPENCODE_DISABLE_AUTOUPDATE", "1".into()),
                 ("OPENCODE_DISABLE_SHARE", "1".into()),
@@ -154,11 +175,22 @@ impl OpencodeHarness {
             ]
             .map(|(k, v)| (k.to_owned(), v)),
         )?;
-        // `session_env` made the home.
-        std::fs::write(
-            &config_file,
-            serde_json::to_vec_pretty(&opencode_config(session, &request.model))?,
+        // `session_env` made the home. The server writes there too: a link
+        // it left is replaced, never written through.
+        let home = SafeDir::open(&session.home)?;
+        for dir in [".config", ".cache"] {
+            home.create_dirs(Path::new(dir))?;
+        }
+        home.write(
+            Path::new(CONFIG_FILE),
+            &serde_json::to_vec_pretty(&opencode_config(session, &request.model))?,
         )?;
+        // OpenCode does not read these (project config is off); removed
+        // anyway, so no later change of that setting brings them back.
+        let workspace = SafeDir::open(&session.workspace)?;
+        for name in PROJECT_CONFIG_FILES {
+            workspace.remove(Path::new(name))?;
+        }
         Ok(Spawn {
             program: self.config.program.clone(),
             args: vec![
@@ -172,12 +204,15 @@ impl OpencodeHarness {
             env,
             stdin: false,
             stdout: true,
-            jail: Some(JailSpec::for_session(
-                session,
-                &self.config.program,
-                vec![shared],
-                vec![port],
-            )),
+            jail: self.config.jail.map(|limits| {
+                JailSpec::for_session(
+                    session,
+                    &self.config.program,
+                    Vec::new(),
+                    vec![port],
+                    limits,
+                )
+            }),
         })
     }
 
@@ -208,7 +243,9 @@ impl OpencodeHarness {
         })
         .await;
         let base = match listening {
-            Ok(Some(url)) => url,
+            // In a jail the server listens in the jail's network namespace;
+            // the host reaches it through the jail's relay.
+            Ok(Some(_)) => format!("http://127.0.0.1:{}", process.host_port(port)),
             Ok(None) => {
                 let status = process.child.wait().await.ok();
                 return Err(TurnFailure::harness(format!(
@@ -511,7 +548,27 @@ fn opencode_config(session: &SessionInfo, model: &str) -> Value {
         },
         "tools": tools,
         "permission": permission,
+        "instructions": instructions(&session.workspace),
     })
+}
+
+/// The app's instructions in the workspace, as OpenCode would have found
+/// them itself (`AGENTS.md`, else `CLAUDE.md`) were project config on.
+fn instructions(workspace: &Path) -> Vec<String> {
+    let Ok(dir) = SafeDir::open(workspace) else {
+        return Vec::new();
+    };
+    ["AGENTS.md", "CLAUDE.md"]
+        .into_iter()
+        .find(|name| {
+            matches!(
+                dir.kind(Path::new(name)),
+                Ok(Some(crate::safe_fs::Kind::File(_)))
+            )
+        })
+        .map(|name| workspace.join(name).display().to_string())
+        .into_iter()
+        .collect()
 }
 
 /// What one turn has seen so far.
@@ -751,5 +808,90 @@ impl Harness for OpencodeHarness {
 
     fn process_count(&self) -> usize {
         self.sessions.count()
+    }
+}
+
+#[cfg(test)]
+mod home_file_tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn regression_issue9_links_in_opencode_home_are_replaced_not_followed() {
+        let base = std::env::temp_dir().join(format!("karta-oc-{}", uuid::Uuid::new_v4().simple()));
+        let session = SessionInfo {
+            id: "s1".into(),
+            workspace: base.join("workspaces/s1"),
+            home: base.join("homes/s1"),
+            gateway_url: "http://127.0.0.1:1".into(),
+            gateway_key: "key".into(),
+            mcp_url: "http://127.0.0.1:2/mcp/token".into(),
+            ..SessionInfo::default()
+        };
+        std::fs::create_dir_all(&session.workspace).expect("mkdir");
+        std::fs::create_dir_all(&session.home).expect("mkdir");
+        let outside = base.join("outside");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(outside.join("secret"), "ses_secret").expect("write");
+        std::fs::write(outside.join("target.json"), "untouched").expect("write");
+        let home = &session.home;
+        symlink(outside.join("secret"), home.join(RESUME_FILE)).expect("link");
+        symlink("../../outside/target.json", home.join(CONFIG_FILE)).expect("link");
+        symlink("../../outside", home.join(".config")).expect("link");
+        std::fs::write(
+            session.workspace.join("opencode.json"),
+            r#"{"mcp": {"x": {"type": "local", "command": ["touch", "/tmp/x"]}}}"#,
+        )
+        .expect("write");
+        std::fs::write(session.workspace.join("AGENTS.md"), "Be brief.").expect("write");
+
+        assert_eq!(remembered(home, RESUME_FILE), None, "a link is not read");
+        let harness = OpencodeHarness::new(OpencodeConfig {
+            program: PathBuf::from("/nonexistent/opencode"),
+            idle_timeout: Duration::from_secs(1),
+            client: HttpClient::new(),
+            jail: None,
+        });
+        let request = TurnRequest {
+            system: String::new(),
+            history: Vec::new(),
+            text: "hi".into(),
+            thinking: false,
+            model: "m".into(),
+            agent: None,
+            session: session.clone(),
+        };
+        let spawn = harness.spawn_for(&request, 4096).expect("spawn");
+        assert_eq!(
+            std::fs::read_to_string(outside.join("target.json")).expect("read"),
+            "untouched"
+        );
+        assert_eq!(
+            std::fs::read_dir(&outside).expect("read").count(),
+            2,
+            "nothing created through the .config link"
+        );
+        for path in [CONFIG_FILE, ".config", ".cache"] {
+            let meta = std::fs::symlink_metadata(home.join(path)).expect("meta");
+            assert!(!meta.file_type().is_symlink(), "{path} is real");
+        }
+        assert!(
+            !session.workspace.join("opencode.json").exists(),
+            "the project config is removed"
+        );
+        assert_eq!(spawn.env["OPENCODE_DISABLE_PROJECT_CONFIG"], "1");
+        assert_eq!(
+            spawn.env["XDG_CONFIG_HOME"],
+            home.join(".config").display().to_string(),
+            "the config dir is the session's own"
+        );
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(home.join(CONFIG_FILE)).expect("read"))
+                .expect("json");
+        assert_eq!(
+            config["instructions"],
+            json!([session.workspace.join("AGENTS.md").display().to_string()])
+        );
+        std::fs::remove_dir_all(&base).expect("cleanup");
     }
 }

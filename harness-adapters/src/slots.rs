@@ -246,17 +246,59 @@ pub(crate) fn outcome(
     }
 }
 
+/// The longest conversation id remembered (Claude Code's and OpenCode's
+/// are a few dozen characters).
+const MAX_CONVERSATION_ID: usize = 128;
+
 /// The harness's own conversation id remembered in `home/file`, for a new
 /// process to continue it.
+///
+/// The harness process can write its `HOME`, so the file is read without
+/// following a link (a link to a secret would otherwise put the secret on
+/// the next command line, `--resume <contents>`, or in a URL), only if it is
+/// a regular file of a few bytes, and only an id of letters, digits, `-`
+/// and `_` is taken.
 pub(crate) fn remembered(home: &std::path::Path, file: &str) -> Option<String> {
-    let id = std::fs::read_to_string(home.join(file)).ok()?;
-    Some(id.trim().to_owned()).filter(|id| !id.is_empty())
+    let read = crate::safe_fs::SafeDir::open(home)
+        .and_then(|dir| dir.read(std::path::Path::new(file), MAX_CONVERSATION_ID as u64));
+    let bytes = match read {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!("ignoring the remembered harness conversation: {e}");
+            return None;
+        }
+    };
+    let id = std::str::from_utf8(&bytes).ok()?.trim();
+    let plain = !id.is_empty()
+        && id.len() <= MAX_CONVERSATION_ID
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !plain {
+        tracing::warn!("ignoring a remembered harness conversation that is not a plain id");
+        return None;
+    }
+    Some(id.to_owned())
 }
 
-/// Remembers the harness's conversation id in `home/file`.
+/// Remembers the harness's conversation id in `home/file` (replacing a
+/// link there, never writing through it).
 pub(crate) fn remember(home: &std::path::Path, file: &str, id: &str) {
-    if let Err(e) = std::fs::write(home.join(file), id) {
+    let written = crate::safe_fs::SafeDir::open(home)
+        .and_then(|dir| dir.write(std::path::Path::new(file), id.as_bytes()));
+    if let Err(e) = written {
         tracing::warn!("cannot remember the harness conversation {id}: {e}");
+    }
+}
+
+/// Forgets the remembered conversation (removes `home/file`; a link is
+/// removed, not what it points to).
+pub(crate) fn forget(home: &std::path::Path, file: &str) {
+    let removed =
+        crate::safe_fs::SafeDir::open(home).and_then(|dir| dir.remove(std::path::Path::new(file)));
+    if let Err(e) = removed {
+        tracing::warn!("cannot forget the harness conversation: {e}");
     }
 }
 
