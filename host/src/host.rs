@@ -154,7 +154,7 @@ impl Host {
     /// model gateway and the MCP server on loopback ports of their own.
     /// Refuses to start on any error.
     pub async fn start(config: HostConfig) -> Result<Self, HostError> {
-        let app = app::load(&config.app_dir)?;
+        let mut app = app::load(&config.app_dir)?;
         let data_error = |e: std::io::Error| HostError::DataDir {
             path: config.data_dir.display().to_string(),
             message: e.to_string(),
@@ -169,6 +169,10 @@ impl Host {
             ..RuntimeConfig::default()
         })?;
         let tools = load_tools(&runtime, &app).await?;
+        // Agents' `tools` in the harness files name only the app's tools,
+        // known now that the plugins are loaded.
+        app.harness_files
+            .restrict_tools(tools.iter().map(|t| t.def.name.as_str()));
 
         let credentials = Arc::new(Credentials::new());
         let metrics = Arc::new(Metrics::new());

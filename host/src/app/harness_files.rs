@@ -11,14 +11,29 @@
 //! rewriting them every turn cost the host CPU and made Claude Code reload
 //! its settings (BENCHMARKS.md, "overhead").
 //!
-//! Nothing is ever written or removed *through* a symbolic link: links in
-//! the app are skipped, and a link (or anything but a directory or a
-//! regular file) found in the workspace where the set needs a file or a
-//! directory is removed and replaced.
+//! Nothing is ever read, written or removed *through* a symbolic link in
+//! the workspace: every operation there goes through
+//! [`karta_harness::safe_fs::SafeDir`] (`openat2` with
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), so a link a plugin or the
+//! harness planted (`.opencode -> ../../db`, `.claude -> ../other-home`) is
+//! removed and replaced by a real directory or file, never entered. In the
+//! app, links are followed only while they stay inside it; one leading out,
+//! a FIFO, a socket or a device is an error naming the file (see
+//! [`super::load`]).
+//!
+//! The markdown that configures agents, commands and skills reaches the
+//! harness with its front matter reduced to [`FRONT_MATTER_KEYS`]: Claude
+//! Code honours `hooks`, `mcpServers`, `permissionMode` and `allowed-tools`
+//! there, OpenCode `tools: {bash: true}`, `permission` and `prompt:
+//! {file:…}` — each a way past the host's tool set or its approvals.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use karta_harness::safe_fs::{self, Kind, SafeDir};
+
+use super::{AppError, app_file_error, error};
 
 /// What of an app a harness process may read from its working directory:
 /// the instructions, and the markdown that configures agents, commands and
@@ -56,21 +71,75 @@ const MAX_DEPTH: usize = 16;
 
 /// The places in a workspace the harness files own: anything in them that
 /// is not an app file is removed (but OpenCode's `.opencode/node_modules`).
-const MANAGED: &[&str] = &["CLAUDE.md", "AGENTS.md", ".claude", ".opencode"];
+/// `opencode.json` / `opencode.jsonc` are never app files: OpenCode would
+/// merge them over the host's config (an MCP `command` there runs code).
+const MANAGED: &[&str] = &[
+    "CLAUDE.md",
+    "AGENTS.md",
+    ".claude",
+    ".opencode",
+    "opencode.json",
+    "opencode.jsonc",
+];
+
+/// The largest Claude Code settings file read.
+const MAX_SETTINGS_BYTES: u64 = 1024 * 1024;
+
+/// The front matter keys a harness gets of the app's agent, command and
+/// skill markdown; every other key is dropped at load. Kept because they
+/// only name, describe or display the file, or narrow what it may do:
+///
+/// - `name`, `description`: what the harness lists and the model reads.
+/// - `model`: the model asked for; every model call goes through the
+///   gateway with the session's key whatever the name.
+/// - `tools`: only the app's own tools (see [`HarnessFiles::restrict_tools`])
+///   and the harness's non-acting tools the host leaves on; in OpenCode's
+///   map form a `false` (which only takes a tool away) is kept too.
+/// - `argument-hint`, `color`: display only.
+/// - `mode` (`primary`, `subagent`, `all`): where OpenCode offers an agent.
+///
+/// Dropped, among others: `hooks`, `mcpServers`, `permissionMode`,
+/// `allowed-tools` (runs tools unasked), `permission`, `prompt` (`{file:…}`
+/// reads any file), `memory`, `isolation`; what is not on this list is
+/// dropped, so a key a harness adds later is dropped too.
+pub const FRONT_MATTER_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "model",
+    "tools",
+    "argument-hint",
+    "color",
+    "mode",
+];
+
+/// The harnesses' own tools the host leaves on (they act only through the
+/// model): an agent's `tools` may name them.
+const KEPT_HARNESS_TOOLS: &[&str] = &[
+    "Task",
+    "Agent",
+    "Skill",
+    "TodoWrite",
+    "task",
+    "skill",
+    "todowrite",
+];
 
 /// OpenCode installs its plugin package here; it stays.
 const KEPT: &str = ".opencode/node_modules";
 
 /// One file of the set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 struct HarnessFile {
     /// Relative to the app root and the workspace.
     path: PathBuf,
     bytes: Arc<[u8]>,
+    /// For markdown with front matter: the reduced front matter and the
+    /// body, to render again when the app's tools are known.
+    front: Option<(serde_yaml_ng::Mapping, String)>,
 }
 
 /// The app's harness files, as the harness gets them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HarnessFiles {
     files: Vec<HarnessFile>,
     /// Every directory that holds a file of the set (relative).
@@ -80,23 +149,34 @@ pub struct HarnessFiles {
 }
 
 impl HarnessFiles {
-    /// Reads the set from the app at `root`. Links and special files are
-    /// skipped; more than [`MAX_HARNESS_COPY_BYTES`] in all is an error.
-    pub fn collect(root: &Path) -> std::io::Result<Self> {
+    /// Reads the set from the app at `root`: links are followed only while
+    /// they stay inside the app; one leading out, a FIFO, a socket or a
+    /// device is an error naming the file, and so is more than
+    /// [`MAX_HARNESS_COPY_BYTES`] in all. Markdown front matter is reduced
+    /// to [`FRONT_MATTER_KEYS`].
+    pub fn collect(root: &Path) -> Result<Self, AppError> {
+        let app = SafeDir::open_app(root)
+            .map_err(|e| error(root, None, format!("cannot open the app folder: {e}")))?;
         let mut set = Self::default();
         let mut total = 0u64;
         for name in HARNESS_FILES {
-            set.collect_tree(root, Path::new(name), &mut total, 0)?;
+            set.collect_tree(&app, Path::new(name), &mut total, 0)?;
         }
         for name in CLAUDE_SETTINGS_FILES {
             let from = root.join(name);
-            if !std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_file()) {
-                continue;
-            }
-            let settings = std::fs::read(&from)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
-            let Some(settings) = settings else {
+            let bytes = match app.read_optional(Path::new(name), MAX_SETTINGS_BYTES) {
+                Ok(bytes) => bytes,
+                Err(e) if safe_fs::is_too_large(&e) => {
+                    return Err(error(
+                        &from,
+                        None,
+                        format!("larger than {} KiB", MAX_SETTINGS_BYTES >> 10),
+                    ));
+                }
+                Err(e) => return Err(app_file_error(&from, &e)),
+            };
+            let Some(bytes) = bytes else { continue };
+            let Ok(settings) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
                 tracing::warn!(
                     "{} is not valid JSON; the harness does not get it",
                     from.display()
@@ -104,13 +184,18 @@ impl HarnessFiles {
                 continue;
             };
             let bytes = serde_json::to_vec_pretty(&sanitize_claude_settings(&settings))
-                .map_err(std::io::Error::other)?;
-            set.add(PathBuf::from(name), bytes);
+                .map_err(|e| error(&from, None, e.to_string()))?;
+            set.add(PathBuf::from(name), bytes, None);
         }
         Ok(set)
     }
 
-    fn add(&mut self, path: PathBuf, bytes: Vec<u8>) {
+    fn add(
+        &mut self,
+        path: PathBuf,
+        bytes: Vec<u8>,
+        front: Option<(serde_yaml_ng::Mapping, String)>,
+    ) {
         let mut parent = path.parent();
         while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
             self.dirs.insert(dir.to_path_buf());
@@ -120,42 +205,92 @@ impl HarnessFiles {
         self.files.push(HarnessFile {
             path,
             bytes: bytes.into(),
+            front,
         });
     }
 
     fn collect_tree(
         &mut self,
-        root: &Path,
+        app: &SafeDir,
         relative: &Path,
         total: &mut u64,
         depth: usize,
-    ) -> std::io::Result<()> {
-        let from = root.join(relative);
-        let meta = match std::fs::symlink_metadata(&from) {
-            Ok(meta) => meta,
+    ) -> Result<(), AppError> {
+        let from = app.path().join(relative);
+        let kind = match app.resolved_kind(relative) {
+            Ok(kind) => kind,
+            // Absent, or a link to nothing.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
+            Err(e) => return Err(app_file_error(&from, &e)),
         };
-        if meta.is_file() {
-            *total += meta.len();
-            if *total > MAX_HARNESS_COPY_BYTES {
-                return Err(std::io::Error::other(format!(
-                    "the harness files (CLAUDE.md, AGENTS.md, agents, commands, skills) take more than {} MiB; at most {} MiB reach the harness",
-                    MAX_HARNESS_COPY_BYTES >> 20,
-                    MAX_HARNESS_COPY_BYTES >> 20
-                )));
+        match kind {
+            Kind::File(_) => {
+                let too_many = || {
+                    error(
+                        &from,
+                        None,
+                        format!(
+                            "the harness files (CLAUDE.md, AGENTS.md, agents, commands, skills) take more than {} MiB; at most {} MiB reach the harness",
+                            MAX_HARNESS_COPY_BYTES >> 20,
+                            MAX_HARNESS_COPY_BYTES >> 20
+                        ),
+                    )
+                };
+                // The size is checked on what is read, not on a `stat`
+                // beforehand.
+                let bytes = match app.read(relative, MAX_HARNESS_COPY_BYTES - *total) {
+                    Ok(bytes) => bytes,
+                    Err(e) if safe_fs::is_too_large(&e) => return Err(too_many()),
+                    Err(e) => return Err(app_file_error(&from, &e)),
+                };
+                *total += bytes.len() as u64;
+                let is_config_markdown = relative.extension().is_some_and(|e| e == "md")
+                    && relative.components().count() > 1;
+                if is_config_markdown {
+                    let (bytes, front) = reduce_front_matter(&bytes, None)
+                        .map_err(|message| error(&from, Some(1), message))?;
+                    self.add(relative.to_path_buf(), bytes, front);
+                } else {
+                    self.add(relative.to_path_buf(), bytes, None);
+                }
             }
-            self.add(relative.to_path_buf(), std::fs::read(&from)?);
-        } else if meta.is_dir() && depth < MAX_DEPTH {
-            let mut names: Vec<_> = std::fs::read_dir(&from)?
-                .map(|entry| entry.map(|e| e.file_name()))
-                .collect::<Result<_, _>>()?;
-            names.sort();
-            for name in names {
-                self.collect_tree(root, &relative.join(name), total, depth + 1)?;
+            Kind::Dir if depth < MAX_DEPTH => {
+                let entries = app
+                    .list(relative)
+                    .map_err(|e| error(&from, None, format!("cannot list: {e}")))?;
+                for (name, _) in entries {
+                    self.collect_tree(app, &relative.join(name), total, depth + 1)?;
+                }
+            }
+            Kind::Dir => {}
+            Kind::Link | Kind::Special => {
+                return Err(error(
+                    &from,
+                    None,
+                    "is a FIFO, socket or device; an app holds only files and folders",
+                ));
             }
         }
         Ok(())
+    }
+
+    /// Limits every markdown `tools` list to the app's own tools (`tools`:
+    /// their names, as the builtin harness, Claude Code
+    /// (`mcp__karta__<tool>`) and OpenCode (`karta_<tool>`) call them) and
+    /// the harnesses' non-acting tools. Called once the plugins are loaded;
+    /// until then [`HarnessFiles::collect`] has kept only names of those
+    /// shapes.
+    pub fn restrict_tools<'t>(&mut self, tools: impl IntoIterator<Item = &'t str>) {
+        let known: BTreeSet<&str> = tools.into_iter().collect();
+        for file in &mut self.files {
+            let Some((front, body)) = &mut file.front else {
+                continue;
+            };
+            if let Some(value) = front.get_mut("tools") {
+                *value = filter_tools(value, Some(&known));
+            }
+            file.bytes = render_front_matter(front, body).into();
+        }
     }
 
     /// Makes the harness files in `workspace` exactly the set: removes what
@@ -163,78 +298,52 @@ impl HarnessFiles {
     /// `.opencode/`, keeping `.opencode/node_modules`), writes what differs,
     /// leaves the rest of the workspace alone.
     pub fn sync(&self, workspace: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(workspace)?;
+        // Every operation is relative to the workspace and refuses links
+        // (module docs): what a guest planted is removed, never entered.
+        let ws = SafeDir::create(workspace)?;
         for name in MANAGED {
-            self.prune(workspace, Path::new(name), 0)?;
+            self.prune(&ws, Path::new(name), 0)?;
         }
         for file in &self.files {
             if let Some(parent) = file.path.parent() {
-                real_dirs(workspace, parent)?;
+                ws.create_dirs(parent)?;
             }
-            let to = workspace.join(&file.path);
-            let current = std::fs::symlink_metadata(&to);
-            let same = current.as_ref().is_ok_and(|m| {
-                m.is_file()
-                    && m.len() == file.bytes.len() as u64
-                    && std::fs::read(&to).is_ok_and(|bytes| *bytes == *file.bytes)
-            });
-            if same {
-                continue;
+            let same = match ws.kind(&file.path)? {
+                Some(Kind::File(len)) if len == file.bytes.len() as u64 => ws
+                    .read(&file.path, len)
+                    .is_ok_and(|bytes| *bytes == *file.bytes),
+                _ => false,
+            };
+            if !same {
+                // Replaces whatever is there (a link, a FIFO, a directory)
+                // by renaming a new file over it.
+                ws.write(&file.path, &file.bytes)?;
             }
-            if current.is_ok() {
-                remove_any(&to)?;
-            }
-            std::fs::write(&to, &file.bytes)?;
         }
         Ok(())
     }
 
     /// Removes from `workspace/relative` whatever the set does not have.
-    fn prune(&self, workspace: &Path, relative: &Path, depth: usize) -> std::io::Result<()> {
+    fn prune(&self, ws: &SafeDir, relative: &Path, depth: usize) -> std::io::Result<()> {
         if relative == Path::new(KEPT) {
             return Ok(());
         }
-        let path = workspace.join(relative);
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+        let Some(kind) = ws.kind(relative)? else {
             return Ok(());
         };
         let keeps_dir = self.dirs.contains(relative) || relative == Path::new(".opencode");
-        if meta.is_dir() && keeps_dir && depth < MAX_DEPTH {
-            for entry in std::fs::read_dir(&path)? {
-                self.prune(workspace, &relative.join(entry?.file_name()), depth + 1)?;
+        match kind {
+            Kind::Dir if keeps_dir && depth < MAX_DEPTH => {
+                for (name, _) in ws.list(relative)? {
+                    self.prune(ws, &relative.join(name), depth + 1)?;
+                }
+                Ok(())
             }
-            Ok(())
-        } else if meta.is_file() && self.paths.contains(relative) {
-            Ok(())
-        } else {
-            remove_any(&path)
+            Kind::File(_) if self.paths.contains(relative) => Ok(()),
+            // A link, a stranger, a special file: removed (a link itself,
+            // not what it names).
+            _ => ws.remove(relative),
         }
-    }
-}
-
-/// Makes every component of `relative` under `workspace` a real directory
-/// (a link or a file in the way is removed first).
-fn real_dirs(workspace: &Path, relative: &Path) -> std::io::Result<()> {
-    let mut path = workspace.to_path_buf();
-    for component in relative.components() {
-        path.push(component);
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() => continue,
-            Ok(_) => remove_any(&path)?,
-            Err(_) => {}
-        }
-        std::fs::create_dir(&path)?;
-    }
-    Ok(())
-}
-
-/// Removes a file, a link (not what it points to) or a directory tree
-/// (`remove_dir_all` does not follow links inside it).
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(_) => Ok(()),
     }
 }
 
@@ -242,7 +351,149 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
 /// `root` (reads the app each time; the host keeps the set it read at load
 /// in [`super::AppSpec::harness_files`] and syncs that).
 pub fn copy_harness_files(root: &Path, workspace: &Path) -> std::io::Result<()> {
-    HarnessFiles::collect(root)?.sync(workspace)
+    HarnessFiles::collect(root)
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .sync(workspace)
+}
+
+/// The front matter of a markdown file reduced to [`FRONT_MATTER_KEYS`]
+/// (`tools` limited to `known` tools when given, else to names of the
+/// app's tool shapes), rendered again; the bytes unchanged when there is no
+/// front matter. The harness sees only what this renders, so however it
+/// would have parsed the original, it cannot find a key dropped here.
+#[allow(clippy::type_complexity)]
+fn reduce_front_matter(
+    bytes: &[u8],
+    known: Option<&BTreeSet<&str>>,
+) -> Result<(Vec<u8>, Option<(serde_yaml_ng::Mapping, String)>), String> {
+    // Anything that could open front matter for some parser (a BOM, blank
+    // lines or spaces before `---`) is treated as front matter here.
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(_) if !bytes.trim_ascii_start().starts_with(b"---") => {
+            return Ok((bytes.to_vec(), None));
+        }
+        Err(_) => return Err("front matter that is not UTF-8".into()),
+    };
+    let start = text.trim_start_matches('\u{feff}').trim_start();
+    if !start.starts_with("---") {
+        return Ok((bytes.to_vec(), None));
+    }
+    let mut lines = start.split_inclusive('\n');
+    let first = lines.next().unwrap_or_default();
+    if first.trim_end() != "---" {
+        return Err("front matter must open with a line `---`".into());
+    }
+    let mut yaml = String::new();
+    let mut closed = false;
+    for line in lines.by_ref() {
+        if line.trim_end() == "---" {
+            closed = true;
+            break;
+        }
+        yaml.push_str(line);
+    }
+    if !closed {
+        return Err("front matter opened with `---` is never closed".into());
+    }
+    let body: String = lines.collect();
+    let value: serde_yaml_ng::Value = if yaml.trim().is_empty() {
+        serde_yaml_ng::Value::Mapping(Default::default())
+    } else {
+        serde_yaml_ng::from_str(&yaml).map_err(|e| format!("invalid front matter: {e}"))?
+    };
+    let serde_yaml_ng::Value::Mapping(mapping) = value else {
+        return Err("front matter must be a mapping of keys".into());
+    };
+    let mut kept = serde_yaml_ng::Mapping::new();
+    for (key, value) in mapping {
+        let Some(name) = key.as_str() else { continue };
+        if !FRONT_MATTER_KEYS.contains(&name) {
+            continue;
+        }
+        let value = match name {
+            "tools" => filter_tools(&value, known),
+            "mode" if matches!(value.as_str(), Some("primary" | "subagent" | "all")) => value,
+            "mode" => continue,
+            // Everything else kept is a plain string.
+            _ if value.is_string() => value,
+            _ => continue,
+        };
+        kept.insert(key, value);
+    }
+    let rendered = render_front_matter(&kept, &body);
+    Ok((rendered, Some((kept, body))))
+}
+
+/// `---`, the front matter, `---`, the body. Always a front matter block,
+/// even an empty one, so a body that starts with `---` is never taken for
+/// front matter.
+fn render_front_matter(front: &serde_yaml_ng::Mapping, body: &str) -> Vec<u8> {
+    let yaml = if front.is_empty() {
+        String::new()
+    } else {
+        serde_yaml_ng::to_string(front).unwrap_or_default()
+    };
+    format!("---\n{yaml}---\n{body}").into_bytes()
+}
+
+/// Whether an agent may name `tool`: a harness's non-acting tool, or one
+/// of the app's tools (bare, `mcp__karta__…`, `karta_…`, or the whole
+/// server); `known` is the app's tool names once loaded (before that, any
+/// name of those shapes).
+fn tool_allowed(tool: &str, known: Option<&BTreeSet<&str>>) -> bool {
+    if KEPT_HARNESS_TOOLS.contains(&tool) {
+        return true;
+    }
+    if matches!(tool, "mcp__karta" | "mcp__karta__*" | "karta_*" | "karta*") {
+        return true;
+    }
+    let bare = tool
+        .strip_prefix("mcp__karta__")
+        .or_else(|| tool.strip_prefix("karta_"))
+        .unwrap_or(tool);
+    let plain = !bare.is_empty()
+        && bare
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    plain && known.is_none_or(|known| known.contains(bare))
+}
+
+/// A `tools` value with only the allowed names: a list (or `a, b` text)
+/// keeps allowed entries; a map (OpenCode's) keeps allowed keys, and any
+/// key set to `false` (which only takes a tool away).
+fn filter_tools(
+    value: &serde_yaml_ng::Value,
+    known: Option<&BTreeSet<&str>>,
+) -> serde_yaml_ng::Value {
+    use serde_yaml_ng::Value;
+    match value {
+        // Kept as text: Claude Code reads `tools: a, b`.
+        Value::String(text) => Value::String(
+            text.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && tool_allowed(t, known))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        Value::Sequence(list) => Value::Sequence(
+            list.iter()
+                .filter(|t| t.as_str().is_some_and(|t| tool_allowed(t, known)))
+                .cloned()
+                .collect(),
+        ),
+        Value::Mapping(map) => Value::Mapping(
+            map.iter()
+                .filter(|(k, v)| {
+                    k.as_str().is_some_and(|k| {
+                        (tool_allowed(k, known) && v.is_bool()) || v.as_bool() == Some(false)
+                    })
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        _ => Value::Sequence(Vec::new()),
+    }
 }
 
 /// The part of a Claude Code settings file a harness may see: its
