@@ -273,7 +273,9 @@ pub fn session_env(
     program: &Path,
     harness: impl IntoIterator<Item = (String, String)>,
 ) -> std::io::Result<BTreeMap<String, String>> {
-    std::fs::create_dir_all(session.home.join("tmp"))?;
+    // The HOME is the harness's to write: `tmp` is made without following
+    // a link it left there.
+    crate::safe_fs::SafeDir::create(&session.home)?.create_dirs(Path::new("tmp"))?;
     let mut env = app_env(&session.env);
     env.extend(base_env(&session.home, program));
     env.extend(harness);

@@ -443,6 +443,14 @@ impl SafeDir {
         Ok(())
     }
 
+    /// An `O_PATH` descriptor of the directory at `relative` (never through
+    /// a link): for binding it into a jail by `/proc/self/fd/N`, so the
+    /// bind is of exactly what was checked, whatever is swapped in later.
+    pub fn open_dir(&self, relative: &Path) -> std::io::Result<OwnedFd> {
+        self.open_at(relative, OFlags::PATH | OFlags::DIRECTORY)
+            .map_err(|e| explain(&self.path.join(relative), e))
+    }
+
     /// The entries of the directory at `relative` (`""`: this one), with
     /// what each is (links not followed), sorted by name.
     pub fn list(&self, relative: &Path) -> std::io::Result<Vec<(OsString, Kind)>> {

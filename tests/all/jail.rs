@@ -383,3 +383,28 @@ async fn regression_issue9_a_setsid_grandchild_dies_when_the_process_is_killed()
     process.kill().await;
     wait_until_gone("sleep 987655").await;
 }
+
+/// The harness writes its HOME, so it can leave links where the jail's
+/// `/tmp` and `/dev/shm` come from: they are replaced, never followed — the
+/// jail never binds what a link points at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue9_links_planted_for_tmp_and_shm_are_not_bound() {
+    if !can_jail() {
+        return;
+    }
+    let f = fixture();
+    let outside = f.other.clone();
+    std::fs::remove_dir_all(f.home.join("tmp")).expect("rm");
+    std::os::unix::fs::symlink(&outside, f.home.join("tmp")).expect("link");
+    std::os::unix::fs::symlink(&outside, f.home.join(".shm")).expect("link");
+    let script = "echo x > /tmp/from-tmp && echo x > /dev/shm/from-shm && echo WROTE";
+    let spawn = jailed_shell(&f, script, Vec::new(), JailLimits::default());
+    let (lines, mut process) = output_of(&spawn).await;
+    let _ = process.child.wait().await;
+    assert_eq!(lines, ["WROTE"], "stderr: {}", process.stderr_tail());
+    assert!(!outside.join("from-tmp").exists());
+    assert!(!outside.join("from-shm").exists());
+    assert!(f.home.join("tmp/from-tmp").is_file());
+    assert!(f.home.join(".shm/from-shm").is_file());
+    assert!(outside.join("secret.txt").is_file());
+}

@@ -332,12 +332,24 @@ fn enter(plan: &ChildPlan) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes `pid` to each `cgroup.procs`; the `errno` of the first failure.
-fn join_cgroups(procs: &[RawFd], pid: libc::pid_t) -> Result<(), i32> {
-    // The pid in decimal, formatted without allocating.
-    let mut digits = [0u8; 12];
+/// `n` in decimal, formatted without allocating (a stack buffer and its
+/// length, as a fixed-capacity vector of digits).
+struct Decimal {
+    digits: [u8; 10],
+    start: usize,
+}
+
+impl std::ops::Deref for Decimal {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
+}
+
+fn decimal(n: u32) -> Decimal {
+    let mut digits = [0u8; 10];
     let mut start = digits.len();
-    let mut rest = pid.unsigned_abs();
+    let mut rest = n;
     loop {
         start -= 1;
         digits[start] = b'0' + (rest % 10) as u8;
@@ -346,7 +358,12 @@ fn join_cgroups(procs: &[RawFd], pid: libc::pid_t) -> Result<(), i32> {
             break;
         }
     }
-    let text = &digits[start..];
+    Decimal { digits, start }
+}
+
+/// Writes `pid` to each `cgroup.procs`; the `errno` of the first failure.
+fn join_cgroups(procs: &[RawFd], pid: libc::pid_t) -> Result<(), i32> {
+    let text = decimal(pid.unsigned_abs());
     for fd in procs {
         // SAFETY: a write of a stack buffer to a descriptor the host opened.
         let written = unsafe { libc::write(*fd, text.as_ptr().cast(), text.len()) };
@@ -361,6 +378,9 @@ fn join_cgroups(procs: &[RawFd], pid: libc::pid_t) -> Result<(), i32> {
 /// pipe to close, and the harness's pipes must end with the harness), wait
 /// for the jail's pid 1 and exit as it did.
 fn wait_and_exit(pid: libc::pid_t) -> ! {
+    // Named for `top` and `ps -o comm` (its command line stays the host's:
+    // it is a fork of it, sharing its pages).
+    let _ = rustix::thread::set_name(c"karta-jail");
     // SAFETY: closing this process's own descriptors; nothing here uses
     // them afterwards.
     unsafe {
@@ -446,6 +466,41 @@ fn build_root(report: RawFd, plan: &MountPlan) -> std::io::Result<()> {
                     report,
                     Step::Bind,
                     mount_remount(target.as_c_str(), flags, c""),
+                )?;
+            }
+            MountOp::BindDirNoFollow { source, target } => {
+                let dir = rustix::fs::open(
+                    source.as_c_str(),
+                    rustix::fs::OFlags::PATH
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::NOFOLLOW
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(|e| fail(report, Step::Bind, e.raw_os_error()))?;
+                // `/proc/self/fd/N`, formatted without allocating.
+                let mut path = [0u8; 40];
+                let prefix = b"/proc/self/fd/";
+                path[..prefix.len()].copy_from_slice(prefix);
+                let digits = decimal(dir.as_raw_fd().unsigned_abs());
+                let end = prefix.len() + digits.len();
+                path[prefix.len()..end].copy_from_slice(&digits);
+                let path = std::ffi::CStr::from_bytes_until_nul(&path)
+                    .map_err(|_| fail(report, Step::Bind, libc::EINVAL))?;
+                check(
+                    report,
+                    Step::Bind,
+                    rustix::mount::mount_bind(path, target.as_c_str()),
+                )?;
+                drop(dir);
+                check(
+                    report,
+                    Step::Bind,
+                    mount_remount(
+                        target.as_c_str(),
+                        MountFlags::BIND | MountFlags::NOSUID | MountFlags::NODEV,
+                        c"",
+                    ),
                 )?;
             }
             MountOp::Proc(target) => check(

@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::safe_fs::SafeDir;
 use cgroup::Cgroups;
 pub use child::Step;
 use net::JailNetwork;
@@ -171,6 +172,8 @@ pub struct Jail {
     report: Option<OwnedFd>,
     /// Kept open until the child has started (the child writes to it).
     report_write: Option<OwnedFd>,
+    /// Directories the child binds by descriptor, until it has started.
+    held: Vec<OwnedFd>,
 }
 
 impl Jail {
@@ -193,24 +196,39 @@ impl Jail {
             .clone()
             .or_else(|| spec.write.first().map(|w| w.join(".tmp")))
             .ok_or_else(|| JailError::Root(std::io::Error::other("no writable tree")))?;
-        let shm = scratch.with_file_name(".shm");
-        for dir in [&scratch, &shm] {
-            std::fs::create_dir_all(dir).map_err(JailError::Root)?;
+        // `tmp` and `.shm` lie in the session's HOME, which the harness
+        // writes: made and opened without following links, and bound by
+        // descriptor.
+        let (home, tmp_name) = match (scratch.parent(), scratch.file_name()) {
+            (Some(home), Some(name)) => (home, Path::new(name)),
+            _ => {
+                return Err(JailError::Root(std::io::Error::other(format!(
+                    "{} is no directory in a HOME",
+                    scratch.display()
+                ))));
+            }
+        };
+        let home = SafeDir::open(home).map_err(JailError::Root)?;
+        let mut scratch_dirs = Vec::new();
+        for name in [tmp_name, Path::new(".shm")] {
+            home.create_dirs(name).map_err(JailError::Root)?;
+            scratch_dirs.push(home.open_dir(name).map_err(JailError::Root)?);
         }
+        let (tmp, shm) = (scratch.clone(), scratch.with_file_name(".shm"));
         let root = jail_root().map_err(JailError::Root)?;
         let mounts = mounts::MountPlan::new(
             &root,
             &mounts::Layout {
                 read: &spec.read,
                 write: &spec.write,
-                tmp: &scratch,
+                tmp: &tmp,
                 shm: &shm,
                 cwd,
             },
         )
         .map_err(JailError::Root)?;
         let seccomp = seccomp::filters().map_err(|e| JailError::Seccomp(e.to_string()))?;
-        let landlock = landlock_rules(spec, &[&scratch, &shm])
+        let landlock = landlock_rules(spec, &scratch_dirs)
             .map_err(|e| JailError::LandlockRules(e.to_string()))?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let cgroups = Cgroups::create(&id, &spec.limits).map_err(JailError::Cgroup)?;
@@ -243,6 +261,7 @@ impl Jail {
             cgroups,
             report: Some(report),
             report_write: Some(report_write),
+            held: scratch_dirs,
         })
     }
 
@@ -250,6 +269,7 @@ impl Jail {
     /// end and, when the spawn failed, says which step failed.
     pub fn started(&mut self, spawned: std::io::Result<()>) -> Result<(), JailError> {
         self.report_write = None;
+        self.held.clear();
         let report = self.report.take();
         let Err(error) = spawned else {
             return Ok(());
@@ -327,15 +347,14 @@ fn jail_root() -> std::io::Result<PathBuf> {
 /// binds inside are the same inodes.
 fn landlock_rules(
     spec: &JailSpec,
-    scratch: &[&Path],
+    scratch: &[OwnedFd],
 ) -> Result<landlock::RulesetCreated, landlock::RulesetError> {
     use landlock::{
-        ABI, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr, RulesetCreatedAttr,
+        ABI, AccessFs, AccessNet, NetPort, PathBeneath, Ruleset, RulesetAttr, RulesetCreatedAttr,
         path_beneath_rules,
     };
     let abi = ABI::V5;
     let mut writable: Vec<PathBuf> = spec.write.clone();
-    writable.extend(scratch.iter().map(|p| p.to_path_buf()));
     writable.extend(
         ["null", "zero", "full", "random", "urandom", "tty"]
             .iter()
@@ -346,7 +365,10 @@ fn landlock_rules(
         .handle_access(AccessFs::from_write(abi))?
         .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)?
         .create()?
-        .add_rules(path_beneath_rules(&writable, AccessFs::from_write(abi)))?;
+        .add_rules(path_beneath_rules(&writable, AccessFs::from_write(abi)))?
+        .add_rules(scratch.iter().map(|fd| {
+            Ok::<_, landlock::RulesetError>(PathBeneath::new(fd, AccessFs::from_write(abi)))
+        }))?;
     for port in &spec.connect_ports {
         ruleset = ruleset.add_rule(NetPort::new(*port, AccessNet::ConnectTcp))?;
     }

@@ -90,6 +90,16 @@ pub(crate) enum MountOp {
     },
     /// A fresh `proc` for the jail's pid namespace.
     Proc(CString),
+    /// A writable bind of a directory in a tree the harness writes: opened
+    /// in the child with `O_NOFOLLOW` (a link put in its place since the
+    /// host checked it fails the step) and bound through its descriptor.
+    BindDirNoFollow {
+        /// The host path (its parent is the host's; its last component may
+        /// be the harness's).
+        source: CString,
+        /// Under the new root.
+        target: CString,
+    },
     /// A `tmpfs` with the given options.
     Tmpfs {
         /// Under the new root.
@@ -119,9 +129,11 @@ pub(crate) struct Layout<'a> {
     pub read: &'a [PathBuf],
     /// Trees bound read-write (workspace, `HOME`, …).
     pub write: &'a [PathBuf],
-    /// Bound at `/tmp`.
+    /// Bound at `/tmp`: a directory in the session's `HOME`, which the
+    /// harness writes (made by the host without following links, bound by
+    /// the child without following them either).
     pub tmp: &'a Path,
-    /// Bound at `/dev/shm`.
+    /// Bound at `/dev/shm`, the same way.
     pub shm: &'a Path,
     /// The working directory.
     pub cwd: &'a Path,
@@ -171,7 +183,7 @@ impl MountPlan {
         }
         // `/tmp` before the session's trees: a data dir under `/tmp` (tests
         // make them there) must stay visible, not be hidden by this mount.
-        plan.bind(layout.tmp, Path::new("/tmp"), true, false)?;
+        plan.bind_descriptor(layout.tmp, Path::new("/tmp"))?;
         for tree in layout.read {
             plan.bind(tree, tree, false, false)?;
         }
@@ -194,7 +206,7 @@ impl MountPlan {
         ] {
             plan.symlink(Path::new(target), Path::new(link))?;
         }
-        plan.bind(layout.shm, Path::new("/dev/shm"), true, false)?;
+        plan.bind_descriptor(layout.shm, Path::new("/dev/shm"))?;
         plan.dir(Path::new("/proc"))?;
         let proc_target = plan.inside(Path::new("/proc"))?;
         plan.ops.push(MountOp::Proc(proc_target));
@@ -286,6 +298,17 @@ impl Planner {
         Ok(())
     }
 
+    /// A writable bind of `source`, a directory the harness could replace
+    /// with a link: not resolved here (see [`MountOp::BindDirNoFollow`]).
+    fn bind_descriptor(&mut self, source: &Path, target: &Path) -> std::io::Result<()> {
+        self.dir(target)?;
+        self.ops.push(MountOp::BindDirNoFollow {
+            source: c_path(source)?,
+            target: self.inside(target)?,
+        });
+        Ok(())
+    }
+
     fn symlink(&mut self, target: &Path, link: &Path) -> std::io::Result<()> {
         self.parent_dirs(link)?;
         self.made.insert(link.to_path_buf());
@@ -335,6 +358,9 @@ mod tests {
                 MountOp::Bind {
                     target, writable, ..
                 } => Some((target.to_string_lossy().into_owned(), *writable)),
+                MountOp::BindDirNoFollow { target, .. } => {
+                    Some((target.to_string_lossy().into_owned(), true))
+                }
                 _ => None,
             })
             .collect();
