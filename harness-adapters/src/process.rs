@@ -139,9 +139,25 @@ impl HarnessProcess {
         self.jail.as_ref()?.cpu_time()
     }
 
-    /// The process id, while it runs.
+    /// The process id of the child Karta started, while it runs: in a jail
+    /// the waiting parent outside it (see [`HarnessProcess::harness_pid`]).
     pub fn pid(&self) -> Option<u32> {
         self.pid
+    }
+
+    /// The harness's own process id (in the host's pid namespace): in a
+    /// jail, the waiting parent's only child, the jail's pid 1.
+    pub fn harness_pid(&self) -> Option<u32> {
+        let pid = self.pid?;
+        if self.jail.is_none() {
+            return Some(pid);
+        }
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 
     /// The last lines the process wrote to stderr.

@@ -253,6 +253,7 @@ async fn run(
             live.clone(),
             events_rx,
             durable,
+            cancel.clone(),
         ));
         // MCP calls of the harness process ask through this turn while its
         // harness runs (see `approvals`).
@@ -294,12 +295,22 @@ async fn run(
         let written = writer.await.unwrap_or(Written {
             terminal: None,
             durable: true,
+            failed: false,
         });
         let metered = sessions.gateway.take_usage(&live.id);
         if !written.durable {
             return abandon(&sessions, &live, undo, agent).await;
         }
-        let terminal = written.terminal;
+        // A turn whose events could not all be logged ends with the
+        // storage error, not with what the harness said.
+        let terminal = if written.failed {
+            Some(Emitted {
+                event: Event::Error(storage_failure()),
+                raw: None,
+            })
+        } else {
+            written.terminal
+        };
         if metered != outcome.usage {
             tracing::debug!(harness = ?outcome.usage, ?metered, "the harness counted other tokens than the gateway metered");
         }
@@ -328,15 +339,21 @@ struct Written {
     terminal: Option<Emitted>,
     /// Whether the turn's message became durable (else nothing was written).
     durable: bool,
+    /// Whether an event could not be written (the turn was cancelled).
+    failed: bool,
 }
 
 /// Appends the harness's events in order, once the turn's message is
-/// durable, holding back the terminal one.
+/// durable, holding back the terminal one. An event that cannot be written
+/// cancels the turn and nothing after it is written (a log with a gap in
+/// the middle of a turn would replay as a different turn); the turn's end
+/// then says why, once the session is free again (see [`finish`]).
 async fn write_events(
     store: Store,
     live: LiveRef,
     mut events: mpsc::UnboundedReceiver<Emitted>,
     durable: oneshot::Receiver<bool>,
+    cancel: CancellationToken,
 ) -> Written {
     if !durable.await.unwrap_or(false) {
         // The turn is being abandoned: drain, write nothing.
@@ -344,6 +361,7 @@ async fn write_events(
         return Written {
             terminal: None,
             durable: false,
+            failed: false,
         };
     }
     let mut terminal = None;
@@ -353,23 +371,23 @@ async fn write_events(
             terminal.get_or_insert(emitted);
             continue;
         }
+        if failed {
+            continue;
+        }
         let mut state = live.state.lock().await;
         if let Err(e) = live
             .append(&store, &mut state, emitted.event, emitted.raw)
             .await
         {
-            tracing::error!("cannot write an event: {e}");
-            if !failed {
-                // The streams of this turn cannot be trusted to be whole:
-                // end them with an error rather than a gap.
-                failed = true;
-                live.publish(Published::Failed(storage_failure()));
-            }
+            tracing::error!("cannot write an event: {e}; the turn is cancelled");
+            failed = true;
+            cancel.cancel();
         }
     }
     Written {
         terminal,
         durable: true,
+        failed,
     }
 }
 
@@ -450,6 +468,11 @@ async fn finish(
         lock(&live.turn).take();
         return summary;
     }
+    // The session takes a new message from now on: a client that reads
+    // the terminal event in the log (not the stream) and sends at once must
+    // not be told a turn is running. A new turn waits for this state lock
+    // to save its message, so its events still come after this one's.
+    lock(&live.turn).take();
     let (stamp, _) = now();
     let assistant = TranscriptMessage {
         id: message_id,
@@ -478,7 +501,6 @@ async fn finish(
         Ok(envelope)
     }
     .await;
-    lock(&live.turn).take();
     match saved {
         Ok(envelope) => live.publish(Published::Event(envelope)),
         Err(e) => {
