@@ -106,7 +106,9 @@ impl<P: SlotProcess> Slots<P> {
     pub(crate) fn pid(&self, session_id: &str) -> Option<u32> {
         let slot = lock(&self.map).get(session_id)?.clone();
         let guard = slot.try_lock().ok()?;
-        guard.as_ref().and_then(|p| p.harness_process().harness_pid())
+        guard
+            .as_ref()
+            .and_then(|p| p.harness_process().harness_pid())
     }
 }
 

@@ -26,7 +26,7 @@
 //! in a `request` span (method, path, and the session id once known).
 //!
 //! Dev mode (today, always: there are no API keys yet) has no credentials,
-//! so [`loopback::guard`] refuses requests addressed to a non-loopback
+//! so `loopback::guard` refuses requests addressed to a non-loopback
 //! `Host` (DNS rebinding) or sent by a page of a non-loopback `Origin`
 //! (CSRF), and [`ApiJson`] requires `Content-Type: application/json`.
 
