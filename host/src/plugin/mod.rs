@@ -26,6 +26,7 @@ mod error;
 mod grant;
 mod http;
 mod net;
+pub mod python_mcp;
 mod state;
 
 use std::path::{Path, PathBuf};
