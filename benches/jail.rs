@@ -40,6 +40,7 @@ fn bench(c: &mut Criterion) {
     let spec = JailSpec {
         read: Vec::new(),
         write: vec![workspace.clone(), home.clone()],
+        hidden: Vec::new(),
         scratch: Some(home.join("tmp")),
         connect_ports: vec![9],
         bind_ports: Vec::new(),

@@ -146,9 +146,7 @@ impl ClaudeCodeHarness {
         let home = SafeDir::open(&session.home)?;
         home.write(
             Path::new(MCP_CONFIG_FILE),
-            &serde_json::to_vec_pretty(&json!({
-                "mcpServers": { MCP_SERVER_NAME: { "type": "http", "url": session.mcp_url } }
-            }))?,
+            &serde_json::to_vec_pretty(&mcp_config_json(session))?,
         )?;
         trust_workspace(&home, &session.workspace)?;
 
@@ -170,7 +168,21 @@ impl ClaudeCodeHarness {
         args.push("--mcp-config".into());
         args.push(mcp_config.display().to_string());
         args.push("--tools".into());
-        args.push(KEPT_BUILTIN_TOOLS.join(","));
+        if session.access.builtin_tools {
+            // Its own tools work on the workspace, inside the jail; the web
+            // ones could only fail there (no way out but the gateway).
+            args.push("default".into());
+            args.push("--disallowedTools".into());
+            args.push(OFFLINE_TOOLS.join(","));
+        } else {
+            args.push(KEPT_BUILTIN_TOOLS.join(","));
+        }
+        if session.access.autonomous {
+            // Nothing asks (IS_SANDBOX=1 lets it run as the jail's uid 0);
+            // Karta's own approval tools are still asked by the MCP server.
+            args.push("--permission-mode".into());
+            args.push("bypassPermissions".into());
+        }
         if !session.preapproved_tools.is_empty() {
             args.push("--allowedTools".into());
             args.push(
@@ -203,13 +215,16 @@ impl ClaudeCodeHarness {
             stdin: true,
             stdout: true,
             jail: self.config.jail.map(|limits| {
-                JailSpec::for_session(
+                let mut spec = JailSpec::for_session(
                     session,
                     &self.config.program,
                     Vec::new(),
                     Vec::new(),
                     limits,
-                )
+                );
+                spec.read.extend(session.access.app_root.iter().cloned());
+                spec.hidden.extend(session.access.hidden.iter().cloned());
+                spec
             }),
         })
     }
@@ -379,6 +394,37 @@ impl ClaudeCodeHarness {
             }
         }
     }
+}
+
+/// Claude Code's tools that reach the web: off even when its own tools are
+/// on (the jail has no way out but the gateway and the MCP server).
+pub const OFFLINE_TOOLS: &[&str] = &["WebFetch", "WebSearch"];
+
+/// `--mcp-config`: Karta's MCP server, and the app's own servers — stdio
+/// ones run from the app's read-only folder inside the jail, the others
+/// reached over HTTP.
+fn mcp_config_json(session: &SessionInfo) -> Value {
+    let mut servers = serde_json::Map::new();
+    for server in &session.access.mcp_servers {
+        let entry = match &server.transport {
+            crate::McpTransport::Stdio { command, args, env } => {
+                let Some(app_root) = &session.access.app_root else {
+                    continue;
+                };
+                let mut line = crate::AppMcpServer::stdio_in(app_root, command, args);
+                let program = line.remove(0);
+                json!({ "type": "stdio", "command": program, "args": line, "env": env })
+            }
+            crate::McpTransport::Http { url } => json!({ "type": "http", "url": url }),
+        };
+        servers.insert(server.name.clone(), entry);
+    }
+    // Karta's own last: an app server of the same name does not replace it.
+    servers.insert(
+        MCP_SERVER_NAME.to_owned(),
+        json!({ "type": "http", "url": session.mcp_url }),
+    );
+    json!({ "mcpServers": servers })
 }
 
 /// The variables that point Claude Code at the gateway and keep it offline

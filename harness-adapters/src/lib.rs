@@ -250,6 +250,83 @@ pub struct SessionInfo {
     pub env: BTreeMap<String, String>,
     /// Tools that need no approval (the harness may allow them up front).
     pub preapproved_tools: Vec<String>,
+    /// What the harness may use of its own: its built-in tools, the app's
+    /// MCP servers (issue 10). The default is none of them.
+    pub access: HarnessAccess,
+}
+
+/// What a harness process may use besides Karta's MCP server: its own
+/// acting tools (Claude Code's `Bash`, `Read`, …; OpenCode's `bash`,
+/// `read`, …), which work on the workspace inside the jail, and the app's
+/// own MCP servers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HarnessAccess {
+    /// The harness's own acting tools are on (the operator may turn them
+    /// off per host).
+    pub builtin_tools: bool,
+    /// Tools run without asking a person (`karta.jsonc`
+    /// `runtime.permission_mode = "autonomous"`); otherwise the harness
+    /// asks for what the app's settings do not allow, and the host asks a
+    /// person.
+    pub autonomous: bool,
+    /// The app's own MCP servers (`.mcp.json`, OpenCode's `mcp`).
+    pub mcp_servers: Vec<AppMcpServer>,
+    /// The app's folder: bound read-only into the jail, where the app's
+    /// stdio MCP servers run from (never from the writable workspace).
+    pub app_root: Option<PathBuf>,
+    /// Trees inside `app_root` the jail must not show (the data dir, when
+    /// the host was started inside the app's folder): an empty tmpfs is
+    /// mounted over them.
+    pub hidden: Vec<PathBuf>,
+}
+
+/// One of the app's MCP servers, as the harness should reach it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppMcpServer {
+    /// Its name in the app's config (`mcp__<name>__<tool>` in Claude Code).
+    pub name: String,
+    /// How it is reached.
+    pub transport: McpTransport,
+}
+
+/// How an app's MCP server is reached.
+#[derive(Debug, Clone, PartialEq)]
+pub enum McpTransport {
+    /// A command the harness starts (stdio), inside the jail, in the app's
+    /// folder.
+    Stdio {
+        /// The program.
+        command: String,
+        /// Its arguments.
+        args: Vec<String>,
+        /// Extra environment.
+        env: BTreeMap<String, String>,
+    },
+    /// An HTTP endpoint (e.g. the host serving the server compiled to a
+    /// WebAssembly component).
+    Http {
+        /// Its URL.
+        url: String,
+    },
+}
+
+impl AppMcpServer {
+    /// The command line that runs a stdio server from `app_root`:
+    /// `sh -c 'cd "$1" && shift && exec "$@"' sh <app_root> <command> <args…>`
+    /// (a harness starts stdio servers in its own working directory, the
+    /// writable workspace; the app's files are the read-only ones).
+    pub fn stdio_in(app_root: &std::path::Path, command: &str, args: &[String]) -> Vec<String> {
+        let mut line = vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            r#"cd "$1" && shift && exec "$@""#.to_owned(),
+            "sh".to_owned(),
+            app_root.display().to_string(),
+            command.to_owned(),
+        ];
+        line.extend(args.iter().cloned());
+        line
+    }
 }
 
 /// How a turn ended.

@@ -205,13 +205,16 @@ impl OpencodeHarness {
             stdin: false,
             stdout: true,
             jail: self.config.jail.map(|limits| {
-                JailSpec::for_session(
+                let mut spec = JailSpec::for_session(
                     session,
                     &self.config.program,
                     Vec::new(),
                     vec![port],
                     limits,
-                )
+                );
+                spec.read.extend(session.access.app_root.iter().cloned());
+                spec.hidden.extend(session.access.hidden.iter().cloned());
+                spec
             }),
         })
     }
@@ -514,18 +517,65 @@ fn free_port() -> std::io::Result<u16> {
 /// the host's MCP server as its only tools.
 fn opencode_config(session: &SessionInfo, model: &str) -> Value {
     let mut tools = serde_json::Map::new();
-    tools.insert("*".into(), json!(false));
-    for tool in KEPT_BUILTIN_TOOLS {
-        tools.insert((*tool).to_owned(), json!(true));
+    if session.access.builtin_tools {
+        // Its own tools work on the workspace, inside the jail; the web
+        // one could only fail there.
+        tools.insert("webfetch".into(), json!(false));
+    } else {
+        tools.insert("*".into(), json!(false));
+        for tool in KEPT_BUILTIN_TOOLS {
+            tools.insert((*tool).to_owned(), json!(true));
+        }
     }
     tools.insert(format!("{MCP_SERVER_NAME}_*"), json!(true));
+    for server in &session.access.mcp_servers {
+        tools.insert(format!("{}_*", server.name), json!(true));
+    }
     // Every plugin tool asks, except those the app lets run unasked (the
-    // more specific key wins).
+    // more specific key wins); the harness's own acting tools and the
+    // app's servers ask unless the app runs autonomous.
     let mut permission = serde_json::Map::new();
+    let own = if session.access.autonomous {
+        "allow"
+    } else {
+        "ask"
+    };
+    if session.access.builtin_tools {
+        for tool in ["bash", "edit", "write", "patch"] {
+            permission.insert(tool.into(), json!(own));
+        }
+    }
+    for server in &session.access.mcp_servers {
+        permission.insert(format!("{}_*", server.name), json!(own));
+    }
     permission.insert(format!("{MCP_SERVER_NAME}_*"), json!("ask"));
     for tool in &session.preapproved_tools {
         permission.insert(format!("{MCP_SERVER_NAME}_{tool}"), json!("allow"));
     }
+    let mut mcp = serde_json::Map::new();
+    for server in &session.access.mcp_servers {
+        let entry = match &server.transport {
+            crate::McpTransport::Stdio { command, args, env } => {
+                let Some(app_root) = &session.access.app_root else {
+                    continue;
+                };
+                json!({
+                    "type": "local",
+                    "command": crate::AppMcpServer::stdio_in(app_root, command, args),
+                    "environment": env,
+                    "enabled": true,
+                })
+            }
+            crate::McpTransport::Http { url } => {
+                json!({ "type": "remote", "url": url, "enabled": true })
+            }
+        };
+        mcp.insert(server.name.clone(), entry);
+    }
+    mcp.insert(
+        MCP_SERVER_NAME.to_owned(),
+        json!({ "type": "remote", "url": session.mcp_url, "enabled": true }),
+    );
     json!({
         "$schema": "https://opencode.ai/config.json",
         "autoupdate": false,
@@ -543,9 +593,7 @@ fn opencode_config(session: &SessionInfo, model: &str) -> Value {
         },
         "model": format!("{PROVIDER_ID}/{model}"),
         "small_model": format!("{PROVIDER_ID}/{model}"),
-        "mcp": {
-            MCP_SERVER_NAME: { "type": "remote", "url": session.mcp_url, "enabled": true }
-        },
+        "mcp": mcp,
         "tools": tools,
         "permission": permission,
         "instructions": instructions(&session.workspace),

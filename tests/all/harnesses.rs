@@ -198,9 +198,15 @@ async fn harness_end_to_end(kind: HarnessKind, name: &str) {
         offered.iter().any(|t| t.ends_with("convert")),
         "{offered:?}"
     );
-    for forbidden in [
-        "Bash", "bash", "Read", "read", "Write", "write", "WebFetch", "webfetch",
-    ] {
+    // The harness's own tools are on (they act in the jail), but never
+    // the web ones (the jail has no way out).
+    let own_shell = if kind == HarnessKind::Opencode {
+        "bash"
+    } else {
+        "Bash"
+    };
+    assert!(offered.contains(&own_shell), "{offered:?}");
+    for forbidden in ["WebFetch", "webfetch", "WebSearch", "websearch"] {
         assert!(
             !offered.contains(&forbidden),
             "{forbidden} offered: {offered:?}"
@@ -502,7 +508,12 @@ async fn regression_issue9_a_workspace_opencode_json_spawns_nothing() {
         );
         return;
     }
-    let (server, _app, data) = start(HarnessKind::Opencode).await;
+    // The operator turned the harness's own tools off: a planted config
+    // must not turn `bash` back on.
+    let (server, _app, data) = start_with(HarnessKind::Opencode, |config| {
+        config.harness_tools = false;
+    })
+    .await;
     let id = new_session(&server, json!({})).await;
     let workspaces = data.path().join("workspaces");
     let workspace = workspaces.join(&id);
@@ -553,4 +564,164 @@ async fn regression_issue9_a_workspace_opencode_json_spawns_nothing() {
             .any(|t| *t == "bash" || t.contains("planted")),
         "the planted config reached the model: {offered:?}"
     );
+}
+
+/// An app written the way people write them (issue 10): its CLAUDE.md says
+/// to grep the log in `data/` with Bash, and its `.mcp.json` starts a
+/// zero-dependency Python MCP server. Made in a temporary folder. (Claude
+/// Code 2.1.332 has no `Grep` tool of its own: it greps through Bash.)
+fn log_investigator(errors: usize) -> tempfile::TempDir {
+    let app = tempfile::tempdir().expect("tempdir");
+    let root = app.path();
+    std::fs::create_dir_all(root.join("data")).expect("mkdir");
+    std::fs::create_dir_all(root.join("tools")).expect("mkdir");
+    std::fs::write(
+        root.join("CLAUDE.md"),
+        "You investigate incidents. Grep the large log in data/ with Bash, and use the sre server's tools.\n",
+    )
+    .expect("write");
+    let mut log = String::new();
+    for i in 0..20_000 {
+        let level = if i % (20_000 / errors) == 0 {
+            "ERROR"
+        } else {
+            "INFO"
+        };
+        log.push_str(&format!(
+            "2026-11-30T10:00:{:02}Z {level} checkout request {i}\n",
+            i % 60
+        ));
+    }
+    std::fs::write(root.join("data/app.log"), log).expect("write");
+    std::fs::write(
+        root.join("tools/sre.py"),
+        r#"import json, sys
+def count(level):
+    with open("data/app.log") as f:
+        return sum(1 for line in f if f" {level} " in line)
+for line in sys.stdin:
+    msg = json.loads(line)
+    if "id" not in msg:
+        continue
+    method, rid = msg.get("method"), msg["id"]
+    if method == "initialize":
+        result = {"protocolVersion": msg["params"].get("protocolVersion", "2025-06-18"),
+                  "capabilities": {"tools": {}}, "serverInfo": {"name": "sre", "version": "1"}}
+    elif method == "tools/list":
+        result = {"tools": [{"name": "count_level", "description": "Counts log lines of a level",
+                   "inputSchema": {"type": "object", "properties": {"level": {"type": "string"}}, "required": ["level"]}}]}
+    elif method == "tools/call":
+        n = count(msg["params"]["arguments"]["level"])
+        result = {"content": [{"type": "text", "text": f"{n} lines"}]}
+    else:
+        print(json.dumps({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": "no such method"}}), flush=True)
+        continue
+    print(json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}), flush=True)
+"#,
+    )
+    .expect("write");
+    std::fs::write(
+        root.join(".mcp.json"),
+        r#"{"mcpServers": {"sre": {"command": "python3", "args": ["tools/sre.py"]}}}"#,
+    )
+    .expect("write");
+    // The app lets its investigation tools run unasked; anything else asks.
+    std::fs::create_dir_all(root.join(".claude")).expect("mkdir");
+    std::fs::write(
+        root.join(".claude/settings.json"),
+        r#"{"permissions": {"allow": ["Bash(grep:*)", "Grep", "mcp__sre__count_level"]}}"#,
+    )
+    .expect("write");
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue10_a_claude_app_uses_bash_read_and_its_own_python_mcp_server_in_the_jail()
+{
+    let app = log_investigator(400);
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::try_start_with(app.path(), data.path(), |config| {
+        config.harness = Some(HarnessKind::ClaudeCode);
+        config.harness_binaries = binaries();
+    })
+    .await
+    .expect("host starts");
+    let id = new_session(&server, json!({})).await;
+
+    // Bash, allowed by the app's settings: runs in the jail, on the
+    // workspace's copy of the app's data.
+    let events = turn(
+        &server,
+        &id,
+        r#"/tool Bash {"command": "grep -c ' ERROR ' data/app.log", "description": "count errors"}"#,
+    )
+    .await;
+    assert_eq!(last(&events)["data"]["status"], "completed", "{events:#?}");
+    assert!(
+        text_of(&events).contains("Tool Bash returned: 400"),
+        "{events:#?}"
+    );
+
+    let offered: Vec<String> = server
+        .host
+        .sessions()
+        .gateway()
+        .recent_requests()
+        .last()
+        .and_then(|r| r["tools"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect();
+    for tool in ["Bash", "Read", "Edit", "Write", "mcp__sre__count_level"] {
+        assert!(
+            offered.iter().any(|t| t == tool),
+            "{tool} offered: {offered:?}"
+        );
+    }
+    assert!(!offered.iter().any(|t| t == "WebFetch"), "{offered:?}");
+    // Claude Code's own Read tool.
+    let events = turn(
+        &server,
+        &id,
+        r#"/tool Read {"file_path": "data/app.log", "limit": 2}"#,
+    )
+    .await;
+    assert_eq!(last(&events)["data"]["status"], "completed", "{events:#?}");
+    assert!(
+        text_of(&events).contains("checkout request 1"),
+        "{events:#?}"
+    );
+
+    // The app's own stdio MCP server, started by the harness inside the
+    // jail from the app's read-only folder.
+    let events = turn(
+        &server,
+        &id,
+        r#"/tool mcp__sre__count_level {"level": "ERROR"}"#,
+    )
+    .await;
+    assert_eq!(last(&events)["data"]["status"], "completed", "{events:#?}");
+    assert!(
+        text_of(&events).contains("Tool mcp__sre__count_level returned: 400 lines"),
+        "{events:#?}"
+    );
+
+    // A command the app's settings do not allow asks a person; denied, it
+    // does not run.
+    let (events, request) = start_turn_until_input(
+        &server,
+        &id,
+        r#"/tool Bash {"command": "touch planted.txt", "description": "plant"}"#,
+    )
+    .await;
+    assert_eq!(request["data"]["tool"], "Bash", "{events:#?}");
+    let rest = answer(&server, &id, &request, "deny").await;
+    assert_eq!(last(&rest)["data"]["status"], "denied", "{rest:#?}");
+    let workspace = data.path().join("workspaces").join(&id);
+    assert!(workspace.join("data/app.log").is_file());
+    assert!(!workspace.join("planted.txt").exists());
+    // The app's own folder was never written.
+    assert!(!app.path().join("planted.txt").exists());
+    server.stop().await;
 }

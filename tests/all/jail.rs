@@ -70,6 +70,7 @@ fn jailed_shell(f: &Fixture, script: &str, connect: Vec<u16>, limits: JailLimits
         jail: Some(JailSpec {
             read: Vec::new(),
             write: vec![f.workspace.clone(), f.home.clone()],
+            hidden: Vec::new(),
             scratch: Some(f.home.join("tmp")),
             connect_ports: connect,
             bind_ports: Vec::new(),

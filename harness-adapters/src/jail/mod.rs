@@ -79,6 +79,9 @@ pub struct JailSpec {
     pub read: Vec<PathBuf>,
     /// Trees bound read-write (the workspace, the `HOME`, …).
     pub write: Vec<PathBuf>,
+    /// Paths inside the read-only trees hidden under an empty tmpfs (e.g.
+    /// a data dir inside the app's folder).
+    pub hidden: Vec<PathBuf>,
     /// The process's `TMPDIR`, bound at `/tmp`; `/dev/shm` is its sibling
     /// `.shm`. `None`: both are made under the first writable tree.
     pub scratch: Option<PathBuf>,
@@ -114,6 +117,7 @@ impl JailSpec {
         Self {
             read: package.into_iter().collect(),
             write,
+            hidden: Vec::new(),
             scratch: Some(session.home.join("tmp")),
             connect_ports: [&session.gateway_url, &session.mcp_url]
                 .into_iter()
@@ -221,6 +225,7 @@ impl Jail {
             &mounts::Layout {
                 read: &spec.read,
                 write: &spec.write,
+                hidden: &spec.hidden,
                 tmp: &tmp,
                 shm: &shm,
                 cwd,

@@ -129,6 +129,8 @@ pub(crate) struct Layout<'a> {
     pub read: &'a [PathBuf],
     /// Trees bound read-write (workspace, `HOME`, …).
     pub write: &'a [PathBuf],
+    /// Paths hidden under an empty tmpfs, after the read-only binds.
+    pub hidden: &'a [PathBuf],
     /// Bound at `/tmp`: a directory in the session's `HOME`, which the
     /// harness writes (made by the host without following links, bound by
     /// the child without following them either).
@@ -186,6 +188,11 @@ impl MountPlan {
         plan.bind_descriptor(layout.tmp, Path::new("/tmp"))?;
         for tree in layout.read {
             plan.bind(tree, tree, false, false)?;
+        }
+        for path in layout.hidden {
+            if path.is_dir() {
+                plan.tmpfs(path, "mode=0755,size=64k")?;
+            }
         }
         for tree in layout.write {
             plan.bind(tree, tree, true, false)?;
@@ -345,6 +352,7 @@ mod tests {
             &Layout {
                 read: &[],
                 write: &[ws.clone(), home.clone()],
+                hidden: &[],
                 tmp: &home.join("tmp"),
                 shm: &home.join(".shm"),
                 cwd: &ws,

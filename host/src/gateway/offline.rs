@@ -155,10 +155,17 @@ pub(crate) fn reply(conversation: &Conversation) -> Result<Reply, Failure> {
     Ok(reply)
 }
 
-/// The offered tool that `name` means: itself, or the one a harness named
-/// after it (`mcp__karta__calc` in Claude Code, `karta_calc` in OpenCode for
-/// `calc`), so one directive works under every harness.
+/// The offered tool that `name` means: Karta's tool of that name as a
+/// harness names it (`mcp__karta__calc` in Claude Code, `karta_calc` in
+/// OpenCode for `calc`) — first, so a plugin `write` is not taken for
+/// OpenCode's own `write` — else the tool named exactly that (a harness's
+/// own `Bash`, an app server's `mcp__sre__count`), else one a harness named
+/// after it, so one directive works under every harness.
 fn resolve_tool(name: &str, offered: &[String]) -> String {
+    let karta = [format!("mcp__karta__{name}"), format!("karta_{name}")];
+    if let Some(tool) = offered.iter().find(|t| karta.contains(t)) {
+        return tool.clone();
+    }
     if offered.iter().any(|t| t == name) {
         return name.to_owned();
     }

@@ -43,6 +43,12 @@ impl Sessions {
         tools: &[SessionTool],
     ) -> Result<SessionInfo, String> {
         let workspace = self.workspace(id);
+        // A session's first harness turn starts its workspace as a copy of
+        // the app's folder (its data, scripts, docs), once: what the session
+        // changes there stays. The HOME is made when its first harness
+        // process starts, so its absence marks that first turn.
+        let home = self.config.homes.join(id);
+        let fresh = !home.exists();
         // Before every turn: a plugin may have changed them since. A harness
         // without the app's instructions would answer as someone else, so a
         // failed copy fails the turn.
@@ -50,10 +56,16 @@ impl Sessions {
             .harness_files
             .sync(&workspace)
             .map_err(|e| format!("cannot give the harness the app's files: {e}"))?;
+        if fresh {
+            self.app
+                .project_files
+                .copy_into(&workspace)
+                .map_err(|e| format!("cannot copy the app's files into the workspace: {e}"))?;
+        }
         Ok(SessionInfo {
             id: id.to_owned(),
             workspace,
-            home: self.config.homes.join(id),
+            home,
             gateway_url: self.gateway_url.clone(),
             gateway_key: credentials.gateway_key.clone(),
             mcp_url: format!("{}/mcp/{}", self.config.mcp_url, credentials.mcp_token),
@@ -63,6 +75,7 @@ impl Sessions {
                 .filter(|t| !t.approval)
                 .map(|t| t.def.name.clone())
                 .collect(),
+            access: self.config.access.clone(),
         })
     }
 }

@@ -144,6 +144,8 @@ pub(crate) struct SessionTurnHost {
     pub(crate) events: mpsc::UnboundedSender<Emitted>,
     pub(crate) workspace: PathBuf,
     pub(crate) cancel: CancellationToken,
+    /// The app runs tools without asking (`karta.jsonc`).
+    pub(crate) autonomous: bool,
 }
 
 impl TurnHost for SessionTurnHost {
@@ -152,8 +154,14 @@ impl TurnHost for SessionTurnHost {
     }
 
     fn needs_approval(&self, tool: &str) -> bool {
-        let approval = self.tools.iter().any(|t| t.def.name == tool && t.approval);
-        approval && !self.approvals.is_approved(tool)
+        match self.tools.iter().find(|t| t.def.name == tool) {
+            Some(plugin) => plugin.approval && !self.approvals.is_approved(tool),
+            // The harness's own tools (Bash, Edit, …) and the app's MCP
+            // servers: the harness asks only for what the app's settings do
+            // not allow, so a person answers — unless the app runs
+            // autonomous.
+            None => !self.autonomous && !self.approvals.is_approved(tool),
+        }
     }
 
     fn request_approval<'a>(

@@ -247,6 +247,7 @@ async fn run(
             events: events_tx.clone(),
             workspace: sessions.workspace(&live.id),
             cancel: cancel.clone(),
+            autonomous: sessions.config.access.autonomous,
         };
         let writer = tokio::spawn(write_events(
             sessions.store.clone(),

@@ -52,6 +52,9 @@ pub struct SessionConfig {
     /// The MCP server's base URL; a session's endpoint is
     /// `{mcp_url}/mcp/{token}`.
     pub mcp_url: String,
+    /// What harness processes may use of their own (their tools, the
+    /// app's MCP servers).
+    pub access: karta_harness::HarnessAccess,
 }
 
 /// What the session manager is built from.
