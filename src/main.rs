@@ -349,13 +349,19 @@ async fn doctor(app_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 );
                 let running = selection.harness.as_ref().map_or("builtin", |h| h.name());
                 println!("app `{}` ({}):", app.name, dir.display());
+                let version = app
+                    .harness_version
+                    .as_ref()
+                    .map(|v| format!(" (version {v})"))
+                    .unwrap_or_default();
                 println!(
-                    "  asks for {}; would run on {running}",
+                    "  asks for {}{version}; would run on {running}",
                     app.harness.as_str()
                 );
                 if let Some(notice) = selection.notice {
                     println!("  {notice}");
                 }
+                print_app_settings(&app);
             }
             Err(e) => {
                 println!("app {}: {e}", dir.display());
@@ -364,6 +370,60 @@ async fn doctor(app_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `karta doctor APP` says of the app's Karta files: env names (never
+/// their values), the setup script, the permission mode, unknown keys.
+fn print_app_settings(app: &karta_host::app::AppSpec) {
+    use karta_host::app::EnvSource;
+
+    let names = |host: bool, bound: bool| -> Vec<String> {
+        app.env_vars
+            .iter()
+            .filter(|v| (v.source == Some(EnvSource::Host)) == host && v.source.is_some() == bound)
+            .map(|v| match (v.source, &v.description) {
+                (Some(EnvSource::Host), _) => v.name.clone(),
+                (Some(source), _) => format!("{} ({})", v.name, source.as_str()),
+                (None, Some(d)) => format!("{} (optional: {d})", v.name),
+                (None, None) => format!("{} (optional)", v.name),
+            })
+            .collect()
+    };
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "none".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    println!("  env bound: {}", list(names(false, true)));
+    println!("  env unbound: {}", list(names(false, false)));
+    let host = names(true, true);
+    if !host.is_empty() {
+        println!(
+            "  env set by the host (the app's value is not used): {}",
+            host.join(", ")
+        );
+    }
+    match &app.setup_script {
+        Some(script) => println!(
+            "  setup script: {} (declared; this host does not run setup scripts yet)",
+            script.display()
+        ),
+        None => println!("  setup script: none"),
+    }
+    println!("  permission mode: {}", app.permission_mode.as_str());
+    if app.unknown_keys.is_empty() {
+        println!("  unknown keys: none");
+    } else {
+        println!("  unknown keys (warned, ignored):");
+        for key in &app.unknown_keys {
+            println!("    {key}");
+        }
+    }
+    for notice in &app.notices {
+        println!("  {notice}");
+    }
 }
 
 fn main() -> ExitCode {

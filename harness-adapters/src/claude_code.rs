@@ -56,8 +56,8 @@ use crate::model_stream::{AnthropicEvent, AnthropicMessage, AnthropicUsage, Stre
 use crate::process::{HarnessProcess, JailLimits, JailSpec, Spawn, session_env};
 use crate::safe_fs::SafeDir;
 use crate::slots::{
-    ReportedResult, Slots, TurnFailure, finish_turn, finished_tool_use, forget, new_message_id,
-    outcome, remember, remembered, slot_process, stop_when_idle,
+    ReportedResult, Slots, TurnFailure, cpu_so_far, finish_turn, finished_tool_use, forget,
+    new_message_id, outcome, remember, remembered, slot_process, stop_when_idle,
 };
 use crate::{
     BoxFuture, ErrorCode, Event, Harness, SessionInfo, TurnContext, TurnOutcome, TurnRequest,
@@ -291,12 +291,21 @@ impl ClaudeCodeHarness {
     async fn turn(&self, request: TurnRequest, cx: TurnContext<'_>) -> TurnOutcome {
         let slot = self.sessions.slot(&request.session.id);
         let mut guard = slot.lock().await;
+        let cpu_start = cpu_so_far(&guard);
         let mut turn = TurnState::default();
         let result = tokio::select! {
             result = self.drive(&mut guard, &request, &cx, &mut turn) => result,
             () = cx.cancel.cancelled() => Err(TurnFailure::cancelled()),
         };
-        let status = finish_turn(&mut guard, result, &cx, turn.message_id(), turn.usage).await;
+        let status = finish_turn(
+            &mut guard,
+            result,
+            &cx,
+            turn.message_id(),
+            turn.usage,
+            cpu_start,
+        )
+        .await;
         drop(guard);
         stop_when_idle(&request.session.id, &slot, self.config.idle_timeout);
         outcome(&request.text, turn.text, turn.usage, status)
@@ -354,8 +363,8 @@ impl ClaudeCodeHarness {
             let line = claude.next_line().await?;
             match line["type"].as_str() {
                 Some("stream_event") => turn.stream_event(&line["event"], cx)?,
-                Some("assistant") => turn.assistant(&line, cx),
-                Some("user") => turn.tool_results(&line, cx),
+                Some("assistant") => turn.assistant(&line, cx, claude.process.cpu_time()),
+                Some("user") => turn.tool_results(&line, cx, claude.process.cpu_time()),
                 Some("control_request") => {
                     let answer = answer_control_request(&line, cx, turn).await;
                     claude.send(&answer).await?;
@@ -546,7 +555,8 @@ struct TurnState {
     /// Text of the latest assistant message.
     text: String,
     /// Tool-use id -> (karta tool name, input).
-    tool_uses: HashMap<String, (String, Value)>,
+    /// Calls in flight: tool, input, and the jail's CPU time when it began.
+    tool_uses: HashMap<String, (String, Value, Option<Duration>)>,
     /// Tool calls a person denied, by tool-use id (else by tool and input):
     /// their results are reported as denials.
     denied: HashSet<String>,
@@ -617,7 +627,7 @@ impl TurnState {
     }
 
     /// A finished assistant content block: tool calls start here.
-    fn assistant(&mut self, line: &Value, cx: &TurnContext<'_>) {
+    fn assistant(&mut self, line: &Value, cx: &TurnContext<'_>, cpu: Option<Duration>) {
         for block in line["message"]["content"].as_array().into_iter().flatten() {
             if block["type"] != "tool_use" {
                 continue;
@@ -629,18 +639,20 @@ impl TurnState {
             let tool = karta_tool(block["name"].as_str().unwrap_or_default()).to_owned();
             let input = block["input"].clone();
             cx.emit(Event::tool_running(id.clone(), tool.clone(), input.clone()));
-            self.tool_uses.insert(id, (tool, input));
+            self.tool_uses.insert(id, (tool, input, cpu));
         }
     }
 
-    /// Tool results: each finishes a tool call, with what the MCP call cost.
-    fn tool_results(&mut self, line: &Value, cx: &TurnContext<'_>) {
+    /// Tool results: each finishes a tool call, with what it cost — the
+    /// MCP call's fuel for Karta's tools, the jail's CPU time for the
+    /// harness's own.
+    fn tool_results(&mut self, line: &Value, cx: &TurnContext<'_>, cpu: Option<Duration>) {
         for block in line["message"]["content"].as_array().into_iter().flatten() {
             if block["type"] != "tool_result" {
                 continue;
             }
             let id = block["tool_use_id"].as_str().unwrap_or_default();
-            let Some((tool, input)) = self.tool_uses.get(id).cloned() else {
+            let Some((tool, input, cpu_at_start)) = self.tool_uses.get(id).cloned() else {
                 continue;
             };
             let text = result_text(&block["content"]);
@@ -652,7 +664,13 @@ impl TurnState {
                 is_error,
                 denied,
             };
-            cx.emit(finished_tool_use(id.to_owned(), tool, input, run, reported));
+            let mut event = finished_tool_use(id.to_owned(), tool, input, run, reported);
+            if let (Event::ToolUse(data), Some(start), Some(now)) = (&mut event, cpu_at_start, cpu)
+                && data.fuel.is_none()
+            {
+                data.cpu_ms = Some(now.saturating_sub(start).as_millis() as u64);
+            }
+            cx.emit(event);
         }
     }
 

@@ -321,6 +321,11 @@ pub struct ToolUseData {
     /// Wall-clock time, when finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// CPU time the harness's jail used while a tool of the harness's own
+    /// (Bash, Read, an app's stdio MCP server …) ran, ms: what such a tool
+    /// costs, as fuel is for a WebAssembly one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
 }
 
 /// `step_start` data.
@@ -384,6 +389,11 @@ pub struct DoneData {
     pub usage: Usage,
     /// `completed`, `denied` or `cancelled`.
     pub status: TurnStatus,
+    /// CPU time the harness's jail used during the turn (the harness
+    /// itself and every process it ran), ms; absent for the builtin
+    /// harness or without a CPU accounting cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
 }
 
 /// One thing that happened in a session: the protocol's `type` and `data`.
@@ -446,6 +456,7 @@ impl Event {
             },
             fuel: None,
             duration_ms: None,
+            cpu_ms: None,
         })
     }
 
@@ -475,6 +486,7 @@ impl Event {
             },
             fuel,
             duration_ms,
+            cpu_ms: None,
         })
     }
 
@@ -506,6 +518,7 @@ impl Event {
             message_id: message_id.into(),
             usage,
             status,
+            cpu_ms: None,
         })
     }
 

@@ -46,8 +46,8 @@ use crate::http::HttpClient;
 use crate::process::{HarnessProcess, JailLimits, JailSpec, Spawn, session_env};
 use crate::safe_fs::SafeDir;
 use crate::slots::{
-    ReportedResult, Slots, TurnFailure, finish_turn, finished_tool_use, new_message_id, outcome,
-    remember, remembered, slot_process, stop_when_idle,
+    ReportedResult, Slots, TurnFailure, cpu_so_far, finish_turn, finished_tool_use, new_message_id,
+    outcome, remember, remembered, slot_process, stop_when_idle,
 };
 use crate::{
     BoxFuture, ErrorCode, Event, Harness, SessionInfo, TurnContext, TurnOutcome, TurnRequest,
@@ -352,12 +352,21 @@ impl OpencodeHarness {
     async fn turn(&self, request: TurnRequest, cx: TurnContext<'_>) -> TurnOutcome {
         let slot = self.sessions.slot(&request.session.id);
         let mut guard = slot.lock().await;
+        let cpu_start = cpu_so_far(&guard);
         let mut turn = TurnState::default();
         let result = tokio::select! {
             result = self.drive(&mut guard, &request, &cx, &mut turn) => result,
             () = cx.cancel.cancelled() => Err(TurnFailure::cancelled()),
         };
-        let status = finish_turn(&mut guard, result, &cx, turn.message_id(), turn.usage).await;
+        let status = finish_turn(
+            &mut guard,
+            result,
+            &cx,
+            turn.message_id(),
+            turn.usage,
+            cpu_start,
+        )
+        .await;
         drop(guard);
         stop_when_idle(&request.session.id, &slot, self.config.idle_timeout);
         outcome(&request.text, turn.final_text(), turn.usage, status)

@@ -188,13 +188,20 @@ pub(crate) async fn finish_turn<P: SlotProcess>(
     cx: &TurnContext<'_>,
     message_id: String,
     usage: Usage,
+    cpu_start: Duration,
 ) -> TurnStatus {
     let failure = match result {
         Ok(status) => {
+            let mut done = Event::done(message_id, usage, status);
             if let Some(process) = slot.as_mut() {
                 process.touch();
+                if let (Event::Done(data), Some(now)) =
+                    (&mut done, process.harness_process().cpu_time())
+                {
+                    data.cpu_ms = Some(now.saturating_sub(cpu_start).as_millis() as u64);
+                }
             }
-            cx.emit(Event::done(message_id, usage, status));
+            cx.emit(done);
             return status;
         }
         Err(failure) => failure,
@@ -317,6 +324,14 @@ pub(crate) struct ReportedResult {
     pub(crate) is_error: bool,
     /// Whether a person denied the call.
     pub(crate) denied: bool,
+}
+
+/// The jail CPU a slot's process has used so far (zero before it exists:
+/// a process started during the turn is the turn's cost).
+pub(crate) fn cpu_so_far<P: SlotProcess>(slot: &Option<P>) -> Duration {
+    slot.as_ref()
+        .and_then(|p| p.harness_process().cpu_time())
+        .unwrap_or_default()
 }
 
 /// The finished `tool_use` event of a call: from the wasm run the MCP server

@@ -331,3 +331,108 @@ fn doctor_reports_harnesses_jail_features_and_the_app() {
         assert!(stdout.contains(expected), "missing `{expected}`:\n{stdout}");
     }
 }
+
+/// The example app in Karta's documented shape (`examples/karta-shaped`).
+fn karta_shaped() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/karta-shaped")
+}
+
+/// `karta doctor` on an app written for Karta lists its env names (never a
+/// value), its setup script, its permission mode and its unknown keys.
+#[test]
+fn doctor_lists_env_names_setup_permission_mode_and_unknown_keys() {
+    let output = Command::new(env!("CARGO_BIN_EXE_karta"))
+        .args(["doctor"])
+        .arg(karta_shaped())
+        .env("SUPPORT_EMAIL", "escalations-secret@example.com")
+        .env("KARTA_CLAUDE_BIN", "/nonexistent/claude")
+        .output()
+        .expect("karta runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    for expected in [
+        "app `karta-shaped`",
+        "asks for claude-code (version 2)",
+        "env bound: APP_GREETING (karta.toml), LOG_LEVEL (default), SUPPORT_EMAIL (operator environment)",
+        "env unbound: ORDER_API_TOKEN (optional: Token for the order API, when there is one)",
+        "setup script: setup.sh (declared; this host does not run setup scripts yet)",
+        "permission mode: autonomous",
+        "unknown keys: none",
+        "[genui] is kept but not used",
+    ] {
+        assert!(stdout.contains(expected), "missing `{expected}`:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains("escalations-secret") && !stdout.contains("Hello from Beans"),
+        "values are never shown:\n{stdout}"
+    );
+
+    // Unknown keys are listed with their lines, and the app still loads.
+    let app = tempfile::tempdir().expect("tempdir");
+    std::fs::write(app.path().join("CLAUDE.md"), "hi").expect("write");
+    std::fs::write(
+        app.path().join("karta.toml"),
+        "name = \"x\"\ndeploy = true\nregion = \"eu\"\n",
+    )
+    .expect("write");
+    std::fs::write(
+        app.path().join("karta.jsonc"),
+        "{\n  // typo\n  \"runtime\": {\"permision_mode\": \"autonomous\"}\n}\n",
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_karta"))
+        .args(["doctor"])
+        .arg(app.path())
+        .output()
+        .expect("karta runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    for expected in [
+        "karta.toml:3: unknown key `region` (ignored)",
+        "karta.jsonc:3: unknown key `runtime.permision_mode` (ignored)",
+        "permission mode: default",
+        "env bound: none",
+    ] {
+        assert!(stdout.contains(expected), "missing `{expected}`:\n{stdout}");
+    }
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("unknown key `region`"),
+        "warned too: {output:?}"
+    );
+}
+
+/// A required env name left unbound refuses the app, naming it; `karta
+/// serve` says so too.
+#[test]
+fn an_unbound_required_env_name_is_named_by_doctor_and_serve() {
+    let output = Command::new(env!("CARGO_BIN_EXE_karta"))
+        .args(["doctor"])
+        .arg(karta_shaped())
+        .env_remove("SUPPORT_EMAIL")
+        .output()
+        .expect("karta runs");
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(
+            "karta.toml:13: [env] `SUPPORT_EMAIL` (Where escalations go) is required but not bound"
+        ),
+        "{stdout}"
+    );
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_karta"))
+        .arg("serve")
+        .arg(karta_shaped())
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .env_remove("SUPPORT_EMAIL")
+        .output()
+        .expect("karta runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`SUPPORT_EMAIL` (Where escalations go) is required"),
+        "{stderr}"
+    );
+}

@@ -661,6 +661,14 @@ async fn regression_issue10_a_claude_app_uses_bash_read_and_its_own_python_mcp_s
         text_of(&events).contains("Tool Bash returned: 400"),
         "{events:#?}"
     );
+    // What it cost: the jail's CPU time, on the tool call and the turn.
+    let finished = tool_uses(&events)
+        .into_iter()
+        .find(|e| e["data"]["part"]["state"]["status"] == "completed")
+        .expect("Bash finished");
+    assert!(finished["data"]["cpu_ms"].is_u64(), "{finished}");
+    assert!(finished["data"].get("fuel").is_none(), "{finished}");
+    assert!(last(&events)["data"]["cpu_ms"].is_u64(), "{events:#?}");
 
     let offered: Vec<String> = server
         .host

@@ -10,10 +10,14 @@
 //! | `.claude/skills/<name>/SKILL.md` | skills (front matter `name`, `description`; body loaded on demand) |
 //! | `.claude/skills/<name>/*.wasm` | plugins whose tools join the session |
 //! | `.mcp.json` | MCP servers; an entry with `"component": "x.wasm"` is served from wasmtime |
-//! | `karta.toml` | `name`, `harness`, `[[plugins]]` (path, limits, grants, `approval`), `[env]` |
+//! | `karta.toml` | Karta's `name`, `deploy`, `[harness]`, `[env]`, `[environment] setup`, `[genui]`; this host's `harness = "…"` and `[[plugins]]` (path, limits, grants, `approval`) — see [`karta_files`] |
+//! | `karta.jsonc` | Karta's settings: `runtime.permission_mode` |
+//! | `.env` | values for the names `[env]` declares (dev mode) |
 //!
 //! Every error names the file, the line where known, and what is wrong; an
-//! app with any error does not load at all.
+//! app with any error does not load at all. A key of `karta.toml` or
+//! `karta.jsonc` that nobody knows is not an error: it is warned about and
+//! listed in [`AppSpec::unknown_keys`], so apps written for Karta load.
 //!
 //! Apps are uploaded by customers, so the folder is read through
 //! [`SafeDir::open_app`]: a link is followed only while it stays inside the
@@ -33,6 +37,9 @@ use serde::Deserialize;
 use crate::plugin::{Limits, PluginGrant, WorkspaceAccess};
 
 mod harness_files;
+pub mod karta_files;
+
+pub use karta_files::{EnvSource, EnvVar, OperatorEnv, PermissionMode, UnknownKey};
 
 pub use harness_files::{
     CLAUDE_SETTINGS_FILES, FRONT_MATTER_KEYS, HARNESS_FILES, HarnessFiles, MAX_HARNESS_COPY_BYTES,
@@ -145,8 +152,29 @@ pub struct AppSpec {
     pub plugins: Vec<PluginSpec>,
     /// Command MCP servers.
     pub command_servers: Vec<CommandServer>,
-    /// `[env]` of `karta.toml`, for harness processes.
+    /// `[env]` of `karta.toml` as bound (see [`karta_files`]), for harness
+    /// processes. Names the host sets itself are not here.
     pub env: BTreeMap<String, String>,
+    /// Every `[env]` name and where its value came from (never the value).
+    pub env_vars: Vec<EnvVar>,
+    /// `karta.toml` `deploy` (Karta's deploy gate; this host serves the app
+    /// it is given either way).
+    pub deploy: Option<bool>,
+    /// `karta.toml` `[harness] version`, as written.
+    pub harness_version: Option<String>,
+    /// `[environment] setup`: the script, relative to the app folder (not
+    /// run by this host yet).
+    pub setup_script: Option<PathBuf>,
+    /// `[genui]`, kept as written (not used).
+    pub genui: Option<toml::Value>,
+    /// `karta.jsonc` `runtime.permission_mode`.
+    pub permission_mode: PermissionMode,
+    /// Keys of `karta.toml` and `karta.jsonc` nobody knows: warned about and
+    /// ignored.
+    pub unknown_keys: Vec<UnknownKey>,
+    /// One-line notices about what the app asks for and this host does not
+    /// do (setup scripts, `[genui]`, Karta settings it does not use).
+    pub notices: Vec<String>,
     /// What a harness process gets of the folder (read at load).
     pub harness_files: HarnessFiles,
 }
@@ -179,19 +207,9 @@ fn error(file: &Path, line: Option<usize>, message: impl Into<String>) -> AppErr
     }
 }
 
-/// `karta.toml`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KartaToml {
-    name: Option<String>,
-    harness: Option<HarnessKind>,
-    #[serde(default)]
-    plugins: Vec<PluginEntry>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-}
-
 /// One `[[plugins]]` entry (also the shape of an `.mcp.json` component entry).
+/// A field added here is added to `karta_files::PLUGIN_KEYS` too, or
+/// `karta.toml` drops it as unknown.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PluginEntry {
@@ -247,8 +265,14 @@ impl ToolList {
     }
 }
 
-/// Loads and validates the app in `root`.
+/// Loads and validates the app in `root`, binding `[env]` from the host
+/// process's environment.
 pub fn load(root: &Path) -> Result<AppSpec, AppError> {
+    load_with_env(root, &OperatorEnv::Process)
+}
+
+/// Loads and validates the app in `root`, binding `[env]` from `operator`.
+pub fn load_with_env(root: &Path, operator: &OperatorEnv) -> Result<AppSpec, AppError> {
     let root = std::fs::canonicalize(root)
         .map_err(|e| error(root, None, format!("cannot open the app folder: {e}")))?;
     if !root.is_dir() {
@@ -258,13 +282,7 @@ pub fn load(root: &Path) -> Result<AppSpec, AppError> {
         .map_err(|e| error(&root, None, format!("cannot open the app folder: {e}")))?;
     let dir = &dir;
     let toml_path = root.join("karta.toml");
-    let config: KartaToml = match read_optional(dir, "karta.toml")? {
-        Some(text) => toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|span| line_of(&text, span.start));
-            error(&toml_path, line, e.message().to_owned())
-        })?,
-        None => KartaToml::default(),
-    };
+    let mut config = karta_files::read(dir, operator)?;
 
     let (instructions, _) = match read_optional(dir, "CLAUDE.md")? {
         Some(text) => (text, Some(root.join("CLAUDE.md"))),
@@ -299,7 +317,7 @@ pub fn load(root: &Path) -> Result<AppSpec, AppError> {
     }
 
     let mut plugins = Vec::new();
-    for entry in config.plugins {
+    for entry in std::mem::take(&mut config.plugins) {
         plugins.push(plugin_from_entry(dir, &toml_path, entry, None)?);
     }
 
@@ -405,6 +423,14 @@ pub fn load(root: &Path) -> Result<AppSpec, AppError> {
         plugins,
         command_servers,
         env: config.env,
+        env_vars: config.env_vars,
+        deploy: config.deploy,
+        harness_version: config.harness_version,
+        setup_script: config.setup_script,
+        genui: config.genui,
+        permission_mode: config.permission_mode,
+        unknown_keys: config.unknown_keys,
+        notices: config.notices,
         harness_files,
     })
 }
