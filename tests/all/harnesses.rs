@@ -733,3 +733,53 @@ async fn regression_issue10_a_claude_app_uses_bash_read_and_its_own_python_mcp_s
     assert!(!app.path().join("planted.txt").exists());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue10_an_opencode_app_uses_bash_and_its_own_mcp_server_in_the_jail() {
+    // The same investigator, written for OpenCode: AGENTS.md, its MCP
+    // server in opencode.json, and tools that run unasked (karta.jsonc).
+    let app = log_investigator(250);
+    let root = app.path();
+    std::fs::rename(root.join("CLAUDE.md"), root.join("AGENTS.md")).expect("rename");
+    std::fs::remove_file(root.join(".mcp.json")).expect("rm");
+    std::fs::remove_dir_all(root.join(".claude")).expect("rm");
+    std::fs::write(
+        root.join("opencode.json"),
+        r#"{"mcp": {"sre": {"type": "local", "command": ["python3", "tools/sre.py"], "enabled": true}}}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        root.join("karta.jsonc"),
+        "{\n  // the investigation runs unattended\n  \"runtime\": { \"permission_mode\": \"autonomous\" }\n}\n",
+    )
+    .expect("write");
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::try_start_with(app.path(), data.path(), |config| {
+        config.harness = Some(HarnessKind::Opencode);
+        config.harness_binaries = binaries();
+    })
+    .await
+    .expect("host starts");
+    let id = new_session(&server, json!({})).await;
+
+    let events = turn(
+        &server,
+        &id,
+        r#"/tool bash {"command": "grep -c ' ERROR ' data/app.log", "description": "count errors"}"#,
+    )
+    .await;
+    assert_eq!(last(&events)["data"]["status"], "completed", "{events:#?}");
+    assert!(
+        text_of(&events).contains("Tool bash returned: 250"),
+        "{events:#?}"
+    );
+    assert!(last(&events)["data"]["cpu_ms"].is_u64(), "{events:#?}");
+
+    let events = turn(&server, &id, r#"/tool sre_count_level {"level": "ERROR"}"#).await;
+    assert_eq!(last(&events)["data"]["status"], "completed", "{events:#?}");
+    assert!(
+        text_of(&events).contains("Tool sre_count_level returned: 250 lines"),
+        "{events:#?}"
+    );
+    server.stop().await;
+}

@@ -38,6 +38,7 @@ use crate::plugin::{Limits, PluginGrant, WorkspaceAccess};
 
 mod harness_files;
 pub mod karta_files;
+pub mod project_files;
 
 pub use karta_files::{EnvSource, EnvVar, OperatorEnv, PermissionMode, UnknownKey};
 
@@ -121,8 +122,9 @@ pub struct PluginSpec {
     pub declared_in: PathBuf,
 }
 
-/// An MCP server from `.mcp.json` that runs a command (the builtin harness
-/// does not start commands; the Claude Code and OpenCode adapters will).
+/// An MCP server from `.mcp.json` that runs a command: the Claude Code and
+/// OpenCode harnesses start it (stdio) inside the session's jail, from the
+/// app's read-only folder; the builtin harness does not start commands.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandServer {
     /// Its name.
@@ -131,6 +133,8 @@ pub struct CommandServer {
     pub command: String,
     /// Its arguments.
     pub args: Vec<String>,
+    /// Its extra environment (`env`).
+    pub env: BTreeMap<String, String>,
 }
 
 /// A loaded, validated harness app.
@@ -177,6 +181,9 @@ pub struct AppSpec {
     pub notices: Vec<String>,
     /// What a harness process gets of the folder (read at load).
     pub harness_files: HarnessFiles,
+    /// The app's other files, copied into each new session's workspace
+    /// (listed at load).
+    pub project_files: project_files::ProjectFiles,
 }
 
 /// What is wrong with an app, and where.
@@ -296,6 +303,7 @@ pub fn load_with_env(root: &Path, operator: &OperatorEnv) -> Result<AppSpec, App
     // Read once, here: refused at start-up rather than on every harness
     // turn, and never read again while the app is served.
     let harness_files = HarnessFiles::collect(&root)?;
+    let project_files = project_files::ProjectFiles::collect(&root)?;
     let mut agents = BTreeMap::new();
     for agents_dir in [".claude/agents", ".opencode/agents"] {
         for file in markdown_files(dir, Path::new(agents_dir))? {
@@ -393,11 +401,28 @@ pub fn load_with_env(root: &Path, operator: &OperatorEnv) -> Result<AppSpec, App
                             .collect()
                     })
                     .unwrap_or_default();
+                let env = server
+                    .get("env")
+                    .and_then(|e| e.as_object())
+                    .map(|e| {
+                        e.iter()
+                            .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 command_servers.push(CommandServer {
                     name: name.clone(),
                     command: command.to_owned(),
                     args,
+                    env,
                 });
+            } else if server.get("url").is_some() {
+                // A harness in the jail reaches nothing but the gateway and
+                // Karta's MCP server: a remote server could only fail.
+                tracing::warn!(
+                    "{}: server `{name}` is remote (`url`); a jailed harness cannot reach it, so it is left out",
+                    mcp_path.display()
+                );
             } else {
                 return Err(error(
                     &mcp_path,
@@ -407,6 +432,7 @@ pub fn load_with_env(root: &Path, operator: &OperatorEnv) -> Result<AppSpec, App
             }
         }
     }
+    opencode_mcp_servers(dir, &mut command_servers)?;
 
     let name = config.name.unwrap_or_else(|| {
         root.file_name()
@@ -432,6 +458,7 @@ pub fn load_with_env(root: &Path, operator: &OperatorEnv) -> Result<AppSpec, App
         unknown_keys: config.unknown_keys,
         notices: config.notices,
         harness_files,
+        project_files,
     })
 }
 
@@ -562,6 +589,66 @@ fn split_front_matter<'t>(file: &Path, text: &'t str) -> Result<(FrontMatter, &'
 /// Reads the app's text file at `relative` (`None` when absent): at most
 /// [`MAX_APP_TEXT_BYTES`], never through a link out of the app, never a
 /// FIFO, socket or device.
+/// OpenCode's own MCP config in the app's folder (`opencode.json` or
+/// `opencode.jsonc`, `mcp`): its `local` servers run like `.mcp.json`
+/// commands (in the jail, from the app's folder); `remote` ones cannot be
+/// reached from the jail and are left out with a warning. A name already
+/// in `.mcp.json` keeps that entry.
+fn opencode_mcp_servers(dir: &SafeDir, servers: &mut Vec<CommandServer>) -> Result<(), AppError> {
+    for file in ["opencode.json", "opencode.jsonc"] {
+        let Some(text) = read_optional(dir, file)? else {
+            continue;
+        };
+        let path = dir.path().join(file);
+        let value: serde_json::Value =
+            jsonc_parser::parse_to_serde_value(&text, &Default::default())
+                .map_err(|e| error(&path, None, format!("invalid JSON: {e}")))?;
+        let Some(entries) = value.get("mcp").and_then(|m| m.as_object()) else {
+            continue;
+        };
+        for (name, entry) in entries {
+            if servers.iter().any(|s| &s.name == name) || entry["enabled"] == false {
+                continue;
+            }
+            match entry["type"].as_str() {
+                Some("local") => {
+                    let mut words = entry["command"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|w| w.as_str().map(str::to_owned));
+                    let Some(command) = words.next() else {
+                        return Err(error(
+                            &path,
+                            None,
+                            format!("mcp `{name}`: `command` is empty"),
+                        ));
+                    };
+                    let env = entry["environment"]
+                        .as_object()
+                        .map(|e| {
+                            e.iter()
+                                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    servers.push(CommandServer {
+                        name: name.clone(),
+                        command,
+                        args: words.collect(),
+                        env,
+                    });
+                }
+                _ => tracing::warn!(
+                    "{}: mcp `{name}` is not `local`; a jailed harness reaches nothing else, so it is left out",
+                    path.display()
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
 fn read_optional(dir: &SafeDir, relative: impl AsRef<Path>) -> Result<Option<String>, AppError> {
     let relative = relative.as_ref();
     let path = dir.path().join(relative);
