@@ -50,10 +50,6 @@ pub struct HostConfig {
     /// Whether the app's Python stdio MCP servers are compiled to
     /// WebAssembly components, and where they are cached.
     pub python_mcp: crate::plugin::python_mcp::PythonMcpConfig,
-    /// Claude Code's and OpenCode's own acting tools (Bash, Read, …) are
-    /// on, working on the session workspace inside the jail (the
-    /// operator's `--no-harness-tools` turns them off).
-    pub harness_tools: bool,
 }
 
 impl HostConfig {
@@ -72,7 +68,6 @@ impl HostConfig {
             plugin_max_timeout: crate::plugin::DEFAULT_MAX_TIMEOUT,
             jail: Some(Default::default()),
             python_mcp: Default::default(),
-            harness_tools: true,
         }
     }
 }
@@ -158,43 +153,6 @@ async fn loopback_listener() -> Result<tokio::net::TcpListener, HostError> {
         .map_err(HostError::Gateway)
 }
 
-/// What harness processes may use of their own: their tools (unless the
-/// operator turned them off), the app's command MCP servers run from its
-/// folder, the folder itself read-only in the jail — minus the data dir
-/// when it lies inside (other sessions' workspaces, the store).
-fn harness_access(
-    config: &HostConfig,
-    app: &app::AppSpec,
-    data_dir: &std::path::Path,
-) -> karta_harness::HarnessAccess {
-    use karta_harness::{AppMcpServer, McpTransport};
-    // Absolute: the jail binds it at its own path, and stdio servers `cd`
-    // into it from the workspace.
-    let app_root = std::fs::canonicalize(&app.root).unwrap_or_else(|_| app.root.clone());
-    karta_harness::HarnessAccess {
-        builtin_tools: config.harness_tools,
-        autonomous: app.permission_mode == app::PermissionMode::Autonomous,
-        mcp_servers: app
-            .command_servers
-            .iter()
-            .map(|server| AppMcpServer {
-                name: server.name.clone(),
-                transport: McpTransport::Stdio {
-                    command: server.command.clone(),
-                    args: server.args.clone(),
-                    env: server.env.clone(),
-                },
-            })
-            .collect(),
-        app_root: Some(app_root.clone()),
-        hidden: if data_dir.starts_with(&app_root) {
-            vec![data_dir.to_path_buf()]
-        } else {
-            Vec::new()
-        },
-    }
-}
-
 impl Host {
     /// Loads the app, opens the store, loads every plugin, and starts the
     /// model gateway and the MCP server on loopback ports of their own.
@@ -263,7 +221,6 @@ impl Host {
             &http,
             config.jail,
         );
-        let access = harness_access(&config, &app, &data_dir);
         let sessions = Arc::new(Sessions::new(SessionParts {
             store,
             app: Arc::new(app),
@@ -276,7 +233,6 @@ impl Host {
                 mcp_url: mcp_url.clone(),
                 approval_timeout: config.approval_timeout,
                 default_model: config.default_model,
-                access,
             },
             harness: selection.harness,
             http,

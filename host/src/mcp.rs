@@ -17,6 +17,18 @@
 //! `GET` (a server-initiated stream) is answered 405: this server never
 //! sends requests of its own.
 //!
+//! `POST /mcp/{token}/servers/{name}` is the app's own stdio MCP server
+//! `name` (`.mcp.json`) when it was compiled to a WebAssembly component
+//! (see [`crate::plugin::python_mcp`]): `initialize` and `tools/list` are
+//! answered from what the server said at load, `ping` here, and every other
+//! request (`tools/call`, …) runs in a fresh instance of the server under
+//! its fuel, memory and time limits, with the app folder as its working
+//! directory and the session's workspace read-only at `/workspace`. Its
+//! answer is passed on as it is, with `_meta.karta/fuel` added to a
+//! `tools/call` result; a call that runs out of a limit is an `isError`
+//! result saying which. A harness given `{"type": "http", "url": …}` sees the
+//! same tools as with the stdio server. A name that is not compiled is 404.
+//!
 //! Approvals are enforced here, not left to the harness's settings (which
 //! live in a workspace a plugin may write): `tools/call` of a tool with
 //! `approval = "always"` goes through [`Sessions::call_tool`], which asks a
@@ -52,6 +64,10 @@ pub fn router(sessions: Arc<Sessions>) -> Router {
         .route(
             "/mcp/{token}",
             post(handle).get(|| async { StatusCode::METHOD_NOT_ALLOWED }),
+        )
+        .route(
+            "/mcp/{token}/servers/{name}",
+            post(handle_app_server).get(|| async { StatusCode::METHOD_NOT_ALLOWED }),
         )
         .with_state(sessions)
 }
@@ -142,6 +158,104 @@ async fn handle(
             }
         }
         other => return reply(rpc_error(id, -32601, &format!("method not found: {other}"))),
+    };
+    reply(json!({ "jsonrpc": "2.0", "id": id, "result": answer }))
+}
+
+/// Reads one JSON-RPC message: the body under [`MAX_MESSAGE_BYTES`], a
+/// single object. `Err` is the response to send instead.
+async fn read_message(body: Body) -> Result<Value, Response> {
+    let bytes = match http_body_util::Limited::new(body, MAX_MESSAGE_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return Err(StatusCode::PAYLOAD_TOO_LARGE.into_response()),
+    };
+    let message: Value = match serde_json::from_slice(&bytes) {
+        Ok(message) => message,
+        Err(e) => {
+            let error = rpc_error(Value::Null, -32700, &format!("parse error: {e}"));
+            return Err((StatusCode::BAD_REQUEST, axum::Json(error)).into_response());
+        }
+    };
+    if !message.is_object() {
+        let error = rpc_error(Value::Null, -32600, "batches are not supported");
+        return Err((StatusCode::BAD_REQUEST, axum::Json(error)).into_response());
+    }
+    Ok(message)
+}
+
+/// `POST /mcp/{token}/servers/{name}`: the app's MCP server `name`, run as
+/// a compiled component.
+async fn handle_app_server(
+    State(sessions): State<Arc<Sessions>>,
+    Path((token, name)): Path<(String, String)>,
+    body: Body,
+) -> Response {
+    let Some(session) = sessions.session_for_mcp_token(&token) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Some(server) = sessions
+        .python_servers()
+        .and_then(|s| s.get(&name))
+        .cloned()
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let message = match read_message(body).await {
+        Ok(message) => message,
+        Err(response) => return response,
+    };
+    let Some(method) = message["method"].as_str() else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let Some(id) = message.get("id").cloned() else {
+        // Notifications: a fresh instance per request has no state for
+        // them to change.
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let answer = match method {
+        "initialize" => server.initialize_result().clone(),
+        "ping" => json!({}),
+        "tools/list" => json!({ "tools": server.tools() }),
+        _ => {
+            let options = crate::plugin::python_mcp::ServerCallOptions {
+                workspace: Some(sessions.workspace(&session)),
+                fuel_cap: None,
+            };
+            return match server.request(&message, &options).await {
+                Ok(outcome) => {
+                    tracing::debug!(
+                        session = %session, server = %name, method,
+                        fuel = outcome.fuel_consumed, duration_us = outcome.duration_us,
+                        "compiled MCP server answered"
+                    );
+                    let mut response = outcome.response;
+                    if let Some(result) = response.get_mut("result").and_then(Value::as_object_mut)
+                    {
+                        let meta = result.entry("_meta").or_insert_with(|| json!({}));
+                        if let Some(meta) = meta.as_object_mut() {
+                            meta.insert("karta/fuel".into(), outcome.fuel_consumed.into());
+                            meta.insert(
+                                "karta/duration_ms".into(),
+                                (outcome.duration_us / 1000).into(),
+                            );
+                        }
+                    }
+                    reply(response)
+                }
+                Err(failure) if method == "tools/call" => reply(json!({
+                    "jsonrpc": "2.0", "id": id, "result": {
+                        "content": [{ "type": "text", "text": format!("{}: {}", failure.kind, failure.message) }],
+                        "structuredContent": { "error": { "kind": failure.kind, "message": &failure.message } },
+                        "isError": true,
+                        "_meta": { "karta/fuel": failure.fuel_consumed, "karta/duration_ms": failure.duration_us / 1000 },
+                    },
+                })),
+                Err(failure) => reply(rpc_error(id, -32603, &failure.to_string())),
+            };
+        }
     };
     reply(json!({ "jsonrpc": "2.0", "id": id, "result": answer }))
 }

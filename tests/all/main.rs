@@ -10,6 +10,7 @@ mod jail;
 mod mcp;
 mod observability;
 mod plugin_runtime;
+mod python_mcp;
 mod reliability;
 mod sessions;
 mod support;

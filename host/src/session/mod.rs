@@ -44,6 +44,7 @@ use crate::app::AppSpec;
 use crate::credentials::Credentials;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::plugin::python_mcp::AppPythonServers;
 use crate::store::{SessionRecord, Store, TranscriptMessage};
 use live::LiveMap;
 pub use log::{Published, Subscription};
@@ -69,6 +70,9 @@ pub struct Sessions {
     metrics: Arc<Metrics>,
     /// Every running turn's task, so shutdown can wait for them.
     turns: TaskTracker,
+    /// The app's Python MCP servers that run as components (set once, at
+    /// start, by [`Sessions::set_python_servers`]).
+    python_servers: std::sync::OnceLock<Arc<AppPythonServers>>,
 }
 
 /// Now, as RFC 3339 (milliseconds) and as milliseconds since the epoch.
@@ -120,7 +124,43 @@ impl Sessions {
             credentials: parts.credentials,
             metrics: parts.metrics,
             turns: TaskTracker::new(),
+            python_servers: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Gives the sessions the app's compiled Python MCP servers (once; a
+    /// second call is ignored). The host does this at start, before the MCP
+    /// server listens.
+    pub fn set_python_servers(&self, servers: Arc<AppPythonServers>) {
+        let _ = self.python_servers.set(servers);
+    }
+
+    /// The app's command MCP servers by how they run: the compiled ones and,
+    /// with the reason, those that run as processes.
+    pub fn python_servers(&self) -> Option<&AppPythonServers> {
+        self.python_servers.get().map(|s| &**s)
+    }
+
+    /// Names of the app's MCP servers (`.mcp.json`) that were compiled to
+    /// WebAssembly components; each is served at
+    /// [`Self::compiled_mcp_server_url`] and must not be started as a
+    /// process.
+    pub fn compiled_mcp_servers(&self) -> Vec<String> {
+        self.python_servers()
+            .map(AppPythonServers::compiled_names)
+            .unwrap_or_default()
+    }
+
+    /// Where a harness reaches the compiled MCP server `name` for the
+    /// session whose MCP token is `mcp_token` (streamable HTTP:
+    /// `{"type": "http", "url": …}`), or `None` when `name` is not compiled
+    /// (then it runs as a process).
+    pub fn compiled_mcp_server_url(&self, mcp_token: &str, name: &str) -> Option<String> {
+        self.python_servers()?.get(name)?;
+        Some(format!(
+            "{}/mcp/{mcp_token}/servers/{name}",
+            self.config.mcp_url
+        ))
     }
 
     /// The name of the harness that runs turns.

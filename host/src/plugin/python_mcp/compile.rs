@@ -474,8 +474,7 @@ fn build_error(text: &str, status: &str) -> PyCompileError {
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .filter(|l| l.contains("Error") || l.contains("error") || l.contains("Exception"))
-        .last()
+        .rfind(|l| l.contains("Error") || l.contains("error") || l.contains("Exception"))
         .unwrap_or("no output")
         .to_owned();
     PyCompileError::Build(format!("{reason} ({status})"))

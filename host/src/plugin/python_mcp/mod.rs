@@ -29,6 +29,7 @@
 //! network, no other files.
 
 mod compile;
+mod servers;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +47,7 @@ pub use compile::{
     COMPONENTIZE_PY_LOCAL, COMPONENTIZE_PY_VERSION, CompiledPythonServer, PyCompileError, compile,
     locate_componentize_py,
 };
+pub use servers::{AppPythonServers, PythonMcpConfig};
 
 use super::state::{CallState, CappedOutput, LogBuffer, MemoryCap};
 use super::{
@@ -157,11 +159,21 @@ impl PluginRuntime {
                 source,
             })?;
         let started = Instant::now();
+        // The native artifact is kept beside the component (same private
+        // folder, named by content and engine settings like the plugin
+        // cache's), so it lives as long as the compiled component does,
+        // whatever data dir the host runs with.
+        let cache = match compiled.wasm_path.parent() {
+            Some(dir) => super::cache::ArtifactCache::new(&inner.engine, Some(dir.to_path_buf()))
+                .map_err(|e| LoadError::Compile(wasmtime::format_err!("{e}")))?,
+            None => super::cache::ArtifactCache::new(&inner.engine, None)
+                .map_err(|e| LoadError::Compile(wasmtime::format_err!("{e}")))?,
+        };
         let (component, _digest, source) = {
-            let runtime = inner.clone();
-            // Cranelift on an 18 MB component takes seconds: off the async
+            let engine = inner.engine.clone();
+            // Cranelift on an 18 MB component takes ~20 s: off the async
             // executor's threads.
-            tokio::task::spawn_blocking(move || runtime.cache.component(&runtime.engine, &bytes))
+            tokio::task::spawn_blocking(move || cache.component(&engine, &bytes))
                 .await
                 .map_err(|e| {
                     LoadError::Compile(wasmtime::format_err!("compile task failed: {e}"))
