@@ -50,6 +50,13 @@ pub struct HostConfig {
     /// Whether the app's Python stdio MCP servers are compiled to
     /// WebAssembly components, and where they are cached.
     pub python_mcp: crate::plugin::python_mcp::PythonMcpConfig,
+    /// Whether the app's Python stdio MCP servers are compiled to
+    /// WebAssembly components, and where they are cached.
+    pub python_mcp: crate::plugin::python_mcp::PythonMcpConfig,
+    /// Claude Code's and OpenCode's own acting tools (Bash, Read, …) are
+    /// on, working on the session workspace inside the jail (the
+    /// operator's `--no-harness-tools` turns them off).
+    pub harness_tools: bool,
 }
 
 impl HostConfig {
@@ -68,6 +75,8 @@ impl HostConfig {
             plugin_max_timeout: crate::plugin::DEFAULT_MAX_TIMEOUT,
             jail: Some(Default::default()),
             python_mcp: Default::default(),
+            python_mcp: Default::default(),
+            harness_tools: true,
         }
     }
 }
@@ -153,6 +162,43 @@ async fn loopback_listener() -> Result<tokio::net::TcpListener, HostError> {
         .map_err(HostError::Gateway)
 }
 
+/// What harness processes may use of their own: their tools (unless the
+/// operator turned them off), the app's command MCP servers run from its
+/// folder, the folder itself read-only in the jail — minus the data dir
+/// when it lies inside (other sessions' workspaces, the store).
+fn harness_access(
+    config: &HostConfig,
+    app: &app::AppSpec,
+    data_dir: &std::path::Path,
+) -> karta_harness::HarnessAccess {
+    use karta_harness::{AppMcpServer, McpTransport};
+    // Absolute: the jail binds it at its own path, and stdio servers `cd`
+    // into it from the workspace.
+    let app_root = std::fs::canonicalize(&app.root).unwrap_or_else(|_| app.root.clone());
+    karta_harness::HarnessAccess {
+        builtin_tools: config.harness_tools,
+        autonomous: app.permission_mode == app::PermissionMode::Autonomous,
+        mcp_servers: app
+            .command_servers
+            .iter()
+            .map(|server| AppMcpServer {
+                name: server.name.clone(),
+                transport: McpTransport::Stdio {
+                    command: server.command.clone(),
+                    args: server.args.clone(),
+                    env: server.env.clone(),
+                },
+            })
+            .collect(),
+        app_root: Some(app_root.clone()),
+        hidden: if data_dir.starts_with(&app_root) {
+            vec![data_dir.to_path_buf()]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
 impl Host {
     /// Loads the app, opens the store, loads every plugin, and starts the
     /// model gateway and the MCP server on loopback ports of their own.
@@ -177,6 +223,24 @@ impl Host {
         // known now that the plugins are loaded.
         app.harness_files
             .restrict_tools(tools.iter().map(|t| t.def.name.as_str()));
+
+        // The app's Python MCP servers, compiled to components where they
+        // can be (the rest run as processes; the reasons are kept).
+        let python_cache = config
+            .python_mcp
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("python-mcp"));
+        let python_servers = Arc::new(
+            crate::plugin::python_mcp::AppPythonServers::load(
+                &runtime,
+                &app.root,
+                &app.command_servers,
+                &config.python_mcp,
+                &python_cache,
+            )
+            .await,
+        );
 
         // The app's Python MCP servers, compiled to components where they
         // can be (the rest run as processes; the reasons are kept).
@@ -221,6 +285,7 @@ impl Host {
             &http,
             config.jail,
         );
+        let access = harness_access(&config, &app, &data_dir);
         let sessions = Arc::new(Sessions::new(SessionParts {
             store,
             app: Arc::new(app),
@@ -233,12 +298,14 @@ impl Host {
                 mcp_url: mcp_url.clone(),
                 approval_timeout: config.approval_timeout,
                 default_model: config.default_model,
+                access,
             },
             harness: selection.harness,
             http,
             credentials,
             metrics,
         }));
+        sessions.set_python_servers(python_servers);
         sessions.set_python_servers(python_servers);
         let mcp_server = crate::listen::spawn_server(
             "MCP server",
