@@ -50,9 +50,6 @@ pub struct HostConfig {
     /// Whether the app's Python stdio MCP servers are compiled to
     /// WebAssembly components, and where they are cached.
     pub python_mcp: crate::plugin::python_mcp::PythonMcpConfig,
-    /// Whether the app's Python stdio MCP servers are compiled to
-    /// WebAssembly components, and where they are cached.
-    pub python_mcp: crate::plugin::python_mcp::PythonMcpConfig,
     /// Claude Code's and OpenCode's own acting tools (Bash, Read, …) are
     /// on, working on the session workspace inside the jail (the
     /// operator's `--no-harness-tools` turns them off).
@@ -74,7 +71,6 @@ impl HostConfig {
             plugin_allow_net: Vec::new(),
             plugin_max_timeout: crate::plugin::DEFAULT_MAX_TIMEOUT,
             jail: Some(Default::default()),
-            python_mcp: Default::default(),
             python_mcp: Default::default(),
             harness_tools: true,
         }
@@ -242,24 +238,6 @@ impl Host {
             .await,
         );
 
-        // The app's Python MCP servers, compiled to components where they
-        // can be (the rest run as processes; the reasons are kept).
-        let python_cache = config
-            .python_mcp
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("python-mcp"));
-        let python_servers = Arc::new(
-            crate::plugin::python_mcp::AppPythonServers::load(
-                &runtime,
-                &app.root,
-                &app.command_servers,
-                &config.python_mcp,
-                &python_cache,
-            )
-            .await,
-        );
-
         let credentials = Arc::new(Credentials::new());
         let metrics = Arc::new(Metrics::new());
         let http = HttpClient::new();
@@ -305,7 +283,6 @@ impl Host {
             credentials,
             metrics,
         }));
-        sessions.set_python_servers(python_servers);
         sessions.set_python_servers(python_servers);
         let mcp_server = crate::listen::spawn_server(
             "MCP server",
