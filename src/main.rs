@@ -215,6 +215,12 @@ struct ServeArgs {
     /// Processes and threads of each jailed harness process tree.
     #[arg(long, default_value_t = 512, value_name = "N")]
     jail_max_processes: u64,
+    /// Switch off Claude Code's and OpenCode's own acting tools (Bash,
+    /// Read, Write, Edit, Grep, …; on by default, working on the session's
+    /// workspace inside the jail): the model then has only the app's
+    /// plugins and MCP servers.
+    #[arg(long)]
+    no_harness_tools: bool,
 }
 
 /// Parses `--harness`.
@@ -362,6 +368,7 @@ async fn doctor(app_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                     println!("  {notice}");
                 }
                 print_app_settings(&app);
+                print_app_tools(&app, running);
             }
             Err(e) => {
                 println!("app {}: {e}", dir.display());
@@ -370,6 +377,48 @@ async fn doctor(app_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `karta doctor APP` says of the tools the model will be offered:
+/// the app's plugins (wasm), the harness's own tools (in the jail), and
+/// each MCP server with how it runs.
+fn print_app_tools(app: &karta_host::app::AppSpec, running: &str) {
+    let plugins: Vec<&str> = app.plugins.iter().map(|p| p.name.as_str()).collect();
+    println!(
+        "  plugins (WebAssembly, fuel-metered, through Karta's MCP server): {}",
+        if plugins.is_empty() {
+            "none".to_owned()
+        } else {
+            plugins.join(", ")
+        }
+    );
+    match running {
+        "claude_code" => println!(
+            "  Claude Code's own tools, in the jail: Bash, Read, Edit, Write, NotebookEdit, Agent, Skill, … (WebFetch and WebSearch off; `serve --no-harness-tools` turns the rest off)"
+        ),
+        "opencode" => println!(
+            "  OpenCode's own tools, in the jail: bash, read, edit, write, glob, grep, task, skill, … (webfetch off; `serve --no-harness-tools` turns the rest off)"
+        ),
+        _ => println!("  the builtin harness offers only the app's plugins and skills"),
+    }
+    for server in &app.command_servers {
+        let how = if running == "builtin" {
+            "not started (the builtin harness does not start commands)".to_owned()
+        } else if std::path::Path::new(&server.command)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("python"))
+        {
+            "a Python server: compiled to a WebAssembly component when `karta serve` starts (fuel-metered), else a process in each session's jail".to_owned()
+        } else {
+            "a process in each session's jail, from the app's read-only folder (CPU metered)".to_owned()
+        };
+        println!(
+            "  MCP server `{}` ({} {}): {how}",
+            server.name,
+            server.command,
+            server.args.join(" ")
+        );
+    }
 }
 
 /// What `karta doctor APP` says of the app's Karta files: env names (never
@@ -496,6 +545,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_processes: args.jail_max_processes.max(16),
         ..Default::default()
     });
+    config.harness_tools = !args.no_harness_tools;
     if args.no_jail {
         eprintln!(
             "karta: WARNING: --no-jail: harness processes run UNCONFINED; an app's code (and any tool a model runs) can read and write everything this user can"
@@ -523,10 +573,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         app.plugins.len()
     );
     for server in &app.command_servers {
-        eprintln!(
-            "karta: MCP server `{}` runs a command ({}); Karta does not start commands, its tools are unavailable",
-            server.name, server.command
-        );
+        if host.harness_name() == "builtin" {
+            eprintln!(
+                "karta: MCP server `{}` runs a command ({}); the builtin harness does not start commands, its tools are unavailable",
+                server.name, server.command
+            );
+        } else {
+            eprintln!(
+                "karta: MCP server `{}` ({}) runs in each session's jail, from the app's folder",
+                server.name, server.command
+            );
+        }
     }
     match host.sessions().gateway().upstream() {
         Some(upstream) => eprintln!(

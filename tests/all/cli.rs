@@ -327,6 +327,8 @@ fn doctor_reports_harnesses_jail_features_and_the_app() {
         "OFFLINE model",
         "app `support-bot`",
         "asks for claude-code; would run on builtin",
+        "plugins (WebAssembly, fuel-metered, through Karta's MCP server):",
+        "the builtin harness offers only the app's plugins and skills",
     ] {
         assert!(stdout.contains(expected), "missing `{expected}`:\n{stdout}");
     }
