@@ -11,7 +11,10 @@
 #   4. the guest fixtures built for wasm32-wasip2 (once, shared by all tests)
 #   5. the pinned harness CLIs (Claude Code, OpenCode) from npm into
 #      harnesses/node_modules (not globally; skipped when already there)
-#   6. cargo test for the whole workspace (unit, integration, doc tests,
+#   6. the pinned componentize-py from PyPI into tools/componentize-py/venv
+#      (compiles the apps' Python MCP servers into components; skipped when
+#      already there)
+#   7. cargo test for the whole workspace (unit, integration, doc tests,
 #      end-to-end tests that run the real claude and opencode binaries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +43,9 @@ cargo build "${guests[@]}" --target wasm32-wasip2 --release --locked
 
 step "harness CLIs from npm (scripts/install-harnesses.sh)"
 scripts/install-harnesses.sh
+
+step "componentize-py from PyPI (scripts/install-componentize-py.sh)"
+scripts/install-componentize-py.sh
 
 step "cargo test"
 log=$(mktemp)

@@ -10,8 +10,9 @@
 //!   why in a [`PyCompileError`]: the caller runs the server as a jailed
 //!   process instead.
 //! - [`PluginRuntime::load_python_server`] compiles the component to native
-//!   code with the runtime's one engine (the artifact cached on disk like a
-//!   plugin's), links it with WASI only, and asks it once for its
+//!   code with the runtime's one engine (the artifact cached on disk beside
+//!   the component, by the plugin cache's rules), links it with WASI only
+//!   (the plugins' linker), and asks it once for its
 //!   `initialize` answer and its `tools/list`, which are then served from
 //!   memory.
 //! - [`PythonMcpServer::request`] serves one JSON-RPC request: a fresh
@@ -60,12 +61,13 @@ pub const GUEST_APP: &str = "/app";
 
 /// Default limits of one request to a compiled Python server.
 ///
-/// Python is an interpreter running in wasm: starting from the snapshot
-/// and answering `initialize` costs ~30 M fuel, and a tool that scans a few
-/// thousand log lines ~1–2 G (see BENCHMARKS.md), so the budget is larger
-/// than a Rust plugin's. Memory: the interpreter's heap starts at ~20 MiB.
+/// Python is an interpreter running in wasm: a fresh instance answering
+/// `initialize` and `ping` costs ~2.8 M fuel, the example's `error_rate`
+/// over 2 000 log lines ~39 M (BENCHMARKS.md). 5 G leaves room for real
+/// scans of large logs while still stopping a loop in a few seconds.
+/// Memory: the interpreter's snapshot is ~20 MiB before the tool allocates.
 pub const DEFAULT_LIMITS: Limits = Limits {
-    fuel: 20_000_000_000,
+    fuel: 5_000_000_000,
     memory_mib: 256,
     timeout_ms: 30_000,
     max_output_bytes: 4 * 1024 * 1024,
@@ -133,9 +135,9 @@ pub struct ServerOutcome {
 
 impl PluginRuntime {
     /// Loads the component `compiled` (from [`compile()`]) of the server
-    /// `name` of the app at `app_root`: native code from the runtime's
-    /// artifact cache (compiled now the first time: seconds, the component
-    /// holds a whole interpreter), linked against WASI, and asked once for
+    /// `name` of the app at `app_root`: native code from the artifact cache
+    /// beside the component (compiled now the first time: ~15 s, the
+    /// component holds a whole interpreter), linked against WASI, and asked once for
     /// its `initialize` answer and its tools.
     pub async fn load_python_server(
         &self,
