@@ -68,7 +68,9 @@ pub enum PermissionMode {
     #[default]
     #[serde(rename = "default", alias = "interactive")]
     Default,
-    /// Tools run without asking.
+    /// The harness's own tools and the app's MCP servers run without
+    /// asking (a plugin with `approval = "always"` still asks: that is the
+    /// app's explicit word for that plugin).
     #[serde(rename = "autonomous")]
     Autonomous,
 }
@@ -78,7 +80,9 @@ impl PermissionMode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Default => "default (ask for what the app's settings do not allow)",
-            Self::Autonomous => "autonomous (tools run without asking)",
+            Self::Autonomous => {
+                "autonomous (the harness's tools and the app's MCP servers run without asking; plugins with `approval = \"always\"` still ask)"
+            }
         }
     }
 }
