@@ -26,8 +26,8 @@
 //! read-only at `/app` — where `.mcp.json`'s relative paths point and where
 //! a process started by the harness (in the app's folder, read-only in the
 //! jail) would find `data/*.log` too. When the caller passes the session's
-//! workspace it is mounted read-only at `/workspace`. No environment, no
-//! network, no other files.
+//! workspace it is mounted read-only at `/workspace`. No environment but
+//! the `.mcp.json` entry's `env`, no network, no other files.
 
 mod compile;
 mod servers;
@@ -101,6 +101,7 @@ struct ServerInner {
     pre: CommandPre<CallState>,
     name: String,
     app_root: PathBuf,
+    env: Vec<(String, String)>,
     limits: Limits,
     initialize: Value,
     tools: Vec<Value>,
@@ -144,6 +145,21 @@ impl PluginRuntime {
         name: &str,
         compiled: &CompiledPythonServer,
         app_root: &Path,
+        limits: Limits,
+    ) -> Result<PythonMcpServer, LoadError> {
+        self.load_python_server_with_env(name, compiled, app_root, &[], limits)
+            .await
+    }
+
+    /// [`Self::load_python_server`] with the environment the server's
+    /// `.mcp.json` entry gives it (`"env": {…}`), and nothing else of the
+    /// host's.
+    pub async fn load_python_server_with_env(
+        &self,
+        name: &str,
+        compiled: &CompiledPythonServer,
+        app_root: &Path,
+        env: &[(String, String)],
         limits: Limits,
     ) -> Result<PythonMcpServer, LoadError> {
         let inner = &self.inner;
@@ -192,6 +208,7 @@ impl PluginRuntime {
             pre,
             name: name.to_owned(),
             app_root: app_root.to_path_buf(),
+            env: env.to_vec(),
             limits,
             initialize: Value::Null,
             tools: Vec::new(),
@@ -455,10 +472,12 @@ impl ServerInner {
         stderr: &CappedOutput,
     ) -> Result<wasmtime_wasi::WasiCtx, CallFailure> {
         let mut wasi = WasiCtxBuilder::new();
-        // No environment, no network; argv is set by the entry module.
+        // Only the `.mcp.json` entry's environment, no network; argv is set
+        // by the entry module.
         wasi.allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .envs(&self.env)
             .stdin(MemoryInputPipe::new(stdin))
             .stdout(stdout.clone())
             .stderr(stderr.clone());

@@ -109,8 +109,13 @@ impl AppPythonServers {
                 .map_err(|e| format!("the compile task failed: {e}"))?
                 .map_err(|e: PyCompileError| e.to_string())?
         };
+        let env: Vec<(String, String)> = server
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         runtime
-            .load_python_server(&server.name, &compiled, app_root, DEFAULT_LIMITS)
+            .load_python_server_with_env(&server.name, &compiled, app_root, &env, DEFAULT_LIMITS)
             .await
             .map_err(|e| format!("the compiled component does not work: {e}"))
     }
