@@ -410,7 +410,8 @@ fn print_app_tools(app: &karta_host::app::AppSpec, running: &str) {
         {
             "a Python server: compiled to a WebAssembly component when `karta serve` starts (fuel-metered), else a process in each session's jail".to_owned()
         } else {
-            "a process in each session's jail, from the app's read-only folder (CPU metered)".to_owned()
+            "a process in each session's jail, from the app's read-only folder (CPU metered)"
+                .to_owned()
         };
         println!(
             "  MCP server `{}` ({} {}): {how}",
