@@ -643,6 +643,9 @@ async fn regression_issue10_a_claude_app_uses_bash_read_and_its_own_python_mcp_s
     let server = Server::try_start_with(app.path(), data.path(), |config| {
         config.harness = Some(HarnessKind::ClaudeCode);
         config.harness_binaries = binaries();
+        // Compilation off: the Python server runs as a process in the jail
+        // (the OpenCode test below has it compiled to a component).
+        config.python_mcp.compile = false;
     })
     .await
     .expect("host starts");

@@ -2,7 +2,7 @@
 //! support-bot example on 127.0.0.1:0, driven with a plain HTTP client.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -69,6 +69,10 @@ impl Server {
         config.data_dir = data.to_path_buf();
         config.approval_timeout = Duration::from_secs(30);
         config.harness = Some(karta_host::app::HarnessKind::Builtin);
+        // Compiled Python MCP servers are keyed by their content: one cache
+        // for the whole run, so each is compiled once, not once per test.
+        config.python_mcp.cache_dir =
+            Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-mcp-cache"));
         configure(&mut config);
         let host = Host::start(config).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -75,7 +75,21 @@ impl Sessions {
                 .filter(|t| !t.approval)
                 .map(|t| t.def.name.clone())
                 .collect(),
-            access: self.config.access.clone(),
+            access: self.session_access(&credentials.mcp_token),
         })
+    }
+
+    /// The harness access of one session: the app's MCP servers that were
+    /// compiled to WebAssembly components are reached over HTTP at this
+    /// session's endpoint (fuel-metered, in wasmtime) instead of started as
+    /// processes in the jail.
+    fn session_access(&self, mcp_token: &str) -> karta_harness::HarnessAccess {
+        let mut access = self.config.access.clone();
+        for server in &mut access.mcp_servers {
+            if let Some(url) = self.compiled_mcp_server_url(mcp_token, &server.name) {
+                server.transport = karta_harness::McpTransport::Http { url };
+            }
+        }
+        access
     }
 }
