@@ -7,7 +7,7 @@
 //! must not reach another's), made once, when the workspace is created —
 //! never again, so what the session changed stays. What is not copied:
 //!
-//! - the harness files ([`super::harness_files`] keeps those exactly the
+//! - the harness files ([`super::HarnessFiles`] keeps those exactly the
 //!   app's before every turn);
 //! - Karta's own files (`karta.toml`, `karta.jsonc`) and `.env` (the
 //!   operator's values, bound into the environment, not shown);
