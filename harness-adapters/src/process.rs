@@ -168,11 +168,18 @@ impl HarnessProcess {
             .unwrap_or_default()
     }
 
-    /// Kills the process and everything it started, and reaps it.
+    /// Kills the process and everything it started, and reaps it. In a jail
+    /// the harness is the waiting parent's child: this returns once it has
+    /// died too (its pid namespace with it), so a deleted session has no
+    /// process left when the answer goes out.
     pub async fn kill(mut self) {
+        let harness = self.harness_pid();
         kill_group(self.pid.take());
         let _ = self.child.kill().await;
         if let Some(jail) = self.jail.as_mut() {
+            if let Some(pid) = harness {
+                wait_until_dead(pid).await;
+            }
             jail.release();
         }
     }
@@ -182,6 +189,19 @@ impl Drop for HarnessProcess {
     fn drop(&mut self) {
         kill_group(self.pid.take());
     }
+}
+
+/// Waits (up to 2 s) until `pid` has exited: gone, or a zombie.
+async fn wait_until_dead(pid: u32) {
+    for _ in 0..400 {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) if !stat.contains(") Z ") && !stat.contains(") X ") => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            _ => return,
+        }
+    }
+    tracing::warn!("the jailed harness process {pid} is still exiting");
 }
 
 fn kill_group(pid: Option<u32>) {

@@ -186,6 +186,54 @@ async fn read_message(body: Body) -> Result<Value, Response> {
     Ok(message)
 }
 
+/// Hands a compiled server's `tools/call` (its fuel, its time, its answer)
+/// to the session, for the harness's `tool_use` event of it.
+fn record_app_server_call(
+    sessions: &Sessions,
+    session: &str,
+    server: &str,
+    request: &Value,
+    response: &Value,
+    fuel: u64,
+    duration_us: u64,
+) {
+    let params = &request["params"];
+    let Some(tool) = params["name"].as_str() else {
+        return;
+    };
+    let input = params
+        .get("arguments")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let result = &response["result"];
+    let text: String = result["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let content = if result["isError"] == true {
+        Err(karta_harness::ToolError {
+            kind: karta_harness::ToolErrorKind::ToolError,
+            message: text,
+        })
+    } else {
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    };
+    sessions.record_app_server_run(
+        session,
+        server,
+        tool,
+        &input,
+        &karta_harness::ToolResult {
+            content,
+            fuel: Some(fuel),
+            duration_ms: duration_us / 1000,
+        },
+    );
+}
+
 /// `POST /mcp/{token}/servers/{name}`: the app's MCP server `name`, run as
 /// a compiled component.
 async fn handle_app_server(
@@ -232,6 +280,17 @@ async fn handle_app_server(
                         "compiled MCP server answered"
                     );
                     let mut response = outcome.response;
+                    if method == "tools/call" {
+                        record_app_server_call(
+                            &sessions,
+                            &session,
+                            &name,
+                            &message,
+                            &response,
+                            outcome.fuel_consumed,
+                            outcome.duration_us,
+                        );
+                    }
                     if let Some(result) = response.get_mut("result").and_then(Value::as_object_mut)
                     {
                         let meta = result.entry("_meta").or_insert_with(|| json!({}));

@@ -784,5 +784,15 @@ async fn regression_issue10_an_opencode_app_uses_bash_and_its_own_mcp_server_in_
         text_of(&events).contains("Tool sre_count_level returned: 250 lines"),
         "{events:#?}"
     );
+    // Compiled to a component: the call ran in wasmtime, and its fuel is on
+    // the tool call as a plugin's is.
+    let finished = tool_uses(&events)
+        .into_iter()
+        .find(|e| e["data"]["part"]["state"]["status"] == "completed")
+        .expect("the call finished");
+    assert!(
+        finished["data"]["fuel"].as_u64().is_some_and(|f| f > 0),
+        "{finished}"
+    );
     server.stop().await;
 }

@@ -217,6 +217,24 @@ impl Sessions {
         self.credentials.session_for_mcp_token(token)
     }
 
+    /// Records a call of the app's compiled MCP server `server` (its fuel
+    /// and time), so the harness's `tool_use` of it reports them as it does
+    /// for plugins: under the names Claude Code (`mcp__<server>__<tool>`)
+    /// and OpenCode (`<server>_<tool>`) give the tool.
+    pub fn record_app_server_run(
+        &self,
+        session: &str,
+        server: &str,
+        tool: &str,
+        input: &serde_json::Value,
+        result: &karta_harness::ToolResult,
+    ) {
+        if let Some(live) = self.live.peek(session) {
+            live.record_tool_run(&format!("mcp__{server}__{tool}"), input, result);
+            live.record_tool_run(&format!("{server}_{tool}"), input, result);
+        }
+    }
+
     /// Revokes the credentials unused for `idle` of sessions that have left
     /// memory and have no harness process any more (the host runs this
     /// periodically).
