@@ -83,6 +83,10 @@ enum Command {
     Doctor {
         /// An app folder to check (optional).
         app_dir: Option<PathBuf>,
+        /// The data directory `karta serve` uses for the app (where its
+        /// setup script's result is kept).
+        #[arg(long, default_value = ".karta")]
+        data: PathBuf,
     },
     /// Chat with a served app from the terminal: opens a session and streams
     /// replies; tool calls show as one-line summaries; approval prompts are
@@ -221,6 +225,22 @@ struct ServeArgs {
     /// plugins and MCP servers.
     #[arg(long)]
     no_harness_tools: bool,
+    /// Let the app's setup script reach this host (`name` or `*.domain`)
+    /// through the host's proxy, besides pypi.org, files.pythonhosted.org
+    /// and registry.npmjs.org; repeat for more. Every other host, and any
+    /// IP address, is refused (403).
+    #[arg(long = "setup-allow-host", value_name = "HOST")]
+    setup_allow_hosts: Vec<String>,
+    /// Let the setup proxy connect to this internal address range (CIDR)
+    /// when an allowed name resolves there; repeat for more. Loopback,
+    /// private, link-local and other internal addresses are refused
+    /// otherwise.
+    #[arg(long = "setup-allow-net", value_name = "CIDR")]
+    setup_allow_net: Vec<karta_host::plugin::IpNet>,
+    /// Seconds the app's setup script may run (once per app version, at
+    /// start) before it is killed and the app refused.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    setup_timeout_secs: u64,
 }
 
 /// Parses `--harness`.
@@ -293,7 +313,7 @@ fn default_cache_dir() -> Option<PathBuf> {
 }
 
 /// `karta doctor`: what this machine can run.
-async fn doctor(app_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn doctor(app_dir: Option<PathBuf>, data_dir: &Path) -> anyhow::Result<ExitCode> {
     use karta_host::app::HarnessKind;
     use karta_host::harness::{self, HarnessBinaries};
 
@@ -368,6 +388,7 @@ async fn doctor(app_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                     println!("  {notice}");
                 }
                 print_app_settings(&app);
+                print_setup_state(&app, data_dir);
                 print_app_tools(&app, running);
             }
             Err(e) => {
@@ -422,6 +443,44 @@ fn print_app_tools(app: &karta_host::app::AppSpec, running: &str) {
     }
 }
 
+/// What `karta doctor APP` says of the app's setup script: not run for
+/// this version of the app, done (with the version's hash), or failed
+/// (with the end of its output).
+fn print_setup_state(app: &karta_host::app::AppSpec, data_dir: &Path) {
+    use karta_host::setup::{SetupRecord, SetupState};
+
+    let Some(script) = &app.setup_script else {
+        println!("  setup script: none");
+        return;
+    };
+    let script = script.display();
+    match karta_host::setup::state(app, data_dir) {
+        Err(e) => println!("  setup script {script}: cannot tell its state: {e}"),
+        Ok(SetupState::NoScript) => println!("  setup script: none"),
+        Ok(SetupState::NotRun { hash }) => println!(
+            "  setup script {script}: not run for this version of the app (hash {hash}); `karta serve --data {}` runs it at start",
+            data_dir.display()
+        ),
+        Ok(SetupState::Ran(SetupRecord::Done {
+            hash, duration_ms, ..
+        })) => println!(
+            "  setup script {script}: done (hash {hash}, {:.1} s); every session's harness starts from its HOME, read-only",
+            duration_ms as f64 / 1000.0
+        ),
+        Ok(SetupState::Ran(SetupRecord::Failed {
+            hash, how, output, ..
+        })) => {
+            println!(
+                "  setup script {script}: FAILED (hash {hash}): it {how}; the next `karta serve` runs it again. Its last output:"
+            );
+            let lines: Vec<&str> = output.lines().collect();
+            for line in &lines[lines.len().saturating_sub(20)..] {
+                println!("    | {line}");
+            }
+        }
+    }
+}
+
 /// What `karta doctor APP` says of the app's Karta files: env names (never
 /// their values), the setup script, the permission mode, unknown keys.
 fn print_app_settings(app: &karta_host::app::AppSpec) {
@@ -454,13 +513,6 @@ fn print_app_settings(app: &karta_host::app::AppSpec) {
             "  env set by the host (the app's value is not used): {}",
             host.join(", ")
         );
-    }
-    match &app.setup_script {
-        Some(script) => println!(
-            "  setup script: {} (declared; this host does not run setup scripts yet)",
-            script.display()
-        ),
-        None => println!("  setup script: none"),
     }
     println!("  permission mode: {}", app.permission_mode.as_str());
     if app.unknown_keys.is_empty() {
@@ -547,6 +599,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     });
     config.harness_tools = !args.no_harness_tools;
+    config
+        .setup
+        .allow_hosts
+        .extend(args.setup_allow_hosts.iter().cloned());
+    config.setup.allow_net = args.setup_allow_net.clone();
+    config.setup.timeout = std::time::Duration::from_secs(args.setup_timeout_secs.max(1));
     if args.no_jail {
         eprintln!(
             "karta: WARNING: --no-jail: harness processes run UNCONFINED; an app's code (and any tool a model runs) can read and write everything this user can"
@@ -611,7 +669,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Doctor { app_dir } => doctor(app_dir).await,
+        Command::Doctor { app_dir, data } => doctor(app_dir, &data).await,
         Command::Chat {
             url,
             session,

@@ -30,6 +30,7 @@ pub mod model_stream;
 pub mod opencode;
 pub mod process;
 pub mod safe_fs;
+pub mod setup_layer;
 mod slots;
 pub mod sse;
 
@@ -44,6 +45,7 @@ pub use events::{
     ToolErrorKind, ToolPart, ToolState, ToolStatus, ToolUseData, TurnStatus, Usage,
 };
 use serde::{Deserialize, Serialize};
+pub use setup_layer::SetupLayer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -278,6 +280,9 @@ pub struct HarnessAccess {
     /// the host was started inside the app's folder): an empty tmpfs is
     /// mounted over them.
     pub hidden: Vec<PathBuf>,
+    /// What the app's setup script installed: bound read-only into the
+    /// jail, the process's environment pointing at it ([`SetupLayer`]).
+    pub setup_layer: Option<SetupLayer>,
 }
 
 /// One of the app's MCP servers, as the harness should reach it.

@@ -314,6 +314,9 @@ pub fn session_env(
     crate::safe_fs::SafeDir::create(&session.home)?.create_dirs(Path::new("tmp"))?;
     let mut env = app_env(&session.env);
     env.extend(base_env(&session.home, program));
+    if let Some(layer) = &session.access.setup_layer {
+        layer.apply(&mut env);
+    }
     env.extend(harness);
     Ok(env)
 }

@@ -54,6 +54,9 @@ pub struct HostConfig {
     /// on, working on the session workspace inside the jail (the
     /// operator's `--no-harness-tools` turns them off).
     pub harness_tools: bool,
+    /// The app's setup script: which hosts it may reach and for how long
+    /// it may run (see [`crate::setup`]).
+    pub setup: crate::setup::SetupConfig,
 }
 
 impl HostConfig {
@@ -73,6 +76,7 @@ impl HostConfig {
             jail: Some(Default::default()),
             python_mcp: Default::default(),
             harness_tools: true,
+            setup: Default::default(),
         }
     }
 }
@@ -117,6 +121,10 @@ pub enum HostError {
         /// The other.
         second: String,
     },
+    /// The app's setup script failed (its output is in the message) or
+    /// could not run.
+    #[error(transparent)]
+    Setup(#[from] crate::setup::SetupError),
     /// The gateway or the MCP server could not listen.
     #[error("cannot start a loopback listener (model gateway, MCP): {0}")]
     Gateway(std::io::Error),
@@ -135,6 +143,8 @@ struct HostInner {
     gateway_url: String,
     mcp_url: String,
     harness_notice: Option<String>,
+    /// What the app's setup script installed, shared by every session.
+    setup_layer: Option<karta_harness::SetupLayer>,
     /// The API servers [`Host::spawn_api`] started.
     api: tokio::sync::Mutex<Vec<ServerTask>>,
     /// The gateway and the MCP server: stopped after the turns.
@@ -192,6 +202,8 @@ fn harness_access(
         } else {
             Vec::new()
         },
+        // Set by `Host::start` once the setup script has run.
+        setup_layer: None,
     }
 }
 
@@ -208,6 +220,9 @@ impl Host {
         std::fs::create_dir_all(&config.data_dir).map_err(data_error)?;
         let data_dir = std::fs::canonicalize(&config.data_dir).map_err(data_error)?;
         let store = Store::open(&data_dir.join("db"))?;
+        // After the store: its lock keeps a second host on this data dir
+        // from running the same setup at the same time.
+        let setup_layer = crate::setup::ensure(&app, &data_dir, &config.setup, config.jail).await?;
         let runtime = PluginRuntime::new(RuntimeConfig {
             cache_dir: Some(data_dir.join("components")),
             allow_net: config.plugin_allow_net.clone(),
@@ -263,7 +278,8 @@ impl Host {
             &http,
             config.jail,
         );
-        let access = harness_access(&config, &app, &data_dir);
+        let mut access = harness_access(&config, &app, &data_dir);
+        access.setup_layer = setup_layer.clone();
         let sessions = Arc::new(Sessions::new(SessionParts {
             store,
             app: Arc::new(app),
@@ -309,6 +325,7 @@ impl Host {
                 gateway_url,
                 mcp_url,
                 harness_notice: selection.notice,
+                setup_layer,
                 api: tokio::sync::Mutex::default(),
                 ways_out: tokio::sync::Mutex::new(vec![gateway_server, mcp_server]),
                 sweeper,
@@ -335,6 +352,12 @@ impl Host {
     /// not (its binary is missing).
     pub fn harness_notice(&self) -> Option<&str> {
         self.inner.harness_notice.as_deref()
+    }
+
+    /// What the app's setup script installed (`None`: the app has none):
+    /// the read-only layer every session's harness starts from.
+    pub fn setup_layer(&self) -> Option<&karta_harness::SetupLayer> {
+        self.inner.setup_layer.as_ref()
     }
 
     /// The model gateway's base URL (loopback).

@@ -11,8 +11,9 @@
 //! [`session`] runs turns and their event logs, [`gateway`] is the model
 //! endpoint (with the offline model), [`mcp`] gives harness processes the
 //! session's tools, [`harness`] picks the harness (builtin, Claude Code,
-//! OpenCode), [`api`] is the HTTP protocol, and [`plugin`] runs tools in
-//! wasmtime. [`Host`] puts them together.
+//! OpenCode), [`api`] is the HTTP protocol, [`plugin`] runs tools in
+//! wasmtime, and [`setup`] runs an app's setup script once per version.
+//! [`Host`] puts them together.
 //!
 //! Embedding a host — build it from a folder, open a session, send a
 //! message, read the events:
@@ -84,6 +85,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod plugin;
 pub mod session;
+pub mod setup;
 pub mod store;
 
 /// The protocol's events, as every part of the host speaks them.

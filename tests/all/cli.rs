@@ -343,9 +343,12 @@ fn karta_shaped() -> std::path::PathBuf {
 /// value), its setup script, its permission mode and its unknown keys.
 #[test]
 fn doctor_lists_env_names_setup_permission_mode_and_unknown_keys() {
+    let data = tempfile::tempdir().expect("tempdir");
     let output = Command::new(env!("CARGO_BIN_EXE_karta"))
         .args(["doctor"])
         .arg(karta_shaped())
+        .arg("--data")
+        .arg(data.path())
         .env("SUPPORT_EMAIL", "escalations-secret@example.com")
         .env("KARTA_CLAUDE_BIN", "/nonexistent/claude")
         .output()
@@ -357,7 +360,7 @@ fn doctor_lists_env_names_setup_permission_mode_and_unknown_keys() {
         "asks for claude-code (version 2)",
         "env bound: APP_GREETING (karta.toml), LOG_LEVEL (default), SUPPORT_EMAIL (operator environment)",
         "env unbound: ORDER_API_TOKEN (optional: Token for the order API, when there is one)",
-        "setup script: setup.sh (declared; this host does not run setup scripts yet)",
+        "setup script setup.sh: not run for this version of the app (hash ",
         "permission mode: autonomous",
         "unknown keys: none",
         "[genui] is kept but not used",

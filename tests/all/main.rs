@@ -13,4 +13,5 @@ mod plugin_runtime;
 mod python_mcp;
 mod reliability;
 mod sessions;
+mod setup;
 mod support;

@@ -114,8 +114,10 @@ impl JailSpec {
             .map(Path::to_path_buf);
         let mut write = vec![session.workspace.clone(), session.home.clone()];
         write.extend(extra_write);
+        // The app's setup layer, read-only, at the path it was built at.
+        let layer = session.access.setup_layer.iter().map(|l| l.home.clone());
         Self {
-            read: package.into_iter().collect(),
+            read: package.into_iter().chain(layer).collect(),
             write,
             hidden: Vec::new(),
             scratch: Some(session.home.join("tmp")),

@@ -186,13 +186,23 @@ impl MountPlan {
         // `/tmp` before the session's trees: a data dir under `/tmp` (tests
         // make them there) must stay visible, not be hidden by this mount.
         plan.bind_descriptor(layout.tmp, Path::new("/tmp"))?;
-        for tree in layout.read {
+        // A read-only tree inside a hidden one (an app's setup layer in a
+        // data dir that lies in the app's folder) is bound after the tmpfs
+        // that hides the rest, or the tmpfs would hide it too.
+        let (late, early): (Vec<&PathBuf>, Vec<&PathBuf>) = layout
+            .read
+            .iter()
+            .partition(|tree| layout.hidden.iter().any(|h| tree.starts_with(h)));
+        for tree in early {
             plan.bind(tree, tree, false, false)?;
         }
         for path in layout.hidden {
             if path.is_dir() {
                 plan.tmpfs(path, "mode=0755,size=64k")?;
             }
+        }
+        for tree in late {
+            plan.bind(tree, tree, false, false)?;
         }
         for tree in layout.write {
             plan.bind(tree, tree, true, false)?;
@@ -393,6 +403,48 @@ mod tests {
         assert!(
             !binds.iter().any(|(t, _)| t.ends_with("/etc/shadow")),
             "{binds:?}"
+        );
+        let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn a_read_tree_inside_a_hidden_one_is_bound_after_the_tmpfs() {
+        let base = std::env::temp_dir().join(format!("karta-plan-late-{}", std::process::id()));
+        let app = base.join("app");
+        let data = app.join(".data");
+        let layer = data.join("setup/abc/home");
+        let home = data.join("homes/s1");
+        for dir in [&layer, &home.join("tmp"), &home.join(".shm")] {
+            std::fs::create_dir_all(dir).expect("mkdir");
+        }
+        let plan = MountPlan::new(
+            Path::new("/run/karta-root"),
+            &Layout {
+                read: &[layer.clone(), app.clone()],
+                write: std::slice::from_ref(&home),
+                hidden: std::slice::from_ref(&data),
+                tmp: &home.join("tmp"),
+                shm: &home.join(".shm"),
+                cwd: &home,
+            },
+        )
+        .expect("plan");
+        let position = |wanted: &Path| {
+            let wanted = format!("/run/karta-root{}", wanted.display());
+            plan.ops
+                .iter()
+                .position(|op| match op {
+                    MountOp::Bind { target, .. } | MountOp::Tmpfs { target, .. } => {
+                        target.to_string_lossy() == wanted
+                    }
+                    _ => false,
+                })
+                .expect("planned")
+        };
+        assert!(position(&app) < position(&data), "the app, then the tmpfs");
+        assert!(
+            position(&data) < position(&layer),
+            "the layer after the tmpfs that hides the data dir"
         );
         let _ = std::fs::remove_dir_all(base);
     }

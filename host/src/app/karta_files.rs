@@ -3,7 +3,7 @@
 //!
 //! | file | Karta's keys | this host's extensions |
 //! | --- | --- | --- |
-//! | `karta.toml` | `name`, `deploy`, `[harness] type`/`version`, `[env]`, `[environment] setup`, `[genui]`, `buildpack`/`entry_point` (refused) | `harness = "…"` as a string, `[[plugins]]` (path, limits, grants, `approval`) |
+//! | `karta.toml` | `name`, `deploy`, `[harness] type`/`version`, `[env]`, `[environment] setup` (run by [`crate::setup`]), `[genui]`, `buildpack`/`entry_point` (refused) | `harness = "…"` as a string, `[[plugins]]` (path, limits, grants, `approval`) |
 //! | `karta.jsonc` | `runtime.permission_mode`; `cli.*`, `harness.claude.*`, `profile.*` are known and not used | — |
 //!
 //! Apps written for Karta must load unchanged, and Karta adds keys over
@@ -619,10 +619,8 @@ fn read_toml(
                 ));
             }
         }
-        // Logged, not a notice: `karta doctor` has a line of its own for it.
-        tracing::info!(
-            "karta.toml: [environment] setup = `{shown}` is declared; this host does not run setup scripts yet"
-        );
+        // Run by `crate::setup` when the host starts, once per app version;
+        // `karta doctor` has a line of its own for it.
         out.setup_script = Some(relative);
     }
     if config.genui.is_some() {

@@ -166,8 +166,8 @@ pub struct AppSpec {
     pub deploy: Option<bool>,
     /// `karta.toml` `[harness] version`, as written.
     pub harness_version: Option<String>,
-    /// `[environment] setup`: the script, relative to the app folder (not
-    /// run by this host yet).
+    /// `[environment] setup`: the script, relative to the app folder (run
+    /// once per app version by [`crate::setup`]).
     pub setup_script: Option<PathBuf>,
     /// `[genui]`, kept as written (not used).
     pub genui: Option<toml::Value>,

@@ -25,7 +25,7 @@ mod engine;
 mod error;
 mod grant;
 mod http;
-mod net;
+pub(crate) mod net;
 pub mod python_mcp;
 mod state;
 
