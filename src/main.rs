@@ -389,7 +389,7 @@ async fn doctor(app_dir: Option<PathBuf>, data_dir: &Path) -> anyhow::Result<Exi
                 }
                 print_app_settings(&app);
                 print_setup_state(&app, data_dir);
-                print_app_tools(&app, running);
+                print_app_tools(&app, running, data_dir);
             }
             Err(e) => {
                 println!("app {}: {e}", dir.display());
@@ -403,7 +403,7 @@ async fn doctor(app_dir: Option<PathBuf>, data_dir: &Path) -> anyhow::Result<Exi
 /// What `karta doctor APP` says of the tools the model will be offered:
 /// the app's plugins (wasm), the harness's own tools (in the jail), and
 /// each MCP server with how it runs.
-fn print_app_tools(app: &karta_host::app::AppSpec, running: &str) {
+fn print_app_tools(app: &karta_host::app::AppSpec, running: &str, data_dir: &Path) {
     let plugins: Vec<&str> = app.plugins.iter().map(|p| p.name.as_str()).collect();
     println!(
         "  plugins (WebAssembly, fuel-metered, through Karta's MCP server): {}",
@@ -429,7 +429,28 @@ fn print_app_tools(app: &karta_host::app::AppSpec, running: &str) {
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("python"))
         {
-            "a Python server: compiled to a WebAssembly component when `karta serve` starts (fuel-metered), else a process in each session's jail".to_owned()
+            // Compiled into the data dir's cache, as `karta serve` would
+            // (then it starts without compiling): the answer is the real one.
+            use karta_host::plugin::python_mcp::compile;
+            match compile(
+                &app.root,
+                &server.command,
+                &server.args,
+                &data_dir.join("python-mcp"),
+            ) {
+                Ok(compiled) => format!(
+                    "compiled to a WebAssembly component ({}; fuel-metered, in wasmtime)",
+                    if compiled.cached {
+                        "cached".to_owned()
+                    } else {
+                        format!(
+                            "compiled now in {:.1} s",
+                            compiled.compile_time.as_secs_f64()
+                        )
+                    }
+                ),
+                Err(why) => format!("a process in each session's jail (not compiled: {why})"),
+            }
         } else {
             "a process in each session's jail, from the app's read-only folder (CPU metered)"
                 .to_owned()

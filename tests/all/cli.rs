@@ -441,3 +441,56 @@ fn an_unbound_required_env_name_is_named_by_doctor_and_serve() {
         "{stderr}"
     );
 }
+
+/// `karta doctor APP` says how each of the app's MCP servers runs — a
+/// Python one it can compile as a component, one with a native import as a
+/// process in the jail, with the reason.
+#[test]
+fn doctor_says_how_each_mcp_server_runs() {
+    let app = tempfile::tempdir().expect("tempdir");
+    let data = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(app.path().join("tools")).expect("mkdir");
+    std::fs::write(app.path().join("CLAUDE.md"), "An app.\n").expect("write");
+    std::fs::write(
+        app.path().join("tools/native.py"),
+        "import numpy\nimport sys\nfor line in sys.stdin:\n    pass\n",
+    )
+    .expect("write");
+    std::fs::write(
+        app.path().join(".mcp.json"),
+        r#"{"mcpServers": {
+            "native": {"command": "python3", "args": ["tools/native.py"]},
+            "shell": {"command": "bash", "args": ["tools/run.sh"]}
+        }}"#,
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_karta"))
+        .args(["doctor"])
+        .arg(app.path())
+        .arg("--data")
+        .arg(data.path())
+        .env(
+            "KARTA_CLAUDE_BIN",
+            crate::support::root().join("harnesses/node_modules/.bin/claude"),
+        )
+        .output()
+        .expect("karta runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(&format!("MCP server `{name}`")))
+            .unwrap_or_else(|| panic!("no line for `{name}`:\n{stdout}"))
+            .to_owned()
+    };
+    let native = line("native");
+    assert!(
+        native.contains("a process in each session's jail (not compiled:")
+            && native.contains("numpy"),
+        "{native}"
+    );
+    assert!(
+        line("shell").contains("a process in each session's jail, from the app's read-only folder"),
+        "{stdout}"
+    );
+}
