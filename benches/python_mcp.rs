@@ -15,6 +15,9 @@
 //! - `process/warm/error_rate`: that process kept running, one request line
 //!   in, one response line out (what a harness's long-lived stdio server
 //!   costs per call once started).
+//! - `jailed/spawn_per_call/error_rate` and `jailed/warm/error_rate`: the
+//!   same two, in the jail a harness's stdio server runs in (needs root;
+//!   skipped otherwise) — the fallback when a server cannot be compiled.
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
@@ -144,7 +147,99 @@ fn bench(c: &mut Criterion) {
         drop(stdin);
         let _ = child.wait();
     });
+    if karta_harness::jail::privileged() {
+        jailed(&mut group, &rt);
+    } else {
+        eprintln!("python_mcp: the jailed variants need root; skipped");
+    }
     group.finish();
+}
+
+/// The server as a process in the jail (the app's folder read-only, a
+/// scratch workspace and home), spawned per call and kept warm.
+fn jailed(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+) {
+    use karta_harness::process::{HarnessProcess, JailLimits, JailSpec, Spawn};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (workspace, home) = (scratch.path().join("ws"), scratch.path().join("home"));
+    for dir in [&workspace, &home.join("tmp")] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
+    let spawn = Spawn {
+        program: PathBuf::from("/usr/bin/python3"),
+        args: vec!["tools/sre_tools.py".into()],
+        cwd: app(),
+        env: [("PATH".to_owned(), "/usr/bin:/bin".to_owned())].into(),
+        stdin: true,
+        stdout: true,
+        jail: Some(JailSpec {
+            read: vec![app()],
+            write: vec![workspace.clone(), home.clone()],
+            hidden: Vec::new(),
+            scratch: Some(home.join("tmp")),
+            connect_ports: Vec::new(),
+            bind_ports: Vec::new(),
+            limits: JailLimits::default(),
+        }),
+    };
+    let request = call(1).to_string();
+    group.bench_function("jailed/spawn_per_call/error_rate", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut process = HarnessProcess::start(&spawn).expect("jailed");
+                let mut stdin = process.child.stdin.take().expect("stdin");
+                let stdout = process.child.stdout.take().expect("stdout");
+                stdin
+                    .write_all(format!("{INIT}\n{INITIALIZED}\n{request}\n").as_bytes())
+                    .await
+                    .expect("write");
+                drop(stdin);
+                let mut lines = tokio::io::BufReader::new(stdout).lines();
+                let mut answers = 0;
+                while let Ok(Some(_)) = lines.next_line().await {
+                    answers += 1;
+                }
+                assert_eq!(answers, 2, "{}", process.stderr_tail());
+                let _ = process.child.wait().await;
+            })
+        })
+    });
+    group.bench_function("jailed/warm/error_rate", |b| {
+        let (mut process, mut stdin, mut lines) = rt.block_on(async {
+            let mut process = HarnessProcess::start(&spawn).expect("jailed");
+            let mut stdin = process.child.stdin.take().expect("stdin");
+            let stdout = process.child.stdout.take().expect("stdout");
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            stdin
+                .write_all(format!("{INIT}\n{INITIALIZED}\n").as_bytes())
+                .await
+                .expect("write");
+            lines
+                .next_line()
+                .await
+                .expect("read")
+                .expect("initialize answer");
+            (process, stdin, lines)
+        });
+        b.iter(|| {
+            rt.block_on(async {
+                stdin
+                    .write_all(format!("{request}\n").as_bytes())
+                    .await
+                    .expect("write");
+                let line = lines.next_line().await.expect("read").expect("answer");
+                assert!(line.len() > 100);
+            })
+        });
+        rt.block_on(async move {
+            drop(stdin);
+            let _ = process.child.wait().await;
+        });
+    });
 }
 
 criterion_group!(benches, bench);
