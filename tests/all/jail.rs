@@ -10,20 +10,6 @@ use std::time::Duration;
 
 use karta_harness::process::{HarnessProcess, JailLimits, JailSpec, Spawn};
 
-/// Root, or a printed reason and `false`.
-fn can_jail() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    if !root {
-        eprintln!(
-            "skipped: the jail needs root (namespaces, cgroups); this test runs as another user"
-        );
-    }
-    root
-}
-
 struct Fixture {
     _base: tempfile::TempDir,
     workspace: PathBuf,
@@ -114,7 +100,7 @@ fn processes_with(marker: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue9_a_jailed_shell_is_denied_every_way_out() {
-    if !can_jail() {
+    if !crate::support::can_jail("the jail") {
         return;
     }
     let f = fixture();
@@ -280,7 +266,7 @@ async fn the_same_attacks_succeed_without_the_jail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue9_a_fork_bomb_stops_at_the_process_limit() {
-    if !can_jail() {
+    if !crate::support::can_jail("the jail") {
         return;
     }
     let f = fixture();
@@ -309,7 +295,7 @@ async fn regression_issue9_a_fork_bomb_stops_at_the_process_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue9_a_memory_bomb_is_killed_and_the_host_lives_on() {
-    if !can_jail() {
+    if !crate::support::can_jail("the jail") {
         return;
     }
     let f = fixture();
@@ -327,7 +313,7 @@ async fn regression_issue9_a_memory_bomb_is_killed_and_the_host_lives_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jail_that_cannot_be_built_refuses_to_start_and_says_which_step() {
-    if !can_jail() {
+    if !crate::support::can_jail("the jail") {
         return;
     }
     let f = fixture();
@@ -357,7 +343,7 @@ async fn a_jail_that_cannot_be_built_refuses_to_start_and_says_which_step() {
 /// takes with it what left the group (`setsid`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue9_a_setsid_grandchild_dies_when_the_process_is_killed() {
-    if !can_jail() {
+    if !crate::support::can_jail("the jail") {
         return;
     }
     let f = fixture();
@@ -390,7 +376,7 @@ async fn regression_issue9_a_setsid_grandchild_dies_when_the_process_is_killed()
 /// jail never binds what a link points at.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue9_links_planted_for_tmp_and_shm_are_not_bound() {
-    if !can_jail() {
+    if !crate::support::can_jail("the jail") {
         return;
     }
     let f = fixture();

@@ -25,20 +25,6 @@ use crate::sessions::{Server, new_session, sse};
 use crate::support;
 use serde_json::json;
 
-/// Root, or a printed reason and `false`.
-fn can_jail() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    if !root {
-        eprintln!(
-            "skipped: setup scripts run in the jail, which needs root (namespaces, cgroups); this test runs as another user"
-        );
-    }
-    root
-}
-
 /// An app folder with `setup.sh` and `karta.toml` (plus `[env]` lines),
 /// outside `/tmp` like a real one; its data dir is *inside* it (`.karta`,
 /// `karta serve`'s default there), so the hash must skip it and the jail
@@ -190,7 +176,7 @@ async fn run_as_session(
 /// sees, read-only; the app folder was read-only to the script.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_setup_scripts_home_is_a_read_only_layer_every_session_starts_from() {
-    if !can_jail() {
+    if !crate::support::can_jail("a setup script, which runs in the jail,") {
         return;
     }
     let app = app(
@@ -254,7 +240,7 @@ echo ok
 /// script's call home is made once); a changed file of the app does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_setup_script_runs_once_per_app_version() {
-    if !can_jail() {
+    if !crate::support::can_jail("a setup script, which runs in the jail,") {
         return;
     }
     let (server, hits) = counting_server().await;
@@ -320,7 +306,7 @@ curl -sS --max-time 20 "http://localhost:$TEST_PORT/setup-ran"
 /// failure; a script over its time limit is killed and refuses the app too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_setup_script_refuses_the_app_with_its_output() {
-    if !can_jail() {
+    if !crate::support::can_jail("a setup script, which runs in the jail,") {
         return;
     }
     let app = app(
@@ -377,7 +363,7 @@ exit 3
 /// proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_setup_proxy_reaches_only_allowed_hosts_from_the_jail() {
-    if !can_jail() {
+    if !crate::support::can_jail("a setup script, which runs in the jail,") {
         return;
     }
     let (server, hits) = counting_server().await;
@@ -514,7 +500,7 @@ async fn the_setup_proxy_refuses_before_connecting() {
 /// is not reachable from this machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_setup_pip_example_installs_its_package_for_every_session() {
-    if !can_jail() {
+    if !crate::support::can_jail("a setup script, which runs in the jail,") {
         return;
     }
     // The registries' addresses, as this machine resolves them: a machine

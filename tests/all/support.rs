@@ -211,3 +211,15 @@ impl ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Whether this test may build jails (it runs as root); otherwise prints
+/// why the test (`what`) is skipped and says no.
+pub fn can_jail(what: &str) -> bool {
+    let root = karta_harness::jail::privileged();
+    if !root {
+        eprintln!(
+            "skipped: {what} needs root (the jail's namespaces and cgroups); this test runs as another user"
+        );
+    }
+    root
+}

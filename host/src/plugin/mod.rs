@@ -128,6 +128,57 @@ struct RuntimeInner {
     _ticker: engine::EpochTicker,
 }
 
+impl RuntimeInner {
+    /// The store of one call, plugin or compiled MCP server alike: the
+    /// memory cap, fuel paid for every byte moved by imports, the fuel
+    /// budget and the epoch deadline.
+    ///
+    /// Wasmtime checks fuel at function entries and loop headers, so a call
+    /// can finish a little past its budget unnoticed. The store gets a
+    /// margin on top, and [`fuel_consumed`] decides: over budget by one
+    /// unit is out of fuel, and never more than the budget is billed.
+    fn limited_store(
+        &self,
+        wasi: wasmtime_wasi::WasiCtx,
+        grant: Arc<PluginGrant>,
+        limits: &Limits,
+        unbilled: Arc<AtomicU64>,
+    ) -> Result<Store<CallState>, CallFailure> {
+        let state = CallState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryCap::new(usize::try_from(limits.memory_bytes()).unwrap_or(usize::MAX)),
+            log: LogBuffer::default(),
+            grant,
+            http: self.http.clone(),
+            unbilled,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        // Bytes moved by imports are paid in fuel when each import returns.
+        store.call_hook(state::charge_host_bytes);
+        store
+            .set_fuel(limits.fuel.saturating_add(FUEL_CHECK_MARGIN))
+            .map_err(|e| CallFailure::before_run(ErrorKind::Internal, format!("{e:#}")))?;
+        let tick = self.config.epoch_tick.as_millis().max(1) as u64;
+        store.set_epoch_deadline(limits.timeout_ms.div_ceil(tick) + 1);
+        store.epoch_deadline_trap();
+        Ok(store)
+    }
+}
+
+/// The fuel a finished call used out of `fuel`: what the store burnt past
+/// its margin, plus bytes no later return from the host charged (stdout
+/// that WASI's writer task flushed after the last import).
+fn fuel_consumed(store: &Store<CallState>, fuel: u64, unbilled: &AtomicU64) -> u64 {
+    let late = unbilled
+        .swap(0, std::sync::atomic::Ordering::Relaxed)
+        .saturating_mul(state::FUEL_PER_HOST_BYTE);
+    fuel.saturating_add(FUEL_CHECK_MARGIN)
+        .saturating_sub(store.get_fuel().unwrap_or(0))
+        .saturating_add(late)
+}
+
 /// One tool as the plugin describes it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ToolSpec {
@@ -408,29 +459,9 @@ impl Plugin {
         let stdout = CappedOutput::new(MAX_STDIO_BYTES, unbilled.clone());
         let stderr = CappedOutput::new(MAX_STDIO_BYTES, unbilled.clone());
         let wasi = self.wasi_context(workspace, &stdout, &stderr)?;
-        let state = CallState {
-            wasi,
-            table: ResourceTable::new(),
-            limiter: MemoryCap::new(usize::try_from(limits.memory_bytes()).unwrap_or(usize::MAX)),
-            log: LogBuffer::default(),
-            grant: self.grant.clone(),
-            http: self.runtime.http.clone(),
-            unbilled: unbilled.clone(),
-        };
-        let mut store = Store::new(&self.runtime.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        // Bytes moved by imports are paid in fuel when each import returns.
-        store.call_hook(state::charge_host_bytes);
-        // Wasmtime checks fuel at function entries and loop headers, so a
-        // call can finish a little past its budget unnoticed. The store gets
-        // a margin on top, and the exact count decides below: over budget by
-        // one unit is out of fuel, and never more than the budget is billed.
-        store
-            .set_fuel(fuel.saturating_add(FUEL_CHECK_MARGIN))
-            .map_err(|e| CallFailure::before_run(ErrorKind::Internal, format!("{e:#}")))?;
-        let tick = self.runtime.config.epoch_tick.as_millis().max(1) as u64;
-        store.set_epoch_deadline(limits.timeout_ms.div_ceil(tick) + 1);
-        store.epoch_deadline_trap();
+        let mut store =
+            self.runtime
+                .limited_store(wasi, self.grant.clone(), &limits, unbilled.clone())?;
 
         // The epoch deadline stops guest code; this timeout also stops time
         // spent inside host imports (HTTP, clocks), which epochs cannot
@@ -446,15 +477,7 @@ impl Plugin {
             Err(_) => Err(wasmtime::Error::from(Trap::Interrupt)),
         };
 
-        // Bytes no later return from the host charged (stdout that WASI's
-        // writer task flushed after the last import) are billed here.
-        let late = unbilled
-            .swap(0, std::sync::atomic::Ordering::Relaxed)
-            .saturating_mul(state::FUEL_PER_HOST_BYTE);
-        let consumed = fuel
-            .saturating_add(FUEL_CHECK_MARGIN)
-            .saturating_sub(store.get_fuel().unwrap_or(0))
-            .saturating_add(late);
+        let consumed = fuel_consumed(&store, fuel, &unbilled);
         let result = match result {
             Ok(_) if consumed > fuel => Err(wasmtime::Error::from(Trap::OutOfFuel)),
             other => other,

@@ -38,8 +38,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wasmtime::component::ResourceTable;
-use wasmtime::{Store, Trap};
+use wasmtime::Trap;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -50,10 +49,10 @@ pub use compile::{
 };
 pub use servers::{AppPythonServers, PythonMcpConfig};
 
-use super::state::{CallState, CappedOutput, LogBuffer, MemoryCap};
+use super::state::{CallState, CappedOutput};
 use super::{
-    ArtifactSource, CallFailure, ErrorKind, FUEL_CHECK_MARGIN, Limits, LoadError, PluginGrant,
-    PluginRuntime, RunReport, RuntimeInner, state,
+    ArtifactSource, CallFailure, ErrorKind, Limits, LoadError, PluginGrant, PluginRuntime,
+    RunReport, RuntimeInner,
 };
 
 /// Where the app folder (the server's working directory) appears inside.
@@ -382,27 +381,14 @@ impl ServerInner {
         let stdout = CappedOutput::new(out_cap, unbilled.clone());
         let stderr = CappedOutput::new(super::MAX_STDIO_BYTES, unbilled.clone());
         let wasi = self.wasi_context(stdin, options, &stdout, &stderr)?;
-        let state = CallState {
-            wasi,
-            table: ResourceTable::new(),
-            limiter: MemoryCap::new(usize::try_from(limits.memory_bytes()).unwrap_or(usize::MAX)),
-            log: LogBuffer::default(),
-            // A WASI command imports nothing of Karta's: no grant, no HTTP.
-            grant: Arc::new(PluginGrant::default()),
-            http: self.runtime.http.clone(),
-            unbilled: unbilled.clone(),
-        };
-        let mut store = Store::new(&self.runtime.engine, state);
-        store.limiter(|s| &mut s.limiter);
+        // A WASI command imports nothing of Karta's: no grant, no HTTP.
         // stdin, stdout and stderr bytes cost fuel like a plugin's imports.
-        store.call_hook(state::charge_host_bytes);
-        // The same margin-then-exact-count scheme as `Plugin::run`.
-        store
-            .set_fuel(fuel.saturating_add(FUEL_CHECK_MARGIN))
-            .map_err(|e| CallFailure::before_run(ErrorKind::Internal, format!("{e:#}")))?;
-        let tick = self.runtime.config.epoch_tick.as_millis().max(1) as u64;
-        store.set_epoch_deadline(limits.timeout_ms.div_ceil(tick) + 1);
-        store.epoch_deadline_trap();
+        let mut store = self.runtime.limited_store(
+            wasi,
+            Arc::new(PluginGrant::default()),
+            &limits,
+            unbilled.clone(),
+        )?;
 
         // Epochs stop guest code; the timeout also stops time in host code.
         let deadline = Duration::from_millis(limits.timeout_ms);
@@ -415,13 +401,7 @@ impl ServerInner {
             Ok(result) => result,
             Err(_) => Err(wasmtime::Error::from(Trap::Interrupt)),
         };
-        let late = unbilled
-            .swap(0, std::sync::atomic::Ordering::Relaxed)
-            .saturating_mul(state::FUEL_PER_HOST_BYTE);
-        let consumed = fuel
-            .saturating_add(FUEL_CHECK_MARGIN)
-            .saturating_sub(store.get_fuel().unwrap_or(0))
-            .saturating_add(late);
+        let consumed = super::fuel_consumed(&store, fuel, &unbilled);
         let result = match result {
             Ok(_) if consumed > fuel => Err(wasmtime::Error::from(Trap::OutOfFuel)),
             // `sys.exit(n)` reaches the host as an `I32Exit`: an exit, not a
