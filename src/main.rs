@@ -658,6 +658,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 "karta: MCP server `{}` runs a command ({}); the builtin harness does not start commands, its tools are unavailable",
                 server.name, server.command
             );
+        } else if host
+            .sessions()
+            .compiled_mcp_servers()
+            .contains(&server.name)
+        {
+            eprintln!(
+                "karta: MCP server `{}` ({}) is compiled to a WebAssembly component: its calls run in wasmtime, fuel-metered",
+                server.name, server.command
+            );
         } else {
             eprintln!(
                 "karta: MCP server `{}` ({}) runs in each session's jail, from the app's folder",
