@@ -793,17 +793,7 @@ mod home_file_tests {
     use std::os::unix::fs::symlink;
 
     fn request(base: &Path) -> TurnRequest {
-        let session = SessionInfo {
-            id: "s1".into(),
-            workspace: base.join("workspaces/s1"),
-            home: base.join("homes/s1"),
-            gateway_url: "http://127.0.0.1:1".into(),
-            gateway_key: "key".into(),
-            mcp_url: "http://127.0.0.1:2/mcp/token".into(),
-            ..SessionInfo::default()
-        };
-        std::fs::create_dir_all(&session.workspace).expect("mkdir");
-        std::fs::create_dir_all(&session.home).expect("mkdir");
+        let session = crate::test_session(base);
         TurnRequest {
             system: String::new(),
             history: Vec::new(),

@@ -378,3 +378,21 @@ pub trait Harness: Send + Sync {
         0
     }
 }
+
+/// A session under `base` with its workspace and `HOME` made, for the
+/// adapters' unit tests.
+#[cfg(test)]
+pub(crate) fn test_session(base: &std::path::Path) -> SessionInfo {
+    let session = SessionInfo {
+        id: "s1".into(),
+        workspace: base.join("workspaces/s1"),
+        home: base.join("homes/s1"),
+        gateway_url: "http://127.0.0.1:1".into(),
+        gateway_key: "key".into(),
+        mcp_url: "http://127.0.0.1:2/mcp/token".into(),
+        ..SessionInfo::default()
+    };
+    std::fs::create_dir_all(&session.workspace).expect("mkdir");
+    std::fs::create_dir_all(&session.home).expect("mkdir");
+    session
+}

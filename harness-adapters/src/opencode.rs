@@ -876,17 +876,7 @@ mod home_file_tests {
     #[test]
     fn regression_issue9_links_in_opencode_home_are_replaced_not_followed() {
         let base = std::env::temp_dir().join(format!("karta-oc-{}", uuid::Uuid::new_v4().simple()));
-        let session = SessionInfo {
-            id: "s1".into(),
-            workspace: base.join("workspaces/s1"),
-            home: base.join("homes/s1"),
-            gateway_url: "http://127.0.0.1:1".into(),
-            gateway_key: "key".into(),
-            mcp_url: "http://127.0.0.1:2/mcp/token".into(),
-            ..SessionInfo::default()
-        };
-        std::fs::create_dir_all(&session.workspace).expect("mkdir");
-        std::fs::create_dir_all(&session.home).expect("mkdir");
+        let session = crate::test_session(&base);
         let outside = base.join("outside");
         std::fs::create_dir_all(&outside).expect("mkdir");
         std::fs::write(outside.join("secret"), "ses_secret").expect("write");

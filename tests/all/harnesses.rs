@@ -119,6 +119,21 @@ fn last(events: &[Value]) -> &Value {
     events.last().expect("at least one event")
 }
 
+/// A turn that must end `completed`: its events.
+async fn completed_turn(server: &Server, id: &str, text: &str) -> Vec<Value> {
+    let events = turn(server, id, text).await;
+    assert_eq!(last(&events)["data"]["status"], "completed", "{events:#?}");
+    events
+}
+
+/// The turn's first tool call that finished `completed`.
+fn finished_tool(events: &[Value]) -> &Value {
+    tool_uses(events)
+        .into_iter()
+        .find(|e| e["data"]["part"]["state"]["status"] == "completed")
+        .expect("a tool call finished")
+}
+
 /// Answers the pending input request of a turn that stopped at
 /// `input_required`, and returns the rest of the turn.
 async fn answer(server: &Server, id: &str, request: &Value, decision: &str) -> Vec<Value> {
@@ -653,22 +668,17 @@ async fn regression_issue10_a_claude_app_uses_bash_read_and_its_own_python_mcp_s
 
     // Bash, allowed by the app's settings: runs in the jail, on the
     // workspace's copy of the app's data.
-    let events = turn(
+    let events = completed_turn(
         &server,
         &id,
         r#"/tool Bash {"command": "grep -c ' ERROR ' data/app.log", "description": "count errors"}"#,
-    )
-    .await;
-    assert_eq!(last(&events)["data"]["status"], "completed", "{events:#?}");
+    ).await;
     assert!(
         text_of(&events).contains("Tool Bash returned: 400"),
         "{events:#?}"
     );
     // What it cost: the jail's CPU time, on the tool call and the turn.
-    let finished = tool_uses(&events)
-        .into_iter()
-        .find(|e| e["data"]["part"]["state"]["status"] == "completed")
-        .expect("Bash finished");
+    let finished = finished_tool(&events);
     assert!(finished["data"]["cpu_ms"].is_u64(), "{finished}");
     assert!(finished["data"].get("fuel").is_none(), "{finished}");
     assert!(last(&events)["data"]["cpu_ms"].is_u64(), "{events:#?}");
@@ -692,13 +702,12 @@ async fn regression_issue10_a_claude_app_uses_bash_read_and_its_own_python_mcp_s
     }
     assert!(!offered.iter().any(|t| t == "WebFetch"), "{offered:?}");
     // Claude Code's own Read tool.
-    let events = turn(
+    let events = completed_turn(
         &server,
         &id,
         r#"/tool Read {"file_path": "data/app.log", "limit": 2}"#,
     )
     .await;
-    assert_eq!(last(&events)["data"]["status"], "completed", "{events:#?}");
     assert!(
         text_of(&events).contains("checkout request 1"),
         "{events:#?}"
@@ -706,13 +715,12 @@ async fn regression_issue10_a_claude_app_uses_bash_read_and_its_own_python_mcp_s
 
     // The app's own stdio MCP server, started by the harness inside the
     // jail from the app's read-only folder.
-    let events = turn(
+    let events = completed_turn(
         &server,
         &id,
         r#"/tool mcp__sre__count_level {"level": "ERROR"}"#,
     )
     .await;
-    assert_eq!(last(&events)["data"]["status"], "completed", "{events:#?}");
     assert!(
         text_of(&events).contains("Tool mcp__sre__count_level returned: 400 lines"),
         "{events:#?}"
@@ -765,31 +773,25 @@ async fn regression_issue10_an_opencode_app_uses_bash_and_its_own_mcp_server_in_
     .expect("host starts");
     let id = new_session(&server, json!({})).await;
 
-    let events = turn(
+    let events = completed_turn(
         &server,
         &id,
         r#"/tool bash {"command": "grep -c ' ERROR ' data/app.log", "description": "count errors"}"#,
-    )
-    .await;
-    assert_eq!(last(&events)["data"]["status"], "completed", "{events:#?}");
+    ).await;
     assert!(
         text_of(&events).contains("Tool bash returned: 250"),
         "{events:#?}"
     );
     assert!(last(&events)["data"]["cpu_ms"].is_u64(), "{events:#?}");
 
-    let events = turn(&server, &id, r#"/tool sre_count_level {"level": "ERROR"}"#).await;
-    assert_eq!(last(&events)["data"]["status"], "completed", "{events:#?}");
+    let events = completed_turn(&server, &id, r#"/tool sre_count_level {"level": "ERROR"}"#).await;
     assert!(
         text_of(&events).contains("Tool sre_count_level returned: 250 lines"),
         "{events:#?}"
     );
     // Compiled to a component: the call ran in wasmtime, and its fuel is on
     // the tool call as a plugin's is.
-    let finished = tool_uses(&events)
-        .into_iter()
-        .find(|e| e["data"]["part"]["state"]["status"] == "completed")
-        .expect("the call finished");
+    let finished = finished_tool(&events);
     assert!(
         finished["data"]["fuel"].as_u64().is_some_and(|f| f > 0),
         "{finished}"

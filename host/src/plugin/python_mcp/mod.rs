@@ -109,15 +109,10 @@ struct ServerInner {
     native_compile_time: Duration,
 }
 
-/// What the caller supplies for one request.
-#[derive(Debug, Clone, Default)]
-pub struct ServerCallOptions {
-    /// The session's workspace, mounted read-only at `/workspace`.
-    pub workspace: Option<PathBuf>,
-    /// A lower fuel cap for this request (the smaller of this and the
-    /// server's limit applies).
-    pub fuel_cap: Option<u64>,
-}
+/// What the caller supplies for one request: the plugins' own call options
+/// (the session's workspace, mounted read-only at `/workspace` here, and a
+/// lower fuel cap).
+pub type ServerCallOptions = super::CallOptions;
 
 /// One request served.
 #[derive(Debug, Clone)]
