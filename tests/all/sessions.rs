@@ -883,3 +883,47 @@ pub async fn turn_with_one_usage(
     }
     events
 }
+
+/// A unary message whose turn stops for a person answers at once with the
+/// pending input (it used to hold the request until the approval timed
+/// out); the decision's `PUT` returns the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_unary_message_answers_at_an_approval() {
+    let app = support_bot();
+    let (server, data) = start(app.path()).await;
+    let id = new_session(&server, json!({})).await;
+    let (status, answer) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({
+                "text": "/tool write {\"path\": \"unary.txt\", \"content\": \"note\"}",
+                "agent": "technical",
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "waiting_input", "{answer}");
+    assert_eq!(answer["pending_input"]["tool"], "write", "{answer}");
+    let request = answer["pending_input"]["request_id"]
+        .as_str()
+        .expect("request id");
+    let (status, rest) = server
+        .put(
+            &format!("/v1/sessions/{id}/inputs/{request}"),
+            json!({ "decision": "approve_once" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{rest}");
+    let done = rest["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .expect("done");
+    assert_eq!(done["type"], "done", "{rest}");
+    assert!(
+        data.path()
+            .join("workspaces")
+            .join(&id)
+            .join("unary.txt")
+            .is_file()
+    );
+}

@@ -144,7 +144,9 @@ enum MessagePart {
 }
 
 /// Starts a turn. With `stream: true` the answer is the turn's events as
-/// SSE, ending after `done` / `error` or at an `input_required`; else the
+/// SSE, ending after `done` / `error` or at an `input_required`; without,
+/// a turn paused at an `input_required` answers `status: "waiting_input"`
+/// with `pending_input` and the text so far; else the
 /// turn's text, parts and metered usage once it ends.
 #[utoipa::path(post, path = "/v1/sessions/{id}/messages", tag = "sessions", request_body = SendMessage,
     responses(
@@ -171,9 +173,39 @@ async fn send_message(
             },
         )
         .await?;
+    let mut events = sessions.subscribe(&id, started.after).await?;
     if stream {
-        let events = sessions.subscribe(&id, started.after).await?;
         return Ok(sse::stream(events));
+    }
+    // A turn that stops for a person ends this answer as it ends a stream:
+    // the client gets what the turn said so far and the pending input, and
+    // the `PUT` of the decision returns the rest. (Waiting for the turn's
+    // end here would hold the request until the approval timed out.)
+    while let Some(item) = events.recv().await {
+        let Published::Event(envelope) = item else {
+            break;
+        };
+        if let Event::InputRequired(pending) = &envelope.event {
+            let events = sessions.events_after(&id, started.after)?;
+            let text: String = events
+                .iter()
+                .filter_map(|e| match &e.event {
+                    Event::Text(data) => Some(data.part.text.as_str()),
+                    _ => None,
+                })
+                .collect();
+            return Ok(axum::Json(json!({
+                "text": text,
+                "session_id": id,
+                "status": "waiting_input",
+                "pending_input": pending,
+                "messages": [{ "role": "assistant", "text": text, "parts": parts_of(&events) }],
+            }))
+            .into_response());
+        }
+        if envelope.event.ends_stream() {
+            break;
+        }
     }
     let summary = started.finished.await.map_err(|_| {
         ApiError::new(
