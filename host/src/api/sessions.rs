@@ -181,8 +181,19 @@ async fn send_message(
     // the client gets what the turn said so far and the pending input, and
     // the `PUT` of the decision returns the rest. (Waiting for the turn's
     // end here would hold the request until the approval timed out.)
-    while let Some(item) = events.recv().await {
-        let Published::Event(envelope) = item else {
+    let mut finished = started.finished;
+    let mut ended = None;
+    loop {
+        // A turn taken back (its message never durable) publishes nothing:
+        // its end comes only through `finished`.
+        let item = tokio::select! {
+            item = events.recv() => item,
+            summary = &mut finished => {
+                ended = Some(summary);
+                None
+            }
+        };
+        let Some(Published::Event(envelope)) = item else {
             break;
         };
         if let Event::InputRequired(pending) = &envelope.event {
@@ -207,7 +218,11 @@ async fn send_message(
             break;
         }
     }
-    let summary = started.finished.await.map_err(|_| {
+    let summary = match ended {
+        Some(summary) => summary,
+        None => finished.await,
+    }
+    .map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "turn_lost",
