@@ -76,6 +76,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod credentials;
 pub mod gateway;
 pub mod harness;
@@ -84,6 +85,7 @@ pub mod listen;
 pub mod mcp;
 pub mod metrics;
 pub mod plugin;
+pub mod release;
 pub mod session;
 pub mod setup;
 pub mod store;

@@ -166,6 +166,19 @@ impl Store {
         }))
     }
 
+    /// A tree of another module (`auth`, `release`, …) in the same
+    /// database, so one flush makes every module's writes durable and one
+    /// lock keeps a second process off the data dir. Each module documents
+    /// its own trees.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// The database itself, for multi-tree transactions of other modules.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Whether the database answers: one read of one key, whatever the
     /// number of sessions (for `/readyz`).
     pub fn check(&self) -> Result<(), StoreError> {

@@ -1,0 +1,1 @@
+//! Orgs, projects, API keys, session tokens, embed keys (being built).

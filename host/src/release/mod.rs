@@ -1,0 +1,1 @@
+//! Published releases of projects (being built).
