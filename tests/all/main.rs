@@ -11,6 +11,7 @@ mod mcp;
 mod observability;
 mod plugin_runtime;
 mod python_mcp;
+mod releases;
 mod reliability;
 mod sessions;
 mod setup;
