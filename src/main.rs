@@ -4,7 +4,10 @@
 //! and prints results.
 //!
 //! ```text
-//! karta serve [APP_DIR] [--listen ADDR] [--data DIR]   serve a harness app
+//! karta serve [APP_DIR] [--listen ADDR] [--data DIR]   serve a folder, or every published project
+//! karta publish DIR --project org/name [--activate]    publish a release
+//! karta releases | activate | rollback org/name …      the active release
+//! karta org | project | keys | embed-keys | tokens …   tenants and credentials
 //! karta doctor [APP_DIR]                               what this machine can run
 //! karta chat [URL]                                     talk to a served app
 //! karta tool list  <component.wasm>                    a plugin's tools
@@ -12,6 +15,7 @@
 //! ```
 
 mod chat;
+mod operator;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -107,6 +111,84 @@ enum Command {
     /// runs them, with the same limits.
     #[command(subcommand)]
     Tool(ToolCommand),
+    /// Orgs: the customers of this host (the operator's).
+    Org {
+        #[command(subcommand)]
+        command: operator::OrgCommand,
+        #[command(flatten)]
+        target: operator::Target,
+    },
+    /// Projects: an org's published apps.
+    Project {
+        #[command(subcommand)]
+        command: operator::ProjectCommand,
+        #[command(flatten)]
+        target: operator::Target,
+    },
+    /// API keys (`kt_live_…`; scopes read, write, admin).
+    Keys {
+        #[command(subcommand)]
+        command: operator::KeyCommand,
+        #[command(flatten)]
+        target: operator::Target,
+    },
+    /// Embed keys (`pk_live_…`): a customer's page mints session tokens
+    /// with one, from an allowed origin.
+    EmbedKeys {
+        #[command(subcommand)]
+        command: operator::EmbedKeyCommand,
+        #[command(flatten)]
+        target: operator::Target,
+    },
+    /// Session tokens and end users' identity tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: operator::TokenCommand,
+        #[command(flatten)]
+        target: operator::Target,
+    },
+    /// Publish an app folder as the next release of a project: checked,
+    /// packed (without .git, .env, node_modules, target), uploaded, its
+    /// plugins compiled, stored immutably. Not active until activated.
+    Publish {
+        /// The app folder.
+        dir: PathBuf,
+        /// `org/project` (the project is created on first publish).
+        #[arg(long)]
+        project: String,
+        /// Activate the release at once.
+        #[arg(long)]
+        activate: bool,
+        #[command(flatten)]
+        target: operator::Target,
+    },
+    /// A project's releases; `*` marks the active one.
+    Releases {
+        /// `org/project`.
+        project: String,
+        #[command(flatten)]
+        target: operator::Target,
+    },
+    /// Make a release the one new sessions start on (running sessions stay
+    /// on theirs).
+    Activate {
+        /// `org/project`.
+        project: String,
+        /// `vN`.
+        version: String,
+        #[command(flatten)]
+        target: operator::Target,
+    },
+    /// Go back to the release active before (or `--to vN`).
+    Rollback {
+        /// `org/project`.
+        project: String,
+        /// The version to go back to.
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        target: operator::Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,10 +245,11 @@ enum ToolCommand {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// The harness app folder.
-    #[arg(default_value = ".")]
-    app_dir: PathBuf,
-    /// Address to listen on (loopback only in dev mode).
+    /// The harness app folder, served as a project of the `dev` org (and on
+    /// the flat `/v1/…` routes). Without it, every published project in the
+    /// data dir is served on `/{org}/{project}/v1/…`.
+    app_dir: Option<PathBuf>,
+    /// Address to listen on (loopback only in dev mode: no API key exists).
     #[arg(long, default_value = "127.0.0.1:8000")]
     listen: std::net::SocketAddr,
     /// Data directory: sled database, session workspaces, compiled plugins.
@@ -578,12 +661,6 @@ fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     use karta_host::gateway::{Upstream, UpstreamKind};
 
-    anyhow::ensure!(
-        args.listen.ip().is_loopback(),
-        "refusing to listen on {}: without API keys Karta runs in dev mode (no auth), \
-         which only binds loopback addresses such as 127.0.0.1",
-        args.listen
-    );
     let upstream = match args.upstream.as_deref() {
         None => None,
         Some(kind) => {
@@ -606,7 +683,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             })
         }
     };
-    let mut config = karta_host::HostConfig::new(&args.app_dir);
+    if !args.listen.ip().is_loopback() {
+        // Refused before anything starts: dev mode (no API key in the data
+        // dir) has no auth, so it binds loopback only.
+        let keys = {
+            std::fs::create_dir_all(&args.data)
+                .with_context(|| format!("cannot use the data dir {}", args.data.display()))?;
+            let store = karta_host::store::Store::open(&args.data.join("db"))?;
+            karta_host::auth::Auth::open(store, &args.data)?.has_api_keys()?
+        };
+        anyhow::ensure!(
+            keys,
+            "refusing to listen on {}: without API keys Karta runs in dev mode (no auth), \
+             which only binds loopback addresses such as 127.0.0.1 (create one: karta keys create --org ORG --scope admin)",
+            args.listen
+        );
+    }
+    let mut config = match &args.app_dir {
+        Some(dir) => karta_host::HostConfig::new(dir),
+        None => karta_host::HostConfig::published(&args.data),
+    };
     config.data_dir = args.data.clone();
     config.upstream = upstream;
     config.approval_timeout = std::time::Duration::from_secs(args.approval_timeout_secs);
@@ -632,15 +728,93 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let host = karta_host::Host::start(config).await?;
-    let app = host.app();
+    let dev_mode = !host.projects().auth().has_api_keys()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-
+    if host.projects().dev().is_some() {
+        describe_folder(&host);
+    } else {
+        describe_projects(&host)?;
+    }
+    match host.projects().upstream() {
+        Some(upstream) => eprintln!(
+            "karta: model: {:?} upstream at {}",
+            upstream.kind, upstream.base_url
+        ),
+        None => eprintln!(
+            "karta: model: the OFFLINE model (deterministic, for development; see docs/OFFLINE_MODEL.md)"
+        ),
+    }
+    eprintln!("karta: data in {}", args.data.display());
+    if dev_mode {
+        eprintln!("karta: DEV MODE: no API key exists, so no auth; loopback only");
+    } else {
+        eprintln!("karta: API keys exist: every request needs a credential");
+    }
+    let addr = host.spawn_api(listener).await?;
+    // The operator commands find this server here (sled lets one process
+    // open the data dir, so they talk to it instead). Written before the
+    // banner, so whoever waits for the banner finds it.
+    let server_file = operator::server_file(&args.data);
+    let connect = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    std::fs::write(
+        &server_file,
+        serde_json::to_vec(
+            &json!({ "url": format!("http://{connect}"), "pid": std::process::id() }),
+        )?,
+    )
+    .with_context(|| format!("cannot write {}", server_file.display()))?;
     eprintln!(
-        "karta: serving app `{}` from {}",
+        "karta: listening on http://{addr} (metrics at /metrics, the API described at /openapi.json)"
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("karta: shutting down (running turns are cancelled and saved)");
+    let _ = std::fs::remove_file(&server_file);
+    host.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the published projects `karta serve` without a folder serves.
+fn describe_projects(host: &karta_host::Host) -> anyhow::Result<()> {
+    let projects = host.projects();
+    let mut any = false;
+    for project in projects.auth().projects(None)? {
+        let org = projects.auth().org(&project.org_id)?;
+        let active = projects.releases().active(&project.id)?;
+        any = true;
+        eprintln!(
+            "karta: project {}/{}: {}",
+            org.map(|o| o.slug).unwrap_or_default(),
+            project.slug,
+            active.map_or(
+                "no active release (409 until one is activated)".into(),
+                |r| { format!("v{} active ({})", r.version, r.app_name) }
+            )
+        );
+    }
+    if !any {
+        eprintln!("karta: no projects yet: karta publish DIR --project org/name --activate");
+    }
+    Ok(())
+}
+
+/// Prints what `karta serve DIR` serves.
+fn describe_folder(host: &karta_host::Host) {
+    let app = host.app();
+    eprintln!(
+        "karta: serving app `{}` from {} as project {}/{} (and on /v1/…)",
         app.name,
-        app.root.display()
+        app.root.display(),
+        karta_host::projects::DEV_ORG,
+        host.projects()
+            .dev()
+            .map(|d| d.project.slug.as_str())
+            .unwrap_or("")
     );
     match host.harness_notice() {
         Some(notice) => eprintln!("karta: {notice}"),
@@ -674,32 +848,56 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    match host.sessions().gateway().upstream() {
-        Some(upstream) => eprintln!(
-            "karta: model: {:?} upstream at {}",
-            upstream.kind, upstream.base_url
-        ),
-        None => eprintln!(
-            "karta: model: the OFFLINE model (deterministic, for development; see docs/OFFLINE_MODEL.md)"
-        ),
-    }
-    eprintln!("karta: data in {}", args.data.display());
-    eprintln!("karta: DEV MODE: no auth, one implicit org; loopback only");
-    let addr = listener.local_addr()?;
-    eprintln!(
-        "karta: listening on http://{addr} (metrics at /metrics, the API described at /openapi.json)"
-    );
-    host.spawn_api(listener).await?;
-    let _ = tokio::signal::ctrl_c().await;
-    eprintln!("karta: shutting down (running turns are cancelled and saved)");
-    host.shutdown().await;
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Doctor { app_dir, data } => doctor(app_dir, &data).await,
+        Command::Org { command, target } => {
+            operator::run(operator::Operator::Org(command), target).await
+        }
+        Command::Project { command, target } => {
+            operator::run(operator::Operator::Project(command), target).await
+        }
+        Command::Keys { command, target } => {
+            operator::run(operator::Operator::Keys(command), target).await
+        }
+        Command::EmbedKeys { command, target } => {
+            operator::run(operator::Operator::EmbedKeys(command), target).await
+        }
+        Command::Tokens { command, target } => {
+            operator::run(operator::Operator::Tokens(command), target).await
+        }
+        Command::Publish {
+            dir,
+            project,
+            activate,
+            target,
+        } => {
+            operator::run(
+                operator::Operator::Publish {
+                    dir,
+                    project,
+                    activate,
+                },
+                target,
+            )
+            .await
+        }
+        Command::Releases { project, target } => {
+            operator::run(operator::Operator::Releases { project }, target).await
+        }
+        Command::Activate {
+            project,
+            version,
+            target,
+        } => operator::run(operator::Operator::Activate { project, version }, target).await,
+        Command::Rollback {
+            project,
+            to,
+            target,
+        } => operator::run(operator::Operator::Rollback { project, to }, target).await,
         Command::Chat {
             url,
             session,

@@ -6,24 +6,27 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use karta_harness::ToolDef;
 use karta_harness::http::HttpClient;
 
-use crate::app::{self, AppError, AppSpec, HarnessKind};
+use crate::app::{AppError, AppSpec, HarnessKind};
+use crate::auth::Auth;
 use crate::credentials::Credentials;
 use crate::gateway::{Gateway, Upstream};
 use crate::harness::HarnessBinaries;
 use crate::listen::ServerTask;
 use crate::metrics::Metrics;
 use crate::plugin::{LoadError, PluginRuntime, RuntimeConfig, RuntimeError};
-use crate::session::{SessionConfig, SessionParts, SessionTool, Sessions};
+use crate::projects::{Projects, Shared};
+use crate::release::Releases;
+use crate::session::Sessions;
 use crate::store::{Store, StoreError};
 
 /// How to build a [`Host`].
 #[derive(Debug, Clone)]
 pub struct HostConfig {
-    /// The harness app folder.
-    pub app_dir: PathBuf,
+    /// The harness app folder served as the dev org's project (`karta
+    /// serve DIR`); `None` serves only published projects.
+    pub app_dir: Option<PathBuf>,
     /// Where state lives (sled database, workspaces, compiled plugins).
     pub data_dir: PathBuf,
     /// A real model provider; `None` uses the offline model.
@@ -60,10 +63,11 @@ pub struct HostConfig {
 }
 
 impl HostConfig {
-    /// Defaults for `app_dir`: data in `./.karta`, the offline model.
+    /// Defaults for serving `app_dir`: data in `./.karta`, the offline
+    /// model.
     pub fn new(app_dir: impl Into<PathBuf>) -> Self {
         Self {
-            app_dir: app_dir.into(),
+            app_dir: Some(app_dir.into()),
             data_dir: PathBuf::from(".karta"),
             upstream: None,
             approval_timeout: Duration::from_secs(600),
@@ -78,6 +82,15 @@ impl HostConfig {
             harness_tools: true,
             setup: Default::default(),
         }
+    }
+
+    /// Defaults for serving the published projects of a data dir (`karta
+    /// serve` without a folder).
+    pub fn published(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Self::new(PathBuf::new());
+        config.app_dir = None;
+        config.data_dir = data_dir.into();
+        config
     }
 }
 
@@ -98,6 +111,12 @@ pub enum HostError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Orgs and credentials could not be read.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// Releases could not be read.
+    #[error(transparent)]
+    Release(#[from] crate::release::ReleaseError),
     /// The plugin runtime could not start.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -130,21 +149,18 @@ pub enum HostError {
     Gateway(std::io::Error),
 }
 
-/// A running Karta host: the app, its plugins, the store, the gateway, the
-/// MCP server and the session manager. Cheap to clone; [`Host::shutdown`]
-/// stops it.
+/// A running Karta host: the projects it serves (a folder, published
+/// releases, or both), the store, the gateway, the MCP server. Cheap to
+/// clone; [`Host::shutdown`] stops it.
 #[derive(Clone)]
 pub struct Host {
     inner: Arc<HostInner>,
 }
 
 struct HostInner {
-    sessions: Arc<Sessions>,
+    projects: Arc<Projects>,
     gateway_url: String,
     mcp_url: String,
-    harness_notice: Option<String>,
-    /// What the app's setup script installed, shared by every session.
-    setup_layer: Option<karta_harness::SetupLayer>,
     /// The API servers [`Host::spawn_api`] started.
     api: tokio::sync::Mutex<Vec<ServerTask>>,
     /// The gateway and the MCP server: stopped after the turns.
@@ -168,51 +184,12 @@ async fn loopback_listener() -> Result<tokio::net::TcpListener, HostError> {
         .map_err(HostError::Gateway)
 }
 
-/// What harness processes may use of their own: their tools (unless the
-/// operator turned them off), the app's command MCP servers run from its
-/// folder, the folder itself read-only in the jail — minus the data dir
-/// when it lies inside (other sessions' workspaces, the store).
-fn harness_access(
-    config: &HostConfig,
-    app: &app::AppSpec,
-    data_dir: &std::path::Path,
-) -> karta_harness::HarnessAccess {
-    use karta_harness::{AppMcpServer, McpTransport};
-    // Absolute: the jail binds it at its own path, and stdio servers `cd`
-    // into it from the workspace.
-    let app_root = std::fs::canonicalize(&app.root).unwrap_or_else(|_| app.root.clone());
-    karta_harness::HarnessAccess {
-        builtin_tools: config.harness_tools,
-        autonomous: app.permission_mode == app::PermissionMode::Autonomous,
-        mcp_servers: app
-            .command_servers
-            .iter()
-            .map(|server| AppMcpServer {
-                name: server.name.clone(),
-                transport: McpTransport::Stdio {
-                    command: server.command.clone(),
-                    args: server.args.clone(),
-                    env: server.env.clone(),
-                },
-            })
-            .collect(),
-        app_root: Some(app_root.clone()),
-        hidden: if data_dir.starts_with(&app_root) {
-            vec![data_dir.to_path_buf()]
-        } else {
-            Vec::new()
-        },
-        // Set by `Host::start` once the setup script has run.
-        setup_layer: None,
-    }
-}
-
 impl Host {
-    /// Loads the app, opens the store, loads every plugin, and starts the
-    /// model gateway and the MCP server on loopback ports of their own.
-    /// Refuses to start on any error.
+    /// Opens the store, loads the folder (if the config names one) and
+    /// every plugin of it, and starts the model gateway and the MCP server
+    /// on loopback ports of their own. Published releases are loaded when a
+    /// session first needs them. Refuses to start on any error.
     pub async fn start(config: HostConfig) -> Result<Self, HostError> {
-        let mut app = app::load(&config.app_dir)?;
         let data_error = |e: std::io::Error| HostError::DataDir {
             path: config.data_dir.display().to_string(),
             message: e.to_string(),
@@ -220,42 +197,16 @@ impl Host {
         std::fs::create_dir_all(&config.data_dir).map_err(data_error)?;
         let data_dir = std::fs::canonicalize(&config.data_dir).map_err(data_error)?;
         let store = Store::open(&data_dir.join("db"))?;
-        // After the store: its lock keeps a second host on this data dir
-        // from running the same setup at the same time.
-        let setup_layer = crate::setup::ensure(&app, &data_dir, &config.setup, config.jail).await?;
+        let auth = Auth::open(store.clone(), &data_dir)?;
+        let releases = Releases::open(store.clone(), &data_dir)?;
         let runtime = PluginRuntime::new(RuntimeConfig {
             cache_dir: Some(data_dir.join("components")),
             allow_net: config.plugin_allow_net.clone(),
             max_timeout: config.plugin_max_timeout,
             ..RuntimeConfig::default()
         })?;
-        let tools = load_tools(&runtime, &app).await?;
-        // Agents' `tools` in the harness files name only the app's tools,
-        // known now that the plugins are loaded.
-        app.harness_files
-            .restrict_tools(tools.iter().map(|t| t.def.name.as_str()));
-
-        // The app's Python MCP servers, compiled to components where they
-        // can be (the rest run as processes; the reasons are kept).
-        let python_cache = config
-            .python_mcp
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("python-mcp"));
-        let python_servers = Arc::new(
-            crate::plugin::python_mcp::AppPythonServers::load(
-                &runtime,
-                &app.root,
-                &app.command_servers,
-                &config.python_mcp,
-                &python_cache,
-            )
-            .await,
-        );
-
         let credentials = Arc::new(Credentials::new());
         let metrics = Arc::new(Metrics::new());
-        let http = HttpClient::new();
         let gateway = Gateway::new(
             config.upstream.clone(),
             credentials.clone(),
@@ -271,48 +222,33 @@ impl Host {
             "http://{}",
             mcp_listener.local_addr().map_err(HostError::Gateway)?
         );
-        let selection = crate::harness::select(
-            config.harness.unwrap_or(app.harness),
-            &config.harness_binaries,
-            config.harness_idle_timeout,
-            &http,
-            config.jail,
-        );
-        let mut access = harness_access(&config, &app, &data_dir);
-        access.setup_layer = setup_layer.clone();
-        let sessions = Arc::new(Sessions::new(SessionParts {
+        let dev_app = config.app_dir.clone();
+        let shared = Shared {
             store,
-            app: Arc::new(app),
-            tools,
+            runtime,
             gateway,
             gateway_url: gateway_url.clone(),
-            config: SessionConfig {
-                workspaces: data_dir.join("workspaces"),
-                homes: data_dir.join("homes"),
-                mcp_url: mcp_url.clone(),
-                approval_timeout: config.approval_timeout,
-                default_model: config.default_model,
-                access,
-            },
-            harness: selection.harness,
-            http,
+            mcp_url: mcp_url.clone(),
             credentials,
             metrics,
-        }));
-        sessions.set_python_servers(python_servers);
+            http: HttpClient::new(),
+            data_dir,
+            config,
+        };
+        let projects = Arc::new(Projects::new(shared, auth, releases, dev_app.as_deref()).await?);
         let mcp_server = crate::listen::spawn_server(
             "MCP server",
             mcp_listener,
-            crate::mcp::router(sessions.clone()),
+            crate::mcp::router(projects.clone()),
         );
         let sweeper = {
-            let sessions = Arc::downgrade(&sessions);
+            let projects = Arc::downgrade(&projects);
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(CREDENTIAL_SWEEP);
                 loop {
                     every.tick().await;
-                    match sessions.upgrade() {
-                        Some(sessions) => sessions.sweep_credentials(CREDENTIAL_SWEEP),
+                    match projects.upgrade() {
+                        Some(projects) => projects.sweep_credentials(CREDENTIAL_SWEEP),
                         None => return,
                     }
                 }
@@ -321,11 +257,9 @@ impl Host {
         };
         Ok(Self {
             inner: Arc::new(HostInner {
-                sessions,
+                projects,
                 gateway_url,
                 mcp_url,
-                harness_notice: selection.notice,
-                setup_layer,
                 api: tokio::sync::Mutex::default(),
                 ways_out: tokio::sync::Mutex::new(vec![gateway_server, mcp_server]),
                 sweeper,
@@ -333,31 +267,47 @@ impl Host {
         })
     }
 
-    /// The session manager (create sessions, send messages, subscribe).
+    /// The projects served: orgs and credentials, releases, every loaded
+    /// release's sessions.
+    pub fn projects(&self) -> &Arc<Projects> {
+        &self.inner.projects
+    }
+
+    fn dev(&self) -> &crate::projects::DevApp {
+        self.inner.projects.dev().expect(
+            "this host serves published projects only; it has no folder (use Host::projects)",
+        )
+    }
+
+    /// The session manager of the folder this host serves (create
+    /// sessions, send messages, subscribe). Panics on a host started
+    /// without a folder ([`HostConfig::published`]): its sessions are per
+    /// release, under [`Host::projects`].
     pub fn sessions(&self) -> &Arc<Sessions> {
-        &self.inner.sessions
+        &self.dev().sessions
     }
 
-    /// The app being served.
+    /// The folder's app (panics like [`Host::sessions`]).
     pub fn app(&self) -> &AppSpec {
-        self.inner.sessions.app()
+        self.sessions().app()
     }
 
-    /// The harness that runs turns (`builtin`, `claude_code`, `opencode`).
+    /// The harness that runs the folder's turns (`builtin`, `claude_code`,
+    /// `opencode`).
     pub fn harness_name(&self) -> &'static str {
-        self.inner.sessions.harness_name()
+        self.sessions().harness_name()
     }
 
-    /// Why the app does not run on the harness it asks for, when it does
-    /// not (its binary is missing).
+    /// Why the folder's app does not run on the harness it asks for, when
+    /// it does not (its binary is missing).
     pub fn harness_notice(&self) -> Option<&str> {
-        self.inner.harness_notice.as_deref()
+        self.dev().harness_notice.as_deref()
     }
 
-    /// What the app's setup script installed (`None`: the app has none):
-    /// the read-only layer every session's harness starts from.
+    /// What the folder's setup script installed (`None`: the app has
+    /// none): the read-only layer every session's harness starts from.
     pub fn setup_layer(&self) -> Option<&karta_harness::SetupLayer> {
-        self.inner.setup_layer.as_ref()
+        self.sessions().setup_layer()
     }
 
     /// The model gateway's base URL (loopback).
@@ -374,7 +324,7 @@ impl Host {
 
     /// The HTTP API router.
     pub fn router(&self) -> axum::Router {
-        crate::api::router(self.inner.sessions.clone())
+        crate::api::router(self.inner.projects.clone())
     }
 
     /// Serves the API on `listener` until `shutdown` resolves (the CLI's
@@ -413,66 +363,11 @@ impl Host {
         for server in api {
             server.stop().await;
         }
-        self.inner.sessions.shutdown().await;
+        self.inner.projects.shutdown().await;
         let ways_out = std::mem::take(&mut *self.inner.ways_out.lock().await);
         for server in ways_out {
             server.stop().await;
         }
         self.inner.sweeper.abort();
     }
-}
-
-/// Loads every plugin of the app and collects the session's tool list.
-async fn load_tools(runtime: &PluginRuntime, app: &AppSpec) -> Result<Vec<SessionTool>, HostError> {
-    let mut tools: Vec<(SessionTool, String)> = Vec::new();
-    for spec in &app.plugins {
-        let plugin = runtime
-            .load_file(&spec.path, spec.grant.clone())
-            .await
-            .map_err(|source| HostError::Plugin {
-                name: spec.name.clone(),
-                file: spec.declared_in.display().to_string(),
-                source,
-            })?;
-        for tool in plugin.tools() {
-            if let Some((_, first)) = tools.iter().find(|(t, _)| t.def.name == tool.name) {
-                return Err(HostError::DuplicateTool {
-                    tool: tool.name.clone(),
-                    first: first.clone(),
-                    second: spec.name.clone(),
-                });
-            }
-            tools.push((
-                SessionTool {
-                    def: ToolDef {
-                        name: tool.name.clone(),
-                        description: tool.description.clone(),
-                        input_schema: tool.input_schema.clone(),
-                    },
-                    plugin: Some(plugin.clone()),
-                    approval: spec.approval,
-                },
-                spec.name.clone(),
-            ));
-        }
-    }
-    if !app.skills.is_empty() {
-        tools.push((
-            SessionTool {
-                def: ToolDef {
-                    name: "load_skill".into(),
-                    description: "Reads the instructions of one of the app's skills.".into(),
-                    input_schema: serde_json::json!({
-                        "type": "object",
-                        "properties": { "name": { "type": "string", "description": "The skill's name." } },
-                        "required": ["name"],
-                    }),
-                },
-                plugin: None,
-                approval: false,
-            },
-            "skills".into(),
-        ));
-    }
-    Ok(tools.into_iter().map(|(t, _)| t).collect())
 }

@@ -85,6 +85,7 @@ pub mod listen;
 pub mod mcp;
 pub mod metrics;
 pub mod plugin;
+pub mod projects;
 pub mod release;
 pub mod session;
 pub mod setup;

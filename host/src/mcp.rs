@@ -49,6 +49,7 @@ use axum::routing::post;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
+use crate::projects::Projects;
 use crate::session::Sessions;
 
 /// The MCP protocol revision spoken.
@@ -59,7 +60,7 @@ const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The MCP router: `POST /mcp/{token}` (served by the host on its own
 /// loopback port, through [`crate::listen::spawn_server`]).
-pub fn router(sessions: Arc<Sessions>) -> Router {
+pub fn router(projects: Arc<Projects>) -> Router {
     Router::new()
         .route(
             "/mcp/{token}",
@@ -69,7 +70,7 @@ pub fn router(sessions: Arc<Sessions>) -> Router {
             "/mcp/{token}/servers/{name}",
             post(handle_app_server).get(|| async { StatusCode::METHOD_NOT_ALLOWED }),
         )
-        .with_state(sessions)
+        .with_state(projects)
 }
 
 fn rpc_error(id: Value, code: i64, message: &str) -> Value {
@@ -77,11 +78,11 @@ fn rpc_error(id: Value, code: i64, message: &str) -> Value {
 }
 
 async fn handle(
-    State(sessions): State<Arc<Sessions>>,
+    State(projects): State<Arc<Projects>>,
     Path(token): Path<String>,
     body: Body,
 ) -> Response {
-    let Some(session) = sessions.session_for_mcp_token(&token) else {
+    let Some((sessions, session)) = projects.for_mcp_token(&token) else {
         // Unknown tokens learn nothing, not even whether the route exists.
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -237,11 +238,11 @@ fn record_app_server_call(
 /// `POST /mcp/{token}/servers/{name}`: the app's MCP server `name`, run as
 /// a compiled component.
 async fn handle_app_server(
-    State(sessions): State<Arc<Sessions>>,
+    State(projects): State<Arc<Projects>>,
     Path((token, name)): Path<(String, String)>,
     body: Body,
 ) -> Response {
-    let Some(session) = sessions.session_for_mcp_token(&token) else {
+    let Some((sessions, session)) = projects.for_mcp_token(&token) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let Some(server) = sessions

@@ -51,7 +51,7 @@ fn session_count(server: &Server) -> usize {
     server
         .host
         .sessions()
-        .list(&Default::default(), 1, 100)
+        .list(None, &Default::default(), 1, 100)
         .expect("list")
         .1
 }

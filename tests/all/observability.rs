@@ -71,11 +71,7 @@ async fn the_openapi_document_names_every_route() {
         }
     }
     documented.sort();
-    let mut expected = [
-        "GET /healthz",
-        "GET /readyz",
-        "GET /metrics",
-        "GET /openapi.json",
+    let session_routes = [
         "POST /v1/sessions",
         "GET /v1/sessions",
         "GET /v1/sessions/{id}",
@@ -85,9 +81,47 @@ async fn the_openapi_document_names_every_route() {
         "GET /v1/sessions/{id}/transcript",
         "GET /v1/sessions/{id}/events",
         "POST /v1/sessions/{id}/cancel",
+    ];
+    let project = "/v1/admin/orgs/{org}/projects/{project}";
+    let mut expected: Vec<String> = [
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+        "GET /openapi.json",
+        "POST /v1/embed/session-tokens",
+        "GET /v1/admin/orgs",
+        "POST /v1/admin/orgs",
+        "GET /v1/admin/orgs/{org}/projects",
+        "POST /v1/admin/orgs/{org}/projects",
+        "GET /v1/admin/orgs/{org}/keys",
+        "POST /v1/admin/orgs/{org}/keys",
+        "DELETE /v1/admin/orgs/{org}/keys/{key_id}",
     ]
     .map(str::to_owned)
-    .to_vec();
+    .into_iter()
+    // The session routes, flat and on every project's routes.
+    .chain(session_routes.iter().map(|r| r.to_string()))
+    .chain(
+        session_routes
+            .iter()
+            .map(|r| r.replacen(" /v1", " /{org}/{project}/v1", 1)),
+    )
+    .chain(
+        [
+            "GET {p}/embed-keys",
+            "POST {p}/embed-keys",
+            "DELETE {p}/embed-keys/{key_id}",
+            "POST {p}/identity-secret",
+            "POST {p}/tokens",
+            "GET {p}/releases",
+            "POST {p}/releases",
+            "POST {p}/activate",
+            "POST {p}/rollback",
+            "GET {p}/audit",
+        ]
+        .map(|r| r.replace("{p}", project)),
+    )
+    .collect();
     expected.sort();
     assert_eq!(documented, expected);
 

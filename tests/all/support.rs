@@ -178,11 +178,25 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `karta [global_args] serve app …` with `env` added.
     pub fn start(app: &Path, data: &Path, global_args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_serving(Some(app), data, global_args, env)
+    }
+
+    /// Starts `karta serve` on every published project of `data`.
+    pub fn start_published(data: &Path) -> Self {
+        Self::start_serving(None, data, &[], &[])
+    }
+
+    fn start_serving(
+        app: Option<&Path>,
+        data: &Path,
+        global_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_karta"))
             .args(global_args)
             .arg("serve")
-            .arg(app)
+            .args(app)
             .args(["--listen", "127.0.0.1:0", "--harness", "builtin", "--data"])
             .arg(data)
             .envs(env.iter().copied())

@@ -26,9 +26,13 @@
 //! preflight, is [`super::ApiJson`]'s: a JSON body must say
 //! `application/json`.
 //!
-//! This is a layer of its own ([`guard`], applied by [`super::router`]) so
-//! that when API keys come (and with them non-loopback listeners), it can
-//! be applied to dev mode only.
+//! It applies to dev mode only: [`guard`] checks every request without a
+//! credential while no API key exists (but the embed route, whose callers
+//! are pages of customers' sites by design, and which checks their
+//! `Origin` against the embed key). A request with a credential needs no
+//! such guard — a browser never attaches an
+//! `Authorization` header a page did not set, and rebinding gives a page
+//! the address, not the credential.
 //! The model gateway and the MCP server do not get it: they are reached by
 //! harness processes, not browsers, and every request to them must carry a
 //! session's unguessable key or token, which no web page knows — rebinding
@@ -36,24 +40,39 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use axum::extract::Request;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::projects::Projects;
+
 use super::error::ApiError;
 
-/// The guard, as `axum::middleware::from_fn` middleware.
-pub(super) async fn guard(request: Request, next: Next) -> Response {
-    match check(request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(refusal) => refusal.into_response(),
+/// The guard, as `axum::middleware::from_fn_with_state` middleware.
+pub(super) async fn guard(
+    State(projects): State<Arc<Projects>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let dev_request = !request.headers().contains_key(header::AUTHORIZATION)
+        && request.uri().path() != "/v1/embed/session-tokens";
+    if dev_request {
+        // No API key at all: dev mode. (A store that cannot answer is
+        // treated as dev mode here: the check below is the stricter one.)
+        let dev_mode = !projects.auth().has_api_keys().unwrap_or(false);
+        if dev_mode && let Err(refusal) = check(request.headers()) {
+            return refusal.into_response();
+        }
     }
+    next.run(request).await
 }
 
 /// Refuses a non-loopback `Host` (421: this server does not serve that
 /// name) and a non-loopback `Origin` (403).
-fn check(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn check(headers: &HeaderMap) -> Result<(), ApiError> {
     if let Some(host) = headers.get(header::HOST) {
         // Not text, or not a loopback authority: either way not us.
         let loopback = host.to_str().is_ok_and(is_loopback_authority);

@@ -4,7 +4,11 @@
 //! without a socket and `karta serve` puts it on one. Routes are registered
 //! through `utoipa-axum`, which builds the OpenAPI document served at
 //! `GET /openapi.json` from the same handler annotations that route — the
-//! document cannot drift from the routes. Routes (flat, dev mode):
+//! document cannot drift from the routes. The session routes are served
+//! flat (`/v1/…`: a session token's project, or the folder `karta serve
+//! DIR` serves) and on every project's routes (`/{org}/{project}/v1/…`);
+//! `tenant` decides who may reach which (another org's anything is 404).
+//! The operator routes (`/v1/admin/…`) and the embed flow are in `admin`.
 //!
 //! | route | |
 //! | --- | --- |
@@ -25,16 +29,19 @@
 //! status codes; internal details are logged, not sent. Every request runs
 //! in a `request` span (method, path, and the session id once known).
 //!
-//! Dev mode (today, always: there are no API keys yet) has no credentials,
-//! so `loopback::guard` refuses requests addressed to a non-loopback
-//! `Host` (DNS rebinding) or sent by a page of a non-loopback `Origin`
-//! (CSRF), and [`ApiJson`] requires `Content-Type: application/json`.
+//! Dev mode (no API key exists in the data dir) has no credentials, so
+//! `loopback::guard` refuses credential-less requests addressed to a
+//! non-loopback `Host` (DNS rebinding) or sent by a page of a non-loopback
+//! `Origin` (CSRF), and [`ApiJson`] requires `Content-Type:
+//! application/json`.
 
+mod admin;
 mod error;
 mod extract;
 mod loopback;
 mod sessions;
 mod sse;
+mod tenant;
 
 use std::sync::{Arc, OnceLock};
 
@@ -51,8 +58,9 @@ use utoipa_axum::routes;
 
 pub use error::{ApiError, ErrorBody};
 pub use extract::ApiJson;
+pub use tenant::{Caller, Tenant};
 
-use crate::session::Sessions;
+use crate::projects::Projects;
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -65,7 +73,9 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
     ),
     tags(
         (name = "sessions", description = "Sessions and their turns"),
-        (name = "operations", description = "Health, readiness, metrics")
+        (name = "operations", description = "Health, readiness, metrics"),
+        (name = "auth", description = "The embed flow: session tokens for a customer's page"),
+        (name = "admin", description = "Orgs, projects, keys, releases (operator routes)")
     )
 )]
 struct ApiDoc;
@@ -73,23 +83,27 @@ struct ApiDoc;
 /// The OpenAPI document, built once (it depends only on the code).
 static OPENAPI: OnceLock<String> = OnceLock::new();
 
-/// The router over `sessions`.
-pub fn router(sessions: Arc<Sessions>) -> Router {
+/// The router over the projects a host serves.
+pub fn router(projects: Arc<Projects>) -> Router {
     let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .routes(routes!(openapi))
         .merge(sessions::routes())
+        .nest("/{org}/{project}", sessions::routes())
+        .merge(admin::routes())
         .split_for_parts();
     OPENAPI.get_or_init(|| document.to_pretty_json().unwrap_or_else(|_| "{}".into()));
     router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        // Dev mode: no credentials, so only loopback callers (see
+        // Dev mode (no API key exists): only loopback callers (see
         // `loopback`). Inside the trace layer, so refusals are logged too.
-        // When API keys come, this is the layer to scope to dev mode.
-        .layer(axum::middleware::from_fn(loopback::guard))
+        .layer(axum::middleware::from_fn_with_state(
+            projects.clone(),
+            loopback::guard,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<_>| {
@@ -103,7 +117,7 @@ pub fn router(sessions: Arc<Sessions>) -> Router {
                 .on_response(DefaultOnResponse::new().level(Level::INFO))
                 .on_failure(DefaultOnFailure::new().level(Level::WARN)),
         )
-        .with_state(sessions)
+        .with_state(projects)
 }
 
 /// Liveness: the process answers.
@@ -119,10 +133,11 @@ async fn healthz() -> Response {
         (status = 200, description = "Ready"),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     ))]
-async fn readyz(State(sessions): State<Arc<Sessions>>) -> Response {
-    match sessions.store().check() {
+async fn readyz(State(projects): State<Arc<Projects>>) -> Response {
+    match projects.store().check() {
         Ok(()) => {
-            axum::Json(json!({ "status": "ready", "app": sessions.app().name })).into_response()
+            let app = projects.dev().map(|dev| dev.sessions.app().name.clone());
+            axum::Json(json!({ "status": "ready", "app": app })).into_response()
         }
         Err(e) => {
             tracing::error!("not ready: {e}");
@@ -139,11 +154,11 @@ async fn readyz(State(sessions): State<Arc<Sessions>>) -> Response {
 /// Metrics in Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
-async fn metrics(State(sessions): State<Arc<Sessions>>) -> Response {
-    let metrics = sessions.metrics();
+async fn metrics(State(projects): State<Arc<Projects>>) -> Response {
+    let metrics = projects.metrics();
     metrics
         .harness_processes
-        .set(sessions.harness_process_count() as i64);
+        .set(projects.harness_process_count() as i64);
     (
         [(
             header::CONTENT_TYPE,

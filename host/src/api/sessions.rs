@@ -15,10 +15,26 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::sse;
-use crate::session::{MessageRequest, Published, Sessions};
+use super::tenant::Tenant;
+use crate::projects::Projects;
+use crate::session::{MessageRequest, Published};
 use crate::store::ParticipantType;
 
-pub(super) fn routes() -> OpenApiRouter<Arc<Sessions>> {
+/// A session route's path: its session (project routes also carry `org`
+/// and `project`, which [`Tenant`] reads).
+#[derive(Deserialize)]
+struct SessionPath {
+    id: String,
+}
+
+/// An approval's path.
+#[derive(Deserialize)]
+struct InputPath {
+    id: String,
+    request_id: String,
+}
+
+pub(super) fn routes() -> OpenApiRouter<Arc<Projects>> {
     OpenApiRouter::new()
         .routes(routes!(create_session, list_sessions))
         .routes(routes!(get_session, delete_session))
@@ -52,26 +68,56 @@ struct CreateSession {
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
     ))]
 async fn create_session(
-    State(sessions): State<Arc<Sessions>>,
-    ApiJson(request): ApiJson<CreateSession>,
+    State(projects): State<Arc<Projects>>,
+    tenant: Tenant,
+    ApiJson(mut request): ApiJson<CreateSession>,
 ) -> Result<Response, ApiError> {
+    let end_user = tenant.end_user_for(&mut request.metadata)?;
+    // A known id resumes — the caller's own session only. Another
+    // tenant's id is taken, and saying more would tell whose it is.
+    if let Some(id) = &request.session_id {
+        let existing = projects
+            .store()
+            .session(id)
+            .map_err(crate::session::SessionError::from)?;
+        if let Some(record) = existing {
+            if !tenant.owns(&projects, &record) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "session_id_taken",
+                    "this session_id is in use; choose another",
+                ));
+            }
+            let sessions = projects.for_record(&record).await?;
+            let object = sessions.object(id).await?;
+            in_span(&object.id);
+            return Ok((StatusCode::CREATED, axum::Json(object)).into_response());
+        }
+    }
+    let sessions = projects
+        .for_new_session(&tenant.org, &tenant.project)
+        .await?;
     let object = sessions
-        .create(request.session_id, request.metadata)
+        .create_for(request.session_id, request.metadata, end_user)
         .await?;
     in_span(&object.id);
     Ok((StatusCode::CREATED, axum::Json(object)).into_response())
 }
 
-/// Lists sessions, newest first; every query parameter but `page` and
-/// `per_page` (1–100, default 20) filters on metadata.
+/// Lists the project's sessions, newest first; every query parameter but
+/// `page`, `per_page` (1–100, default 20) and `end_user` (that end user's
+/// sessions; a token's verified end user overrides it) filters on
+/// metadata.
 #[utoipa::path(get, path = "/v1/sessions", tag = "sessions",
     params(
         ("page" = Option<u64>, Query, description = "1-based page"),
         ("per_page" = Option<u64>, Query, description = "Sessions per page, 1-100"),
+        ("end_user" = Option<String>, Query, description = "Only this end user's sessions"),
     ),
     responses((status = 200, description = "`{sessions, page, per_page, total}`"), (status = 400, body = ErrorBody)))]
 async fn list_sessions(
-    State(sessions): State<Arc<Sessions>>,
+    State(projects): State<Arc<Projects>>,
+    tenant: Tenant,
     ApiQuery(mut query): ApiQuery<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let number = |value: Option<String>, name: &str, default: usize| match value {
@@ -84,7 +130,9 @@ async fn list_sessions(
     };
     let page = number(query.remove("page"), "page", 1)?;
     let per_page = number(query.remove("per_page"), "per_page", 20)?.min(100);
-    let (list, total) = sessions.list(&query, page, per_page)?;
+    let end_user = query.remove("end_user");
+    let scope = tenant.listing_key(end_user.as_deref());
+    let (list, total) = projects.list_sessions(&scope, &query, page, per_page)?;
     Ok(axum::Json(json!({
         "sessions": list, "page": page, "per_page": per_page, "total": total,
     }))
@@ -95,10 +143,12 @@ async fn list_sessions(
 #[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
     responses((status = 200, description = "The session object"), (status = 404, body = ErrorBody)))]
 async fn get_session(
-    State(sessions): State<Arc<Sessions>>,
-    ApiPath(id): ApiPath<String>,
+    State(projects): State<Arc<Projects>>,
+    tenant: Tenant,
+    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
 ) -> Result<Response, ApiError> {
     in_span(&id);
+    let sessions = tenant.session(&projects, &id).await?;
     Ok(axum::Json(sessions.object(&id).await?).into_response())
 }
 
@@ -106,10 +156,12 @@ async fn get_session(
 #[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions",
     responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
 async fn delete_session(
-    State(sessions): State<Arc<Sessions>>,
-    ApiPath(id): ApiPath<String>,
+    State(projects): State<Arc<Projects>>,
+    tenant: Tenant,
+    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
 ) -> Result<Response, ApiError> {
     in_span(&id);
+    let sessions = tenant.session(&projects, &id).await?;
     sessions.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -155,11 +207,13 @@ enum MessagePart {
         (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
     ))]
 async fn send_message(
-    State(sessions): State<Arc<Sessions>>,
-    ApiPath(id): ApiPath<String>,
+    State(projects): State<Arc<Projects>>,
+    tenant: Tenant,
+    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
     ApiJson(request): ApiJson<SendMessage>,
 ) -> Result<Response, ApiError> {
     in_span(&id);
+    let sessions = tenant.session(&projects, &id).await?;
     let stream = request.stream;
     let started = sessions
         .send(
@@ -286,11 +340,13 @@ struct AnswerInput {
 #[utoipa::path(put, path = "/v1/sessions/{id}/inputs/{request_id}", tag = "sessions", request_body = AnswerInput,
     responses((status = 200, description = "`{events, session}`"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn answer_input(
-    State(sessions): State<Arc<Sessions>>,
-    ApiPath((id, request_id)): ApiPath<(String, String)>,
+    State(projects): State<Arc<Projects>>,
+    tenant: Tenant,
+    ApiPath(InputPath { id, request_id }): ApiPath<InputPath>,
     ApiJson(request): ApiJson<AnswerInput>,
 ) -> Result<Response, ApiError> {
     in_span(&id);
+    let sessions = tenant.session(&projects, &id).await?;
     let after = sessions.last_seq(&id).await?;
     let mut events = sessions.subscribe(&id, after).await?;
     sessions.answer(&id, &request_id, request.decision).await?;
@@ -321,10 +377,12 @@ async fn answer_input(
 #[utoipa::path(get, path = "/v1/sessions/{id}/transcript", tag = "sessions",
     responses((status = 200, description = "`{session_id, messages}`"), (status = 404, body = ErrorBody)))]
 async fn transcript(
-    State(sessions): State<Arc<Sessions>>,
-    ApiPath(id): ApiPath<String>,
+    State(projects): State<Arc<Projects>>,
+    tenant: Tenant,
+    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
 ) -> Result<Response, ApiError> {
     in_span(&id);
+    let sessions = tenant.session(&projects, &id).await?;
     let messages = sessions.transcript(&id)?;
     Ok(axum::Json(json!({ "session_id": id, "messages": messages })).into_response())
 }
@@ -340,12 +398,14 @@ struct EventsQuery {
     params(("after" = Option<u64>, Query, description = "Replay events above this sequence number")),
     responses((status = 200, description = "text/event-stream"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn events(
-    State(sessions): State<Arc<Sessions>>,
-    ApiPath(id): ApiPath<String>,
+    State(projects): State<Arc<Projects>>,
+    tenant: Tenant,
+    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
     ApiQuery(query): ApiQuery<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     in_span(&id);
+    let sessions = tenant.session(&projects, &id).await?;
     let header = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -364,10 +424,12 @@ async fn events(
 #[utoipa::path(post, path = "/v1/sessions/{id}/cancel", tag = "sessions",
     responses((status = 200, description = "`{cancelled, session}`"), (status = 404, body = ErrorBody)))]
 async fn cancel(
-    State(sessions): State<Arc<Sessions>>,
-    ApiPath(id): ApiPath<String>,
+    State(projects): State<Arc<Projects>>,
+    tenant: Tenant,
+    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
 ) -> Result<Response, ApiError> {
     in_span(&id);
+    let sessions = tenant.session(&projects, &id).await?;
     let cancelled = sessions.cancel(&id).await?;
     Ok(axum::Json(json!({
         "cancelled": cancelled,

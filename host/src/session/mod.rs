@@ -51,8 +51,8 @@ pub use log::{Published, Subscription};
 pub use tools::SessionTool;
 use tools::Toolbox;
 pub use types::{
-    MessageRequest, SessionConfig, SessionError, SessionObject, SessionParts, SessionStatus,
-    StartedTurn, TurnSummary,
+    MessageRequest, ProjectPin, SessionConfig, SessionError, SessionObject, SessionParts,
+    SessionStatus, StartedTurn, TurnSummary,
 };
 
 /// The session manager.
@@ -87,6 +87,22 @@ fn now() -> (String, u64) {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Page `page` (1-based) of `per_page` of the stored sessions a listing
+/// asks for.
+pub fn list_page(
+    store: &Store,
+    scope: Option<&[u8]>,
+    filters: &BTreeMap<String, String>,
+    page: usize,
+    per_page: usize,
+) -> Result<crate::store::SessionPage, SessionError> {
+    let offset = page
+        .checked_sub(1)
+        .and_then(|p| p.checked_mul(per_page))
+        .ok_or_else(|| SessionError::Invalid("`page` × `per_page` is too large".into()))?;
+    Ok(store.list_sessions(scope, filters, offset, per_page)?)
 }
 
 /// A session id a client may choose: `[A-Za-z0-9_-]{1,64}`.
@@ -176,6 +192,17 @@ impl Sessions {
     /// The harness process serving `session_id`, if one runs.
     pub fn harness_process_id(&self, session_id: &str) -> Option<u32> {
         self.harness.as_ref()?.process_id(session_id)
+    }
+
+    /// What the app's setup script installed (`None`: the app has none):
+    /// the read-only layer every session's harness starts from.
+    pub fn setup_layer(&self) -> Option<&karta_harness::SetupLayer> {
+        self.config.access.setup_layer.as_ref()
+    }
+
+    /// The org, project and release these sessions run on.
+    pub fn scope(&self) -> Option<&crate::store::SessionScope> {
+        self.config.scope.as_ref()
     }
 
     /// The app being served.
@@ -313,6 +340,19 @@ impl Sessions {
         session_id: Option<String>,
         metadata: BTreeMap<String, String>,
     ) -> Result<SessionObject, SessionError> {
+        self.create_for(session_id, metadata, None).await
+    }
+
+    /// [`Sessions::create`] for an end user: the session is stamped with
+    /// this manager's project and release and with `end_user_id`, and is
+    /// listed under them. (Whether an existing `session_id` belongs to the
+    /// caller is the API's check, made before this.)
+    pub async fn create_for(
+        &self,
+        session_id: Option<String>,
+        metadata: BTreeMap<String, String>,
+        end_user_id: Option<String>,
+    ) -> Result<SessionObject, SessionError> {
         if metadata.len() > 50 {
             return Err(SessionError::Invalid(
                 "metadata may hold at most 50 keys".into(),
@@ -342,6 +382,10 @@ impl Sessions {
             approved_tools: Default::default(),
             turn_running: false,
             seq_reserved: 0,
+            scope: self.config.scope.clone().map(|mut scope| {
+                scope.end_user_id = end_user_id;
+                scope
+            }),
         };
         std::fs::create_dir_all(self.workspace(&id)).map_err(|e| {
             SessionError::Invalid(format!("cannot create the session workspace: {e}"))
@@ -362,31 +406,31 @@ impl Sessions {
         ))
     }
 
-    /// Sessions whose metadata contains every `filters` pair, newest first:
-    /// page `page` (1-based) of `per_page`, and how many match in all.
+    /// Sessions under `scope` (a [`crate::store::SessionScope`] index key;
+    /// `None`: all) whose metadata contains every `filters` pair, newest
+    /// first: page `page` (1-based) of `per_page`, and how many match in
+    /// all.
     pub fn list(
         &self,
+        scope: Option<&[u8]>,
         filters: &BTreeMap<String, String>,
         page: usize,
         per_page: usize,
     ) -> Result<(Vec<SessionObject>, usize), SessionError> {
-        let offset = page
-            .checked_sub(1)
-            .and_then(|p| p.checked_mul(per_page))
-            .ok_or_else(|| SessionError::Invalid("`page` × `per_page` is too large".into()))?;
-        let found = self.store.list_sessions(filters, offset, per_page)?;
-        let objects = found
-            .records
-            .iter()
-            .map(|record| match self.live.peek(&record.id) {
-                // In memory: its turn and approvals are there.
-                Some(live) => {
-                    SessionObject::new(record, live.is_running(), live.approvals.first_pending())
-                }
-                None => SessionObject::new(record, false, None),
-            })
-            .collect();
+        let found = list_page(&self.store, scope, filters, page, per_page)?;
+        let objects = found.records.iter().map(|r| self.describe(r)).collect();
         Ok((objects, found.total))
+    }
+
+    /// The session object of a stored record, with its turn and approvals
+    /// when this manager holds it in memory.
+    pub fn describe(&self, record: &SessionRecord) -> SessionObject {
+        match self.live.peek(&record.id) {
+            Some(live) => {
+                SessionObject::new(record, live.is_running(), live.approvals.first_pending())
+            }
+            None => SessionObject::new(record, false, None),
+        }
     }
 
     /// Deletes a session: cancels its turn, drops its log, transcript and

@@ -15,7 +15,7 @@ use crate::app::AppSpec;
 use crate::credentials::Credentials;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::store::{Participant, ParticipantType, SessionRecord, Store, StoreError};
+use crate::store::{Participant, ParticipantType, SessionRecord, SessionScope, Store, StoreError};
 
 /// Why a session operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,10 @@ pub struct SessionConfig {
     /// What harness processes may use of their own (their tools, the
     /// app's MCP servers).
     pub access: karta_harness::HarnessAccess,
+    /// The org, project and release these sessions run on, stamped on
+    /// every session created here (its `end_user_id` is left empty); `None`
+    /// for an embedder's host without projects.
+    pub scope: Option<SessionScope>,
 }
 
 /// What the session manager is built from.
@@ -156,14 +160,31 @@ pub struct SessionObject {
     pub permission_mode: &'static str,
     /// Who has spoken.
     pub participants: Vec<Participant>,
+    /// The project and release the session is pinned to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<ProjectPin>,
+}
+
+/// A session's `project`: which project it belongs to and the release it
+/// runs on (it stays there when another release is activated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProjectPin {
+    /// `org/project`.
+    #[serde(rename = "ref")]
+    pub project_ref: String,
+    /// The project's id.
+    pub project_id: String,
+    /// The release's version (`0`: the folder `karta serve DIR` serves).
+    pub version: u32,
+    /// The session's end user, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_user_id: Option<String>,
 }
 
 impl SessionObject {
-    pub(super) fn new(
-        record: &SessionRecord,
-        running: bool,
-        pending: Option<InputRequiredData>,
-    ) -> Self {
+    /// The object of a stored record (`running` and `pending` from the
+    /// manager that holds it in memory, if one does).
+    pub fn new(record: &SessionRecord, running: bool, pending: Option<InputRequiredData>) -> Self {
         let status = match (&pending, running) {
             (Some(_), _) => SessionStatus::WaitingInput,
             (None, true) => SessionStatus::Running,
@@ -180,6 +201,12 @@ impl SessionObject {
             pending_input: pending,
             permission_mode: "default",
             participants: record.participants.clone(),
+            project: record.scope.as_ref().map(|scope| ProjectPin {
+                project_ref: format!("{}/{}", scope.org_slug, scope.project_slug),
+                project_id: scope.project_id.clone(),
+                version: scope.version,
+                end_user_id: scope.end_user_id.clone(),
+            }),
         }
     }
 }

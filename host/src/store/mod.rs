@@ -7,6 +7,7 @@
 //! | `sessions` | session id | [`SessionRecord`] as JSON (small: no history) |
 //! | `sessions_by_time` | created ms (u64 BE), session id | — (listing, newest first) |
 //! | `sessions_by_meta` | key, value (each u32-BE length-prefixed), created ms, id | — (listing by metadata) |
+//! | `sessions_by_scope` | [`SessionScope`] index key (project, or project + end user), created ms, id | — (a tenant's listing) |
 //! | `events` | session id, `0x00`, seq (u64 BE) | [`Envelope`] JSON |
 //! | `history` | session id, `0x00`, index (u64 BE) | a model message (Anthropic shape) |
 //! | `transcript` | session id, `0x00`, index (u64 BE) | [`TranscriptMessage`] JSON |
@@ -28,7 +29,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub use records::{Participant, ParticipantType, Role, SessionRecord, TranscriptMessage};
+pub use records::{
+    Participant, ParticipantType, Role, SessionRecord, SessionScope, TranscriptMessage,
+};
 pub use sessions::SessionPage;
 
 /// The most memory sled's page cache may hold (its default is 1 GiB):
@@ -68,6 +71,7 @@ pub struct Store {
     sessions: sled::Tree,
     by_time: sled::Tree,
     by_meta: sled::Tree,
+    by_scope: sled::Tree,
     events: sled::Tree,
     history: sled::Tree,
     transcript: sled::Tree,
@@ -134,6 +138,7 @@ impl Store {
             sessions: db.open_tree("sessions")?,
             by_time: db.open_tree("sessions_by_time")?,
             by_meta: db.open_tree("sessions_by_meta")?,
+            by_scope: db.open_tree("sessions_by_scope")?,
             events: db.open_tree("events")?,
             history: db.open_tree("history")?,
             transcript: db.open_tree("transcript")?,

@@ -60,6 +60,62 @@ pub struct SessionRecord {
     /// so a number a client saw but the disk lost is never given again.
     #[serde(default)]
     pub seq_reserved: u64,
+    /// Whose session this is: the org, project and release it was created
+    /// on, and its end user. `None` for sessions of a single-app host made
+    /// before projects existed (they belong to that app's dev project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<SessionScope>,
+}
+
+/// The tenant a session belongs to, fixed at its creation: every route
+/// checks it, and the session keeps running on `version` after another
+/// release is activated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionScope {
+    /// The org's id.
+    pub org_id: String,
+    /// The org's slug (for `project.ref`).
+    pub org_slug: String,
+    /// The project's id.
+    pub project_id: String,
+    /// The project's slug.
+    pub project_slug: String,
+    /// The release the session is pinned to (0: the folder `karta serve
+    /// DIR` serves, which is not a published release).
+    pub version: u32,
+    /// The end user (the verified `sub`, or metadata `end_user_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user_id: Option<String>,
+}
+
+impl SessionScope {
+    /// The listing index key of every session of the project.
+    pub fn project_key(project_id: &str) -> Vec<u8> {
+        let mut key = b"p".to_vec();
+        key.extend_from_slice(&(project_id.len() as u32).to_be_bytes());
+        key.extend_from_slice(project_id.as_bytes());
+        key
+    }
+
+    /// The listing index key of the sessions of one end user of the
+    /// project.
+    pub fn end_user_key(project_id: &str, end_user_id: &str) -> Vec<u8> {
+        let mut key = b"u".to_vec();
+        for part in [project_id, end_user_id] {
+            key.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            key.extend_from_slice(part.as_bytes());
+        }
+        key
+    }
+
+    /// Every listing index key this session appears under.
+    pub fn index_keys(&self) -> Vec<Vec<u8>> {
+        let mut keys = vec![Self::project_key(&self.project_id)];
+        if let Some(user) = &self.end_user_id {
+            keys.push(Self::end_user_key(&self.project_id, user));
+        }
+        keys
+    }
 }
 
 impl SessionRecord {

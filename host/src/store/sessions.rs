@@ -31,6 +31,11 @@ fn meta_prefix(name: &str, value: &str) -> Vec<u8> {
     key
 }
 
+fn scope_key(mut prefix: Vec<u8>, record: &SessionRecord) -> Vec<u8> {
+    prefix.extend_from_slice(&time_key(record));
+    prefix
+}
+
 fn meta_key(name: &str, value: &str, record: &SessionRecord) -> Vec<u8> {
     let mut key = meta_prefix(name, value);
     key.extend_from_slice(&time_key(record));
@@ -56,7 +61,41 @@ impl Store {
         for (name, value) in &record.metadata {
             self.by_meta.insert(meta_key(name, value, record), &[])?;
         }
+        for prefix in record.scope.iter().flat_map(|s| s.index_keys()) {
+            self.by_scope.insert(scope_key(prefix, record), &[])?;
+        }
         Ok(())
+    }
+
+    /// Gives every session without a scope (made before projects existed)
+    /// `scope`, and lists it under it: a data dir from before projects keeps
+    /// its sessions when its folder is served again. Done once per data dir
+    /// (a flag in `meta`); returns how many sessions were adopted.
+    pub fn adopt_unscoped_sessions(
+        &self,
+        scope: &super::SessionScope,
+    ) -> Result<usize, StoreError> {
+        const DONE: &str = "unscoped_sessions_adopted";
+        if self.meta.contains_key(DONE)? {
+            return Ok(0);
+        }
+        let mut adopted = 0;
+        for item in self.sessions.iter() {
+            let (_, bytes) = item?;
+            let mut record: SessionRecord = decode(&bytes)?;
+            if record.scope.is_some() {
+                continue;
+            }
+            record.scope = Some(scope.clone());
+            self.put_session(&record)?;
+            for prefix in scope.index_keys() {
+                self.by_scope.insert(scope_key(prefix, &record), &[])?;
+            }
+            adopted += 1;
+        }
+        self.meta.insert(DONE, &[1])?;
+        self.db.flush()?;
+        Ok(adopted)
     }
 
     /// Reads a session record.
@@ -80,6 +119,9 @@ impl Store {
             for (name, value) in &record.metadata {
                 self.by_meta.remove(meta_key(name, value, &record))?;
             }
+            for prefix in record.scope.iter().flat_map(|s| s.index_keys()) {
+                self.by_scope.remove(scope_key(prefix, &record))?;
+            }
         }
         for tree in [&self.events, &self.history, &self.transcript] {
             Self::clear(tree, id)?;
@@ -88,21 +130,31 @@ impl Store {
         Ok(())
     }
 
-    /// The sessions whose metadata holds every `filters` pair, newest first:
-    /// `limit` of them after skipping `offset`. Reads index keys, and
-    /// records only for the page (and, with two or more filters, for the
+    /// The sessions under `scope` (a `SessionScope` index key: a
+    /// project's, or an end user's; `None`: every session) whose metadata
+    /// holds every `filters` pair, newest first: `limit` of them after
+    /// skipping `offset`. Reads index keys, and records only for the page
+    /// (and, with a scope and a filter or with two or more filters, for the
     /// sessions that match the first).
     pub fn list_sessions(
         &self,
+        scope: Option<&[u8]>,
         filters: &BTreeMap<String, String>,
         offset: usize,
         limit: usize,
     ) -> Result<SessionPage, StoreError> {
         let mut filters = filters.iter();
         let (ids, rest): (Box<dyn Iterator<Item = _>>, Vec<(&String, &String)>) =
-            match filters.next() {
-                None => (ids_newest_first(self.by_time.iter().keys(), 0), Vec::new()),
-                Some((name, value)) => {
+            match (scope, filters.next()) {
+                (Some(prefix), first) => {
+                    let keys = self.by_scope.scan_prefix(prefix).keys();
+                    (
+                        ids_newest_first(keys, prefix.len()),
+                        first.into_iter().chain(filters).collect(),
+                    )
+                }
+                (None, None) => (ids_newest_first(self.by_time.iter().keys(), 0), Vec::new()),
+                (None, Some((name, value))) => {
                     let prefix = meta_prefix(name, value);
                     let skip = prefix.len();
                     let keys = self.by_meta.scan_prefix(prefix).keys();

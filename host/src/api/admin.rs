@@ -1,0 +1,625 @@
+//! The operator routes: orgs, projects, API keys, embed keys, session
+//! tokens, releases — and the one public route of the embed flow.
+//!
+//! | route | scope | |
+//! | --- | --- | --- |
+//! | `POST /v1/embed/session-tokens` | embed key + allowed `Origin` | a session token for the key's project |
+//! | `GET, POST /v1/admin/orgs` | operator (GET: an admin key sees its own) | orgs |
+//! | `GET, POST /v1/admin/orgs/{org}/projects` | read / admin | projects |
+//! | `GET, POST /v1/admin/orgs/{org}/keys`, `DELETE …/keys/{key_id}` | admin | API keys (the secret is shown once) |
+//! | `GET, POST …/projects/{project}/embed-keys`, `DELETE …/embed-keys/{key_id}` | admin | embed keys |
+//! | `POST …/projects/{project}/identity-secret` | admin | the project's identity secret (`rotate: true` makes a new one) |
+//! | `POST …/projects/{project}/tokens` | write | mint a session token |
+//! | `GET, POST …/projects/{project}/releases` | read / admin | list; publish (the body is the app as `.tar.gz`) |
+//! | `POST …/projects/{project}/activate`, `…/rollback` | admin | move the active pointer |
+//! | `GET …/projects/{project}/audit` | read | who published, activated, rolled back |
+//!
+//! `…` is `/v1/admin/orgs/{org}`. The org must be the caller's (the
+//! operator and dev mode may address any): another org's is 404, like one
+//! that does not exist.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::tenant::{Caller, not_found};
+use crate::auth::{Org, Project, ProjectRef, Scope};
+use crate::projects::Projects;
+use crate::release::{PublishRequest, ReleaseError};
+
+/// The largest release archive accepted over HTTP.
+pub const MAX_ARCHIVE_BYTES: usize = 64 * 1024 * 1024;
+
+pub(super) fn routes() -> OpenApiRouter<Arc<Projects>> {
+    OpenApiRouter::new()
+        .routes(routes!(embed_session_token))
+        .routes(routes!(create_org, list_orgs))
+        .routes(routes!(create_project, list_projects))
+        .routes(routes!(create_key, list_keys))
+        .routes(routes!(revoke_key))
+        .routes(routes!(create_embed_key, list_embed_keys))
+        .routes(routes!(revoke_embed_key))
+        .routes(routes!(identity_secret))
+        .routes(routes!(mint_token))
+        .routes(routes!(publish, list_releases))
+        .routes(routes!(activate))
+        .routes(routes!(rollback))
+        .routes(routes!(audit))
+}
+
+/// Runs a call that flushes sled (and so blocks) on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(call).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the operation failed unexpectedly",
+        )
+    })
+}
+
+impl From<ReleaseError> for ApiError {
+    fn from(error: ReleaseError) -> Self {
+        let status =
+            StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!("release failure: {error}");
+        }
+        if status == StatusCode::NOT_FOUND {
+            return Self::new(status, "not_found", error.to_string());
+        }
+        Self::new(status, error.code(), error.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+struct KeyPath {
+    key_id: String,
+}
+
+/// An org route's org, resolved from the path before anything else is read
+/// (so a stranger gets 401 or 404, never a complaint about the body).
+struct OrgAccess {
+    caller: Caller,
+    org: Org,
+}
+
+/// A project route's org and project, resolved like [`OrgAccess`].
+struct ProjectAccess {
+    caller: Caller,
+    org: Org,
+    project: Project,
+}
+
+/// The `org` and `project` path parameters.
+async fn path_slugs(
+    parts: &mut Parts,
+    projects: &Arc<Projects>,
+) -> (Option<String>, Option<String>) {
+    let mut org = None;
+    let mut project = None;
+    if let Ok(params) = RawPathParams::from_request_parts(parts, projects).await {
+        for (name, value) in &params {
+            match name {
+                "org" => org = Some(value.to_owned()),
+                "project" => project = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+    }
+    (org, project)
+}
+
+/// The org a route names, if the caller may act in it (else 404).
+fn org_for(projects: &Projects, caller: &Caller, slug: &str) -> Result<Org, ApiError> {
+    let org = projects.auth().org_by_slug(slug)?.ok_or_else(not_found)?;
+    if !caller.in_org(&org.id) {
+        return Err(not_found());
+    }
+    // A session token acts in its project, not as its org's administrator.
+    if let Caller::Principal(p) = caller
+        && p.project.is_some()
+    {
+        return Err(not_found());
+    }
+    Ok(org)
+}
+
+impl FromRequestParts<Arc<Projects>> for OrgAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        projects: &Arc<Projects>,
+    ) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, projects).await?;
+        let (org, _) = path_slugs(parts, projects).await;
+        let org = org_for(projects, &caller, &org.unwrap_or_default())?;
+        Ok(Self { caller, org })
+    }
+}
+
+impl FromRequestParts<Arc<Projects>> for ProjectAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        projects: &Arc<Projects>,
+    ) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, projects).await?;
+        let (org, project) = path_slugs(parts, projects).await;
+        let org = org_for(projects, &caller, &org.unwrap_or_default())?;
+        let project = projects
+            .auth()
+            .project_by_slug(&org.id, &project.unwrap_or_default())?
+            .ok_or_else(not_found)?;
+        Ok(Self {
+            caller,
+            org,
+            project,
+        })
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct EmbedTokenRequest {
+    /// The project's publishable key (`pk_live_…`).
+    embed_key: String,
+    /// The end user's id signed by the customer's backend
+    /// (`base64url(id).hex(HMAC-SHA256(identity secret, id))`).
+    identity_token: Option<String>,
+}
+
+/// A session token for an embed key's project, from a page of an allowed
+/// origin.
+#[utoipa::path(post, path = "/v1/embed/session-tokens", tag = "auth", request_body = EmbedTokenRequest,
+    responses(
+        (status = 201, description = "`{token, expires_in, expires_at}`"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ))]
+async fn embed_session_token(
+    State(projects): State<Arc<Projects>>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<EmbedTokenRequest>,
+) -> Result<Response, ApiError> {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let minted = projects.auth().mint_embed_token(
+        &request.embed_key,
+        origin,
+        request.identity_token.as_deref(),
+    )?;
+    Ok((StatusCode::CREATED, axum::Json(json!(minted))).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateOrg {
+    /// `[a-z0-9]`, inner `-`, at most 63 characters.
+    slug: String,
+    /// A display name.
+    name: Option<String>,
+}
+
+/// Creates an org (the operator only).
+#[utoipa::path(post, path = "/v1/admin/orgs", tag = "admin", request_body = CreateOrg,
+    responses((status = 201, description = "The org"), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_org(
+    State(projects): State<Arc<Projects>>,
+    caller: Caller,
+    ApiJson(request): ApiJson<CreateOrg>,
+) -> Result<Response, ApiError> {
+    if matches!(caller, Caller::Principal(_)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only the host's operator creates orgs",
+        ));
+    }
+    let org = projects
+        .auth()
+        .create_org(&request.slug, request.name.as_deref())?;
+    Ok((StatusCode::CREATED, axum::Json(json!(org))).into_response())
+}
+
+/// The orgs the caller may see.
+#[utoipa::path(get, path = "/v1/admin/orgs", tag = "admin",
+    responses((status = 200, description = "`{orgs}`"), (status = 401, body = ErrorBody)))]
+async fn list_orgs(
+    State(projects): State<Arc<Projects>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Read)?;
+    let orgs: Vec<Org> = projects
+        .auth()
+        .orgs()?
+        .into_iter()
+        .filter(|org| match &caller {
+            Caller::Principal(p) => p.project.is_none() && p.org_id == org.id,
+            _ => true,
+        })
+        .collect();
+    Ok(axum::Json(json!({ "orgs": orgs })).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateProject {
+    /// `[a-z0-9]`, inner `-`, at most 63 characters.
+    slug: String,
+}
+
+/// Creates a project in an org.
+#[utoipa::path(post, path = "/v1/admin/orgs/{org}/projects", tag = "admin", request_body = CreateProject,
+    responses((status = 201, description = "The project"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_project(
+    State(projects): State<Arc<Projects>>,
+    OrgAccess { caller, org }: OrgAccess,
+    ApiJson(request): ApiJson<CreateProject>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let project = projects.auth().create_project(&org.id, &request.slug)?;
+    Ok((StatusCode::CREATED, axum::Json(json!(project))).into_response())
+}
+
+/// An org's projects, each with its active version.
+#[utoipa::path(get, path = "/v1/admin/orgs/{org}/projects", tag = "admin",
+    responses((status = 200, description = "`{projects}`"), (status = 404, body = ErrorBody)))]
+async fn list_projects(
+    State(projects): State<Arc<Projects>>,
+    OrgAccess { caller, org }: OrgAccess,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Read)?;
+    let mut list = Vec::new();
+    for project in projects.auth().projects(Some(&org.id))? {
+        let active = projects.releases().active(&project.id)?.map(|r| r.version);
+        list.push(json!({ "project": project, "active_version": active }));
+    }
+    Ok(axum::Json(json!({ "projects": list })).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    /// `read`, `write` or `admin`.
+    #[schema(value_type = String)]
+    scope: Scope,
+    /// What the key is for.
+    #[serde(default)]
+    name: String,
+}
+
+/// Creates an API key; its secret is in this answer only.
+#[utoipa::path(post, path = "/v1/admin/orgs/{org}/keys", tag = "admin", request_body = CreateKey,
+    responses((status = 201, description = "`{key, info}`"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn create_key(
+    State(projects): State<Arc<Projects>>,
+    OrgAccess { caller, org }: OrgAccess,
+    ApiJson(request): ApiJson<CreateKey>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let (info, secret) = projects
+        .auth()
+        .create_api_key(&org.id, request.scope, &request.name)?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "key": secret.expose_secret(), "info": info })),
+    )
+        .into_response())
+}
+
+/// An org's API keys (prefixes, never secrets).
+#[utoipa::path(get, path = "/v1/admin/orgs/{org}/keys", tag = "admin",
+    responses((status = 200, description = "`{keys}`"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn list_keys(
+    State(projects): State<Arc<Projects>>,
+    OrgAccess { caller, org }: OrgAccess,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let keys = projects.auth().api_keys(&org.id)?;
+    Ok(axum::Json(json!({ "keys": keys })).into_response())
+}
+
+/// Revokes an API key at once.
+#[utoipa::path(delete, path = "/v1/admin/orgs/{org}/keys/{key_id}", tag = "admin",
+    responses((status = 200, description = "The revoked key"), (status = 404, body = ErrorBody)))]
+async fn revoke_key(
+    State(projects): State<Arc<Projects>>,
+    OrgAccess { caller, org }: OrgAccess,
+    ApiPath(KeyPath { key_id }): ApiPath<KeyPath>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let info = projects.auth().revoke_api_key(&org.id, &key_id)?;
+    Ok(axum::Json(json!(info)).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateEmbedKey {
+    /// Origins whose pages may use the key (`https://shop.example`).
+    allowed_origins: Vec<String>,
+}
+
+/// Creates an embed key for a project.
+#[utoipa::path(post, path = "/v1/admin/orgs/{org}/projects/{project}/embed-keys", tag = "admin",
+    request_body = CreateEmbedKey,
+    responses((status = 201, description = "The embed key"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn create_embed_key(
+    State(projects): State<Arc<Projects>>,
+    ProjectAccess {
+        caller,
+        org,
+        project,
+    }: ProjectAccess,
+    ApiJson(request): ApiJson<CreateEmbedKey>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let key = projects
+        .auth()
+        .create_embed_key(&org.id, &project.id, request.allowed_origins)?;
+    Ok((StatusCode::CREATED, axum::Json(json!(key))).into_response())
+}
+
+/// A project's embed keys.
+#[utoipa::path(get, path = "/v1/admin/orgs/{org}/projects/{project}/embed-keys", tag = "admin",
+    responses((status = 200, description = "`{embed_keys}`"), (status = 404, body = ErrorBody)))]
+async fn list_embed_keys(
+    State(projects): State<Arc<Projects>>,
+    ProjectAccess {
+        caller,
+        org,
+        project,
+    }: ProjectAccess,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let keys = projects.auth().embed_keys(&org.id, Some(&project.id))?;
+    Ok(axum::Json(json!({ "embed_keys": keys })).into_response())
+}
+
+/// Revokes an embed key.
+#[utoipa::path(delete, path = "/v1/admin/orgs/{org}/projects/{project}/embed-keys/{key_id}", tag = "admin",
+    responses((status = 200, description = "The revoked key"), (status = 404, body = ErrorBody)))]
+async fn revoke_embed_key(
+    State(projects): State<Arc<Projects>>,
+    ProjectAccess { caller, org, .. }: ProjectAccess,
+    ApiPath(KeyPath { key_id }): ApiPath<KeyPath>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let key = projects.auth().revoke_embed_key(&org.id, &key_id)?;
+    Ok(axum::Json(json!(key)).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+struct IdentitySecretRequest {
+    /// Make a new secret (identity tokens signed with the old one stop
+    /// working).
+    #[serde(default)]
+    rotate: bool,
+}
+
+/// The project's identity secret, for the customer's backend to sign end
+/// user ids with.
+#[utoipa::path(post, path = "/v1/admin/orgs/{org}/projects/{project}/identity-secret", tag = "admin",
+    request_body = IdentitySecretRequest,
+    responses((status = 200, description = "`{identity_secret}`"), (status = 404, body = ErrorBody)))]
+async fn identity_secret(
+    State(projects): State<Arc<Projects>>,
+    ProjectAccess {
+        caller,
+        org,
+        project,
+    }: ProjectAccess,
+    ApiJson(request): ApiJson<IdentitySecretRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let secret = if request.rotate {
+        projects
+            .auth()
+            .rotate_identity_secret(&org.id, &project.id)?
+    } else {
+        projects.auth().identity_secret(&org.id, &project.id)?
+    };
+    Ok(axum::Json(json!({ "identity_secret": secret.expose_secret() })).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+struct MintToken {
+    /// `read` or `write` (default), at most the key's own.
+    #[schema(value_type = Option<String>)]
+    scope: Option<Scope>,
+    /// The end user the token acts for (verified by the minting key).
+    sub: Option<String>,
+    /// Lifetime in seconds (default 900).
+    ttl_secs: Option<u64>,
+}
+
+/// Mints a session token for a project (a `write` key's server does this
+/// for its browser).
+#[utoipa::path(post, path = "/v1/admin/orgs/{org}/projects/{project}/tokens", tag = "admin",
+    request_body = MintToken,
+    responses((status = 201, description = "`{token, expires_in, expires_at}`"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn mint_token(
+    State(projects): State<Arc<Projects>>,
+    ProjectAccess {
+        caller,
+        org,
+        project,
+    }: ProjectAccess,
+    ApiJson(request): ApiJson<MintToken>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Write)?;
+    let scope = request.scope.unwrap_or(Scope::Write);
+    caller.require(scope)?;
+    if let Some(sub) = &request.sub {
+        crate::auth::valid_end_user_id(sub)?;
+    }
+    let minted = projects.auth().mint_session_token(
+        &org.id,
+        &ProjectRef {
+            id: project.id.clone(),
+            slug: project.slug.clone(),
+        },
+        scope,
+        request.sub.as_deref(),
+        request.ttl_secs.map(std::time::Duration::from_secs),
+    )?;
+    Ok((StatusCode::CREATED, axum::Json(json!(minted))).into_response())
+}
+
+#[derive(Deserialize)]
+struct PublishQuery {
+    git_commit: Option<String>,
+}
+
+/// Publishes a release: the body is the app folder as a `.tar.gz`. It is
+/// unpacked (hostile archives refused), loaded, its plugins compiled, and
+/// stored as the next version. It is not activated.
+#[utoipa::path(post, path = "/v1/admin/orgs/{org}/projects/{project}/releases", tag = "admin",
+    params(("git_commit" = Option<String>, Query, description = "The commit the archive was packed from")),
+    request_body(content = Vec<u8>, content_type = "application/gzip"),
+    responses(
+        (status = 201, description = "The release"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+    ))]
+async fn publish(
+    State(projects): State<Arc<Projects>>,
+    ProjectAccess {
+        caller,
+        org: _,
+        project,
+    }: ProjectAccess,
+    ApiQuery(query): ApiQuery<PublishQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let archive = http_body_util::Limited::new(body, MAX_ARCHIVE_BYTES)
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "archive_too_large",
+                format!("a release archive may be at most {MAX_ARCHIVE_BYTES} bytes"),
+            )
+        })?
+        .to_bytes();
+    let info = projects
+        .releases()
+        .publish(
+            projects.runtime(),
+            PublishRequest {
+                project_id: &project.id,
+                archive: &archive,
+                publisher: &caller.actor(),
+                git_commit: query.git_commit,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(json!(info))).into_response())
+}
+
+/// A project's releases and which is active.
+#[utoipa::path(get, path = "/v1/admin/orgs/{org}/projects/{project}/releases", tag = "admin",
+    responses((status = 200, description = "`{releases, active_version}`"), (status = 404, body = ErrorBody)))]
+async fn list_releases(
+    State(projects): State<Arc<Projects>>,
+    ProjectAccess {
+        caller,
+        org: _,
+        project,
+    }: ProjectAccess,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Read)?;
+    let releases = projects.releases().list(&project.id)?;
+    let active = projects.releases().active(&project.id)?.map(|r| r.version);
+    Ok(axum::Json(json!({ "releases": releases, "active_version": active })).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ActivateRequest {
+    /// The version to make active.
+    version: u32,
+}
+
+/// Makes a release the one new sessions start on (sessions already
+/// running stay on theirs).
+#[utoipa::path(post, path = "/v1/admin/orgs/{org}/projects/{project}/activate", tag = "admin",
+    request_body = ActivateRequest,
+    responses((status = 200, description = "`{previous, active}`"), (status = 404, body = ErrorBody)))]
+async fn activate(
+    State(projects): State<Arc<Projects>>,
+    ProjectAccess {
+        caller,
+        org: _,
+        project,
+    }: ProjectAccess,
+    ApiJson(request): ApiJson<ActivateRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    // sled's flush blocks: off the async workers.
+    let releases = projects.releases().clone();
+    let actor = caller.actor();
+    let activation =
+        blocking(move || releases.activate(&project.id, request.version, &actor)).await??;
+    Ok(axum::Json(json!(activation)).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    /// The version to go back to (default: the one active before).
+    to: Option<u32>,
+}
+
+/// Goes back to an earlier release.
+#[utoipa::path(post, path = "/v1/admin/orgs/{org}/projects/{project}/rollback", tag = "admin",
+    request_body = RollbackRequest,
+    responses((status = 200, description = "`{previous, active}`"), (status = 404, body = ErrorBody)))]
+async fn rollback(
+    State(projects): State<Arc<Projects>>,
+    ProjectAccess {
+        caller,
+        org: _,
+        project,
+    }: ProjectAccess,
+    ApiJson(request): ApiJson<RollbackRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let releases = projects.releases().clone();
+    let actor = caller.actor();
+    let activation = blocking(move || releases.rollback(&project.id, request.to, &actor)).await??;
+    Ok(axum::Json(json!(activation)).into_response())
+}
+
+/// Who published, activated and rolled back, in order.
+#[utoipa::path(get, path = "/v1/admin/orgs/{org}/projects/{project}/audit", tag = "admin",
+    responses((status = 200, description = "`{entries}`"), (status = 404, body = ErrorBody)))]
+async fn audit(
+    State(projects): State<Arc<Projects>>,
+    ProjectAccess {
+        caller,
+        org: _,
+        project,
+    }: ProjectAccess,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Read)?;
+    let entries = projects.releases().audit(&project.id)?;
+    Ok(axum::Json(json!({ "entries": entries })).into_response())
+}
