@@ -145,6 +145,9 @@ pub enum TokenCommand {
         #[arg(long, default_value_t = 900)]
         ttl_secs: u64,
     },
+    /// Make a new signing key for session tokens (the operator only);
+    /// tokens signed before still verify until they expire.
+    RotateSecret,
     /// Print an identity token for an end user, as the customer's backend
     /// computes it with the project's identity secret.
     Identity {
@@ -539,6 +542,15 @@ async fn execute(admin: &Admin, command: Operator) -> anyhow::Result<(Value, Str
             let text = answer["token"].as_str().unwrap_or("").to_owned();
             (answer, text)
         }
+        Operator::Tokens(TokenCommand::RotateSecret) => {
+            let answer = admin
+                .post("/v1/admin/token-secret/rotate", json!({}))
+                .await?;
+            (
+                answer,
+                "rotated: new session tokens are signed with a new key".into(),
+            )
+        }
         Operator::Tokens(TokenCommand::Identity { project, end_user }) => {
             let answer = admin
                 .post(
@@ -606,10 +618,7 @@ async fn publish(
     eprintln!("karta: packing {} ({})", app.name, dir.display());
     let archive = karta_host::release::pack_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     let commit = karta_host::release::git_commit(dir);
-    eprintln!(
-        "karta: {} KiB packed; uploading and compiling its plugins…",
-        archive.len().div_ceil(1024)
-    );
+    eprintln!("karta: {} KiB packed", archive.len().div_ceil(1024));
     // The project is made on first publish.
     match admin
         .post(
@@ -626,13 +635,26 @@ async fn publish(
     if let Some(commit) = &commit {
         path.push_str(&format!("?git_commit={commit}"));
     }
+    // The server unpacks, loads and compiles while we wait: a spinner with
+    // the time so far on a terminal (indicatif draws nothing otherwise).
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!(
+        "publishing {project}: unpacking, checking, compiling {} plugin(s)",
+        app.plugins.len()
+    ));
+    spinner.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let release = admin
         .send(
             hyper::Method::POST,
             &path,
             Some((Bytes::from(archive), "application/gzip")),
         )
-        .await?;
+        .await;
+    spinner.finish_and_clear();
+    let release = release?;
     let version = release["version"].as_u64().unwrap_or(0);
     let mut text = format!(
         "published {project} v{version} ({}){}",

@@ -96,6 +96,7 @@ async fn the_openapi_document_names_every_route() {
         "GET /v1/admin/orgs/{org}/keys",
         "POST /v1/admin/orgs/{org}/keys",
         "DELETE /v1/admin/orgs/{org}/keys/{key_id}",
+        "POST /v1/admin/token-secret/rotate",
     ]
     .map(str::to_owned)
     .into_iter()

@@ -85,6 +85,10 @@ fn publish_activate_rollback_with_and_without_a_server() {
             .is_some_and(|t| t.starts_with("eyJ")),
         "{token}"
     );
+    // A rotated signing key: tokens minted before still work.
+    let (ok, _, stderr) = karta(data.path(), &["tokens", "rotate-secret"]);
+    assert!(ok, "{stderr}");
+    let token = token["token"].as_str().expect("token").to_owned();
     let embed = karta_json(
         data.path(),
         &[
@@ -112,6 +116,35 @@ fn publish_activate_rollback_with_and_without_a_server() {
         .enable_all()
         .build()
         .expect("runtime");
+    let post = |credential: String| {
+        let url = format!("{}/acme/shop/v1/sessions", server.url);
+        async move {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http();
+            let request = hyper::Request::post(url)
+                .header("authorization", format!("Bearer {credential}"))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+                .expect("request");
+            let response = client.request(request).await.expect("response");
+            let status = response.status().as_u16();
+            use http_body_util::BodyExt;
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, by_token) = runtime.block_on(post(token.clone()));
+    assert_eq!(status, 201, "a token from before the rotation: {by_token}");
+    assert_eq!(by_token["metadata"]["end_user_id"], "alice", "{by_token}");
     let session: Value = runtime.block_on(async {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

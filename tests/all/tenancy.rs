@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 use crate::support::root;
 
 /// A host serving published projects: acme/shop, acme/help, globex/shop,
-/// each with examples/hello published and active as v1.
+/// globex/help — two orgs with two projects each — each with examples/hello
+/// published and active as v1.
 pub struct Platform {
     pub addr: SocketAddr,
     pub host: Host,
@@ -57,7 +58,10 @@ impl Platform {
             _data: data,
         };
         let auth = platform.host.projects().auth();
-        for (org, projects) in [("acme", &["shop", "help"][..]), ("globex", &["shop"][..])] {
+        for (org, projects) in [
+            ("acme", &["shop", "help"][..]),
+            ("globex", &["shop", "help"][..]),
+        ] {
             let org = auth.create_org(org, None).expect("org");
             for project in projects {
                 let project = auth.create_project(&org.id, project).expect("project");

@@ -13,6 +13,7 @@
 //! | `GET, POST …/projects/{project}/releases` | read / admin | list; publish (the body is the app as `.tar.gz`) |
 //! | `POST …/projects/{project}/activate`, `…/rollback` | admin | move the active pointer |
 //! | `GET …/projects/{project}/audit` | read | who published, activated, rolled back |
+//! | `POST /v1/admin/token-secret/rotate` | operator | a new signing key for session tokens |
 //!
 //! `…` is `/v1/admin/orgs/{org}`. The org must be the caller's (the
 //! operator and dev mode may address any): another org's is 404, like one
@@ -57,6 +58,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Projects>> {
         .routes(routes!(activate))
         .routes(routes!(rollback))
         .routes(routes!(audit))
+        .routes(routes!(rotate_token_secret))
 }
 
 /// Runs a call that flushes sled (and so blocks) on tokio's blocking pool.
@@ -622,4 +624,24 @@ async fn audit(
     caller.require(Scope::Read)?;
     let entries = projects.releases().audit(&project.id)?;
     Ok(axum::Json(json!({ "entries": entries })).into_response())
+}
+
+/// Rotates the key session tokens are signed with (the operator only).
+/// Tokens signed with the two keys before still verify until they expire.
+#[utoipa::path(post, path = "/v1/admin/token-secret/rotate", tag = "admin",
+    responses((status = 200, description = "`{rotated: true}`"), (status = 403, body = ErrorBody)))]
+async fn rotate_token_secret(
+    State(projects): State<Arc<Projects>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    if matches!(caller, Caller::Principal(_)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only the host's operator rotates the token secret",
+        ));
+    }
+    let auth = projects.auth().clone();
+    blocking(move || auth.rotate_token_secret()).await??;
+    Ok(axum::Json(json!({ "rotated": true })).into_response())
 }
