@@ -352,6 +352,31 @@ pub async fn run(command: Operator, target: Target) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// One line per item of `answer[field]`.
+fn lines(answer: &Value, field: &str, line: impl Fn(&Value) -> String) -> String {
+    answer[field]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `  (revoked)` for a revoked key.
+fn revoked(key: &Value) -> &'static str {
+    if key["revoked_at"].is_string() {
+        "  (revoked)"
+    } else {
+        ""
+    }
+}
+
+/// A string field, or nothing.
+fn text<'a>(value: &'a Value, field: &str) -> &'a str {
+    value[field].as_str().unwrap_or("")
+}
+
 fn releases_text(answer: &Value) -> String {
     let active = answer["active_version"].as_u64();
     let mut lines = Vec::new();
@@ -384,28 +409,14 @@ async fn execute(admin: &Admin, command: Operator) -> anyhow::Result<(Value, Str
             let org = admin
                 .post("/v1/admin/orgs", json!({ "slug": slug, "name": name }))
                 .await?;
-            let text = format!(
-                "org {} ({})",
-                org["slug"].as_str().unwrap_or(""),
-                org["id"].as_str().unwrap_or("")
-            );
+            let text = format!("org {} ({})", text(&org, "slug"), text(&org, "id"));
             (org, text)
         }
         Operator::Org(OrgCommand::List) => {
             let answer = admin.get("/v1/admin/orgs").await?;
-            let text = answer["orgs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|o| {
-                    format!(
-                        "{}  {}",
-                        o["slug"].as_str().unwrap_or(""),
-                        o["id"].as_str().unwrap_or("")
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
+            let text = lines(&answer, "orgs", |o| {
+                format!("{}  {}", text(o, "slug"), text(o, "id"))
+            });
             (answer, text)
         }
         Operator::Project(ProjectCommand::Create { project }) => {
@@ -420,21 +431,15 @@ async fn execute(admin: &Admin, command: Operator) -> anyhow::Result<(Value, Str
         }
         Operator::Project(ProjectCommand::List { org }) => {
             let answer = admin.get(&format!("/v1/admin/orgs/{org}/projects")).await?;
-            let text = answer["projects"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    format!(
-                        "{org}/{}  active: {}",
-                        p["project"]["slug"].as_str().unwrap_or(""),
-                        p["active_version"]
-                            .as_u64()
-                            .map_or("none".into(), |v| format!("v{v}"))
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
+            let text = lines(&answer, "projects", |p| {
+                format!(
+                    "{org}/{}  active: {}",
+                    text(&p["project"], "slug"),
+                    p["active_version"]
+                        .as_u64()
+                        .map_or("none".into(), |v| format!("v{v}"))
+                )
+            });
             (answer, text)
         }
         Operator::Keys(KeyCommand::Create { org, scope, name }) => {
@@ -454,26 +459,16 @@ async fn execute(admin: &Admin, command: Operator) -> anyhow::Result<(Value, Str
         }
         Operator::Keys(KeyCommand::List { org }) => {
             let answer = admin.get(&format!("/v1/admin/orgs/{org}/keys")).await?;
-            let text = answer["keys"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|k| {
-                    format!(
-                        "{}  {}…  {}  {}{}",
-                        k["id"].as_str().unwrap_or(""),
-                        k["prefix"].as_str().unwrap_or(""),
-                        k["scope"].as_str().unwrap_or(""),
-                        k["name"].as_str().unwrap_or(""),
-                        if k["revoked_at"].is_string() {
-                            "  (revoked)"
-                        } else {
-                            ""
-                        }
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
+            let text = lines(&answer, "keys", |k| {
+                format!(
+                    "{}  {}…  {}  {}{}",
+                    text(k, "id"),
+                    text(k, "prefix"),
+                    text(k, "scope"),
+                    text(k, "name"),
+                    revoked(k)
+                )
+            });
             (answer, text)
         }
         Operator::Keys(KeyCommand::Revoke { org, key_id }) => {
@@ -500,25 +495,15 @@ async fn execute(admin: &Admin, command: Operator) -> anyhow::Result<(Value, Str
             let answer = admin
                 .get(&format!("{}/embed-keys", project_path(&project)?))
                 .await?;
-            let text = answer["embed_keys"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|k| {
-                    format!(
-                        "{}  {}  {}{}",
-                        k["id"].as_str().unwrap_or(""),
-                        k["key"].as_str().unwrap_or(""),
-                        k["allowed_origins"],
-                        if k["revoked_at"].is_string() {
-                            "  (revoked)"
-                        } else {
-                            ""
-                        }
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
+            let text = lines(&answer, "embed_keys", |k| {
+                format!(
+                    "{}  {}  {}{}",
+                    text(k, "id"),
+                    text(k, "key"),
+                    k["allowed_origins"],
+                    revoked(k)
+                )
+            });
             (answer, text)
         }
         Operator::EmbedKeys(EmbedKeyCommand::Revoke { project, key_id }) => {

@@ -22,7 +22,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -35,7 +35,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::tenant::{Caller, not_found};
+use super::tenant::{Caller, not_found, path_slugs};
 use crate::auth::{Org, Project, ProjectRef, Scope};
 use crate::projects::Projects;
 use crate::release::{PublishRequest, ReleaseError};
@@ -105,25 +105,6 @@ struct ProjectAccess {
     caller: Caller,
     org: Org,
     project: Project,
-}
-
-/// The `org` and `project` path parameters.
-async fn path_slugs(
-    parts: &mut Parts,
-    projects: &Arc<Projects>,
-) -> (Option<String>, Option<String>) {
-    let mut org = None;
-    let mut project = None;
-    if let Ok(params) = RawPathParams::from_request_parts(parts, projects).await {
-        for (name, value) in &params {
-            match name {
-                "org" => org = Some(value.to_owned()),
-                "project" => project = Some(value.to_owned()),
-                _ => {}
-            }
-        }
-    }
-    (org, project)
 }
 
 /// The org a route names, if the caller may act in it (else 404).

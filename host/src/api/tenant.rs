@@ -164,6 +164,25 @@ impl FromRequestParts<Arc<Projects>> for Caller {
     }
 }
 
+/// The `org` and `project` path parameters, when the route has them.
+pub(super) async fn path_slugs(
+    parts: &mut Parts,
+    projects: &Arc<Projects>,
+) -> (Option<String>, Option<String>) {
+    let mut org = None;
+    let mut project = None;
+    if let Ok(params) = RawPathParams::from_request_parts(parts, projects).await {
+        for (name, value) in &params {
+            match name {
+                "org" => org = Some(value.to_owned()),
+                "project" => project = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+    }
+    (org, project)
+}
+
 /// The project a session route acts in, and for whom.
 #[derive(Debug, Clone)]
 pub struct Tenant {
@@ -186,18 +205,7 @@ impl FromRequestParts<Arc<Projects>> for Tenant {
     ) -> Result<Self, ApiError> {
         let caller = Caller::from_request_parts(parts, projects).await?;
         caller.require(scope_for(&parts.method))?;
-        let params = RawPathParams::from_request_parts(parts, projects)
-            .await
-            .map_err(|_| not_found())?;
-        let mut org_slug = None;
-        let mut project_slug = None;
-        for (name, value) in &params {
-            match name {
-                "org" => org_slug = Some(value.to_owned()),
-                "project" => project_slug = Some(value.to_owned()),
-                _ => {}
-            }
-        }
+        let (org_slug, project_slug) = path_slugs(parts, projects).await;
         let auth = projects.auth();
         let (org, project) = match (org_slug, project_slug) {
             (Some(org_slug), Some(project_slug)) => {
