@@ -6,14 +6,14 @@
 //! ```text
 //! claude -p --input-format stream-json --output-format stream-json --verbose
 //!        --include-partial-messages --permission-prompt-tool stdio
-//!        --mcp-config <home>/karta-mcp.json --strict-mcp-config
+//!        --mcp-config <home>/karta-mcp-<session id>.json --strict-mcp-config
 //!        --tools <KEPT_BUILTIN_TOOLS> --allowedTools mcp__karta__<tool>,…
 //!        [--agent A] [--model M] [--resume <claude session id>]
 //! ```
 //!
 //! in the session workspace (which the host populated with the app's
-//! `CLAUDE.md` and `.claude/`), with a cleared environment: a scratch `HOME`
-//! (where the folder is marked trusted, so project settings apply),
+//! `CLAUDE.md` and `.claude/`), with a cleared environment: a `HOME` (where
+//! the folder is marked trusted, so project settings apply),
 //! `ANTHROPIC_BASE_URL` = the host's gateway and `ANTHROPIC_API_KEY` = the
 //! session's gateway key. Its only tools are the session's plugin tools,
 //! reached over MCP (`mcp__karta__<tool>`), plus Claude Code's own
@@ -42,6 +42,15 @@
 //! when the harness is dropped; the next turn starts a new one with
 //! `--resume`, so the conversation survives (Claude Code keeps it in the
 //! session's `HOME`).
+//!
+//! **A `HOME` may be shared.** The host gives every session of one end user
+//! the same `HOME` (their memory: Claude Code's `~/.claude`), and two of
+//! them may run at once. So what is one session's in it is named after the
+//! session: the MCP config (it carries the session's MCP token) is
+//! `karta-mcp-<session id>.json` and the remembered conversation id
+//! `karta-claude-session-<session id>`. Claude Code's own state
+//! (`.claude.json`, where the workspace is marked trusted, by its path,
+//! which is the session's own) is the end user's, shared.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -111,13 +120,42 @@ struct ClaudeProcess {
     conversation: Option<String>,
 }
 
-/// The file in the session's `HOME` that remembers Claude Code's own session
-/// id, for `--resume`.
-const RESUME_FILE: &str = "karta-claude-session";
+/// The file in `HOME` that remembered Claude Code's own session id while
+/// every session had a `HOME` of its own; a session's own file is
+/// [`resume_file`].
+const LEGACY_RESUME_FILE: &str = "karta-claude-session";
 
-/// The file in the session's `HOME` that names the host's MCP server
-/// (`--mcp-config`).
-const MCP_CONFIG_FILE: &str = "karta-mcp.json";
+/// The file in `HOME` that remembers Claude Code's own session id of
+/// `session`, for `--resume`. Named after the session: sessions sharing a
+/// `HOME` each continue their own conversation.
+fn resume_file(session: &SessionInfo) -> String {
+    format!("{LEGACY_RESUME_FILE}-{}", session.id)
+}
+
+/// The file in `HOME` that names the host's MCP server to `session`'s
+/// process (`--mcp-config`). Named after the session: it carries the
+/// session's MCP token, and a session sharing the `HOME` must not replace
+/// it with its own.
+fn mcp_config_file(session: &SessionInfo) -> String {
+    format!("karta-mcp-{}.json", session.id)
+}
+
+/// Claude Code's session id remembered for `session`: in its own file, or
+/// else under the name every session used while each had its own `HOME`
+/// (a session from before then continues its conversation). The host never
+/// writes that name in a shared `HOME`; only a harness of the same end user
+/// could, and that harness is already in their trust domain.
+fn remembered_conversation(session: &SessionInfo) -> Option<String> {
+    remembered(&session.home, &resume_file(session))
+        .or_else(|| remembered(&session.home, LEGACY_RESUME_FILE))
+}
+
+/// Forgets `session`'s conversation under both names (a forgotten id must
+/// not come back through the fallback).
+fn forget_conversation(session: &SessionInfo) {
+    forget(&session.home, &resume_file(session));
+    forget(&session.home, LEGACY_RESUME_FILE);
+}
 
 /// Claude Code's own state file in its `HOME`, where the workspace is
 /// marked trusted.
@@ -140,12 +178,13 @@ impl ClaudeCodeHarness {
     fn spawn_for(&self, request: &TurnRequest) -> std::io::Result<Spawn> {
         let session = &request.session;
         let env = session_env(session, &self.config.program, claude_env(session))?;
-        let mcp_config = session.home.join(MCP_CONFIG_FILE);
+        let mcp_config_name = mcp_config_file(session);
+        let mcp_config = session.home.join(&mcp_config_name);
         // The process writes its HOME: a link it left there is replaced,
         // never written through.
         let home = SafeDir::open(&session.home)?;
         home.write(
-            Path::new(MCP_CONFIG_FILE),
+            Path::new(&mcp_config_name),
             &serde_json::to_vec_pretty(&mcp_config_json(session))?,
         )?;
         trust_workspace(&home, &session.workspace)?;
@@ -202,7 +241,7 @@ impl ClaudeCodeHarness {
             args.push("--model".into());
             args.push(request.model.clone());
         }
-        if let Some(previous) = remembered(&session.home, RESUME_FILE) {
+        if let Some(previous) = remembered_conversation(session) {
             args.push("--resume".into());
             args.push(previous);
         }
@@ -250,7 +289,7 @@ impl ClaudeCodeHarness {
             last_used: Instant::now(),
             announced: false,
             agent: request.agent.clone(),
-            conversation: remembered(&request.session.home, RESUME_FILE),
+            conversation: remembered_conversation(&request.session),
         };
         let request_id = format!("init_{}", uuid::Uuid::new_v4().simple());
         claude
@@ -323,13 +362,13 @@ impl ClaudeCodeHarness {
             let started = match self.start(request).await {
                 // A conversation Claude Code cannot resume (its files are
                 // gone) must not fail every later turn: start afresh once.
-                Err(failure) if remembered(&request.session.home, RESUME_FILE).is_some() => {
+                Err(failure) if remembered_conversation(&request.session).is_some() => {
                     tracing::warn!(
                         session = %request.session.id,
                         "claude could not resume ({}); starting a new conversation",
                         failure.message()
                     );
-                    forget(&request.session.home, RESUME_FILE);
+                    forget_conversation(&request.session);
                     self.start(request).await?
                 }
                 started => started?,
@@ -376,7 +415,7 @@ impl ClaudeCodeHarness {
                         if let Some(id) = line["session_id"].as_str()
                             && claude.conversation.as_deref() != Some(id)
                         {
-                            remember(&request.session.home, RESUME_FILE, id);
+                            remember(&request.session.home, &resume_file(&request.session), id);
                             claude.conversation = Some(id.to_owned());
                         }
                         if !claude.announced {
@@ -818,14 +857,19 @@ mod home_file_tests {
         let base = std::env::temp_dir().join(format!("karta-cc-{}", uuid::Uuid::new_v4().simple()));
         let request = request(&base);
         let home = &request.session.home;
+        let (resume, mcp_config) = (
+            resume_file(&request.session),
+            mcp_config_file(&request.session),
+        );
         let outside = base.join("outside");
         std::fs::create_dir_all(&outside).expect("mkdir");
         std::fs::write(outside.join("secret"), "sk-ant-the-upstream-key").expect("write");
         std::fs::write(outside.join("target.json"), "untouched").expect("write");
         std::fs::write(outside.join("claude.json"), r#"{"mine": true}"#).expect("write");
         // What the process could leave in its HOME for the next start.
-        symlink(outside.join("secret"), home.join(RESUME_FILE)).expect("link");
-        symlink("../../outside/target.json", home.join(MCP_CONFIG_FILE)).expect("link");
+        symlink(outside.join("secret"), home.join(&resume)).expect("link");
+        symlink(outside.join("secret"), home.join(LEGACY_RESUME_FILE)).expect("link");
+        symlink("../../outside/target.json", home.join(&mcp_config)).expect("link");
         symlink(outside.join("claude.json"), home.join(CLAUDE_STATE_FILE)).expect("link");
 
         let spawn = harness().spawn_for(&request).expect("spawn");
@@ -848,7 +892,7 @@ mod home_file_tests {
                 "{file} outside the home is unchanged"
             );
         }
-        for file in [MCP_CONFIG_FILE, CLAUDE_STATE_FILE] {
+        for file in [mcp_config.as_str(), CLAUDE_STATE_FILE] {
             assert!(
                 std::fs::symlink_metadata(home.join(file))
                     .expect("meta")
@@ -857,7 +901,7 @@ mod home_file_tests {
             );
         }
         let mcp: Value =
-            serde_json::from_slice(&std::fs::read(home.join(MCP_CONFIG_FILE)).expect("read"))
+            serde_json::from_slice(&std::fs::read(home.join(&mcp_config)).expect("read"))
                 .expect("json");
         assert_eq!(
             mcp["mcpServers"][MCP_SERVER_NAME]["url"],
@@ -867,19 +911,19 @@ mod home_file_tests {
         // A FIFO, or text that is not an id, is not taken either; a plain
         // id is, and remembering replaces a link rather than writing
         // through it.
-        std::fs::remove_file(home.join(RESUME_FILE)).expect("rm");
+        std::fs::remove_file(home.join(&resume)).expect("rm");
         let fifo = std::process::Command::new("mkfifo")
-            .arg(home.join(RESUME_FILE))
+            .arg(home.join(&resume))
             .status()
             .expect("mkfifo");
         assert!(fifo.success());
-        assert_eq!(remembered(home, RESUME_FILE), None);
-        std::fs::remove_file(home.join(RESUME_FILE)).expect("rm");
-        std::fs::write(home.join(RESUME_FILE), "x --dangerously-skip-permissions").expect("write");
-        assert_eq!(remembered(home, RESUME_FILE), None);
-        std::fs::remove_file(home.join(RESUME_FILE)).expect("rm");
-        symlink(outside.join("secret"), home.join(RESUME_FILE)).expect("link");
-        remember(home, RESUME_FILE, "0b5c7c2e-1111-4222-8333-944445555666");
+        assert_eq!(remembered(home, &resume), None);
+        std::fs::remove_file(home.join(&resume)).expect("rm");
+        std::fs::write(home.join(&resume), "x --dangerously-skip-permissions").expect("write");
+        assert_eq!(remembered(home, &resume), None);
+        std::fs::remove_file(home.join(&resume)).expect("rm");
+        symlink(outside.join("secret"), home.join(&resume)).expect("link");
+        remember(home, &resume, "0b5c7c2e-1111-4222-8333-944445555666");
         assert_eq!(
             std::fs::read_to_string(outside.join("secret")).expect("read"),
             "sk-ant-the-upstream-key"
@@ -893,6 +937,93 @@ mod home_file_tests {
             "{:?}",
             spawn.args
         );
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    /// The `--mcp-config` and `--resume` arguments of `spawn`.
+    fn mcp_config_and_resume(spawn: &Spawn) -> (String, Option<String>) {
+        let after = |flag: &str| {
+            spawn
+                .args
+                .windows(2)
+                .find(|w| w[0] == flag)
+                .map(|w| w[1].clone())
+        };
+        (
+            after("--mcp-config").expect("--mcp-config"),
+            after("--resume"),
+        )
+    }
+
+    #[test]
+    fn sessions_sharing_a_home_keep_their_own_mcp_config_and_conversation() {
+        let base = std::env::temp_dir().join(format!("karta-cc-{}", uuid::Uuid::new_v4().simple()));
+        // Two sessions of one end user: one HOME, their own workspaces and
+        // MCP tokens.
+        let first = request(&base);
+        let mut second = first.clone();
+        second.session.id = "s2".into();
+        second.session.workspace = base.join("workspaces/s2");
+        second.session.mcp_url = "http://127.0.0.1:2/mcp/other-token".into();
+        std::fs::create_dir_all(&second.session.workspace).expect("mkdir");
+        let home = first.session.home.clone();
+
+        let one = harness().spawn_for(&first).expect("spawn");
+        let two = harness().spawn_for(&second).expect("spawn");
+        let (config_one, resume_one) = mcp_config_and_resume(&one);
+        let (config_two, resume_two) = mcp_config_and_resume(&two);
+        assert_ne!(config_one, config_two, "one MCP config per session");
+        assert_eq!((resume_one, resume_two), (None, None));
+        for (config, session) in [
+            (&config_one, &first.session),
+            (&config_two, &second.session),
+        ] {
+            assert_eq!(Path::new(config).parent(), Some(home.as_path()));
+            let mcp: Value =
+                serde_json::from_slice(&std::fs::read(config).expect("read")).expect("json");
+            assert_eq!(
+                mcp["mcpServers"][MCP_SERVER_NAME]["url"], session.mcp_url,
+                "{config} names its own session's MCP token"
+            );
+        }
+
+        // Each remembers and resumes its own conversation.
+        remember(&home, &resume_file(&first.session), "conversation-one");
+        remember(&home, &resume_file(&second.session), "conversation-two");
+        assert_ne!(resume_file(&first.session), resume_file(&second.session));
+        let (_, resume_one) = mcp_config_and_resume(&harness().spawn_for(&first).expect("spawn"));
+        let (_, resume_two) = mcp_config_and_resume(&harness().spawn_for(&second).expect("spawn"));
+        assert_eq!(resume_one.as_deref(), Some("conversation-one"));
+        assert_eq!(resume_two.as_deref(), Some("conversation-two"));
+
+        // Forgetting one leaves the other's.
+        forget_conversation(&first.session);
+        assert_eq!(remembered_conversation(&first.session), None);
+        assert_eq!(
+            remembered_conversation(&second.session).as_deref(),
+            Some("conversation-two")
+        );
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    #[test]
+    fn a_conversation_remembered_under_the_old_name_is_resumed_then_forgotten() {
+        let base = std::env::temp_dir().join(format!("karta-cc-{}", uuid::Uuid::new_v4().simple()));
+        let request = request(&base);
+        let home = &request.session.home;
+        // A session whose HOME was its own, from before homes were shared.
+        std::fs::write(home.join(LEGACY_RESUME_FILE), "old-conversation").expect("write");
+        let (_, resume) = mcp_config_and_resume(&harness().spawn_for(&request).expect("spawn"));
+        assert_eq!(resume.as_deref(), Some("old-conversation"));
+        // Its own file wins once written.
+        remember(home, &resume_file(&request.session), "new-conversation");
+        assert_eq!(
+            remembered_conversation(&request.session).as_deref(),
+            Some("new-conversation")
+        );
+        // A forgotten conversation does not come back through the old name.
+        forget_conversation(&request.session);
+        assert_eq!(remembered_conversation(&request.session), None);
         std::fs::remove_dir_all(&base).expect("cleanup");
     }
 }

@@ -239,8 +239,10 @@ pub struct SessionInfo {
     /// The session workspace, populated with the app's harness files; the
     /// process's working directory.
     pub workspace: PathBuf,
-    /// A scratch `HOME` for the process, kept with the session (it holds
-    /// the harness's own conversation state, for resuming).
+    /// The process's `HOME`: it holds the harness's own conversation
+    /// state, for resuming. The host may give several sessions (those of
+    /// one end user) the same `HOME`, some at once, so a harness names
+    /// what is one session's in it after [`SessionInfo::id`].
     pub home: PathBuf,
     /// The model gateway's base URL (`http://127.0.0.1:N`).
     pub gateway_url: String,

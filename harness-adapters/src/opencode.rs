@@ -33,6 +33,23 @@
 //! [`OpencodeConfig::idle_timeout`] without a turn, on session delete and
 //! when the harness is dropped; OpenCode keeps the conversation in the
 //! session's `HOME`, so the next server continues the same OpenCode session.
+//!
+//! **A `HOME` may be shared.** The host gives every session of one end user
+//! the same `HOME` (their memory), and two of their servers may run at
+//! once. OpenCode's data dir (`XDG_DATA_HOME`, left at `~/.local/share`:
+//! its SQLite database of conversations, which OpenCode opens in WAL mode
+//! with a busy timeout, so servers can share it) and its state dir are the
+//! end user's, shared. What is one session's is named after it: the config
+//! (`karta-opencode-<session id>.json`, carrying the session's gateway key
+//! and MCP token), the remembered OpenCode session id
+//! (`karta-opencode-session-<session id>`), and the config and cache dirs
+//! (`.karta/<session id>/config`, `.karta/<session id>/cache`). The config
+//! dir cannot be shared: OpenCode reads fixed names there
+//! (`opencode/opencode.json`, `agent/`, `plugin/`) and merges them into the
+//! session's config, and installs its plugin package there in the
+//! background, which two servers at once would race on. The cache dir
+//! stays per session, as it was: what OpenCode remembers of conversations
+//! is in its data dir, not there.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -110,11 +127,41 @@ struct OpencodeServer {
     last_used: Instant,
 }
 
-/// The file in the session's `HOME` that remembers OpenCode's session id.
-const RESUME_FILE: &str = "karta-opencode-session";
+/// The file in `HOME` that remembered OpenCode's session id while every
+/// session had a `HOME` of its own; a session's own file is
+/// [`resume_file`].
+const LEGACY_RESUME_FILE: &str = "karta-opencode-session";
 
-/// The session's OpenCode config (`OPENCODE_CONFIG`), in its `HOME`.
-const CONFIG_FILE: &str = "karta-opencode.json";
+/// The file in `HOME` that remembers OpenCode's session id of `session`.
+/// Named after the session: sessions sharing a `HOME` each continue their
+/// own conversation.
+fn resume_file(session: &SessionInfo) -> String {
+    format!("{LEGACY_RESUME_FILE}-{}", session.id)
+}
+
+/// `session`'s OpenCode config (`OPENCODE_CONFIG`), in its `HOME`. Named
+/// after the session: it carries the session's gateway key and MCP token.
+fn config_file(session: &SessionInfo) -> String {
+    format!("karta-opencode-{}.json", session.id)
+}
+
+/// `session`'s own dirs in its `HOME`: OpenCode's config dir
+/// (`XDG_CONFIG_HOME`) and cache dir (`XDG_CACHE_HOME`), relative to the
+/// `HOME` (see the module docs for why they are not shared).
+fn xdg_dirs(session: &SessionInfo) -> [PathBuf; 2] {
+    let own = Path::new(".karta").join(&session.id);
+    [own.join("config"), own.join("cache")]
+}
+
+/// OpenCode's session id remembered for `session`: in its own file, or
+/// else under the name every session used while each had its own `HOME`
+/// (a session from before then continues its conversation). The host never
+/// writes that name in a shared `HOME`; only a server of the same end user
+/// could, and it is already in their trust domain.
+fn remembered_conversation(session: &SessionInfo) -> Option<String> {
+    remembered(&session.home, &resume_file(session))
+        .or_else(|| remembered(&session.home, LEGACY_RESUME_FILE))
+}
 
 /// The project config files OpenCode would merge over ours.
 pub const PROJECT_CONFIG_FILES: &[&str] = &["opencode.json", "opencode.jsonc"];
@@ -132,7 +179,9 @@ impl OpencodeHarness {
     /// The command line and config for `request`'s session.
     fn spawn_for(&self, request: &TurnRequest, port: u16) -> std::io::Result<Spawn> {
         let session = &request.session;
-        let config_file = session.home.join(CONFIG_FILE);
+        let config_name = config_file(session);
+        let config_file = session.home.join(&config_name);
+        let [config_dir, cache_dir] = xdg_dirs(session);
         let env = session_env(
             session,
             &self.config.program,
@@ -140,7 +189,8 @@ impl OpencodeHarness {
                 ("OPENCODE_CONFIG", config_file.display().to_string()),
                 // The config and cache dirs are the session's own, in its
                 // HOME: a dir shared by every session's server would let
-                // one session leave config (agents, plugins) for the next.
+                // one session leave config (agents, plugins) for the next,
+                // and the end user's sessions share the HOME itself.
                 // OpenCode only tries, in the background, to install its
                 // plugin package there; without network that fails and
                 // start-up takes as long as with a warm shared dir
@@ -149,11 +199,11 @@ impl OpencodeHarness {
                 // 2-core machine).
                 (
                     "XDG_CONFIG_HOME",
-                    session.home.join(".config").display().to_string(),
+                    session.home.join(&config_dir).display().to_string(),
                 ),
                 (
                     "XDG_CACHE_HOME",
-                    session.home.join(".cache").display().to_string(),
+                    session.home.join(&cache_dir).display().to_string(),
                 ),
                 // The project's config is not OpenCode's to find: a
                 // workspace `opencode.json` (which a plugin can write) would
@@ -178,11 +228,11 @@ impl OpencodeHarness {
         // `session_env` made the home. The server writes there too: a link
         // it left is replaced, never written through.
         let home = SafeDir::open(&session.home)?;
-        for dir in [".config", ".cache"] {
-            home.create_dirs(Path::new(dir))?;
+        for dir in [&config_dir, &cache_dir] {
+            home.create_dirs(dir)?;
         }
         home.write(
-            Path::new(CONFIG_FILE),
+            Path::new(&config_name),
             &serde_json::to_vec_pretty(&opencode_config(session, &request.model))?,
         )?;
         // OpenCode does not read these (project config is off); removed
@@ -308,8 +358,7 @@ impl OpencodeHarness {
         events: mpsc::UnboundedReceiver<Value>,
         request: &TurnRequest,
     ) -> Result<OpencodeServer, TurnFailure> {
-        let home = &request.session.home;
-        if let Some(previous) = remembered(home, RESUME_FILE) {
+        if let Some(previous) = remembered_conversation(&request.session) {
             let (status, _) = self
                 .client
                 .json("GET", &format!("{base}/session/{previous}"), None)
@@ -339,7 +388,7 @@ impl OpencodeHarness {
                 "opencode did not create a session ({status}): {created}"
             )));
         };
-        remember(home, RESUME_FILE, id);
+        remember(&request.session.home, &resume_file(&request.session), id);
         Ok(OpencodeServer {
             process,
             base,
@@ -882,9 +931,13 @@ mod home_file_tests {
         std::fs::write(outside.join("secret"), "ses_secret").expect("write");
         std::fs::write(outside.join("target.json"), "untouched").expect("write");
         let home = &session.home;
-        symlink(outside.join("secret"), home.join(RESUME_FILE)).expect("link");
-        symlink("../../outside/target.json", home.join(CONFIG_FILE)).expect("link");
-        symlink("../../outside", home.join(".config")).expect("link");
+        let (resume, config_name) = (resume_file(&session), config_file(&session));
+        let [config_dir, cache_dir] = xdg_dirs(&session);
+        symlink(outside.join("secret"), home.join(&resume)).expect("link");
+        symlink(outside.join("secret"), home.join(LEGACY_RESUME_FILE)).expect("link");
+        symlink("../../outside/target.json", home.join(&config_name)).expect("link");
+        // The per-session dirs' parent, planted as a link out of the HOME.
+        symlink("../../outside", home.join(".karta")).expect("link");
         std::fs::write(
             session.workspace.join("opencode.json"),
             r#"{"mcp": {"x": {"type": "local", "command": ["touch", "/tmp/x"]}}}"#,
@@ -892,7 +945,11 @@ mod home_file_tests {
         .expect("write");
         std::fs::write(session.workspace.join("AGENTS.md"), "Be brief.").expect("write");
 
-        assert_eq!(remembered(home, RESUME_FILE), None, "a link is not read");
+        assert_eq!(
+            remembered_conversation(&session),
+            None,
+            "a link is not read"
+        );
         let harness = OpencodeHarness::new(OpencodeConfig {
             program: PathBuf::from("/nonexistent/opencode"),
             idle_timeout: Duration::from_secs(1),
@@ -916,11 +973,16 @@ mod home_file_tests {
         assert_eq!(
             std::fs::read_dir(&outside).expect("read").count(),
             2,
-            "nothing created through the .config link"
+            "nothing created through the .karta link"
         );
-        for path in [CONFIG_FILE, ".config", ".cache"] {
+        for path in [
+            Path::new(&config_name),
+            Path::new(".karta"),
+            &config_dir,
+            &cache_dir,
+        ] {
             let meta = std::fs::symlink_metadata(home.join(path)).expect("meta");
-            assert!(!meta.file_type().is_symlink(), "{path} is real");
+            assert!(!meta.file_type().is_symlink(), "{} is real", path.display());
         }
         assert!(
             !session.workspace.join("opencode.json").exists(),
@@ -929,15 +991,100 @@ mod home_file_tests {
         assert_eq!(spawn.env["OPENCODE_DISABLE_PROJECT_CONFIG"], "1");
         assert_eq!(
             spawn.env["XDG_CONFIG_HOME"],
-            home.join(".config").display().to_string(),
+            home.join(&config_dir).display().to_string(),
             "the config dir is the session's own"
         );
         let config: Value =
-            serde_json::from_slice(&std::fs::read(home.join(CONFIG_FILE)).expect("read"))
+            serde_json::from_slice(&std::fs::read(home.join(&config_name)).expect("read"))
                 .expect("json");
         assert_eq!(
             config["instructions"],
             json!([session.workspace.join("AGENTS.md").display().to_string()])
+        );
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    #[test]
+    fn sessions_sharing_a_home_keep_their_own_config_dirs_and_conversation() {
+        let base = std::env::temp_dir().join(format!("karta-oc-{}", uuid::Uuid::new_v4().simple()));
+        // Two sessions of one end user: one HOME, their own workspaces,
+        // gateway keys and MCP tokens.
+        let first = crate::test_session(&base);
+        let mut second = first.clone();
+        second.id = "s2".into();
+        second.workspace = base.join("workspaces/s2");
+        second.gateway_key = "other-key".into();
+        second.mcp_url = "http://127.0.0.1:2/mcp/other-token".into();
+        std::fs::create_dir_all(&second.workspace).expect("mkdir");
+        let home = first.home.clone();
+        let harness = OpencodeHarness::new(OpencodeConfig {
+            program: PathBuf::from("/nonexistent/opencode"),
+            idle_timeout: Duration::from_secs(1),
+            client: HttpClient::new(),
+            jail: None,
+        });
+        let spawn = |session: &SessionInfo| {
+            let request = TurnRequest {
+                system: String::new(),
+                history: Vec::new(),
+                text: "hi".into(),
+                thinking: false,
+                model: "m".into(),
+                agent: None,
+                session: session.clone(),
+            };
+            harness.spawn_for(&request, 4096).expect("spawn")
+        };
+        let (one, two) = (spawn(&first), spawn(&second));
+        for name in ["OPENCODE_CONFIG", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"] {
+            assert_ne!(one.env[name], two.env[name], "{name} is per session");
+        }
+        for (spawn, session) in [(&one, &first), (&two, &second)] {
+            assert_eq!(spawn.env["HOME"], home.display().to_string(), "one HOME");
+            for name in ["XDG_CONFIG_HOME", "XDG_CACHE_HOME"] {
+                assert!(Path::new(&spawn.env[name]).is_dir(), "{name} is made");
+            }
+            let config: Value = serde_json::from_slice(
+                &std::fs::read(&spawn.env["OPENCODE_CONFIG"]).expect("read"),
+            )
+            .expect("json");
+            assert_eq!(
+                config["mcp"][MCP_SERVER_NAME]["url"], session.mcp_url,
+                "its own MCP token"
+            );
+            assert_eq!(
+                config["provider"][PROVIDER_ID]["options"]["apiKey"], session.gateway_key,
+                "its own gateway key"
+            );
+        }
+        // OpenCode's data dir (its conversations) is the HOME's default,
+        // shared.
+        assert!(!one.env.contains_key("XDG_DATA_HOME"));
+
+        // Each remembers and continues its own conversation.
+        assert_ne!(resume_file(&first), resume_file(&second));
+        remember(&home, &resume_file(&first), "ses_one");
+        remember(&home, &resume_file(&second), "ses_two");
+        assert_eq!(remembered_conversation(&first).as_deref(), Some("ses_one"));
+        assert_eq!(remembered_conversation(&second).as_deref(), Some("ses_two"));
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    #[test]
+    fn a_conversation_remembered_under_the_old_name_is_continued() {
+        let base = std::env::temp_dir().join(format!("karta-oc-{}", uuid::Uuid::new_v4().simple()));
+        let session = crate::test_session(&base);
+        // A session whose HOME was its own, from before homes were shared.
+        std::fs::write(session.home.join(LEGACY_RESUME_FILE), "ses_old").expect("write");
+        assert_eq!(
+            remembered_conversation(&session).as_deref(),
+            Some("ses_old")
+        );
+        // Its own file wins once written.
+        remember(&session.home, &resume_file(&session), "ses_new");
+        assert_eq!(
+            remembered_conversation(&session).as_deref(),
+            Some("ses_new")
         );
         std::fs::remove_dir_all(&base).expect("cleanup");
     }

@@ -436,7 +436,7 @@ async fn harness_cancel_and_resume(kind: HarnessKind) {
         wait_until_gone(pid).await;
         let home = data.path().join("homes").join(&id);
         std::fs::write(
-            home.join("karta-claude-session"),
+            home.join(format!("karta-claude-session-{id}")),
             "00000000-0000-4000-8000-000000000000",
         )
         .expect("write");

@@ -4,6 +4,7 @@
 
 mod api_guard;
 mod cli;
+mod end_user_homes;
 mod gateway;
 mod harnesses;
 mod jail;

@@ -235,7 +235,14 @@ async fn run(
         let started = Instant::now();
         let credentials = sessions.credentials.for_session(&live.id);
         let (events_tx, events_rx) = mpsc::unbounded_channel::<Emitted>();
-        let approved = live.state.lock().await.record.approved_tools.clone();
+        let (approved, scope) = {
+            let state = live.state.lock().await;
+            // The scope picks the harness's HOME (its end user's, if any).
+            (
+                state.record.approved_tools.clone(),
+                state.record.scope.clone(),
+            )
+        };
         let host = SessionTurnHost {
             live: live.clone(),
             toolbox: sessions.toolbox.clone(),
@@ -269,16 +276,20 @@ async fn run(
             cancel,
         };
         let outcome = match &sessions.harness {
-            Some(harness) => match sessions.session_info(&live.id, &credentials, &host.tools) {
-                Ok(info) => {
-                    request.session = info;
-                    harness.run_turn(request, context).await
+            Some(harness) => {
+                let info =
+                    sessions.session_info(&live.id, scope.as_ref(), &credentials, &host.tools);
+                match info {
+                    Ok(info) => {
+                        request.session = info;
+                        harness.run_turn(request, context).await
+                    }
+                    Err(message) => {
+                        context.emit(Event::error(ErrorCode::AppError, message));
+                        failed_outcome()
+                    }
                 }
-                Err(message) => {
-                    context.emit(Event::error(ErrorCode::AppError, message));
-                    failed_outcome()
-                }
-            },
+            }
             None => {
                 let builtin = BuiltinHarness::new(
                     sessions.http.clone(),
