@@ -67,7 +67,7 @@ mod error;
 mod identity;
 mod keys;
 mod orgs;
-mod secrets;
+pub(crate) mod secrets;
 mod tokens;
 mod types;
 

@@ -133,10 +133,7 @@ impl SigningKeys {
     /// writes it. A file that cannot be parsed is an error, never replaced:
     /// replacing it would silently invalidate every live token.
     pub(super) fn load_or_create(data_dir: &Path, rng: &SystemRandom) -> Result<Self, AuthError> {
-        fs::create_dir_all(data_dir)?;
-        let dir = data_dir.join("secrets");
-        DirBuilder::new().mode(0o700).recursive(true).create(&dir)?;
-        narrow_permissions(&dir, 0o700)?;
+        secrets_dir(data_dir)?;
         let path = Self::path(data_dir);
         match fs::metadata(&path) {
             Ok(_) => {
@@ -236,29 +233,51 @@ impl SigningKeys {
         };
         let json = SecretSlice::from(serde_json::to_vec_pretty(&out)?);
         drop(out);
-        let tmp = path.with_extension("json.tmp");
-        match fs::remove_file(&tmp) {
-            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error.into()),
-            _ => {}
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(json.expose_secret())?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
+        write_private_file(path, json.expose_secret())?;
         Ok(())
     }
 }
 
+// The helpers below are shared with `crate::byok` (its master key file).
+
+/// `<data_dir>/secrets`, made with mode 0700 (and `data_dir` with it) if
+/// missing, or narrowed to 0700 if found wider.
+pub(crate) fn secrets_dir(data_dir: &Path) -> io::Result<PathBuf> {
+    fs::create_dir_all(data_dir)?;
+    let dir = data_dir.join("secrets");
+    DirBuilder::new().mode(0o700).recursive(true).create(&dir)?;
+    narrow_permissions(&dir, 0o700)?;
+    Ok(dir)
+}
+
+/// Writes `bytes` to `path` with mode 0600: a new file `<path>.tmp`
+/// beside it, synced, renamed over `path`, then the directory synced — a
+/// crash leaves the old file or the new one, never half of one.
+pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    match fs::remove_file(&tmp) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Takes away any permission beyond `mode` (the umask could have left a
 /// directory group-readable; someone could have chmodded the file).
-fn narrow_permissions(path: &Path, mode: u32) -> Result<(), AuthError> {
+pub(crate) fn narrow_permissions(path: &Path, mode: u32) -> io::Result<()> {
     let current = fs::metadata(path)?.permissions().mode() & 0o777;
     if current & !mode != 0 {
         tracing::warn!(
