@@ -140,6 +140,14 @@ enum Command {
         #[command(flatten)]
         target: operator::Target,
     },
+    /// An org's own model provider keys (BYOK): sealed at rest, sent only
+    /// to the provider with the org's model calls.
+    ProviderKeys {
+        #[command(subcommand)]
+        command: operator::ProviderKeyCommand,
+        #[command(flatten)]
+        target: operator::Target,
+    },
     /// Session tokens and end users' identity tokens.
     Tokens {
         #[command(subcommand)]
@@ -324,6 +332,11 @@ struct ServeArgs {
     /// start) before it is killed and the app refused.
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     setup_timeout_secs: u64,
+    /// Where an org's own key for a provider sends its calls, as
+    /// `PROVIDER=URL` (anthropic, openai, openrouter); repeat for more.
+    /// Defaults: the providers' public APIs.
+    #[arg(long = "provider-url", value_name = "PROVIDER=URL")]
+    provider_urls: Vec<String>,
 }
 
 /// Parses `--harness`.
@@ -722,6 +735,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .extend(args.setup_allow_hosts.iter().cloned());
     config.setup.allow_net = args.setup_allow_net.clone();
     config.setup.timeout = std::time::Duration::from_secs(args.setup_timeout_secs.max(1));
+    for pair in &args.provider_urls {
+        let (provider, url) = pair
+            .split_once('=')
+            .with_context(|| format!("--provider-url {pair}: write PROVIDER=URL"))?;
+        let provider: karta_host::byok::Provider = provider
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--provider-url {pair}: {e}"))?;
+        config
+            .provider_urls
+            .0
+            .insert(provider, url.trim_end_matches('/').to_owned());
+    }
     if args.no_jail {
         eprintln!(
             "karta: WARNING: --no-jail: harness processes run UNCONFINED; an app's code (and any tool a model runs) can read and write everything this user can"
@@ -865,6 +890,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::EmbedKeys { command, target } => {
             operator::run(operator::Operator::EmbedKeys(command), target).await
+        }
+        Command::ProviderKeys { command, target } => {
+            operator::run(operator::Operator::ProviderKeys(command), target).await
         }
         Command::Tokens { command, target } => {
             operator::run(operator::Operator::Tokens(command), target).await

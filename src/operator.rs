@@ -158,8 +158,38 @@ pub enum TokenCommand {
     },
 }
 
+/// `karta provider-keys …`
+#[derive(Subcommand)]
+pub enum ProviderKeyCommand {
+    /// Set an org's own key for a provider (BYOK), read from stdin (never
+    /// from the command line, where `ps` and shell history would keep it).
+    Set {
+        /// The org's slug.
+        #[arg(long)]
+        org: String,
+        /// `anthropic`, `openai` or `openrouter`.
+        provider: String,
+    },
+    /// List an org's provider keys (ids and fingerprints, never keys).
+    List {
+        /// The org's slug.
+        #[arg(long)]
+        org: String,
+    },
+    /// Remove an org's key for a provider.
+    Remove {
+        /// The org's slug.
+        #[arg(long)]
+        org: String,
+        /// `anthropic`, `openai` or `openrouter`.
+        provider: String,
+    },
+}
+
 /// The operator commands.
 pub enum Operator {
+    /// `karta provider-keys`.
+    ProviderKeys(ProviderKeyCommand),
     /// `karta org`.
     Org(OrgCommand),
     /// `karta project`.
@@ -526,6 +556,53 @@ async fn execute(admin: &Admin, command: Operator) -> anyhow::Result<(Value, Str
                 .await?;
             let text = answer["token"].as_str().unwrap_or("").to_owned();
             (answer, text)
+        }
+        Operator::ProviderKeys(ProviderKeyCommand::Set { org, provider }) => {
+            let mut key = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut key)
+                .context("cannot read the key from stdin")?;
+            let key = key.trim();
+            anyhow::ensure!(
+                !key.is_empty(),
+                "give the key on stdin, e.g. `karta provider-keys set --org ORG anthropic < key.txt`"
+            );
+            let answer = admin
+                .post(
+                    &format!("/v1/admin/orgs/{org}/provider-keys"),
+                    json!({ "provider": provider, "key": key }),
+                )
+                .await?;
+            let text = format!(
+                "{org}: {provider} key {} ({}) sealed; the org's {provider} calls use it",
+                text(&answer, "id"),
+                text(&answer, "fingerprint")
+            );
+            (answer, text)
+        }
+        Operator::ProviderKeys(ProviderKeyCommand::List { org }) => {
+            let answer = admin
+                .get(&format!("/v1/admin/orgs/{org}/provider-keys"))
+                .await?;
+            let text = lines(&answer, "provider_keys", |k| {
+                format!(
+                    "{}  {}  {}{}",
+                    text(k, "id"),
+                    text(k, "provider"),
+                    text(k, "fingerprint"),
+                    if k["replaced_at"].is_string() {
+                        "  (replaced)"
+                    } else {
+                        ""
+                    }
+                )
+            });
+            (answer, text)
+        }
+        Operator::ProviderKeys(ProviderKeyCommand::Remove { org, provider }) => {
+            let answer = admin
+                .delete(&format!("/v1/admin/orgs/{org}/provider-keys/{provider}"))
+                .await?;
+            (answer, format!("{org}: {provider} key removed"))
         }
         Operator::Tokens(TokenCommand::RotateSecret) => {
             let answer = admin

@@ -60,6 +60,8 @@ pub struct HostConfig {
     /// The app's setup script: which hosts it may reach and for how long
     /// it may run (see [`crate::setup`]).
     pub setup: crate::setup::SetupConfig,
+    /// Where an org's own provider keys (BYOK) send its model calls.
+    pub provider_urls: crate::billing::ProviderUrls,
 }
 
 impl HostConfig {
@@ -81,6 +83,7 @@ impl HostConfig {
             python_mcp: Default::default(),
             harness_tools: true,
             setup: Default::default(),
+            provider_urls: Default::default(),
         }
     }
 
@@ -117,6 +120,9 @@ pub enum HostError {
     /// Releases could not be read.
     #[error(transparent)]
     Release(#[from] crate::release::ReleaseError),
+    /// The master key or the sealed provider keys could not be read.
+    #[error(transparent)]
+    Byok(#[from] crate::byok::ByokError),
     /// The plugin runtime could not start.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -212,6 +218,15 @@ impl Host {
             credentials.clone(),
             metrics.clone(),
         );
+        // Orgs' own provider keys, sealed under the master key; the gateway
+        // asks per call which one a session's org has.
+        let byok =
+            crate::byok::Byok::open(store.clone(), crate::byok::MasterKey::load(&data_dir)?)?;
+        gateway.set_router(Arc::new(crate::billing::ProviderKeys::new(
+            store.clone(),
+            byok.clone(),
+            config.provider_urls.clone(),
+        )));
         let (gateway_url, gateway_server) = gateway
             .serve(loopback_listener().await?)
             .map_err(HostError::Gateway)?;
@@ -235,7 +250,8 @@ impl Host {
             data_dir,
             config,
         };
-        let projects = Arc::new(Projects::new(shared, auth, releases, dev_app.as_deref()).await?);
+        let projects =
+            Arc::new(Projects::new(shared, auth, releases, byok, dev_app.as_deref()).await?);
         let mcp_server = crate::listen::spawn_server(
             "MCP server",
             mcp_listener,

@@ -77,6 +77,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod billing;
 pub mod byok;
 pub mod credentials;
 pub mod gateway;

@@ -97,6 +97,7 @@ pub struct Projects {
     shared: Shared,
     auth: Auth,
     releases: Releases,
+    byok: crate::byok::Byok,
     dev: Option<DevApp>,
     /// SHA-256 of the operator's token (`secrets/operator-token`).
     operator_digest: Vec<u8>,
@@ -132,6 +133,7 @@ impl Projects {
         shared: Shared,
         auth: Auth,
         releases: Releases,
+        byok: crate::byok::Byok,
         dev_app: Option<&Path>,
     ) -> Result<Self, HostError> {
         let operator_digest = {
@@ -147,6 +149,7 @@ impl Projects {
             shared,
             auth,
             releases,
+            byok,
             dev: None,
             operator_digest,
             loaded: Mutex::default(),
@@ -200,6 +203,11 @@ impl Projects {
     /// Orgs, projects and credentials.
     pub fn auth(&self) -> &Auth {
         &self.auth
+    }
+
+    /// Orgs' own provider keys (sealed).
+    pub fn byok(&self) -> &crate::byok::Byok {
+        &self.byok
     }
 
     /// Published releases.

@@ -97,6 +97,9 @@ async fn the_openapi_document_names_every_route() {
         "POST /v1/admin/orgs/{org}/keys",
         "DELETE /v1/admin/orgs/{org}/keys/{key_id}",
         "POST /v1/admin/token-secret/rotate",
+        "GET /v1/admin/orgs/{org}/provider-keys",
+        "POST /v1/admin/orgs/{org}/provider-keys",
+        "DELETE /v1/admin/orgs/{org}/provider-keys/{provider}",
     ]
     .map(str::to_owned)
     .into_iter()

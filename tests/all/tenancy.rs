@@ -43,10 +43,16 @@ impl Answer {
 
 impl Platform {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`Platform::start`] after `configure` has had its say.
+    pub async fn start_with(configure: impl FnOnce(&mut HostConfig)) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
         let mut config = HostConfig::published(data.path());
         config.harness = Some(karta_host::app::HarnessKind::Builtin);
         config.approval_timeout = Duration::from_secs(30);
+        configure(&mut config);
         let host = Host::start(config).await.expect("host starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -205,6 +211,9 @@ fn body_for(method: &str, path: &str, archive: &Bytes) -> (Bytes, &'static str) 
         ("POST", "keys") => json(json!({ "scope": "read" })),
         ("POST", "embed-keys") => json(json!({ "allowed_origins": ["https://a.example"] })),
         ("POST", "activate") => json(json!({ "version": 1 })),
+        ("POST", "provider-keys") => {
+            json(json!({ "provider": "anthropic", "key": "sk-test-1234567890abcdef" }))
+        }
         ("POST", "rollback") => json(json!({ "to": 1 })),
         ("POST", "releases") => (archive.clone(), "application/gzip"),
         ("POST", _) => json(json!({})),
@@ -311,6 +320,7 @@ async fn every_route_refuses_other_tenants() {
             .replace("{project}", "shop")
             .replace("{id}", &session_id)
             .replace("{request_id}", "req_none")
+            .replace("{provider}", "anthropic")
             .replace("{key_id}", key_in_path);
         let flat_session_route = path.starts_with("/v1/sessions");
         let names_acme = path.contains("acme") || path.contains(&session_id);
@@ -816,4 +826,143 @@ async fn sessions_stay_on_their_release() {
         "{}",
         releases.body
     );
+}
+
+/// BYOK: an org's own provider key reaches the provider with that org's
+/// model calls and nowhere else — not another org's calls, not any answer
+/// of any route, not the data dir in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orgs_own_provider_key_reaches_the_provider_and_nowhere_else() {
+    use karta_host::gateway::Gateway;
+    // The "provider": a gateway of the offline model that accepts only the
+    // key it issued — to acme, as acme's Anthropic key.
+    let provider = Gateway::standalone(None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (provider_url, _provider_server) = provider.serve(listener).expect("serve");
+    let acme_key = provider.credentials().for_session("acme-byok").gateway_key;
+    let url = provider_url.clone();
+    let platform = Platform::start_with(move |config| {
+        config
+            .provider_urls
+            .0
+            .insert(karta_host::byok::Provider::Anthropic, url);
+    })
+    .await;
+    let acme_admin = platform.key("acme", Scope::Admin);
+    let globex_admin = platform.key("globex", Scope::Admin);
+    let set = platform
+        .call(
+            "POST",
+            "/v1/admin/orgs/acme/provider-keys",
+            Some(&acme_admin),
+            json!({ "provider": "anthropic", "key": acme_key }),
+        )
+        .await;
+    assert_eq!(set.status, 201, "{}", set.body);
+    assert!(
+        set.json()["fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("sha256:"))
+    );
+    // Another org cannot set, see or remove acme's keys.
+    for (method, path) in [
+        ("GET", "/v1/admin/orgs/acme/provider-keys"),
+        ("DELETE", "/v1/admin/orgs/acme/provider-keys/anthropic"),
+    ] {
+        let answer = platform
+            .call(method, path, Some(&globex_admin), Value::Null)
+            .await;
+        assert_eq!(answer.status, 404, "{method} {path}: {}", answer.body);
+    }
+
+    // acme's turn goes to the provider with acme's key…
+    for (org, admin) in [("acme", &acme_admin), ("globex", &globex_admin)] {
+        let session = platform
+            .call(
+                "POST",
+                &format!("/{org}/shop/v1/sessions"),
+                Some(admin),
+                json!({}),
+            )
+            .await;
+        let id = session.json()["id"].as_str().expect("id").to_owned();
+        let turn = platform
+            .call(
+                "POST",
+                &format!("/{org}/shop/v1/sessions/{id}/messages"),
+                Some(admin),
+                json!({ "text": format!("hello from {org}") }),
+            )
+            .await;
+        assert_eq!(turn.status, 200, "{}", turn.body);
+        assert!(
+            turn.body.contains(&format!("hello from {org}")),
+            "{}",
+            turn.body
+        );
+    }
+    // …and only acme's: globex (no key, no platform upstream) stayed on
+    // the host's offline model.
+    let at_provider = provider.usage("acme-byok");
+    assert_eq!(at_provider.requests, 1, "{at_provider:?}");
+    let asked = provider.recent_requests();
+    assert!(
+        asked
+            .iter()
+            .any(|r| r.to_string().contains("hello from acme"))
+    );
+    assert!(
+        !asked
+            .iter()
+            .any(|r| r.to_string().contains("hello from globex"))
+    );
+
+    // No answer shows the key; the data dir holds it only sealed.
+    let listed = platform
+        .call(
+            "GET",
+            "/v1/admin/orgs/acme/provider-keys",
+            Some(&acme_admin),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(listed.status, 200);
+    for answer in [&set, &listed] {
+        assert!(!answer.body.contains(&acme_key), "{}", answer.body);
+    }
+    platform
+        .host
+        .projects()
+        .store()
+        .flush()
+        .await
+        .expect("flush");
+    let mut stack = vec![platform._data.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                assert!(
+                    !bytes
+                        .windows(acme_key.len())
+                        .any(|w| w == acme_key.as_bytes()),
+                    "{} holds the key in the clear",
+                    path.display()
+                );
+            }
+        }
+    }
+    let removed = platform
+        .call(
+            "DELETE",
+            "/v1/admin/orgs/acme/provider-keys/anthropic",
+            Some(&acme_admin),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.body);
 }

@@ -14,6 +14,7 @@
 //! | `POST …/projects/{project}/activate`, `…/rollback` | admin | move the active pointer |
 //! | `GET …/projects/{project}/audit` | read | who published, activated, rolled back |
 //! | `POST /v1/admin/token-secret/rotate` | operator | a new signing key for session tokens |
+//! | `GET, POST /v1/admin/orgs/{org}/provider-keys`, `DELETE …/provider-keys/{provider}` | admin | the org's own provider keys (BYOK): id, fingerprint, never the key |
 //!
 //! `…` is `/v1/admin/orgs/{org}`. The org must be the caller's (the
 //! operator and dev mode may address any): another org's is 404, like one
@@ -59,6 +60,8 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Projects>> {
         .routes(routes!(rollback))
         .routes(routes!(audit))
         .routes(routes!(rotate_token_secret))
+        .routes(routes!(set_provider_key, list_provider_keys))
+        .routes(routes!(remove_provider_key))
 }
 
 /// Runs a call that flushes sled (and so blocks) on tokio's blocking pool.
@@ -72,6 +75,18 @@ async fn blocking<T: Send + 'static>(
             "the operation failed unexpectedly",
         )
     })
+}
+
+impl From<crate::byok::ByokError> for ApiError {
+    fn from(error: crate::byok::ByokError) -> Self {
+        let status =
+            StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!("provider key store failure: {error}");
+            return Self::new(status, error.code(), "the provider key store failed");
+        }
+        Self::new(status, error.code(), error.to_string())
+    }
 }
 
 impl From<ReleaseError> for ApiError {
@@ -625,4 +640,65 @@ async fn rotate_token_secret(
     let auth = projects.auth().clone();
     blocking(move || auth.rotate_token_secret()).await??;
     Ok(axum::Json(json!({ "rotated": true })).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SetProviderKey {
+    /// `anthropic`, `openai` or `openrouter`.
+    #[schema(value_type = String)]
+    provider: crate::byok::Provider,
+    /// The provider's API key. Sealed at once; no route ever returns it.
+    #[schema(value_type = String)]
+    key: secrecy::SecretString,
+}
+
+#[derive(Deserialize)]
+struct ProviderPath {
+    provider: String,
+}
+
+/// Sets the org's own key for a provider (replacing the one before): the
+/// gateway sends the org's model calls of that provider's shape with it.
+#[utoipa::path(post, path = "/v1/admin/orgs/{org}/provider-keys", tag = "admin",
+    request_body = SetProviderKey,
+    responses((status = 201, description = "The key's id and fingerprint (never the key)"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn set_provider_key(
+    State(projects): State<Arc<Projects>>,
+    OrgAccess { caller, org }: OrgAccess,
+    ApiJson(request): ApiJson<SetProviderKey>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let byok = projects.byok().clone();
+    let info = blocking(move || byok.set_key(&org.id, request.provider, request.key)).await??;
+    Ok((StatusCode::CREATED, axum::Json(json!(info))).into_response())
+}
+
+/// The org's provider keys: ids, fingerprints, which is active.
+#[utoipa::path(get, path = "/v1/admin/orgs/{org}/provider-keys", tag = "admin",
+    responses((status = 200, description = "`{provider_keys}`"), (status = 404, body = ErrorBody)))]
+async fn list_provider_keys(
+    State(projects): State<Arc<Projects>>,
+    OrgAccess { caller, org }: OrgAccess,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let keys = projects.byok().keys(&org.id)?;
+    Ok(axum::Json(json!({ "provider_keys": keys })).into_response())
+}
+
+/// Removes the org's key for a provider (its calls fall back to the
+/// platform's upstream, if the operator configured one).
+#[utoipa::path(delete, path = "/v1/admin/orgs/{org}/provider-keys/{provider}", tag = "admin",
+    responses((status = 200, description = "`{removed}`"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn remove_provider_key(
+    State(projects): State<Arc<Projects>>,
+    OrgAccess { caller, org }: OrgAccess,
+    ApiPath(ProviderPath { provider }): ApiPath<ProviderPath>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let provider: crate::byok::Provider = provider.parse()?;
+    let byok = projects.byok().clone();
+    let removed = blocking(move || byok.remove_key(&org.id, provider)).await??;
+    Ok(axum::Json(json!({ "removed": removed })).into_response())
 }

@@ -58,7 +58,7 @@ impl UpstreamKind {
 }
 
 /// A real model provider behind the gateway.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Upstream {
     /// The wire shape.
     pub kind: UpstreamKind,
@@ -66,6 +66,25 @@ pub struct Upstream {
     pub base_url: String,
     /// The platform's key for it. Never logged, never given to a harness.
     pub api_key: String,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key: a Debug line ends up in logs.
+        f.debug_struct("Upstream")
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where one model call goes, decided by the host per call: an org's own
+/// provider key (BYOK) for the session's org, say. `Ok(None)` leaves the
+/// call to the gateway's own upstream (the platform's, or the offline
+/// model); `Err` refuses the call with that message.
+pub trait CallRouter: Send + Sync {
+    /// The upstream for a call of `session` in wire shape `kind`.
+    fn upstream_for(&self, session: &str, kind: UpstreamKind) -> Result<Option<Upstream>, String>;
 }
 
 /// What the gateway metered for one session and has not handed to a turn.
@@ -94,6 +113,8 @@ struct GatewayInner {
     /// bytes that arrived — parsing and copying a harness's 100 KiB request
     /// on every call cost more than the rest of the hop.
     recent: Mutex<VecDeque<Bytes>>,
+    /// The host's per-call choice of upstream (BYOK), if it set one.
+    router: std::sync::OnceLock<Arc<dyn CallRouter>>,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
@@ -134,6 +155,7 @@ impl Gateway {
                 metrics,
                 usage: Mutex::default(),
                 recent: Mutex::default(),
+                router: std::sync::OnceLock::new(),
                 client: Client::builder(TokioExecutor::new()).build(connector),
             }),
         }
@@ -143,6 +165,23 @@ impl Gateway {
     /// tests and tools that run one alone).
     pub fn standalone(upstream: Option<Upstream>) -> Self {
         Self::new(upstream, Arc::default(), Arc::default())
+    }
+
+    /// Lets `router` pick the upstream of each call (once; a second call is
+    /// ignored). The host does this at start.
+    pub fn set_router(&self, router: Arc<dyn CallRouter>) {
+        let _ = self.inner.router.set(router);
+    }
+
+    /// The upstream for one call: the router's choice, else the
+    /// gateway's own.
+    fn upstream_for(&self, session: &str, kind: UpstreamKind) -> Result<Option<Upstream>, String> {
+        if let Some(router) = self.inner.router.get()
+            && let Some(upstream) = router.upstream_for(session, kind)?
+        {
+            return Ok(Some(upstream));
+        }
+        Ok(self.inner.upstream.clone())
     }
 
     /// The credentials whose gateway keys it accepts.
@@ -338,8 +377,14 @@ async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: 
         Err(response) => return response,
     };
     gateway.count_request(&session);
-    if let Some(upstream) = gateway.upstream().cloned() {
-        return relay::forward(&gateway, &upstream, kind, session, bytes, streaming).await;
+    match gateway.upstream_for(&session, kind) {
+        Ok(Some(upstream)) => {
+            return relay::forward(&gateway, &upstream, kind, session, bytes, streaming).await;
+        }
+        Ok(None) => {}
+        Err(message) => {
+            return error_response(kind, StatusCode::BAD_GATEWAY, "api_error", &message);
+        }
     }
     // The offline model reads the whole conversation.
     let request: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
