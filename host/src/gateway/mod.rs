@@ -49,6 +49,14 @@ pub enum UpstreamKind {
 }
 
 impl UpstreamKind {
+    /// `anthropic` or `openai`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Anthropic => "anthropic",
+            Self::Openai => "openai",
+        }
+    }
+
     fn shape(self) -> WireShape {
         match self {
             Self::Anthropic => WireShape::Anthropic,
@@ -85,6 +93,25 @@ impl std::fmt::Debug for Upstream {
 pub trait CallRouter: Send + Sync {
     /// The upstream for a call of `session` in wire shape `kind`.
     fn upstream_for(&self, session: &str, kind: UpstreamKind) -> Result<Option<Upstream>, String>;
+
+    /// One increment of a call's usage, as the answer passes (before the
+    /// bytes that reported it go on to the harness): the host's ledger.
+    /// `seq` numbers the call's increments from 0, so `(call.id, seq)` is
+    /// unique and a retried write is not counted twice.
+    fn record(&self, _call: &ModelCall, _seq: u32, _usage: Usage) {}
+}
+
+/// One model call through the gateway.
+#[derive(Debug, Clone)]
+pub struct ModelCall {
+    /// Unique per call (`mc_…`).
+    pub id: String,
+    /// The session whose key made it.
+    pub session: String,
+    /// The model asked for.
+    pub model: String,
+    /// `anthropic`, `openai` or `offline`.
+    pub provider: String,
 }
 
 /// What the gateway metered for one session and has not handed to a turn.
@@ -260,17 +287,22 @@ impl Gateway {
             .requests += 1;
     }
 
-    /// Meters tokens to a session as they pass.
-    fn meter(&self, session: &str, usage: Usage) {
+    /// Meters tokens of `call` to its session as they pass, and hands
+    /// them to the host's ledger.
+    fn meter(&self, call: &ModelCall, seq: &mut u32, usage: Usage) {
         if usage.is_zero() {
             return;
         }
         lock(&self.inner.usage)
-            .entry(session.to_owned())
+            .entry(call.session.clone())
             .or_default()
             .usage
             .add(usage);
         self.inner.metrics.record_tokens(usage);
+        if let Some(router) = self.inner.router.get() {
+            router.record(call, *seq, usage);
+        }
+        *seq += 1;
     }
 
     fn remember(&self, body: &Bytes) {
@@ -305,16 +337,27 @@ fn error_response(kind: UpstreamKind, status: StatusCode, code: &str, message: &
 struct RequestHead {
     #[serde(default)]
     stream: bool,
+    /// The model asked for (what the ledger prices the call by).
+    #[serde(default)]
+    model: Option<String>,
 }
 
-/// Reads and checks a request: key, size, JSON. Returns the session, the
-/// bytes and whether the answer streams.
+/// What [`admit`] lets through: the session, the body, whether the answer
+/// streams, and the model asked for.
+struct Admitted {
+    session: String,
+    bytes: Bytes,
+    streaming: bool,
+    model: String,
+}
+
+/// Reads and checks a request: key, size, JSON.
 async fn admit(
     gateway: &Gateway,
     kind: UpstreamKind,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(String, Bytes, bool), Response> {
+) -> Result<Admitted, Response> {
     let Some(session) = gateway.session_for(headers) else {
         return Err(error_response(
             kind,
@@ -337,11 +380,14 @@ async fn admit(
             ));
         }
     };
-    let streaming = match serde_json::from_slice::<RequestHead>(&bytes) {
-        Ok(head) => head.stream,
+    let head = match serde_json::from_slice::<RequestHead>(&bytes) {
+        Ok(head) => head,
         // Valid JSON of another shape (the offline model answers it; a
         // provider says what it thinks of it).
-        Err(e) if e.is_data() => false,
+        Err(e) if e.is_data() => RequestHead {
+            stream: false,
+            model: None,
+        },
         Err(e) => {
             return Err(error_response(
                 kind,
@@ -352,7 +398,12 @@ async fn admit(
         }
     };
     gateway.remember(&bytes);
-    Ok((session, bytes, streaming))
+    Ok(Admitted {
+        session,
+        bytes,
+        streaming: head.stream,
+        model: head.model.unwrap_or_else(|| "unknown".into()),
+    })
 }
 
 async fn anthropic_messages(
@@ -372,14 +423,26 @@ async fn openai_chat(State(gateway): State<Gateway>, headers: HeaderMap, body: B
 /// answer passes through [`relay::metered`], which meters its tokens to the
 /// session as it goes.
 async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: Body) -> Response {
-    let (session, bytes, streaming) = match admit(&gateway, kind, &headers, body).await {
+    let Admitted {
+        session,
+        bytes,
+        streaming,
+        model,
+    } = match admit(&gateway, kind, &headers, body).await {
         Ok(admitted) => admitted,
         Err(response) => return response,
     };
     gateway.count_request(&session);
+    let call = |provider: &str| ModelCall {
+        id: format!("mc_{}", uuid::Uuid::new_v4().simple()),
+        session: session.clone(),
+        model: model.clone(),
+        provider: provider.to_owned(),
+    };
     match gateway.upstream_for(&session, kind) {
         Ok(Some(upstream)) => {
-            return relay::forward(&gateway, &upstream, kind, session, bytes, streaming).await;
+            let call = call(upstream.kind.as_str());
+            return relay::forward(&gateway, &upstream, kind, call, bytes, streaming).await;
         }
         Ok(None) => {}
         Err(message) => {
@@ -412,7 +475,7 @@ async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: 
         (UpstreamKind::Openai, false) => wire::json(&wire::openai_completion(&reply, model)),
     };
     let chunks = futures_util::stream::iter([Ok::<_, Infallible>(Bytes::from(answer))]);
-    let body = relay::metered(gateway, session, kind.shape(), streaming, chunks);
+    let body = relay::metered(gateway, call("offline"), kind.shape(), streaming, chunks);
     Response::builder()
         .header("content-type", content_type)
         .header("cache-control", "no-cache")

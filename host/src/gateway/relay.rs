@@ -20,13 +20,15 @@ use karta_harness::sse;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::{Gateway, MAX_EVENT_BYTES, MAX_UNARY_BYTES, Upstream, UpstreamKind, error_response};
+use super::{
+    Gateway, MAX_EVENT_BYTES, MAX_UNARY_BYTES, ModelCall, Upstream, UpstreamKind, error_response,
+};
 
 /// A body relaying `chunks` while metering them to `session`, in the
 /// connection's own task (no task or channel in between).
 pub(super) fn metered<S, E>(
     gateway: Gateway,
-    session: String,
+    call: ModelCall,
     shape: WireShape,
     streaming: bool,
     chunks: S,
@@ -36,6 +38,7 @@ where
     E: Into<axum::BoxError> + 'static,
 {
     let mut meter = UsageMeter::new(shape);
+    let mut seq = 0u32;
     if streaming {
         // The SSE reader is fed chunk by chunk and drained at once: every
         // complete event is metered before its bytes go on.
@@ -51,7 +54,7 @@ where
                     match event {
                         Ok(event) => {
                             if let Some(data) = event.data.as_deref() {
-                                gateway.meter(&session, meter.observe(data));
+                                gateway.meter(&call, &mut seq, meter.observe(data));
                             }
                         }
                         Err(e) => tracing::warn!("cannot read the model's stream for usage: {e}"),
@@ -69,7 +72,8 @@ where
         copy: Vec<u8>,
         done: bool,
         gateway: Gateway,
-        session: String,
+        call: ModelCall,
+        seq: u32,
         meter: UsageMeter,
     }
     let state = Unary {
@@ -78,7 +82,8 @@ where
         copy: Vec::new(),
         done: false,
         gateway,
-        session,
+        call,
+        seq,
         meter,
     };
     Body::from_stream(futures_util::stream::unfold(
@@ -101,7 +106,7 @@ where
                     None => {
                         state.done = true;
                         let usage = state.meter.observe_unary(&state.copy);
-                        state.gateway.meter(&state.session, usage);
+                        state.gateway.meter(&state.call, &mut state.seq, usage);
                         return state.held.take().map(|last| (Ok(last), state));
                     }
                 }
@@ -117,7 +122,7 @@ pub(super) async fn forward(
     gateway: &Gateway,
     upstream: &Upstream,
     kind: UpstreamKind,
-    session: String,
+    call: ModelCall,
     bytes: Bytes,
     streaming: bool,
 ) -> Response {
@@ -169,7 +174,7 @@ pub(super) async fn forward(
     let status = response.status();
     let content_type = response.headers().get("content-type").cloned();
     let chunks = http_body_util::BodyDataStream::new(response.into_body());
-    let body = metered(gateway.clone(), session, kind.shape(), streaming, chunks);
+    let body = metered(gateway.clone(), call, kind.shape(), streaming, chunks);
     let mut response = Response::builder().status(status);
     if let Some(content_type) = content_type {
         response = response.header("content-type", content_type);
