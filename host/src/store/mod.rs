@@ -93,6 +93,36 @@ impl Faults {
     }
 }
 
+/// How long [`Store::open`] waits for sled's file lock to be free.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens sled, waiting a little while its file lock is held. Why wait: a
+/// process this one forks gets a copy of every descriptor — the lock's
+/// too — until it execs (close-on-exec acts only then), and a jailed
+/// harness spends milliseconds between the two building its jail. A host
+/// shut down just before a child was forked elsewhere in the process would
+/// otherwise find its own data dir "locked" when it starts again. A lock
+/// that outlasts the wait (another process really holds the data dir) is
+/// the error it always was.
+fn open_waiting_for_lock(dir: &Path) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
 /// The key of row `index` of `session` in a per-session tree.
 fn child_key(session: &str, index: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(session.len() + 9);
@@ -129,10 +159,7 @@ impl Store {
     /// Opens (or creates) the database in `dir`, moving an older schema
     /// forward.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .open()?;
+        let db = open_waiting_for_lock(dir)?;
         let store = Self {
             meta: db.open_tree("meta")?,
             sessions: db.open_tree("sessions")?,
