@@ -85,6 +85,7 @@ pub mod harness;
 mod host;
 pub mod listen;
 pub mod mcp;
+pub mod meter;
 pub mod metrics;
 pub mod plugin;
 pub mod projects;

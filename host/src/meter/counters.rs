@@ -1,0 +1,174 @@
+//! The counter rows of `meter_totals`: their key layout (see the
+//! module's tables) and their value, eight `u64`s.
+
+use super::error::MeterError;
+use super::ledger::UsageKind;
+
+/// The dimension tags of counter keys (see the module's tree table).
+pub(crate) mod dim {
+    pub const ORG: u8 = b'o';
+    pub const PROJECT: u8 = b'p';
+    pub const END_USER: u8 = b'u';
+    pub const KEY: u8 = b'k';
+    pub const SESSION: u8 = b's';
+    pub const NAME: u8 = b'n';
+}
+
+/// The period tag of a day bucket.
+pub(crate) const DAY: u8 = b'd';
+/// The period tag of a month bucket.
+pub(crate) const MONTH: u8 = b'm';
+
+/// `org 0x00 dim period`: every counter row of one dimension and period
+/// of an org, in bucket order.
+pub(crate) fn counter_prefix(org: &str, dim: u8, period: u8) -> Vec<u8> {
+    let mut key = Vec::with_capacity(org.len() + 48);
+    key.extend_from_slice(org.as_bytes());
+    key.extend_from_slice(&[0, dim, period]);
+    key
+}
+
+/// `org 0x00 dim period bucket(u32 BE) member`, the member's parts joined
+/// by `0x00`.
+pub(crate) fn counter_key(org: &str, dim: u8, period: u8, bucket: u32, member: &[&str]) -> Vec<u8> {
+    let mut key = counter_prefix(org, dim, period);
+    key.extend_from_slice(&bucket.to_be_bytes());
+    for (i, part) in member.iter().enumerate() {
+        if i > 0 {
+            key.push(0);
+        }
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+/// The quantities one counter row sums: eight `u64`s, little-endian.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counters {
+    pub(crate) cost_micros: u64,
+    pub(crate) input_tokens: u64,
+    pub(crate) output_tokens: u64,
+    pub(crate) cache_read_tokens: u64,
+    pub(crate) cache_write_tokens: u64,
+    pub(crate) fuel: u64,
+    pub(crate) tool_calls: u64,
+    pub(crate) model_calls: u64,
+}
+
+/// The size of an encoded [`Counters`].
+const COUNTERS_LEN: usize = 64;
+
+impl Counters {
+    /// What one record adds.
+    pub(crate) fn of(kind: &UsageKind, cost_micros: u64) -> Self {
+        let mut counters = Counters {
+            cost_micros,
+            ..Counters::default()
+        };
+        match kind {
+            UsageKind::Model {
+                input_tokens,
+                output_tokens,
+                cache_read_tokens,
+                cache_write_tokens,
+                ..
+            } => {
+                counters.input_tokens = *input_tokens;
+                counters.output_tokens = *output_tokens;
+                counters.cache_read_tokens = *cache_read_tokens;
+                counters.cache_write_tokens = *cache_write_tokens;
+                counters.model_calls = 1;
+            }
+            UsageKind::Tool { fuel, .. } => {
+                counters.fuel = *fuel;
+                counters.tool_calls = 1;
+            }
+        }
+        counters
+    }
+
+    fn fields(&self) -> [u64; 8] {
+        [
+            self.cost_micros,
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.fuel,
+            self.tool_calls,
+            self.model_calls,
+        ]
+    }
+
+    fn from_fields(f: [u64; 8]) -> Self {
+        Counters {
+            cost_micros: f[0],
+            input_tokens: f[1],
+            output_tokens: f[2],
+            cache_read_tokens: f[3],
+            cache_write_tokens: f[4],
+            fuel: f[5],
+            tool_calls: f[6],
+            model_calls: f[7],
+        }
+    }
+
+    /// Adds `other`, saturating: a counter pinned at `u64::MAX` is wrong
+    /// by less than a wrapped one, and over-bills rather than under-bills.
+    pub(crate) fn add(&mut self, other: &Counters) {
+        let (mine, theirs) = (self.fields(), other.fields());
+        *self = Self::from_fields(std::array::from_fn(|i| mine[i].saturating_add(theirs[i])));
+    }
+
+    pub(crate) fn encode(&self) -> [u8; COUNTERS_LEN] {
+        let mut bytes = [0u8; COUNTERS_LEN];
+        for (chunk, value) in bytes.chunks_exact_mut(8).zip(self.fields()) {
+            chunk.copy_from_slice(&value.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// A row as written by [`Counters::encode`]; anything else is corrupt.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, MeterError> {
+        if bytes.len() != COUNTERS_LEN {
+            return Err(MeterError::corrupt("a counter is not 64 bytes"));
+        }
+        let mut fields = [0u64; 8];
+        for (field, chunk) in fields.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            *field = u64::from_le_bytes(word);
+        }
+        Ok(Self::from_fields(fields))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_round_trip_and_saturate() {
+        let mut counters = Counters::of(
+            &UsageKind::Tool {
+                tool: "t".into(),
+                fuel: 7,
+                wall_us: 1,
+            },
+            3,
+        );
+        assert_eq!(
+            Counters::decode(&counters.encode()).expect("decode"),
+            counters
+        );
+        counters.add(&Counters {
+            fuel: u64::MAX,
+            ..Counters::default()
+        });
+        assert_eq!(
+            (counters.fuel, counters.cost_micros, counters.tool_calls),
+            (u64::MAX, 3, 1)
+        );
+        assert!(Counters::decode(&[0; 63]).is_err());
+    }
+}

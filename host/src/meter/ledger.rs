@@ -1,0 +1,260 @@
+//! The ledger: one row per usage record, and the aggregate counters bumped
+//! in the same sled transaction.
+//!
+//! [`Meter::record`] is idempotent on the record's `id`: the transaction
+//! first looks the id up, and a second record with it changes nothing
+//! ([`Recorded::Duplicate`]; the first one's content wins). Because the
+//! record row and every counter it bumps commit together, a total read at
+//! any moment — or after a crash at any moment — is exactly the sum of
+//! the records present.
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+
+use super::Meter;
+use super::calendar::{Day, month_of_ms};
+use super::counters::{Counters, DAY, MONTH, counter_key, dim};
+use super::error::MeterError;
+
+/// One metered event: a model call's tokens or a tool call's fuel, with
+/// the tenant it is billed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// The caller's idempotency id, unique within the org, e.g.
+    /// `"<session>/<turn>/<call>"`: recording it again counts nothing.
+    pub id: String,
+    /// When the usage happened, Unix milliseconds; picks the UTC day and
+    /// month buckets.
+    pub at_ms: u64,
+    /// The org billed.
+    pub org_id: String,
+    /// The project within the org.
+    pub project_id: String,
+    /// The release version of the project the session is pinned to.
+    pub version: u32,
+    /// The session the usage belongs to.
+    pub session_id: String,
+    /// The project's end user, when the session has one.
+    pub end_user_id: Option<String>,
+    /// The credential (API key or embed key id) the session was opened
+    /// with, for per-key budgets.
+    pub credential_id: Option<String>,
+    /// What was used.
+    pub kind: UsageKind,
+}
+
+/// What a record measured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum UsageKind {
+    /// One model call (one request through the gateway).
+    Model {
+        /// Who served it (`anthropic`, `offline`, …).
+        provider: String,
+        /// The model's name as the request gave it; prices match on it.
+        model: String,
+        /// Uncached input tokens.
+        input_tokens: u64,
+        /// Output tokens.
+        output_tokens: u64,
+        /// Input tokens read from the provider's cache.
+        cache_read_tokens: u64,
+        /// Input tokens written to the provider's cache.
+        cache_write_tokens: u64,
+    },
+    /// One tool call in wasmtime.
+    Tool {
+        /// The tool's name.
+        tool: String,
+        /// The fuel it consumed.
+        fuel: u64,
+        /// Its wall-clock time, microseconds (kept in the record, not
+        /// priced).
+        wall_us: u64,
+    },
+}
+
+impl UsageKind {
+    /// The name this usage is grouped under by [`GroupBy::Model`]: the
+    /// model's name, or `tool:<name>` for a tool.
+    ///
+    /// [`GroupBy::Model`]: super::GroupBy::Model
+    pub fn group_name(&self) -> String {
+        match self {
+            UsageKind::Model { model, .. } => model.clone(),
+            UsageKind::Tool { tool, .. } => format!("tool:{tool}"),
+        }
+    }
+}
+
+/// What [`Meter::record`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// The record is new and counted.
+    New {
+        /// What it cost, as billed (micro-units).
+        cost_micros: u64,
+    },
+    /// A record with this id was already there; nothing changed.
+    Duplicate,
+}
+
+/// A record row: the record and the cost billed when it was written.
+#[derive(Serialize)]
+struct EntryRef<'a> {
+    cost_micros: u64,
+    record: &'a UsageRecord,
+}
+
+/// A record row, read back (tests).
+#[cfg(test)]
+#[derive(Deserialize)]
+pub(crate) struct Entry {
+    pub(crate) cost_micros: u64,
+    pub(crate) record: UsageRecord,
+}
+/// `org 0x00 id`: a record's row.
+fn record_key(org: &str, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(org.len() + id.len() + 1);
+    key.extend_from_slice(org.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+/// The counter rows one record bumps (see the module's tree table).
+fn counter_keys(record: &UsageRecord) -> Vec<Vec<u8>> {
+    let day = Day::from_unix_ms(record.at_ms).days_since_epoch();
+    let month = month_of_ms(record.at_ms);
+    let org = record.org_id.as_str();
+    let project = record.project_id.as_str();
+    let mut keys = Vec::with_capacity(10);
+    let mut both = |dim: u8, member: &[&str]| {
+        keys.push(counter_key(org, dim, DAY, day, member));
+        keys.push(counter_key(org, dim, MONTH, month, member));
+    };
+    both(dim::ORG, &[]);
+    both(dim::PROJECT, &[project]);
+    if let Some(user) = &record.end_user_id {
+        both(dim::END_USER, &[project, user]);
+    }
+    if let Some(credential) = &record.credential_id {
+        both(dim::KEY, &[credential]);
+    }
+    // Sessions and model names are many and short-lived: day rows only
+    // (a month is at most 31 of them).
+    keys.push(counter_key(
+        org,
+        dim::SESSION,
+        DAY,
+        day,
+        &[project, &record.session_id],
+    ));
+    let name = record.kind.group_name();
+    keys.push(counter_key(org, dim::NAME, DAY, day, &[project, &name]));
+    keys
+}
+/// Refuses what would break the key layout: `0x00` separates key parts.
+fn validate(record: &UsageRecord) -> Result<(), MeterError> {
+    let fields = [
+        ("id", Some(&record.id)),
+        ("org_id", Some(&record.org_id)),
+        ("project_id", Some(&record.project_id)),
+        ("session_id", Some(&record.session_id)),
+        ("end_user_id", record.end_user_id.as_ref()),
+        ("credential_id", record.credential_id.as_ref()),
+    ];
+    for (field, value) in fields {
+        match value {
+            Some(value) if value.is_empty() => {
+                return Err(MeterError::bad_input(field, "it is empty"));
+            }
+            Some(value) if value.contains('\0') => {
+                return Err(MeterError::bad_input(field, "it contains NUL"));
+            }
+            _ => {}
+        }
+    }
+    if record.kind.group_name().contains('\0') {
+        return Err(MeterError::bad_input("kind", "the name contains NUL"));
+    }
+    Ok(())
+}
+
+impl Meter {
+    /// Records `record` once: its row and every aggregate it bumps (org,
+    /// project, session, end user, key and model, by UTC day and month)
+    /// in one sled transaction. The same id again is
+    /// [`Recorded::Duplicate`] and changes nothing.
+    ///
+    /// Does **not** flush: the write is atomic at once but durable only
+    /// after the next [`Meter::flush`] (or `Store::flush`, the same
+    /// database). A caller that must not lose the record across a crash —
+    /// before it answers a client, say — flushes; a crash before that
+    /// loses the record *and* its aggregates together, never one of them.
+    pub fn record(&self, record: &UsageRecord) -> Result<Recorded, MeterError> {
+        validate(record)?;
+        let cost_micros = self.prices().cost_micros(&record.kind);
+        let delta = Counters::of(&record.kind, cost_micros);
+        // Everything is encoded before the transaction: its closure may
+        // run again on a conflict and should only read and write.
+        let row_key = record_key(&record.org_id, &record.id);
+        let row = serde_json::to_vec(&EntryRef {
+            cost_micros,
+            record,
+        })?;
+        let keys = counter_keys(record);
+        let inner = &self.inner;
+        let counted = (&inner.records, &inner.totals).transaction(|(records, totals)| {
+            if records.get(&row_key)?.is_some() {
+                return Ok(false);
+            }
+            records.insert(row_key.as_slice(), row.as_slice())?;
+            for key in &keys {
+                let mut counters = match totals.get(key)? {
+                    Some(bytes) => {
+                        Counters::decode(&bytes).map_err(ConflictableTransactionError::Abort)?
+                    }
+                    None => Counters::default(),
+                };
+                counters.add(&delta);
+                totals.insert(key.as_slice(), &counters.encode()[..])?;
+            }
+            Ok(true)
+        })?;
+        Ok(if counted {
+            Recorded::New { cost_micros }
+        } else {
+            Recorded::Duplicate
+        })
+    }
+
+    /// Every record row of `org` with its billed cost (tests).
+    #[cfg(test)]
+    pub(crate) fn entries(&self, org: &str) -> Result<Vec<Entry>, MeterError> {
+        let mut prefix = org.as_bytes().to_vec();
+        prefix.push(0);
+        self.inner
+            .records
+            .scan_prefix(prefix)
+            .values()
+            .map(|value| Ok(serde_json::from_slice(&value?)?))
+            .collect()
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_serialize_tagged() {
+        let kind = UsageKind::Tool {
+            tool: "calc".into(),
+            fuel: 1,
+            wall_us: 2,
+        };
+        let json = serde_json::to_value(&kind).expect("json");
+        assert_eq!(json["type"], "tool");
+        assert_eq!(kind.group_name(), "tool:calc");
+    }
+}

@@ -1,0 +1,198 @@
+//! Metering: what each tenant used and what it cost, and budgets that
+//! refuse work once a cap is reached.
+//!
+//! - **Ledger** (`ledger.rs`): [`Meter::record`] writes a [`UsageRecord`]
+//!   (a model call's tokens or a tool call's fuel) and bumps every
+//!   aggregate counter it belongs to in **one sled transaction**, and is
+//!   idempotent on the record's id. Totals never disagree with the
+//!   records, and a crash leaves both or neither. `record` does not flush;
+//!   [`Meter::flush`] (or `Store::flush`) does.
+//! - **Prices** (`prices.rs`): a [`PriceTable`] in integer micro-units
+//!   (1/1,000,000 of a currency unit), from TOML or the documented
+//!   default; a cost is rounded up once per record and stored with it.
+//! - **Totals** (`totals.rs`): [`Meter::totals`] reports by project,
+//!   session, end user, day, month or model from the counters alone (the
+//!   served combinations are tabled there); [`Meter::spent`] is one read.
+//! - **Budgets** (`budgets.rs`, `reserve.rs`): a [`Budget`] caps a
+//!   [`BudgetScope`] per UTC day or month. [`Meter::check`] refuses a
+//!   turn at the cap; [`Meter::reserve`] takes room for a call under one
+//!   lock and [`Reservation::settle`] records the call, then releases.
+//!   **Guarantee:** a budget is never overspent except by what calls cost
+//!   *beyond what they reserved*, plus records written with no
+//!   reservation at all; if every call reserves at least its cost, the cap
+//!   holds exactly (the precise bound is on [`Meter::reserve`]).
+//! - `counters.rs`: the counter rows' keys and values; `calendar.rs`: UTC
+//!   [`Day`]s and months; `error.rs`: [`MeterError`] and
+//!   [`BudgetExhausted`] (402). Tests of several parts at once are in
+//!   `tests/`; `benches/meter.rs` times `record` and `reserve` + `settle`.
+//!
+//! Trees (keys are byte strings; `0x00` separates parts — ids and names
+//! never contain it, the meter refuses them — and buckets are `u32`
+//! big-endian, so one prefix scan returns an org's rows of one dimension in
+//! time order):
+//!
+//! | tree | key | value |
+//! | --- | --- | --- |
+//! | `meter_records` | org id, `0x00`, record id | `{cost_micros, record}` JSON ([`UsageRecord`] and what it was billed) |
+//! | `meter_totals` | org id, `0x00`, dimension, period, bucket (u32 BE), member | 8 × u64 LE: cost, input, output, cache read, cache write tokens, fuel, tool calls, model calls |
+//! | `meter_budgets` | org id, `0x00`, dimension, (member part, `0x00`)*, period | [`Budget`] JSON |
+//!
+//! Period is `d` (bucket = days since 1970-01-01 UTC) or `m` (bucket =
+//! year × 12 + month − 1). The counter rows one record bumps:
+//!
+//! | dimension | member | periods | serves |
+//! | --- | --- | --- | --- |
+//! | `o` org | — | `d`, `m` | org budgets; org totals |
+//! | `p` project | project id | `d`, `m` | project budgets; per-project totals |
+//! | `u` end user | project id, end user id | `d`, `m` | end-user budgets; per-end-user totals |
+//! | `k` key | credential id | `d`, `m` | per-key budgets |
+//! | `s` session | project id, session id | `d` | per-session totals |
+//! | `n` model | project id, model name or `tool:<name>` | `d` | per-model totals |
+//!
+//! That is 6 to 10 rows and one record row per transaction.
+//!
+//! ```
+//! use karta_host::meter::{
+//!     Budget, BudgetScope, GroupBy, Meter, Period, PriceTable, Recorded, UsageFilter,
+//!     UsageKind, UsageRecord,
+//! };
+//! use karta_host::store::Store;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let meter = Meter::open(&Store::open(dir.path())?, PriceTable::default())?;
+//! let now = 1_750_000_000_000;
+//! let scopes = BudgetScope::for_call("org_a", "prj_a", None, None);
+//! meter.set_budget(&Budget { scope: scopes[0].clone(), period: Period::Day, cap_micros: 50_000 })?;
+//!
+//! // Before a call: reserve an estimate; after it: settle with the truth.
+//! let reservation = meter.reserve(&scopes, 20_000, now)?;
+//! let record = UsageRecord {
+//!     id: "ses_1/1/1".into(),
+//!     at_ms: now,
+//!     org_id: "org_a".into(),
+//!     project_id: "prj_a".into(),
+//!     version: 1,
+//!     session_id: "ses_1".into(),
+//!     end_user_id: None,
+//!     credential_id: None,
+//!     kind: UsageKind::Model {
+//!         provider: "anthropic".into(),
+//!         model: "claude-sonnet-4-5-20250929".into(),
+//!         input_tokens: 1000,
+//!         output_tokens: 500,
+//!         cache_read_tokens: 0,
+//!         cache_write_tokens: 0,
+//!     },
+//! };
+//! assert_eq!(reservation.settle(&record)?, Recorded::New { cost_micros: 10_500 });
+//! assert_eq!(meter.record(&record)?, Recorded::Duplicate);
+//! meter.flush()?;
+//!
+//! assert_eq!(meter.affordable(&scopes, now)?, Some(39_500));
+//! let filter = UsageFilter { org_id: "org_a".into(), ..Default::default() };
+//! assert_eq!(meter.totals(&filter, GroupBy::None)?[0].cost_micros, 10_500);
+//! # Ok(()) }
+//! ```
+
+mod budgets;
+mod calendar;
+mod counters;
+mod error;
+mod ledger;
+mod prices;
+mod reserve;
+mod totals;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use crate::store::Store;
+
+pub use budgets::{Budget, BudgetScope, Period};
+pub use calendar::{BadDay, Day};
+pub use error::{BudgetExhausted, MeterError};
+pub use ledger::{Recorded, UsageKind, UsageRecord};
+pub use prices::{ModelPrice, PriceTable};
+pub use reserve::Reservation;
+pub use totals::{GroupBy, TotalRow, UsageFilter};
+
+/// The meter: the ledger, its counters, the prices and the budgets. Cheap
+/// to clone (one `Arc`); every clone is the same meter.
+#[derive(Clone)]
+pub struct Meter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    records: sled::Tree,
+    totals: sled::Tree,
+    budgets: sled::Tree,
+    prices: RwLock<Arc<PriceTable>>,
+    state: Mutex<reserve::BudgetState>,
+}
+
+impl fmt::Debug for Meter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Meter").finish_non_exhaustive()
+    }
+}
+
+impl Meter {
+    /// The meter of `store`'s database, billing with `prices`. Reads every
+    /// budget into memory (budgets are few: one row per scope and period).
+    ///
+    /// Open **one** meter per database and clone it: the reservations in
+    /// flight live in the meter, and two meters of one database would not
+    /// see each other's.
+    pub fn open(store: &Store, prices: PriceTable) -> Result<Self, MeterError> {
+        let budgets = store.tree("meter_budgets")?;
+        let mut state = reserve::BudgetState::default();
+        for budget in Meter::all_budgets(&budgets)? {
+            state.set_cap(&budget.scope, budget.period, Some(budget.cap_micros));
+        }
+        Ok(Meter {
+            inner: Arc::new(Inner {
+                db: store.db().clone(),
+                records: store.tree("meter_records")?,
+                totals: store.tree("meter_totals")?,
+                budgets,
+                prices: RwLock::new(Arc::new(prices)),
+                state: Mutex::new(state),
+            }),
+        })
+    }
+
+    /// The prices new records are billed with.
+    pub fn prices(&self) -> Arc<PriceTable> {
+        let prices = self
+            .inner
+            .prices
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(&prices)
+    }
+
+    /// Bills records written from now on with `prices`; records already
+    /// written keep the cost they were billed.
+    pub fn set_prices(&self, prices: PriceTable) {
+        *self
+            .inner
+            .prices
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(prices);
+    }
+
+    /// Makes every record, counter and budget written so far durable.
+    /// Blocks (sled's `flush`, a few ms of `fsync`): from async code use
+    /// `Store::flush`, which flushes the same database on the blocking
+    /// pool.
+    pub fn flush(&self) -> Result<(), MeterError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+}
