@@ -148,6 +148,41 @@ enum Command {
         #[command(flatten)]
         target: operator::Target,
     },
+    /// An org's usage from the ledger: tokens, fuel and cost in
+    /// micro-units, optionally for one project, session or end user, by
+    /// project, session, end user, day, month or model.
+    Usage {
+        /// The org's slug.
+        #[arg(long)]
+        org: String,
+        /// Only this project (its slug).
+        #[arg(long)]
+        project: Option<String>,
+        /// Only this session (with --project).
+        #[arg(long)]
+        session: Option<String>,
+        /// Only this end user (with --project).
+        #[arg(long)]
+        end_user: Option<String>,
+        /// From this UTC day (YYYY-MM-DD).
+        #[arg(long)]
+        from: Option<String>,
+        /// To this UTC day (YYYY-MM-DD).
+        #[arg(long)]
+        to: Option<String>,
+        /// none, project, session, end_user, day, month or model.
+        #[arg(long, default_value = "none")]
+        group_by: String,
+        #[command(flatten)]
+        target: operator::Target,
+    },
+    /// Cost caps per day or month: over one, turns are refused (402).
+    Budgets {
+        #[command(subcommand)]
+        command: operator::BudgetCommand,
+        #[command(flatten)]
+        target: operator::Target,
+    },
     /// Session tokens and end users' identity tokens.
     Tokens {
         #[command(subcommand)]
@@ -893,6 +928,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::ProviderKeys { command, target } => {
             operator::run(operator::Operator::ProviderKeys(command), target).await
+        }
+        Command::Usage {
+            org,
+            project,
+            session,
+            end_user,
+            from,
+            to,
+            group_by,
+            target,
+        } => {
+            let query = [
+                ("project", project),
+                ("session", session),
+                ("end_user", end_user),
+                ("from", from),
+                ("to", to),
+                ("group_by", Some(group_by)),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+            .collect();
+            operator::run(operator::Operator::Usage { org, query }, target).await
+        }
+        Command::Budgets { command, target } => {
+            operator::run(operator::Operator::Budgets(command), target).await
         }
         Command::Tokens { command, target } => {
             operator::run(operator::Operator::Tokens(command), target).await

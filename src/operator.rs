@@ -186,8 +186,61 @@ pub enum ProviderKeyCommand {
     },
 }
 
+/// `karta budgets …`
+#[derive(Subcommand)]
+pub enum BudgetCommand {
+    /// Cap an org's (or a project's, or an end user's) cost per day or
+    /// month, in micro-units; over it, turns are refused with 402.
+    Set {
+        /// The org's slug.
+        #[arg(long)]
+        org: String,
+        /// Only this project (its slug).
+        #[arg(long)]
+        project: Option<String>,
+        /// Only this end user of the project.
+        #[arg(long)]
+        end_user: Option<String>,
+        /// `day` or `month` (UTC).
+        #[arg(long, default_value = "month")]
+        period: String,
+        /// The cap, micro-units (1,000,000 = one currency unit).
+        cap_micros: u64,
+    },
+    /// Remove a budget.
+    Remove {
+        /// The org's slug.
+        #[arg(long)]
+        org: String,
+        /// Only this project (its slug).
+        #[arg(long)]
+        project: Option<String>,
+        /// Only this end user of the project.
+        #[arg(long)]
+        end_user: Option<String>,
+        /// `day` or `month`.
+        #[arg(long, default_value = "month")]
+        period: String,
+    },
+    /// An org's budgets and what each has spent this period.
+    List {
+        /// The org's slug.
+        #[arg(long)]
+        org: String,
+    },
+}
+
 /// The operator commands.
 pub enum Operator {
+    /// `karta usage --org ORG …`: the ledger's totals.
+    Usage {
+        /// The org's slug.
+        org: String,
+        /// `project=…&group_by=…` and the rest, as the route takes them.
+        query: Vec<(String, String)>,
+    },
+    /// `karta budgets`.
+    Budgets(BudgetCommand),
     /// `karta provider-keys`.
     ProviderKeys(ProviderKeyCommand),
     /// `karta org`.
@@ -555,6 +608,86 @@ async fn execute(admin: &Admin, command: Operator) -> anyhow::Result<(Value, Str
                 )
                 .await?;
             let text = answer["token"].as_str().unwrap_or("").to_owned();
+            (answer, text)
+        }
+        Operator::Usage { org, query } => {
+            let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let answer = admin
+                .get(&format!("/v1/admin/orgs/{org}/usage?{}", query.join("&")))
+                .await?;
+            let text = lines(&answer, "rows", |r| {
+                format!(
+                    "{:<24} {:>12} µ  in {:>9}  out {:>9}  cache {:>9}/{:<9} fuel {:>12}  {} model / {} tool calls",
+                    text(r, "key"),
+                    r["cost_micros"],
+                    r["input_tokens"],
+                    r["output_tokens"],
+                    r["cache_read_tokens"],
+                    r["cache_write_tokens"],
+                    r["fuel"],
+                    r["model_calls"],
+                    r["tool_calls"],
+                )
+            });
+            (answer, text)
+        }
+        Operator::Budgets(BudgetCommand::Set {
+            org,
+            project,
+            end_user,
+            period,
+            cap_micros,
+        }) => {
+            let answer = admin
+                .send(
+                    hyper::Method::PUT,
+                    &format!("/v1/admin/orgs/{org}/budgets"),
+                    Some((
+                        Bytes::from(serde_json::to_vec(&json!({
+                            "project": project, "end_user": end_user,
+                            "period": period, "cap_micros": cap_micros,
+                        }))?),
+                        "application/json",
+                    )),
+                )
+                .await?;
+            (
+                answer,
+                format!("{org}: a {period} budget of {cap_micros} micro-units"),
+            )
+        }
+        Operator::Budgets(BudgetCommand::Remove {
+            org,
+            project,
+            end_user,
+            period,
+        }) => {
+            let answer = admin
+                .send(
+                    hyper::Method::PUT,
+                    &format!("/v1/admin/orgs/{org}/budgets"),
+                    Some((
+                        Bytes::from(serde_json::to_vec(&json!({
+                            "project": project, "end_user": end_user,
+                            "period": period, "cap_micros": null,
+                        }))?),
+                        "application/json",
+                    )),
+                )
+                .await?;
+            (answer, format!("{org}: the {period} budget removed"))
+        }
+        Operator::Budgets(BudgetCommand::List { org }) => {
+            let answer = admin.get(&format!("/v1/admin/orgs/{org}/budgets")).await?;
+            let text = lines(&answer, "budgets", |b| {
+                format!(
+                    "{}  {}  {} of {} micro-units spent",
+                    b["budget"]["scope"],
+                    text(&b["budget"], "period"),
+                    b["spent_micros"],
+                    b["budget"]["cap_micros"]
+                )
+            });
             (answer, text)
         }
         Operator::ProviderKeys(ProviderKeyCommand::Set { org, provider }) => {

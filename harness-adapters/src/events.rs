@@ -321,6 +321,10 @@ pub struct ToolUseData {
     /// Wall-clock time, when finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// What the call cost (its fuel at the host's price), integer
+    /// micro-units, when the host bills it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_micros: Option<u64>,
     /// CPU time the harness's jail used while a tool of the harness's own
     /// (Bash, Read, an app's stdio MCP server …) ran, ms: what such a tool
     /// costs, as fuel is for a WebAssembly one.
@@ -389,6 +393,10 @@ pub struct DoneData {
     pub usage: Usage,
     /// `completed`, `denied` or `cancelled`.
     pub status: TurnStatus,
+    /// What the turn cost (its model calls and tool calls at the host's
+    /// prices), integer micro-units, when the host bills it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_micros: Option<u64>,
     /// CPU time the harness's jail used during the turn (the harness
     /// itself and every process it ran), ms; absent for the builtin
     /// harness or without a CPU accounting cgroup.
@@ -456,6 +464,7 @@ impl Event {
             },
             fuel: None,
             duration_ms: None,
+            cost_micros: None,
             cpu_ms: None,
         })
     }
@@ -486,6 +495,7 @@ impl Event {
             },
             fuel,
             duration_ms,
+            cost_micros: None,
             cpu_ms: None,
         })
     }
@@ -518,6 +528,7 @@ impl Event {
             message_id: message_id.into(),
             usage,
             status,
+            cost_micros: None,
             cpu_ms: None,
         })
     }

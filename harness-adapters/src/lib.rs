@@ -72,6 +72,8 @@ pub struct ToolResult {
     pub fuel: Option<u64>,
     /// Wall-clock time of the call.
     pub duration_ms: u64,
+    /// What the call cost, integer micro-units, when the host bills it.
+    pub cost_micros: Option<u64>,
 }
 
 impl ToolResult {
@@ -84,6 +86,7 @@ impl ToolResult {
             }),
             fuel: None,
             duration_ms: 0,
+            cost_micros: None,
         }
     }
 
@@ -94,14 +97,18 @@ impl ToolResult {
         tool: impl Into<String>,
         input: serde_json::Value,
     ) -> Event {
-        Event::tool_finished(
+        let mut event = Event::tool_finished(
             part_id,
             tool,
             input,
             self.content.clone(),
             self.fuel,
             Some(self.duration_ms),
-        )
+        );
+        if let Event::ToolUse(data) = &mut event {
+            data.cost_micros = self.cost_micros;
+        }
+        event
     }
 }
 

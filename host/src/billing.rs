@@ -1,5 +1,14 @@
 //! Who pays for a model call, and with which key: the gateway asks
-//! [`ProviderKeys`] per call (it is the gateway's [`CallRouter`]).
+//! [`ProviderKeys`] per call (it is the gateway's [`CallRouter`]), and
+//! hands it every usage increment for the [`Ledger`].
+//!
+//! The ledger ([`crate::meter`]) gets one record per usage increment of a
+//! model call (`<call id>/<n>`: the gateway reads usage as the answer
+//! streams, so a call is usually two records, its input and its output) and
+//! one per tool call, each tied to the session's org, project, release and
+//! end user from the session's record. Records are written as the usage
+//! passes and made durable by the turn's own flush at its end (the same
+//! sled database): what a client was told in `done` is on disk.
 //!
 //! A session's org may have its own key for a provider (BYOK, sealed at
 //! rest by [`crate::byok`]). A call in the Anthropic shape goes out with the
@@ -17,9 +26,159 @@ use std::collections::BTreeMap;
 
 use secrecy::ExposeSecret;
 
+use karta_harness::Usage;
+
 use crate::byok::{Byok, Provider};
-use crate::gateway::{CallRouter, Upstream, UpstreamKind};
-use crate::store::Store;
+use crate::gateway::{CallRouter, ModelCall, Upstream, UpstreamKind};
+use crate::meter::{BudgetScope, Meter, UsageKind, UsageRecord};
+use crate::store::{SessionScope, Store};
+
+/// Now, Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The usage ledger as sessions and the gateway write to it.
+#[derive(Clone)]
+pub struct Ledger {
+    store: Store,
+    meter: Meter,
+    /// What each session's records cost since its turn last took it (the
+    /// `done` event's `cost_micros`).
+    turn_costs: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+}
+
+impl Ledger {
+    /// A ledger over `meter`, finding sessions' tenants in `store`.
+    pub fn new(store: Store, meter: Meter) -> Self {
+        Self {
+            store,
+            meter,
+            turn_costs: Default::default(),
+        }
+    }
+
+    fn add_cost(&self, session: &str, micros: u64) {
+        let mut costs = self
+            .turn_costs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cost = costs.entry(session.to_owned()).or_default();
+        *cost = cost.saturating_add(micros);
+    }
+
+    /// Takes what `session`'s records cost since the last take (a turn
+    /// takes its own at its end).
+    pub fn take_turn_cost(&self, session: &str) -> u64 {
+        self.turn_costs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(session)
+            .unwrap_or(0)
+    }
+
+    /// Bills `record`, settling `reservation` if the call held one;
+    /// returns its cost.
+    pub fn bill(
+        &self,
+        record: &UsageRecord,
+        reservation: Option<crate::meter::Reservation>,
+    ) -> u64 {
+        let cost = self.meter.prices().cost_micros(&record.kind);
+        let written = match reservation {
+            Some(held) => held.settle(record).map(|_| ()),
+            None => self.meter.record(record).map(|_| ()),
+        };
+        if let Err(e) = written {
+            tracing::error!(id = %record.id, "cannot write a usage record: {e}");
+        }
+        self.add_cost(&record.session_id, cost);
+        cost
+    }
+
+    /// The meter (prices, budgets, totals).
+    pub fn meter(&self) -> &Meter {
+        &self.meter
+    }
+
+    /// The tenant of a session (`None`: not a tenant's session).
+    pub fn scope_of(&self, session: &str) -> Option<SessionScope> {
+        match self.store.session(session) {
+            Ok(record) => record.and_then(|r| r.scope),
+            Err(e) => {
+                tracing::error!("cannot read session {session} for the ledger: {e}");
+                None
+            }
+        }
+    }
+
+    /// Every budget scope a call of this tenant counts against.
+    pub fn budget_scopes(scope: &SessionScope) -> Vec<BudgetScope> {
+        BudgetScope::for_call(
+            &scope.org_id,
+            &scope.project_id,
+            scope.end_user_id.as_deref(),
+            None,
+        )
+    }
+
+    /// The record of `kind` for `session` under `scope`.
+    pub fn record_for(
+        scope: &SessionScope,
+        session: &str,
+        id: String,
+        kind: UsageKind,
+    ) -> UsageRecord {
+        UsageRecord {
+            id,
+            at_ms: now_ms(),
+            org_id: scope.org_id.clone(),
+            project_id: scope.project_id.clone(),
+            version: scope.version,
+            session_id: session.to_owned(),
+            end_user_id: scope.end_user_id.clone(),
+            credential_id: None,
+            kind,
+        }
+    }
+
+    /// Bills `fuel` of a tool call of `session` that ran outside the
+    /// toolbox (a compiled MCP server); returns its cost.
+    pub fn tool_usage(&self, session: &str, tool: &str, fuel: u64, wall_us: u64) -> Option<u64> {
+        let scope = self.scope_of(session)?;
+        let record = Self::record_for(
+            &scope,
+            session,
+            format!("{session}/tool/{}", uuid::Uuid::new_v4().simple()),
+            UsageKind::Tool {
+                tool: tool.to_owned(),
+                fuel,
+                wall_us,
+            },
+        );
+        Some(self.bill(&record, None))
+    }
+
+    /// One increment of a model call's usage.
+    pub fn model_usage(&self, call: &ModelCall, seq: u32, usage: Usage) {
+        let Some(scope) = self.scope_of(&call.session) else {
+            return;
+        };
+        let kind = UsageKind::Model {
+            provider: call.provider.clone(),
+            model: call.model.clone(),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cache_read_tokens: usage.cache_read_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+        };
+        let record = Self::record_for(&scope, &call.session, format!("{}/{seq}", call.id), kind);
+        self.bill(&record, None);
+    }
+}
 
 /// Each provider's API base URL (no trailing `/v1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,21 +194,32 @@ impl Default for ProviderUrls {
     }
 }
 
-/// The gateway's per-call router: the session's org's own key.
+/// The gateway's per-call router: the session's org's own key, and the
+/// ledger.
 pub struct ProviderKeys {
     store: Store,
     byok: Byok,
     urls: ProviderUrls,
+    ledger: Ledger,
 }
 
 impl ProviderKeys {
-    /// A router over the sealed keys of `byok`.
-    pub fn new(store: Store, byok: Byok, urls: ProviderUrls) -> Self {
-        Self { store, byok, urls }
+    /// A router over the sealed keys of `byok`, recording into `ledger`.
+    pub fn new(store: Store, byok: Byok, urls: ProviderUrls, ledger: Ledger) -> Self {
+        Self {
+            store,
+            byok,
+            urls,
+            ledger,
+        }
     }
 }
 
 impl CallRouter for ProviderKeys {
+    fn record(&self, call: &ModelCall, seq: u32, usage: Usage) {
+        self.ledger.model_usage(call, seq, usage);
+    }
+
     fn upstream_for(&self, session: &str, kind: UpstreamKind) -> Result<Option<Upstream>, String> {
         let unavailable = |e: &dyn std::fmt::Display| {
             tracing::error!("cannot read the org's provider key: {e}");

@@ -62,6 +62,8 @@ pub struct HostConfig {
     pub setup: crate::setup::SetupConfig,
     /// Where an org's own provider keys (BYOK) send its model calls.
     pub provider_urls: crate::billing::ProviderUrls,
+    /// What tokens and fuel cost (integer micro-units).
+    pub prices: crate::meter::PriceTable,
 }
 
 impl HostConfig {
@@ -84,6 +86,7 @@ impl HostConfig {
             harness_tools: true,
             setup: Default::default(),
             provider_urls: Default::default(),
+            prices: Default::default(),
         }
     }
 
@@ -120,6 +123,9 @@ pub enum HostError {
     /// Releases could not be read.
     #[error(transparent)]
     Release(#[from] crate::release::ReleaseError),
+    /// The usage ledger could not be opened.
+    #[error("cannot open the usage ledger: {0}")]
+    Meter(String),
     /// The master key or the sealed provider keys could not be read.
     #[error(transparent)]
     Byok(#[from] crate::byok::ByokError),
@@ -222,10 +228,18 @@ impl Host {
         // asks per call which one a session's org has.
         let byok =
             crate::byok::Byok::open(store.clone(), crate::byok::MasterKey::load(&data_dir)?)?;
+        // The usage ledger: model calls as the gateway relays them, tool
+        // calls as they run.
+        let ledger = crate::billing::Ledger::new(
+            store.clone(),
+            crate::meter::Meter::open(&store, config.prices.clone())
+                .map_err(|e| HostError::Meter(e.to_string()))?,
+        );
         gateway.set_router(Arc::new(crate::billing::ProviderKeys::new(
             store.clone(),
             byok.clone(),
             config.provider_urls.clone(),
+            ledger.clone(),
         )));
         let (gateway_url, gateway_server) = gateway
             .serve(loopback_listener().await?)
@@ -249,6 +263,7 @@ impl Host {
             http: HttpClient::new(),
             data_dir,
             config,
+            ledger,
         };
         let projects =
             Arc::new(Projects::new(shared, auth, releases, byok, dev_app.as_deref()).await?);

@@ -222,6 +222,8 @@ fn record_app_server_call(
     } else {
         Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
     };
+    // Billed like a plugin's call: fuel is fuel, whichever path ran it.
+    let cost_micros = sessions.bill_fuel(session, tool, fuel, duration_us);
     sessions.record_app_server_run(
         session,
         server,
@@ -231,6 +233,7 @@ fn record_app_server_call(
             content,
             fuel: Some(fuel),
             duration_ms: duration_us / 1000,
+            cost_micros,
         },
     );
 }

@@ -52,6 +52,7 @@ pub(crate) struct Shared {
     pub http: HttpClient,
     pub data_dir: PathBuf,
     pub config: HostConfig,
+    pub ledger: crate::billing::Ledger,
 }
 
 /// The folder `karta serve DIR` serves, as a project of the dev org.
@@ -229,6 +230,11 @@ impl Projects {
     /// model).
     pub fn upstream(&self) -> Option<&crate::gateway::Upstream> {
         self.shared.gateway.upstream()
+    }
+
+    /// The usage ledger, prices and budgets.
+    pub fn ledger(&self) -> &crate::billing::Ledger {
+        &self.shared.ledger
     }
 
     /// Counters every release adds to.
@@ -415,6 +421,7 @@ impl Projects {
             http: shared.http.clone(),
             credentials: shared.credentials.clone(),
             metrics: shared.metrics.clone(),
+            ledger: Some(shared.ledger.clone()),
         }));
         sessions.set_python_servers(python_servers);
         Ok((sessions, selection.notice))

@@ -9,6 +9,7 @@ mod gateway;
 mod harnesses;
 mod jail;
 mod mcp;
+mod metering;
 mod observability;
 mod operator_cli;
 mod plugin_runtime;

@@ -100,6 +100,9 @@ async fn the_openapi_document_names_every_route() {
         "GET /v1/admin/orgs/{org}/provider-keys",
         "POST /v1/admin/orgs/{org}/provider-keys",
         "DELETE /v1/admin/orgs/{org}/provider-keys/{provider}",
+        "GET /v1/admin/orgs/{org}/usage",
+        "GET /v1/admin/orgs/{org}/budgets",
+        "PUT /v1/admin/orgs/{org}/budgets",
     ]
     .map(str::to_owned)
     .into_iter()

@@ -105,6 +105,23 @@ fn publish_activate_rollback_with_and_without_a_server() {
             .is_some_and(|k| k.starts_with("pk_live_")),
         "{embed}"
     );
+    let budget = karta_json(
+        data.path(),
+        &[
+            "budgets", "set", "--org", "acme", "--period", "day", "5000000",
+        ],
+    );
+    assert_eq!(budget["budgets"][0]["cap_micros"], 5_000_000, "{budget}");
+    let usage = karta_json(
+        data.path(),
+        &["usage", "--org", "acme", "--group-by", "project"],
+    );
+    assert!(usage["rows"].is_array(), "{usage}");
+    let (ok, _, stderr) = karta(
+        data.path(),
+        &["usage", "--org", "acme", "--group-by", "weekday"],
+    );
+    assert!(!ok && stderr.contains("400"), "{stderr}");
     let keys = karta_json(data.path(), &["keys", "list", "--org", "acme"]);
     assert!(
         !keys.to_string().contains(&key),

@@ -205,6 +205,7 @@ fn body_for(method: &str, path: &str, archive: &Bytes) -> (Bytes, &'static str) 
     match (method, path.rsplit('/').next().unwrap_or("")) {
         ("POST", "sessions") => json(json!({})),
         ("POST", "messages") => json(json!({ "text": "hi" })),
+        ("PUT", "budgets") => json(json!({ "period": "day", "cap_micros": 1000 })),
         ("PUT", _) => json(json!({ "decision": "deny" })),
         ("POST", "orgs") => json(json!({ "slug": "newco" })),
         ("POST", "projects") => json(json!({ "slug": "new-project" })),

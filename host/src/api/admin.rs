@@ -15,6 +15,8 @@
 //! | `GET …/projects/{project}/audit` | read | who published, activated, rolled back |
 //! | `POST /v1/admin/token-secret/rotate` | operator | a new signing key for session tokens |
 //! | `GET, POST /v1/admin/orgs/{org}/provider-keys`, `DELETE …/provider-keys/{provider}` | admin | the org's own provider keys (BYOK): id, fingerprint, never the key |
+//! | `GET /v1/admin/orgs/{org}/usage` | read | totals from the ledger: `?project=&session=&end_user=&from=&to=&group_by=` |
+//! | `GET, PUT /v1/admin/orgs/{org}/budgets` | read / admin | caps on cost per day or month, per org, project or end user |
 //!
 //! `…` is `/v1/admin/orgs/{org}`. The org must be the caller's (the
 //! operator and dev mode may address any): another org's is 404, like one
@@ -62,6 +64,8 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Projects>> {
         .routes(routes!(rotate_token_secret))
         .routes(routes!(set_provider_key, list_provider_keys))
         .routes(routes!(remove_provider_key))
+        .routes(routes!(usage))
+        .routes(routes!(set_budget, list_budgets))
 }
 
 /// Runs a call that flushes sled (and so blocks) on tokio's blocking pool.
@@ -75,6 +79,18 @@ async fn blocking<T: Send + 'static>(
             "the operation failed unexpectedly",
         )
     })
+}
+
+impl From<crate::meter::MeterError> for ApiError {
+    fn from(error: crate::meter::MeterError) -> Self {
+        let status =
+            StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!("ledger failure: {error}");
+            return Self::new(status, error.code(), "the usage ledger failed; try again");
+        }
+        Self::new(status, error.code(), error.to_string())
+    }
 }
 
 impl From<crate::byok::ByokError> for ApiError {
@@ -701,4 +717,158 @@ async fn remove_provider_key(
     let byok = projects.byok().clone();
     let removed = blocking(move || byok.remove_key(&org.id, provider)).await??;
     Ok(axum::Json(json!({ "removed": removed })).into_response())
+}
+
+#[derive(Deserialize)]
+struct UsageQuery {
+    project: Option<String>,
+    session: Option<String>,
+    end_user: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    group_by: Option<crate::meter::GroupBy>,
+}
+
+/// The org's usage from the ledger: tokens, fuel and cost (integer
+/// micro-units), optionally narrowed and grouped.
+#[utoipa::path(get, path = "/v1/admin/orgs/{org}/usage", tag = "admin",
+    params(
+        ("project" = Option<String>, Query, description = "A project's slug"),
+        ("session" = Option<String>, Query, description = "A session id (with project)"),
+        ("end_user" = Option<String>, Query, description = "An end user (with project)"),
+        ("from" = Option<String>, Query, description = "First UTC day, YYYY-MM-DD"),
+        ("to" = Option<String>, Query, description = "Last UTC day, YYYY-MM-DD"),
+        ("group_by" = Option<String>, Query, description = "none, project, session, end_user, day, month, model"),
+    ),
+    responses((status = 200, description = "`{rows}`"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn usage(
+    State(projects): State<Arc<Projects>>,
+    OrgAccess { caller, org }: OrgAccess,
+    ApiQuery(query): ApiQuery<UsageQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Read)?;
+    let project_id = match &query.project {
+        Some(slug) => Some(
+            projects
+                .auth()
+                .project_by_slug(&org.id, slug)?
+                .ok_or_else(not_found)?
+                .id,
+        ),
+        None => None,
+    };
+    let day = |text: &Option<String>| -> Result<Option<crate::meter::Day>, ApiError> {
+        text.as_deref()
+            .map(|t| {
+                t.parse()
+                    .map_err(|_| ApiError::bad_request(format!("`{t}` is not a day (YYYY-MM-DD)")))
+            })
+            .transpose()
+    };
+    let filter = crate::meter::UsageFilter {
+        org_id: org.id.clone(),
+        project_id,
+        session_id: query.session.clone(),
+        end_user_id: query.end_user.clone(),
+        from_day: day(&query.from)?,
+        to_day: day(&query.to)?,
+    };
+    let rows = projects
+        .ledger()
+        .meter()
+        .totals(&filter, query.group_by.unwrap_or_default())?;
+    Ok(axum::Json(json!({ "org": org.slug, "unit": "micro", "rows": rows })).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SetBudget {
+    /// A project's slug (else the whole org).
+    project: Option<String>,
+    /// An end user of that project.
+    end_user: Option<String>,
+    /// `day` or `month` (UTC).
+    #[schema(value_type = String)]
+    period: crate::meter::Period,
+    /// The cap, micro-units per period; `null` removes the budget.
+    cap_micros: Option<u64>,
+}
+
+/// Sets (or, with `cap_micros: null`, removes) a budget: over it, turns
+/// are refused with 402 before they run and tool calls get only the fuel
+/// what is left buys.
+#[utoipa::path(put, path = "/v1/admin/orgs/{org}/budgets", tag = "admin", request_body = SetBudget,
+    responses((status = 200, description = "`{budgets}`"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn set_budget(
+    State(projects): State<Arc<Projects>>,
+    OrgAccess { caller, org }: OrgAccess,
+    ApiJson(request): ApiJson<SetBudget>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    use crate::meter::BudgetScope;
+    let scope = match (&request.project, &request.end_user) {
+        (None, None) => BudgetScope::Org {
+            org_id: org.id.clone(),
+        },
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "an end user's budget names its project",
+            ));
+        }
+        (Some(slug), end_user) => {
+            let project = projects
+                .auth()
+                .project_by_slug(&org.id, slug)?
+                .ok_or_else(not_found)?;
+            match end_user {
+                None => BudgetScope::Project {
+                    org_id: org.id.clone(),
+                    project_id: project.id,
+                },
+                Some(user) => {
+                    crate::auth::valid_end_user_id(user)?;
+                    BudgetScope::EndUser {
+                        org_id: org.id.clone(),
+                        project_id: project.id,
+                        end_user_id: user.clone(),
+                    }
+                }
+            }
+        }
+    };
+    let meter = projects.ledger().meter().clone();
+    let org_id = org.id.clone();
+    let budgets = blocking(move || -> Result<_, crate::meter::MeterError> {
+        match request.cap_micros {
+            Some(cap_micros) => meter.set_budget(&crate::meter::Budget {
+                scope,
+                period: request.period,
+                cap_micros,
+            })?,
+            None => {
+                meter.remove_budget(&scope, request.period)?;
+            }
+        }
+        meter.budgets(&org_id)
+    })
+    .await??;
+    Ok(axum::Json(json!({ "budgets": budgets })).into_response())
+}
+
+/// The org's budgets with what each has spent this period.
+#[utoipa::path(get, path = "/v1/admin/orgs/{org}/budgets", tag = "admin",
+    responses((status = 200, description = "`{budgets}`"), (status = 404, body = ErrorBody)))]
+async fn list_budgets(
+    State(projects): State<Arc<Projects>>,
+    OrgAccess { caller, org }: OrgAccess,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Read)?;
+    let meter = projects.ledger().meter();
+    let now = crate::billing::now_ms();
+    let mut list = Vec::new();
+    for budget in meter.budgets(&org.id)? {
+        let spent = meter.spent(&budget.scope, budget.period, now)?;
+        list.push(json!({ "budget": budget, "spent_micros": spent }));
+    }
+    Ok(axum::Json(json!({ "budgets": list })).into_response())
 }

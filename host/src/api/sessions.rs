@@ -203,7 +203,7 @@ enum MessagePart {
 #[utoipa::path(post, path = "/v1/sessions/{id}/messages", tag = "sessions", request_body = SendMessage,
     responses(
         (status = 200, description = "The turn (JSON), or its events (text/event-stream)"),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 402, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
     ))]
 async fn send_message(
@@ -214,6 +214,17 @@ async fn send_message(
 ) -> Result<Response, ApiError> {
     in_span(&id);
     let sessions = tenant.session(&projects, &id).await?;
+    // Over a budget: refused before anything runs.
+    let ledger = projects.ledger();
+    if let Some(scope) = ledger.scope_of(&id) {
+        ledger
+            .meter()
+            .check(
+                &crate::billing::Ledger::budget_scopes(&scope),
+                crate::billing::now_ms(),
+            )
+            .map_err(ApiError::from)?;
+    }
     let stream = request.stream;
     let started = sessions
         .send(

@@ -128,6 +128,7 @@ impl Sessions {
                 app: parts.app.clone(),
                 tools: Arc::new(parts.tools),
                 metrics: parts.metrics.clone(),
+                ledger: parts.ledger.clone(),
             },
             store: parts.store,
             app: parts.app,
@@ -192,6 +193,15 @@ impl Sessions {
     /// The harness process serving `session_id`, if one runs.
     pub fn harness_process_id(&self, session_id: &str) -> Option<u32> {
         self.harness.as_ref()?.process_id(session_id)
+    }
+
+    /// Bills a tool call that ran outside the toolbox (a compiled MCP
+    /// server) to the session's tenant; its cost, when billed.
+    pub fn bill_fuel(&self, session: &str, tool: &str, fuel: u64, wall_us: u64) -> Option<u64> {
+        self.toolbox
+            .ledger
+            .as_ref()?
+            .tool_usage(session, tool, fuel, wall_us)
     }
 
     /// What the app's setup script installed (`None`: the app has none):
@@ -316,7 +326,7 @@ impl Sessions {
         let result = match authorized {
             Ok(()) => {
                 self.toolbox
-                    .run(&tools, &self.workspace(id), tool, input)
+                    .run(id, &tools, &self.workspace(id), tool, input)
                     .await
             }
             Err(why) => ToolResult::failed(ToolErrorKind::Denied, why),

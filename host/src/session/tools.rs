@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::approvals::TurnApprovals;
 use super::live::LiveRef;
 use crate::app::AppSpec;
+use crate::billing::Ledger;
+use crate::meter::UsageKind;
 use crate::metrics::Metrics;
 use crate::plugin::{CallOptions, Plugin};
 
@@ -36,6 +38,18 @@ pub(crate) struct Toolbox {
     pub(crate) app: Arc<AppSpec>,
     pub(crate) tools: Arc<Vec<SessionTool>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Where tool calls are billed (and budgets checked); `None` bills
+    /// nothing (an embedder's host without projects).
+    pub(crate) ledger: Option<Ledger>,
+}
+
+/// The fuel `micros` buys at `fuel_per_mfuel` micro-units per million
+/// fuel (all of it when fuel is free).
+fn fuel_bought(micros: u64, fuel_per_mfuel: u64) -> u64 {
+    if fuel_per_mfuel == 0 {
+        return u64::MAX;
+    }
+    u64::try_from(u128::from(micros) * 1_000_000 / u128::from(fuel_per_mfuel)).unwrap_or(u64::MAX)
 }
 
 impl Toolbox {
@@ -56,17 +70,101 @@ impl Toolbox {
             .collect()
     }
 
-    /// Runs `tool` from `tools` with `workspace` as its directory.
+    /// Runs `tool` from `tools` with `workspace` as its directory, for
+    /// `session`: billed to its tenant, its fuel capped by what the
+    /// tenant's budgets still buy. The call's whole fuel limit is reserved
+    /// before it runs and settled with what it used, so concurrent calls
+    /// never take the same room twice.
     pub(crate) async fn run(
         &self,
+        session: &str,
         tools: &[SessionTool],
         workspace: &Path,
         tool: &str,
         input: &Value,
     ) -> ToolResult {
-        let result = run_tool(&self.app, tools, workspace, tool, input).await;
+        let own_fuel = tools
+            .iter()
+            .find(|t| t.def.name == tool)
+            .and_then(|t| t.plugin.as_ref())
+            .map(|plugin| plugin.grant().limits.fuel);
+        let billing = self
+            .ledger
+            .as_ref()
+            .and_then(|ledger| Some((ledger, ledger.scope_of(session)?)));
+        let mut fuel_cap = None;
+        let mut reservation = None;
+        if let (Some((ledger, scope)), Some(own)) = (&billing, own_fuel) {
+            match reserve_fuel(ledger, scope, tool, own) {
+                Ok((cap, held)) => {
+                    fuel_cap = cap;
+                    reservation = held;
+                }
+                Err(refusal) => return refusal,
+            }
+        }
+        let mut result = run_tool(&self.app, tools, workspace, tool, input, fuel_cap).await;
         self.metrics.record_tool_call(&result);
+        if let (Some((ledger, scope)), Some(fuel)) = (&billing, result.fuel) {
+            let record = Ledger::record_for(
+                scope,
+                session,
+                format!("{session}/tool/{}", uuid::Uuid::new_v4().simple()),
+                UsageKind::Tool {
+                    tool: tool.to_owned(),
+                    fuel,
+                    wall_us: result.duration_ms.saturating_mul(1000),
+                },
+            );
+            result.cost_micros = Some(ledger.bill(&record, reservation));
+        }
         result
+    }
+}
+
+/// Before a plugin call: the fuel cap the tenant's budgets allow (`None`:
+/// no budget applies) and the reservation of the call's whole limit at
+/// price; or the refusal when no budget has room.
+fn reserve_fuel(
+    ledger: &Ledger,
+    scope: &crate::store::SessionScope,
+    tool: &str,
+    own: u64,
+) -> Result<(Option<u64>, Option<crate::meter::Reservation>), ToolResult> {
+    let meter = ledger.meter();
+    let scopes = Ledger::budget_scopes(scope);
+    let now = crate::billing::now_ms();
+    let prices = meter.prices();
+    let exhausted = |e: &dyn std::fmt::Display| {
+        ToolResult::failed(ToolErrorKind::Denied, format!("the tool did not run: {e}"))
+    };
+    let cap = match meter.affordable(&scopes, now) {
+        Ok(Some(room)) => {
+            let cap = own.min(fuel_bought(room, prices.fuel_per_mfuel));
+            if cap == 0 {
+                return Err(exhausted(&"the budget is exhausted"));
+            }
+            Some(cap)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!("cannot read the budgets: {e}");
+            None
+        }
+    };
+    let limit = cap.unwrap_or(own);
+    let amount = prices.cost_micros(&UsageKind::Tool {
+        tool: tool.to_owned(),
+        fuel: limit,
+        wall_us: 0,
+    });
+    match meter.reserve(&scopes, amount, now) {
+        Ok(held) => Ok((cap, Some(held))),
+        Err(crate::meter::MeterError::Exhausted(e)) => Err(exhausted(&e)),
+        Err(e) => {
+            tracing::error!("cannot reserve a tool call's budget: {e}");
+            Ok((cap, None))
+        }
     }
 }
 
@@ -78,6 +176,7 @@ async fn run_tool(
     workspace: &Path,
     tool: &str,
     input: &Value,
+    fuel_cap: Option<u64>,
 ) -> ToolResult {
     let Some(spec) = tools.iter().find(|t| t.def.name == tool) else {
         return ToolResult::failed(
@@ -90,13 +189,14 @@ async fn run_tool(
     };
     let options = CallOptions {
         workspace: Some(workspace.to_path_buf()),
-        fuel_cap: None,
+        fuel_cap,
     };
     match plugin.call(tool, &input.to_string(), &options).await {
         Ok(outcome) => ToolResult {
             content: Ok(outcome.output),
             fuel: Some(outcome.fuel_consumed),
             duration_ms: outcome.duration_us / 1000,
+            cost_micros: None,
         },
         Err(failure) => ToolResult {
             content: Err(ToolError {
@@ -105,6 +205,7 @@ async fn run_tool(
             }),
             fuel: Some(failure.fuel_consumed),
             duration_ms: failure.duration_us / 1000,
+            cost_micros: None,
         },
     }
 }
@@ -117,6 +218,7 @@ fn load_skill(app: &AppSpec, input: &Value) -> ToolResult {
             content: Ok(json!({ "name": skill.name, "instructions": skill.body })),
             fuel: None,
             duration_ms: 0,
+            cost_micros: None,
         },
         None => ToolResult::failed(
             ToolErrorKind::InvalidInput,
@@ -192,6 +294,9 @@ impl TurnHost for SessionTurnHost {
         // The builtin loop runs the call it had approved here, not over
         // MCP: use up its one-shot grant so no other call can.
         self.approvals.take_grant(tool, input);
-        Box::pin(self.toolbox.run(&self.tools, &self.workspace, tool, input))
+        Box::pin(
+            self.toolbox
+                .run(&self.live.id, &self.tools, &self.workspace, tool, input),
+        )
     }
 }

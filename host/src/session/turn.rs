@@ -455,6 +455,11 @@ async fn finish(
     let (message_id, status) = match &mut terminal.event {
         Event::Done(done) => {
             done.usage = metered;
+            done.cost_micros = sessions
+                .toolbox
+                .ledger
+                .as_ref()
+                .map(|ledger| ledger.take_turn_cost(&live.id));
             (done.message_id.clone(), done.status)
         }
         other => {

@@ -84,6 +84,9 @@ pub struct SessionParts {
     pub credentials: Arc<Credentials>,
     /// Where turns and tool calls are counted.
     pub metrics: Arc<Metrics>,
+    /// Where tool calls are billed, and budgets checked (`None`: nothing
+    /// is billed).
+    pub ledger: Option<crate::billing::Ledger>,
 }
 
 /// What a new message carries.

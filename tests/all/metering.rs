@@ -1,0 +1,358 @@
+//! Issue 12: the usage ledger and budgets over real HTTP — what the ledger
+//! bills equals what the gateway metered and the turns reported; a turn
+//! over budget is refused with 402 before it runs; a tool gets only the
+//! fuel the budget still buys; and racing sessions never spend past a cap.
+
+use std::time::Duration;
+
+use karta_host::auth::Scope;
+use karta_host::meter::PriceTable;
+use serde_json::{Value, json};
+
+use crate::tenancy::Platform;
+
+/// Prices for the tests: the offline model priced like a real one, fuel
+/// at 1,000 micro-units per million.
+fn prices() -> PriceTable {
+    PriceTable::from_toml(
+        "fuel_per_mfuel = 1000\n\
+         [models.karta-offline]\n\
+         input_per_mtok = 3000000\n\
+         output_per_mtok = 15000000\n\
+         cache_read_per_mtok = 300000\n\
+         cache_write_per_mtok = 3750000\n\
+         [default_model]\n\
+         input_per_mtok = 3000000\n\
+         output_per_mtok = 15000000\n\
+         cache_read_per_mtok = 300000\n\
+         cache_write_per_mtok = 3750000\n",
+    )
+    .expect("prices")
+}
+
+/// A platform whose acme/bot runs the support-bot app (plugins included).
+async fn platform_with_bot(prices: PriceTable) -> (Platform, String) {
+    let platform = Platform::start_with(move |config| config.prices = prices).await;
+    let app = crate::sessions::support_bot();
+    let archive = karta_host::release::pack_dir(app.path()).expect("pack");
+    let (acme_id, _) = platform.project("acme", "shop");
+    let auth = platform.host.projects().auth();
+    let bot = auth.create_project(&acme_id, "bot").expect("project");
+    let projects = platform.host.projects();
+    projects
+        .releases()
+        .publish(
+            projects.runtime(),
+            karta_host::release::PublishRequest {
+                project_id: &bot.id,
+                archive: &archive,
+                publisher: "test",
+                git_commit: None,
+            },
+        )
+        .await
+        .expect("publish");
+    projects
+        .releases()
+        .activate(&bot.id, 1, "test")
+        .expect("activate");
+    let admin = platform.key("acme", Scope::Admin);
+    (platform, admin)
+}
+
+const CONVERT: &str = "/tool convert {\"value\":3,\"from\":\"mi\",\"to\":\"km\"}";
+
+async fn new_session(platform: &Platform, admin: &str) -> String {
+    let created = platform
+        .call("POST", "/acme/bot/v1/sessions", Some(admin), json!({}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    created.json()["id"].as_str().expect("id").to_owned()
+}
+
+/// The session's events, from its log.
+async fn logged_events(platform: &Platform, admin: &str, session: &str) -> Vec<Value> {
+    let log = platform
+        .call(
+            "GET",
+            &format!("/acme/bot/v1/sessions/{session}/events?after=0"),
+            Some(admin),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(log.status, 200, "{}", log.body);
+    log.body
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .collect()
+}
+
+/// The sum of `field` of the `kind` events' data.
+fn sum_of(events: &[Value], kind: &str, field: &str) -> u64 {
+    events
+        .iter()
+        .filter(|event| event["type"] == kind)
+        .filter_map(|event| event["data"][field].as_u64())
+        .sum()
+}
+
+/// The fuel the session's `tool_use` events report, from its log.
+async fn logged_fuel(platform: &Platform, admin: &str, session: &str) -> u64 {
+    sum_of(
+        &logged_events(platform, admin, session).await,
+        "tool_use",
+        "fuel",
+    )
+}
+
+/// The ledger's totals equal what the turns reported (`usage` of each
+/// answer, `fuel` of each tool call) and what the gateway metered, and the
+/// cost is the price table's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_bills_exactly_what_the_turns_used() {
+    let (platform, admin) = platform_with_bot(prices()).await;
+    let session = new_session(&platform, &admin).await;
+    let mut input = 0;
+    let mut output = 0;
+    let mut cache_read = 0;
+    let mut cache_write = 0;
+    for text in [CONVERT, "hello", CONVERT] {
+        let turn = platform
+            .call(
+                "POST",
+                &format!("/acme/bot/v1/sessions/{session}/messages"),
+                Some(&admin),
+                json!({ "text": text }),
+            )
+            .await;
+        assert_eq!(turn.status, 200, "{}", turn.body);
+        let answer = turn.json();
+        input += answer["usage"]["input_tokens"].as_u64().expect("input");
+        output += answer["usage"]["output_tokens"].as_u64().expect("output");
+        cache_read += answer["usage"]["cache_read_tokens"].as_u64().unwrap_or(0);
+        cache_write += answer["usage"]["cache_write_tokens"].as_u64().unwrap_or(0);
+    }
+    let fuel = logged_fuel(&platform, &admin, &session).await;
+    assert!(fuel > 0, "the tool calls used fuel");
+    let usage = platform
+        .call(
+            "GET",
+            &format!("/v1/admin/orgs/acme/usage?project=bot&session={session}"),
+            Some(&admin),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(usage.status, 200, "{}", usage.body);
+    let row = &usage.json()["rows"][0];
+    assert_eq!(row["input_tokens"], input, "{}", usage.body);
+    assert_eq!(row["output_tokens"], output, "{}", usage.body);
+    assert_eq!(row["fuel"], fuel, "{}", usage.body);
+    assert_eq!(row["cache_read_tokens"], cache_read, "{}", usage.body);
+    assert_eq!(row["cache_write_tokens"], cache_write, "{}", usage.body);
+    assert_eq!(row["tool_calls"], 2, "{}", usage.body);
+    let expected_cost = prices().cost_micros(&karta_host::meter::UsageKind::Model {
+        provider: "offline".into(),
+        model: "karta-offline".into(),
+        input_tokens: input,
+        output_tokens: output,
+        cache_read_tokens: cache_read,
+        cache_write_tokens: cache_write,
+    });
+    let expected_cost = expected_cost
+        + prices().cost_micros(&karta_host::meter::UsageKind::Tool {
+            tool: "convert".into(),
+            fuel,
+            wall_us: 0,
+        });
+    let cost = row["cost_micros"].as_u64().expect("cost");
+    // Per-record rounding up: the sum of records is at least the cost of
+    // the sum, and at most one micro-unit more per record.
+    assert!(cost >= expected_cost, "{cost} < {expected_cost}");
+    assert!(cost <= expected_cost + 20, "{cost} ≫ {expected_cost}");
+    // The turns' `done` events carry the same cost, and the tool calls'
+    // `tool_use` events theirs.
+    let events = logged_events(&platform, &admin, &session).await;
+    assert_eq!(sum_of(&events, "done", "cost_micros"), cost);
+    assert!(sum_of(&events, "tool_use", "cost_micros") > 0);
+    // Another org sees none of it.
+    let globex = platform.key("globex", Scope::Admin);
+    let theirs = platform
+        .call(
+            "GET",
+            "/v1/admin/orgs/globex/usage",
+            Some(&globex),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(theirs.status, 200, "{}", theirs.body);
+    assert_eq!(
+        theirs.json()["rows"][0]["cost_micros"]
+            .as_u64()
+            .unwrap_or(0),
+        0,
+        "{}",
+        theirs.body
+    );
+}
+
+/// Over a cap, a turn is refused with 402 before it runs; under it, a
+/// tool gets only the fuel what is left buys (and fails out of fuel, not
+/// past the budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_refuse_turns_and_cap_tool_fuel() {
+    // Model calls free, fuel expensive: a budget of 5 micro-units buys
+    // 5,000 fuel — far less than the tool's own limit.
+    let prices = PriceTable::from_toml("fuel_per_mfuel = 1000\n").expect("prices");
+    let prices = PriceTable {
+        models: [(
+            "karta-offline".to_owned(),
+            karta_host::meter::ModelPrice::FREE,
+        )]
+        .into(),
+        default_model: karta_host::meter::ModelPrice::FREE,
+        ..prices
+    };
+    let (platform, admin) = platform_with_bot(prices).await;
+    let set = platform
+        .call(
+            "PUT",
+            "/v1/admin/orgs/acme/budgets",
+            Some(&admin),
+            json!({ "project": "bot", "period": "day", "cap_micros": 5 }),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    let session = new_session(&platform, &admin).await;
+    let turn = platform
+        .call(
+            "POST",
+            &format!("/acme/bot/v1/sessions/{session}/messages"),
+            Some(&admin),
+            json!({ "text": CONVERT }),
+        )
+        .await;
+    assert_eq!(turn.status, 200, "{}", turn.body);
+    assert!(
+        turn.body.contains("out_of_fuel"),
+        "the tool ran out of the budget's fuel: {}",
+        turn.body
+    );
+    let fuel = logged_fuel(&platform, &admin, &session).await;
+    assert!(fuel <= 5_000, "{fuel} fuel: more than 5 micro-units buy");
+    // The budget is spent: the next turn is refused before it runs.
+    let refused = platform
+        .call(
+            "POST",
+            &format!("/acme/bot/v1/sessions/{session}/messages"),
+            Some(&admin),
+            json!({ "text": "hello" }),
+        )
+        .await;
+    assert_eq!(refused.status, 402, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "budget_exhausted");
+    let budgets = platform
+        .call(
+            "GET",
+            "/v1/admin/orgs/acme/budgets",
+            Some(&admin),
+            Value::Null,
+        )
+        .await;
+    let spent = budgets.json()["budgets"][0]["spent_micros"]
+        .as_u64()
+        .expect("spent");
+    assert!(spent <= 5, "spent {spent} of a 5 micro-unit cap");
+    // Another project of the org is not under that budget.
+    let other = platform
+        .call("POST", "/acme/shop/v1/sessions", Some(&admin), json!({}))
+        .await;
+    let id = other.json()["id"].as_str().expect("id").to_owned();
+    let fine = platform
+        .call(
+            "POST",
+            &format!("/acme/shop/v1/sessions/{id}/messages"),
+            Some(&admin),
+            json!({ "text": "hi" }),
+        )
+        .await;
+    assert_eq!(fine.status, 200, "{}", fine.body);
+}
+
+/// 100 sessions race one small cap with tool calls: the budget is used up,
+/// and never passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_sessions_never_spend_past_a_cap() {
+    let prices = PriceTable {
+        models: [(
+            "karta-offline".to_owned(),
+            karta_host::meter::ModelPrice::FREE,
+        )]
+        .into(),
+        default_model: karta_host::meter::ModelPrice::FREE,
+        ..PriceTable::from_toml("fuel_per_mfuel = 1000\n").expect("prices")
+    };
+    let (platform, admin) = platform_with_bot(prices).await;
+    const CAP: u64 = 200;
+    let set = platform
+        .call(
+            "PUT",
+            "/v1/admin/orgs/acme/budgets",
+            Some(&admin),
+            json!({ "period": "month", "cap_micros": CAP }),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    let platform = std::sync::Arc::new(platform);
+    let mut sessions = Vec::new();
+    for _ in 0..100 {
+        sessions.push(new_session(&platform, &admin).await);
+    }
+    let mut racers = tokio::task::JoinSet::new();
+    for session in sessions {
+        let platform = platform.clone();
+        let admin = admin.clone();
+        racers.spawn(async move {
+            platform
+                .call(
+                    "POST",
+                    &format!("/acme/bot/v1/sessions/{session}/messages"),
+                    Some(&admin),
+                    json!({ "text": CONVERT }),
+                )
+                .await
+                .status
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = racers.join_next().await {
+        statuses.push(status.expect("racer"));
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 402),
+        "{statuses:?}"
+    );
+    let budgets = platform
+        .call(
+            "GET",
+            "/v1/admin/orgs/acme/budgets",
+            Some(&admin),
+            Value::Null,
+        )
+        .await;
+    let spent = budgets.json()["budgets"][0]["spent_micros"]
+        .as_u64()
+        .expect("spent");
+    assert!(spent <= CAP, "spent {spent} past a cap of {CAP}");
+    // The cap was actually reached (the race was a race): every tool call
+    // costs a few micro-units, and 100 of them want more than the cap.
+    assert!(
+        spent + 50 >= CAP,
+        "spent only {spent} of {CAP}: {statuses:?}"
+    );
+    let meter = platform.host.projects().ledger().meter();
+    let (acme_id, _) = platform.project("acme", "shop");
+    let org = karta_host::meter::BudgetScope::Org { org_id: acme_id };
+    assert_eq!(meter.reserved_micros(&org), 0, "nothing left reserved");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
