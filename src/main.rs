@@ -372,6 +372,11 @@ struct ServeArgs {
     /// Defaults: the providers' public APIs.
     #[arg(long = "provider-url", value_name = "PROVIDER=URL")]
     provider_urls: Vec<String>,
+    /// The price table (TOML; integer micro-units per million tokens per
+    /// model, and per million fuel). Default: Claude-like prices, the
+    /// offline model free, fuel at 1 micro-unit per million.
+    #[arg(long, value_name = "FILE")]
+    prices: Option<PathBuf>,
 }
 
 /// Parses `--harness`.
@@ -770,6 +775,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .extend(args.setup_allow_hosts.iter().cloned());
     config.setup.allow_net = args.setup_allow_net.clone();
     config.setup.timeout = std::time::Duration::from_secs(args.setup_timeout_secs.max(1));
+    if let Some(file) = &args.prices {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the price table {}", file.display()))?;
+        config.prices = karta_host::meter::PriceTable::from_toml(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    }
     for pair in &args.provider_urls {
         let (provider, url) = pair
             .split_once('=')
