@@ -81,10 +81,17 @@ impl BuiltinHarness {
                 .as_str()
                 .map(str::to_owned)
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(model_error(format!(
-                "the model answered HTTP {}: {message}",
-                status.as_u16()
-            )));
+            // The host's gateway refuses a call the tenant's budget cannot
+            // pay for: the turn ends saying so, not as a model failure.
+            let code = if status.as_u16() == 402 && value["error"]["type"] == "budget_exhausted" {
+                ErrorCode::BudgetExhausted
+            } else {
+                ErrorCode::ModelError
+            };
+            return Err((
+                code,
+                format!("the model answered HTTP {}: {message}", status.as_u16()),
+            ));
         }
 
         let mut message = AnthropicMessage::default();

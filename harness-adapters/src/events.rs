@@ -198,6 +198,9 @@ pub enum ErrorCode {
     StorageUnavailable,
     /// The session was deleted while the stream was open.
     SessionDeleted,
+    /// A budget of the session's org, project or end user ran out during
+    /// the turn (the gateway refused a model call it could not pay for).
+    BudgetExhausted,
 }
 
 impl ErrorCode {
@@ -212,6 +215,7 @@ impl ErrorCode {
             Self::Interrupted => "interrupted",
             Self::StorageUnavailable => "storage_unavailable",
             Self::SessionDeleted => "session_deleted",
+            Self::BudgetExhausted => "budget_exhausted",
         }
     }
 }

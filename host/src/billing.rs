@@ -49,6 +49,11 @@ pub struct Ledger {
     /// What each session's records cost since its turn last took it (the
     /// `done` event's `cost_micros`).
     turn_costs: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// The room each model call in flight holds in its tenant's budgets,
+    /// by call id (released when the call ends).
+    calls: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, crate::meter::Reservation>>,
+    >,
 }
 
 impl Ledger {
@@ -58,6 +63,7 @@ impl Ledger {
             store,
             meter,
             turn_costs: Default::default(),
+            calls: Default::default(),
         }
     }
 
@@ -162,6 +168,58 @@ impl Ledger {
         Some(self.bill(&record, None))
     }
 
+    /// Before a model call: reserves what it may cost at most — its
+    /// `max_tokens` of output, and its request's size as input (about four
+    /// bytes a token: generous, as JSON framing is counted too) — in every
+    /// budget of its tenant; refused when a budget has no such room.
+    pub fn begin_call(
+        &self,
+        call: &ModelCall,
+        max_tokens: u64,
+        request_bytes: usize,
+    ) -> Result<(), String> {
+        let Some(scope) = self.scope_of(&call.session) else {
+            return Ok(());
+        };
+        let estimate = UsageKind::Model {
+            provider: call.provider.clone(),
+            model: call.model.clone(),
+            input_tokens: (request_bytes as u64).div_ceil(4),
+            output_tokens: max_tokens,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+        };
+        let amount = self.meter.prices().cost_micros(&estimate);
+        match self
+            .meter
+            .reserve(&Self::budget_scopes(&scope), amount, now_ms())
+        {
+            Ok(held) => {
+                self.calls
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(call.id.clone(), held);
+                Ok(())
+            }
+            Err(crate::meter::MeterError::Exhausted(e)) => Err(e.to_string()),
+            Err(e) => {
+                // The ledger failing must not stop the model: logged,
+                // unreserved.
+                tracing::error!("cannot reserve a model call's budget: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    /// After a model call: its reservation is released (its usage is in
+    /// the ledger by now, recorded as the answer passed).
+    pub fn end_call(&self, call: &ModelCall) {
+        self.calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&call.id);
+    }
+
     /// One increment of a model call's usage.
     pub fn model_usage(&self, call: &ModelCall, seq: u32, usage: Usage) {
         let Some(scope) = self.scope_of(&call.session) else {
@@ -216,6 +274,14 @@ impl ProviderKeys {
 }
 
 impl CallRouter for ProviderKeys {
+    fn begin(&self, call: &ModelCall, max_tokens: u64, request_bytes: usize) -> Result<(), String> {
+        self.ledger.begin_call(call, max_tokens, request_bytes)
+    }
+
+    fn end(&self, call: &ModelCall) {
+        self.ledger.end_call(call);
+    }
+
     fn record(&self, call: &ModelCall, seq: u32, usage: Usage) {
         self.ledger.model_usage(call, seq, usage);
     }

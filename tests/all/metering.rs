@@ -356,3 +356,90 @@ async fn racing_sessions_never_spend_past_a_cap() {
     assert_eq!(meter.reserved_micros(&org), 0, "nothing left reserved");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// A budget running out mid-turn: the first model call and the tool fit,
+/// the second model call's reservation does not — the gateway refuses it
+/// and the turn ends with an `error` event `budget_exhausted`; nothing
+/// was spent past the cap and the ledger still equals the budget's count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_running_out_mid_turn_ends_it_with_budget_exhausted() {
+    let prices = PriceTable::from_toml(
+        "fuel_per_mfuel = 3000000\n\
+         [models.karta-offline]\n\
+         input_per_mtok = 3000000\n\
+         output_per_mtok = 15000000\n\
+         cache_read_per_mtok = 300000\n\
+         cache_write_per_mtok = 3750000\n",
+    )
+    .expect("prices");
+    let (platform, admin) = platform_with_bot(prices).await;
+    // One model call reserves ~63,000 (4,096 output tokens at 15 units a
+    // million, and its request's size as input); the tool (~15,000 fuel
+    // at 3 units a million fuel) ~46,000.
+    const CAP: u64 = 90_000;
+    let set = platform
+        .call(
+            "PUT",
+            "/v1/admin/orgs/acme/budgets",
+            Some(&admin),
+            json!({ "project": "bot", "period": "day", "cap_micros": CAP }),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    let session = new_session(&platform, &admin).await;
+    let turn = platform
+        .call(
+            "POST",
+            &format!("/acme/bot/v1/sessions/{session}/messages"),
+            Some(&admin),
+            json!({ "text": CONVERT }),
+        )
+        .await;
+    assert_eq!(turn.status, 200, "{}", turn.body);
+    let events = logged_events(&platform, &admin, &session).await;
+    let last = events.last().expect("events");
+    assert_eq!(last["type"], "error", "{last}");
+    assert_eq!(last["data"]["code"], "budget_exhausted", "{last}");
+    assert!(
+        sum_of(&events, "tool_use", "fuel") > 0,
+        "the tool ran first"
+    );
+    let budgets = platform
+        .call(
+            "GET",
+            "/v1/admin/orgs/acme/budgets",
+            Some(&admin),
+            Value::Null,
+        )
+        .await;
+    let spent = budgets.json()["budgets"][0]["spent_micros"]
+        .as_u64()
+        .expect("spent");
+    assert!(spent > 0 && spent <= CAP, "spent {spent} of {CAP}");
+    let usage = platform
+        .call(
+            "GET",
+            "/v1/admin/orgs/acme/usage?project=bot",
+            Some(&admin),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        usage.json()["rows"][0]["cost_micros"],
+        spent,
+        "{}",
+        usage.body
+    );
+    let (acme_id, _) = platform.project("acme", "shop");
+    let org = karta_host::meter::BudgetScope::Org { org_id: acme_id };
+    assert_eq!(
+        platform
+            .host
+            .projects()
+            .ledger()
+            .meter()
+            .reserved_micros(&org),
+        0,
+        "every call's room was released"
+    );
+}

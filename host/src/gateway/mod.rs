@@ -94,6 +94,23 @@ pub trait CallRouter: Send + Sync {
     /// The upstream for a call of `session` in wire shape `kind`.
     fn upstream_for(&self, session: &str, kind: UpstreamKind) -> Result<Option<Upstream>, String>;
 
+    /// Before a call goes out: the host may refuse it (`Err` with the
+    /// reason: the tenant's budget cannot pay for it) or hold room for it
+    /// until [`CallRouter::end`]. `max_tokens` is what the request allows
+    /// the answer, `request_bytes` its size (an estimate of its input).
+    fn begin(
+        &self,
+        _call: &ModelCall,
+        _max_tokens: u64,
+        _request_bytes: usize,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The call's answer has passed (or the call failed, or its client
+    /// went away): what [`CallRouter::begin`] held is released.
+    fn end(&self, _call: &ModelCall) {}
+
     /// One increment of a call's usage, as the answer passes (before the
     /// bytes that reported it go on to the harness): the host's ledger.
     /// `seq` numbers the call's increments from 0, so `(call.id, seq)` is
@@ -340,6 +357,30 @@ struct RequestHead {
     /// The model asked for (what the ledger prices the call by).
     #[serde(default)]
     model: Option<String>,
+    /// The most the answer may hold (Anthropic's and OpenAI's name).
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    /// OpenAI's newer name for it.
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+}
+
+/// What a call's answer may hold when its request does not say.
+const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// Holds a call open with the host's [`CallRouter`] until dropped — when
+/// the answer's body is done or dropped, or the call failed before it.
+pub(crate) struct CallGuard {
+    router: Option<Arc<dyn CallRouter>>,
+    call: ModelCall,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if let Some(router) = &self.router {
+            router.end(&self.call);
+        }
+    }
 }
 
 /// What [`admit`] lets through: the session, the body, whether the answer
@@ -349,6 +390,7 @@ struct Admitted {
     bytes: Bytes,
     streaming: bool,
     model: String,
+    max_tokens: u64,
 }
 
 /// Reads and checks a request: key, size, JSON.
@@ -387,6 +429,8 @@ async fn admit(
         Err(e) if e.is_data() => RequestHead {
             stream: false,
             model: None,
+            max_tokens: None,
+            max_completion_tokens: None,
         },
         Err(e) => {
             return Err(error_response(
@@ -403,6 +447,10 @@ async fn admit(
         bytes,
         streaming: head.stream,
         model: head.model.unwrap_or_else(|| "unknown".into()),
+        max_tokens: head
+            .max_tokens
+            .or(head.max_completion_tokens)
+            .unwrap_or(DEFAULT_MAX_TOKENS),
     })
 }
 
@@ -428,6 +476,7 @@ async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: 
         bytes,
         streaming,
         model,
+        max_tokens,
     } = match admit(&gateway, kind, &headers, body).await {
         Ok(admitted) => admitted,
         Err(response) => return response,
@@ -439,15 +488,31 @@ async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: 
         model: model.clone(),
         provider: provider.to_owned(),
     };
-    match gateway.upstream_for(&session, kind) {
-        Ok(Some(upstream)) => {
-            let call = call(upstream.kind.as_str());
-            return relay::forward(&gateway, &upstream, kind, call, bytes, streaming).await;
-        }
-        Ok(None) => {}
+    let upstream = match gateway.upstream_for(&session, kind) {
+        Ok(upstream) => upstream,
         Err(message) => {
             return error_response(kind, StatusCode::BAD_GATEWAY, "api_error", &message);
         }
+    };
+    let call = call(upstream.as_ref().map_or("offline", |u| u.kind.as_str()));
+    // The tenant's budget holds room for the call before it goes out.
+    let router = gateway.inner.router.get().cloned();
+    if let Some(router) = &router
+        && let Err(message) = router.begin(&call, max_tokens, bytes.len())
+    {
+        return error_response(
+            kind,
+            StatusCode::PAYMENT_REQUIRED,
+            "budget_exhausted",
+            &message,
+        );
+    }
+    let guard = CallGuard {
+        router,
+        call: call.clone(),
+    };
+    if let Some(upstream) = upstream {
+        return relay::forward(&gateway, &upstream, kind, call, guard, bytes, streaming).await;
     }
     // The offline model reads the whole conversation.
     let request: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -475,7 +540,7 @@ async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: 
         (UpstreamKind::Openai, false) => wire::json(&wire::openai_completion(&reply, model)),
     };
     let chunks = futures_util::stream::iter([Ok::<_, Infallible>(Bytes::from(answer))]);
-    let body = relay::metered(gateway, call("offline"), kind.shape(), streaming, chunks);
+    let body = relay::metered(gateway, call, guard, kind.shape(), streaming, chunks);
     Response::builder()
         .header("content-type", content_type)
         .header("cache-control", "no-cache")

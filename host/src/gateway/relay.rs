@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::{
-    Gateway, MAX_EVENT_BYTES, MAX_UNARY_BYTES, ModelCall, Upstream, UpstreamKind, error_response,
+    CallGuard, Gateway, MAX_EVENT_BYTES, MAX_UNARY_BYTES, ModelCall, Upstream, UpstreamKind,
+    error_response,
 };
 
 /// A body relaying `chunks` while metering them to `session`, in the
@@ -29,6 +30,7 @@ use super::{
 pub(super) fn metered<S, E>(
     gateway: Gateway,
     call: ModelCall,
+    guard: CallGuard,
     shape: WireShape,
     streaming: bool,
     chunks: S,
@@ -48,6 +50,8 @@ where
             MAX_EVENT_BYTES,
         );
         return Body::from_stream(chunks.map(move |chunk| {
+            // Held until the body is done or dropped.
+            let _held = &guard;
             if let Ok(chunk) = &chunk {
                 let _ = feed.send(chunk.clone());
                 while let Some(Some(event)) = events.next().now_or_never() {
@@ -75,6 +79,8 @@ where
         call: ModelCall,
         seq: u32,
         meter: UsageMeter,
+        /// Held until the body is done or dropped.
+        _guard: CallGuard,
     }
     let state = Unary {
         chunks: Box::pin(chunks),
@@ -85,6 +91,7 @@ where
         call,
         seq,
         meter,
+        _guard: guard,
     };
     Body::from_stream(futures_util::stream::unfold(
         state,
@@ -123,6 +130,7 @@ pub(super) async fn forward(
     upstream: &Upstream,
     kind: UpstreamKind,
     call: ModelCall,
+    guard: CallGuard,
     bytes: Bytes,
     streaming: bool,
 ) -> Response {
@@ -174,7 +182,14 @@ pub(super) async fn forward(
     let status = response.status();
     let content_type = response.headers().get("content-type").cloned();
     let chunks = http_body_util::BodyDataStream::new(response.into_body());
-    let body = metered(gateway.clone(), call, kind.shape(), streaming, chunks);
+    let body = metered(
+        gateway.clone(),
+        call,
+        guard,
+        kind.shape(),
+        streaming,
+        chunks,
+    );
     let mut response = Response::builder().status(status);
     if let Some(content_type) = content_type {
         response = response.header("content-type", content_type);
