@@ -411,6 +411,12 @@ impl Admin {
             .await
     }
 
+    async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let bytes = Bytes::from(serde_json::to_vec(&body)?);
+        self.send(hyper::Method::PUT, path, Some((bytes, "application/json")))
+            .await
+    }
+
     async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(hyper::Method::DELETE, path, None).await
     }
@@ -639,16 +645,12 @@ async fn execute(admin: &Admin, command: Operator) -> anyhow::Result<(Value, Str
             cap_micros,
         }) => {
             let answer = admin
-                .send(
-                    hyper::Method::PUT,
+                .put(
                     &format!("/v1/admin/orgs/{org}/budgets"),
-                    Some((
-                        Bytes::from(serde_json::to_vec(&json!({
-                            "project": project, "end_user": end_user,
-                            "period": period, "cap_micros": cap_micros,
-                        }))?),
-                        "application/json",
-                    )),
+                    json!({
+                        "project": project, "end_user": end_user,
+                        "period": period, "cap_micros": cap_micros,
+                    }),
                 )
                 .await?;
             (
@@ -663,16 +665,12 @@ async fn execute(admin: &Admin, command: Operator) -> anyhow::Result<(Value, Str
             period,
         }) => {
             let answer = admin
-                .send(
-                    hyper::Method::PUT,
+                .put(
                     &format!("/v1/admin/orgs/{org}/budgets"),
-                    Some((
-                        Bytes::from(serde_json::to_vec(&json!({
-                            "project": project, "end_user": end_user,
-                            "period": period, "cap_micros": null,
-                        }))?),
-                        "application/json",
-                    )),
+                    json!({
+                        "project": project, "end_user": end_user,
+                        "period": period, "cap_micros": null,
+                    }),
                 )
                 .await?;
             (answer, format!("{org}: the {period} budget removed"))

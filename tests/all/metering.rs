@@ -70,6 +70,46 @@ async fn new_session(platform: &Platform, admin: &str) -> String {
     created.json()["id"].as_str().expect("id").to_owned()
 }
 
+/// Sets a budget of acme (`budget`: the route's body).
+async fn set_budget(platform: &Platform, admin: &str, budget: Value) {
+    let set = platform
+        .call("PUT", "/v1/admin/orgs/acme/budgets", Some(admin), budget)
+        .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+}
+
+/// Sends `text` to a session of acme/bot.
+async fn send(
+    platform: &Platform,
+    admin: &str,
+    session: &str,
+    text: &str,
+) -> crate::tenancy::Answer {
+    platform
+        .call(
+            "POST",
+            &format!("/acme/bot/v1/sessions/{session}/messages"),
+            Some(admin),
+            json!({ "text": text }),
+        )
+        .await
+}
+
+/// What acme's first budget has spent this period.
+async fn spent(platform: &Platform, admin: &str) -> u64 {
+    let budgets = platform
+        .call(
+            "GET",
+            "/v1/admin/orgs/acme/budgets",
+            Some(admin),
+            Value::Null,
+        )
+        .await;
+    budgets.json()["budgets"][0]["spent_micros"]
+        .as_u64()
+        .expect("spent")
+}
+
 /// The session's events, from its log.
 async fn logged_events(platform: &Platform, admin: &str, session: &str) -> Vec<Value> {
     let log = platform
@@ -214,24 +254,14 @@ async fn budgets_refuse_turns_and_cap_tool_fuel() {
         ..prices
     };
     let (platform, admin) = platform_with_bot(prices).await;
-    let set = platform
-        .call(
-            "PUT",
-            "/v1/admin/orgs/acme/budgets",
-            Some(&admin),
-            json!({ "project": "bot", "period": "day", "cap_micros": 5 }),
-        )
-        .await;
-    assert_eq!(set.status, 200, "{}", set.body);
+    set_budget(
+        &platform,
+        &admin,
+        json!({ "project": "bot", "period": "day", "cap_micros": 5 }),
+    )
+    .await;
     let session = new_session(&platform, &admin).await;
-    let turn = platform
-        .call(
-            "POST",
-            &format!("/acme/bot/v1/sessions/{session}/messages"),
-            Some(&admin),
-            json!({ "text": CONVERT }),
-        )
-        .await;
+    let turn = send(&platform, &admin, &session, CONVERT).await;
     assert_eq!(turn.status, 200, "{}", turn.body);
     assert!(
         turn.body.contains("out_of_fuel"),
@@ -241,27 +271,10 @@ async fn budgets_refuse_turns_and_cap_tool_fuel() {
     let fuel = logged_fuel(&platform, &admin, &session).await;
     assert!(fuel <= 5_000, "{fuel} fuel: more than 5 micro-units buy");
     // The budget is spent: the next turn is refused before it runs.
-    let refused = platform
-        .call(
-            "POST",
-            &format!("/acme/bot/v1/sessions/{session}/messages"),
-            Some(&admin),
-            json!({ "text": "hello" }),
-        )
-        .await;
+    let refused = send(&platform, &admin, &session, "hello").await;
     assert_eq!(refused.status, 402, "{}", refused.body);
     assert_eq!(refused.json()["error"], "budget_exhausted");
-    let budgets = platform
-        .call(
-            "GET",
-            "/v1/admin/orgs/acme/budgets",
-            Some(&admin),
-            Value::Null,
-        )
-        .await;
-    let spent = budgets.json()["budgets"][0]["spent_micros"]
-        .as_u64()
-        .expect("spent");
+    let spent = spent(&platform, &admin).await;
     assert!(spent <= 5, "spent {spent} of a 5 micro-unit cap");
     // Another project of the org is not under that budget.
     let other = platform
@@ -294,15 +307,12 @@ async fn racing_sessions_never_spend_past_a_cap() {
     };
     let (platform, admin) = platform_with_bot(prices).await;
     const CAP: u64 = 200;
-    let set = platform
-        .call(
-            "PUT",
-            "/v1/admin/orgs/acme/budgets",
-            Some(&admin),
-            json!({ "period": "month", "cap_micros": CAP }),
-        )
-        .await;
-    assert_eq!(set.status, 200, "{}", set.body);
+    set_budget(
+        &platform,
+        &admin,
+        json!({ "period": "month", "cap_micros": CAP }),
+    )
+    .await;
     let platform = std::sync::Arc::new(platform);
     let mut sessions = Vec::new();
     for _ in 0..100 {
@@ -332,17 +342,7 @@ async fn racing_sessions_never_spend_past_a_cap() {
         statuses.iter().all(|s| *s == 200 || *s == 402),
         "{statuses:?}"
     );
-    let budgets = platform
-        .call(
-            "GET",
-            "/v1/admin/orgs/acme/budgets",
-            Some(&admin),
-            Value::Null,
-        )
-        .await;
-    let spent = budgets.json()["budgets"][0]["spent_micros"]
-        .as_u64()
-        .expect("spent");
+    let spent = spent(&platform, &admin).await;
     assert!(spent <= CAP, "spent {spent} past a cap of {CAP}");
     // The cap was actually reached (the race was a race): every tool call
     // costs a few micro-units, and 100 of them want more than the cap.
@@ -377,24 +377,14 @@ async fn a_budget_running_out_mid_turn_ends_it_with_budget_exhausted() {
     // million, and its request's size as input); the tool (~15,000 fuel
     // at 3 units a million fuel) ~46,000.
     const CAP: u64 = 90_000;
-    let set = platform
-        .call(
-            "PUT",
-            "/v1/admin/orgs/acme/budgets",
-            Some(&admin),
-            json!({ "project": "bot", "period": "day", "cap_micros": CAP }),
-        )
-        .await;
-    assert_eq!(set.status, 200, "{}", set.body);
+    set_budget(
+        &platform,
+        &admin,
+        json!({ "project": "bot", "period": "day", "cap_micros": CAP }),
+    )
+    .await;
     let session = new_session(&platform, &admin).await;
-    let turn = platform
-        .call(
-            "POST",
-            &format!("/acme/bot/v1/sessions/{session}/messages"),
-            Some(&admin),
-            json!({ "text": CONVERT }),
-        )
-        .await;
+    let turn = send(&platform, &admin, &session, CONVERT).await;
     assert_eq!(turn.status, 200, "{}", turn.body);
     let events = logged_events(&platform, &admin, &session).await;
     let last = events.last().expect("events");
@@ -404,17 +394,7 @@ async fn a_budget_running_out_mid_turn_ends_it_with_budget_exhausted() {
         sum_of(&events, "tool_use", "fuel") > 0,
         "the tool ran first"
     );
-    let budgets = platform
-        .call(
-            "GET",
-            "/v1/admin/orgs/acme/budgets",
-            Some(&admin),
-            Value::Null,
-        )
-        .await;
-    let spent = budgets.json()["budgets"][0]["spent_micros"]
-        .as_u64()
-        .expect("spent");
+    let spent = spent(&platform, &admin).await;
     assert!(spent > 0 && spent <= CAP, "spent {spent} of {CAP}");
     let usage = platform
         .call(
