@@ -422,6 +422,18 @@ impl Admin {
     }
 }
 
+/// `text` percent-encoded for a query value (all but unreserved bytes).
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn project_path(project: &str) -> anyhow::Result<String> {
     let (org, name) = split_ref(project)?;
     Ok(format!("/v1/admin/orgs/{org}/projects/{name}"))
@@ -824,9 +836,13 @@ async fn publish(
         Err(e) if e.to_string().contains("409") => {}
         Err(e) => return Err(e),
     }
-    let mut path = format!("{}/releases", project_path(project)?);
+    let mut path = format!(
+        "{}/releases?app_name={}",
+        project_path(project)?,
+        percent(&app.name)
+    );
     if let Some(commit) = &commit {
-        path.push_str(&format!("?git_commit={commit}"));
+        path.push_str(&format!("&git_commit={}", percent(commit)));
     }
     // The server unpacks, loads and compiles while we wait: a spinner with
     // the time so far on a terminal (indicatif draws nothing otherwise).

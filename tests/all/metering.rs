@@ -48,6 +48,7 @@ async fn platform_with_bot(prices: PriceTable) -> (Platform, String) {
                 archive: &archive,
                 publisher: "test",
                 git_commit: None,
+                app_name: None,
             },
         )
         .await

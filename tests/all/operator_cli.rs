@@ -48,6 +48,7 @@ fn publish_activate_rollback_with_and_without_a_server() {
     assert!(!ok && stderr.contains("400"), "{stderr}");
     let v1 = karta_json(data.path(), &["publish", hello, "--project", "acme/shop"]);
     assert_eq!(v1["version"], 1, "{v1}");
+    assert_eq!(v1["app_name"], "hello", "the folder's name: {v1}");
     let (ok, stdout, stderr) = karta(data.path(), &["activate", "acme/shop", "v1"]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("v1 is active"), "{stdout}");

@@ -58,6 +58,7 @@ fn request<'a>(project_id: &'a str, archive: &'a [u8]) -> PublishRequest<'a> {
         archive,
         publisher: "alice",
         git_commit: Some("abc123".into()),
+        app_name: None,
     }
 }
 

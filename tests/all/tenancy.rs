@@ -96,6 +96,7 @@ impl Platform {
                     archive: &archive,
                     publisher: "test",
                     git_commit: None,
+                    app_name: None,
                 },
             )
             .await

@@ -499,13 +499,17 @@ async fn mint_token(
 #[derive(Deserialize)]
 struct PublishQuery {
     git_commit: Option<String>,
+    app_name: Option<String>,
 }
 
 /// Publishes a release: the body is the app folder as a `.tar.gz`. It is
 /// unpacked (hostile archives refused), loaded, its plugins compiled, and
 /// stored as the next version. It is not activated.
 #[utoipa::path(post, path = "/v1/admin/orgs/{org}/projects/{project}/releases", tag = "admin",
-    params(("git_commit" = Option<String>, Query, description = "The commit the archive was packed from")),
+    params(
+        ("git_commit" = Option<String>, Query, description = "The commit the archive was packed from"),
+        ("app_name" = Option<String>, Query, description = "The folder's name: the app's name when its karta.toml gives none"),
+    ),
     request_body(content = Vec<u8>, content_type = "application/gzip"),
     responses(
         (status = 201, description = "The release"),
@@ -542,6 +546,7 @@ async fn publish(
                 archive: &archive,
                 publisher: &caller.actor(),
                 git_commit: query.git_commit,
+                app_name: query.app_name,
             },
         )
         .await?;

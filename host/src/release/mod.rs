@@ -98,6 +98,9 @@ pub struct PublishRequest<'a> {
     pub publisher: &'a str,
     /// The commit the archive was built from ([`git_commit`]).
     pub git_commit: Option<String>,
+    /// The name of the folder it was packed from: the app's name when its
+    /// `karta.toml` gives none (an archive does not carry it).
+    pub app_name: Option<String>,
 }
 
 /// Why a release call failed; [`ReleaseError::status`] and

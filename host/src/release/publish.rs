@@ -99,7 +99,12 @@ impl Releases {
             created_at: now_rfc3339(),
             publisher: request.publisher.to_owned(),
             git_commit: request.git_commit,
-            app_name: app_name(&spec, &digest, request.project_id),
+            app_name: app_name(
+                &spec,
+                &digest,
+                request.app_name.as_deref(),
+                request.project_id,
+            ),
             harness: spec.harness.as_str().to_owned(),
             plugins: plugin_names(&spec),
         };
@@ -167,19 +172,25 @@ impl Releases {
     }
 }
 
-/// The app's `karta.toml` `name`, else the project's name (what follows
-/// the last `/` of its id): an archive does not carry the name of the
-/// folder it was packed from, and the tree's name is a digest.
-fn app_name(spec: &AppSpec, digest: &str, project_id: &str) -> String {
-    if spec.name == digest {
-        project_id
-            .rsplit('/')
-            .next()
-            .unwrap_or(project_id)
-            .to_owned()
-    } else {
-        spec.name.clone()
+/// The app's `karta.toml` `name`, else the folder's name the publisher
+/// gave, else the project's name (what follows the last `/` of its id):
+/// an archive does not carry the name of the folder it was packed from,
+/// and the tree's name is a digest.
+fn app_name(spec: &AppSpec, digest: &str, folder: Option<&str>, project_id: &str) -> String {
+    if spec.name != digest {
+        return spec.name.clone();
     }
+    if let Some(folder) = folder
+        .map(str::trim)
+        .filter(|f| !f.is_empty() && f.len() <= 200)
+    {
+        return folder.to_owned();
+    }
+    project_id
+        .rsplit('/')
+        .next()
+        .unwrap_or(project_id)
+        .to_owned()
 }
 
 fn plugin_names(spec: &AppSpec) -> Vec<String> {
