@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::sessions::{Server, new_session, send, sse, support_bot, turn_with_one_usage};
 
 /// The installed binaries, or a failure saying how to install them.
-fn binaries() -> HarnessBinaries {
+pub(crate) fn binaries() -> HarnessBinaries {
     let local = crate::support::root().join("harnesses/node_modules/.bin");
     let find = |var: &str, name: &str| -> PathBuf {
         if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {

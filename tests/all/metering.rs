@@ -32,7 +32,19 @@ fn prices() -> PriceTable {
 
 /// A platform whose acme/bot runs the support-bot app (plugins included).
 async fn platform_with_bot(prices: PriceTable) -> (Platform, String) {
-    let platform = Platform::start_with(move |config| config.prices = prices).await;
+    platform_with_bot_on(prices, |_| {}).await
+}
+
+/// [`platform_with_bot`] after `configure` (a harness, say) has had its say.
+async fn platform_with_bot_on(
+    prices: PriceTable,
+    configure: impl FnOnce(&mut karta_host::HostConfig),
+) -> (Platform, String) {
+    let platform = Platform::start_with(move |config| {
+        config.prices = prices;
+        configure(config);
+    })
+    .await;
     let app = crate::sessions::support_bot();
     let archive = karta_host::release::pack_dir(app.path()).expect("pack");
     let (acme_id, _) = platform.project("acme", "shop");
@@ -153,12 +165,36 @@ async fn logged_fuel(platform: &Platform, admin: &str, session: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_bills_exactly_what_the_turns_used() {
     let (platform, admin) = platform_with_bot(prices()).await;
+    ledger_equals_turns(&platform, &admin, &[CONVERT, "hello", CONVERT], 2).await;
+}
+
+/// The same on the real Claude Code CLI, jailed: its model calls through
+/// the gateway and its tool calls through the MCP server are billed as
+/// exactly as the builtin loop's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_bills_a_claude_code_session_exactly() {
+    if !crate::support::can_jail("the_ledger_bills_a_claude_code_session_exactly") {
+        return;
+    }
+    let binaries = crate::harnesses::binaries();
+    let (platform, admin) = platform_with_bot_on(prices(), move |config| {
+        config.harness = Some(karta_host::app::HarnessKind::ClaudeCode);
+        config.harness_binaries = binaries;
+    })
+    .await;
+    ledger_equals_turns(&platform, &admin, &[CONVERT, "hello"], 1).await;
+}
+
+/// Sends `texts` as turns of a new acme/bot session and checks the ledger
+/// against them.
+async fn ledger_equals_turns(platform: &Platform, admin: &str, texts: &[&str], tool_calls: u64) {
+    let (platform, admin) = (platform, admin.to_owned());
     let session = new_session(&platform, &admin).await;
     let mut input = 0;
     let mut output = 0;
     let mut cache_read = 0;
     let mut cache_write = 0;
-    for text in [CONVERT, "hello", CONVERT] {
+    for text in texts {
         let turn = platform
             .call(
                 "POST",
@@ -191,7 +227,7 @@ async fn the_ledger_bills_exactly_what_the_turns_used() {
     assert_eq!(row["fuel"], fuel, "{}", usage.body);
     assert_eq!(row["cache_read_tokens"], cache_read, "{}", usage.body);
     assert_eq!(row["cache_write_tokens"], cache_write, "{}", usage.body);
-    assert_eq!(row["tool_calls"], 2, "{}", usage.body);
+    assert_eq!(row["tool_calls"], tool_calls, "{}", usage.body);
     let expected_cost = prices().cost_micros(&karta_host::meter::UsageKind::Model {
         provider: "offline".into(),
         model: "karta-offline".into(),
