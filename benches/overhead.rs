@@ -618,6 +618,7 @@ fn bench(c: &mut Criterion) {
             kind: UpstreamKind::Anthropic,
             base_url: provider_url.clone(),
             api_key: provider_key.clone(),
+            org_key: false,
         });
         Host::start(config).await.expect("host starts")
     });

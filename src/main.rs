@@ -733,6 +733,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     .clone()
                     .unwrap_or_else(|| default_url.into()),
                 api_key,
+                org_key: false,
             })
         }
     };

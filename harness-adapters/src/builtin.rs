@@ -83,10 +83,10 @@ impl BuiltinHarness {
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
             // The host's gateway refuses a call the tenant's budget cannot
             // pay for: the turn ends saying so, not as a model failure.
-            let code = if status.as_u16() == 402 && value["error"]["type"] == "budget_exhausted" {
-                ErrorCode::BudgetExhausted
-            } else {
-                ErrorCode::ModelError
+            let code = match (status.as_u16(), value["error"]["type"].as_str()) {
+                (402, Some("budget_exhausted")) => ErrorCode::BudgetExhausted,
+                (422, Some("byok_key_rejected")) => ErrorCode::ByokKeyRejected,
+                _ => ErrorCode::ModelError,
             };
             return Err((
                 code,

@@ -201,6 +201,8 @@ pub enum ErrorCode {
     /// A budget of the session's org, project or end user ran out during
     /// the turn (the gateway refused a model call it could not pay for).
     BudgetExhausted,
+    /// The org's own provider key (BYOK) was rejected by the provider.
+    ByokKeyRejected,
 }
 
 impl ErrorCode {
@@ -216,6 +218,7 @@ impl ErrorCode {
             Self::StorageUnavailable => "storage_unavailable",
             Self::SessionDeleted => "session_deleted",
             Self::BudgetExhausted => "budget_exhausted",
+            Self::ByokKeyRejected => "byok_key_rejected",
         }
     }
 }

@@ -319,6 +319,7 @@ impl CallRouter for ProviderKeys {
                 kind,
                 base_url: base_url.clone(),
                 api_key: key.expose_secret().to_owned(),
+                org_key: true,
             }));
         }
         Ok(None)

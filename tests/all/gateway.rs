@@ -161,6 +161,7 @@ async fn requests_are_forwarded_to_a_real_upstream_with_the_platform_key() {
             kind,
             base_url: provider_url.clone(),
             api_key: platform_key.clone(),
+            org_key: false,
         }));
         let (url, _gateway_server) = serve(&gateway).await;
         let session_key = key(&gateway, "s1");
@@ -267,6 +268,7 @@ async fn a_forwarded_stream_arrives_intact_and_is_metered_exactly_whatever_its_f
             kind: UpstreamKind::Anthropic,
             base_url: format!("http://{provider}"),
             api_key: "platform".into(),
+            org_key: false,
         }));
         let (url, _server) = serve(&gateway).await;
         let body = json!({ "model": "m", "max_tokens": 10, "stream": true, "messages": [] });

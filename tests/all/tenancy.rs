@@ -958,6 +958,59 @@ async fn an_orgs_own_provider_key_reaches_the_provider_and_nowhere_else() {
             }
         }
     }
+    // A key the provider refuses: 422 byok_key_rejected (unary), an
+    // error event of that code (stream) — not a platform failure.
+    let wrong = platform
+        .call(
+            "POST",
+            "/v1/admin/orgs/acme/provider-keys",
+            Some(&acme_admin),
+            json!({ "provider": "anthropic", "key": "sk-ant-not-a-key-the-provider-knows" }),
+        )
+        .await;
+    assert_eq!(wrong.status, 201, "{}", wrong.body);
+    let session = platform
+        .call(
+            "POST",
+            "/acme/shop/v1/sessions",
+            Some(&acme_admin),
+            json!({}),
+        )
+        .await;
+    let id = session.json()["id"].as_str().expect("id").to_owned();
+    let refused = platform
+        .call(
+            "POST",
+            &format!("/acme/shop/v1/sessions/{id}/messages"),
+            Some(&acme_admin),
+            json!({ "text": "hello?" }),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(
+        refused.json()["error"],
+        "byok_key_rejected",
+        "{}",
+        refused.body
+    );
+    assert!(
+        !refused.body.contains("sk-ant-not-a-key"),
+        "{}",
+        refused.body
+    );
+    let streamed = platform
+        .call(
+            "POST",
+            &format!("/acme/shop/v1/sessions/{id}/messages"),
+            Some(&acme_admin),
+            json!({ "text": "hello?", "stream": true }),
+        )
+        .await;
+    assert!(
+        streamed.body.contains("\"code\":\"byok_key_rejected\""),
+        "{}",
+        streamed.body
+    );
     let removed = platform
         .call(
             "DELETE",

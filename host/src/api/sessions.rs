@@ -204,7 +204,8 @@ enum MessagePart {
     responses(
         (status = 200, description = "The turn (JSON), or its events (text/event-stream)"),
         (status = 400, body = ErrorBody), (status = 402, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody),
     ))]
 async fn send_message(
     State(projects): State<Arc<Projects>>,
@@ -295,6 +296,17 @@ async fn send_message(
         )
     })?;
     let events = sessions.events_after(&id, started.after)?;
+    // The org's own provider key refused: the protocol's 422, so the
+    // caller knows its key (not the platform) needs fixing.
+    if let Some(Event::Error(error)) = events.last().map(|e| &e.event)
+        && error.code == karta_harness::ErrorCode::ByokKeyRejected
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "byok_key_rejected",
+            error.message.clone(),
+        ));
+    }
     Ok(axum::Json(json!({
         "text": summary.text,
         "session_id": id,

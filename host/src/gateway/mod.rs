@@ -74,6 +74,9 @@ pub struct Upstream {
     pub base_url: String,
     /// The platform's key for it. Never logged, never given to a harness.
     pub api_key: String,
+    /// Whether the key is an org's own (BYOK): a provider refusing it is
+    /// the org's problem to fix, answered as `byok_key_rejected` (422).
+    pub org_key: bool,
 }
 
 impl std::fmt::Debug for Upstream {

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use karta_harness::model_stream::{UsageMeter, WireShape};
 use karta_harness::sse;
 use tokio::sync::mpsc;
@@ -180,6 +180,29 @@ pub(super) async fn forward(
         }
     };
     let status = response.status();
+    if upstream.org_key && (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN) {
+        // The org's own key, refused: say so (422), not as a model
+        // failure the platform could fix.
+        let said = http_body_util::Limited::new(response.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let said: serde_json::Value = serde_json::from_slice(&said).unwrap_or_default();
+        let reason = said["error"]["message"]
+            .as_str()
+            .unwrap_or("no reason given");
+        return error_response(
+            kind,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "byok_key_rejected",
+            &format!(
+                "the org's own {} key was rejected by the provider (HTTP {}): {reason}",
+                upstream.kind.as_str(),
+                status.as_u16()
+            ),
+        );
+    }
     let content_type = response.headers().get("content-type").cloned();
     let chunks = http_body_util::BodyDataStream::new(response.into_body());
     let body = metered(
