@@ -93,6 +93,7 @@ pub mod release;
 pub mod session;
 pub mod setup;
 pub mod store;
+pub mod webhooks;
 
 /// The protocol's events, as every part of the host speaks them.
 pub use karta_harness::{Envelope, ErrorCode, Event, TurnStatus, Usage};
