@@ -147,7 +147,7 @@ impl Webhooks {
     /// Opens the webhook trees of `store`. `allow_net` is the operator's
     /// exceptions to the refused address ranges — the same CIDR list as
     /// `karta serve --plugin-allow-net`, judged by the same check
-    /// ([`crate::plugin::net`]) on every address a delivery connects to.
+    /// (`plugin::net`) on every address a delivery connects to.
     pub fn open(
         store: Store,
         allow_net: Vec<IpNet>,
@@ -346,7 +346,7 @@ impl Webhooks {
         data: &serde_json::Value,
     ) -> Result<usize, WebhookError> {
         let prepared = self.prepare(org_id, event_type, event_id, data)?;
-        (&*self.outbox_tree(),)
+        (self.outbox_tree(),)
             .transaction(|(outbox,)| Ok(prepared.write_in(outbox)?))
             .map_err(|e: sled::transaction::TransactionError<()>| match e {
                 sled::transaction::TransactionError::Storage(e) => WebhookError::Store(e),

@@ -42,15 +42,15 @@ impl Receiver {
                     state
                         .seen
                         .lock()
-                        .unwrap()
+                        .expect("test step")
                         .push((headers, body, Instant::now()));
                     let code = state
                         .script
                         .lock()
-                        .unwrap()
+                        .expect("test step")
                         .pop_front()
                         .unwrap_or(state.fallback);
-                    StatusCode::from_u16(code).unwrap()
+                    StatusCode::from_u16(code).expect("test step")
                 }
             }),
         );
@@ -59,7 +59,7 @@ impl Receiver {
     }
 
     fn seen(&self) -> Vec<(HeaderMap, Bytes, Instant)> {
-        self.seen.lock().unwrap().clone()
+        self.seen.lock().expect("test step").clone()
     }
 }
 
@@ -98,34 +98,36 @@ fn header(headers: &HeaderMap, name: &str) -> String {
 
 #[tokio::test]
 async fn a_delivery_arrives_signed_and_verifies() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test step");
     let receiver = Receiver::start(&[], 200).await;
     let hooks = open(dir.path(), loopback_allowed());
     let (endpoint, secret) = hooks
         .create_endpoint("org1", &receiver.url, vec![EventType::TurnCompleted])
-        .unwrap();
+        .expect("test step");
     let data = serde_json::json!({"session_id": "s1"});
     assert_eq!(
         hooks
             .enqueue("org1", EventType::TurnFailed, "ev0", &data)
-            .unwrap(),
+            .expect("test step"),
         0
     );
     assert_eq!(
         hooks
             .enqueue("org1", EventType::TurnCompleted, "ev1", &data)
-            .unwrap(),
+            .expect("test step"),
         1
     );
     let task = hooks.start();
     until(|| !receiver.seen().is_empty()).await;
     let (headers, body, _) = receiver.seen().remove(0);
-    let timestamp: u64 = header(&headers, "karta-webhook-timestamp").parse().unwrap();
+    let timestamp: u64 = header(&headers, "karta-webhook-timestamp")
+        .parse()
+        .expect("test step");
     let signature = header(&headers, "karta-signature");
     let secret = secret.expose_secret();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap()
+        .expect("test step")
         .as_secs();
     assert!(verify(secret, &signature, timestamp, &body, now, 300));
     assert!(!verify(
@@ -140,15 +142,21 @@ async fn a_delivery_arrives_signed_and_verifies() {
         !verify(secret, &signature, timestamp, &body, now + 301, 300),
         "stale"
     );
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("test step");
     assert_eq!(json["id"], "ev1");
     assert_eq!(json["type"], "turn.completed");
     assert_eq!(json["data"], data);
     until(|| {
-        hooks.deliveries("org1", &endpoint.id, 10).unwrap()[0].status == DeliveryStatus::Delivered
+        hooks
+            .deliveries("org1", &endpoint.id, 10)
+            .expect("test step")[0]
+            .status
+            == DeliveryStatus::Delivered
     })
     .await;
-    let delivery = &hooks.deliveries("org1", &endpoint.id, 10).unwrap()[0];
+    let delivery = &hooks
+        .deliveries("org1", &endpoint.id, 10)
+        .expect("test step")[0];
     assert_eq!(header(&headers, "karta-webhook-id"), delivery.id);
     assert_eq!((delivery.attempts, delivery.last_status), (1, Some(200)));
     task.stop().await;
@@ -156,12 +164,12 @@ async fn a_delivery_arrives_signed_and_verifies() {
 
 #[tokio::test]
 async fn failures_are_retried_with_growing_delays() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test step");
     let receiver = Receiver::start(&[500, 500], 200).await;
     let hooks = open(dir.path(), loopback_allowed());
     let (endpoint, _) = hooks
         .create_endpoint("org1", &receiver.url, vec![EventType::SessionStarted])
-        .unwrap();
+        .expect("test step");
     hooks
         .enqueue(
             "org1",
@@ -169,10 +177,14 @@ async fn failures_are_retried_with_growing_delays() {
             "ev1",
             &serde_json::json!({}),
         )
-        .unwrap();
+        .expect("test step");
     let task = hooks.start();
     until(|| {
-        hooks.deliveries("org1", &endpoint.id, 10).unwrap()[0].status == DeliveryStatus::Delivered
+        hooks
+            .deliveries("org1", &endpoint.id, 10)
+            .expect("test step")[0]
+            .status
+            == DeliveryStatus::Delivered
     })
     .await;
     let seen = receiver.seen();
@@ -191,20 +203,25 @@ async fn failures_are_retried_with_growing_delays() {
             .all(|(h, ..)| header(h, "karta-webhook-id") == id),
         "same id on retries"
     );
-    let delivery = &hooks.deliveries("org1", &endpoint.id, 10).unwrap()[0];
+    let delivery = &hooks
+        .deliveries("org1", &endpoint.id, 10)
+        .expect("test step")[0];
     assert_eq!((delivery.attempts, delivery.last_status), (3, Some(200)));
-    assert_eq!(hooks.endpoints("org1").unwrap()[0].consecutive_failures, 0);
+    assert_eq!(
+        hooks.endpoints("org1").expect("test step")[0].consecutive_failures,
+        0
+    );
     task.stop().await;
 }
 
 #[tokio::test]
 async fn an_always_failing_endpoint_is_disabled() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test step");
     let receiver = Receiver::start(&[], 503).await;
     let hooks = open(dir.path(), loopback_allowed());
     let (endpoint, _) = hooks
         .create_endpoint("org1", &receiver.url, vec![EventType::TurnFailed])
-        .unwrap();
+        .expect("test step");
     for i in 0..2 {
         hooks
             .enqueue(
@@ -213,13 +230,20 @@ async fn an_always_failing_endpoint_is_disabled() {
                 &format!("ev{i}"),
                 &serde_json::json!({}),
             )
-            .unwrap();
+            .expect("test step");
     }
     let task = hooks.start();
-    until(|| hooks.endpoints("org1").unwrap()[0].disabled_at.is_some()).await;
-    let endpoint_now = &hooks.endpoints("org1").unwrap()[0];
+    until(|| {
+        hooks.endpoints("org1").expect("test step")[0]
+            .disabled_at
+            .is_some()
+    })
+    .await;
+    let endpoint_now = &hooks.endpoints("org1").expect("test step")[0];
     assert_eq!(endpoint_now.consecutive_failures, 2);
-    let deliveries = hooks.deliveries("org1", &endpoint.id, 10).unwrap();
+    let deliveries = hooks
+        .deliveries("org1", &endpoint.id, 10)
+        .expect("test step");
     assert_eq!(deliveries.len(), 2);
     for d in &deliveries {
         assert_eq!(
@@ -233,7 +257,7 @@ async fn an_always_failing_endpoint_is_disabled() {
     assert_eq!(
         hooks
             .enqueue("org1", EventType::TurnFailed, "ev9", &serde_json::json!({}))
-            .unwrap(),
+            .expect("test step"),
         0
     );
     task.stop().await;
@@ -241,7 +265,7 @@ async fn an_always_failing_endpoint_is_disabled() {
 
 #[tokio::test]
 async fn loopback_is_refused_by_default() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test step");
     let hooks = open(dir.path(), Vec::new());
     for url in [
         "https://127.0.0.1/hook",
@@ -250,7 +274,7 @@ async fn loopback_is_refused_by_default() {
     ] {
         let error = hooks
             .create_endpoint("org1", url, vec![EventType::TurnCompleted])
-            .unwrap_err();
+            .expect_err("refused");
         assert!(matches!(error, WebhookError::Refused(_)), "{url}: {error}");
     }
     let error = hooks
@@ -259,7 +283,7 @@ async fn loopback_is_refused_by_default() {
             "https://127.0.0.1/hook",
             vec![EventType::TurnCompleted],
         )
-        .unwrap_err();
+        .expect_err("refused");
     assert!(error.to_string().contains("loopback"), "{error}");
     // Plain http to a public name, and other schemes.
     for url in [
@@ -269,7 +293,7 @@ async fn loopback_is_refused_by_default() {
     ] {
         let error = hooks
             .create_endpoint("org1", url, vec![EventType::TurnCompleted])
-            .unwrap_err();
+            .expect_err("refused");
         assert!(matches!(error, WebhookError::Invalid(_)), "{url}: {error}");
     }
     // A name is judged by what it resolves to, at delivery.
@@ -278,7 +302,7 @@ async fn loopback_is_refused_by_default() {
         .url
         .split(':')
         .nth(2)
-        .unwrap()
+        .expect("test step")
         .trim_end_matches("/hook")
         .to_owned();
     let (endpoint, _) = hooks
@@ -287,7 +311,7 @@ async fn loopback_is_refused_by_default() {
             &format!("https://localhost:{port}/hook"),
             vec![EventType::TurnCompleted],
         )
-        .unwrap();
+        .expect("test step");
     hooks
         .enqueue(
             "org1",
@@ -295,11 +319,20 @@ async fn loopback_is_refused_by_default() {
             "ev1",
             &serde_json::json!({}),
         )
-        .unwrap();
+        .expect("test step");
     let task = hooks.start();
-    until(|| hooks.deliveries("org1", &endpoint.id, 1).unwrap()[0].attempts > 0).await;
-    let delivery = &hooks.deliveries("org1", &endpoint.id, 1).unwrap()[0];
-    let error = delivery.last_error.as_deref().unwrap();
+    until(|| {
+        hooks
+            .deliveries("org1", &endpoint.id, 1)
+            .expect("test step")[0]
+            .attempts
+            > 0
+    })
+    .await;
+    let delivery = &hooks
+        .deliveries("org1", &endpoint.id, 1)
+        .expect("test step")[0];
+    let error = delivery.last_error.as_deref().expect("test step");
     assert!(
         error.contains("refused by the network policy") && error.contains("loopback"),
         "{error}"
@@ -310,7 +343,7 @@ async fn loopback_is_refused_by_default() {
 
 #[tokio::test]
 async fn another_org_sees_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test step");
     let hooks = open(dir.path(), loopback_allowed());
     let (endpoint, _) = hooks
         .create_endpoint(
@@ -318,10 +351,10 @@ async fn another_org_sees_nothing() {
             "https://example.com/hook",
             vec![EventType::BudgetExceeded],
         )
-        .unwrap();
+        .expect("test step");
     // `org` is a prefix of `org1`: keys must not let it match.
     for other in ["org2", "org"] {
-        assert!(hooks.endpoints(other).unwrap().is_empty());
+        assert!(hooks.endpoints(other).expect("test step").is_empty());
         assert!(matches!(
             hooks.deliveries(other, &endpoint.id, 10),
             Err(WebhookError::NotFound)
@@ -338,27 +371,33 @@ async fn another_org_sees_nothing() {
                     "e",
                     &serde_json::json!({})
                 )
-                .unwrap(),
+                .expect("test step"),
             0
         );
     }
-    assert_eq!(hooks.endpoints("org1").unwrap(), vec![endpoint.clone()]);
-    hooks.delete_endpoint("org1", &endpoint.id).unwrap();
-    assert!(hooks.endpoints("org1").unwrap().is_empty());
+    assert_eq!(
+        hooks.endpoints("org1").expect("test step"),
+        vec![endpoint.clone()]
+    );
+    hooks
+        .delete_endpoint("org1", &endpoint.id)
+        .expect("test step");
+    assert!(hooks.endpoints("org1").expect("test step").is_empty());
 }
 
 #[tokio::test]
 async fn the_outbox_survives_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test step");
     let receiver = Receiver::start(&[], 200).await;
     let endpoint = {
-        let store = Store::open(dir.path()).unwrap();
-        let hooks = Webhooks::open(store.clone(), loopback_allowed(), test_config()).unwrap();
+        let store = Store::open(dir.path()).expect("test step");
+        let hooks =
+            Webhooks::open(store.clone(), loopback_allowed(), test_config()).expect("test step");
         let (endpoint, _) = hooks
             .create_endpoint("org1", &receiver.url, vec![EventType::ReleaseActivated])
-            .unwrap();
+            .expect("test step");
         // The caller's own event and its delivery, in one transaction.
-        let events = store.tree("test_events").unwrap();
+        let events = store.tree("test_events").expect("test step");
         let prepared = hooks
             .prepare(
                 "org1",
@@ -366,27 +405,30 @@ async fn the_outbox_survives_a_restart() {
                 "rel_1",
                 &serde_json::json!({}),
             )
-            .unwrap();
+            .expect("test step");
         let written = (&events, hooks.outbox_tree())
             .transaction(|(events, outbox)| {
                 events.insert("rel_1", "activated")?;
                 let n = prepared.write_in(outbox)?;
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(n)
             })
-            .unwrap();
+            .expect("test step");
         assert_eq!(written, 1);
-        store.flush().await.unwrap();
+        store.flush().await.expect("test step");
         endpoint
     }; // dropped without ever starting the loop
     assert!(receiver.seen().is_empty());
     let hooks = open(dir.path(), loopback_allowed());
     assert_eq!(
-        hooks.deliveries("org1", &endpoint.id, 10).unwrap()[0].status,
+        hooks
+            .deliveries("org1", &endpoint.id, 10)
+            .expect("test step")[0]
+            .status,
         DeliveryStatus::Pending
     );
     let task = hooks.start();
     until(|| receiver.seen().len() == 1).await;
-    let json: serde_json::Value = serde_json::from_slice(&receiver.seen()[0].1).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&receiver.seen()[0].1).expect("test step");
     assert_eq!(json["type"], "release.activated");
     task.stop().await;
 }
