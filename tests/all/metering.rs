@@ -188,8 +188,8 @@ async fn the_ledger_bills_a_claude_code_session_exactly() {
 /// Sends `texts` as turns of a new acme/bot session and checks the ledger
 /// against them.
 async fn ledger_equals_turns(platform: &Platform, admin: &str, texts: &[&str], tool_calls: u64) {
-    let (platform, admin) = (platform, admin.to_owned());
-    let session = new_session(&platform, &admin).await;
+    let admin = admin.to_owned();
+    let session = new_session(platform, &admin).await;
     let mut input = 0;
     let mut output = 0;
     let mut cache_read = 0;
@@ -210,7 +210,7 @@ async fn ledger_equals_turns(platform: &Platform, admin: &str, texts: &[&str], t
         cache_read += answer["usage"]["cache_read_tokens"].as_u64().unwrap_or(0);
         cache_write += answer["usage"]["cache_write_tokens"].as_u64().unwrap_or(0);
     }
-    let fuel = logged_fuel(&platform, &admin, &session).await;
+    let fuel = logged_fuel(platform, &admin, &session).await;
     assert!(fuel > 0, "the tool calls used fuel");
     let usage = platform
         .call(
@@ -249,7 +249,7 @@ async fn ledger_equals_turns(platform: &Platform, admin: &str, texts: &[&str], t
     assert!(cost <= expected_cost + 20, "{cost} ≫ {expected_cost}");
     // The turns' `done` events carry the same cost, and the tool calls'
     // `tool_use` events theirs.
-    let events = logged_events(&platform, &admin, &session).await;
+    let events = logged_events(platform, &admin, &session).await;
     assert_eq!(sum_of(&events, "done", "cost_micros"), cost);
     assert!(sum_of(&events, "tool_use", "cost_micros") > 0);
     // Another org sees none of it.
