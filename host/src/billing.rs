@@ -41,6 +41,9 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Sessions whose tenant [`Ledger::scope_of`] keeps in memory at most.
+const MAX_CACHED_SCOPES: usize = 10_000;
+
 /// The usage ledger as sessions and the gateway write to it.
 #[derive(Clone)]
 pub struct Ledger {
@@ -49,6 +52,11 @@ pub struct Ledger {
     /// What each session's records cost since its turn last took it (the
     /// `done` event's `cost_micros`).
     turn_costs: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// Sessions' tenants, read once each: a session's scope never changes,
+    /// and a model call asks for it up to four times (its upstream, its
+    /// reservation, each usage increment). Bounded; a deleted session is
+    /// forgotten, as its id may be chosen again by another tenant.
+    scopes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, SessionScope>>>,
     /// The room each model call in flight holds in its tenant's budgets,
     /// by call id (released when the call ends).
     calls: std::sync::Arc<
@@ -63,6 +71,7 @@ impl Ledger {
             store,
             meter,
             turn_costs: Default::default(),
+            scopes: Default::default(),
             calls: Default::default(),
         }
     }
@@ -112,13 +121,35 @@ impl Ledger {
 
     /// The tenant of a session (`None`: not a tenant's session).
     pub fn scope_of(&self, session: &str) -> Option<SessionScope> {
-        match self.store.session(session) {
-            Ok(record) => record.and_then(|r| r.scope),
+        let scopes = || {
+            self.scopes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(scope) = scopes().get(session) {
+            return Some(scope.clone());
+        }
+        let scope = match self.store.session(session) {
+            Ok(record) => record.and_then(|r| r.scope)?,
             Err(e) => {
                 tracing::error!("cannot read session {session} for the ledger: {e}");
-                None
+                return None;
             }
+        };
+        let mut cached = scopes();
+        if cached.len() >= MAX_CACHED_SCOPES {
+            cached.clear();
         }
+        cached.insert(session.to_owned(), scope.clone());
+        Some(scope)
+    }
+
+    /// Forgets a deleted session's tenant.
+    pub fn forget(&self, session: &str) {
+        self.scopes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(session);
     }
 
     /// Every budget scope a call of this tenant counts against.
@@ -255,7 +286,6 @@ impl Default for ProviderUrls {
 /// The gateway's per-call router: the session's org's own key, and the
 /// ledger.
 pub struct ProviderKeys {
-    store: Store,
     byok: Byok,
     urls: ProviderUrls,
     ledger: Ledger,
@@ -263,13 +293,8 @@ pub struct ProviderKeys {
 
 impl ProviderKeys {
     /// A router over the sealed keys of `byok`, recording into `ledger`.
-    pub fn new(store: Store, byok: Byok, urls: ProviderUrls, ledger: Ledger) -> Self {
-        Self {
-            store,
-            byok,
-            urls,
-            ledger,
-        }
+    pub fn new(byok: Byok, urls: ProviderUrls, ledger: Ledger) -> Self {
+        Self { byok, urls, ledger }
     }
 }
 
@@ -291,13 +316,7 @@ impl CallRouter for ProviderKeys {
             tracing::error!("cannot read the org's provider key: {e}");
             "the org's provider key cannot be read; try again".to_owned()
         };
-        let Some(org_id) = self
-            .store
-            .session(session)
-            .map_err(|e| unavailable(&e))?
-            .and_then(|record| record.scope)
-            .map(|scope| scope.org_id)
-        else {
+        let Some(org_id) = self.ledger.scope_of(session).map(|scope| scope.org_id) else {
             return Ok(None);
         };
         let providers: &[Provider] = match kind {

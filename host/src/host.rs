@@ -236,7 +236,6 @@ impl Host {
                 .map_err(|e| HostError::Meter(e.to_string()))?,
         );
         gateway.set_router(Arc::new(crate::billing::ProviderKeys::new(
-            store.clone(),
             byok.clone(),
             config.provider_urls.clone(),
             ledger.clone(),

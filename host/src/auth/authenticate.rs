@@ -63,19 +63,10 @@ mod tests {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
-    use super::super::testing::{auth, org_and_project};
+    use super::super::testing::{auth, kid_of, project_ref};
     use super::super::tokens::{Claims, unix_now};
     use super::super::{Scope, new_id};
     use super::*;
-
-    fn project_ref(auth: &Auth) -> (String, ProjectRef) {
-        let (org, project) = org_and_project(auth);
-        (org.id, ProjectRef::from(&project))
-    }
-
-    fn kid_of(token: &str) -> Option<String> {
-        jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid)
-    }
 
     #[test]
     fn forged_and_unsigned_tokens_are_invalid() {

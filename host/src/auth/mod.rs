@@ -321,6 +321,17 @@ mod testing {
         let project = auth.create_project(&org.id, "support").expect("project");
         (org, project)
     }
+
+    /// [`org_and_project`] as the org's id and a project reference.
+    pub(super) fn project_ref(auth: &Auth) -> (String, ProjectRef) {
+        let (org, project) = org_and_project(auth);
+        (org.id, ProjectRef::from(&project))
+    }
+
+    /// The `kid` of a token's header.
+    pub(super) fn kid_of(token: &str) -> Option<String> {
+        jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid)
+    }
 }
 
 #[cfg(test)]

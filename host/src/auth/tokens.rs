@@ -161,18 +161,9 @@ impl Auth {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{auth, org_and_project};
+    use super::super::testing::{auth, kid_of, project_ref};
     use super::super::{CredentialKind, Store};
     use super::*;
-
-    fn project_ref(auth: &Auth) -> (String, ProjectRef) {
-        let (org, project) = org_and_project(auth);
-        (org.id, ProjectRef::from(&project))
-    }
-
-    fn kid_of(token: &str) -> Option<String> {
-        jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid)
-    }
 
     #[test]
     fn token_round_trip_carries_the_claims() {

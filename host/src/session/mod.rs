@@ -465,6 +465,10 @@ impl Sessions {
         self.live.remove(id);
         self.credentials.revoke(id);
         self.gateway.take_usage(id);
+        if let Some(ledger) = &self.toolbox.ledger {
+            ledger.forget(id);
+            ledger.take_turn_cost(id);
+        }
         if let Some(harness) = &self.harness {
             harness.end_session(id).await;
         }
