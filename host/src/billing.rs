@@ -11,12 +11,16 @@
 //! sled database): what a client was told in `done` is on disk.
 //!
 //! A session's org may have its own key for a provider (BYOK, sealed at
-//! rest by [`crate::byok`]). A call in the Anthropic shape goes out with the
-//! org's `anthropic` key, one in the OpenAI shape with its `openai` key, else
+//! rest by [`crate::byok`]). A call whose model names a provider
+//! (`openai/…`, `openrouter/…`, `anthropic/…`) goes out with the org's key
+//! for that provider; one with a bare model name in the Anthropic shape with
+//! the org's `anthropic` key, in the OpenAI shape with its `openai` key, else
 //! its `openrouter` key — to that provider's base URL (configurable, so an
-//! operator can point one at a proxy and tests at a fake provider). An org
-//! without a key for the call's shape falls back to the platform's upstream
-//! only if the operator configured one, else to the offline model.
+//! operator can point one at a proxy and tests at a fake provider). The
+//! gateway translates when that provider speaks the other shape. An org
+//! without such a key falls back to the platform's upstream only if the
+//! operator configured one, else to the offline model (see
+//! [`crate::gateway`] for when a named provider is refused instead).
 //!
 //! The key is unsealed for the one request and lives in the upstream
 //! request's header only: never in a harness's environment, the jail, a log
@@ -29,7 +33,7 @@ use secrecy::ExposeSecret;
 use karta_harness::Usage;
 
 use crate::byok::{Byok, Provider};
-use crate::gateway::{CallRouter, ModelCall, Upstream, UpstreamKind};
+use crate::gateway::{CallRouter, ModelCall, Upstream, UpstreamKind, Wanted};
 use crate::meter::{BudgetScope, Meter, UsageKind, UsageRecord};
 use crate::store::{SessionScope, Store};
 
@@ -311,7 +315,7 @@ impl CallRouter for ProviderKeys {
         self.ledger.model_usage(call, seq, usage);
     }
 
-    fn upstream_for(&self, session: &str, kind: UpstreamKind) -> Result<Option<Upstream>, String> {
+    fn upstream_for(&self, session: &str, wanted: Wanted) -> Result<Option<Upstream>, String> {
         let unavailable = |e: &dyn std::fmt::Display| {
             tracing::error!("cannot read the org's provider key: {e}");
             "the org's provider key cannot be read; try again".to_owned()
@@ -319,9 +323,12 @@ impl CallRouter for ProviderKeys {
         let Some(org_id) = self.ledger.scope_of(session).map(|scope| scope.org_id) else {
             return Ok(None);
         };
-        let providers: &[Provider] = match kind {
-            UpstreamKind::Anthropic => &[Provider::Anthropic],
-            UpstreamKind::Openai => &[Provider::Openai, Provider::Openrouter],
+        // The provider the model name named, else one of the request's
+        // own shape.
+        let providers: &[Provider] = match wanted {
+            Wanted::Provider(provider) => &[provider][..],
+            Wanted::Shape(UpstreamKind::Anthropic) => &[Provider::Anthropic],
+            Wanted::Shape(UpstreamKind::Openai) => &[Provider::Openai, Provider::Openrouter],
         };
         for provider in providers {
             let Some(key) = self
@@ -335,12 +342,23 @@ impl CallRouter for ProviderKeys {
                 continue;
             };
             return Ok(Some(Upstream {
-                kind,
+                kind: crate::gateway::translate::shape_of(*provider),
                 base_url: base_url.clone(),
                 api_key: key.expose_secret().to_owned(),
                 org_key: true,
             }));
         }
         Ok(None)
+    }
+
+    fn has_own_keys(&self, session: &str) -> bool {
+        let Some(org_id) = self.ledger.scope_of(session).map(|scope| scope.org_id) else {
+            return false;
+        };
+        // Unreadable keys count as keys: the call is refused, not quietly
+        // answered by the offline model.
+        self.byok
+            .keys(&org_id)
+            .map_or(true, |keys| !keys.is_empty())
     }
 }

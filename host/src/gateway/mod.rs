@@ -9,10 +9,23 @@
 //!
 //! Behind it sits either the [offline model](offline) or a real upstream
 //! (Anthropic, or any OpenAI-compatible base URL) reached with the
-//! platform's key, which the harness never sees.
+//! platform's key or the org's own (BYOK, chosen per call by the host's
+//! [`CallRouter`]), which the harness never sees.
+//!
+//! The model name picks the provider ([`translate::pick`]):
+//! `openai/gpt-4o-mini`, `openrouter/…` or `anthropic/…` goes to that
+//! provider with the prefix stripped; a bare name stays with the request's
+//! own shape. When the provider speaks the other shape, the request and
+//! its answer are [translated](translate) — a Claude Code app can run on
+//! an OpenAI-compatible provider and an OpenCode app on Anthropic. A named
+//! provider needs the org's key for it or a platform upstream of its shape;
+//! with neither the call is refused (`provider_not_configured`), except
+//! that a host with no upstream and an org with no keys at all answers
+//! with the offline model, as it does any call.
 
 pub mod offline;
 mod relay;
+pub mod translate;
 mod wire;
 
 use std::collections::{HashMap, VecDeque};
@@ -89,13 +102,31 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+/// Which provider a call asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// A bare model name: a provider of the request's own shape
+    /// (Anthropic; OpenAI, else OpenRouter).
+    Shape(UpstreamKind),
+    /// The model name's prefix named this provider.
+    Provider(crate::byok::Provider),
+}
+
 /// Where one model call goes, decided by the host per call: an org's own
 /// provider key (BYOK) for the session's org, say. `Ok(None)` leaves the
 /// call to the gateway's own upstream (the platform's, or the offline
 /// model); `Err` refuses the call with that message.
 pub trait CallRouter: Send + Sync {
-    /// The upstream for a call of `session` in wire shape `kind`.
-    fn upstream_for(&self, session: &str, kind: UpstreamKind) -> Result<Option<Upstream>, String>;
+    /// The upstream for a call of `session` asking for `wanted`; its `kind`
+    /// is the wire shape of the provider it reaches.
+    fn upstream_for(&self, session: &str, wanted: Wanted) -> Result<Option<Upstream>, String>;
+
+    /// Whether `session`'s org has any provider key of its own (a call
+    /// naming a provider it has no key for is then refused rather than
+    /// answered by the offline model).
+    fn has_own_keys(&self, _session: &str) -> bool {
+        false
+    }
 
     /// Before a call goes out: the host may refuse it (`Err` with the
     /// reason: the tenant's budget cannot pay for it) or hold room for it
@@ -220,15 +251,29 @@ impl Gateway {
         let _ = self.inner.router.set(router);
     }
 
-    /// The upstream for one call: the router's choice, else the
-    /// gateway's own.
-    fn upstream_for(&self, session: &str, kind: UpstreamKind) -> Result<Option<Upstream>, String> {
-        if let Some(router) = self.inner.router.get()
-            && let Some(upstream) = router.upstream_for(session, kind)?
+    /// The upstream for one call: the router's choice (the org's own
+    /// key), else the gateway's own if it can serve what the model name
+    /// asks for, else the offline model (`None`) — or a refusal, when the
+    /// model names a provider nothing here has a key for and the call
+    /// cannot fall back to the offline model (see the module docs).
+    fn upstream_for(&self, session: &str, wanted: Wanted) -> Result<Option<Upstream>, Refusal> {
+        let router = self.inner.router.get();
+        if let Some(router) = router
+            && let Some(upstream) = router
+                .upstream_for(session, wanted)
+                .map_err(Refusal::Unavailable)?
         {
             return Ok(Some(upstream));
         }
-        Ok(self.inner.upstream.clone())
+        let platform = self.inner.upstream.clone();
+        let Wanted::Provider(provider) = wanted else {
+            return Ok(platform);
+        };
+        match platform {
+            Some(upstream) if upstream.kind == translate::shape_of(provider) => Ok(Some(upstream)),
+            None if !router.is_some_and(|r| r.has_own_keys(session)) => Ok(None),
+            _ => Err(Refusal::NoKey(provider)),
+        }
     }
 
     /// The credentials whose gateway keys it accepts.
@@ -349,6 +394,15 @@ fn error_response(kind: UpstreamKind, status: StatusCode, code: &str, message: &
         }),
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// Why a call has no upstream.
+enum Refusal {
+    /// The org's key could not be read.
+    Unavailable(String),
+    /// The model names a provider with neither an org key nor a platform
+    /// upstream.
+    NoKey(crate::byok::Provider),
 }
 
 /// What the gateway reads of a request when it forwards it: only whether
@@ -485,19 +539,41 @@ async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: 
         Err(response) => return response,
     };
     gateway.count_request(&session);
-    let call = |provider: &str| ModelCall {
-        id: format!("mc_{}", uuid::Uuid::new_v4().simple()),
-        session: session.clone(),
-        model: model.clone(),
-        provider: provider.to_owned(),
-    };
-    let upstream = match gateway.upstream_for(&session, kind) {
+    // The model name picks the provider; the ledger prices the name the
+    // provider knows.
+    let (picked, upstream_model) = translate::pick(&model);
+    let wanted = picked.map_or(Wanted::Shape(kind), Wanted::Provider);
+    let upstream = match gateway.upstream_for(&session, wanted) {
         Ok(upstream) => upstream,
-        Err(message) => {
+        Err(Refusal::Unavailable(message)) => {
             return error_response(kind, StatusCode::BAD_GATEWAY, "api_error", &message);
         }
+        Err(Refusal::NoKey(provider)) => {
+            return error_response(
+                kind,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "provider_not_configured",
+                &format!(
+                    "the model `{model}` asks for the provider {provider}, but this org has no \
+                     {provider} key and the platform has no {provider} upstream: add the org's \
+                     key with `karta provider-keys set --org <org> {provider}` (the key on stdin) \
+                     or POST /v1/admin/orgs/<org>/provider-keys, or name a model of a provider \
+                     the org has a key for"
+                ),
+            );
+        }
     };
-    let call = call(upstream.as_ref().map_or("offline", |u| u.kind.as_str()));
+    let provider = match (&upstream, picked) {
+        (None, _) => "offline",
+        (Some(_), Some(provider)) => provider.as_str(),
+        (Some(upstream), None) => upstream.kind.as_str(),
+    };
+    let call = ModelCall {
+        id: format!("mc_{}", uuid::Uuid::new_v4().simple()),
+        session: session.clone(),
+        model: upstream_model.to_owned(),
+        provider: provider.to_owned(),
+    };
     // The tenant's budget holds room for the call before it goes out.
     let router = gateway.inner.router.get().cloned();
     if let Some(router) = &router
@@ -515,7 +591,14 @@ async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: 
         call: call.clone(),
     };
     if let Some(upstream) = upstream {
-        return relay::forward(&gateway, &upstream, kind, call, guard, bytes, streaming).await;
+        let out = relay::Outbound {
+            kind,
+            bytes,
+            streaming,
+            asked: &model,
+            model: upstream_model,
+        };
+        return relay::forward(&gateway, &upstream, call, guard, out).await;
     }
     // The offline model reads the whole conversation.
     let request: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);

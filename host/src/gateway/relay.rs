@@ -20,6 +20,8 @@ use karta_harness::sse;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use super::translate::stream::StreamTranslator;
+use super::translate::{self, request, response};
 use super::{
     CallGuard, Gateway, MAX_EVENT_BYTES, MAX_UNARY_BYTES, ModelCall, Upstream, UpstreamKind,
     error_response,
@@ -44,26 +46,14 @@ where
     if streaming {
         // The SSE reader is fed chunk by chunk and drained at once: every
         // complete event is metered before its bytes go on.
-        let (feed, fed) = mpsc::unbounded_channel::<Bytes>();
-        let mut events = sse::events(
-            UnboundedReceiverStream::new(fed).map(Ok::<_, Infallible>),
-            MAX_EVENT_BYTES,
-        );
+        let mut feed = EventFeed::new();
         return Body::from_stream(chunks.map(move |chunk| {
             // Held until the body is done or dropped.
             let _held = &guard;
             if let Ok(chunk) = &chunk {
-                let _ = feed.send(chunk.clone());
-                while let Some(Some(event)) = events.next().now_or_never() {
-                    match event {
-                        Ok(event) => {
-                            if let Some(data) = event.data.as_deref() {
-                                gateway.meter(&call, &mut seq, meter.observe(data));
-                            }
-                        }
-                        Err(e) => tracing::warn!("cannot read the model's stream for usage: {e}"),
-                    }
-                }
+                feed.push(chunk.clone(), |data| {
+                    gateway.meter(&call, &mut seq, meter.observe(data));
+                });
             }
             chunk
         }));
@@ -123,35 +113,106 @@ where
     ))
 }
 
-/// Sends the request on to the real provider with the platform's key and
-/// relays its answer back, metered.
+/// The SSE reader of an answer, fed chunk by chunk as the chunks pass and
+/// drained at once: each complete event's data is handed on before the
+/// chunk that completed it goes anywhere.
+pub(super) struct EventFeed {
+    feed: mpsc::UnboundedSender<Bytes>,
+    events: sse::SseStream,
+}
+
+impl EventFeed {
+    pub(super) fn new() -> Self {
+        let (feed, fed) = mpsc::unbounded_channel::<Bytes>();
+        let events = sse::events(
+            UnboundedReceiverStream::new(fed).map(Ok::<_, Infallible>),
+            MAX_EVENT_BYTES,
+        );
+        Self { feed, events }
+    }
+
+    /// Takes in a chunk; calls `each` with the data of every event it
+    /// completed.
+    pub(super) fn push(&mut self, chunk: Bytes, mut each: impl FnMut(&str)) {
+        let _ = self.feed.send(chunk);
+        while let Some(Some(event)) = self.events.next().now_or_never() {
+            match event {
+                Ok(event) => {
+                    if let Some(data) = event.data.as_deref() {
+                        each(data);
+                    }
+                }
+                Err(e) => tracing::warn!("cannot read the model's stream: {e}"),
+            }
+        }
+    }
+}
+
+/// A request on its way to a provider.
+pub(super) struct Outbound<'a> {
+    /// The caller's shape.
+    pub kind: UpstreamKind,
+    /// The caller's body.
+    pub bytes: Bytes,
+    /// Whether the answer streams.
+    pub streaming: bool,
+    /// The model as the caller named it.
+    pub asked: &'a str,
+    /// The model as the provider knows it (its prefix stripped).
+    pub model: &'a str,
+}
+
+/// The body for the provider: the caller's translated to the provider's
+/// shape, or with the model renamed, or as it came; and whether an
+/// OpenAI-shaped caller wants a usage chunk.
+fn outbound_body(upstream: &Upstream, out: &Outbound<'_>) -> Result<(Bytes, bool), String> {
+    if upstream.kind != out.kind {
+        let translated = match out.kind {
+            UpstreamKind::Anthropic => request::anthropic_to_openai(&out.bytes, out.model)?,
+            UpstreamKind::Openai => request::openai_to_anthropic(&out.bytes, out.model)?,
+        };
+        return Ok((Bytes::from(translated.body), translated.include_usage));
+    }
+    if out.asked == out.model {
+        return Ok((out.bytes.clone(), false));
+    }
+    let mut body: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&out.bytes)
+            .map_err(|e| format!("the body is not a JSON object: {e}"))?;
+    body.insert("model".into(), out.model.into());
+    let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    Ok((Bytes::from(bytes), false))
+}
+
+/// Sends the request on to the real provider with the platform's (or the
+/// org's) key — translated first when the provider speaks the other shape
+/// — and relays its answer back, metered (and translated back).
 pub(super) async fn forward(
     gateway: &Gateway,
     upstream: &Upstream,
-    kind: UpstreamKind,
     call: ModelCall,
     guard: CallGuard,
-    bytes: Bytes,
-    streaming: bool,
+    out: Outbound<'_>,
 ) -> Response {
+    let kind = out.kind;
     let path = match upstream.kind {
         UpstreamKind::Anthropic => "/v1/messages",
         UpstreamKind::Openai => "/v1/chat/completions",
     };
-    if upstream.kind != kind {
-        return error_response(
-            kind,
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            &format!(
-                "this gateway's upstream speaks {:?}; use {path}",
-                upstream.kind
-            ),
-        );
-    }
+    let (bytes, include_usage) = match outbound_body(upstream, &out) {
+        Ok(body) => body,
+        Err(message) => {
+            return error_response(
+                kind,
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &message,
+            );
+        }
+    };
     let url = format!("{}{path}", upstream.base_url.trim_end_matches('/'));
     let mut builder = hyper::Request::post(url).header("content-type", "application/json");
-    builder = match kind {
+    builder = match upstream.kind {
         UpstreamKind::Anthropic => builder
             .header("x-api-key", &upstream.api_key)
             .header("anthropic-version", "2023-06-01"),
@@ -180,37 +241,61 @@ pub(super) async fn forward(
         }
     };
     let status = response.status();
-    if upstream.org_key && (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN) {
-        // The org's own key, refused: say so (422), not as a model
-        // failure the platform could fix.
+    let refused_key =
+        upstream.org_key && (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN);
+    if refused_key || (upstream.kind != kind && !status.is_success()) {
         let said = http_body_util::Limited::new(response.into_body(), 64 * 1024)
             .collect()
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-        let said: serde_json::Value = serde_json::from_slice(&said).unwrap_or_default();
-        let reason = said["error"]["message"]
-            .as_str()
-            .unwrap_or("no reason given");
+        let reason = response::error_message(&said);
+        if refused_key {
+            // The org's own key, refused: say so (422), not as a model
+            // failure the platform could fix.
+            return error_response(
+                kind,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "byok_key_rejected",
+                &format!(
+                    "the org's own {} key was rejected by the provider (HTTP {}): {reason}",
+                    upstream.kind.as_str(),
+                    status.as_u16()
+                ),
+            );
+        }
+        // The provider's error, in the caller's shape.
         return error_response(
             kind,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "byok_key_rejected",
-            &format!(
-                "the org's own {} key was rejected by the provider (HTTP {}): {reason}",
-                upstream.kind.as_str(),
-                status.as_u16()
-            ),
+            status,
+            translate::error_type(status.as_u16()),
+            &reason,
         );
     }
     let content_type = response.headers().get("content-type").cloned();
     let chunks = http_body_util::BodyDataStream::new(response.into_body());
+    if upstream.kind != kind {
+        return if out.streaming {
+            let translator = StreamTranslator::new(upstream.kind, out.asked, include_usage);
+            let body = translated_stream(
+                gateway.clone(),
+                call,
+                guard,
+                upstream.kind,
+                translator,
+                chunks,
+            );
+            answer(status, "text/event-stream", body)
+        } else {
+            translated_unary(gateway, call, upstream.kind, kind, chunks).await
+        };
+    }
     let body = metered(
         gateway.clone(),
         call,
         guard,
         kind.shape(),
-        streaming,
+        out.streaming,
         chunks,
     );
     let mut response = Response::builder().status(status);
@@ -220,4 +305,142 @@ pub(super) async fn forward(
     response
         .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn answer(status: StatusCode, content_type: &str, body: Body) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("cache-control", "no-cache")
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A streamed answer of shape `from`, metered event by event in that shape
+/// and rewritten into the caller's as it passes.
+fn translated_stream<S, E>(
+    gateway: Gateway,
+    call: ModelCall,
+    guard: CallGuard,
+    from: UpstreamKind,
+    translator: StreamTranslator,
+    chunks: S,
+) -> Body
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Into<axum::BoxError> + 'static,
+{
+    struct Translating<S> {
+        chunks: std::pin::Pin<Box<S>>,
+        feed: EventFeed,
+        translator: StreamTranslator,
+        meter: UsageMeter,
+        gateway: Gateway,
+        call: ModelCall,
+        seq: u32,
+        done: bool,
+        /// Held until the body is done or dropped.
+        _guard: CallGuard,
+    }
+    let state = Translating {
+        chunks: Box::pin(chunks),
+        feed: EventFeed::new(),
+        translator,
+        meter: UsageMeter::new(from.shape()),
+        gateway,
+        call,
+        seq: 0,
+        done: false,
+        _guard: guard,
+    };
+    Body::from_stream(futures_util::stream::unfold(state, |mut s| async move {
+        while !s.done {
+            let mut out = Vec::new();
+            match s.chunks.next().await {
+                Some(Ok(chunk)) => {
+                    let Translating {
+                        feed,
+                        translator,
+                        meter,
+                        gateway,
+                        call,
+                        seq,
+                        ..
+                    } = &mut s;
+                    feed.push(chunk, |data| {
+                        gateway.meter(call, seq, meter.observe(data));
+                        translator.event(data, &mut out);
+                    });
+                }
+                Some(Err(e)) => {
+                    s.done = true;
+                    return Some((Err::<Bytes, axum::BoxError>(e.into()), s));
+                }
+                None => {
+                    s.done = true;
+                    s.translator.finish(&mut out);
+                }
+            }
+            if !out.is_empty() {
+                return Some((Ok(Bytes::from(out)), s));
+            }
+        }
+        None
+    }))
+}
+
+/// A unary answer of shape `from`: read whole, metered in that shape, and
+/// answered in the caller's.
+async fn translated_unary<S, E>(
+    gateway: &Gateway,
+    call: ModelCall,
+    from: UpstreamKind,
+    to: UpstreamKind,
+    chunks: S,
+) -> Response
+where
+    S: Stream<Item = Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let mut chunks = std::pin::pin!(chunks);
+    let mut body = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            Ok(chunk) if body.len() + chunk.len() <= MAX_UNARY_BYTES => {
+                body.extend_from_slice(&chunk);
+            }
+            Ok(_) => {
+                return error_response(
+                    to,
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    "the provider's answer is too large",
+                );
+            }
+            Err(e) => {
+                tracing::warn!("the provider's answer broke off: {e}");
+                return error_response(
+                    to,
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    "the provider's answer broke off",
+                );
+            }
+        }
+    }
+    let mut seq = 0;
+    let usage = UsageMeter::new(from.shape()).observe_unary(&body);
+    gateway.meter(&call, &mut seq, usage);
+    let translated = match from {
+        UpstreamKind::Openai => response::openai_to_anthropic(&body),
+        UpstreamKind::Anthropic => response::anthropic_to_openai(&body),
+    };
+    match translated {
+        Ok(value) => answer(
+            StatusCode::OK,
+            "application/json",
+            Body::from(value.to_string()),
+        ),
+        Err(message) => error_response(to, StatusCode::BAD_GATEWAY, "api_error", &message),
+    }
 }
