@@ -148,6 +148,15 @@ enum Command {
         #[command(flatten)]
         target: operator::Target,
     },
+    /// An org's webhook endpoints: signed POSTs on `session.started`,
+    /// `turn.completed`, `turn.failed`, `budget.exceeded` and
+    /// `release.activated` (docs/WEBHOOKS.md says how to verify them).
+    Webhooks {
+        #[command(subcommand)]
+        command: operator::WebhookCommand,
+        #[command(flatten)]
+        target: operator::Target,
+    },
     /// An org's usage from the ledger: tokens, fuel and cost in
     /// micro-units, optionally for one project, session or end user, by
     /// project, session, end user, day, month or model.
@@ -940,6 +949,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::ProviderKeys { command, target } => {
             operator::run(operator::Operator::ProviderKeys(command), target).await
+        }
+        Command::Webhooks { command, target } => {
+            operator::run(operator::Operator::Webhooks(command), target).await
         }
         Command::Usage {
             org,

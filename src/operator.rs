@@ -186,6 +186,60 @@ pub enum ProviderKeyCommand {
     },
 }
 
+/// `karta webhooks …`
+#[derive(Subcommand)]
+pub enum WebhookCommand {
+    /// Add an endpoint; prints its signing secret, shown only now.
+    Add {
+        /// The org's slug.
+        #[arg(long)]
+        org: String,
+        /// Where to POST (`https://…`).
+        url: String,
+        /// Comma-separated: session.started, turn.completed, turn.failed,
+        /// budget.exceeded, release.activated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "session.started,turn.completed,turn.failed,budget.exceeded,release.activated"
+        )]
+        events: Vec<String>,
+    },
+    /// List an org's endpoints (disabled ones say so).
+    List {
+        /// The org's slug.
+        #[arg(long)]
+        org: String,
+    },
+    /// Remove an endpoint and its deliveries.
+    Remove {
+        /// The org's slug.
+        #[arg(long)]
+        org: String,
+        /// The endpoint's id (`whk_…`).
+        id: String,
+    },
+    /// Enable an endpoint disabled after repeated failed deliveries.
+    Enable {
+        /// The org's slug.
+        #[arg(long)]
+        org: String,
+        /// The endpoint's id (`whk_…`).
+        id: String,
+    },
+    /// An endpoint's newest deliveries: status, attempts, last answer.
+    Deliveries {
+        /// The org's slug.
+        #[arg(long)]
+        org: String,
+        /// The endpoint's id (`whk_…`).
+        id: String,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
 /// `karta budgets …`
 #[derive(Subcommand)]
 pub enum BudgetCommand {
@@ -243,6 +297,8 @@ pub enum Operator {
     Budgets(BudgetCommand),
     /// `karta provider-keys`.
     ProviderKeys(ProviderKeyCommand),
+    /// `karta webhooks`.
+    Webhooks(WebhookCommand),
     /// `karta org`.
     Org(OrgCommand),
     /// `karta project`.
@@ -454,6 +510,94 @@ pub async fn run(command: Operator, target: Target) -> anyhow::Result<ExitCode> 
 }
 
 /// One line per item of `answer[field]`.
+/// `karta webhooks …`: the answer and its text.
+async fn webhooks(admin: &Admin, command: WebhookCommand) -> anyhow::Result<(Value, String)> {
+    let endpoint_line = |w: &Value| {
+        let events: Vec<&str> = w["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        format!(
+            "{}  {}  {}{}",
+            text(w, "id"),
+            text(w, "url"),
+            events.join(","),
+            if w["disabled_at"].is_string() {
+                format!(
+                    "  (DISABLED after {} failed deliveries; `karta webhooks enable`)",
+                    w["consecutive_failures"]
+                )
+            } else {
+                String::new()
+            }
+        )
+    };
+    Ok(match command {
+        WebhookCommand::Add { org, url, events } => {
+            let answer = admin
+                .post(
+                    &format!("/v1/admin/orgs/{org}/webhooks"),
+                    json!({ "url": url, "events": events }),
+                )
+                .await?;
+            let text = format!(
+                "{}\nsigning secret (shown only now; verify with it, see docs/WEBHOOKS.md):\n{}",
+                endpoint_line(&answer["webhook"]),
+                text(&answer, "secret")
+            );
+            (answer, text)
+        }
+        WebhookCommand::List { org } => {
+            let answer = admin.get(&format!("/v1/admin/orgs/{org}/webhooks")).await?;
+            let text = lines(&answer, "webhooks", endpoint_line);
+            (answer, text)
+        }
+        WebhookCommand::Remove { org, id } => {
+            let answer = admin
+                .delete(&format!("/v1/admin/orgs/{org}/webhooks/{id}"))
+                .await?;
+            (answer, format!("{org}: webhook {id} removed"))
+        }
+        WebhookCommand::Enable { org, id } => {
+            let answer = admin
+                .post(
+                    &format!("/v1/admin/orgs/{org}/webhooks/{id}/enable"),
+                    json!({}),
+                )
+                .await?;
+            let text = endpoint_line(&answer);
+            (answer, text)
+        }
+        WebhookCommand::Deliveries { org, id, limit } => {
+            let answer = admin
+                .get(&format!(
+                    "/v1/admin/orgs/{org}/webhooks/{id}/deliveries?limit={limit}"
+                ))
+                .await?;
+            let text = lines(&answer, "deliveries", |d| {
+                format!(
+                    "{}  {}  {}  {} attempt(s){}{}",
+                    text(d, "created_at"),
+                    text(d, "event_type"),
+                    text(d, "status"),
+                    d["attempts"],
+                    d["last_status"]
+                        .as_u64()
+                        .map(|s| format!("  last HTTP {s}"))
+                        .unwrap_or_default(),
+                    d["last_error"]
+                        .as_str()
+                        .map(|e| format!("  ({e})"))
+                        .unwrap_or_default(),
+                )
+            });
+            (answer, text)
+        }
+    })
+}
+
 fn lines(answer: &Value, field: &str, line: impl Fn(&Value) -> String) -> String {
     answer[field]
         .as_array()
@@ -747,6 +891,7 @@ async fn execute(admin: &Admin, command: Operator) -> anyhow::Result<(Value, Str
                 .await?;
             (answer, format!("{org}: {provider} key removed"))
         }
+        Operator::Webhooks(command) => webhooks(&admin, command).await?,
         Operator::Tokens(TokenCommand::RotateSecret) => {
             let answer = admin
                 .post("/v1/admin/token-secret/rotate", json!({}))

@@ -64,6 +64,9 @@ pub struct HostConfig {
     pub provider_urls: crate::billing::ProviderUrls,
     /// What tokens and fuel cost (integer micro-units).
     pub prices: crate::meter::PriceTable,
+    /// How webhook deliveries are retried and endpoints disabled. Where
+    /// endpoints may point is `plugin_allow_net`'s policy.
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 impl HostConfig {
@@ -87,6 +90,7 @@ impl HostConfig {
             setup: Default::default(),
             provider_urls: Default::default(),
             prices: Default::default(),
+            webhooks: Default::default(),
         }
     }
 
@@ -179,6 +183,9 @@ struct HostInner {
     ways_out: tokio::sync::Mutex<Vec<ServerTask>>,
     /// Revokes the credentials of sessions whose harness process stopped.
     sweeper: tokio::task::AbortHandle,
+    /// Sends the webhook outbox (stopped at shutdown; what is pending is
+    /// sent at the next start).
+    webhook_delivery: tokio::sync::Mutex<Option<crate::webhooks::DeliveryTask>>,
 }
 
 impl Drop for HostInner {
@@ -235,6 +242,17 @@ impl Host {
             crate::meter::Meter::open(&store, config.prices.clone())
                 .map_err(|e| HostError::Meter(e.to_string()))?,
         );
+        // Orgs' webhooks: events are queued in the transaction that writes
+        // them and sent by the delivery loop started below.
+        let webhooks = crate::webhooks::Webhooks::open(
+            store.clone(),
+            config.plugin_allow_net.clone(),
+            config.webhooks.clone(),
+        )
+        .map_err(|e| HostError::Meter(format!("cannot open the webhooks: {e}")))?;
+        ledger
+            .meter()
+            .on_exhausted(crate::webhooks::budget_exceeded_hook(webhooks.clone()));
         gateway.set_router(Arc::new(crate::billing::ProviderKeys::new(
             byok.clone(),
             config.provider_urls.clone(),
@@ -263,6 +281,7 @@ impl Host {
             data_dir,
             config,
             ledger,
+            webhooks: webhooks.clone(),
         };
         let projects =
             Arc::new(Projects::new(shared, auth, releases, byok, dev_app.as_deref()).await?);
@@ -293,6 +312,7 @@ impl Host {
                 api: tokio::sync::Mutex::default(),
                 ways_out: tokio::sync::Mutex::new(vec![gateway_server, mcp_server]),
                 sweeper,
+                webhook_delivery: tokio::sync::Mutex::new(Some(webhooks.start())),
             }),
         })
     }
@@ -399,5 +419,8 @@ impl Host {
             server.stop().await;
         }
         self.inner.sweeper.abort();
+        if let Some(delivery) = self.inner.webhook_delivery.lock().await.take() {
+            delivery.stop().await;
+        }
     }
 }

@@ -53,6 +53,7 @@ pub(crate) struct Shared {
     pub data_dir: PathBuf,
     pub config: HostConfig,
     pub ledger: crate::billing::Ledger,
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// The folder `karta serve DIR` serves, as a project of the dev org.
@@ -85,6 +86,69 @@ pub enum ProjectError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+}
+
+/// Builds `release.activated` for a project's org.
+struct ReleaseNotices {
+    webhooks: crate::webhooks::Webhooks,
+    auth: Auth,
+}
+
+impl crate::release::FlipNotices for ReleaseNotices {
+    fn prepare(
+        &self,
+        project_id: &str,
+        flip: &crate::release::AuditEntry,
+    ) -> crate::webhooks::Prepared {
+        let project = match self.auth.project(project_id) {
+            Ok(Some(project)) => project,
+            Ok(None) => return Default::default(),
+            Err(e) => {
+                tracing::error!(
+                    project_id,
+                    "cannot queue the release.activated webhook: {e}"
+                );
+                return Default::default();
+            }
+        };
+        let org_slug = match self.auth.org(&project.org_id) {
+            Ok(org) => org.map(|org| org.slug).unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(
+                    project_id,
+                    "cannot queue the release.activated webhook: {e}"
+                );
+                return Default::default();
+            }
+        };
+        let data = serde_json::json!({
+            "project": format!("{org_slug}/{}", project.slug),
+            "project_id": project.id,
+            "version": flip.to,
+            "previous": flip.from,
+            "action": flip.action,
+            "actor": flip.actor,
+        });
+        let event_id = format!("evt_{}", uuid::Uuid::new_v4().simple());
+        self.webhooks
+            .prepare(
+                &project.org_id,
+                crate::webhooks::EventType::ReleaseActivated,
+                &event_id,
+                &data,
+            )
+            .unwrap_or_else(|e| {
+                tracing::error!(
+                    project_id,
+                    "cannot queue the release.activated webhook: {e}"
+                );
+                Default::default()
+            })
+    }
+
+    fn committed(&self) {
+        self.webhooks.wake();
+    }
 }
 
 /// A release: project id and version.
@@ -146,6 +210,10 @@ impl Projects {
                 .as_ref()
                 .to_vec()
         };
+        releases.set_notices(Arc::new(ReleaseNotices {
+            webhooks: shared.webhooks.clone(),
+            auth: auth.clone(),
+        }));
         let mut projects = Self {
             shared,
             auth,
@@ -169,6 +237,7 @@ impl Projects {
                 project_slug: project.slug.clone(),
                 version: 0,
                 end_user_id: None,
+                credential_id: None,
             };
             let adopted = projects.shared.store.adopt_unscoped_sessions(&scope)?;
             if adopted > 0 {
@@ -230,6 +299,11 @@ impl Projects {
     /// model).
     pub fn upstream(&self) -> Option<&crate::gateway::Upstream> {
         self.shared.gateway.upstream()
+    }
+
+    /// Orgs' webhook endpoints and their deliveries.
+    pub fn webhooks(&self) -> &crate::webhooks::Webhooks {
+        &self.shared.webhooks
     }
 
     /// The usage ledger, prices and budgets.
@@ -331,6 +405,7 @@ impl Projects {
                 project_slug: project.slug.clone(),
                 version,
                 end_user_id: None,
+                credential_id: None,
             };
             let (sessions, notice) = self
                 .build(app, scope)
@@ -422,6 +497,7 @@ impl Projects {
             credentials: shared.credentials.clone(),
             metrics: shared.metrics.clone(),
             ledger: Some(shared.ledger.clone()),
+            webhooks: Some(shared.webhooks.clone()),
         }));
         sessions.set_python_servers(python_servers);
         Ok((sessions, selection.notice))

@@ -20,3 +20,4 @@ mod sessions;
 mod setup;
 mod support;
 mod tenancy;
+mod webhooks;

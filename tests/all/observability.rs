@@ -103,6 +103,11 @@ async fn the_openapi_document_names_every_route() {
         "GET /v1/admin/orgs/{org}/usage",
         "GET /v1/admin/orgs/{org}/budgets",
         "PUT /v1/admin/orgs/{org}/budgets",
+        "GET /v1/admin/orgs/{org}/webhooks",
+        "POST /v1/admin/orgs/{org}/webhooks",
+        "DELETE /v1/admin/orgs/{org}/webhooks/{webhook_id}",
+        "POST /v1/admin/orgs/{org}/webhooks/{webhook_id}/enable",
+        "GET /v1/admin/orgs/{org}/webhooks/{webhook_id}/deliveries",
     ]
     .map(str::to_owned)
     .into_iter()

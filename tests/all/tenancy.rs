@@ -217,6 +217,10 @@ fn body_for(method: &str, path: &str, archive: &Bytes) -> (Bytes, &'static str) 
             json(json!({ "provider": "anthropic", "key": "sk-test-1234567890abcdef" }))
         }
         ("POST", "rollback") => json(json!({ "to": 1 })),
+        ("POST", "webhooks") => json(json!({
+            "url": "https://hooks.example/new",
+            "events": ["turn.completed"],
+        })),
         ("POST", "releases") => (archive.clone(), "application/gzip"),
         ("POST", _) => json(json!({})),
         _ => (Bytes::new(), "application/json"),
@@ -284,6 +288,16 @@ async fn every_route_refuses_other_tenants() {
         .auth()
         .create_embed_key(&acme_id, &shop.id, vec!["https://shop.example".into()])
         .expect("embed key");
+    let (webhook, _) = platform
+        .host
+        .projects()
+        .webhooks()
+        .create_endpoint(
+            &acme_id,
+            "https://hooks.acme.example/k",
+            vec![karta_host::webhooks::EventType::TurnCompleted],
+        )
+        .expect("webhook");
     let secrets = [
         session_id.as_str(),
         "c-secret-7",
@@ -291,6 +305,8 @@ async fn every_route_refuses_other_tenants() {
         shop.id.as_str(),
         key_id.as_str(),
         embed.id.as_str(),
+        webhook.id.as_str(),
+        "hooks.acme.example",
     ];
     let archive =
         Bytes::from(karta_host::release::pack_dir(&root().join("examples/hello")).expect("pack"));
@@ -323,7 +339,8 @@ async fn every_route_refuses_other_tenants() {
             .replace("{id}", &session_id)
             .replace("{request_id}", "req_none")
             .replace("{provider}", "anthropic")
-            .replace("{key_id}", key_in_path);
+            .replace("{key_id}", key_in_path)
+            .replace("{webhook_id}", &webhook.id);
         let flat_session_route = path.starts_with("/v1/sessions");
         let names_acme = path.contains("acme") || path.contains(&session_id);
         let (body, content_type) = body_for(method, &path, &archive);

@@ -17,6 +17,7 @@
 //! | `GET, POST /v1/admin/orgs/{org}/provider-keys`, `DELETE …/provider-keys/{provider}` | admin | the org's own provider keys (BYOK): id, fingerprint, never the key |
 //! | `GET /v1/admin/orgs/{org}/usage` | read | totals from the ledger: `?project=&session=&end_user=&from=&to=&group_by=` |
 //! | `GET, PUT /v1/admin/orgs/{org}/budgets` | read / admin | caps on cost per day or month, per org, project or end user |
+//! | `GET, POST /v1/admin/orgs/{org}/webhooks`, `DELETE …/webhooks/{id}`, `POST …/{id}/enable`, `GET …/{id}/deliveries` | admin | webhook endpoints and their deliveries ([`super::webhooks`]) |
 //!
 //! `…` is `/v1/admin/orgs/{org}`. The org must be the caller's (the
 //! operator and dev mode may address any): another org's is 404, like one
@@ -69,7 +70,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Projects>> {
 }
 
 /// Runs a call that flushes sled (and so blocks) on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     call: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(call).await.map_err(|_| {
@@ -126,9 +127,9 @@ struct KeyPath {
 
 /// An org route's org, resolved from the path before anything else is read
 /// (so a stranger gets 401 or 404, never a complaint about the body).
-struct OrgAccess {
-    caller: Caller,
-    org: Org,
+pub(super) struct OrgAccess {
+    pub(super) caller: Caller,
+    pub(super) org: Org,
 }
 
 /// A project route's org and project, resolved like [`OrgAccess`].

@@ -42,6 +42,7 @@ mod loopback;
 mod sessions;
 mod sse;
 mod tenant;
+mod webhooks;
 
 use std::sync::{Arc, OnceLock};
 
@@ -93,6 +94,7 @@ pub fn router(projects: Arc<Projects>) -> Router {
         .merge(sessions::routes())
         .nest("/{org}/{project}", sessions::routes())
         .merge(admin::routes())
+        .merge(webhooks::routes())
         .split_for_parts();
     OPENAPI.get_or_init(|| document.to_pretty_json().unwrap_or_else(|_| "{}".into()));
     router

@@ -134,7 +134,13 @@ struct Inner {
     budgets: sled::Tree,
     prices: RwLock<Arc<PriceTable>>,
     state: Mutex<reserve::BudgetState>,
+    /// Told of every refusal ([`Meter::on_exhausted`]): the webhooks'
+    /// `budget.exceeded`.
+    on_exhausted: std::sync::OnceLock<ExhaustedHook>,
 }
+
+/// What [`Meter::on_exhausted`] calls.
+pub type ExhaustedHook = Arc<dyn Fn(&BudgetExhausted) + Send + Sync>;
 
 impl fmt::Debug for Meter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -163,8 +169,24 @@ impl Meter {
                 budgets,
                 prices: RwLock::new(Arc::new(prices)),
                 state: Mutex::new(state),
+                on_exhausted: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Calls `hook` whenever a budget refuses a turn or a reservation
+    /// ([`Meter::check`], [`Meter::reserve`]), after the meter's lock is
+    /// released (once; a second call is ignored).
+    pub fn on_exhausted(&self, hook: ExhaustedHook) {
+        let _ = self.inner.on_exhausted.set(hook);
+    }
+
+    /// The error of a refusal, after telling the hook of it.
+    fn refused(&self, exhausted: BudgetExhausted) -> MeterError {
+        if let Some(hook) = self.inner.on_exhausted.get() {
+            hook(&exhausted);
+        }
+        exhausted.into()
     }
 
     /// The prices new records are billed with.

@@ -168,13 +168,14 @@ impl Meter {
     /// contain `now_ms`) is used up: `spent + reserved ≥ cap`. Holds no
     /// room: a turn's calls reserve their own.
     pub fn check(&self, scopes: &[BudgetScope], now_ms: u64) -> Result<(), MeterError> {
-        let state = self.lock_state();
-        match self
-            .rooms(&state, scopes, now_ms)?
-            .into_iter()
-            .find(|room| room.used() >= room.cap)
-        {
-            Some(room) => Err(room.exhausted().into()),
+        let refused = {
+            let state = self.lock_state();
+            self.rooms(&state, scopes, now_ms)?
+                .into_iter()
+                .find(|room| room.used() >= room.cap)
+        };
+        match refused {
+            Some(room) => Err(self.refused(room.exhausted())),
             None => Ok(()),
         }
     }
@@ -210,10 +211,15 @@ impl Meter {
         scopes.sort();
         scopes.dedup();
         let mut state = self.lock_state();
-        for room in self.rooms(&state, &scopes, now_ms)? {
-            if room.used() >= room.cap || room.used().saturating_add(amount_micros) > room.cap {
-                return Err(room.exhausted().into());
-            }
+        let refused = self
+            .rooms(&state, &scopes, now_ms)?
+            .into_iter()
+            .find(|room| {
+                room.used() >= room.cap || room.used().saturating_add(amount_micros) > room.cap
+            });
+        if let Some(room) = refused {
+            drop(state);
+            return Err(self.refused(room.exhausted()));
         }
         // Every scope is reserved, budget or not, so a budget set while the
         // call runs still sees it.

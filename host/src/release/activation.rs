@@ -173,8 +173,23 @@ impl Releases {
         for _ in 0..RETRIES {
             let audit = audit_key(project_id, self.next_audit_counter(project_id)?);
             let at = now_rfc3339();
-            let result = (&self.releases, &self.active, &self.audit).transaction(
-                |(releases, active, log)| {
+            // Read before the transaction (sled deadlocks on a plain read
+            // inside one); the caller's commit lock keeps it current.
+            let deliveries = match self.notices.get() {
+                Some(notices) if self.releases.contains_key(&release)? => notices.prepare(
+                    project_id,
+                    &AuditEntry {
+                        at: at.clone(),
+                        actor: actor.to_owned(),
+                        action: action.to_owned(),
+                        from: self.active_version(project_id)?,
+                        to: version,
+                    },
+                ),
+                _ => crate::webhooks::Prepared::default(),
+            };
+            let result = (&self.releases, &self.active, &self.audit, &self.outbox).transaction(
+                |(releases, active, log, outbox)| {
                     if releases.get(&release)?.is_none() {
                         return Err(ConflictableTransactionError::Abort(Abort::Missing));
                     }
@@ -194,12 +209,16 @@ impl Releases {
                     let entry = serde_json::to_vec(&entry)
                         .map_err(|e| ConflictableTransactionError::Abort(Abort::Codec(e)))?;
                     log.insert(audit.as_slice(), entry)?;
+                    deliveries.write_in(outbox)?;
                     Ok(previous)
                 },
             );
             match result {
                 Ok(previous) => {
                     self.flush_blocking()?;
+                    if let (Some(notices), false) = (self.notices.get(), deliveries.is_empty()) {
+                        notices.committed();
+                    }
                     return Ok(Activation {
                         previous,
                         active: version,

@@ -197,6 +197,21 @@ pub struct Releases {
     /// key they write is free, so two `Releases` of one store are still
     /// correct, only retried.
     commit: Arc<Mutex<()>>,
+    /// The webhook outbox: a flip's `release.activated` deliveries are
+    /// written in the flip's transaction.
+    outbox: sled::Tree,
+    /// Who builds those deliveries (set once, by the host).
+    notices: Arc<std::sync::OnceLock<Arc<dyn FlipNotices>>>,
+}
+
+/// Builds the webhook deliveries of an activation or a rollback, before
+/// its transaction (which writes them), and hears that it committed.
+pub trait FlipNotices: Send + Sync {
+    /// The deliveries telling `project_id`'s org of `flip` (its `from` is
+    /// the version active when the flip was decided).
+    fn prepare(&self, project_id: &str, flip: &AuditEntry) -> crate::webhooks::Prepared;
+    /// A flip whose deliveries were not empty committed: send them now.
+    fn committed(&self);
 }
 
 /// The key of `version` of `project` in `releases` (and the audit log's
@@ -266,11 +281,19 @@ impl Releases {
             releases: store.tree("releases")?,
             active: store.tree("release_active")?,
             audit: store.tree("release_audit")?,
+            outbox: store.tree(crate::webhooks::OUTBOX_TREE)?,
             store,
             dirs: Arc::new(dirs),
             limits: UploadLimits::default(),
             commit: Arc::default(),
+            notices: Arc::default(),
         })
+    }
+
+    /// Has `notices` build the webhook deliveries of every activation and
+    /// rollback from now on (once; a second call is ignored).
+    pub fn set_notices(&self, notices: Arc<dyn FlipNotices>) {
+        let _ = self.notices.set(notices);
     }
 
     /// The same releases, accepting uploads within `limits` instead of

@@ -248,7 +248,13 @@ impl LiveMap {
                 Event::error(ErrorCode::Interrupted, "the host stopped during this turn");
             let written = async {
                 let envelope = live
-                    .write(&self.store, &mut state, interrupted, None)
+                    .write(
+                        &self.store,
+                        &mut state,
+                        interrupted,
+                        None,
+                        &crate::webhooks::Prepared::default(),
+                    )
                     .await?;
                 state.record.turn_running = false;
                 state.record.seq_reserved = envelope.seq;

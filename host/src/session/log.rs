@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 use super::live::{LiveRef, LiveSession, SessionState};
 use super::{SessionError, now};
 use crate::store::{Store, StoreError};
+use crate::webhooks::Prepared;
 
 /// How many sequence numbers a turn may hand out per durable reservation
 /// (one flush of the record per this many events).
@@ -43,15 +44,18 @@ pub(crate) fn reserve_seqs(state: &mut SessionState) {
 }
 
 impl LiveSession {
-    /// Gives `event` the next sequence number and writes it; does not
-    /// publish it. The caller holds the state lock (`state`). While a turn
-    /// runs, numbers are handed out only below a durable reservation.
+    /// Gives `event` the next sequence number and writes it, with the
+    /// webhook `deliveries` it causes in the same transaction (none for
+    /// most events); does not publish it. The caller holds the state lock
+    /// (`state`). While a turn runs, numbers are handed out only below a
+    /// durable reservation.
     pub(crate) async fn write(
         &self,
         store: &Store,
         state: &mut SessionState,
         event: Event,
         raw: Option<Value>,
+        deliveries: &Prepared,
     ) -> Result<Arc<Envelope>, StoreError> {
         let seq = state.next_seq;
         if state.record.turn_running && seq > state.record.seq_reserved {
@@ -67,7 +71,7 @@ impl LiveSession {
             seq,
             raw,
         });
-        store.put_event(&envelope)?;
+        store.put_event_notifying(&envelope, deliveries)?;
         state.next_seq = seq + 1;
         Ok(envelope)
     }
@@ -84,7 +88,9 @@ impl LiveSession {
         if self.is_deleted() {
             return Ok(());
         }
-        let envelope = self.write(store, state, event, raw).await?;
+        let envelope = self
+            .write(store, state, event, raw, &Prepared::default())
+            .await?;
         self.publish(Published::Event(envelope));
         Ok(())
     }

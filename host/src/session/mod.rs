@@ -25,6 +25,7 @@ mod approvals;
 mod context;
 mod live;
 mod log;
+mod notices;
 mod tools;
 mod turn;
 mod types;
@@ -73,6 +74,9 @@ pub struct Sessions {
     /// The app's Python MCP servers that run as components (set once, at
     /// start, by [`Sessions::set_python_servers`]).
     python_servers: std::sync::OnceLock<Arc<AppPythonServers>>,
+    /// Where sessions' events are told to their org's endpoints (`None`:
+    /// nowhere).
+    webhooks: Option<crate::webhooks::Webhooks>,
 }
 
 /// Now, as RFC 3339 (milliseconds) and as milliseconds since the epoch.
@@ -142,6 +146,14 @@ impl Sessions {
             metrics: parts.metrics,
             turns: TaskTracker::new(),
             python_servers: std::sync::OnceLock::new(),
+            webhooks: parts.webhooks,
+        }
+    }
+
+    /// Tells the webhook delivery loop that deliveries were just written.
+    pub(crate) fn wake_webhooks(&self) {
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.wake();
         }
     }
 
@@ -400,8 +412,12 @@ impl Sessions {
         std::fs::create_dir_all(self.workspace(&id)).map_err(|e| {
             SessionError::Invalid(format!("cannot create the session workspace: {e}"))
         })?;
-        self.store.create_session(&record)?;
+        let deliveries = self.notice_started(&record);
+        self.store.create_session_notifying(&record, &deliveries)?;
         self.store.flush().await?;
+        if !deliveries.is_empty() {
+            self.wake_webhooks();
+        }
         Ok(SessionObject::new(&record, false, None))
     }
 

@@ -505,9 +505,13 @@ async fn finish(
     let saved: Result<_, StoreError> = async {
         store.append_history(&live.id, &outcome.new_messages)?;
         store.append_message(&live.id, &assistant)?;
+        let deliveries = sessions.notice_turn_end(&state.record, state.next_seq, &terminal.event);
         let envelope = live
-            .write(store, &mut state, terminal.event, terminal.raw)
+            .write(store, &mut state, terminal.event, terminal.raw, &deliveries)
             .await?;
+        if !deliveries.is_empty() {
+            sessions.wake_webhooks();
+        }
         let record = &mut state.record;
         record.turn_running = false;
         record.seq_reserved = envelope.seq;

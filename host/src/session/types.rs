@@ -87,6 +87,10 @@ pub struct SessionParts {
     /// Where tool calls are billed, and budgets checked (`None`: nothing
     /// is billed).
     pub ledger: Option<crate::billing::Ledger>,
+    /// Where sessions' events (`session.started`, `turn.completed`,
+    /// `turn.failed`) are told to their org's webhook endpoints (`None`:
+    /// nowhere).
+    pub webhooks: Option<crate::webhooks::Webhooks>,
 }
 
 /// What a new message carries.

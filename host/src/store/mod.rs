@@ -75,6 +75,9 @@ pub struct Store {
     events: sled::Tree,
     history: sled::Tree,
     transcript: sled::Tree,
+    /// The webhook outbox ([`crate::webhooks`]): an event and the
+    /// deliveries it causes are written in one transaction.
+    outbox: sled::Tree,
     faults: Arc<Faults>,
 }
 
@@ -169,6 +172,7 @@ impl Store {
             events: db.open_tree("events")?,
             history: db.open_tree("history")?,
             transcript: db.open_tree("transcript")?,
+            outbox: db.open_tree(crate::webhooks::OUTBOX_TREE)?,
             faults: Arc::default(),
             db,
         };
@@ -259,6 +263,52 @@ impl Store {
             encode(envelope)?,
         )?;
         Ok(())
+    }
+
+    /// [`Store::put_event`] and the webhook deliveries it causes, in one
+    /// transaction: both are written or neither.
+    pub fn put_event_notifying(
+        &self,
+        envelope: &Envelope,
+        deliveries: &crate::webhooks::Prepared,
+    ) -> Result<(), StoreError> {
+        if deliveries.is_empty() {
+            return self.put_event(envelope);
+        }
+        if Faults::take(&self.faults.event_writes) {
+            return Err(StoreError::Injected);
+        }
+        let key = child_key(&envelope.session_id, envelope.seq);
+        let value = encode(envelope)?;
+        self.with_outbox(&self.events, deliveries, |events| {
+            events.insert(key.as_slice(), value.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Runs `write` on `tree` and writes `deliveries` to the webhook outbox,
+    /// in one transaction.
+    fn with_outbox(
+        &self,
+        tree: &sled::Tree,
+        deliveries: &crate::webhooks::Prepared,
+        write: impl Fn(
+            &sled::transaction::TransactionalTree,
+        ) -> Result<(), sled::transaction::UnabortableTransactionError>,
+    ) -> Result<(), StoreError> {
+        use sled::Transactional;
+        (tree, &self.outbox)
+            .transaction(|(tree, outbox)| {
+                write(tree)?;
+                deliveries.write_in(outbox)?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::from(sled::Error::Unsupported("transaction aborted".into()))
+                }
+            })
     }
 
     /// The events with a sequence number above `after`, in order.

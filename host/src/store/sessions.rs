@@ -49,6 +49,22 @@ impl Store {
         self.index_session(record)
     }
 
+    /// [`Store::create_session`] with the webhook deliveries the new
+    /// session causes (`session.started`), written in the record's
+    /// transaction; the index entries follow it.
+    pub fn create_session_notifying(
+        &self,
+        record: &SessionRecord,
+        deliveries: &crate::webhooks::Prepared,
+    ) -> Result<(), StoreError> {
+        let value = encode(record)?;
+        self.with_outbox(&self.sessions, deliveries, |sessions| {
+            sessions.insert(record.id.as_bytes(), value.as_slice())?;
+            Ok(())
+        })?;
+        self.index_session(record)
+    }
+
     /// Rewrites a session record.
     pub fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
         self.sessions

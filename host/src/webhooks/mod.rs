@@ -76,6 +76,10 @@ pub use types::{Delivery, DeliveryStatus, Endpoint, EventType, WebhookConfig, We
 /// The longest endpoint URL accepted.
 const MAX_URL_LEN: usize = 2048;
 
+/// The outbox tree's name: the store opens it for modules that write their
+/// event and its deliveries in one transaction (the event log, releases).
+pub const OUTBOX_TREE: &str = "webhook_outbox";
+
 /// An endpoint as stored: the record and its signing secret.
 #[derive(Serialize, Deserialize)]
 struct StoredEndpoint {
@@ -95,7 +99,7 @@ struct Row {
 }
 
 /// Outbox rows built by [`Webhooks::prepare`], not written yet.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 #[must_use = "nothing is queued until `write_in` runs in a transaction"]
 pub struct Prepared {
     rows: Vec<(Vec<u8>, Vec<u8>)>,
@@ -136,6 +140,9 @@ struct Inner {
     endpoints: sled::Tree,
     outbox: sled::Tree,
     finished: sled::Tree,
+    /// Events sent at most once (`budget.exceeded` per budget and period):
+    /// their keys, written with their deliveries.
+    once: sled::Tree,
     allow: Vec<IpNet>,
     policy: NetPolicy,
     config: WebhookConfig,
@@ -156,8 +163,9 @@ impl Webhooks {
         Ok(Self {
             inner: Arc::new(Inner {
                 endpoints: store.tree("webhook_endpoints")?,
-                outbox: store.tree("webhook_outbox")?,
+                outbox: store.tree(OUTBOX_TREE)?,
                 finished: store.tree("webhook_deliveries")?,
+                once: store.tree("webhook_once")?,
                 policy: NetPolicy::new(allow_net.clone()),
                 allow: allow_net,
                 config,
@@ -358,6 +366,68 @@ impl Webhooks {
         Ok(prepared.len())
     }
 
+    /// [`Webhooks::enqueue`] for an event that is sent at most once per
+    /// `once_key` (a budget exceeded is told once per budget, cap and
+    /// period, not at every refusal): the key is written in the
+    /// transaction that queues the deliveries, so two racing callers queue
+    /// one set. Answers how many deliveries were queued (0 when the key was
+    /// seen before, or no endpoint is subscribed).
+    pub fn enqueue_once(
+        &self,
+        org_id: &str,
+        event_type: EventType,
+        once_key: &[u8],
+        data: &serde_json::Value,
+    ) -> Result<usize, WebhookError> {
+        let mut key = prefix(&[org_id, event_type.as_str()]);
+        key.extend_from_slice(once_key);
+        if self.inner.once.contains_key(&key)? {
+            return Ok(0);
+        }
+        let event_id = format!("evt_{}", uuid::Uuid::new_v4().simple());
+        let prepared = self.prepare(org_id, event_type, &event_id, data)?;
+        let queued = (&self.inner.outbox, &self.inner.once)
+            .transaction(|(outbox, once)| {
+                if once.insert(key.as_slice(), &[])?.is_some() {
+                    return Ok(0);
+                }
+                Ok(prepared.write_in(outbox)?)
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => WebhookError::Store(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    WebhookError::Invalid("enqueue aborted".into())
+                }
+            })?;
+        if queued > 0 {
+            self.wake();
+        }
+        Ok(queued)
+    }
+
+    /// Enables a disabled endpoint again (its failure count starts over);
+    /// deliveries failed while it was disabled stay failed. Another org's
+    /// endpoint is [`WebhookError::NotFound`].
+    pub fn enable_endpoint(&self, org_id: &str, id: &str) -> Result<Endpoint, WebhookError> {
+        check_org(org_id)?;
+        let key = endpoint_key(org_id, id);
+        let Some(value) = self.inner.endpoints.get(&key)? else {
+            return Err(WebhookError::NotFound);
+        };
+        let mut stored: StoredEndpoint = serde_json::from_slice(&value)?;
+        stored.endpoint.disabled_at = None;
+        stored.endpoint.consecutive_failures = 0;
+        // Compare-and-swap: a delivery recording its outcome meanwhile
+        // (which rewrites the endpoint) makes this fail rather than be lost.
+        self.inner
+            .endpoints
+            .compare_and_swap(&key, Some(value), Some(serde_json::to_vec(&stored)?))?
+            .map_err(|_| {
+                WebhookError::Invalid("the endpoint changed meanwhile; try again".into())
+            })?;
+        Ok(stored.endpoint)
+    }
+
     /// Tells a running delivery loop to look at the outbox now (call it after
     /// the transaction that wrote [`Prepared`] rows commits).
     pub fn wake(&self) {
@@ -400,6 +470,46 @@ impl Webhooks {
             _ => Err(bad("only https:// URLs are accepted")),
         }
     }
+}
+
+/// The meter's hook ([`crate::meter::Meter::on_exhausted`]) that queues
+/// `budget.exceeded` for the budget's org: once per budget, cap and period
+/// (a budget refusing every call of a busy day is told once, not at each).
+pub fn budget_exceeded_hook(webhooks: Webhooks) -> crate::meter::ExhaustedHook {
+    Arc::new(move |exhausted: &crate::meter::BudgetExhausted| {
+        let org_id = exhausted.scope.org_id().to_owned();
+        let today = rfc3339(now_ms());
+        let period = match exhausted.period {
+            crate::meter::Period::Day => &today[..10],
+            crate::meter::Period::Month => &today[..7],
+        };
+        let once = format!(
+            "{}\0{}\0{}\0{}",
+            exhausted.scope, exhausted.period, period, exhausted.cap_micros
+        );
+        let data = serde_json::json!({
+            "scope": exhausted.scope,
+            "period": exhausted.period,
+            "period_start": period,
+            "cap_micros": exhausted.cap_micros,
+            "spent_micros": exhausted.spent_micros,
+            "reserved_micros": exhausted.reserved_micros,
+        });
+        let webhooks = webhooks.clone();
+        // Off the caller's thread: a refusal answers at once, and the
+        // queueing (a read and a transaction) is not on its path.
+        let queue = move || {
+            if let Err(e) =
+                webhooks.enqueue_once(&org_id, EventType::BudgetExceeded, once.as_bytes(), &data)
+            {
+                tracing::error!(org = %org_id, "cannot queue the budget.exceeded webhook: {e}");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(queue)),
+            Err(_) => queue(),
+        }
+    })
 }
 
 fn refused_message(ip: IpAddr, why: &str) -> String {

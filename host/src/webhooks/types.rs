@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// What happened, as a receiver sees it in the body's `type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum EventType {
     /// A session was created.
     #[serde(rename = "session.started")]
@@ -39,7 +39,7 @@ impl EventType {
 
 /// Where an org's events go. The signing secret is not part of it: it is
 /// shown once, by [`super::Webhooks::create_endpoint`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Endpoint {
     /// `whk_` and 32 hex digits.
     pub id: String,
@@ -59,7 +59,7 @@ pub struct Endpoint {
 }
 
 /// Where one delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     /// Queued or waiting for a retry.
@@ -71,7 +71,7 @@ pub enum DeliveryStatus {
 }
 
 /// One event sent (or to be sent) to one endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivery {
     /// `dlv_` and 32 hex digits; sent as `karta-webhook-id`, the same on
     /// every attempt, so a receiver can drop a repeat.
