@@ -42,6 +42,7 @@ mod loopback;
 mod sessions;
 mod sse;
 mod tenant;
+mod page;
 mod webhooks;
 
 use std::sync::{Arc, OnceLock};
@@ -98,6 +99,7 @@ pub fn router(projects: Arc<Projects>) -> Router {
         .split_for_parts();
     OPENAPI.get_or_init(|| document.to_pretty_json().unwrap_or_else(|_| "{}".into()));
     router
+        .merge(page::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Dev mode (no API key exists): only loopback callers (see
