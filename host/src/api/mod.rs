@@ -39,10 +39,10 @@ mod admin;
 mod error;
 mod extract;
 mod loopback;
+mod page;
 mod sessions;
 mod sse;
 mod tenant;
-mod page;
 mod webhooks;
 
 use std::sync::{Arc, OnceLock};

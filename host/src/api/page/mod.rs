@@ -34,8 +34,14 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 pub(super) fn routes() -> Router<Arc<Projects>> {
     Router::new()
         .route("/", get(dev_page))
-        .route("/_karta/chat.js", get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }))
-        .route("/_karta/chat.css", get(|| async { asset(STYLE, "text/css; charset=utf-8") }))
+        .route(
+            "/_karta/chat.js",
+            get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/_karta/chat.css",
+            get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
+        )
         .route("/{org}/{project}", get(project_page))
         .route("/{org}/{project}/", get(project_page))
 }
