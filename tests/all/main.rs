@@ -20,4 +20,5 @@ mod sessions;
 mod setup;
 mod support;
 mod tenancy;
+mod translation;
 mod webhooks;
