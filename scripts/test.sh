@@ -14,7 +14,9 @@
 #   6. the pinned componentize-py from PyPI into tools/componentize-py/venv
 #      (compiles the apps' Python MCP servers into components; skipped when
 #      already there)
-#   7. cargo test for the whole workspace (unit, integration, doc tests,
+#   7. Debian's chromium and the pinned playwright-core from npm into
+#      browser/node_modules (the chat page's browser test; skipped when there)
+#   8. cargo test for the whole workspace (unit, integration, doc tests,
 #      end-to-end tests that run the real claude and opencode binaries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +48,9 @@ scripts/install-harnesses.sh
 
 step "componentize-py from PyPI (scripts/install-componentize-py.sh)"
 scripts/install-componentize-py.sh
+
+step "Chromium and playwright-core (scripts/install-browser.sh)"
+scripts/install-browser.sh
 
 step "cargo test"
 log=$(mktemp)

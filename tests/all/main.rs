@@ -3,6 +3,7 @@
 //! (`support::plugins`).
 
 mod api_guard;
+mod chat_page;
 mod cli;
 mod end_user_homes;
 mod gateway;
