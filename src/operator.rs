@@ -891,7 +891,7 @@ async fn execute(admin: &Admin, command: Operator) -> anyhow::Result<(Value, Str
                 .await?;
             (answer, format!("{org}: {provider} key removed"))
         }
-        Operator::Webhooks(command) => webhooks(&admin, command).await?,
+        Operator::Webhooks(command) => webhooks(admin, command).await?,
         Operator::Tokens(TokenCommand::RotateSecret) => {
             let answer = admin
                 .post("/v1/admin/token-secret/rotate", json!({}))
