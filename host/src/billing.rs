@@ -5,10 +5,12 @@
 //! The ledger ([`crate::meter`]) gets one record per usage increment of a
 //! model call (`<call id>/<n>`: the gateway reads usage as the answer
 //! streams, so a call is usually two records, its input and its output) and
-//! one per tool call, each tied to the session's org, project, release and
-//! end user from the session's record. Records are written as the usage
-//! passes and made durable by the turn's own flush at its end (the same
-//! sled database): what a client was told in `done` is on disk.
+//! one per tool call, each tied to the session's org, project, release, end
+//! user and credential (the API key or embed key it was created with) from
+//! the session's record. Records are queued as the usage passes (the
+//! meter's group commit) and acknowledged by the turn before its `done` or
+//! `error` event is written ([`Ledger::acknowledge`]: committed and on
+//! disk): what a client was told in `done` survives a crash.
 //!
 //! A session's org may have its own key for a provider (BYOK, sealed at
 //! rest by [`crate::byok`]). A call whose model names a provider
@@ -118,6 +120,17 @@ impl Ledger {
         cost
     }
 
+    /// Waits (on the blocking pool) until every record queued so far is
+    /// committed and on disk; `Err` if one of `session`'s records could
+    /// not be written. A turn calls it before its terminal event.
+    pub async fn acknowledge(&self, session: &str) -> Result<(), crate::meter::MeterError> {
+        let meter = self.meter.clone();
+        let session = session.to_owned();
+        tokio::task::spawn_blocking(move || meter.flush_session(&session))
+            .await
+            .map_err(|e| crate::meter::MeterError::Unwritten(format!("the flush failed: {e}")))?
+    }
+
     /// The meter (prices, budgets, totals).
     pub fn meter(&self) -> &Meter {
         &self.meter
@@ -162,7 +175,7 @@ impl Ledger {
             &scope.org_id,
             &scope.project_id,
             scope.end_user_id.as_deref(),
-            None,
+            scope.credential_id.as_deref(),
         )
     }
 
@@ -181,7 +194,7 @@ impl Ledger {
             version: scope.version,
             session_id: session.to_owned(),
             end_user_id: scope.end_user_id.clone(),
-            credential_id: None,
+            credential_id: scope.credential_id.clone(),
             kind,
         }
     }

@@ -460,3 +460,117 @@ async fn a_budget_running_out_mid_turn_ends_it_with_budget_exhausted() {
         "every call's room was released"
     );
 }
+
+/// Per-key budgets: two API keys of one org, a small cap on one. That
+/// key's session gets only the fuel the cap buys and its next turn is
+/// refused with 402; the other key's session runs on. Usage by key
+/// splits them; a session opened with a token traded for an embed key is
+/// billed to the embed key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_budget_caps_that_keys_sessions_only() {
+    let prices = PriceTable {
+        models: [(
+            "karta-offline".to_owned(),
+            karta_host::meter::ModelPrice::FREE,
+        )]
+        .into(),
+        default_model: karta_host::meter::ModelPrice::FREE,
+        ..PriceTable::from_toml("fuel_per_mfuel = 1000\n").expect("prices")
+    };
+    let (platform, admin) = platform_with_bot(prices).await;
+    let auth = platform.host.projects().auth();
+    let (acme_id, _) = platform.project("acme", "shop");
+    let new_key = |name: &str| {
+        let (info, secret) = auth
+            .create_api_key(&acme_id, Scope::Write, name)
+            .expect("key");
+        (
+            info.id,
+            secrecy::ExposeSecret::expose_secret(&secret).to_owned(),
+        )
+    };
+    let (capped_id, capped) = new_key("capped");
+    let (free_id, free) = new_key("free");
+    // 5 micro-units buy 5,000 fuel: less than the tool needs.
+    set_budget(
+        &platform,
+        &admin,
+        json!({ "key": capped_id, "period": "day", "cap_micros": 5 }),
+    )
+    .await;
+    let capped_session = new_session(&platform, &capped).await;
+    let free_session = new_session(&platform, &free).await;
+
+    let turn = send(&platform, &capped, &capped_session, CONVERT).await;
+    assert_eq!(turn.status, 200, "{}", turn.body);
+    assert!(turn.body.contains("out_of_fuel"), "{}", turn.body);
+    let fuel = logged_fuel(&platform, &admin, &capped_session).await;
+    assert!(fuel <= 5_000, "{fuel} fuel: more than 5 micro-units buy");
+    let refused = send(&platform, &capped, &capped_session, "hello").await;
+    assert_eq!(refused.status, 402, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "budget_exhausted");
+    // The budget follows the session's key, not the caller's: the admin
+    // key cannot run the capped session's turn either.
+    let still = send(&platform, &admin, &capped_session, "hello").await;
+    assert_eq!(still.status, 402, "{}", still.body);
+
+    // The other key is not under that budget.
+    for _ in 0..2 {
+        let turn = send(&platform, &free, &free_session, CONVERT).await;
+        assert_eq!(turn.status, 200, "{}", turn.body);
+        assert!(!turn.body.contains("out_of_fuel"), "{}", turn.body);
+    }
+    let free_fuel = logged_fuel(&platform, &admin, &free_session).await;
+    assert!(free_fuel > 10_000, "{free_fuel} fuel");
+
+    let usage = platform
+        .call(
+            "GET",
+            "/v1/admin/orgs/acme/usage?group_by=key",
+            Some(&admin),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(usage.status, 200, "{}", usage.body);
+    let rows = usage.json()["rows"].as_array().cloned().unwrap_or_default();
+    let cost_of = |id: &str| {
+        rows.iter()
+            .find(|row| row["key"] == id)
+            .and_then(|row| row["cost_micros"].as_u64())
+    };
+    let capped_cost = cost_of(&capped_id).expect("the capped key's row");
+    assert!(capped_cost <= 5, "{}", usage.body);
+    assert!(
+        cost_of(&free_id).expect("the free key's row") > 10,
+        "{}",
+        usage.body
+    );
+    assert!(spent(&platform, &admin).await <= 5);
+
+    // An embed key's token: its sessions are billed to the embed key.
+    let (_, bot) = platform.project("acme", "bot");
+    let origin = "https://shop.example";
+    let embed = auth
+        .create_embed_key(&acme_id, &bot.id, vec![origin.into()])
+        .expect("embed key");
+    let token = auth
+        .mint_embed_token(&embed.key, Some(origin), None)
+        .expect("token")
+        .token;
+    let created = platform
+        .call("POST", "/v1/sessions", Some(&token), json!({}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.json()["id"].as_str().expect("id").to_owned();
+    let record = platform
+        .host
+        .projects()
+        .store()
+        .session(&id)
+        .expect("read")
+        .expect("session");
+    assert_eq!(
+        record.scope.and_then(|scope| scope.credential_id),
+        Some(embed.id)
+    );
+}

@@ -15,8 +15,8 @@
 //! | `GET …/projects/{project}/audit` | read | who published, activated, rolled back |
 //! | `POST /v1/admin/token-secret/rotate` | operator | a new signing key for session tokens |
 //! | `GET, POST /v1/admin/orgs/{org}/provider-keys`, `DELETE …/provider-keys/{provider}` | admin | the org's own provider keys (BYOK): id, fingerprint, never the key |
-//! | `GET /v1/admin/orgs/{org}/usage` | read | totals from the ledger: `?project=&session=&end_user=&from=&to=&group_by=` |
-//! | `GET, PUT /v1/admin/orgs/{org}/budgets` | read / admin | caps on cost per day or month, per org, project or end user |
+//! | `GET /v1/admin/orgs/{org}/usage` | read | totals from the ledger: `?project=&session=&end_user=&from=&to=&group_by=` (answered after the ledger's flush) |
+//! | `GET, PUT /v1/admin/orgs/{org}/budgets` | read / admin | caps on cost per day or month, per org, project, end user or key (API key or embed key id) |
 //! | `GET, POST /v1/admin/orgs/{org}/webhooks`, `DELETE …/webhooks/{id}`, `POST …/{id}/enable`, `GET …/{id}/deliveries` | admin | webhook endpoints and their deliveries ([`super::webhooks`]) |
 //!
 //! `…` is `/v1/admin/orgs/{org}`. The org must be the caller's (the
@@ -744,7 +744,7 @@ struct UsageQuery {
         ("end_user" = Option<String>, Query, description = "An end user (with project)"),
         ("from" = Option<String>, Query, description = "First UTC day, YYYY-MM-DD"),
         ("to" = Option<String>, Query, description = "Last UTC day, YYYY-MM-DD"),
-        ("group_by" = Option<String>, Query, description = "none, project, session, end_user, day, month, model"),
+        ("group_by" = Option<String>, Query, description = "none, project, session, end_user, day, month, model, key"),
     ),
     responses((status = 200, description = "`{rows}`"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn usage(
@@ -779,10 +779,15 @@ async fn usage(
         from_day: day(&query.from)?,
         to_day: day(&query.to)?,
     };
-    let rows = projects
-        .ledger()
-        .meter()
-        .totals(&filter, query.group_by.unwrap_or_default())?;
+    // Acknowledged before it is reported: what the ledger has queued is
+    // committed and on disk first.
+    let meter = projects.ledger().meter().clone();
+    let group_by = query.group_by.unwrap_or_default();
+    let rows = blocking(move || {
+        meter.flush()?;
+        meter.totals(&filter, group_by)
+    })
+    .await??;
     Ok(axum::Json(json!({ "org": org.slug, "unit": "micro", "rows": rows })).into_response())
 }
 
@@ -793,6 +798,9 @@ struct SetBudget {
     project: Option<String>,
     /// An end user of that project.
     end_user: Option<String>,
+    /// A credential of the org (an API key's or embed key's id): caps the
+    /// sessions created with it (not with `project` or `end_user`).
+    key: Option<String>,
     /// `day` or `month` (UTC).
     #[schema(value_type = String)]
     period: crate::meter::Period,
@@ -813,6 +821,24 @@ async fn set_budget(
     caller.require(Scope::Admin)?;
     use crate::meter::BudgetScope;
     let scope = match (&request.project, &request.end_user) {
+        (None, None) if request.key.is_some() => {
+            let key = request.key.clone().unwrap_or_default();
+            let auth = projects.auth();
+            let known = auth.api_keys(&org.id)?.iter().any(|k| k.id == key)
+                || auth.embed_keys(&org.id, None)?.iter().any(|k| k.id == key);
+            if !known {
+                return Err(not_found());
+            }
+            BudgetScope::Key {
+                org_id: org.id.clone(),
+                credential_id: key,
+            }
+        }
+        _ if request.key.is_some() => {
+            return Err(ApiError::bad_request(
+                "a key's budget names no project or end user",
+            ));
+        }
         (None, None) => BudgetScope::Org {
             org_id: org.id.clone(),
         },
@@ -869,7 +895,12 @@ async fn list_budgets(
     OrgAccess { caller, org }: OrgAccess,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Read)?;
-    let meter = projects.ledger().meter();
+    let meter = projects.ledger().meter().clone();
+    blocking({
+        let meter = meter.clone();
+        move || meter.flush()
+    })
+    .await??;
     let now = crate::billing::now_ms();
     let mut list = Vec::new();
     for budget in meter.budgets(&org.id)? {

@@ -98,7 +98,12 @@ async fn create_session(
         .for_new_session(&tenant.org, &tenant.project)
         .await?;
     let object = sessions
-        .create_for(request.session_id, request.metadata, end_user)
+        .create_billed(
+            request.session_id,
+            request.metadata,
+            end_user,
+            tenant.caller.billing_credential(),
+        )
         .await?;
     in_span(&object.id);
     Ok((StatusCode::CREATED, axum::Json(object)).into_response())

@@ -61,6 +61,16 @@ impl Caller {
         }
     }
 
+    /// The credential sessions this caller creates are billed to (per-key
+    /// budgets): see [`Principal::billing_credential`]; `None` for dev
+    /// mode and the operator.
+    pub fn billing_credential(&self) -> Option<String> {
+        match self {
+            Self::Dev | Self::Operator => None,
+            Self::Principal(p) => p.billing_credential().map(str::to_owned),
+        }
+    }
+
     /// Who, for audit entries and release metadata.
     pub fn actor(&self) -> String {
         match self {

@@ -53,6 +53,7 @@ impl Auth {
             sub: claims.sub,
             credential_id: claims.jti,
             kind: CredentialKind::SessionToken,
+            embed_key_id: claims.emb,
         })
     }
 }
@@ -148,6 +149,7 @@ mod tests {
             iat: unix_now(),
             jti: new_id("tok"),
             sub: None,
+            emb: None,
         };
         let token = auth.sign(&orphan).expect("sign");
         assert!(matches!(auth.authenticate(&token), Err(AuthError::Invalid)));

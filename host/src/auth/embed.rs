@@ -216,12 +216,13 @@ impl Auth {
         let sub = identity_token
             .map(|token| Self::verify_identity_token(&record, token))
             .transpose()?;
-        self.mint_session_token(
+        self.mint_token(
             &info.org_id,
             &ProjectRef::from(&record.project),
             Scope::Write,
             sub.as_deref(),
             None,
+            Some(&info.id),
         )
     }
 }

@@ -181,6 +181,7 @@ impl Auth {
             sub: None,
             credential_id: id,
             kind: CredentialKind::ApiKey,
+            embed_key_id: None,
         })
     }
 

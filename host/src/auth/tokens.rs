@@ -40,6 +40,10 @@ pub(super) struct Claims {
     /// The verified end user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) sub: Option<String>,
+    /// The embed key the token was traded for, if it was (the principal's
+    /// `embed_key_id`: its sessions are billed to that key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) emb: Option<String>,
 }
 
 /// Seconds since the epoch.
@@ -67,6 +71,20 @@ impl Auth {
         sub: Option<&str>,
         ttl: Option<Duration>,
     ) -> Result<MintedToken, AuthError> {
+        self.mint_token(org_id, project, scope, sub, ttl, None)
+    }
+
+    /// [`Auth::mint_session_token`], naming the embed key it was traded
+    /// for (`emb`).
+    pub(super) fn mint_token(
+        &self,
+        org_id: &str,
+        project: &ProjectRef,
+        scope: Scope,
+        sub: Option<&str>,
+        ttl: Option<Duration>,
+        embed_key_id: Option<&str>,
+    ) -> Result<MintedToken, AuthError> {
         let ttl = ttl.unwrap_or(DEFAULT_TOKEN_TTL);
         if ttl < Duration::from_secs(1) || ttl > MAX_TOKEN_TTL {
             return Err(AuthError::bad_input(
@@ -91,6 +109,7 @@ impl Auth {
             iat,
             jti: new_id("tok"),
             sub: sub.map(str::to_owned),
+            emb: embed_key_id.map(str::to_owned),
         };
         let token = self.sign(&claims)?;
         Ok(MintedToken {
@@ -245,6 +264,7 @@ mod tests {
             iat: now - 120,
             jti: new_id("tok"),
             sub: None,
+            emb: None,
         };
         let token = auth.sign(&claims).expect("sign");
         let error = auth.authenticate(&token).expect_err("expired");

@@ -197,9 +197,22 @@ pub struct Principal {
     pub credential_id: String,
     /// Which kind of credential it was.
     pub kind: CredentialKind,
+    /// The embed key a session token was traded for (`None` for API keys
+    /// and for tokens minted otherwise).
+    pub embed_key_id: Option<String>,
 }
 
 impl Principal {
+    /// The credential a session this principal creates is billed to (its
+    /// per-key budgets): the API key, or the embed key behind a session
+    /// token; `None` for a token minted without one.
+    pub fn billing_credential(&self) -> Option<&str> {
+        match self.kind {
+            CredentialKind::ApiKey => Some(&self.credential_id),
+            CredentialKind::SessionToken => self.embed_key_id.as_deref(),
+        }
+    }
+
     /// `Ok` when the principal's scope covers `scope`, else
     /// [`AuthError::Forbidden`] naming the scope needed.
     pub fn require(&self, scope: Scope) -> Result<(), AuthError> {
@@ -239,6 +252,7 @@ mod tests {
             sub: None,
             credential_id: "key_1".into(),
             kind: CredentialKind::ApiKey,
+            embed_key_id: None,
         };
         assert!(principal.require(Scope::Read).is_ok());
         assert!(principal.require(Scope::Write).is_ok());

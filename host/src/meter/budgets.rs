@@ -250,8 +250,9 @@ impl Meter {
     }
 
     /// What `scope` has spent in the `period` that contains `now_ms`
-    /// (UTC), micro-units: the committed records only, not reservations.
-    /// One read of one counter row.
+    /// (UTC), micro-units: every record recorded so far — committed, or
+    /// still queued for the writer — and no reservation. One read of one
+    /// counter row, and the queue's pending sum for it.
     pub fn spent(
         &self,
         scope: &BudgetScope,
@@ -266,9 +267,14 @@ impl Meter {
             period.bucket(now_ms),
             &member,
         );
-        match self.inner.totals.get(key)? {
-            Some(bytes) => Ok(Counters::decode(&bytes)?.cost_micros),
-            None => Ok(0),
-        }
+        let totals = &self.inner.totals;
+        let counters = self
+            .inner
+            .writer
+            .with_pending(&key, || match totals.get(&key)? {
+                Some(bytes) => Counters::decode_stamped(&bytes),
+                None => Ok((Counters::default(), 0)),
+            })?;
+        Ok(counters.cost_micros)
     }
 }

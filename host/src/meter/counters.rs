@@ -1,5 +1,6 @@
 //! The counter rows of `meter_totals`: their key layout (see the
-//! module's tables) and their value, eight `u64`s.
+//! module's tables) and their value, eight `u64`s and the stamp of the
+//! batch that last wrote the row (see `writer.rs`).
 
 use super::error::MeterError;
 use super::ledger::UsageKind;
@@ -55,8 +56,11 @@ pub(crate) struct Counters {
     pub(crate) model_calls: u64,
 }
 
-/// The size of an encoded [`Counters`].
+/// The size of encoded [`Counters`] without a stamp (rows written before
+/// group commit).
 const COUNTERS_LEN: usize = 64;
+/// The size of encoded [`Counters`] with the writer's stamp.
+const STAMPED_LEN: usize = COUNTERS_LEN + 8;
 
 impl Counters {
     /// What one record adds.
@@ -120,26 +124,35 @@ impl Counters {
         *self = Self::from_fields(std::array::from_fn(|i| mine[i].saturating_add(theirs[i])));
     }
 
-    pub(crate) fn encode(&self) -> [u8; COUNTERS_LEN] {
-        let mut bytes = [0u8; COUNTERS_LEN];
-        for (chunk, value) in bytes.chunks_exact_mut(8).zip(self.fields()) {
+    /// The row's value: the eight counters, then `stamp` (u64 LE).
+    pub(crate) fn encode(&self, stamp: u64) -> [u8; STAMPED_LEN] {
+        let mut bytes = [0u8; STAMPED_LEN];
+        let values = self.fields().into_iter().chain([stamp]);
+        for (chunk, value) in bytes.chunks_exact_mut(8).zip(values) {
             chunk.copy_from_slice(&value.to_le_bytes());
         }
         bytes
     }
 
-    /// A row as written by [`Counters::encode`]; anything else is corrupt.
+    /// A row as written by [`Counters::encode`] (or without the stamp, as
+    /// before group commit); anything else is corrupt.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, MeterError> {
-        if bytes.len() != COUNTERS_LEN {
-            return Err(MeterError::corrupt("a counter is not 64 bytes"));
+        Ok(Self::decode_stamped(bytes)?.0)
+    }
+
+    /// A row and its stamp (0 for a row without one).
+    pub(crate) fn decode_stamped(bytes: &[u8]) -> Result<(Self, u64), MeterError> {
+        if bytes.len() != COUNTERS_LEN && bytes.len() != STAMPED_LEN {
+            return Err(MeterError::corrupt("a counter is not 64 or 72 bytes"));
         }
-        let mut fields = [0u64; 8];
-        for (field, chunk) in fields.iter_mut().zip(bytes.chunks_exact(8)) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            *field = u64::from_le_bytes(word);
+        let mut words = [0u64; 9];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(chunk);
+            *word = u64::from_le_bytes(le);
         }
-        Ok(Self::from_fields(fields))
+        let fields = std::array::from_fn(|i| words[i]);
+        Ok((Self::from_fields(fields), words[8]))
     }
 }
 
@@ -158,8 +171,13 @@ mod tests {
             3,
         );
         assert_eq!(
-            Counters::decode(&counters.encode()).expect("decode"),
-            counters
+            Counters::decode_stamped(&counters.encode(9)).expect("decode"),
+            (counters, 9)
+        );
+        assert_eq!(
+            Counters::decode_stamped(&counters.encode(9)[..64]).expect("decode"),
+            (counters, 0),
+            "a row from before stamps"
         );
         counters.add(&Counters {
             fuel: u64::MAX,

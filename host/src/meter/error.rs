@@ -34,13 +34,18 @@ pub enum MeterError {
     /// A budget has no room (402, `budget_exhausted`).
     #[error(transparent)]
     Exhausted(#[from] BudgetExhausted),
+    /// Queued records could not be made durable: the writer lost them, a
+    /// disk flush failed, or the writer stopped (503,
+    /// `storage_unavailable`).
+    #[error("{0}")]
+    Unwritten(String),
 }
 
 impl MeterError {
     /// The HTTP status the API answers with.
     pub fn status(&self) -> u16 {
         match self {
-            MeterError::Storage(_) => 503,
+            MeterError::Storage(_) | MeterError::Unwritten(_) => 503,
             MeterError::Prices { .. } | MeterError::BadInput { .. } => 400,
             MeterError::Exhausted(exhausted) => exhausted.status(),
         }
@@ -49,7 +54,7 @@ impl MeterError {
     /// The protocol's error code for the answer's body.
     pub fn code(&self) -> &'static str {
         match self {
-            MeterError::Storage(_) => "storage_unavailable",
+            MeterError::Storage(_) | MeterError::Unwritten(_) => "storage_unavailable",
             MeterError::Prices { .. } | MeterError::BadInput { .. } => "invalid_request",
             MeterError::Exhausted(exhausted) => exhausted.code(),
         }
@@ -157,6 +162,11 @@ mod tests {
                 "invalid_request",
             ),
             (MeterError::bad_input("org_id", "x"), 400, "invalid_request"),
+            (
+                MeterError::Unwritten("x".into()),
+                503,
+                "storage_unavailable",
+            ),
             (MeterError::from(exhausted), 402, "budget_exhausted"),
         ];
         for (error, status, code) in table {

@@ -1,21 +1,20 @@
 //! The ledger: one row per usage record, and the aggregate counters bumped
-//! in the same sled transaction.
+//! in the same sled transaction (its batch's: see `writer.rs`).
 //!
-//! [`Meter::record`] is idempotent on the record's `id`: the transaction
-//! first looks the id up, and a second record with it changes nothing
-//! ([`Recorded::Duplicate`]; the first one's content wins). Because the
-//! record row and every counter it bumps commit together, a total read at
-//! any moment — or after a crash at any moment — is exactly the sum of
-//! the records present.
+//! [`Meter::record`] is idempotent on the record's `id`: an id stored,
+//! queued or being written is [`Recorded::Duplicate`] and changes nothing
+//! (the first one's content wins), and the batch's transaction looks each
+//! id up again. Because the record rows and every counter they bump
+//! commit together, a total read at any moment — or after a crash at any
+//! moment — is exactly the sum of the records present.
 
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
 
 use super::Meter;
 use super::calendar::{Day, month_of_ms};
 use super::counters::{Counters, DAY, MONTH, counter_key, dim};
 use super::error::MeterError;
+use super::writer::Pending;
 
 /// One metered event: a model call's tokens or a tool call's fuel, with
 /// the tenant it is billed to.
@@ -115,15 +114,45 @@ pub(crate) struct Entry {
     pub(crate) record: UsageRecord,
 }
 /// `org 0x00 id`: a record's row.
-fn record_key(org: &str, id: &str) -> Vec<u8> {
+pub(crate) fn record_key(org: &str, id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(org.len() + id.len() + 1);
     key.extend_from_slice(org.as_bytes());
     key.push(0);
     key.extend_from_slice(id.as_bytes());
     key
 }
+/// A record's row: the record and what it was billed.
+pub(crate) fn encode_row(record: &UsageRecord, cost_micros: u64) -> Result<Vec<u8>, MeterError> {
+    Ok(serde_json::to_vec(&EntryRef {
+        cost_micros,
+        record,
+    })?)
+}
+
+/// The counter rows of `record` that budgets read: org, project, end user
+/// and key, day and month (the first rows of [`counter_keys`]).
+fn budget_counter_keys(record: &UsageRecord) -> Vec<Vec<u8>> {
+    let day = Day::from_unix_ms(record.at_ms).days_since_epoch();
+    let month = month_of_ms(record.at_ms);
+    let org = record.org_id.as_str();
+    let mut keys = Vec::with_capacity(8);
+    let mut both = |dim: u8, member: &[&str]| {
+        keys.push(counter_key(org, dim, DAY, day, member));
+        keys.push(counter_key(org, dim, MONTH, month, member));
+    };
+    both(dim::ORG, &[]);
+    both(dim::PROJECT, &[&record.project_id]);
+    if let Some(user) = &record.end_user_id {
+        both(dim::END_USER, &[&record.project_id, user]);
+    }
+    if let Some(credential) = &record.credential_id {
+        both(dim::KEY, &[credential]);
+    }
+    keys
+}
+
 /// The counter rows one record bumps (see the module's tree table).
-fn counter_keys(record: &UsageRecord) -> Vec<Vec<u8>> {
+pub(crate) fn counter_keys(record: &UsageRecord) -> Vec<Vec<u8>> {
     let day = Day::from_unix_ms(record.at_ms).days_since_epoch();
     let month = month_of_ms(record.at_ms);
     let org = record.org_id.as_str();
@@ -183,59 +212,43 @@ fn validate(record: &UsageRecord) -> Result<(), MeterError> {
 
 impl Meter {
     /// Records `record` once: its row and every aggregate it bumps (org,
-    /// project, session, end user, key and model, by UTC day and month)
-    /// in one sled transaction. The same id again is
+    /// project, session, end user, key and model, by UTC day and month).
+    /// The same id again — stored, or still queued — is
     /// [`Recorded::Duplicate`] and changes nothing.
     ///
-    /// Does **not** flush: the write is atomic at once but durable only
-    /// after the next [`Meter::flush`] (or `Store::flush`, the same
-    /// database). A caller that must not lose the record across a crash —
-    /// before it answers a client, say — flushes; a crash before that
-    /// loses the record *and* its aggregates together, never one of them.
+    /// Queues the record for the group-commit writer (`writer.rs`) and
+    /// returns at once: budgets ([`Meter::spent`], [`Meter::check`],
+    /// [`Meter::reserve`]) count it from now on, [`Meter::totals`] once
+    /// its batch is committed (it waits for that). It is **durable** only
+    /// when a later [`Meter::flush`] (or [`Meter::flush_session`]) has
+    /// returned `Ok`: a caller that must not lose the record across a
+    /// crash — before it answers a client, say — flushes; a crash before
+    /// that loses the record *and* its aggregates together, never one of
+    /// them. Its row and every counter it bumps are written in the same
+    /// sled transaction (its batch's).
     pub fn record(&self, record: &UsageRecord) -> Result<Recorded, MeterError> {
         validate(record)?;
         let cost_micros = self.prices().cost_micros(&record.kind);
-        let delta = Counters::of(&record.kind, cost_micros);
-        // Everything is encoded before the transaction: its closure may
-        // run again on a conflict and should only read and write.
-        let row_key = record_key(&record.org_id, &record.id);
-        let row = serde_json::to_vec(&EntryRef {
+        let pending = Pending {
+            row_key: record_key(&record.org_id, &record.id),
+            record: record.clone(),
             cost_micros,
-            record,
-        })?;
-        let keys = counter_keys(record);
-        let inner = &self.inner;
-        let counted = (&inner.records, &inner.totals).transaction(|(records, totals)| {
-            if records.get(&row_key)?.is_some() {
-                return Ok(false);
-            }
-            records.insert(row_key.as_slice(), row.as_slice())?;
-            for key in &keys {
-                let mut counters = match totals.get(key)? {
-                    Some(bytes) => {
-                        Counters::decode(&bytes).map_err(ConflictableTransactionError::Abort)?
-                    }
-                    None => Counters::default(),
-                };
-                counters.add(&delta);
-                totals.insert(key.as_slice(), &counters.encode()[..])?;
-            }
-            Ok(true)
-        })?;
-        Ok(if counted {
-            Recorded::New { cost_micros }
-        } else {
-            Recorded::Duplicate
-        })
+            delta: Counters::of(&record.kind, cost_micros),
+        };
+        self.inner
+            .writer
+            .enqueue(pending, budget_counter_keys(record))
     }
 
     /// Every record row of `org` with its billed cost (tests).
     #[cfg(test)]
     pub(crate) fn entries(&self, org: &str) -> Result<Vec<Entry>, MeterError> {
+        self.inner.writer.wait_committed()?;
         let mut prefix = org.as_bytes().to_vec();
         prefix.push(0);
         self.inner
-            .records
+            .writer
+            .records()
             .scan_prefix(prefix)
             .values()
             .map(|value| Ok(serde_json::from_slice(&value?)?))

@@ -1,12 +1,18 @@
 //! Metering: what each tenant used and what it cost, and budgets that
 //! refuse work once a cap is reached.
 //!
-//! - **Ledger** (`ledger.rs`): [`Meter::record`] writes a [`UsageRecord`]
-//!   (a model call's tokens or a tool call's fuel) and bumps every
-//!   aggregate counter it belongs to in **one sled transaction**, and is
-//!   idempotent on the record's id. Totals never disagree with the
-//!   records, and a crash leaves both or neither. `record` does not flush;
-//!   [`Meter::flush`] (or `Store::flush`) does.
+//! - **Ledger** (`ledger.rs`, `writer.rs`): [`Meter::record`] queues a
+//!   [`UsageRecord`] (a model call's tokens or a tool call's fuel) and
+//!   returns at once (~1 µs); a writer thread writes each batch of queued
+//!   records — their rows and every aggregate counter they bump — in
+//!   **one sled transaction**, idempotent on the record's id. Totals never
+//!   disagree with the records, and a crash leaves both or neither.
+//!   Budgets count a record from the moment it is queued.
+//!   **Acknowledgement:** a record is durable once a [`Meter::flush`]
+//!   called after it has returned `Ok` (everything queued before is then
+//!   committed and `fsync`ed); the host flushes before a turn's `done` or
+//!   `error` event is written ([`Meter::flush_session`]) and before the
+//!   usage routes answer.
 //! - **Prices** (`prices.rs`): a [`PriceTable`] in integer micro-units
 //!   (1/1,000,000 of a currency unit), from TOML or the documented
 //!   default; a cost is rounded up once per record and stored with it.
@@ -21,10 +27,13 @@
 //!   *beyond what they reserved*, plus records written with no
 //!   reservation at all; if every call reserves at least its cost, the cap
 //!   holds exactly (the precise bound is on [`Meter::reserve`]).
-//! - `counters.rs`: the counter rows' keys and values; `calendar.rs`: UTC
+//! - `writer.rs`: the group-commit writer (queue, batches, the pending
+//!   view budgets read, flushes); `counters.rs`: the counter rows' keys
+//!   and values; `calendar.rs`: UTC
 //!   [`Day`]s and months; `error.rs`: [`MeterError`] and
 //!   [`BudgetExhausted`] (402). Tests of several parts at once are in
-//!   `tests/`; `benches/meter.rs` times `record` and `reserve` + `settle`.
+//!   `tests/`; `benches/meter.rs` times `record`, a batch's commit, a
+//!   flush and `reserve` + `settle`.
 //!
 //! Trees (keys are byte strings; `0x00` separates parts — ids and names
 //! never contain it, the meter refuses them — and buckets are `u32`
@@ -34,7 +43,7 @@
 //! | tree | key | value |
 //! | --- | --- | --- |
 //! | `meter_records` | org id, `0x00`, record id | `{cost_micros, record}` JSON ([`UsageRecord`] and what it was billed) |
-//! | `meter_totals` | org id, `0x00`, dimension, period, bucket (u32 BE), member | 8 × u64 LE: cost, input, output, cache read, cache write tokens, fuel, tool calls, model calls |
+//! | `meter_totals` | org id, `0x00`, dimension, period, bucket (u32 BE), member | 8 × u64 LE: cost, input, output, cache read, cache write tokens, fuel, tool calls, model calls; then the stamp (u64 LE) of the batch that last wrote it (absent in rows from before group commit) |
 //! | `meter_budgets` | org id, `0x00`, dimension, (member part, `0x00`)*, period | [`Budget`] JSON |
 //!
 //! Period is `d` (bucket = days since 1970-01-01 UTC) or `m` (bucket =
@@ -49,7 +58,8 @@
 //! | `s` session | project id, session id | `d` | per-session totals |
 //! | `n` model | project id, model name or `tool:<name>` | `d` | per-model totals |
 //!
-//! That is 6 to 10 rows and one record row per transaction.
+//! That is 6 to 10 counter rows and one record row per record; a batch
+//! writes each counter row once, with the sum of its records' deltas.
 //!
 //! ```
 //! use karta_host::meter::{
@@ -103,6 +113,7 @@ mod ledger;
 mod prices;
 mod reserve;
 mod totals;
+mod writer;
 
 #[cfg(test)]
 mod tests;
@@ -115,6 +126,7 @@ use crate::store::Store;
 pub use budgets::{Budget, BudgetScope, Period};
 pub use calendar::{BadDay, Day};
 pub use error::{BudgetExhausted, MeterError};
+
 pub use ledger::{Recorded, UsageKind, UsageRecord};
 pub use prices::{ModelPrice, PriceTable};
 pub use reserve::Reservation;
@@ -128,8 +140,8 @@ pub struct Meter {
 }
 
 struct Inner {
-    db: sled::Db,
-    records: sled::Tree,
+    /// The group-commit writer: records go through it.
+    writer: writer::Writer,
     totals: sled::Tree,
     budgets: sled::Tree,
     prices: RwLock<Arc<PriceTable>>,
@@ -161,11 +173,12 @@ impl Meter {
         for budget in Meter::all_budgets(&budgets)? {
             state.set_cap(&budget.scope, budget.period, Some(budget.cap_micros));
         }
+        let records = store.tree("meter_records")?;
+        let totals = store.tree("meter_totals")?;
         Ok(Meter {
             inner: Arc::new(Inner {
-                db: store.db().clone(),
-                records: store.tree("meter_records")?,
-                totals: store.tree("meter_totals")?,
+                writer: writer::Writer::start(store.db().clone(), records, totals.clone())?,
+                totals,
                 budgets,
                 prices: RwLock::new(Arc::new(prices)),
                 state: Mutex::new(state),
@@ -209,12 +222,21 @@ impl Meter {
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(prices);
     }
 
-    /// Makes every record, counter and budget written so far durable.
-    /// Blocks (sled's `flush`, a few ms of `fsync`): from async code use
-    /// `Store::flush`, which flushes the same database on the blocking
-    /// pool.
+    /// The acknowledgement barrier: returns when every record queued
+    /// before the call is committed and on disk (with every budget written
+    /// so far: the same database). One `fsync` covers all the callers
+    /// waiting on the same batch. Blocks (a batch and a few ms of
+    /// `fsync`): from async code call it on the blocking pool. `Store::flush`
+    /// is **not** enough: records still queued are not in the database yet.
     pub fn flush(&self) -> Result<(), MeterError> {
-        self.inner.db.flush()?;
-        Ok(())
+        self.inner.writer.flush(None)
+    }
+
+    /// [`Meter::flush`], and then `Err` if a record of `session` could not
+    /// be written since its last `flush_session` (the writer drops a record
+    /// whose transaction fails on its own and remembers its session): what
+    /// a turn calls before it tells its client what it cost.
+    pub fn flush_session(&self, session: &str) -> Result<(), MeterError> {
+        self.inner.writer.flush(Some(session))
     }
 }

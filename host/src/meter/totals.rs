@@ -11,6 +11,7 @@
 //! | `end_user` | org + project (+ end user) | the org's end-user rows in the range |
 //! | `session` | org (+ project, + session) | the org's session rows (days) in the range |
 //! | `model` | org (+ project) | the org's model rows (days) in the range |
+//! | `key` | org | the org's key rows in the range (records with a credential only) |
 //!
 //! Other combinations (an end user or a session without its project, an
 //! end user *and* a session, a session filter grouped by model, …) are
@@ -69,6 +70,10 @@ pub enum GroupBy {
     /// Per model name (summed across projects), key = the model, or
     /// `tool:<name>` for tool calls.
     Model,
+    /// Per credential the sessions were created with (API key or embed
+    /// key id; usage without one is in no row), across projects.
+    #[serde(alias = "credential")]
+    Key,
 }
 
 /// One row of a usage report. Rows come sorted by key (so days and
@@ -123,12 +128,16 @@ struct Query<'a> {
 impl Meter {
     /// Totals of `filter`'s usage, split by `group_by` (see the module doc
     /// for which combinations are served). Read from the counters, which
-    /// always equal the sum of the records.
+    /// always equal the sum of the records. Waits for the records queued
+    /// before the call to be committed (a batch, not a disk flush), so a
+    /// report includes everything recorded before it: blocking, like
+    /// [`Meter::flush`].
     pub fn totals(
         &self,
         filter: &UsageFilter,
         group_by: GroupBy,
     ) -> Result<Vec<TotalRow>, MeterError> {
+        self.inner.writer.wait_committed()?;
         let Some(query) = self.query(filter, group_by)? else {
             return Ok(empty(group_by));
         };
@@ -276,6 +285,7 @@ impl Meter {
     ) -> Result<(), MeterError> {
         let (dim, has_months) = match group_by {
             GroupBy::Project => (dim::PROJECT, true),
+            GroupBy::Key => (dim::KEY, true),
             GroupBy::EndUser => (dim::END_USER, true),
             GroupBy::Session => (dim::SESSION, false),
             _ => (dim::NAME, false),
@@ -306,7 +316,8 @@ impl Meter {
             let part = |i: usize| member.get(i).copied().unwrap_or_default();
             let wanted =
                 |filter: Option<&str>, i: usize| filter.is_none_or(|f| f.as_bytes() == part(i));
-            if !wanted(q.project, 0) {
+            // Key rows name no project (and a key filter is refused).
+            if group_by != GroupBy::Key && !wanted(q.project, 0) {
                 continue;
             }
             let label = match group_by {
@@ -314,6 +325,7 @@ impl Meter {
                 GroupBy::EndUser if wanted(q.end_user, 1) => part(1),
                 GroupBy::Session if wanted(q.session, 1) => part(1),
                 GroupBy::Model => part(1),
+                GroupBy::Key => part(0),
                 _ => continue,
             };
             rows.entry(String::from_utf8_lossy(label).into_owned())
@@ -331,6 +343,9 @@ fn served(filter: &UsageFilter, group_by: GroupBy) -> Result<(), MeterError> {
     let refusal = match group_by {
         GroupBy::Project | GroupBy::Model if narrow => {
             "per project or model: filter by org and project only"
+        }
+        GroupBy::Key if filter.project_id.is_some() || narrow => {
+            "per key: filter by org only (key rows are per org)"
         }
         GroupBy::EndUser if filter.project_id.is_none() => "per end user: name the project",
         GroupBy::EndUser if filter.session_id.is_some() => "per end user: no session filter",

@@ -375,6 +375,20 @@ impl Sessions {
         metadata: BTreeMap<String, String>,
         end_user_id: Option<String>,
     ) -> Result<SessionObject, SessionError> {
+        self.create_billed(session_id, metadata, end_user_id, None)
+            .await
+    }
+
+    /// [`Sessions::create_for`], also stamped with the credential the
+    /// session is created with (`credential_id`: its usage counts against
+    /// that key's budgets).
+    pub async fn create_billed(
+        &self,
+        session_id: Option<String>,
+        metadata: BTreeMap<String, String>,
+        end_user_id: Option<String>,
+        credential_id: Option<String>,
+    ) -> Result<SessionObject, SessionError> {
         if metadata.len() > 50 {
             return Err(SessionError::Invalid(
                 "metadata may hold at most 50 keys".into(),
@@ -406,6 +420,7 @@ impl Sessions {
             seq_reserved: 0,
             scope: self.config.scope.clone().map(|mut scope| {
                 scope.end_user_id = end_user_id;
+                scope.credential_id = credential_id;
                 scope
             }),
         };

@@ -452,6 +452,20 @@ async fn finish(
         ),
         raw: None,
     });
+    // What the turn's usage records cost is acknowledged durable before
+    // the terminal event tells anyone (the meter's group commit).
+    if let Some(ledger) = &sessions.toolbox.ledger
+        && let Err(e) = ledger.acknowledge(&live.id).await
+    {
+        tracing::error!("cannot make the turn's usage durable: {e}");
+        terminal = Emitted {
+            event: Event::error(
+                ErrorCode::StorageUnavailable,
+                "the usage ledger could not be written; the turn's cost is not recorded",
+            ),
+            raw: None,
+        };
+    }
     let (message_id, status) = match &mut terminal.event {
         Event::Done(done) => {
             done.usage = metered;

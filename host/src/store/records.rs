@@ -86,6 +86,12 @@ pub struct SessionScope {
     /// The end user (the verified `sub`, or metadata `end_user_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_user_id: Option<String>,
+    /// The credential the session was created with, billed for its usage
+    /// (per-key budgets): the API key's id, or the embed key's behind a
+    /// session token. `None` for sessions from before, the operator's and
+    /// dev mode's, and tokens minted without an embed key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
 }
 
 impl SessionScope {

@@ -40,6 +40,7 @@ pub(super) fn expected(
             GroupBy::EndUser => r.end_user_id.clone(),
             GroupBy::Day => Some(day.to_string()),
             GroupBy::Month => Some(day.to_string()[..7].to_owned()),
+            GroupBy::Key => r.credential_id.clone(),
             GroupBy::Model => Some(match &r.kind {
                 UsageKind::Model { model, .. } => model.clone(),
                 UsageKind::Tool { tool, .. } => format!("tool:{tool}"),
@@ -85,7 +86,7 @@ pub(super) fn expected(
     rows.into_values().collect()
 }
 
-pub(super) const GROUPS: [GroupBy; 7] = [
+pub(super) const GROUPS: [GroupBy; 8] = [
     GroupBy::None,
     GroupBy::Project,
     GroupBy::Session,
@@ -93,6 +94,7 @@ pub(super) const GROUPS: [GroupBy; 7] = [
     GroupBy::Day,
     GroupBy::Month,
     GroupBy::Model,
+    GroupBy::Key,
 ];
 
 /// Whether the module documents `group_by` over `filter` as served.
@@ -107,6 +109,7 @@ pub(super) fn served(filter: &UsageFilter, group_by: GroupBy) -> bool {
     }
     match group_by {
         GroupBy::Project | GroupBy::Model => !s && !u,
+        GroupBy::Key => !p && !s && !u,
         GroupBy::EndUser => p && !s,
         GroupBy::Session => !u,
         _ => true,
