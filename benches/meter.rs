@@ -3,16 +3,19 @@
 //! Run: `cargo bench --bench meter`
 //!
 //! - `meter/record_tool_call`: [`Meter::record`] of one tool-call record
-//!   with an end user and a key — the record row and its 10 counter rows
-//!   in one sled transaction, no flush (what metering adds to a tool
-//!   call; the goal is ≤ 5 µs).
+//!   with an end user and a key: validated, priced and queued for the
+//!   group-commit writer (what metering adds to a tool call; the goal is
+//!   ≤ 5 µs). The writer thread commits in the background meanwhile.
 //! - `meter/reserve_settle`: [`Meter::reserve`] against the four scopes
 //!   of a call (an org budget set), then [`Reservation::settle`] with the
 //!   same kind of record.
 //! - `meter/check`: [`Meter::check`] of those scopes (a turn's admission).
 //!
-//! After the criterion runs it times each operation one by one and prints
-//! the medians (criterion's headline number is a mean).
+//! After the criterion runs it times, one by one, for medians (criterion's
+//! headline number is a mean): the enqueue; `record` + [`Meter::flush`]
+//! (one durable record: a batch and an `fsync`); a batch of N records
+//! queued then flushed (the writer's throughput); and the disk's floor,
+//! a 4 KiB write + `fdatasync` of a file in the same directory.
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
@@ -104,9 +107,10 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     // One by one, for medians.
+    meter.flush().expect("flush");
     const SAMPLES: usize = 20_000;
-    let time = |op: &mut dyn FnMut()| {
-        let samples = (0..SAMPLES)
+    let time = |samples: usize, op: &mut dyn FnMut()| {
+        let samples = (0..samples)
             .map(|_| {
                 let start = Instant::now();
                 op();
@@ -115,11 +119,13 @@ fn bench(c: &mut Criterion) {
             .collect();
         median(samples)
     };
-    let record = time(&mut || {
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let record = time(SAMPLES, &mut || {
         let r = next();
         meter.record(&r).expect("record");
     });
-    let reserve_settle = time(&mut || {
+    meter.flush().expect("flush");
+    let reserve_settle = time(SAMPLES, &mut || {
         let r = next();
         meter
             .reserve(&scopes, 1_000, at_ms)
@@ -127,13 +133,63 @@ fn bench(c: &mut Criterion) {
             .settle(&r)
             .expect("settle");
     });
-    let check = time(&mut || meter.check(&scopes, at_ms).expect("check"));
+    let check = time(SAMPLES, &mut || meter.check(&scopes, at_ms).expect("check"));
+    meter.flush().expect("flush");
     println!(
-        "meter medians ({SAMPLES} each, {n} records in the store): record_tool_call {:.2} µs, reserve_settle {:.2} µs, check {:.2} µs",
-        record.as_secs_f64() * 1e6,
-        reserve_settle.as_secs_f64() * 1e6,
-        check.as_secs_f64() * 1e6,
+        "meter medians ({SAMPLES} each): record_tool_call (enqueue) {:.2} µs, reserve_settle {:.2} µs, check {:.2} µs",
+        us(record),
+        us(reserve_settle),
+        us(check),
     );
+
+    // Durable: one record, then the acknowledgement barrier.
+    let durable_one = time(300, &mut || {
+        let r = next();
+        meter.record(&r).expect("record");
+        meter.flush().expect("flush");
+    });
+    // The disk's floor: what one fsync of a small write costs here.
+    let probe = dir.path().join("fsync-probe");
+    let mut file = std::fs::File::create(&probe).expect("probe");
+    let page = [7u8; 4096];
+    let fsync = time(300, &mut || {
+        use std::io::{Seek, Write};
+        file.seek(std::io::SeekFrom::Start(0)).expect("seek");
+        file.write_all(&page).expect("write");
+        file.sync_data().expect("fdatasync");
+    });
+    println!(
+        "durable: record + flush {:.0} µs; disk floor (4 KiB write + fdatasync) {:.0} µs",
+        us(durable_one),
+        us(fsync),
+    );
+
+    // Throughput: N records queued, then one flush (group commit).
+    for batch in [100usize, 1_000, 10_000] {
+        let rounds = (100_000 / batch).clamp(5, 50);
+        let mut per_record = Vec::new();
+        let mut enqueue_share = Vec::new();
+        for _ in 0..rounds {
+            let records: Vec<_> = (0..batch).map(|_| next()).collect();
+            let start = Instant::now();
+            for r in &records {
+                meter.record(r).expect("record");
+            }
+            let queued = start.elapsed();
+            meter.flush().expect("flush");
+            let total = start.elapsed();
+            per_record.push(total / batch as u32);
+            enqueue_share.push(queued / batch as u32);
+        }
+        let per_record = median(per_record);
+        println!(
+            "batch of {batch}: {:.2} µs a record queued → durable ({:.0} records/s), of which {:.2} µs enqueue",
+            us(per_record),
+            1.0 / per_record.as_secs_f64(),
+            us(median(enqueue_share)),
+        );
+    }
+    println!("{n} records in the store");
 }
 
 criterion_group!(benches, bench);
