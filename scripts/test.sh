@@ -16,7 +16,10 @@
 #      already there)
 #   7. Debian's chromium and the pinned playwright-core from npm into
 #      browser/node_modules (the chat page's browser test; skipped when there)
-#   8. cargo test for the whole workspace (unit, integration, doc tests,
+#   8. the pinned official OpenAI Python SDK from PyPI into
+#      tools/openai-python/venv (the OpenAI adapters' client test; skipped
+#      when already there)
+#   9. cargo test for the whole workspace (unit, integration, doc tests,
 #      end-to-end tests that run the real claude and opencode binaries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +54,9 @@ scripts/install-componentize-py.sh
 
 step "Chromium and playwright-core (scripts/install-browser.sh)"
 scripts/install-browser.sh
+
+step "openai-python from PyPI (scripts/install-openai-python.sh)"
+scripts/install-openai-python.sh
 
 step "cargo test"
 log=$(mktemp)

@@ -12,6 +12,7 @@ mod jail;
 mod mcp;
 mod metering;
 mod observability;
+mod openai_adapters;
 mod operator_cli;
 mod plugin_runtime;
 mod python_mcp;

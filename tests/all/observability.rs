@@ -81,6 +81,8 @@ async fn the_openapi_document_names_every_route() {
         "GET /v1/sessions/{id}/transcript",
         "GET /v1/sessions/{id}/events",
         "POST /v1/sessions/{id}/cancel",
+        "POST /v1/chat/completions",
+        "POST /v1/responses",
     ];
     let project = "/v1/admin/orgs/{org}/projects/{project}";
     let mut expected: Vec<String> = [

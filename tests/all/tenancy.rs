@@ -206,6 +206,10 @@ fn body_for(method: &str, path: &str, archive: &Bytes) -> (Bytes, &'static str) 
     match (method, path.rsplit('/').next().unwrap_or("")) {
         ("POST", "sessions") => json(json!({})),
         ("POST", "messages") => json(json!({ "text": "hi" })),
+        ("POST", "completions") => json(json!({
+            "model": "m", "messages": [{ "role": "user", "content": "hi" }],
+        })),
+        ("POST", "responses") => json(json!({ "model": "m", "input": "hi" })),
         ("PUT", "budgets") => json(json!({ "period": "day", "cap_micros": 1000 })),
         ("PUT", _) => json(json!({ "decision": "deny" })),
         ("POST", "orgs") => json(json!({ "slug": "newco" })),

@@ -24,6 +24,8 @@
 //! | `GET /v1/sessions/{id}/transcript` | messages with senders |
 //! | `GET /v1/sessions/{id}/events` | SSE replay (`?after=` / `Last-Event-ID`), then live until the turn ends or pauses |
 //! | `POST /v1/sessions/{id}/cancel` | stop the running turn |
+//! | `POST /v1/chat/completions` | OpenAI Chat Completions: a turn of a fresh session (`openai`) |
+//! | `POST /v1/responses` | OpenAI Responses: a turn; `previous_response_id` continues its session |
 //!
 //! Errors are `{"error": "<code>", "message": "…"}` with the protocol's
 //! status codes; internal details are logged, not sent. Every request runs
@@ -39,6 +41,7 @@ mod admin;
 mod error;
 mod extract;
 mod loopback;
+mod openai;
 mod page;
 mod sessions;
 mod sse;
@@ -75,6 +78,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
     ),
     tags(
         (name = "sessions", description = "Sessions and their turns"),
+        (name = "openai", description = "OpenAI Chat Completions and Responses over the app's turns"),
         (name = "operations", description = "Health, readiness, metrics"),
         (name = "auth", description = "The embed flow: session tokens for a customer's page"),
         (name = "admin", description = "Orgs, projects, keys, releases (operator routes)")
@@ -94,6 +98,8 @@ pub fn router(projects: Arc<Projects>) -> Router {
         .routes(routes!(openapi))
         .merge(sessions::routes())
         .nest("/{org}/{project}", sessions::routes())
+        .merge(openai::routes())
+        .nest("/{org}/{project}", openai::routes())
         .merge(admin::routes())
         .merge(webhooks::routes())
         .split_for_parts();
