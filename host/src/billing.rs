@@ -68,6 +68,9 @@ pub struct Ledger {
     calls: std::sync::Arc<
         std::sync::Mutex<std::collections::HashMap<String, crate::meter::Reservation>>,
     >,
+    /// Sessions whose model call a budget refused since their turn last
+    /// asked, with the reason.
+    refusals: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl Ledger {
@@ -79,6 +82,7 @@ impl Ledger {
             turn_costs: Default::default(),
             scopes: Default::default(),
             calls: Default::default(),
+            refusals: Default::default(),
         }
     }
 
@@ -167,6 +171,18 @@ impl Ledger {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(session);
+        self.take_refusal(session);
+    }
+
+    /// Why a budget refused a model call of `session` since the last take
+    /// (a turn takes it at its end): a process harness reports the
+    /// gateway's 402 as a model error, and the turn corrects it to
+    /// `budget_exhausted`.
+    pub fn take_refusal(&self, session: &str) -> Option<String> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(session)
     }
 
     /// Every budget scope a call of this tenant counts against.
@@ -249,7 +265,15 @@ impl Ledger {
                     .insert(call.id.clone(), held);
                 Ok(())
             }
-            Err(crate::meter::MeterError::Exhausted(e)) => Err(e.to_string()),
+            Err(crate::meter::MeterError::Exhausted(e)) => {
+                // A process harness sees only the gateway's 402 and reports
+                // a model error; the turn's end asks why (`take_refusal`).
+                self.refusals
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(call.session.clone(), e.to_string());
+                Err(e.to_string())
+            }
             Err(e) => {
                 // The ledger failing must not stop the model: logged,
                 // unreserved.

@@ -185,6 +185,44 @@ async fn the_ledger_bills_a_claude_code_session_exactly() {
     ledger_equals_turns(&platform, &admin, &[CONVERT, "hello"], 1).await;
 }
 
+/// A budget too small for Claude Code's first model call: the gateway
+/// refuses it with 402, the CLI calls that a model error, and the turn
+/// ends with `budget_exhausted` — what the client needs to know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_reports_a_refused_model_call_as_budget_exhausted() {
+    if !crate::support::can_jail("claude_code_reports_a_refused_model_call_as_budget_exhausted") {
+        return;
+    }
+    let binaries = crate::harnesses::binaries();
+    let (platform, admin) = platform_with_bot_on(prices(), move |config| {
+        config.harness = Some(karta_host::app::HarnessKind::ClaudeCode);
+        config.harness_binaries = binaries;
+    })
+    .await;
+    set_budget(
+        &platform,
+        &admin,
+        json!({ "project": "bot", "period": "day", "cap_micros": 1 }),
+    )
+    .await;
+    let session = new_session(&platform, &admin).await;
+    let turn = send(&platform, &admin, &session, "hello").await;
+    assert_eq!(turn.json()["status"], "error", "{}", turn.body);
+    let events = logged_events(&platform, &admin, &session).await;
+    let error = events
+        .iter()
+        .find(|e| e["type"] == "error")
+        .expect("an error event");
+    assert_eq!(error["data"]["code"], "budget_exhausted", "{error}");
+    assert!(
+        error["data"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("budget")),
+        "{error}"
+    );
+    assert_eq!(spent(&platform, &admin).await, 0);
+}
+
 /// Sends `texts` as turns of a new acme/bot session and checks the ledger
 /// against them.
 async fn ledger_equals_turns(platform: &Platform, admin: &str, texts: &[&str], tool_calls: u64) {

@@ -466,6 +466,19 @@ async fn finish(
             raw: None,
         };
     }
+    // A process harness whose model call a budget refused saw only the
+    // gateway's 402 and calls it a model error; the ledger knows better.
+    if let Some(reason) = sessions
+        .toolbox
+        .ledger
+        .as_ref()
+        .and_then(|ledger| ledger.take_refusal(&live.id))
+        && let Event::Error(error) = &mut terminal.event
+        && error.code != ErrorCode::BudgetExhausted
+    {
+        error.code = ErrorCode::BudgetExhausted;
+        error.message = reason;
+    }
     let (message_id, status) = match &mut terminal.event {
         Event::Done(done) => {
             done.usage = metered;
