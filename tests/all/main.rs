@@ -9,6 +9,7 @@ mod end_user_homes;
 mod gateway;
 mod harnesses;
 mod jail;
+mod managed_agents;
 mod mcp;
 mod metering;
 mod observability;

@@ -81,6 +81,13 @@ async fn the_openapi_document_names_every_route() {
         "GET /v1/sessions/{id}/transcript",
         "GET /v1/sessions/{id}/events",
         "POST /v1/sessions/{id}/cancel",
+        "POST /v1/managed-agents/sessions",
+        "GET /v1/managed-agents/sessions",
+        "GET /v1/managed-agents/sessions/{id}",
+        "POST /v1/managed-agents/sessions/{id}/events",
+        "GET /v1/managed-agents/sessions/{id}/events/stream",
+        "GET /v1/managed-agents/sessions/{id}/transcript",
+        "POST /v1/managed-agents/sessions/{id}/files",
         "POST /v1/chat/completions",
         "POST /v1/responses",
     ];

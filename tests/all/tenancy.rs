@@ -206,6 +206,8 @@ fn body_for(method: &str, path: &str, archive: &Bytes) -> (Bytes, &'static str) 
     match (method, path.rsplit('/').next().unwrap_or("")) {
         ("POST", "sessions") => json(json!({})),
         ("POST", "messages") => json(json!({ "text": "hi" })),
+        ("POST", "events") => json(json!({ "type": "user.interrupt" })),
+        ("POST", "files") => json(json!({ "name": "a.txt", "content_base64": "aGk=" })),
         ("POST", "completions") => json(json!({
             "model": "m", "messages": [{ "role": "user", "content": "hi" }],
         })),

@@ -24,6 +24,7 @@
 //! | `GET /v1/sessions/{id}/transcript` | messages with senders |
 //! | `GET /v1/sessions/{id}/events` | SSE replay (`?after=` / `Last-Event-ID`), then live until the turn ends or pauses |
 //! | `POST /v1/sessions/{id}/cancel` | stop the running turn |
+//! | `/v1/managed-agents/sessions…` | the Anthropic Managed Agents adapter ([`managed`]) |
 //! | `POST /v1/chat/completions` | OpenAI Chat Completions: a turn of a fresh session (`openai`) |
 //! | `POST /v1/responses` | OpenAI Responses: a turn; `previous_response_id` continues its session |
 //!
@@ -41,6 +42,7 @@ mod admin;
 mod error;
 mod extract;
 mod loopback;
+mod managed;
 mod openai;
 mod page;
 mod sessions;
@@ -78,6 +80,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
     ),
     tags(
         (name = "sessions", description = "Sessions and their turns"),
+        (name = "managed-agents", description = "The Anthropic Managed Agents adapter: sessions as event logs"),
         (name = "openai", description = "OpenAI Chat Completions and Responses over the app's turns"),
         (name = "operations", description = "Health, readiness, metrics"),
         (name = "auth", description = "The embed flow: session tokens for a customer's page"),
@@ -98,6 +101,8 @@ pub fn router(projects: Arc<Projects>) -> Router {
         .routes(routes!(openapi))
         .merge(sessions::routes())
         .nest("/{org}/{project}", sessions::routes())
+        .merge(managed::routes())
+        .nest("/{org}/{project}", managed::routes())
         .merge(openai::routes())
         .nest("/{org}/{project}", openai::routes())
         .merge(admin::routes())

@@ -387,6 +387,16 @@ impl Store {
             .collect()
     }
 
+    /// The transcript's first message (a listing's title), reading only it.
+    pub fn first_message(&self, session: &str) -> Result<Option<TranscriptMessage>, StoreError> {
+        self.transcript
+            .scan_prefix(prefix(session))
+            .values()
+            .next()
+            .map(|v| decode(&v?))
+            .transpose()
+    }
+
     /// Removes every row of `session` from a per-session tree.
     fn clear(tree: &sled::Tree, session: &str) -> Result<(), StoreError> {
         let keys: Vec<sled::IVec> = tree
