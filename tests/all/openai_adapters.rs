@@ -192,3 +192,37 @@ async fn refusals_take_openais_error_shape() {
         .await;
     assert_eq!(sessions.json()["total"], 0, "{}", sessions.body);
 }
+
+/// In dev mode (`karta serve DIR`, no keys) the flat routes reach the
+/// folder served, without a credential, as the native routes do — and the
+/// sessions they create are the folder's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_serves_the_flat_routes() {
+    let (server, _app, _data) = crate::sessions::support_bot_server().await;
+    let (status, completion) = server
+        .post(
+            "/v1/chat/completions",
+            json!({ "model": "m", "messages": [{ "role": "user", "content": "/say dev" }] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{completion}");
+    assert_eq!(completion["choices"][0]["message"]["content"], "dev");
+    let (status, response) = server
+        .post("/v1/responses", json!({ "input": "first" }))
+        .await;
+    assert_eq!(status, 200, "{response}");
+    let (status, again) = server
+        .post(
+            "/v1/responses",
+            json!({ "input": "second", "previous_response_id": response["id"] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+    let text = again["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("Earlier you said: \"first\""), "{again}");
+    let (_, sessions) = server.get("/v1/sessions?api=openai.responses").await;
+    assert_eq!(sessions["total"], 1, "{sessions}");
+    server.stop().await;
+}

@@ -243,6 +243,33 @@ def errors():
         assert error.code == "previous_response_not_found", error.body
 
 
+def failed_turns():
+    shop = client("/acme/shop/v1")
+    fail = "/fail 500 the model broke"
+    try:
+        shop.chat.completions.create(model="m", messages=[{"role": "user", "content": fail}])
+        raise AssertionError("a failed turn answered")
+    except openai.InternalServerError as error:
+        assert error.code == "model_error" and error.type == "server_error", error.body
+    # Mid-stream: the error object is the stream's last `data:`.
+    stream = shop.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": fail}], stream=True)
+    seen = []
+    try:
+        for chunk in stream:
+            seen.append(chunk)
+        raise AssertionError("a failed stream ended quietly")
+    except openai.APIError as error:
+        assert "the model broke" in error.message, error.message
+    assert seen and seen[0].choices[0].delta.role == "assistant", seen
+    events = list(shop.responses.create(model="m", input=fail, stream=True))
+    for event in events:
+        strict(type(event), event.to_dict(), event.type)
+    last = events[-1]
+    assert last.type == "response.failed", [e.type for e in events]
+    assert last.response.status == "failed" and "the model broke" in last.response.error.message
+
+
 TESTS = [
     chat_unary,
     chat_conversation,
@@ -252,6 +279,7 @@ TESTS = [
     responses_tools_and_approvals,
     flat_routes_with_a_session_token,
     errors,
+    failed_turns,
 ]
 
 if __name__ == "__main__":
