@@ -179,7 +179,8 @@ enum Command {
         /// To this UTC day (YYYY-MM-DD).
         #[arg(long)]
         to: Option<String>,
-        /// none, project, session, end_user, day, month or model.
+        /// none, project, session, end_user, day, month, model or key (the
+        /// API key or embed key the sessions were opened with).
         #[arg(long, default_value = "none")]
         group_by: String,
         #[command(flatten)]

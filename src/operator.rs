@@ -243,7 +243,7 @@ pub enum WebhookCommand {
 /// `karta budgets …`
 #[derive(Subcommand)]
 pub enum BudgetCommand {
-    /// Cap an org's (or a project's, or an end user's) cost per day or
+    /// Cap an org's (or a project's, an end user's or a key's) cost per day or
     /// month, in micro-units; over it, turns are refused with 402.
     Set {
         /// The org's slug.
@@ -255,6 +255,10 @@ pub enum BudgetCommand {
         /// Only this end user of the project.
         #[arg(long)]
         end_user: Option<String>,
+        /// Only the sessions opened with this API key or embed key (its
+        /// id, `key_…` or `emb_…`; not with --project or --end-user).
+        #[arg(long, conflicts_with_all = ["project", "end_user"])]
+        key: Option<String>,
         /// `day` or `month` (UTC).
         #[arg(long, default_value = "month")]
         period: String,
@@ -272,6 +276,9 @@ pub enum BudgetCommand {
         /// Only this end user of the project.
         #[arg(long)]
         end_user: Option<String>,
+        /// The budget of this API key or embed key (its id).
+        #[arg(long, conflicts_with_all = ["project", "end_user"])]
+        key: Option<String>,
         /// `day` or `month`.
         #[arg(long, default_value = "month")]
         period: String,
@@ -797,6 +804,7 @@ async fn execute(admin: &Admin, command: Operator) -> anyhow::Result<(Value, Str
             org,
             project,
             end_user,
+            key,
             period,
             cap_micros,
         }) => {
@@ -804,7 +812,7 @@ async fn execute(admin: &Admin, command: Operator) -> anyhow::Result<(Value, Str
                 .put(
                     &format!("/v1/admin/orgs/{org}/budgets"),
                     json!({
-                        "project": project, "end_user": end_user,
+                        "project": project, "end_user": end_user, "key": key,
                         "period": period, "cap_micros": cap_micros,
                     }),
                 )
@@ -818,13 +826,14 @@ async fn execute(admin: &Admin, command: Operator) -> anyhow::Result<(Value, Str
             org,
             project,
             end_user,
+            key,
             period,
         }) => {
             let answer = admin
                 .put(
                     &format!("/v1/admin/orgs/{org}/budgets"),
                     json!({
-                        "project": project, "end_user": end_user,
+                        "project": project, "end_user": end_user, "key": key,
                         "period": period, "cap_micros": null,
                     }),
                 )

@@ -113,6 +113,44 @@ fn publish_activate_rollback_with_and_without_a_server() {
         ],
     );
     assert_eq!(budget["budgets"][0]["cap_micros"], 5_000_000, "{budget}");
+    // A key's budget, by the key's id; a key that is not acme's is 404.
+    let key_id = karta_json(data.path(), &["keys", "list", "--org", "acme"])["keys"][0]["id"]
+        .as_str()
+        .expect("key id")
+        .to_owned();
+    let budget = karta_json(
+        data.path(),
+        &["budgets", "set", "--org", "acme", "--key", &key_id, "7"],
+    );
+    assert!(
+        budget.to_string().contains(&key_id),
+        "the key's budget is listed: {budget}"
+    );
+    let (ok, _, stderr) = karta(
+        data.path(),
+        &["budgets", "set", "--org", "acme", "--key", "key_none", "7"],
+    );
+    assert!(!ok && stderr.contains("404"), "{stderr}");
+    let (ok, _, stderr) = karta(
+        data.path(),
+        &[
+            "budgets",
+            "set",
+            "--org",
+            "acme",
+            "--key",
+            &key_id,
+            "--project",
+            "shop",
+            "7",
+        ],
+    );
+    assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
+    let by_key = karta_json(
+        data.path(),
+        &["usage", "--org", "acme", "--group-by", "key"],
+    );
+    assert!(by_key["rows"].is_array(), "{by_key}");
     let usage = karta_json(
         data.path(),
         &["usage", "--org", "acme", "--group-by", "project"],
