@@ -38,10 +38,10 @@ try {
 
   step("load");
   await page.goto(url);
-  await page.getByLabel("Message").waitFor();
+  await page.getByLabel("Message", { exact: true }).waitFor();
 
   step("send and see the streamed answer");
-  await page.getByLabel("Message").fill("hello from the browser");
+  await page.getByLabel("Message", { exact: true }).fill("hello from the browser");
   await page.getByRole("button", { name: "Send" }).click();
   const answer = page.locator(".msg.agent").first();
   await answer.filter({ hasText: "hello from the browser" }).waitFor();
@@ -54,7 +54,7 @@ try {
   await page.locator(".msg.user", { hasText: "uploads/notes.txt" }).waitFor();
 
   step("a tool that needs approval");
-  await page.getByLabel("Message").fill('/tool read {"path": "uploads/notes.txt"}');
+  await page.getByLabel("Message", { exact: true }).fill('/tool read {"path": "uploads/notes.txt"}');
   await page.getByRole("button", { name: "Send" }).click();
   await page.locator(".approval").waitFor();
 
@@ -82,7 +82,7 @@ try {
   seen.reopened = await page.locator("#log .msg").count();
 
   step("keyboard: the composer and the send button are reachable");
-  await page.getByLabel("Message").focus();
+  await page.getByLabel("Message", { exact: true }).focus();
   await page.keyboard.press("Tab");
   seen.tab_lands_on = await page.evaluate(() => document.activeElement?.id || document.activeElement?.tagName);
 
