@@ -483,6 +483,32 @@ async fn a_browser_client_does_every_step() {
     std::os::unix::fs::symlink(&victim, workspace.join("uploads/link.txt")).expect("plant link");
     assert_eq!(upload("link.txt", "new").await.status, 201);
     assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
+    // Size: past the 1 MiB JSON limit is fine, past 10 MiB decoded is 413.
+    let big = "x".repeat(2 * 1024 * 1024);
+    assert_eq!(upload("big.txt", &big).await.status, 201);
+    let huge = "x".repeat(10 * 1024 * 1024 + 1);
+    let refused = upload("huge.txt", &huge).await;
+    assert_eq!(refused.status, 413, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "file_too_large");
+    // Count: 100 files at most; replacing one is fine.
+    for n in 0..100 {
+        std::fs::write(workspace.join(format!("uploads/f{n}.txt")), "x").expect("write");
+    }
+    let refused = upload("one-more.txt", "x").await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "too_many_files");
+    assert_eq!(upload("f7.txt", "replaced").await.status, 201);
+    // The flat routes serve the token's project too.
+    let flat = platform
+        .call(
+            "GET",
+            &format!("/v1/managed-agents/sessions/{id}"),
+            Some(token),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(flat.status, 200, "{}", flat.body);
+    assert_eq!(flat.json()["id"], id);
 
     // The end user's conversations, newest first; the project's own
     // (without an end user) apart.
@@ -516,6 +542,26 @@ async fn a_browser_client_does_every_step() {
         .json();
     assert_eq!(mine["data"].as_array().map(Vec::len), Some(1), "{mine}");
     assert_eq!(mine["data"][0]["id"], anonymous.json()["id"]);
+
+    // A verified end user's token lists its own sessions, whatever the
+    // query says, and cannot reach alice's.
+    let bob = platform.token("acme", "bot", Some("bob"), None);
+    let listed = platform
+        .call(
+            "GET",
+            &format!("{API}/sessions?end_user=alice"),
+            Some(&bob),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(listed.json()["data"], json!([]), "{}", listed.body);
+    for path in [
+        format!("{API}/sessions/{id}"),
+        format!("{API}/sessions/{id}/transcript?end_user=alice"),
+    ] {
+        let refused = platform.call("GET", &path, Some(&bob), Value::Null).await;
+        assert_eq!(refused.status, 404, "{path}: {}", refused.body);
+    }
 
     // The transcript, for its end user only.
     let transcript = platform
