@@ -24,7 +24,7 @@
 //! | `GET /v1/sessions/{id}/transcript` | messages with senders |
 //! | `GET /v1/sessions/{id}/events` | SSE replay (`?after=` / `Last-Event-ID`), then live until the turn ends or pauses |
 //! | `POST /v1/sessions/{id}/cancel` | stop the running turn |
-//! | `/v1/managed-agents/sessions…` | the Anthropic Managed Agents adapter ([`managed`]) |
+//! | `/v1/managed-agents/sessions…` | the Anthropic Managed Agents adapter (`managed/`) |
 //! | `POST /v1/chat/completions` | OpenAI Chat Completions: a turn of a fresh session (`openai`) |
 //! | `POST /v1/responses` | OpenAI Responses: a turn; `previous_response_id` continues its session |
 //!

@@ -11,9 +11,9 @@
 //! an app runs.
 //!
 //! When the picked provider's shape differs from the request's, the
-//! request is translated one way ([`request`]) and the answer back — a
-//! unary answer whole ([`response`]), an SSE answer event by event as it
-//! passes ([`stream`]): the gateway's shared SSE reader splits the
+//! request is translated one way (`request/`) and the answer back — a
+//! unary answer whole (`response.rs`), an SSE answer event by event as it
+//! passes (`stream.rs`): the gateway's shared SSE reader splits the
 //! provider's bytes into events, each is metered *in the provider's shape*
 //! (what the provider reported is what is counted, once) and then rewritten
 //! into the caller's events. Nothing is buffered but the event being read
