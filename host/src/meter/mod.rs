@@ -10,9 +10,11 @@
 //!   Budgets count a record from the moment it is queued.
 //!   **Acknowledgement:** a record is durable once a [`Meter::flush`]
 //!   called after it has returned `Ok` (everything queued before is then
-//!   committed and `fsync`ed); the host flushes before a turn's `done` or
-//!   `error` event is written ([`Meter::flush_session`]) and before the
-//!   usage routes answer.
+//!   committed and `fsync`ed), or once the caller's own flush of the same
+//!   database returned after [`Meter::commit_session`]. A turn's end waits
+//!   for its records to be committed, writes its terminal event and
+//!   flushes the store (one `fsync` for both) before it publishes `done` or
+//!   `error`; the usage routes flush before they answer.
 //! - **Prices** (`prices.rs`): a [`PriceTable`] in integer micro-units
 //!   (1/1,000,000 of a currency unit), from TOML or the documented
 //!   default; a cost is rounded up once per record and stored with it.
@@ -238,5 +240,16 @@ impl Meter {
     /// a turn calls before it tells its client what it cost.
     pub fn flush_session(&self, session: &str) -> Result<(), MeterError> {
         self.inner.writer.flush(Some(session))
+    }
+
+    /// [`Meter::flush_session`] without the disk flush: returns when every
+    /// record queued before the call is committed to the database (not yet
+    /// `fsync`ed), or `Err` if a record of `session` was lost. For a caller
+    /// that flushes the same database itself before it tells anyone — a
+    /// turn's end flushes the store before its `done` is published — so the
+    /// path to `done` pays one `fsync`, not two.
+    pub fn commit_session(&self, session: &str) -> Result<(), MeterError> {
+        self.inner.writer.wait_committed()?;
+        self.inner.writer.take_lost(session)
     }
 }

@@ -253,6 +253,17 @@ impl Writer {
         Ok(())
     }
 
+    /// Takes (and reports) the records of `session` that were lost since
+    /// the last take.
+    pub(crate) fn take_lost(&self, session: &str) -> Result<(), MeterError> {
+        match self.shared.lock().lost.remove(session) {
+            Some(why) => Err(MeterError::Unwritten(format!(
+                "usage records of this session could not be written: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Waits until every record queued before the call is committed and on
     /// disk; then takes (and reports) the records of `session` that were
     /// lost, if asked to.
