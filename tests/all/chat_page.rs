@@ -26,31 +26,9 @@ async fn the_chat_page_works_in_chromium() {
     let _admin = platform.key("acme", Scope::Admin);
     // acme/bot runs the support bot: its `read` tool needs approval.
     let app = crate::sessions::support_bot();
-    let archive = karta_host::release::pack_dir(app.path()).expect("pack");
+    let bot = platform.add_project("acme", "bot", app.path()).await;
     let (acme_id, _) = platform.project("acme", "shop");
     let projects = platform.host.projects();
-    let bot = projects
-        .auth()
-        .create_project(&acme_id, "bot")
-        .expect("project");
-    projects
-        .releases()
-        .publish(
-            projects.runtime(),
-            karta_host::release::PublishRequest {
-                project_id: &bot.id,
-                archive: &archive,
-                publisher: "test",
-                git_commit: None,
-                app_name: None,
-            },
-        )
-        .await
-        .expect("publish");
-    projects
-        .releases()
-        .activate(&bot.id, 1, "test")
-        .expect("activate");
     let origin = format!("http://{}", platform.addr);
     let embed = projects
         .auth()

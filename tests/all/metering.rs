@@ -46,29 +46,7 @@ async fn platform_with_bot_on(
     })
     .await;
     let app = crate::sessions::support_bot();
-    let archive = karta_host::release::pack_dir(app.path()).expect("pack");
-    let (acme_id, _) = platform.project("acme", "shop");
-    let auth = platform.host.projects().auth();
-    let bot = auth.create_project(&acme_id, "bot").expect("project");
-    let projects = platform.host.projects();
-    projects
-        .releases()
-        .publish(
-            projects.runtime(),
-            karta_host::release::PublishRequest {
-                project_id: &bot.id,
-                archive: &archive,
-                publisher: "test",
-                git_commit: None,
-                app_name: None,
-            },
-        )
-        .await
-        .expect("publish");
-    projects
-        .releases()
-        .activate(&bot.id, 1, "test")
-        .expect("activate");
+    platform.add_project("acme", "bot", app.path()).await;
     let admin = platform.key("acme", Scope::Admin);
     (platform, admin)
 }

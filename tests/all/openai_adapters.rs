@@ -34,31 +34,7 @@ fn python() -> PathBuf {
 async fn platform() -> Platform {
     let platform = Platform::start().await;
     let app = crate::sessions::support_bot();
-    let archive = karta_host::release::pack_dir(app.path()).expect("pack");
-    let (acme_id, _) = platform.project("acme", "shop");
-    let projects = platform.host.projects();
-    let bot = projects
-        .auth()
-        .create_project(&acme_id, "bot")
-        .expect("project");
-    projects
-        .releases()
-        .publish(
-            projects.runtime(),
-            karta_host::release::PublishRequest {
-                project_id: &bot.id,
-                archive: &archive,
-                publisher: "test",
-                git_commit: None,
-                app_name: None,
-            },
-        )
-        .await
-        .expect("publish");
-    projects
-        .releases()
-        .activate(&bot.id, 1, "test")
-        .expect("activate");
+    platform.add_project("acme", "bot", app.path()).await;
     let admin = platform.key("acme", Scope::Admin);
     let budget = platform
         .call(

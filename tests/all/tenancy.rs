@@ -83,9 +83,36 @@ impl Platform {
         platform
     }
 
+    /// Creates `org`'s project `slug` running the app folder `app`,
+    /// published and active as v1.
+    pub async fn add_project(
+        &self,
+        org: &str,
+        slug: &str,
+        app: &std::path::Path,
+    ) -> karta_host::auth::Project {
+        let (org_id, _) = self.project(org, "shop");
+        let projects = self.host.projects();
+        let project = projects
+            .auth()
+            .create_project(&org_id, slug)
+            .expect("project");
+        self.publish_dir(&project.id, app).await;
+        projects
+            .releases()
+            .activate(&project.id, 1, "test")
+            .expect("activate");
+        project
+    }
+
     /// Publishes an example folder as the project's next release.
     pub async fn publish(&self, project_id: &str, example: &str) -> u32 {
-        let archive = karta_host::release::pack_dir(&root().join(example)).expect("pack");
+        self.publish_dir(project_id, &root().join(example)).await
+    }
+
+    /// Publishes the app folder `dir` as the project's next release.
+    pub async fn publish_dir(&self, project_id: &str, dir: &std::path::Path) -> u32 {
+        let archive = karta_host::release::pack_dir(dir).expect("pack");
         let projects = self.host.projects();
         projects
             .releases()
