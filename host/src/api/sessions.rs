@@ -434,16 +434,7 @@ async fn events(
 ) -> Result<Response, ApiError> {
     in_span(&id);
     let sessions = tenant.session(&projects, &id).await?;
-    let header = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let after = match query.after.or(header) {
-        None => 0,
-        Some(text) => text.trim().parse::<u64>().map_err(|_| {
-            ApiError::bad_request("`after` / `Last-Event-ID` must be an event sequence number")
-        })?,
-    };
+    let after = sse::resume_after(query.after, &headers)?;
     let events = sessions.subscribe(&id, after).await?;
     Ok(sse::stream(events))
 }

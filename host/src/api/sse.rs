@@ -15,6 +15,26 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
 use serde_json::json;
 
+/// Where a stream resumes: `?after=` if given, else the `Last-Event-ID`
+/// header a reconnecting `EventSource` sends, else the start (0).
+pub(super) fn resume_after(
+    query: Option<String>,
+    headers: &axum::http::HeaderMap,
+) -> Result<u64, super::error::ApiError> {
+    let header = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match query.or(header) {
+        None => Ok(0),
+        Some(text) => text.trim().parse::<u64>().map_err(|_| {
+            super::error::ApiError::bad_request(
+                "`after` / `Last-Event-ID` must be an event sequence number",
+            )
+        }),
+    }
+}
+
 /// One SSE frame of a subscription item.
 fn frame(item: Published) -> Frame {
     let built = match item {

@@ -211,16 +211,7 @@ pub(super) async fn stream_events(
 ) -> Result<Response, ApiError> {
     in_span(&id);
     let sessions = tenant.session(&projects, &id).await?;
-    let header = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let after = match query.after.or(header) {
-        None => 0,
-        Some(text) => text.trim().parse::<u64>().map_err(|_| {
-            ApiError::bad_request("`after` / `Last-Event-ID` must be a log entry's seq")
-        })?,
-    };
+    let after = super::super::sse::resume_after(query.after, &headers)?;
     let events = sessions.subscribe(&id, after).await?;
     Ok(sse(events))
 }
