@@ -84,10 +84,22 @@ async fn say(sessions: &Arc<Sessions>, id: &str, text: &str) -> TurnSummary {
         )
         .await
         .expect("send");
-    tokio::time::timeout(Duration::from_secs(180), started.finished)
+    let mut summary = tokio::time::timeout(Duration::from_secs(180), started.finished)
         .await
         .expect("the turn ends")
-        .expect("summary")
+        .expect("summary");
+    if summary.status != TurnStatus::Completed {
+        // Say why in the assertion that follows: the turn's error event.
+        let events = sessions.events_after(id, 0).unwrap_or_default();
+        if let Some(error) = events
+            .iter()
+            .rev()
+            .find(|e| matches!(e.event, karta_harness::Event::Error(_)))
+        {
+            summary.text = format!("{:?}", error.event);
+        }
+    }
+    summary
 }
 
 fn mode(path: &Path) -> u32 {
