@@ -6,6 +6,15 @@
 //! reasoning deltas as they arrive, runs every `tool_use` through the host (asking for approval
 //! where the grant says so), and feeds the results back, until the model stops
 //! asking for tools or [`MAX_STEPS`] is reached.
+//!
+//! The gateway is reached either over HTTP ([`BuiltinHarness::new`]) or,
+//! when the loop runs inside the host, in-process
+//! ([`BuiltinHarness::in_process`]): the same HTTP request handed to the
+//! gateway's own request handler as a [`ModelService`] — the same key
+//! check, budget, routing and metering, without a socket, a connection pool
+//! or a second task per call.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -25,12 +34,35 @@ pub const MAX_STEPS: u32 = 16;
 /// The largest answer accepted from the gateway.
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 
+/// The body of a gateway's answer, however it was reached.
+pub type ModelBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A model gateway called in-process: an HTTP request in (path
+/// `/v1/messages`, the session's key in `x-api-key`), its answer out. The
+/// host implements it with the very handler its gateway serves over TCP, so
+/// there is one path for admission, budgets, routing and metering.
+pub trait ModelService: Send + Sync {
+    /// Answers one request.
+    fn call(&self, request: hyper::Request<Full<Bytes>>) -> BoxFuture<'static, ModelResponse>;
+}
+
+/// What a [`ModelService`] answers: a response, or why there is none.
+pub type ModelResponse = Result<hyper::Response<ModelBody>, String>;
+
+/// How the loop reaches the gateway.
+#[derive(Clone)]
+enum Link {
+    /// Over HTTP at this base URL.
+    Http { client: HttpClient, gateway: String },
+    /// In-process.
+    Service(Arc<dyn ModelService>),
+}
+
 /// The native agent loop.
 #[derive(Clone)]
 pub struct BuiltinHarness {
-    gateway: String,
+    link: Link,
     key: String,
-    client: HttpClient,
 }
 
 /// A failed model step: the turn ends with an `error` event.
@@ -42,9 +74,47 @@ impl BuiltinHarness {
     /// over the host's shared `client`.
     pub fn new(client: HttpClient, gateway_url: impl Into<String>, key: impl Into<String>) -> Self {
         Self {
-            gateway: gateway_url.into().trim_end_matches('/').to_owned(),
+            link: Link::Http {
+                gateway: gateway_url.into().trim_end_matches('/').to_owned(),
+                client,
+            },
             key: key.into(),
-            client,
+        }
+    }
+
+    /// A harness that calls the gateway in-process through `service`, with
+    /// `key` (the session's gateway key).
+    pub fn in_process(service: Arc<dyn ModelService>, key: impl Into<String>) -> Self {
+        Self {
+            link: Link::Service(service),
+            key: key.into(),
+        }
+    }
+
+    /// Sends one request to the gateway.
+    async fn send(&self, body: Bytes) -> Result<hyper::Response<ModelBody>, StepFailure> {
+        let uri = match &self.link {
+            Link::Http { gateway, .. } => format!("{gateway}/v1/messages"),
+            Link::Service(_) => "/v1/messages".to_owned(),
+        };
+        let request = hyper::Request::post(uri)
+            .header("content-type", "application/json")
+            .header("x-api-key", &self.key)
+            .header("anthropic-version", "2023-06-01")
+            .body(Full::new(body))
+            .map_err(|e| (ErrorCode::ModelError, e.to_string()))?;
+        match &self.link {
+            Link::Http { client, .. } => {
+                let response = client
+                    .request(request)
+                    .await
+                    .map_err(|e| (ErrorCode::ModelUnreachable, format!("{e:#}")))?;
+                Ok(response.map(|body| body.map_err(std::io::Error::other).boxed_unsync()))
+            }
+            Link::Service(service) => service
+                .call(request)
+                .await
+                .map_err(|e| (ErrorCode::ModelUnreachable, e)),
         }
     }
 
@@ -58,17 +128,8 @@ impl BuiltinHarness {
         cx: &TurnContext<'_>,
     ) -> Result<AnthropicMessage, StepFailure> {
         let model_error = |message: String| (ErrorCode::ModelError, message);
-        let request = hyper::Request::post(format!("{}/v1/messages", self.gateway))
-            .header("content-type", "application/json")
-            .header("x-api-key", &self.key)
-            .header("anthropic-version", "2023-06-01")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| model_error(e.to_string()))?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| (ErrorCode::ModelUnreachable, format!("{e:#}")))?;
+        let body = serde_json::to_vec(body).map_err(|e| model_error(e.to_string()))?;
+        let response = self.send(Bytes::from(body)).await?;
         let status = response.status();
         if !status.is_success() {
             let bytes = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)

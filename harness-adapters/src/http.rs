@@ -1,6 +1,7 @@
-//! The HTTP client the harnesses share: one connection pool for the builtin
-//! loop's calls to the gateway and for OpenCode's loopback server, created
-//! once by the host and cloned into every turn.
+//! The HTTP client the harnesses share: one connection pool for OpenCode's
+//! loopback server (and the builtin loop, when it is given a gateway URL
+//! rather than the host's in-process gateway), created once by the host and
+//! cloned into every turn.
 //!
 //! Every connection sets `TCP_NODELAY`: requests and SSE events here are
 //! small writes, and Nagle's algorithm meeting the peer's delayed ACK costs

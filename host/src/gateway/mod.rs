@@ -44,6 +44,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use karta_harness::Usage;
+use karta_harness::builtin::{ModelResponse, ModelService};
 use karta_harness::model_stream::WireShape;
 use serde_json::{Value, json};
 
@@ -320,6 +321,16 @@ impl Gateway {
             .with_state(self.clone())
     }
 
+    /// The gateway as an in-process [`ModelService`] for the builtin loop:
+    /// each request goes through [`Gateway::router`] — the handler that
+    /// serves TCP clients, so admission, budgets, BYOK routing and metering
+    /// have one implementation — without a socket in between.
+    pub fn service(&self) -> Arc<dyn ModelService> {
+        Arc::new(InProcess {
+            router: self.router(),
+        })
+    }
+
     /// Serves the gateway on `listener` until the returned task is stopped
     /// or dropped; returns its base URL.
     pub fn serve(
@@ -376,6 +387,26 @@ impl Gateway {
             recent.pop_front();
         }
         recent.push_back(body.clone());
+    }
+}
+
+/// [`Gateway::service`]: the router, called as a tower service.
+struct InProcess {
+    router: Router,
+}
+
+impl ModelService for InProcess {
+    fn call(
+        &self,
+        request: hyper::Request<Full<Bytes>>,
+    ) -> karta_harness::BoxFuture<'static, ModelResponse> {
+        let mut router = self.router.clone();
+        Box::pin(async move {
+            let response = tower_service::Service::call(&mut router, request)
+                .await
+                .map_err(|e: Infallible| e.to_string())?;
+            Ok(response.map(|body| body.map_err(std::io::Error::other).boxed_unsync()))
+        })
     }
 }
 

@@ -32,8 +32,11 @@ use crate::metrics::Metrics;
 use crate::store::{SessionRecord, Store};
 
 /// How many published events a slow subscriber may lag behind before it
-/// catches up from the store.
-const CHANNEL_CAPACITY: usize = 1024;
+/// catches up from the store. Every live session allocates this many slots
+/// (~64 bytes each) whether anyone lags or not: 1,024 cost ~64 KiB a
+/// session, 64 MiB at 1,000 streaming sessions; 128 cost 8 KiB, and a
+/// turn's burst of deltas that outruns a reader is read back from the log.
+const CHANNEL_CAPACITY: usize = 128;
 
 /// MCP tool runs kept for the harness to report (a harness that never
 /// reports them must not grow the list without end).

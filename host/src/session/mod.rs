@@ -34,7 +34,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use karta_harness::http::HttpClient;
 use karta_harness::{
     Decision, Envelope, ErrorCode, ErrorData, Harness, ToolDef, ToolErrorKind, ToolResult,
 };
@@ -62,10 +61,12 @@ pub struct Sessions {
     app: Arc<AppSpec>,
     toolbox: Toolbox,
     gateway: Gateway,
+    /// The gateway as the builtin loop calls it: in-process, through the
+    /// gateway's own request handler ([`Gateway::service`]).
+    model_service: Arc<dyn karta_harness::builtin::ModelService>,
     gateway_url: String,
     config: SessionConfig,
     harness: Option<Arc<dyn Harness>>,
-    http: HttpClient,
     live: Arc<LiveMap>,
     credentials: Arc<Credentials>,
     metrics: Arc<Metrics>,
@@ -136,11 +137,11 @@ impl Sessions {
             },
             store: parts.store,
             app: parts.app,
+            model_service: parts.gateway.service(),
             gateway: parts.gateway,
             gateway_url: parts.gateway_url,
             config: parts.config,
             harness: parts.harness,
-            http: parts.http,
             live,
             credentials: parts.credentials,
             metrics: parts.metrics,

@@ -291,9 +291,8 @@ async fn run(
                 }
             }
             None => {
-                let builtin = BuiltinHarness::new(
-                    sessions.http.clone(),
-                    sessions.gateway_url.as_str(),
+                let builtin = BuiltinHarness::in_process(
+                    sessions.model_service.clone(),
                     credentials.gateway_key.as_str(),
                 );
                 builtin.run_turn(request, context).await
@@ -378,22 +377,24 @@ async fn write_events(
     }
     let mut terminal = None;
     let mut failed = false;
-    while let Some(emitted) = events.recv().await {
-        if emitted.event.ends_turn() {
-            terminal.get_or_insert(emitted);
-            continue;
-        }
-        if failed {
-            continue;
-        }
+    while let Some(first) = events.recv().await {
+        // Whatever else is queued is written under the same hold of the
+        // state lock (a harness emits in bursts: deltas, a tool's events).
         let mut state = live.state.lock().await;
-        if let Err(e) = live
-            .append(&store, &mut state, emitted.event, emitted.raw)
-            .await
-        {
-            tracing::error!("cannot write an event: {e}; the turn is cancelled");
-            failed = true;
-            cancel.cancel();
+        let mut next = Some(first);
+        while let Some(emitted) = next.take() {
+            if emitted.event.ends_turn() {
+                terminal.get_or_insert(emitted);
+            } else if !failed
+                && let Err(e) = live
+                    .append(&store, &mut state, emitted.event, emitted.raw)
+                    .await
+            {
+                tracing::error!("cannot write an event: {e}; the turn is cancelled");
+                failed = true;
+                cancel.cancel();
+            }
+            next = events.try_recv().ok();
         }
     }
     Written {

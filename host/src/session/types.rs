@@ -78,7 +78,8 @@ pub struct SessionParts {
     /// The process harness that runs turns; `None` runs them on the builtin
     /// loop.
     pub harness: Option<Arc<dyn Harness>>,
-    /// The shared HTTP client (the builtin loop's calls to the gateway).
+    /// The shared HTTP client. The session manager does not use it: the
+    /// builtin loop calls the gateway in-process ([`Gateway::service`]).
     pub http: HttpClient,
     /// The credentials registry the gateway and the MCP server check.
     pub credentials: Arc<Credentials>,
