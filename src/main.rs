@@ -332,6 +332,18 @@ struct ServeArgs {
     /// is stopped; the next turn starts a new one that resumes the session.
     #[arg(long, default_value_t = 600)]
     harness_idle_secs: u64,
+    /// Warm pool: Claude Code or OpenCode processes kept started, jailed
+    /// and idle per served release, so a new session's first turn skips
+    /// the harness's start-up (it claims one; the pool refills in the
+    /// background). 0 disables it. Sessions of an end user (their HOME is
+    /// theirs) and those resuming a conversation start their own.
+    #[arg(long = "pool", default_value_t = 2, value_name = "N")]
+    pool: usize,
+    /// The most resident memory (RSS) the idle pooled processes of one
+    /// release may take together, MiB; a process that would go over it is
+    /// not kept.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pool_memory_mib: u64,
     /// Let plugin HTTP reach this internal address range (CIDR, e.g.
     /// 10.0.8.0/24 or 127.0.0.1/32); repeat for more. Plugins are refused
     /// loopback, private (RFC 1918, fc00::/7), CGNAT, link-local (cloud
@@ -459,6 +471,45 @@ fn default_cache_dir() -> Option<PathBuf> {
 }
 
 /// `karta doctor`: what this machine can run.
+/// `doctor`'s warm-pool section: what `serve` pools by default, and the
+/// slots a host serving this data dir holds now (each pooled process has a
+/// directory `<data>/pool/pool.<id>` while it is idle or starting).
+fn print_pool(binaries: &karta_host::harness::HarnessBinaries, data_dir: &Path) {
+    println!("warm pool:");
+    let pooled: Vec<&str> = [
+        ("claude_code", binaries.claude.is_some()),
+        ("opencode", binaries.opencode.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, installed)| installed.then_some(name))
+    .collect();
+    if pooled.is_empty() {
+        println!("  nothing to pool: neither claude_code nor opencode is installed");
+    } else {
+        println!(
+            "  `serve` keeps 2 started, jailed {} processes per served release (--pool N, 0 disables;",
+            pooled.join(" / ")
+        );
+        println!(
+            "  --pool-memory-mib bounds their RSS, default 1024); live: GET /metrics karta_pool_*"
+        );
+    }
+    let slots = std::fs::read_dir(data_dir.join("pool"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(karta_host::session::SLOT_PREFIX)
+        })
+        .count();
+    println!(
+        "  {slots} pooled process slot(s) in {} (idle or starting, of a host serving this data dir)",
+        data_dir.join("pool").display()
+    );
+}
+
 async fn doctor(app_dir: Option<PathBuf>, data_dir: &Path) -> anyhow::Result<ExitCode> {
     use karta_host::app::HarnessKind;
     use karta_host::harness::{self, HarnessBinaries};
@@ -498,6 +549,7 @@ async fn doctor(app_dir: Option<PathBuf>, data_dir: &Path) -> anyhow::Result<Exi
     println!("   read-only root with only the session's workspace and HOME writable, no");
     println!("   capabilities, Landlock, seccomp, rlimits, cgroups; a jail that cannot be");
     println!("   built refuses to start them unless `serve --no-jail` is passed)");
+    print_pool(&binaries, data_dir);
     println!("model upstream:");
     match std::env::var("KARTA_UPSTREAM_KEY") {
         Ok(key) if !key.trim().is_empty() => {
@@ -772,6 +824,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.approval_timeout = std::time::Duration::from_secs(args.approval_timeout_secs);
     config.harness = harness_arg(&args.harness)?;
     config.harness_idle_timeout = std::time::Duration::from_secs(args.harness_idle_secs.max(1));
+    config.pool = karta_host::session::PoolConfig {
+        size: args.pool,
+        memory_bytes: args.pool_memory_mib << 20,
+    };
     config.plugin_allow_net = args.plugin_allow_net.clone();
     config.plugin_max_timeout = std::time::Duration::from_millis(args.plugin_max_timeout_ms);
     config.jail = (!args.no_jail).then(|| karta_harness::process::JailLimits {

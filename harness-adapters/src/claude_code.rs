@@ -69,8 +69,8 @@ use crate::slots::{
     new_message_id, outcome, remember, remembered, slot_process, stop_when_idle,
 };
 use crate::{
-    BoxFuture, ErrorCode, Event, Harness, SessionInfo, TurnContext, TurnOutcome, TurnRequest,
-    TurnStatus, Usage,
+    BoxFuture, ErrorCode, Event, Harness, Prestarted, SessionInfo, TurnContext, TurnOutcome,
+    TurnRequest, TurnStatus, Usage,
 };
 
 /// The name the host's MCP server has in Claude Code's config; its tools
@@ -823,6 +823,31 @@ impl Harness for ClaudeCodeHarness {
 
     fn process_count(&self) -> usize {
         self.sessions.count()
+    }
+
+    fn prestart<'a>(
+        &'a self,
+        request: TurnRequest,
+    ) -> BoxFuture<'a, Option<Result<Prestarted, String>>> {
+        Box::pin(async move {
+            Some(
+                self.start(&request)
+                    .await
+                    .map(Prestarted::new)
+                    .map_err(|f| f.message().to_owned()),
+            )
+        })
+    }
+
+    fn adopt(&self, prestarted: Prestarted, session: &SessionInfo) -> Result<(), Prestarted> {
+        let claude = prestarted.take::<ClaudeProcess>()?;
+        match self.sessions.adopt(&session.id, claude) {
+            Ok(slot) => {
+                stop_when_idle(&session.id, &slot, self.config.idle_timeout);
+                Ok(())
+            }
+            Err(claude) => Err(Prestarted::new(claude)),
+        }
     }
 }
 

@@ -386,6 +386,78 @@ pub trait Harness: Send + Sync {
     fn process_count(&self) -> usize {
         0
     }
+
+    /// Starts a process for a warm pool: `request` names a pool slot
+    /// (its own id, workspace, `HOME` and credentials) instead of a
+    /// session. It resolves once the process has finished its start-up
+    /// (Claude Code answered `initialize`; OpenCode listens and has opened
+    /// its conversation). `None`: the harness keeps no process to pool.
+    fn prestart<'a>(
+        &'a self,
+        _request: TurnRequest,
+    ) -> BoxFuture<'a, Option<Result<Prestarted, String>>> {
+        Box::pin(async { None })
+    }
+
+    /// Makes a pooled process `session`'s own: the next turn of
+    /// `session.id` runs on it. `session` is what the host made of the
+    /// slot's workspace, `HOME` and credentials once they became the
+    /// session's. Gives the process back when it is not this harness's or
+    /// the session already has one.
+    fn adopt(&self, prestarted: Prestarted, _session: &SessionInfo) -> Result<(), Prestarted> {
+        Err(prestarted)
+    }
+}
+
+/// A process a harness started for a warm pool, not yet any session's
+/// ([`Harness::prestart`]).
+pub struct Prestarted {
+    process: Box<dyn std::any::Any + Send>,
+    harness_pid: Option<u32>,
+    kill: fn(Box<dyn std::any::Any + Send>) -> BoxFuture<'static, ()>,
+}
+
+impl Prestarted {
+    /// Wraps a harness's own process type.
+    pub(crate) fn new<P: slots::SlotProcess>(process: P) -> Self {
+        Self {
+            harness_pid: process.harness_process().harness_pid(),
+            process: Box::new(process),
+            kill: |any| {
+                Box::pin(async move {
+                    if let Ok(process) = any.downcast::<P>() {
+                        process.into_harness_process().kill().await;
+                    }
+                })
+            },
+        }
+    }
+
+    /// The harness's own process id (in a jail, the jail's pid 1).
+    pub fn harness_pid(&self) -> Option<u32> {
+        self.harness_pid
+    }
+
+    /// The harness's process, when it is a `P`.
+    pub(crate) fn take<P: 'static>(self) -> Result<P, Self> {
+        match self.process.downcast::<P>() {
+            Ok(process) => Ok(*process),
+            Err(process) => Err(Self { process, ..self }),
+        }
+    }
+
+    /// Kills the process and everything it started, and reaps it.
+    pub async fn kill(self) {
+        (self.kill)(self.process).await;
+    }
+}
+
+impl std::fmt::Debug for Prestarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prestarted")
+            .field("harness_pid", &self.harness_pid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A session under `base` with its workspace and `HOME` made, for the

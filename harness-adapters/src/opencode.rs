@@ -67,8 +67,8 @@ use crate::slots::{
     outcome, remember, remembered, slot_process, stop_when_idle,
 };
 use crate::{
-    BoxFuture, ErrorCode, Event, Harness, SessionInfo, TurnContext, TurnOutcome, TurnRequest,
-    TurnStatus, Usage,
+    BoxFuture, ErrorCode, Event, Harness, Prestarted, SessionInfo, TurnContext, TurnOutcome,
+    TurnRequest, TurnStatus, Usage,
 };
 
 /// The name of the host's MCP server in OpenCode's config; its tools are
@@ -914,6 +914,34 @@ impl Harness for OpencodeHarness {
 
     fn process_count(&self) -> usize {
         self.sessions.count()
+    }
+
+    fn prestart<'a>(
+        &'a self,
+        request: TurnRequest,
+    ) -> BoxFuture<'a, Option<Result<Prestarted, String>>> {
+        Box::pin(async move {
+            Some(
+                self.start(&request)
+                    .await
+                    .map(Prestarted::new)
+                    .map_err(|f| f.message().to_owned()),
+            )
+        })
+    }
+
+    fn adopt(&self, prestarted: Prestarted, session: &SessionInfo) -> Result<(), Prestarted> {
+        let server = prestarted.take::<OpencodeServer>()?;
+        // The session continues the conversation the server opened.
+        let conversation = server.session.clone();
+        match self.sessions.adopt(&session.id, server) {
+            Ok(slot) => {
+                remember(&session.home, &resume_file(session), &conversation);
+                stop_when_idle(&session.id, &slot, self.config.idle_timeout);
+                Ok(())
+            }
+            Err(server) => Err(Prestarted::new(server)),
+        }
     }
 }
 

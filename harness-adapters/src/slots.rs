@@ -92,6 +92,21 @@ impl<P: SlotProcess> Slots<P> {
         }
     }
 
+    /// Gives `session_id` the pooled `process`, unless its slot is held
+    /// or already has one (then the process comes back).
+    pub(crate) fn adopt(&self, session_id: &str, process: P) -> Result<Slot<P>, P> {
+        let slot = self.slot(session_id);
+        let Ok(mut guard) = slot.try_lock() else {
+            return Err(process);
+        };
+        if guard.is_some() {
+            return Err(process);
+        }
+        *guard = Some(process);
+        drop(guard);
+        Ok(slot)
+    }
+
     /// How many sessions have a process (a slot held by a turn counts: the
     /// turn has or is starting one).
     pub(crate) fn count(&self) -> usize {

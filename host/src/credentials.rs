@@ -40,6 +40,9 @@ struct Maps {
 struct Issued {
     credentials: SessionCredentials,
     last_used: Instant,
+    /// Held by a warm pool's process that no session has claimed yet: not
+    /// idle whatever its age (see [`Credentials::for_pool_slot`]).
+    pooled: bool,
 }
 
 fn lock(mutex: &Mutex<Maps>) -> std::sync::MutexGuard<'_, Maps> {
@@ -63,22 +66,47 @@ impl Credentials {
             existing.last_used = Instant::now();
             return existing.credentials.clone();
         }
-        let issued = SessionCredentials {
-            gateway_key: mint("kgw"),
-            mcp_token: mint("kmcp"),
-        };
-        maps.owner
-            .insert(issued.gateway_key.clone(), session.to_owned());
-        maps.owner
-            .insert(issued.mcp_token.clone(), session.to_owned());
-        maps.by_session.insert(
-            session.to_owned(),
-            Issued {
-                credentials: issued.clone(),
-                last_used: Instant::now(),
-            },
-        );
-        issued
+        mint_into(&mut maps, session, false)
+    }
+
+    /// Fresh credentials of a warm pool's slot `slot` (an id no session
+    /// can have): the pooled process starts with them, and they stay until
+    /// a session claims the slot ([`Credentials::rebind`]) or the pool
+    /// drops it ([`Credentials::revoke`]). Until then the gateway and the
+    /// MCP server know them as the slot's, which is no session: nothing is
+    /// metered to them and no tool runs for them.
+    pub fn for_pool_slot(&self, slot: &str) -> SessionCredentials {
+        let mut maps = lock(&self.inner);
+        if let Some(old) = maps.by_session.remove(slot) {
+            maps.owner.remove(&old.credentials.gateway_key);
+            maps.owner.remove(&old.credentials.mcp_token);
+        }
+        mint_into(&mut maps, slot, true)
+    }
+
+    /// Makes the credentials of pool slot `slot` `session`'s: its pooled
+    /// process, now the session's, goes on using them, and from now on
+    /// they name the session (the gateway meters to it, the MCP server runs
+    /// its tools). Whatever `session` held before is revoked; `slot` holds
+    /// nothing any more. `None` when `slot` holds nothing.
+    pub fn rebind(&self, slot: &str, session: &str) -> Option<SessionCredentials> {
+        let mut maps = lock(&self.inner);
+        let mut issued = maps.by_session.remove(slot)?;
+        if let Some(old) = maps.by_session.remove(session) {
+            maps.owner.remove(&old.credentials.gateway_key);
+            maps.owner.remove(&old.credentials.mcp_token);
+        }
+        for secret in [
+            &issued.credentials.gateway_key,
+            &issued.credentials.mcp_token,
+        ] {
+            maps.owner.insert(secret.clone(), session.to_owned());
+        }
+        issued.pooled = false;
+        issued.last_used = Instant::now();
+        let credentials = issued.credentials.clone();
+        maps.by_session.insert(session.to_owned(), issued);
+        Some(credentials)
     }
 
     /// The session a gateway key belongs to.
@@ -122,7 +150,7 @@ impl Credentials {
         lock(&self.inner)
             .by_session
             .iter()
-            .filter(|(_, issued)| issued.last_used.elapsed() >= idle)
+            .filter(|(_, issued)| !issued.pooled && issued.last_used.elapsed() >= idle)
             .map(|(session, _)| session.clone())
             .collect()
     }
@@ -136,6 +164,27 @@ impl Credentials {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Mints `owner`'s credentials into `maps`.
+fn mint_into(maps: &mut Maps, owner: &str, pooled: bool) -> SessionCredentials {
+    let issued = SessionCredentials {
+        gateway_key: mint("kgw"),
+        mcp_token: mint("kmcp"),
+    };
+    maps.owner
+        .insert(issued.gateway_key.clone(), owner.to_owned());
+    maps.owner
+        .insert(issued.mcp_token.clone(), owner.to_owned());
+    maps.by_session.insert(
+        owner.to_owned(),
+        Issued {
+            credentials: issued.clone(),
+            last_used: Instant::now(),
+            pooled,
+        },
+    );
+    issued
 }
 
 #[cfg(test)]
@@ -167,5 +216,42 @@ mod tests {
         assert_ne!(registry.for_session("a"), a, "a new session gets new ones");
         assert!(registry.idle_sessions(Duration::from_secs(3600)).is_empty());
         assert_eq!(registry.idle_sessions(Duration::ZERO).len(), 2);
+    }
+
+    #[test]
+    fn a_pool_slots_credentials_become_the_claiming_sessions_only() {
+        let registry = Credentials::new();
+        let slot = registry.for_pool_slot("pool.1");
+        let other = registry.for_pool_slot("pool.2");
+        assert!(
+            registry.idle_sessions(Duration::ZERO).is_empty(),
+            "a pooled slot is never idle"
+        );
+        let minted = registry.for_session("s");
+        assert_eq!(registry.rebind("pool.1", "s"), Some(slot.clone()));
+        // The slot's key and token name the session now, and only it.
+        assert_eq!(
+            registry
+                .session_for_gateway_key(&slot.gateway_key)
+                .as_deref(),
+            Some("s")
+        );
+        assert_eq!(
+            registry.session_for_mcp_token(&slot.mcp_token).as_deref(),
+            Some("s")
+        );
+        assert_eq!(registry.for_session("s"), slot);
+        // What the session held before is gone; the slot holds nothing.
+        assert_eq!(registry.session_for_gateway_key(&minted.gateway_key), None);
+        assert_eq!(registry.rebind("pool.1", "t"), None);
+        assert_eq!(
+            registry
+                .session_for_gateway_key(&other.gateway_key)
+                .as_deref(),
+            Some("pool.2")
+        );
+        registry.revoke("pool.2");
+        assert_eq!(registry.session_for_mcp_token(&other.mcp_token), None);
+        assert_eq!(registry.idle_sessions(Duration::ZERO), vec!["s".to_owned()]);
     }
 }

@@ -41,6 +41,10 @@ pub struct HostConfig {
     pub harness: Option<HarnessKind>,
     /// A harness process is stopped after this long without a turn.
     pub harness_idle_timeout: Duration,
+    /// The warm pool of pre-started harness processes per loaded release
+    /// (off by default here; `karta serve` asks for 2). See
+    /// [`crate::session::PoolConfig`].
+    pub pool: crate::session::PoolConfig,
     /// Internal address ranges (loopback, private, link-local, …) plugin HTTP
     /// may reach anyway; empty refuses them all (see `plugin::RuntimeConfig`).
     pub plugin_allow_net: Vec<crate::plugin::IpNet>,
@@ -82,6 +86,7 @@ impl HostConfig {
             harness_binaries: HarnessBinaries::locate(),
             harness: None,
             harness_idle_timeout: Duration::from_secs(600),
+            pool: crate::session::PoolConfig::OFF,
             plugin_allow_net: Vec::new(),
             plugin_max_timeout: crate::plugin::DEFAULT_MAX_TIMEOUT,
             jail: Some(Default::default()),

@@ -9,6 +9,12 @@
 //! | `karta_model_tokens_total` | counter | `kind` (input, output, cache_read, cache_write) |
 //! | `karta_live_sessions` | gauge | — (sessions in memory) |
 //! | `karta_harness_processes` | gauge | — (Claude Code / OpenCode processes running) |
+//! | `karta_pool_size` | gauge | — (idle processes the warm pools aim for, over every release) |
+//! | `karta_pool_idle` | gauge | — (pooled processes ready to be claimed) |
+//! | `karta_pool_idle_rss_bytes` | gauge | — (their resident memory) |
+//! | `karta_pool_claimed_total` | counter | — (pooled processes new sessions took) |
+//! | `karta_pool_misses_total` | counter | — (new sessions that started their own process) |
+//! | `karta_pool_spawn_failures_total` | counter | — (pooled starts that failed) |
 //!
 //! One registry per host (not a global), so several hosts in one process —
 //! an embedder's, or the tests' — count apart.
@@ -58,6 +64,15 @@ pub struct Metrics {
     pub(crate) live_sessions: Gauge,
     /// Harness processes running (set when scraped).
     pub(crate) harness_processes: Gauge,
+    /// Warm pools: their target size, idle processes and those processes'
+    /// RSS (set when scraped).
+    pub(crate) pool_size: Gauge,
+    pub(crate) pool_idle: Gauge,
+    pub(crate) pool_idle_rss_bytes: Gauge,
+    /// Warm pools: claims, misses and failed starts.
+    pub(crate) pool_claimed: Counter,
+    pub(crate) pool_misses: Counter,
+    pub(crate) pool_spawn_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -105,6 +120,42 @@ impl Metrics {
             "Harness processes running",
             harness_processes.clone(),
         );
+        let pool_size = Gauge::default();
+        let pool_idle = Gauge::default();
+        let pool_idle_rss_bytes = Gauge::default();
+        let pool_claimed = Counter::default();
+        let pool_misses = Counter::default();
+        let pool_spawn_failures = Counter::default();
+        registry.register(
+            "pool_size",
+            "Idle harness processes the warm pools aim for",
+            pool_size.clone(),
+        );
+        registry.register(
+            "pool_idle",
+            "Pooled harness processes ready to be claimed",
+            pool_idle.clone(),
+        );
+        registry.register(
+            "pool_idle_rss_bytes",
+            "Resident memory of the idle pooled processes",
+            pool_idle_rss_bytes.clone(),
+        );
+        registry.register(
+            "pool_claimed",
+            "Pooled processes new sessions claimed",
+            pool_claimed.clone(),
+        );
+        registry.register(
+            "pool_misses",
+            "New sessions that started their own process though a pool exists",
+            pool_misses.clone(),
+        );
+        registry.register(
+            "pool_spawn_failures",
+            "Pooled process starts that failed",
+            pool_spawn_failures.clone(),
+        );
         Self {
             registry,
             turns,
@@ -114,6 +165,12 @@ impl Metrics {
             tokens,
             live_sessions,
             harness_processes,
+            pool_size,
+            pool_idle,
+            pool_idle_rss_bytes,
+            pool_claimed,
+            pool_misses,
+            pool_spawn_failures,
         }
     }
 

@@ -214,6 +214,8 @@ impl Projects {
             webhooks: shared.webhooks.clone(),
             auth: auth.clone(),
         }));
+        // Slots of an earlier run: their processes died with it.
+        let _ = std::fs::remove_dir_all(shared.data_dir.join("pool"));
         let mut projects = Self {
             shared,
             auth,
@@ -426,6 +428,14 @@ impl Projects {
     /// a loaded release).
     pub fn for_mcp_token(&self, token: &str) -> Option<(Arc<Sessions>, String)> {
         let session = self.shared.credentials.session_for_mcp_token(token)?;
+        if session.starts_with(crate::session::SLOT_PREFIX) {
+            // A pooled process no session has claimed yet: its release's.
+            let sessions = self
+                .loaded()
+                .into_iter()
+                .find(|s| s.is_pool_slot(&session))?;
+            return Some((sessions, session));
+        }
         let record = self.shared.store.session(&session).ok()??;
         let key = match &record.scope {
             Some(scope) => (scope.project_id.clone(), scope.version),
@@ -490,7 +500,7 @@ impl Projects {
                 approval_timeout: config.approval_timeout,
                 default_model: config.default_model.clone(),
                 access,
-                scope: Some(scope),
+                scope: Some(scope.clone()),
             },
             harness: selection.harness,
             http: shared.http.clone(),
@@ -500,6 +510,19 @@ impl Projects {
             webhooks: Some(shared.webhooks.clone()),
         }));
         sessions.set_python_servers(python_servers);
+        // The warm pool serves new sessions, so only while this release is
+        // the one they start on: the dev folder always, a release while it
+        // is its project's active one.
+        let releases = self.releases.clone();
+        let (project, version) = (scope.project_id.clone(), scope.version);
+        sessions.start_pool(config.pool, move || {
+            version == 0
+                || releases
+                    .active(&project)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|active| active.version == version)
+        });
         Ok((sessions, selection.notice))
     }
 
@@ -547,6 +570,14 @@ impl Projects {
             })
             .collect();
         Ok((objects, found.total))
+    }
+
+    /// The warm pools of the loaded releases that have one.
+    pub fn pool_stats(&self) -> Vec<crate::session::PoolStats> {
+        self.loaded()
+            .iter()
+            .filter_map(|s| s.pool_stats())
+            .collect()
     }
 
     /// Harness processes running, over every loaded release.

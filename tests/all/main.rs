@@ -16,6 +16,7 @@ mod observability;
 mod openai_adapters;
 mod operator_cli;
 mod plugin_runtime;
+mod pool;
 mod python_mcp;
 mod releases;
 mod reliability;

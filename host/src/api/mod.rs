@@ -174,6 +174,20 @@ async fn metrics(State(projects): State<Arc<Projects>>) -> Response {
     metrics
         .harness_processes
         .set(projects.harness_process_count() as i64);
+    let pools = projects.pool_stats();
+    metrics
+        .pool_size
+        .set(pools.iter().map(|p| p.size as i64).sum());
+    metrics
+        .pool_idle
+        .set(pools.iter().map(|p| p.idle as i64).sum());
+    metrics.pool_idle_rss_bytes.set(
+        pools
+            .iter()
+            .flat_map(|p| p.idle_rss_bytes.iter())
+            .map(|b| *b as i64)
+            .sum(),
+    );
     (
         [(
             header::CONTENT_TYPE,

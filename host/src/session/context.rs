@@ -144,28 +144,14 @@ impl Sessions {
         for dir in [&state, &home] {
             private_dir(dir).map_err(|e| format!("cannot make the session's home: {e}"))?;
         }
-        Ok(SessionInfo {
-            id: id.to_owned(),
-            workspace,
-            home,
-            gateway_url: self.gateway_url.clone(),
-            gateway_key: credentials.gateway_key.clone(),
-            mcp_url: format!("{}/mcp/{}", self.config.mcp_url, credentials.mcp_token),
-            env: self.app.env.clone(),
-            preapproved_tools: tools
-                .iter()
-                .filter(|t| !t.approval)
-                .map(|t| t.def.name.clone())
-                .collect(),
-            access: self.session_access(&credentials.mcp_token),
-        })
+        Ok(self.harness_session(id, workspace, home, credentials, tools))
     }
 
     /// The harness access of one session: the app's MCP servers that were
     /// compiled to WebAssembly components are reached over HTTP at this
     /// session's endpoint (fuel-metered, in wasmtime) instead of started as
     /// processes in the jail.
-    fn session_access(&self, mcp_token: &str) -> karta_harness::HarnessAccess {
+    pub(super) fn session_access(&self, mcp_token: &str) -> karta_harness::HarnessAccess {
         let mut access = self.config.access.clone();
         for server in &mut access.mcp_servers {
             if let Some(url) = self.compiled_mcp_server_url(mcp_token, &server.name) {
@@ -202,7 +188,7 @@ fn end_user_home(users: &Path, project_id: &str, end_user: &str) -> Result<PathB
 
 /// Makes `dir` and its missing parents, each only for the host's user (a
 /// home holds what a harness remembers about someone).
-fn private_dir(dir: &Path) -> std::io::Result<()> {
+pub(super) fn private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -27,6 +27,7 @@ mod live;
 mod log;
 mod notices;
 mod tools;
+mod pool;
 mod turn;
 mod types;
 
@@ -48,6 +49,7 @@ use crate::plugin::python_mcp::AppPythonServers;
 use crate::store::{SessionRecord, Store, TranscriptMessage};
 use live::LiveMap;
 pub use log::{Published, Subscription};
+pub use pool::{PoolConfig, PoolStats, SLOT_PREFIX, tree_rss_bytes};
 pub use tools::SessionTool;
 use tools::Toolbox;
 pub use types::{
@@ -78,6 +80,9 @@ pub struct Sessions {
     /// Where sessions' events are told to their org's endpoints (`None`:
     /// nowhere).
     webhooks: Option<crate::webhooks::Webhooks>,
+    /// The release's warm pool of harness processes, once started
+    /// ([`Sessions::start_pool`]).
+    pool: std::sync::OnceLock<Arc<pool::Pool>>,
 }
 
 /// Now, as RFC 3339 (milliseconds) and as milliseconds since the epoch.
@@ -148,6 +153,7 @@ impl Sessions {
             turns: TaskTracker::new(),
             python_servers: std::sync::OnceLock::new(),
             webhooks: parts.webhooks,
+            pool: std::sync::OnceLock::new(),
         }
     }
 
@@ -294,13 +300,19 @@ impl Sessions {
 
     /// The tools the session's current agent may use.
     pub async fn session_tools(&self, id: &str) -> Result<Vec<ToolDef>, SessionError> {
-        let record = self.record(id)?;
+        // A pooled process, before a session claims it, runs as the main
+        // agent.
+        let agent = if self.is_pool_slot(id) {
+            None
+        } else {
+            self.record(id)?.current_agent
+        };
         // A process harness reads the app's skills itself, natively; it gets
         // only the plugin tools.
         let process_harness = self.harness.is_some();
         Ok(self
             .toolbox
-            .for_agent(record.current_agent.as_deref())
+            .for_agent(agent.as_deref())
             .into_iter()
             .filter(|t| t.plugin.is_some() || !process_harness)
             .map(|t| t.def)
@@ -574,6 +586,7 @@ impl Sessions {
     /// Stops every running turn and waits for their tasks to end (each
     /// saves its turn as cancelled).
     pub async fn shutdown(&self) {
+        self.shutdown_pool().await;
         self.live.cancel_turns();
         self.turns.close();
         self.turns.wait().await;

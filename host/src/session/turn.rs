@@ -277,8 +277,14 @@ async fn run(
         };
         let outcome = match &sessions.harness {
             Some(harness) => {
-                let info =
-                    sessions.session_info(&live.id, scope.as_ref(), &credentials, &host.tools);
+                // A new session's first turn may claim a pooled process.
+                let info = sessions.session_info_from_pool(
+                    &live.id,
+                    scope.as_ref(),
+                    &credentials,
+                    &host.tools,
+                    &request,
+                );
                 match info {
                     Ok(info) => {
                         request.session = info;

@@ -1,0 +1,597 @@
+//! The warm pool: pre-started, jailed harness processes a new session's
+//! first turn claims instead of starting its own (issue 14).
+//!
+//! Starting Claude Code costs about half a second and OpenCode seconds;
+//! a warm turn costs neither. So each loaded release whose harness is a
+//! process harness keeps up to [`PoolConfig::size`] processes started ahead
+//! of need — never more than [`PoolConfig::memory_bytes`] of resident memory
+//! between them — each as a **slot**: an id no session can have
+//! (`pool.<uuid>`), a directory `<data>/pool/<slot>/` holding a `workspace`
+//! (the app's harness and project files, as a session's first turn makes
+//! them) and a `HOME`, and credentials of its own (a gateway key and an MCP
+//! token, [`Credentials::for_pool_slot`]). The process is started exactly
+//! as a session's would be, in its jail, which binds only the slot's own
+//! workspace and `HOME`: it cannot see another slot, a session, or the data
+//! dir. "Started" means done with its start-up: Claude Code has answered
+//! its `initialize` control request (what it answers first on stdin; the
+//! next thing it reads is the first user line), OpenCode listens, the host
+//! follows its event stream, and its conversation is open.
+//!
+//! **Claim.** A session's first harness turn takes an idle slot when the
+//! slot can be the session's without anything of another showing through:
+//!
+//! - the session is new: it never ran a harness turn (its state dir
+//!   `<data>/homes/<id>` does not exist, so there is no conversation to
+//!   resume) and its workspace is empty;
+//! - it has no end user: an end user's `HOME` is shared by their sessions
+//!   and persistent, and a pooled process's `HOME` was fixed when it
+//!   started. Binding the end user's home into a running jail is possible
+//!   (a mount into its namespace) but would hand a process started for
+//!   nobody a person's memory before anyone checked it was theirs, so these
+//!   sessions start their own process, as before;
+//! - it asks for the pool's model (the release's default) and, on Claude
+//!   Code, no agent (Claude Code fixes both when it starts; OpenCode picks
+//!   the agent per message, so any agent fits).
+//!
+//! The claim renames the slot's workspace to the session's workspace path
+//! and its `HOME` to the session's `<data>/homes/<id>` — same filesystem, so
+//! nothing is copied, and the process, which holds both by inode (its jail
+//! bound them when it started, at the slot's paths), goes on writing where
+//! the session's files are. The credentials registry re-binds the slot's
+//! key and token to the session ([`Credentials::rebind`]): the gateway
+//! meters the process's calls to the session, the MCP server runs its tools
+//! as the session's, the slot holds nothing any more, and what the session
+//! had minted for its turn is revoked. Then the harness adopts the process
+//! as the session's ([`karta_harness::Harness::adopt`]) and the turn runs
+//! on it. A slot is claimed once: it leaves the pool before anything else
+//! happens, and a failure after that kills its process. Anything that does
+//! not fit is a miss (counted), and the session starts its own process.
+//!
+//! **Refill** runs in the background, one start at a time (so the pool
+//! never takes both cores from the turns): after a claim, after a failure
+//! (with a growing pause), and every few seconds. A process whose start
+//! would take the idle processes' resident memory (their process trees'
+//! RSS) over the budget is not started, or killed if the measurement after
+//! its start says so.
+//!
+//! **Drain.** The pool empties when its release stops being the one new
+//! sessions start on (a release change: the active release of its project
+//! is another one), and on shutdown, which kills every pooled process and
+//! waits for it (`Sessions::shutdown`).
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use karta_harness::{Harness, Prestarted, SessionInfo, TurnRequest};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{SessionTool, Sessions, lock};
+use crate::credentials::{Credentials, SessionCredentials};
+use crate::store::SessionScope;
+
+/// The prefix of pool slot ids: a `.` is not allowed in session ids, so no
+/// session can be called like a slot.
+pub const SLOT_PREFIX: &str = "pool.";
+
+/// How often the refill task looks at the pool when nothing wakes it.
+const TICK: Duration = Duration::from_secs(2);
+
+/// The longest pause after failed starts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The size of the warm pool of each loaded release (`karta serve --pool`,
+/// `--pool-memory-mib`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Idle processes kept per release; 0 disables the pool.
+    pub size: usize,
+    /// The most resident memory (RSS of their process trees) the idle
+    /// processes of one release may take together, bytes.
+    pub memory_bytes: u64,
+}
+
+impl PoolConfig {
+    /// No pool.
+    pub const OFF: Self = Self {
+        size: 0,
+        memory_bytes: 0,
+    };
+}
+
+impl Default for PoolConfig {
+    /// Off: an embedder asks for a pool (`karta serve` defaults to 2).
+    fn default() -> Self {
+        Self::OFF
+    }
+}
+
+/// What a pool holds and has done, for `/metrics`, `doctor` and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// The harness (`claude_code`, `opencode`).
+    pub harness: &'static str,
+    /// The idle processes it aims for.
+    pub size: usize,
+    /// Idle processes, ready to be claimed.
+    pub idle: usize,
+    /// Processes starting now.
+    pub starting: usize,
+    /// The harness process ids of the idle processes.
+    pub idle_pids: Vec<u32>,
+    /// Their resident memory (process trees), bytes, as last measured.
+    pub idle_rss_bytes: Vec<u64>,
+    /// Processes sessions claimed so far.
+    pub claimed: u64,
+    /// First turns that started their own process though a pool exists.
+    pub misses: u64,
+    /// Starts that failed.
+    pub spawn_failures: u64,
+    /// Starts not made, or undone, because of the memory budget.
+    pub over_budget: u64,
+    /// Why the last failed start failed.
+    pub last_failure: Option<String>,
+}
+
+/// One pre-started process and what is its.
+struct Entry {
+    slot: String,
+    dir: PathBuf,
+    process: Prestarted,
+    rss_bytes: u64,
+}
+
+/// A release's warm pool.
+pub(crate) struct Pool {
+    config: PoolConfig,
+    harness: Arc<dyn Harness>,
+    credentials: Arc<Credentials>,
+    root: PathBuf,
+    model: String,
+    idle: Mutex<VecDeque<Entry>>,
+    /// Every slot alive: idle or starting.
+    slots: Mutex<HashSet<String>>,
+    starting: AtomicUsize,
+    claimed: AtomicU64,
+    misses: AtomicU64,
+    spawn_failures: AtomicU64,
+    over_budget: AtomicU64,
+    last_failure: Mutex<Option<String>>,
+    /// The RSS of the last process started, bytes: the estimate of the
+    /// next one's.
+    last_rss: AtomicU64,
+    wake: Notify,
+    stop: CancellationToken,
+    active: Box<dyn Fn() -> bool + Send + Sync>,
+    tasks: TaskTracker,
+}
+
+/// The slot's workspace and `HOME` in its directory.
+fn slot_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("workspace"), dir.join("home"))
+}
+
+/// Resident memory of `pid` and its descendants, bytes (0 once gone).
+pub fn tree_rss_bytes(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![pid];
+    let mut seen = HashSet::new();
+    while let Some(p) = stack.pop() {
+        if !seen.insert(p) {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024;
+        for task in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            stack.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    total
+}
+
+impl Pool {
+    fn stats(&self) -> PoolStats {
+        let idle = lock(&self.idle);
+        PoolStats {
+            harness: self.harness.name(),
+            size: self.config.size,
+            idle: idle.len(),
+            starting: self.starting.load(Ordering::SeqCst),
+            idle_pids: idle
+                .iter()
+                .filter_map(|e| e.process.harness_pid())
+                .collect(),
+            idle_rss_bytes: idle.iter().map(|e| e.rss_bytes).collect(),
+            claimed: self.claimed.load(Ordering::SeqCst),
+            misses: self.misses.load(Ordering::SeqCst),
+            spawn_failures: self.spawn_failures.load(Ordering::SeqCst),
+            over_budget: self.over_budget.load(Ordering::SeqCst),
+            last_failure: lock(&self.last_failure).clone(),
+        }
+    }
+
+    /// Re-measures the idle processes; their total, bytes.
+    fn measure(&self) -> u64 {
+        let mut idle = lock(&self.idle);
+        for entry in idle.iter_mut() {
+            if let Some(pid) = entry.process.harness_pid() {
+                entry.rss_bytes = tree_rss_bytes(pid);
+            }
+        }
+        idle.iter().map(|e| e.rss_bytes).sum()
+    }
+
+    /// Whether one more process fits the budget: the idle ones' RSS plus
+    /// the largest of them or the last one started (the first always may
+    /// start; the measurement after its start decides whether it stays).
+    fn fits(&self) -> bool {
+        let total = self.measure();
+        let largest = lock(&self.idle)
+            .iter()
+            .map(|e| e.rss_bytes)
+            .max()
+            .unwrap_or(0)
+            .max(self.last_rss.load(Ordering::SeqCst));
+        total + largest <= self.config.memory_bytes
+    }
+
+    /// Forgets `slot` and kills its process, removing its directory.
+    async fn discard(&self, entry: Entry) {
+        self.credentials.revoke(&entry.slot);
+        lock(&self.slots).remove(&entry.slot);
+        entry.process.kill().await;
+        let _ = std::fs::remove_dir_all(&entry.dir);
+    }
+
+    /// Kills every idle process.
+    async fn drain(&self) {
+        let entries: Vec<Entry> = lock(&self.idle).drain(..).collect();
+        for entry in entries {
+            self.discard(entry).await;
+        }
+    }
+
+    /// Stops refilling, kills every idle process and waits for the refill
+    /// task (a start under way is dropped, which kills its process).
+    pub(crate) async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.drain().await;
+    }
+}
+
+impl Sessions {
+    /// Starts this release's warm pool (see the module docs): nothing
+    /// when `config.size` is 0, or when the harness is the builtin one.
+    /// `active` says whether new sessions still start on this release;
+    /// when it stops saying so, the pool drains.
+    pub fn start_pool(
+        self: &Arc<Self>,
+        config: PoolConfig,
+        active: impl Fn() -> bool + Send + Sync + 'static,
+    ) {
+        let Some(harness) = self.harness.clone() else {
+            return;
+        };
+        if config.size == 0 || self.pool.get().is_some() {
+            return;
+        }
+        let pool = Arc::new(Pool {
+            config,
+            harness,
+            credentials: self.credentials.clone(),
+            root: self.config.workspaces.with_file_name("pool"),
+            model: self.config.default_model.clone(),
+            idle: Mutex::default(),
+            slots: Mutex::default(),
+            starting: AtomicUsize::new(0),
+            claimed: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            spawn_failures: AtomicU64::new(0),
+            over_budget: AtomicU64::new(0),
+            last_failure: Mutex::default(),
+            last_rss: AtomicU64::new(0),
+            wake: Notify::new(),
+            stop: CancellationToken::new(),
+            active: Box::new(active),
+            tasks: TaskTracker::new(),
+        });
+        if self.pool.set(pool.clone()).is_err() {
+            return;
+        }
+        pool.tasks.spawn(refill(Arc::downgrade(self), pool.clone()));
+    }
+
+    /// The warm pool's state, when this release has one.
+    pub fn pool_stats(&self) -> Option<PoolStats> {
+        Some(self.pool.get()?.stats())
+    }
+
+    /// Whether `id` is a live slot of this release's pool.
+    pub(crate) fn is_pool_slot(&self, id: &str) -> bool {
+        id.starts_with(SLOT_PREFIX)
+            && self
+                .pool
+                .get()
+                .is_some_and(|pool| lock(&pool.slots).contains(id))
+    }
+
+    /// Prepares and starts one slot's process.
+    async fn start_slot(&self, pool: &Pool) -> Result<Entry, String> {
+        let slot = format!("{SLOT_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        let dir = pool.root.join(&slot);
+        let (workspace, home) = slot_paths(&dir);
+        lock(&pool.slots).insert(slot.clone());
+        let prepared = (|| {
+            for d in [&workspace, &home] {
+                super::context::private_dir(d)?;
+            }
+            self.app.harness_files.sync(&workspace)?;
+            self.app.project_files.copy_into(&workspace)
+        })();
+        let undo = |e: String| {
+            lock(&pool.slots).remove(&slot);
+            pool.credentials.revoke(&slot);
+            let _ = std::fs::remove_dir_all(&dir);
+            e
+        };
+        if let Err(e) = prepared {
+            return Err(undo(format!("cannot prepare the slot's workspace: {e}")));
+        }
+        let credentials = pool.credentials.for_pool_slot(&slot);
+        let tools = self.toolbox.for_agent(None);
+        let request = TurnRequest {
+            system: String::new(),
+            history: Vec::new(),
+            text: String::new(),
+            thinking: false,
+            model: pool.model.clone(),
+            agent: None,
+            session: self.harness_session(&slot, workspace, home, &credentials, &tools),
+        };
+        match pool.harness.prestart(request).await {
+            Some(Ok(process)) => {
+                let rss_bytes = process.harness_pid().map_or(0, tree_rss_bytes);
+                Ok(Entry {
+                    slot,
+                    dir,
+                    process,
+                    rss_bytes,
+                })
+            }
+            Some(Err(e)) => Err(undo(e)),
+            None => Err(undo("the harness keeps no process to pool".into())),
+        }
+    }
+
+    /// What a harness process of `id` (a session or a slot) is given, with
+    /// its workspace and `HOME` already made.
+    pub(super) fn harness_session(
+        &self,
+        id: &str,
+        workspace: PathBuf,
+        home: PathBuf,
+        credentials: &SessionCredentials,
+        tools: &[SessionTool],
+    ) -> SessionInfo {
+        SessionInfo {
+            id: id.to_owned(),
+            workspace,
+            home,
+            gateway_url: self.gateway_url.clone(),
+            gateway_key: credentials.gateway_key.clone(),
+            mcp_url: format!("{}/mcp/{}", self.config.mcp_url, credentials.mcp_token),
+            env: self.app.env.clone(),
+            preapproved_tools: tools
+                .iter()
+                .filter(|t| !t.approval)
+                .map(|t| t.def.name.clone())
+                .collect(),
+            access: self.session_access(&credentials.mcp_token),
+        }
+    }
+
+    /// The process-harness view of session `id` for a turn of `request`,
+    /// on a pooled process when one fits (see the module docs), else as
+    /// [`Sessions::session_info`] makes it.
+    pub(super) fn session_info_from_pool(
+        &self,
+        id: &str,
+        scope: Option<&SessionScope>,
+        credentials: &SessionCredentials,
+        tools: &[SessionTool],
+        request: &TurnRequest,
+    ) -> Result<SessionInfo, String> {
+        let Some(pool) = self.pool.get() else {
+            return self.session_info(id, scope, credentials, tools);
+        };
+        let claimed = self.claim(pool, id, scope, request);
+        let credentials = claimed
+            .as_ref()
+            .map_or_else(|| credentials.clone(), |(c, _)| c.clone());
+        let info = self.session_info(id, scope, &credentials, tools);
+        if let Some((_, process)) = claimed {
+            match &info {
+                Ok(info) => {
+                    if let Err(process) = pool.harness.adopt(process, info) {
+                        tracing::warn!(session = %id, "the harness did not adopt its pooled process");
+                        tokio::spawn(process.kill());
+                    }
+                }
+                Err(_) => {
+                    tokio::spawn(process.kill());
+                }
+            }
+        }
+        info
+    }
+
+    /// Takes an idle slot for session `id` when one fits: moves its
+    /// workspace and `HOME` to the session's paths and re-binds its
+    /// credentials. `None`: the session starts its own process.
+    fn claim(
+        &self,
+        pool: &Arc<Pool>,
+        id: &str,
+        scope: Option<&SessionScope>,
+        request: &TurnRequest,
+    ) -> Option<(SessionCredentials, Prestarted)> {
+        let state = self.config.homes.join(id);
+        let new_session = !state.exists();
+        if !new_session {
+            // A session that ran before has its own conversation: not a
+            // pool matter at all.
+            return None;
+        }
+        let miss = |why: &str| {
+            tracing::debug!(session = %id, "not from the warm pool: {why}");
+            pool.misses.fetch_add(1, Ordering::SeqCst);
+            self.metrics.pool_misses.inc();
+            None
+        };
+        if scope.is_some_and(|s| s.end_user_id.is_some()) {
+            return miss("its end user has a home of their own");
+        }
+        if request.model != pool.model
+            || (request.agent.is_some() && pool.harness.name() == "claude_code")
+        {
+            return miss("it asks for another model or agent than the pool's processes run");
+        }
+        let workspace = self.workspace(id);
+        let untouched = std::fs::read_dir(&workspace).map_or(true, |mut d| d.next().is_none());
+        if !untouched {
+            return miss("its workspace has files already");
+        }
+        let entry = lock(&pool.idle).pop_front();
+        let Some(entry) = entry else {
+            pool.wake.notify_one();
+            return miss("no idle process");
+        };
+        // The slot leaves the pool now, whatever happens next: a process is
+        // never offered twice.
+        lock(&pool.slots).remove(&entry.slot);
+        pool.wake.notify_one();
+        let (slot_workspace, slot_home) = slot_paths(&entry.dir);
+        let moved = (|| -> std::io::Result<()> {
+            // The session's workspace is the empty dir its creation made; a
+            // workspace with anything in it is not replaced.
+            match std::fs::remove_dir(&workspace) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            if let Some(parent) = state.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::rename(&slot_home, &state)?;
+            std::fs::rename(&slot_workspace, &workspace)
+        })();
+        if let Err(e) = moved {
+            tracing::warn!(session = %id, "cannot give the session a pooled workspace: {e}");
+            let _ = std::fs::create_dir_all(&workspace);
+            // Its HOME may have become the session's state dir already.
+            let _ = std::fs::remove_dir_all(&state);
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.discard(entry).await });
+            return miss("its workspace could not be moved");
+        }
+        let _ = std::fs::remove_dir_all(&entry.dir);
+        let Some(credentials) = pool.credentials.rebind(&entry.slot, id) else {
+            tokio::spawn(entry.process.kill());
+            let _ = std::fs::remove_dir_all(&state);
+            return miss("its slot lost its credentials");
+        };
+        pool.claimed.fetch_add(1, Ordering::SeqCst);
+        self.metrics.pool_claimed.inc();
+        tracing::debug!(session = %id, slot = %entry.slot, "a pooled process serves the session");
+        Some((credentials, entry.process))
+    }
+
+    /// Drains this release's pool and stops refilling it.
+    pub(crate) async fn shutdown_pool(&self) {
+        if let Some(pool) = self.pool.get() {
+            pool.shutdown().await;
+        }
+    }
+}
+
+/// The refill task of `pool` (see the module docs).
+async fn refill(sessions: Weak<Sessions>, pool: Arc<Pool>) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if pool.stop.is_cancelled() {
+            return;
+        }
+        let mut pause = TICK;
+        if !(pool.active)() {
+            pool.drain().await;
+        } else if lock(&pool.idle).len() < pool.config.size && pool.fits() {
+            let Some(manager) = sessions.upgrade() else {
+                return;
+            };
+            pool.starting.fetch_add(1, Ordering::SeqCst);
+            let started = tokio::select! {
+                started = manager.start_slot(&pool) => Some(started),
+                () = pool.stop.cancelled() => None,
+            };
+            pool.starting.fetch_sub(1, Ordering::SeqCst);
+            drop(manager);
+            match started {
+                None => return,
+                Some(Ok(entry)) => {
+                    backoff = Duration::from_secs(1);
+                    pool.last_rss.store(entry.rss_bytes, Ordering::SeqCst);
+                    let total = pool.measure() + entry.rss_bytes;
+                    if total > pool.config.memory_bytes {
+                        tracing::info!(
+                            rss_mib = entry.rss_bytes >> 20,
+                            "a pooled process would take the pool over its memory budget; not kept"
+                        );
+                        pool.over_budget.fetch_add(1, Ordering::SeqCst);
+                        pool.discard(entry).await;
+                    } else if !(pool.active)() {
+                        pool.discard(entry).await;
+                    } else {
+                        lock(&pool.idle).push_back(entry);
+                        continue;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("cannot start a pooled harness process: {e}");
+                    pool.spawn_failures.fetch_add(1, Ordering::SeqCst);
+                    *lock(&pool.last_failure) = Some(e);
+                    if let Some(manager) = sessions.upgrade() {
+                        manager.metrics.pool_spawn_failures.inc();
+                    }
+                    pause = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        tokio::select! {
+            () = pool.wake.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+            () = pool.stop.cancelled() => return,
+        }
+    }
+}
