@@ -53,6 +53,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -87,6 +88,20 @@ pub const KEPT_BUILTIN_TOOLS: &[&str] = &["task", "skill", "todowrite"];
 /// How long a permission request waits for its tool's input to show up
 /// before it is put to a person without it.
 const PERMISSION_INPUT_WAIT: Duration = Duration::from_secs(2);
+
+/// The lock that lets one server of `home` start at a time (see
+/// `OpencodeHarness::start`). Locks of homes with no server starting are
+/// dropped as the map grows.
+fn start_lock(home: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::LazyLock<
+        std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut locks = LOCKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if locks.len() > 1024 {
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+    }
+    locks.entry(home.to_path_buf()).or_default().clone()
+}
 
 /// How long a new server may take to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -270,6 +285,13 @@ impl OpencodeHarness {
     }
 
     async fn start(&self, request: &TurnRequest) -> Result<OpencodeServer, TurnFailure> {
+        // Servers of one `HOME` start one at a time: a new server creates
+        // and migrates the shared SQLite database before it listens, and
+        // two doing it at once fail (`CREATE TABLE` of a table the other
+        // has just made: seen with two sessions of one end user on a busy
+        // host). Once listening, they share it safely.
+        let starting = start_lock(&request.session.home);
+        let _one_at_a_time = starting.lock().await;
         let port = free_port().map_err(|e| TurnFailure::harness(format!("no free port: {e}")))?;
         let spawn = self
             .spawn_for(request, port)
