@@ -96,7 +96,9 @@ fn start_lock(home: &Path) -> Arc<tokio::sync::Mutex<()>> {
     static LOCKS: std::sync::LazyLock<
         std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
     > = std::sync::LazyLock::new(Default::default);
-    let mut locks = LOCKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut locks = LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if locks.len() > 1024 {
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
     }
