@@ -38,7 +38,9 @@
 //! the same `HOME` (their memory), and two of their servers may run at
 //! once. OpenCode's data dir (`XDG_DATA_HOME`, left at `~/.local/share`:
 //! its SQLite database of conversations, which OpenCode opens in WAL mode
-//! with a busy timeout, so servers can share it) and its state dir are the
+//! with a busy timeout, so running servers can share it; a new one creates
+//! and migrates it before it listens, so servers of one `HOME` *start* one
+//! at a time) and its state dir are the
 //! end user's, shared. What is one session's is named after it: the config
 //! (`karta-opencode-<session id>.json`, carrying the session's gateway key
 //! and MCP token), the remembered OpenCode session id
