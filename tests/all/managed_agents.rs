@@ -131,6 +131,29 @@ async fn event(platform: &Platform, token: &str, id: &str, body: Value) -> u64 {
     answer.json()["after"].as_u64().expect("after")
 }
 
+/// Answers the approval that `paused` (a turn's log up to its pause) ends
+/// with, and reads the rest of the turn.
+async fn answer(
+    platform: &Platform,
+    token: &str,
+    id: &str,
+    paused: &[Value],
+    result: &str,
+) -> Vec<Value> {
+    let request_id = paused.last().expect("pause")["request_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let after = event(
+        platform,
+        token,
+        id,
+        json!({ "type": "user.tool_confirmation", "request_id": request_id, "result": result }),
+    )
+    .await;
+    stream(platform, token, id, after, usize::MAX).await
+}
+
 /// Sends `text` and reads the turn's log up to where it stops.
 async fn turn(platform: &Platform, token: &str, id: &str, text: &str) -> Vec<Value> {
     let after = event(
@@ -369,32 +392,10 @@ async fn a_browser_client_does_every_step() {
 
     // The old `allow` alias approves too; `deny` denies.
     let paused = turn(&platform, token, id, read).await;
-    let request_id = paused.last().expect("pause")["request_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let after = event(
-        &platform,
-        token,
-        id,
-        json!({ "type": "user.tool_confirmation", "request_id": request_id, "result": "allow" }),
-    )
-    .await;
-    let rest = stream(&platform, token, id, after, usize::MAX).await;
+    let rest = answer(&platform, token, id, &paused, "allow").await;
     assert_eq!(rest.last().expect("end")["status"], "completed", "{rest:?}");
     let paused = turn(&platform, token, id, read).await;
-    let request_id = paused.last().expect("pause")["request_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let after = event(
-        &platform,
-        token,
-        id,
-        json!({ "type": "user.tool_confirmation", "request_id": request_id, "result": "deny" }),
-    )
-    .await;
-    let rest = stream(&platform, token, id, after, usize::MAX).await;
+    let rest = answer(&platform, token, id, &paused, "deny").await;
     let denied = rest
         .iter()
         .find(|e| e["type"] == "agent.tool_result")
