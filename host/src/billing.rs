@@ -124,18 +124,15 @@ impl Ledger {
         cost
     }
 
-    /// Waits (on the blocking pool) until every record queued so far is
-    /// committed to the database; `Err` if one of `session`'s records could
-    /// not be written. A turn calls it before it writes its terminal event
-    /// and flushes the store — the same sled database — so the records are
-    /// on disk before the client is told what the turn cost, with one
-    /// `fsync` on the path to `done` rather than two.
+    /// Waits until every record queued so far is committed to the
+    /// database (woken by the meter's writer; no blocking thread held);
+    /// `Err` if one of `session`'s records could not be written. A turn
+    /// calls it before it writes its terminal event and flushes the store —
+    /// the same sled database — so the records are on disk before the
+    /// client is told what the turn cost, with one `fsync` on the path to
+    /// `done` rather than two.
     pub async fn acknowledge(&self, session: &str) -> Result<(), crate::meter::MeterError> {
-        let meter = self.meter.clone();
-        let session = session.to_owned();
-        tokio::task::spawn_blocking(move || meter.commit_session(&session))
-            .await
-            .map_err(|e| crate::meter::MeterError::Unwritten(format!("the flush failed: {e}")))?
+        self.meter.commit_session_async(session).await
     }
 
     /// The meter (prices, budgets, totals).

@@ -252,4 +252,11 @@ impl Meter {
         self.inner.writer.wait_committed()?;
         self.inner.writer.take_lost(session)
     }
+
+    /// [`Meter::commit_session`] for async callers: waits without holding
+    /// a thread (the writer wakes it when it commits a batch).
+    pub async fn commit_session_async(&self, session: &str) -> Result<(), MeterError> {
+        self.inner.writer.committed().await?;
+        self.inner.writer.take_lost(session)
+    }
 }

@@ -104,6 +104,9 @@ struct Shared {
     work: Condvar,
     /// Flushes and commit waits wait here.
     done: Condvar,
+    /// Async commit waits ([`Writer::committed`]) wait here: woken with
+    /// `done`.
+    done_async: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -128,6 +131,7 @@ impl Drop for GoneOnExit {
         queue.gone = true;
         drop(queue);
         self.0.done.notify_all();
+        self.0.done_async.notify_waiters();
     }
 }
 
@@ -145,6 +149,7 @@ impl Writer {
             queue: Mutex::default(),
             work: Condvar::new(),
             done: Condvar::new(),
+            done_async: tokio::sync::Notify::new(),
         });
         let running = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -253,6 +258,34 @@ impl Writer {
         Ok(())
     }
 
+    /// [`Writer::wait_committed`] for async callers, without a blocking
+    /// thread: the writer wakes them when it commits a batch.
+    pub(crate) async fn committed(&self) -> Result<(), MeterError> {
+        let shared = &*self.shared;
+        let target = shared.lock().queued_seq;
+        loop {
+            let notified = shared.done_async.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check: a commit between the check and
+            // the wait still wakes this waiter.
+            notified.as_mut().enable();
+            {
+                let mut queue = shared.lock();
+                if queue.committed >= target {
+                    return Ok(());
+                }
+                if queue.gone {
+                    return Err(MeterError::Unwritten("the ledger's writer stopped".into()));
+                }
+                if queue.idle {
+                    queue.idle = false;
+                    shared.work.notify_one();
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Takes (and reports) the records of `session` that were lost since
     /// the last take.
     pub(crate) fn take_lost(&self, session: &str) -> Result<(), MeterError> {
@@ -348,6 +381,7 @@ fn run(shared: &Shared) {
             let flush_now = queue.wanted > queue.durable;
             drop(queue);
             shared.done.notify_all();
+            shared.done_async.notify_waiters();
             if !flush_now {
                 continue;
             }

@@ -309,7 +309,18 @@ async fn run(
         drop(gate);
         let approved = host.approvals.approved();
         drop(host);
-        let written = writer.await.unwrap_or(Written {
+        // The turn's usage records are all queued by now (the gateway
+        // meters an answer before the harness reads its end; a tool call
+        // is billed before it returns): their commit runs while the writer
+        // catches up.
+        let acknowledged = async {
+            match &sessions.toolbox.ledger {
+                Some(ledger) => ledger.acknowledge(&live.id).await,
+                None => Ok(()),
+            }
+        };
+        let (written, acknowledged) = tokio::join!(writer, acknowledged);
+        let written = written.unwrap_or(Written {
             terminal: None,
             durable: true,
             failed: false,
@@ -331,7 +342,15 @@ async fn run(
         if metered != outcome.usage {
             tracing::debug!(harness = ?outcome.usage, ?metered, "the harness counted other tokens than the gateway metered");
         }
-        let summary = finish(&sessions, &live, terminal, outcome, agent, metered, approved).await;
+        let ended = Ended {
+            terminal,
+            outcome,
+            agent,
+            metered,
+            approved,
+            acknowledged,
+        };
+        let summary = finish(&sessions, &live, ended).await;
         sessions
             .metrics
             .record_turn(sessions.harness_name(), summary.status, started.elapsed());
@@ -441,17 +460,31 @@ fn storage_failure() -> ErrorData {
     }
 }
 
-/// Saves the turn, frees the session and publishes the terminal event,
-/// under one hold of the state lock.
-async fn finish(
-    sessions: &Sessions,
-    live: &LiveRef,
+/// How a turn ended, as [`finish`] saves it.
+struct Ended {
+    /// The terminal event the writer held back.
     terminal: Option<Emitted>,
     outcome: TurnOutcome,
     agent: Option<String>,
+    /// What the gateway metered for the turn.
     metered: Usage,
+    /// The tools approved for the rest of the session.
     approved: std::collections::BTreeSet<String>,
-) -> TurnSummary {
+    /// Whether the turn's usage records were committed to the ledger.
+    acknowledged: Result<(), crate::meter::MeterError>,
+}
+
+/// Saves the turn, frees the session and publishes the terminal event,
+/// under one hold of the state lock.
+async fn finish(sessions: &Sessions, live: &LiveRef, ended: Ended) -> TurnSummary {
+    let Ended {
+        terminal,
+        outcome,
+        agent,
+        metered,
+        approved,
+        acknowledged,
+    } = ended;
     let mut terminal = terminal.unwrap_or_else(|| Emitted {
         event: Event::error(
             ErrorCode::HarnessError,
@@ -459,11 +492,9 @@ async fn finish(
         ),
         raw: None,
     });
-    // What the turn's usage records cost is acknowledged durable before
-    // the terminal event tells anyone (the meter's group commit).
-    if let Some(ledger) = &sessions.toolbox.ledger
-        && let Err(e) = ledger.acknowledge(&live.id).await
-    {
+    // What the turn's usage records cost is committed (and made durable
+    // by the flush below) before the terminal event tells anyone.
+    if let Err(e) = acknowledged {
         tracing::error!("cannot make the turn's usage durable: {e}");
         terminal = Emitted {
             event: Event::error(
