@@ -9,17 +9,28 @@
 //! - `stdio/spawn_per_call`: the same tool as a native program speaking JSON
 //!   lines, spawned for every call (a stdio MCP server started per call).
 //! - `stdio/warm`: that program kept running, one line in, one line out.
+//!
+//! After criterion, `tool_call/threads`: the pooling runtime called from
+//! `KARTA_BENCH_THREADS` threads at once (default 1 and 2, each with a
+//! current-thread runtime of its own, the same plugin shared), each call
+//! timed: calls/s over all threads and the p50 / p99 of one call.
+//! Both write their medians to `target/bench-results/tool_call.json` (for
+//! `scripts/bench.sh`). `tool_call/bare`: the floor — the same component instantiated from its
+//! `InstancePre` in a bare wasmtime store (no WASI context, no fuel, no
+//! limits, no JSON checks), `greet` called, dropped.
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 mod common;
 
-use criterion::{Criterion, criterion_group, criterion_main};
-use karta_host::plugin::{CallOptions, PluginGrant, PluginRuntime, RuntimeConfig};
+use criterion::{Criterion, criterion_group};
+use karta_host::plugin::{CallOptions, Plugin, PluginGrant, PluginRuntime, RuntimeConfig};
 
 const INPUT: &str = r#"{"name":"Ada"}"#;
 
@@ -91,5 +102,192 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// Calls `greet` from `threads` threads for `per_thread` calls each;
+/// returns calls/s and every call's latency, sorted.
+fn threaded(plugin: &Plugin, threads: usize, per_thread: usize) -> (f64, Vec<Duration>) {
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let plugin = plugin.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio");
+                let options = CallOptions::default();
+                let mut latencies = Vec::with_capacity(per_thread);
+                // Warm up this thread's share of the pool.
+                for _ in 0..200 {
+                    rt.block_on(plugin.call("greet", INPUT, &options))
+                        .expect("greet");
+                }
+                barrier.wait();
+                for _ in 0..per_thread {
+                    let started = Instant::now();
+                    rt.block_on(plugin.call("greet", INPUT, &options))
+                        .expect("greet");
+                    latencies.push(started.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    let mut all: Vec<Duration> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("thread"))
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    ((threads * per_thread) as f64 / elapsed, all)
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e6
+}
+
+fn threads_and_floor() {
+    let wasm = common::build_plugins(&["hello-stdio"]).join("hello.wasm");
+    let runtime = PluginRuntime::new(RuntimeConfig::default()).expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let plugin = rt
+        .block_on(runtime.load_file(&wasm, PluginGrant::default()))
+        .expect("load hello.wasm");
+    let threads: Vec<usize> = std::env::var("KARTA_BENCH_THREADS")
+        .unwrap_or_else(|_| "1,2".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let per_thread: usize = std::env::var("KARTA_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let mut results = Vec::new();
+    for n in threads {
+        let (rate, latencies) = threaded(&plugin, n, per_thread);
+        results.push((format!("calls_per_s_{n}_threads"), rate, "/s"));
+        results.push((
+            format!("p50_{n}_threads"),
+            percentile(&latencies, 0.5),
+            "us",
+        ));
+        println!(
+            "tool_call/threads/{n}: {rate:.0} calls/s, p50 {:.2} µs, p99 {:.2} µs ({} calls)",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies.len()
+        );
+    }
+    let bare = bare_floor(&wasm, per_thread);
+    println!(
+        "tool_call/bare: p50 {:.2} µs, p99 {:.2} µs (instantiate from InstancePre, call, drop; pooling, no WASI context, no fuel, no limits)",
+        percentile(&bare, 0.5),
+        percentile(&bare, 0.99)
+    );
+    results.push(("bare_p50".into(), percentile(&bare, 0.5), "us"));
+    write_results("tool_call", &results);
+}
+
+/// Merges `figures` (key, value, unit) into
+/// `target/bench-results/<file>.json`, where `scripts/bench_report.py`
+/// reads the figures `benches/targets.toml` names.
+fn write_results(file: &str, figures: &[(String, f64, &str)]) {
+    let dir = common::root().join("target/bench-results");
+    let path = dir.join(format!("{file}.json"));
+    let mut all: serde_json::Map<String, serde_json::Value> = std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    for (key, value, unit) in figures {
+        all.insert(
+            key.clone(),
+            serde_json::json!({ "value": value, "unit": unit }),
+        );
+    }
+    std::fs::create_dir_all(&dir).expect("mkdir target/bench-results");
+    std::fs::write(&path, serde_json::to_vec_pretty(&all).expect("JSON")).expect("write results");
+}
+
+/// The floor of a call: the component instantiated in a bare store of an
+/// engine with the same pooling settings but no fuel or epochs, `greet`
+/// called with the same input, the store dropped.
+fn bare_floor(wasm: &std::path::Path, calls: usize) -> Vec<Duration> {
+    use wasmtime::component::{Component, Linker, ResourceTable, Val};
+    use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+    struct State {
+        wasi: WasiCtx,
+        table: ResourceTable,
+    }
+    impl WasiView for State {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+    let mut pool = PoolingAllocationConfig::new();
+    pool.linear_memory_keep_resident(4 * 1024 * 1024)
+        .table_keep_resident(64 * 1024)
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    let mut config = Config::new();
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let engine = Engine::new(&config).expect("engine");
+    let component = Component::from_file(&engine, wasm).expect("component");
+    let mut linker = Linker::<State>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
+    // The plugin's own imports (log, http) are never called by `greet`:
+    // stubbed so the component links.
+    linker
+        .define_unknown_imports_as_traps(&component)
+        .expect("stub imports");
+    let pre = linker.instantiate_pre(&component).expect("pre");
+    // An empty WASI context per call, as a host must build one.
+    let mut latencies = Vec::with_capacity(calls);
+    for i in 0..calls + 200 {
+        let started = Instant::now();
+        let mut store = Store::new(
+            &engine,
+            State {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            },
+        );
+        let instance = pre.instantiate(&mut store).expect("instantiate");
+        let tools = instance
+            .get_export_index(&mut store, None, "karta:plugin/tools@0.1.0")
+            .expect("tools interface");
+        let call = instance
+            .get_export_index(&mut store, Some(&tools), "call")
+            .expect("call export");
+        let func = instance.get_func(&mut store, call).expect("func");
+        let mut results = [Val::Bool(false)];
+        func.call(
+            &mut store,
+            &[Val::String("greet".into()), Val::String(INPUT.into())],
+            &mut results,
+        )
+        .expect("call");
+        drop(store);
+        if i >= 200 {
+            latencies.push(started.elapsed());
+        }
+    }
+    latencies.sort();
+    latencies
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    threads_and_floor();
+    Criterion::default().configure_from_args().final_summary();
+}
