@@ -87,6 +87,12 @@ const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// How long the process may take to answer the `initialize` request.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a pooled process may take to settle its MCP connections.
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The pause between two `mcp_status` requests of a warm-up.
+const WARM_UP_POLL: Duration = Duration::from_millis(20);
+
 /// Settings of the Claude Code harness.
 #[derive(Debug, Clone)]
 pub struct ClaudeCodeConfig {
@@ -528,6 +534,60 @@ fn trust_workspace(home: &SafeDir, workspace: &Path) -> std::io::Result<()> {
 slot_process!(ClaudeProcess);
 
 impl ClaudeProcess {
+    /// The warm-up of a pooled process (see [`Harness::prestart`]):
+    /// waits until none of its MCP servers is still connecting.
+    ///
+    /// Claude Code 2.1.332 answers `initialize` before its MCP connections
+    /// are made (they go on in the background, with its other start-up
+    /// work); a first message that arrives meanwhile waits for them. Its
+    /// `mcp_status` control request reports each server as `pending` until
+    /// then, and asks nothing of the model or of a server. What the first
+    /// message does besides (the `system/init` line, the first attachments
+    /// of the conversation) belongs to the conversation: no control request
+    /// of this version does it without starting one (measured: none of
+    /// `mcp_status`, `get_settings`, `get_status`, `get_context_usage`
+    /// makes the first turn faster), so it stays with the first turn.
+    async fn warm_up(&mut self) -> Result<(), TurnFailure> {
+        let settled = tokio::time::timeout(WARM_UP_TIMEOUT, async {
+            loop {
+                let request_id = format!("warm_{}", uuid::Uuid::new_v4().simple());
+                self.send(&json!({
+                    "type": "control_request",
+                    "request_id": request_id,
+                    "request": { "subtype": "mcp_status" },
+                }))
+                .await?;
+                let status = loop {
+                    let line = self.next_line().await?;
+                    let response = &line["response"];
+                    if line["type"] == "control_response" && response["request_id"] == request_id {
+                        break response.clone();
+                    }
+                };
+                if status["subtype"] == "error" {
+                    return Err(TurnFailure::harness(format!(
+                        "claude refused its mcp_status request: {}",
+                        status["error"]
+                    )));
+                }
+                let pending = status["response"]["mcpServers"]
+                    .as_array()
+                    .is_some_and(|servers| servers.iter().any(|s| s["status"] == "pending"));
+                if !pending {
+                    return Ok(());
+                }
+                tokio::time::sleep(WARM_UP_POLL).await;
+            }
+        })
+        .await;
+        settled.unwrap_or_else(|_| {
+            Err(TurnFailure::harness(format!(
+                "claude's MCP servers were still connecting after {}s",
+                WARM_UP_TIMEOUT.as_secs()
+            )))
+        })
+    }
+
     async fn send(&mut self, line: &Value) -> Result<(), TurnFailure> {
         let mut bytes = serde_json::to_vec(line)
             .map_err(|e| TurnFailure::harness(format!("cannot encode: {e}")))?;
@@ -830,12 +890,13 @@ impl Harness for ClaudeCodeHarness {
         request: TurnRequest,
     ) -> BoxFuture<'a, Option<Result<Prestarted, String>>> {
         Box::pin(async move {
-            Some(
-                self.start(&request)
-                    .await
-                    .map(Prestarted::new)
-                    .map_err(|f| f.message().to_owned()),
-            )
+            let warmed = async {
+                let mut claude = self.start(&request).await?;
+                let began = Instant::now();
+                claude.warm_up().await?;
+                Ok::<_, TurnFailure>(Prestarted::new(claude).warmed_up(began.elapsed()))
+            };
+            Some(warmed.await.map_err(|f| f.message().to_owned()))
         })
     }
 

@@ -391,7 +391,13 @@ pub trait Harness: Send + Sync {
     /// (its own id, workspace, `HOME` and credentials) instead of a
     /// session. It resolves once the process has finished its start-up
     /// (Claude Code answered `initialize`; OpenCode listens and has opened
-    /// its conversation). `None`: the harness keeps no process to pool.
+    /// its conversation) and its warm-up: the start-up work the harness
+    /// leaves to its first message, done ahead by requests that call no
+    /// model, run no tool and add nothing to the conversation (Claude
+    /// Code: its MCP connections settled; OpenCode: its per-directory
+    /// bootstrap — providers, agents, MCP clients, tool registry). A
+    /// process whose warm-up fails is not returned. `None`: the harness
+    /// keeps no process to pool.
     fn prestart<'a>(
         &'a self,
         _request: TurnRequest,
@@ -414,6 +420,7 @@ pub trait Harness: Send + Sync {
 pub struct Prestarted {
     process: Box<dyn std::any::Any + Send>,
     harness_pid: Option<u32>,
+    warm_up: Option<std::time::Duration>,
     kill: fn(Box<dyn std::any::Any + Send>) -> BoxFuture<'static, ()>,
 }
 
@@ -422,6 +429,7 @@ impl Prestarted {
     pub(crate) fn new<P: slots::SlotProcess>(process: P) -> Self {
         Self {
             harness_pid: process.harness_process().harness_pid(),
+            warm_up: None,
             process: Box::new(process),
             kill: |any| {
                 Box::pin(async move {
@@ -433,9 +441,21 @@ impl Prestarted {
         }
     }
 
+    /// Marks the process warmed up: its warm-up succeeded and took
+    /// `took` ([`Harness::prestart`]).
+    pub(crate) fn warmed_up(mut self, took: std::time::Duration) -> Self {
+        self.warm_up = Some(took);
+        self
+    }
+
     /// The harness's own process id (in a jail, the jail's pid 1).
     pub fn harness_pid(&self) -> Option<u32> {
         self.harness_pid
+    }
+
+    /// How long its warm-up took, once it succeeded; `None`: not warmed up.
+    pub fn warm_up(&self) -> Option<std::time::Duration> {
+        self.warm_up
     }
 
     /// The harness's process, when it is a `P`.
@@ -456,6 +476,7 @@ impl std::fmt::Debug for Prestarted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prestarted")
             .field("harness_pid", &self.harness_pid)
+            .field("warm_up", &self.warm_up)
             .finish_non_exhaustive()
     }
 }

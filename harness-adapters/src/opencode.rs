@@ -376,6 +376,49 @@ impl OpencodeHarness {
         self.open_session(process, base, events, request).await
     }
 
+    /// The warm-up of a pooled server (see [`Harness::prestart`]): the
+    /// per-directory bootstrap OpenCode 1.18.33 otherwise leaves to the
+    /// first prompt, made by the read-only endpoints that need it.
+    ///
+    /// Its instance of a directory loads lazily: listening, `/event` and
+    /// `POST /session` do not load the provider SDK (`/config/providers`:
+    /// ~1.2 s of the first prompt's ~1.9 s unjailed on a quiet machine),
+    /// the agents, the MCP clients or the tool registry
+    /// (`/experimental/tool` builds the tool definitions the model gets for
+    /// this provider and model, MCP tools included). None of them calls
+    /// the model, runs a tool or touches the conversation. No request names
+    /// `?directory=`: like the turns, they go to the instance of the
+    /// server's own working directory, the slot's workspace at its path in
+    /// the jail — which a claim does not change (the host renames the
+    /// directory outside the jail; the jail's bind mount keeps the path).
+    async fn warm_up(&self, server: &OpencodeServer, model: &str) -> Result<(), TurnFailure> {
+        let tools = format!(
+            "/experimental/tool?provider={}&model={}",
+            query_value(PROVIDER_ID),
+            query_value(model)
+        );
+        for path in [
+            "/config/providers",
+            "/agent",
+            "/mcp",
+            "/command",
+            "/experimental/tool/ids",
+            tools.as_str(),
+        ] {
+            let (status, answer) = self
+                .client
+                .json("GET", &format!("{}{path}", server.base), None)
+                .await
+                .map_err(TurnFailure::harness)?;
+            if status >= 300 {
+                return Err(TurnFailure::harness(format!(
+                    "opencode's warm-up failed: GET {path}: {status} {answer}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Continues the session's OpenCode session, or creates one.
     async fn open_session(
         &self,
@@ -595,6 +638,19 @@ fn event_session(event: &Value) -> Option<&str> {
 fn free_port() -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// `value` percent-encoded for a URL query (unreserved bytes as they are).
+fn query_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// OpenCode's config for one session: the gateway as its only provider,
@@ -947,12 +1003,13 @@ impl Harness for OpencodeHarness {
         request: TurnRequest,
     ) -> BoxFuture<'a, Option<Result<Prestarted, String>>> {
         Box::pin(async move {
-            Some(
-                self.start(&request)
-                    .await
-                    .map(Prestarted::new)
-                    .map_err(|f| f.message().to_owned()),
-            )
+            let warmed = async {
+                let server = self.start(&request).await?;
+                let began = Instant::now();
+                self.warm_up(&server, &request.model).await?;
+                Ok::<_, TurnFailure>(Prestarted::new(server).warmed_up(began.elapsed()))
+            };
+            Some(warmed.await.map_err(|f| f.message().to_owned()))
         })
     }
 

@@ -12,7 +12,7 @@ use karta_host::session::PoolStats;
 use serde_json::{Value, json};
 
 use crate::harnesses::binaries;
-use crate::sessions::{Server, new_session, send, sse, support_bot};
+use crate::sessions::{Server, get_text, new_session, send, sse, support_bot};
 
 async fn start(kind: HarnessKind, size: usize) -> (Server, tempfile::TempDir, tempfile::TempDir) {
     let app = support_bot();
@@ -117,6 +117,34 @@ fn slot_dirs(data: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Every idle process finished its warm-up before the pool offered it,
+/// and no warm-up called the model or ran a tool: the gateway has seen no
+/// request at all (nor metered one to a slot), and no tool call is counted.
+async fn assert_warmed_up_quietly(server: &Server, data: &Path, stats: &PoolStats) {
+    assert_eq!(stats.idle_warm_up.len(), stats.idle, "{stats:?}");
+    assert!(
+        stats.idle_warm_up.iter().all(Option::is_some),
+        "offered before its warm-up: {stats:?}"
+    );
+    let gateway = server.host.sessions().gateway();
+    assert_eq!(gateway.recent_requests(), Vec::<Value>::new());
+    for slot in slot_dirs(data) {
+        let slot = slot
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(gateway.usage(&slot).requests, 0, "{slot}");
+    }
+    let metrics = get_text(&server.url("/metrics")).await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("karta_tool_calls_total{") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
 async fn mcp_call(server: &Server, token: &str, method: &str, params: Value) -> (u16, Value) {
     let mcp = server.host.mcp_url().to_owned();
     send(
@@ -137,6 +165,7 @@ async fn pool_claude_code_sessions_claim_their_own_pooled_process() {
     assert_eq!(before.claimed, 0);
     assert_eq!(before.idle_pids.len(), 2);
     assert!(before.idle_rss_bytes.iter().all(|b| *b > 0), "{before:?}");
+    assert_warmed_up_quietly(&server, data.path(), &before).await;
     let sessions = server.host.sessions().clone();
 
     // An idle slot's token lists the main agent's tools but runs none: it
@@ -271,6 +300,7 @@ async fn pool_opencode_first_turn_runs_on_a_pooled_server() {
     }
     let (server, _app, data) = start(HarnessKind::Opencode, 1).await;
     let before = wait_idle(&server, 1).await;
+    assert_warmed_up_quietly(&server, data.path(), &before).await;
     let sessions = server.host.sessions().clone();
     let a = new_session(&server, json!({})).await;
     let first = turn(&server, &a, "hello there").await;

@@ -12,10 +12,13 @@
 //! token, [`Credentials::for_pool_slot`]). The process is started exactly
 //! as a session's would be, in its jail, which binds only the slot's own
 //! workspace and `HOME`: it cannot see another slot, a session, or the data
-//! dir. "Started" means done with its start-up: Claude Code has answered
-//! its `initialize` control request (what it answers first on stdin; the
-//! next thing it reads is the first user line), OpenCode listens, the host
-//! follows its event stream, and its conversation is open.
+//! dir. "Started" means done with its start-up and warmed up: Claude Code
+//! has answered its `initialize` control request and its MCP servers are
+//! connected (`mcp_status`); OpenCode listens, the host follows its event
+//! stream, its conversation is open, and its per-directory bootstrap
+//! (providers, agents, MCP clients, tool registry) is done by read-only
+//! requests. The warm-up calls no model, runs no tool and adds nothing to
+//! the conversation ([`Harness::prestart`]).
 //!
 //! **Claim.** A session's first harness turn takes an idle slot when the
 //! slot can be the session's without anything of another showing through:
@@ -49,7 +52,9 @@
 //!
 //! **Refill** runs in the background, one start at a time (so the pool
 //! never takes both cores from the turns): after a claim, after a failure
-//! (with a growing pause), and every few seconds. A process whose start
+//! (with a growing pause), and every few seconds. After a claim it waits
+//! [`CLAIM_GRACE`] first, so the new start does not take a core from the
+//! claiming session's first turn. A process whose start
 //! would take the idle processes' resident memory (their process trees'
 //! RSS) over the budget is not started, or killed if the measurement after
 //! its start says so.
@@ -80,6 +85,12 @@ pub const SLOT_PREFIX: &str = "pool.";
 
 /// How often the refill task looks at the pool when nothing wakes it.
 const TICK: Duration = Duration::from_secs(2);
+
+/// How long a refill waits after a claim: a start takes a core for up to
+/// seconds, and right after a claim that would be the claiming session's
+/// first turn's core (measured: a refill started at the claim made the
+/// first text of a pooled session several times slower on 2 cores).
+const CLAIM_GRACE: Duration = Duration::from_secs(1);
 
 /// The longest pause after failed starts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -125,6 +136,9 @@ pub struct PoolStats {
     pub idle_pids: Vec<u32>,
     /// Their resident memory (process trees), bytes, as last measured.
     pub idle_rss_bytes: Vec<u64>,
+    /// How long each one's warm-up took ([`Harness::prestart`]); `None`:
+    /// not warmed up (a harness without a warm-up).
+    pub idle_warm_up: Vec<Option<Duration>>,
     /// Processes sessions claimed so far.
     pub claimed: u64,
     /// First turns that started their own process though a pool exists.
@@ -164,6 +178,8 @@ pub(crate) struct Pool {
     /// The RSS of the last process started, bytes: the estimate of the
     /// next one's.
     last_rss: AtomicU64,
+    /// When a session last claimed a process.
+    last_claim: Mutex<Option<std::time::Instant>>,
     wake: Notify,
     stop: CancellationToken,
     active: Box<dyn Fn() -> bool + Send + Sync>,
@@ -221,6 +237,7 @@ impl Pool {
                 .filter_map(|e| e.process.harness_pid())
                 .collect(),
             idle_rss_bytes: idle.iter().map(|e| e.rss_bytes).collect(),
+            idle_warm_up: idle.iter().map(|e| e.process.warm_up()).collect(),
             claimed: self.claimed.load(Ordering::SeqCst),
             misses: self.misses.load(Ordering::SeqCst),
             spawn_failures: self.spawn_failures.load(Ordering::SeqCst),
@@ -252,6 +269,16 @@ impl Pool {
             .unwrap_or(0)
             .max(self.last_rss.load(Ordering::SeqCst));
         total + largest <= self.config.memory_bytes
+    }
+
+    /// How long a refill still waits for the last claim's turn
+    /// ([`CLAIM_GRACE`]). Also when the pool is empty: a session arriving
+    /// meanwhile starts its own process, as it would while the refill
+    /// were starting.
+    fn grace_left(&self) -> Duration {
+        lock(&self.last_claim).map_or(Duration::ZERO, |at| {
+            CLAIM_GRACE.saturating_sub(at.elapsed())
+        })
     }
 
     /// Forgets `slot` and kills its process, removing its directory.
@@ -311,6 +338,7 @@ impl Sessions {
             over_budget: AtomicU64::new(0),
             last_failure: Mutex::default(),
             last_rss: AtomicU64::new(0),
+            last_claim: Mutex::default(),
             wake: Notify::new(),
             stop: CancellationToken::new(),
             active: Box::new(active),
@@ -490,6 +518,7 @@ impl Sessions {
         // The slot leaves the pool now, whatever happens next: a process is
         // never offered twice.
         lock(&pool.slots).remove(&entry.slot);
+        *lock(&pool.last_claim) = Some(std::time::Instant::now());
         pool.wake.notify_one();
         let (slot_workspace, slot_home) = slot_paths(&entry.dir);
         let moved = (|| -> std::io::Result<()> {
@@ -545,6 +574,11 @@ async fn refill(sessions: Weak<Sessions>, pool: Arc<Pool>) {
         let mut pause = TICK;
         if !(pool.active)() {
             pool.drain().await;
+        } else if lock(&pool.idle).len() < pool.config.size
+            && let grace = pool.grace_left()
+            && !grace.is_zero()
+        {
+            pause = grace;
         } else if lock(&pool.idle).len() < pool.config.size && pool.fits() {
             let Some(manager) = sessions.upgrade() else {
                 return;
