@@ -26,8 +26,8 @@ mod context;
 mod live;
 mod log;
 mod notices;
-mod tools;
 mod pool;
+mod tools;
 mod turn;
 mod types;
 
