@@ -80,6 +80,10 @@ def judge(figure):
         base = measured(figure["max_over"])
         if base is None:
             return f"{show(value, unit)} ({day})", target_text(figure), "— (no baseline)"
+        if abs(when - base[2]) > 3600:
+            # A difference of two runs an hour apart says nothing.
+            return (f"{show(value, unit)} ({day})", target_text(figure),
+                    "— (the baseline is from another run: run both)")
         by, _ = parse_quantity(figure["by"])
         over = value - base[0]
         verdict = "**met**" if over <= by else "not met"
