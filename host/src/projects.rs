@@ -503,7 +503,6 @@ impl Projects {
                 scope: Some(scope.clone()),
             },
             harness: selection.harness,
-            http: shared.http.clone(),
             credentials: shared.credentials.clone(),
             metrics: shared.metrics.clone(),
             ledger: Some(shared.ledger.clone()),

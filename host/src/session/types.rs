@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use karta_harness::http::HttpClient;
 use karta_harness::{Harness, InputRequiredData, TurnStatus, Usage};
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -78,9 +77,6 @@ pub struct SessionParts {
     /// The process harness that runs turns; `None` runs them on the builtin
     /// loop.
     pub harness: Option<Arc<dyn Harness>>,
-    /// The shared HTTP client. The session manager does not use it: the
-    /// builtin loop calls the gateway in-process ([`Gateway::service`]).
-    pub http: HttpClient,
     /// The credentials registry the gateway and the MCP server check.
     pub credentials: Arc<Credentials>,
     /// Where turns and tool calls are counted.
