@@ -74,6 +74,15 @@
 //! # Ok(()) }
 //! ```
 
+/// The allocator of every program that links the host: mimalloc, because
+/// a turn allocates and frees many short-lived buffers from several threads
+/// (event JSON, HTTP frames, sled nodes) and glibc's `malloc` spent ~15 % of
+/// the host's CPU per turn on it (BENCHMARKS.md). A program that wants its
+/// own allocator builds the host with `default-features = false`.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod api;
 pub mod app;
 pub mod auth;
