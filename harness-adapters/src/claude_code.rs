@@ -93,6 +93,17 @@ const WARM_UP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The pause between two `mcp_status` requests of a warm-up.
 const WARM_UP_POLL: Duration = Duration::from_millis(20);
 
+/// What a pooled process's throwaway first message says (see
+/// `ClaudeProcess::warm_up_conversation`).
+const WARM_UP_MESSAGE: &str = "(Karta warm-up: this conversation is cleared before anyone uses it)";
+
+/// The settings files of an app that may configure hooks, in its
+/// workspace.
+const APP_SETTINGS_FILES: &[&str] = &[".claude/settings.json", ".claude/settings.local.json"];
+
+/// The largest settings file read to look for hooks.
+const MAX_SETTINGS_BYTES: u64 = 1024 * 1024;
+
 /// Settings of the Claude Code harness.
 #[derive(Debug, Clone)]
 pub struct ClaudeCodeConfig {
@@ -396,14 +407,7 @@ impl ClaudeCodeHarness {
                 ),
             })));
         }
-        claude
-            .send(&json!({
-                "type": "user",
-                "message": { "role": "user", "content": [{ "type": "text", "text": request.text }] },
-                "parent_tool_use_id": null,
-                "session_id": "",
-            }))
-            .await?;
+        claude.send(&user_line(&request.text)).await?;
         loop {
             let line = claude.next_line().await?;
             match line["type"].as_str() {
@@ -531,6 +535,79 @@ fn trust_workspace(home: &SafeDir, workspace: &Path) -> std::io::Result<()> {
     home.write(file, &serde_json::to_vec_pretty(&config)?)
 }
 
+/// The stream-json line of a user message saying `text`.
+fn user_line(text: &str) -> Value {
+    json!({
+        "type": "user",
+        "message": { "role": "user", "content": [{ "type": "text", "text": text }] },
+        "parent_tool_use_id": null,
+        "session_id": "",
+    })
+}
+
+/// Whether the app in `workspace` configures no hooks and no plugins
+/// (which may bring hooks): only then may a pooled process exchange a
+/// warm-up message, because hooks (`UserPromptSubmit`, `Stop`,
+/// `SessionStart` on `/clear`, …) run the app's commands, and a warm-up
+/// runs nothing of the app's. A settings file that cannot be read or
+/// parsed counts as having hooks.
+fn app_has_no_hooks(workspace: &Path) -> bool {
+    let Ok(dir) = SafeDir::open(workspace) else {
+        return false;
+    };
+    APP_SETTINGS_FILES.iter().all(|file| {
+        match dir.read_optional(Path::new(file), MAX_SETTINGS_BYTES) {
+            Ok(None) => true,
+            Ok(Some(bytes)) => serde_json::from_slice::<Value>(&bytes).is_ok_and(|settings| {
+                ["hooks", "enabledPlugins"]
+                    .iter()
+                    .all(|key| settings.get(key).is_none_or(is_empty_json))
+            }),
+            Err(_) => false,
+        }
+    })
+}
+
+fn is_empty_json(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Object(map) => map.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        _ => false,
+    }
+}
+
+/// Removes the transcript of Claude Code's conversation `conversation`
+/// from `home` (`.claude/projects/<workspace key>/<id>.jsonl`), without
+/// following a link the process may have made. Best effort: a transcript
+/// left behind is only the warm-up's two lines.
+fn forget_transcript(home: &Path, conversation: &str) {
+    if conversation.is_empty()
+        || conversation.contains(['/', '\0'])
+        || conversation.starts_with('.')
+    {
+        return;
+    }
+    let Ok(home) = SafeDir::open(home) else {
+        return;
+    };
+    let projects = Path::new(".claude/projects");
+    let Ok(entries) = home.list(projects) else {
+        return;
+    };
+    for (name, kind) in entries {
+        if matches!(kind, crate::safe_fs::Kind::Dir) {
+            let transcript = projects.join(name).join(format!("{conversation}.jsonl"));
+            if let Err(e) = home.remove(&transcript) {
+                tracing::debug!(
+                    "cannot remove the warm-up transcript {}: {e}",
+                    transcript.display()
+                );
+            }
+        }
+    }
+}
+
 slot_process!(ClaudeProcess);
 
 impl ClaudeProcess {
@@ -586,6 +663,67 @@ impl ClaudeProcess {
                 WARM_UP_TIMEOUT.as_secs()
             )))
         })
+    }
+
+    /// The second half of a pooled process's warm-up: one throwaway
+    /// exchange, then `/clear`.
+    ///
+    /// A conversation's first message costs Claude Code 2.1.332 ~60–80 ms
+    /// that a later one does not (the first run of its per-message code,
+    /// measured unjailed: message → model request 93–131 ms first, 23–43 ms
+    /// second), and no control request does that work without a message.
+    /// So the warm-up sends one — its model call is the pool slot's, which
+    /// the gateway answers itself (a fixed `ok`, no provider, nothing
+    /// metered) — and then `/clear`, which starts a new, empty
+    /// conversation (a new conversation id: the session's first message
+    /// is its first, and the request carries nothing of the warm-up; the
+    /// pool test asserts it). Measured the same way, the first message
+    /// after this costs 40–55 ms, a later one 24–31 ms. The warm-up's own
+    /// transcript is removed from `home`, so the session's `HOME` holds
+    /// only its own conversation. Apps with hooks skip this (see
+    /// [`app_has_no_hooks`]).
+    async fn warm_up_conversation(&mut self, home: &Path) -> Result<(), TurnFailure> {
+        let exchanged = tokio::time::timeout(WARM_UP_TIMEOUT, async {
+            self.send(&user_line(WARM_UP_MESSAGE)).await?;
+            let warm = self.until_result().await?;
+            self.send(&user_line("/clear")).await?;
+            self.until_result().await?;
+            Ok::<_, TurnFailure>(warm)
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(TurnFailure::harness(format!(
+                "claude's warm-up exchange took more than {}s",
+                WARM_UP_TIMEOUT.as_secs()
+            )))
+        })?;
+        if let Some(conversation) = exchanged["session_id"].as_str() {
+            forget_transcript(home, conversation);
+        }
+        Ok(())
+    }
+
+    /// Reads to the next `result` line; anything asking for an answer on
+    /// the way (a warm-up never should) fails the warm-up.
+    async fn until_result(&mut self) -> Result<Value, TurnFailure> {
+        loop {
+            let line = self.next_line().await?;
+            match line["type"].as_str() {
+                Some("result") if line["is_error"] == true => {
+                    return Err(TurnFailure::harness(format!(
+                        "claude's warm-up exchange failed: {}",
+                        line["result"]
+                    )));
+                }
+                Some("result") => return Ok(line),
+                Some("control_request") => {
+                    return Err(TurnFailure::harness(
+                        "claude asked for an answer during its warm-up",
+                    ));
+                }
+                _ => {}
+            }
+        }
     }
 
     async fn send(&mut self, line: &Value) -> Result<(), TurnFailure> {
@@ -894,6 +1032,9 @@ impl Harness for ClaudeCodeHarness {
                 let mut claude = self.start(&request).await?;
                 let began = Instant::now();
                 claude.warm_up().await?;
+                if app_has_no_hooks(&request.session.workspace) {
+                    claude.warm_up_conversation(&request.session.home).await?;
+                }
                 Ok::<_, TurnFailure>(Prestarted::new(claude).warmed_up(began.elapsed()))
             };
             Some(warmed.await.map_err(|f| f.message().to_owned()))
@@ -936,6 +1077,70 @@ mod home_file_tests {
             idle_timeout: Duration::from_secs(1),
             jail: None,
         })
+    }
+
+    fn scratch() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("karta-cc-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join(".claude")).expect("mkdir");
+        dir
+    }
+
+    #[test]
+    fn a_warm_up_exchange_only_in_apps_without_hooks_or_plugins() {
+        let app = scratch();
+        let settings = app.join(".claude/settings.json");
+        assert!(app_has_no_hooks(&app), "no settings at all");
+        for (text, quiet) in [
+            (r#"{"permissions": {"allow": ["Read"]}}"#, true),
+            (r#"{"hooks": {}}"#, true),
+            (
+                r#"{"hooks": {"Stop": [{"hooks": [{"type": "command", "command": "x"}]}]}}"#,
+                false,
+            ),
+            (r#"{"enabledPlugins": {"p@m": true}}"#, false),
+            ("not json", false),
+        ] {
+            std::fs::write(&settings, text).expect("write");
+            assert_eq!(app_has_no_hooks(&app), quiet, "{text}");
+        }
+        // Hooks in the local settings count too; a link is not followed
+        // and counts as hooks.
+        std::fs::write(&settings, "{}").expect("write");
+        std::fs::write(
+            app.join(".claude/settings.local.json"),
+            r#"{"hooks": {"Stop": [1]}}"#,
+        )
+        .expect("write");
+        assert!(!app_has_no_hooks(&app));
+        std::fs::remove_file(app.join(".claude/settings.local.json")).expect("rm");
+        let elsewhere = scratch();
+        std::fs::write(elsewhere.join("empty.json"), "{}").expect("write");
+        std::fs::remove_file(&settings).expect("rm");
+        symlink(elsewhere.join("empty.json"), &settings).expect("link");
+        assert!(!app_has_no_hooks(&app));
+        std::fs::remove_dir_all(&app).ok();
+        std::fs::remove_dir_all(&elsewhere).ok();
+    }
+
+    #[test]
+    fn the_warm_up_transcript_is_removed_without_following_links() {
+        let home = scratch();
+        let project = home.join(".claude/projects/-tmp-ws");
+        std::fs::create_dir_all(&project).expect("mkdir");
+        std::fs::write(project.join("warm.jsonl"), "warm-up").expect("write");
+        std::fs::write(project.join("other.jsonl"), "kept").expect("write");
+        // A directory the process linked elsewhere holds a file of the same
+        // name: it stays.
+        let outside = scratch();
+        std::fs::write(outside.join("warm.jsonl"), "not the home's").expect("write");
+        symlink(&outside, home.join(".claude/projects/linked")).expect("link");
+        forget_transcript(&home, "warm");
+        forget_transcript(&home, "../other");
+        assert!(!project.join("warm.jsonl").exists());
+        assert!(project.join("other.jsonl").exists());
+        assert!(outside.join("warm.jsonl").exists());
+        std::fs::remove_dir_all(&home).ok();
+        std::fs::remove_dir_all(&outside).ok();
     }
 
     #[test]

@@ -24,6 +24,17 @@ pub struct SessionCredentials {
     pub mcp_token: String,
 }
 
+/// Who holds a gateway key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyHolder {
+    /// A session: the gateway meters the key's calls to it.
+    Session(String),
+    /// A warm pool's slot no session has claimed yet: its process's calls
+    /// are its warm-up, which the gateway answers itself — never upstream,
+    /// never metered (see `session::pool`).
+    PoolSlot(String),
+}
+
 /// Every credential issued and not revoked.
 #[derive(Default)]
 pub struct Credentials {
@@ -109,23 +120,38 @@ impl Credentials {
         Some(credentials)
     }
 
-    /// The session a gateway key belongs to.
+    /// The session (or pool slot) a gateway key belongs to.
     pub fn session_for_gateway_key(&self, key: &str) -> Option<String> {
         self.owner_of(key, |c| &c.gateway_key)
+            .map(|(owner, _)| owner)
     }
 
-    /// The session an MCP token belongs to.
+    /// Who holds a gateway key: a session, or a pool slot no session has
+    /// claimed yet — told apart in one look, so a claim between two looks
+    /// cannot make a slot's call a session's or back.
+    pub fn gateway_key_holder(&self, key: &str) -> Option<KeyHolder> {
+        let (owner, pooled) = self.owner_of(key, |c| &c.gateway_key)?;
+        Some(if pooled {
+            KeyHolder::PoolSlot(owner)
+        } else {
+            KeyHolder::Session(owner)
+        })
+    }
+
+    /// The session (or pool slot) an MCP token belongs to.
     pub fn session_for_mcp_token(&self, token: &str) -> Option<String> {
         self.owner_of(token, |c| &c.mcp_token)
+            .map(|(owner, _)| owner)
     }
 
-    /// The owner of `secret`, if it is that owner's credential of the kind
-    /// `field` picks (a gateway key is no MCP token, and back).
+    /// The owner of `secret`, and whether it is a pool slot, if `secret` is
+    /// that owner's credential of the kind `field` picks (a gateway key is
+    /// no MCP token, and back).
     fn owner_of(
         &self,
         secret: &str,
         field: impl Fn(&SessionCredentials) -> &String,
-    ) -> Option<String> {
+    ) -> Option<(String, bool)> {
         let mut maps = lock(&self.inner);
         let session = maps.owner.get(secret)?.clone();
         let issued = maps.by_session.get_mut(&session)?;
@@ -133,7 +159,7 @@ impl Credentials {
             return None;
         }
         issued.last_used = Instant::now();
-        Some(session)
+        Some((session, issued.pooled))
     }
 
     /// Revokes the credentials of `session`.
@@ -228,7 +254,15 @@ mod tests {
             "a pooled slot is never idle"
         );
         let minted = registry.for_session("s");
+        assert_eq!(
+            registry.gateway_key_holder(&slot.gateway_key),
+            Some(KeyHolder::PoolSlot("pool.1".into()))
+        );
         assert_eq!(registry.rebind("pool.1", "s"), Some(slot.clone()));
+        assert_eq!(
+            registry.gateway_key_holder(&slot.gateway_key),
+            Some(KeyHolder::Session("s".into()))
+        );
         // The slot's key and token name the session now, and only it.
         assert_eq!(
             registry

@@ -107,6 +107,20 @@ fn mcp_token_in(home: &Path) -> String {
     panic!("no MCP config in {}", home.display());
 }
 
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// The slot directories of the pool in `data`.
 fn slot_dirs(data: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(data.join("pool"))
@@ -118,8 +132,9 @@ fn slot_dirs(data: &Path) -> Vec<PathBuf> {
 }
 
 /// Every idle process finished its warm-up before the pool offered it,
-/// and no warm-up called the model or ran a tool: the gateway has seen no
-/// request at all (nor metered one to a slot), and no tool call is counted.
+/// and no warm-up reached a model or ran a tool: the gateway answered a
+/// slot's warm-up exchange itself (recording and metering nothing), and no
+/// tool call is counted.
 async fn assert_warmed_up_quietly(server: &Server, data: &Path, stats: &PoolStats) {
     assert_eq!(stats.idle_warm_up.len(), stats.idle, "{stats:?}");
     assert!(
@@ -199,6 +214,21 @@ async fn pool_claude_code_sessions_claim_their_own_pooled_process() {
         "{first:#?}"
     );
     assert!(text_of(&first).contains("You said: \"hello there\"."));
+    // The process's warm-up exchanged a message and cleared it: the
+    // session's model request carries nothing of it, and the session's
+    // HOME holds no transcript of it.
+    let requests = sessions.gateway().recent_requests();
+    assert!(!requests.is_empty());
+    for request in &requests {
+        assert!(!request.to_string().contains("Karta warm-up"), "{request}");
+    }
+    let home_a = data.path().join("homes").join(&a);
+    let transcripts = walk(&home_a.join(".claude/projects"));
+    assert!(!transcripts.is_empty());
+    for transcript in transcripts {
+        let text = std::fs::read_to_string(&transcript).expect("read");
+        assert!(!text.contains("Karta warm-up"), "{}", transcript.display());
+    }
     let pid_a = sessions.harness_process_id(&a).expect("a's process");
     assert!(
         before.idle_pids.contains(&pid_a),
@@ -215,7 +245,6 @@ async fn pool_claude_code_sessions_claim_their_own_pooled_process() {
     assert!(workspace.join("CLAUDE.md").exists());
     // Its credentials are the session's now: the slot's token runs tools
     // for the session (and no one else).
-    let home_a = data.path().join("homes").join(&a);
     let token_a = mcp_token_in(&home_a);
     assert_eq!(
         sessions.session_for_mcp_token(&token_a).as_deref(),

@@ -48,7 +48,7 @@ use karta_harness::builtin::{ModelResponse, ModelService};
 use karta_harness::model_stream::WireShape;
 use serde_json::{Value, json};
 
-use crate::credentials::Credentials;
+use crate::credentials::{Credentials, KeyHolder};
 use crate::listen::ServerTask;
 use crate::metrics::Metrics;
 
@@ -342,7 +342,7 @@ impl Gateway {
         Ok((format!("http://{addr}"), task))
     }
 
-    fn session_for(&self, headers: &HeaderMap) -> Option<String> {
+    fn key_holder(&self, headers: &HeaderMap) -> Option<KeyHolder> {
         let key = headers
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
@@ -352,7 +352,7 @@ impl Gateway {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("Bearer "))
             })?;
-        self.inner.credentials.session_for_gateway_key(key.trim())
+        self.inner.credentials.gateway_key_holder(key.trim())
     }
 
     /// Counts a request.
@@ -471,10 +471,10 @@ impl Drop for CallGuard {
     }
 }
 
-/// What [`admit`] lets through: the session, the body, whether the answer
-/// streams, and the model asked for.
+/// What [`admit`] lets through: who holds the key, the body, whether the
+/// answer streams, and the model asked for.
 struct Admitted {
-    session: String,
+    holder: KeyHolder,
     bytes: Bytes,
     streaming: bool,
     model: String,
@@ -488,7 +488,7 @@ async fn admit(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Admitted, Response> {
-    let Some(session) = gateway.session_for(headers) else {
+    let Some(holder) = gateway.key_holder(headers) else {
         return Err(error_response(
             kind,
             StatusCode::UNAUTHORIZED,
@@ -529,9 +529,11 @@ async fn admit(
             ));
         }
     };
-    gateway.remember(&bytes);
+    if let KeyHolder::Session(_) = holder {
+        gateway.remember(&bytes);
+    }
     Ok(Admitted {
-        session,
+        holder,
         bytes,
         streaming: head.stream,
         model: head.model.unwrap_or_else(|| "unknown".into()),
@@ -560,7 +562,7 @@ async fn openai_chat(State(gateway): State<Gateway>, headers: HeaderMap, body: B
 /// session as it goes.
 async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: Body) -> Response {
     let Admitted {
-        session,
+        holder,
         bytes,
         streaming,
         model,
@@ -568,6 +570,10 @@ async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: 
     } = match admit(&gateway, kind, &headers, body).await {
         Ok(admitted) => admitted,
         Err(response) => return response,
+    };
+    let session = match holder {
+        KeyHolder::Session(session) => session,
+        KeyHolder::PoolSlot(_) => return warm_up_answer(kind, streaming, &model),
     };
     gateway.count_request(&session);
     // The model name picks the provider; the ledger prices the name the
@@ -648,19 +654,31 @@ async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: 
     let include_usage = request["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
-    let (content_type, answer) = match (kind, streaming) {
-        (UpstreamKind::Anthropic, true) => wire::sse(wire::anthropic_stream(&reply, model)),
-        (UpstreamKind::Anthropic, false) => wire::json(&wire::anthropic_message(&reply, model)),
-        (UpstreamKind::Openai, true) => {
-            wire::sse(wire::openai_stream(&reply, model, include_usage))
-        }
-        (UpstreamKind::Openai, false) => wire::json(&wire::openai_completion(&reply, model)),
-    };
+    let (content_type, answer) = wire::answer(kind, streaming, include_usage, &reply, model);
     let chunks = futures_util::stream::iter([Ok::<_, Infallible>(Bytes::from(answer))]);
     let body = relay::metered(gateway, call, guard, kind.shape(), streaming, chunks);
     Response::builder()
         .header("content-type", content_type)
         .header("cache-control", "no-cache")
         .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// What a pooled process's warm-up call gets: a fixed short answer in the
+/// shape it asked for, made here — no provider is called, no token is
+/// metered, no budget is touched, nothing is recorded. A slot's key is
+/// nobody's until a session claims it ([`Credentials::rebind`]), and
+/// its process only ever asks during its warm-up, whose conversation it
+/// clears before it is offered (`karta_harness`'s Claude Code adapter).
+fn warm_up_answer(kind: UpstreamKind, streaming: bool, model: &str) -> Response {
+    let reply = offline::Reply {
+        text: Some("ok".into()),
+        ..offline::Reply::default()
+    };
+    let (content_type, answer) = wire::answer(kind, streaming, false, &reply, model);
+    Response::builder()
+        .header("content-type", content_type)
+        .header("cache-control", "no-cache")
+        .body(Body::from(answer))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

@@ -217,6 +217,25 @@ fn unix_now() -> u64 {
 
 /// An SSE body from a list of `(event name, data)`; a string datum is sent
 /// as it is (`[DONE]`). Returns the content type and the text.
+/// The offline model's `reply` to a request of shape `kind`, as the
+/// provider would send it: an SSE stream or one JSON body, with its
+/// content type.
+pub(super) fn answer(
+    kind: super::UpstreamKind,
+    streaming: bool,
+    include_usage: bool,
+    reply: &offline::Reply,
+    model: &str,
+) -> (&'static str, String) {
+    use super::UpstreamKind;
+    match (kind, streaming) {
+        (UpstreamKind::Anthropic, true) => sse(anthropic_stream(reply, model)),
+        (UpstreamKind::Anthropic, false) => json(&anthropic_message(reply, model)),
+        (UpstreamKind::Openai, true) => sse(openai_stream(reply, model, include_usage)),
+        (UpstreamKind::Openai, false) => json(&openai_completion(reply, model)),
+    }
+}
+
 pub(super) fn sse(events: Vec<(Option<&'static str>, Value)>) -> (&'static str, String) {
     let mut text = String::new();
     for (name, data) in events {
