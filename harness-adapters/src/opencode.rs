@@ -110,6 +110,48 @@ fn start_lock(home: &Path) -> Arc<tokio::sync::Mutex<()>> {
 /// How long a new server may take to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a pooled server's warm-up exchange may take.
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a pooled server's throwaway prompt says (see
+/// `OpencodeHarness::warm_up_conversation`).
+const WARM_UP_MESSAGE: &str = "(Karta warm-up: this session is deleted before anyone uses it)";
+
+/// Where an app configures OpenCode plugins, which hook into prompts:
+/// plugin directories, and config files whose `plugin` key lists packages.
+const APP_PLUGIN_DIRS: &[&str] = &[".opencode/plugin", ".opencode/plugins"];
+const APP_CONFIG_FILES: &[&str] = &[
+    "opencode.json",
+    "opencode.jsonc",
+    ".opencode/opencode.json",
+    ".opencode/opencode.jsonc",
+];
+
+/// Whether the app in `workspace` has no OpenCode plugin: only then may a
+/// pooled server exchange a warm-up prompt, because a plugin's hooks run
+/// the app's code on every prompt, and a warm-up runs nothing of the
+/// app's. Conservative: a plugin directory, any config file that mentions
+/// `plugin` at all, or one that cannot be read counts as a plugin.
+fn app_has_no_plugins(workspace: &Path) -> bool {
+    let Ok(dir) = SafeDir::open(workspace) else {
+        return false;
+    };
+    let no_dirs = APP_PLUGIN_DIRS
+        .iter()
+        .all(|name| matches!(dir.kind(Path::new(name)), Ok(None)));
+    no_dirs
+        && APP_CONFIG_FILES.iter().all(|name| {
+            match dir.read_optional(Path::new(name), MAX_APP_CONFIG_BYTES) {
+                Ok(None) => true,
+                Ok(Some(bytes)) => !bytes.windows(6).any(|w| w == b"plugin"),
+                Err(_) => false,
+            }
+        })
+}
+
+/// The largest app config file read to look for plugins.
+const MAX_APP_CONFIG_BYTES: u64 = 1024 * 1024;
+
 /// Settings of the OpenCode harness.
 #[derive(Clone)]
 pub struct OpencodeConfig {
@@ -416,6 +458,75 @@ impl OpencodeHarness {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// The second half of a pooled server's warm-up: one throwaway
+    /// exchange in an OpenCode session of its own, deleted after.
+    ///
+    /// An OpenCode 1.18.33 server's first prompt costs ~300 ms that a
+    /// later one — in any of its sessions — does not (the first run of its
+    /// prompt loop; the read-only endpoints of [`Self::warm_up`] do not
+    /// reach it). So the warm-up prompts once, in a session that is not
+    /// the conversation the pool hands over: its model call is the pool
+    /// slot's, which the gateway answers itself (a fixed `ok`, no
+    /// provider, nothing metered), and the session is deleted, so the
+    /// claiming session's conversation holds nothing of it (the pool test
+    /// asserts it). Apps with plugins skip this (see [`app_has_no_plugins`]).
+    async fn warm_up_conversation(
+        &self,
+        server: &mut OpencodeServer,
+        model: &str,
+    ) -> Result<(), TurnFailure> {
+        let base = server.base.clone();
+        let exchange = async {
+            let (status, created) = self
+                .client
+                .json(
+                    "POST",
+                    &format!("{base}/session"),
+                    Some(&json!({ "title": "karta warm-up" })),
+                )
+                .await?;
+            let Some(id) = created["id"].as_str().filter(|_| status < 300) else {
+                return Err(format!("POST /session: {status} {created}"));
+            };
+            let body = json!({
+                "model": { "providerID": PROVIDER_ID, "modelID": model },
+                "parts": [{ "type": "text", "text": WARM_UP_MESSAGE }],
+            });
+            let (status, answer) = self
+                .client
+                .json("POST", &format!("{base}/session/{id}/message"), Some(&body))
+                .await?;
+            if status >= 300 {
+                return Err(format!("POST /session/{id}/message: {status} {answer}"));
+            }
+            let (status, answer) = self
+                .client
+                .json("DELETE", &format!("{base}/session/{id}"), None)
+                .await?;
+            if status >= 300 {
+                return Err(format!("DELETE /session/{id}: {status} {answer}"));
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(WARM_UP_TIMEOUT, exchange).await {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                return Err(TurnFailure::harness(format!(
+                    "opencode's warm-up exchange failed: {message}"
+                )));
+            }
+            Err(_) => {
+                return Err(TurnFailure::harness(format!(
+                    "opencode's warm-up exchange took more than {}s",
+                    WARM_UP_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        // Its events are no turn's.
+        while server.events.try_recv().is_ok() {}
         Ok(())
     }
 
@@ -1004,9 +1115,13 @@ impl Harness for OpencodeHarness {
     ) -> BoxFuture<'a, Option<Result<Prestarted, String>>> {
         Box::pin(async move {
             let warmed = async {
-                let server = self.start(&request).await?;
+                let mut server = self.start(&request).await?;
                 let began = Instant::now();
                 self.warm_up(&server, &request.model).await?;
+                if app_has_no_plugins(&request.session.workspace) {
+                    self.warm_up_conversation(&mut server, &request.model)
+                        .await?;
+                }
                 Ok::<_, TurnFailure>(Prestarted::new(server).warmed_up(began.elapsed()))
             };
             Some(warmed.await.map_err(|f| f.message().to_owned()))
@@ -1032,6 +1147,29 @@ impl Harness for OpencodeHarness {
 mod home_file_tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_warm_up_prompt_only_in_apps_without_plugins() {
+        let app = std::env::temp_dir().join(format!("karta-oc-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(app.join(".opencode/agent")).expect("mkdir");
+        assert!(app_has_no_plugins(&app));
+        std::fs::write(app.join("opencode.json"), r#"{"agent": {}}"#).expect("write");
+        assert!(app_has_no_plugins(&app));
+        std::fs::write(
+            app.join(".opencode/opencode.jsonc"),
+            r#"{ "plugin": ["x"] }"#,
+        )
+        .expect("write");
+        assert!(!app_has_no_plugins(&app));
+        std::fs::remove_file(app.join(".opencode/opencode.jsonc")).expect("rm");
+        std::fs::create_dir_all(app.join(".opencode/plugin")).expect("mkdir");
+        assert!(!app_has_no_plugins(&app));
+        std::fs::remove_dir(app.join(".opencode/plugin")).expect("rm");
+        // A link where a plugin directory goes counts as one.
+        symlink("/tmp", app.join(".opencode/plugins")).expect("link");
+        assert!(!app_has_no_plugins(&app));
+        std::fs::remove_dir_all(&app).ok();
+    }
 
     #[test]
     fn regression_issue9_links_in_opencode_home_are_replaced_not_followed() {

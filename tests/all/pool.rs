@@ -160,6 +160,16 @@ async fn assert_warmed_up_quietly(server: &Server, data: &Path, stats: &PoolStat
     );
 }
 
+/// The model requests of sessions carry nothing of a pooled process's
+/// warm-up exchange (which the gateway answered without recording it).
+fn assert_no_warm_up_in_requests(server: &Server) {
+    let requests = server.host.sessions().gateway().recent_requests();
+    assert!(!requests.is_empty());
+    for request in &requests {
+        assert!(!request.to_string().contains("Karta warm-up"), "{request}");
+    }
+}
+
 async fn mcp_call(server: &Server, token: &str, method: &str, params: Value) -> (u16, Value) {
     let mcp = server.host.mcp_url().to_owned();
     send(
@@ -217,11 +227,7 @@ async fn pool_claude_code_sessions_claim_their_own_pooled_process() {
     // The process's warm-up exchanged a message and cleared it: the
     // session's model request carries nothing of it, and the session's
     // HOME holds no transcript of it.
-    let requests = sessions.gateway().recent_requests();
-    assert!(!requests.is_empty());
-    for request in &requests {
-        assert!(!request.to_string().contains("Karta warm-up"), "{request}");
-    }
+    assert_no_warm_up_in_requests(&server);
     let home_a = data.path().join("homes").join(&a);
     let transcripts = walk(&home_a.join(".claude/projects"));
     assert!(!transcripts.is_empty());
@@ -339,6 +345,8 @@ async fn pool_opencode_first_turn_runs_on_a_pooled_server() {
         "{first:#?}"
     );
     assert!(text_of(&first).contains("You said: \"hello there\"."));
+    // The warm-up prompted in a session of its own, deleted since.
+    assert_no_warm_up_in_requests(&server);
     let pid = sessions.harness_process_id(&a).expect("a server");
     assert!(before.idle_pids.contains(&pid), "claimed, not spawned");
     std::fs::write(format!("/proc/{pid}/cwd/written.txt"), "x").expect("write via cwd");

@@ -377,14 +377,16 @@ impl Sessions {
             self.app.harness_files.sync(&workspace)?;
             self.app.project_files.copy_into(&workspace)
         })();
-        let undo = |e: String| {
-            lock(&pool.slots).remove(&slot);
-            pool.credentials.revoke(&slot);
-            let _ = std::fs::remove_dir_all(&dir);
-            e
+        // Undone on an error and when the start is dropped (shutdown
+        // cancels a start under way).
+        let mut undo_guard = SlotUndo {
+            pool,
+            slot: slot.clone(),
+            dir: dir.clone(),
+            armed: true,
         };
         if let Err(e) = prepared {
-            return Err(undo(format!("cannot prepare the slot's workspace: {e}")));
+            return Err(format!("cannot prepare the slot's workspace: {e}"));
         }
         let credentials = pool.credentials.for_pool_slot(&slot);
         let tools = self.toolbox.for_agent(None);
@@ -399,6 +401,7 @@ impl Sessions {
         };
         match pool.harness.prestart(request).await {
             Some(Ok(process)) => {
+                undo_guard.armed = false;
                 let rss_bytes = process.harness_pid().map_or(0, tree_rss_bytes);
                 Ok(Entry {
                     slot,
@@ -407,8 +410,8 @@ impl Sessions {
                     rss_bytes,
                 })
             }
-            Some(Err(e)) => Err(undo(e)),
-            None => Err(undo("the harness keeps no process to pool".into())),
+            Some(Err(e)) => Err(e),
+            None => Err("the harness keeps no process to pool".into()),
         }
     }
 
@@ -565,6 +568,25 @@ impl Sessions {
 }
 
 /// The refill task of `pool` (see the module docs).
+/// Forgets a slot whose start did not finish — failed, or dropped midway
+/// — and removes its directory.
+struct SlotUndo<'a> {
+    pool: &'a Pool,
+    slot: String,
+    dir: PathBuf,
+    armed: bool,
+}
+
+impl Drop for SlotUndo<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.pool.slots).remove(&self.slot);
+            self.pool.credentials.revoke(&self.slot);
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 async fn refill(sessions: Weak<Sessions>, pool: Arc<Pool>) {
     let mut backoff = Duration::from_secs(1);
     loop {
