@@ -224,19 +224,36 @@ impl ProcessImage {
     }
 }
 
-/// Copies a directory tree (files, directories, symbolic links).
+/// Copies a directory tree (files, directories, symbolic links). The
+/// process whose tree it is still runs: what it removes meanwhile (its
+/// temporary files) is skipped.
 fn copy_tree(from: &Path, to: &Path) {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir").flatten() {
+    let entries = match std::fs::read_dir(from) {
+        Ok(entries) => entries,
+        Err(e) if gone(&e) => return,
+        Err(e) => panic!("read_dir {}: {e}", from.display()),
+    };
+    for entry in entries.flatten() {
         let target = to.join(entry.file_name());
-        let kind = entry.file_type().expect("file type");
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
         if kind.is_dir() {
             copy_tree(&entry.path(), &target);
         } else if kind.is_symlink() {
-            let link = std::fs::read_link(entry.path()).expect("read_link");
-            std::os::unix::fs::symlink(link, &target).expect("symlink");
+            match std::fs::read_link(entry.path()) {
+                Ok(link) => std::os::unix::fs::symlink(link, &target).expect("symlink"),
+                Err(e) if gone(&e) => {}
+                Err(e) => panic!("read_link: {e}"),
+            }
         } else if kind.is_file() {
-            std::fs::copy(entry.path(), &target).expect("copy");
+            match std::fs::copy(entry.path(), &target) {
+                Ok(_) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => panic!("copy {}: {e}", entry.path().display()),
+            }
         }
     }
 }
