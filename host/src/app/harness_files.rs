@@ -305,16 +305,19 @@ impl HarnessFiles {
             self.prune(&ws, Path::new(name), 0)?;
         }
         for file in &self.files {
-            if let Some(parent) = file.path.parent() {
-                ws.create_dirs(parent)?;
-            }
-            let same = match ws.kind(&file.path)? {
-                Some(Kind::File(len)) if len == file.bytes.len() as u64 => ws
-                    .read(&file.path, len)
-                    .is_ok_and(|bytes| *bytes == *file.bytes),
-                _ => false,
-            };
+            // Read first (bounded by the app's size: anything larger,
+            // missing, not a regular file or behind a link is simply not
+            // the same), and its directories made only when it must be
+            // written: a sync that finds everything right (every turn but
+            // the first) costs one read per file, on the path to the
+            // harness.
+            let same = ws
+                .read(&file.path, file.bytes.len() as u64)
+                .is_ok_and(|bytes| *bytes == *file.bytes);
             if !same {
+                if let Some(parent) = file.path.parent() {
+                    ws.create_dirs(parent)?;
+                }
                 // Replaces whatever is there (a link, a FIFO, a directory)
                 // by renaming a new file over it.
                 ws.write(&file.path, &file.bytes)?;
