@@ -302,7 +302,10 @@ impl HarnessFiles {
         // (module docs): what a guest planted is removed, never entered.
         let ws = SafeDir::create(workspace)?;
         for name in MANAGED {
-            self.prune(&ws, Path::new(name), 0)?;
+            let name = Path::new(name);
+            if let Some(kind) = ws.kind(name)? {
+                self.prune(&ws, name, kind, 0)?;
+            }
         }
         for file in &self.files {
             // Read first (bounded by the app's size: anything larger,
@@ -326,19 +329,28 @@ impl HarnessFiles {
         Ok(())
     }
 
-    /// Removes from `workspace/relative` whatever the set does not have.
-    fn prune(&self, ws: &SafeDir, relative: &Path, depth: usize) -> std::io::Result<()> {
+    /// Removes from `workspace/relative`, which is a `kind`, whatever the
+    /// set does not have. (The kind of a directory's entries comes from
+    /// its listing, which looked at each without following it: looking
+    /// again per entry cost a directory open and a stat each. Whatever a
+    /// guest swaps in meanwhile is still never followed: a directory is
+    /// listed through a descriptor that refuses links, and an entry is
+    /// removed as itself.)
+    fn prune(
+        &self,
+        ws: &SafeDir,
+        relative: &Path,
+        kind: Kind,
+        depth: usize,
+    ) -> std::io::Result<()> {
         if relative == Path::new(KEPT) {
             return Ok(());
         }
-        let Some(kind) = ws.kind(relative)? else {
-            return Ok(());
-        };
         let keeps_dir = self.dirs.contains(relative) || relative == Path::new(".opencode");
         match kind {
             Kind::Dir if keeps_dir && depth < MAX_DEPTH => {
-                for (name, _) in ws.list(relative)? {
-                    self.prune(ws, &relative.join(name), depth + 1)?;
+                for (name, kind) in ws.list(relative)? {
+                    self.prune(ws, &relative.join(name), kind, depth + 1)?;
                 }
                 Ok(())
             }
