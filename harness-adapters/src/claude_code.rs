@@ -550,7 +550,10 @@ fn user_line(text: &str) -> Value {
 /// warm-up message, because hooks (`UserPromptSubmit`, `Stop`,
 /// `SessionStart` on `/clear`, …) run the app's commands, and a warm-up
 /// runs nothing of the app's. A settings file that cannot be read or
-/// parsed counts as having hooks.
+/// parsed counts as having hooks. (The host copies no hooks into a
+/// workspace today — it reduces an app's settings to permission rules —
+/// so this is the second line: it keeps a warm-up from ever running one
+/// if that changes, or for a harness given a workspace some other way.)
 fn app_has_no_hooks(workspace: &Path) -> bool {
     let Ok(dir) = SafeDir::open(workspace) else {
         return false;

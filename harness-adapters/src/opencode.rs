@@ -131,7 +131,9 @@ const APP_CONFIG_FILES: &[&str] = &[
 /// pooled server exchange a warm-up prompt, because a plugin's hooks run
 /// the app's code on every prompt, and a warm-up runs nothing of the
 /// app's. Conservative: a plugin directory, any config file that mentions
-/// `plugin` at all, or one that cannot be read counts as a plugin.
+/// `plugin` at all, or one that cannot be read counts as a plugin. (The
+/// host copies no plugin into a workspace today, so this is the second
+/// line, as for Claude Code's hooks.)
 fn app_has_no_plugins(workspace: &Path) -> bool {
     let Ok(dir) = SafeDir::open(workspace) else {
         return false;
