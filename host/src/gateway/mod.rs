@@ -668,8 +668,9 @@ async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: 
 /// shape it asked for, made here — no provider is called, no token is
 /// metered, no budget is touched, nothing is recorded. A slot's key is
 /// nobody's until a session claims it ([`Credentials::rebind`]), and
-/// its process only ever asks during its warm-up, whose conversation it
-/// clears before it is offered (`karta_harness`'s Claude Code adapter).
+/// its process only ever asks during its warm-up, whose exchange it
+/// clears or deletes before it is offered (the Claude Code and OpenCode
+/// adapters of `karta_harness`).
 fn warm_up_answer(kind: UpstreamKind, streaming: bool, model: &str) -> Response {
     let reply = offline::Reply {
         text: Some("ok".into()),

@@ -17,8 +17,12 @@
 //! connected (`mcp_status`); OpenCode listens, the host follows its event
 //! stream, its conversation is open, and its per-directory bootstrap
 //! (providers, agents, MCP clients, tool registry) is done by read-only
-//! requests. The warm-up calls no model, runs no tool and adds nothing to
-//! the conversation ([`Harness::prestart`]).
+//! requests. Then each makes one throwaway exchange, which it clears
+//! (Claude Code: `/clear`) or deletes (OpenCode: a session of its own), so
+//! its first prompt is no slower than a later one; the gateway answers
+//! the slot's key itself, so the warm-up reaches no model, is metered to
+//! no one, runs no tool and leaves nothing in the conversation handed over
+//! ([`Harness::prestart`]).
 //!
 //! **Claim.** A session's first harness turn takes an idle slot when the
 //! slot can be the session's without anything of another showing through:
