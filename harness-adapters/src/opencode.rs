@@ -493,10 +493,7 @@ impl OpencodeHarness {
             let Some(id) = created["id"].as_str().filter(|_| status < 300) else {
                 return Err(format!("POST /session: {status} {created}"));
             };
-            let body = json!({
-                "model": { "providerID": PROVIDER_ID, "modelID": model },
-                "parts": [{ "type": "text", "text": WARM_UP_MESSAGE }],
-            });
+            let body = prompt_body(model, WARM_UP_MESSAGE);
             let (status, answer) = self
                 .client
                 .json("POST", &format!("{base}/session/{id}/message"), Some(&body))
@@ -618,10 +615,7 @@ impl OpencodeHarness {
         };
         // Events of an earlier turn (late updates) are not this turn's.
         while server.events.try_recv().is_ok() {}
-        let mut body = json!({
-            "model": { "providerID": PROVIDER_ID, "modelID": request.model },
-            "parts": [{ "type": "text", "text": request.text }],
-        });
+        let mut body = prompt_body(&request.model, &request.text);
         if let Some(agent) = &request.agent {
             if is_opencode_agent(&request.session.workspace, agent) {
                 body["agent"] = json!(agent);
@@ -719,6 +713,14 @@ impl OpencodeHarness {
             }
         }
     }
+}
+
+/// The body of a prompt saying `text` to the gateway's `model`.
+fn prompt_body(model: &str, text: &str) -> Value {
+    json!({
+        "model": { "providerID": PROVIDER_ID, "modelID": model },
+        "parts": [{ "type": "text", "text": text }],
+    })
 }
 
 /// Whether `.opencode/agent(s)/<name>.md` exists in the workspace (OpenCode
