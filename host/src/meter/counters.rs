@@ -60,7 +60,7 @@ pub(crate) struct Counters {
 /// group commit).
 const COUNTERS_LEN: usize = 64;
 /// The size of encoded [`Counters`] with the writer's stamp.
-const STAMPED_LEN: usize = COUNTERS_LEN + 8;
+pub(crate) const STAMPED_LEN: usize = COUNTERS_LEN + 8;
 
 impl Counters {
     /// What one record adds.

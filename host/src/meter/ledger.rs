@@ -219,13 +219,13 @@ impl Meter {
     /// Queues the record for the group-commit writer (`writer.rs`) and
     /// returns at once: budgets ([`Meter::spent`], [`Meter::check`],
     /// [`Meter::reserve`]) count it from now on, [`Meter::totals`] once
-    /// its batch is committed (it waits for that). It is **durable** only
+    /// its batch is applied (it waits for that). It is **durable** only
     /// when a later [`Meter::flush`] (or [`Meter::flush_session`]) has
     /// returned `Ok`: a caller that must not lose the record across a
     /// crash — before it answers a client, say — flushes; a crash before
     /// that loses the record *and* its aggregates together, never one of
-    /// them. Its row and every counter it bumps are written in the same
-    /// sled transaction (its batch's).
+    /// them. Its row and every counter it bumps travel together: one
+    /// journal row (its batch's), then one sled transaction.
     pub fn record(&self, record: &UsageRecord) -> Result<Recorded, MeterError> {
         validate(record)?;
         let cost_micros = self.prices().cost_micros(&record.kind);

@@ -3,16 +3,19 @@
 //!
 //! - **Ledger** (`ledger.rs`, `writer.rs`): [`Meter::record`] queues a
 //!   [`UsageRecord`] (a model call's tokens or a tool call's fuel) and
-//!   returns at once (~1 µs); a writer thread writes each batch of queued
-//!   records — their rows and every aggregate counter they bump — in
-//!   **one sled transaction**, idempotent on the record's id. Totals never
-//!   disagree with the records, and a crash leaves both or neither.
-//!   Budgets count a record from the moment it is queued.
+//!   returns at once (~1 µs); a writer thread logs each batch of queued
+//!   records in a journal row (one insert), then applies logged batches —
+//!   their rows and every aggregate counter they bump — in **one sled
+//!   transaction** that also removes their journal rows, idempotent on
+//!   the record's id. Totals never disagree with the records, and a crash
+//!   leaves both or neither (the meter applies a crash's journal rows when
+//!   it opens). Budgets count a record from the moment it is queued.
 //!   **Acknowledgement:** a record is durable once a [`Meter::flush`]
 //!   called after it has returned `Ok` (everything queued before is then
-//!   committed and `fsync`ed), or once the caller's own flush of the same
-//!   database returned after [`Meter::commit_session`]. A turn's end waits
-//!   for its records to be committed, writes its terminal event and
+//!   applied and `fsync`ed), or once the caller's own flush of the same
+//!   database returned after [`Meter::commit_session`] or
+//!   [`Meter::commit_session_async`]. A turn's end waits for its records
+//!   to be logged, writes its terminal event and
 //!   flushes the store (one `fsync` for both) before it publishes `done` or
 //!   `error`; the usage routes flush before they answer.
 //! - **Prices** (`prices.rs`): a [`PriceTable`] in integer micro-units
@@ -29,8 +32,8 @@
 //!   *beyond what they reserved*, plus records written with no
 //!   reservation at all; if every call reserves at least its cost, the cap
 //!   holds exactly (the precise bound is on [`Meter::reserve`]).
-//! - `writer.rs`: the group-commit writer (queue, batches, the pending
-//!   view budgets read, flushes); `counters.rs`: the counter rows' keys
+//! - `writer.rs`: the group-commit writer (queue, batches, the journal,
+//!   the pending view budgets read, flushes); `counters.rs`: the counter rows' keys
 //!   and values; `calendar.rs`: UTC
 //!   [`Day`]s and months; `error.rs`: [`MeterError`] and
 //!   [`BudgetExhausted`] (402). Tests of several parts at once are in
@@ -46,6 +49,7 @@
 //! | --- | --- | --- |
 //! | `meter_records` | org id, `0x00`, record id | `{cost_micros, record}` JSON ([`UsageRecord`] and what it was billed) |
 //! | `meter_totals` | org id, `0x00`, dimension, period, bucket (u32 BE), member | 8 × u64 LE: cost, input, output, cache read, cache write tokens, fuel, tool calls, model calls; then the stamp (u64 LE) of the batch that last wrote it (absent in rows from before group commit) |
+//! | `meter_journal` | a batch's stamp (u64 BE); `hw` | the batch's records, each with its row, counter keys and deltas (binary, `writer.rs`), until applied; `hw`: the highest stamp ever applied (u64 BE) |
 //! | `meter_budgets` | org id, `0x00`, dimension, (member part, `0x00`)*, period | [`Budget`] JSON |
 //!
 //! Period is `d` (bucket = days since 1970-01-01 UTC) or `m` (bucket =
@@ -177,9 +181,15 @@ impl Meter {
         }
         let records = store.tree("meter_records")?;
         let totals = store.tree("meter_totals")?;
+        let journal = store.tree("meter_journal")?;
         Ok(Meter {
             inner: Arc::new(Inner {
-                writer: writer::Writer::start(store.db().clone(), records, totals.clone())?,
+                writer: writer::Writer::start(
+                    store.db().clone(),
+                    records,
+                    totals.clone(),
+                    journal,
+                )?,
                 totals,
                 budgets,
                 prices: RwLock::new(Arc::new(prices)),
@@ -243,8 +253,8 @@ impl Meter {
     }
 
     /// [`Meter::flush_session`] without the disk flush: returns when every
-    /// record queued before the call is committed to the database (not yet
-    /// `fsync`ed), or `Err` if a record of `session` was lost. For a caller
+    /// record queued before the call is applied to the database's trees
+    /// (not yet `fsync`ed), or `Err` if a record of `session` was lost. For a caller
     /// that flushes the same database itself before it tells anyone — a
     /// turn's end flushes the store before its `done` is published — so the
     /// path to `done` pays one `fsync`, not two.
@@ -253,10 +263,14 @@ impl Meter {
         self.inner.writer.take_lost(session)
     }
 
-    /// [`Meter::commit_session`] for async callers: waits without holding
-    /// a thread (the writer wakes it when it commits a batch).
+    /// [`Meter::commit_session`] for async callers, and cheaper: returns
+    /// once every record queued before the call is *logged* (its journal
+    /// row is in the database, so the caller's next flush makes it
+    /// durable), without holding a thread (the writer wakes it). A record
+    /// lost when its batch is applied later (a damaged counter row) fails
+    /// the session's next acknowledgement instead.
     pub async fn commit_session_async(&self, session: &str) -> Result<(), MeterError> {
-        self.inner.writer.committed().await?;
+        self.inner.writer.logged().await?;
         self.inner.writer.take_lost(session)
     }
 }

@@ -1,44 +1,83 @@
-//! Group commit: [`Meter::record`] queues a record in memory and returns;
-//! one writer thread takes everything queued while its last transaction
-//! ran and writes it in **one** sled transaction, summing the counter
-//! deltas per row.
+//! Group commit through a journal: [`Meter::record`] queues a record in
+//! memory and returns; one writer thread takes everything queued as a
+//! *batch*, logs it with **one** insert into the journal (`meter_journal`),
+//! and later *applies* many logged batches at once — every record row and
+//! counter row they touch, and the removal of their journal rows — in one
+//! sled transaction.
 //!
-//! - **Idempotency.** A record id already stored, queued or being written
-//!   is [`Recorded::Duplicate`] at once (checked under the queue's lock);
-//!   the batch's transaction checks again (an id twice in one batch, or
-//!   stored by another meter of the database, counts once).
+//! Why two steps: a sled transaction (or batch) is dear whatever it holds:
+//! sled seals its log buffer twice for it, and each seal is a write, a
+//! `sync_file_range` and a wake-up of sled's I/O threads. One transaction
+//! per turn doubled the disk writes of a built-in turn. A journal row is a
+//! plain insert, atomic on its own, so a batch is in the database — and
+//! covered by the next flush of the store — at the cost of one insert; the
+//! transactions come once per [`APPLY_AFTER`] or [`MAX_UNAPPLIED`] batches,
+//! or when a reader of the trees asks.
+//!
+//! - **When a batch is logged.** At once when someone waits for it (a turn
+//!   acknowledging its usage, a reader, a flush) or the queue holds
+//!   [`MAX_BATCH`] records; otherwise after [`LINGER`], so that the records
+//!   of one turn (its model calls and tool calls, milliseconds apart) share
+//!   one journal row.
+//! - **Idempotency.** A record id already stored, queued, logged or being
+//!   applied is [`Recorded::Duplicate`] at once (checked under the queue's
+//!   lock); applying checks the records tree again (an id twice in one
+//!   batch, or stored by another meter of the database, counts once).
 //! - **Budgets see a record at once.** The queue keeps, per budget counter
 //!   row (org, project, end user, key; day and month), the deltas of the
-//!   records queued and of the batch being written. [`Meter::spent`] adds
-//!   them to the stored row under the queue's lock. Every row the writer
-//!   writes carries the batch's *stamp* (its last sequence number), so a
-//!   reader can tell whether the stored row already holds the batch in
-//!   flight: the deltas are counted exactly once, never zero times.
-//! - **Acknowledgement = [`Meter::flush`].** It returns when everything
-//!   queued before it is committed *and* on disk (sled's `flush`, an
-//!   `fsync`): the writer flushes after a batch whenever a caller waits, so
-//!   one `fsync` covers every waiter of the batch. What a caller was told
-//!   after a flush returned survives `kill -9`; a record queued but not
-//!   flushed may be lost with its counters (never one without the other).
-//!   [`Meter::flush_session`] also reports records of that session the
-//!   writer could not write (below).
-//! - **Failure.** A batch whose transaction fails (an I/O error, a damaged
-//!   counter row) is retried record by record; a record that still fails
-//!   is dropped, logged, and remembered by its session: that session's
-//!   next [`Meter::flush_session`] fails, so it is never acknowledged.
-//! - **Shutdown.** The last clone of the meter dropped, the writer commits
-//!   what is queued and stops.
+//!   records queued and of every batch not yet applied. [`Meter::spent`]
+//!   adds them to the stored row under the queue's lock. Every counter row
+//!   an apply writes carries the *stamp* of the last batch it applied (a
+//!   batch's stamp is the sequence number of its last record; stamps rise
+//!   across restarts, see the journal's `hw` row), so a reader can tell
+//!   which batches the stored row already holds: each delta is counted
+//!   exactly once, never zero times.
+//! - **Acknowledgement.** [`Meter::commit_session_async`] returns once
+//!   everything queued before it is logged (in the database, not yet on
+//!   disk): a turn flushes the store itself before it tells anyone, and that
+//!   flush carries the journal rows. [`Meter::flush`] returns when it is
+//!   applied *and* on disk. What a caller was told after a flush survives
+//!   `kill -9`; a record queued but not flushed may be lost with its
+//!   counters (never one without the other: a journal row holds both).
+//! - **Recovery.** Opening the meter applies every journal row left by a
+//!   crash before anything else, in one transaction that also removes them:
+//!   exactly once.
+//! - **Failure.** A journal insert that fails loses its batch; applying
+//!   retries batch by batch, then record by record; a record that still
+//!   fails (a damaged counter row) is dropped and logged. Either way the
+//!   record's session is remembered: its next acknowledgement or
+//!   [`Meter::flush_session`] fails.
+//! - **Shutdown.** The last clone of the meter dropped, the writer logs and
+//!   applies what is queued and stops.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::counters::Counters;
 use super::error::MeterError;
 use super::ledger::{Recorded, UsageRecord};
+
+/// How long the writer lets records gather before it logs them when nobody
+/// waits for them (see the module's docs).
+pub(crate) const LINGER: Duration = Duration::from_millis(5);
+
+/// Records queued that make the writer log them at once, waiter or not.
+pub(crate) const MAX_BATCH: usize = 512;
+
+/// How long a logged batch waits to be applied when nobody reads.
+pub(crate) const APPLY_AFTER: Duration = Duration::from_millis(100);
+
+/// Logged batches that make the writer apply them at once.
+pub(crate) const MAX_UNAPPLIED: usize = 64;
+
+/// The journal's row holding the highest stamp ever applied (journal rows
+/// themselves are keyed by their stamp, 8 bytes big-endian).
+const HIGH_WATER: &[u8] = b"hw";
 
 /// Sessions whose lost records are remembered at most (a session that
 /// never flushes must not grow the map without bound).
@@ -52,15 +91,31 @@ pub(crate) struct Pending {
     pub(crate) delta: Counters,
 }
 
-/// The batch being written, as readers of the counters see it.
-#[derive(Default)]
-struct InFlight {
-    /// The batch's stamp: the sequence number of its last record.
+/// One record as the journal holds it: everything applying it needs.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    session: String,
+    row_key: Vec<u8>,
+    row: Vec<u8>,
+    counter_keys: Vec<Vec<u8>>,
+    delta: Counters,
+}
+
+/// A batch taken from the queue and not yet applied, as readers of the
+/// counters see it.
+struct Batch {
+    /// The sequence number of its first record.
+    first: u64,
+    /// Its stamp: the sequence number of its last record.
     stamp: u64,
     /// Its deltas per budget counter row.
     deltas: HashMap<Vec<u8>, Counters>,
     /// Its record rows' keys.
     ids: HashSet<Vec<u8>>,
+    /// Its records, once logged; `None` while being logged.
+    entries: Option<Arc<[Entry]>>,
+    /// When it was logged.
+    logged_at: Option<Instant>,
 }
 
 /// What the queue's lock guards.
@@ -74,14 +129,21 @@ struct Queue {
     queued_deltas: HashMap<Vec<u8>, Counters>,
     /// Their record rows' keys.
     queued_ids: HashSet<Vec<u8>>,
-    /// The batch being written, if one is.
-    in_flight: Option<InFlight>,
-    /// Every record up to this sequence number is committed (or lost).
-    committed: u64,
-    /// Every record up to this sequence number is on disk.
+    /// Batches taken and not yet applied, oldest first.
+    unapplied: VecDeque<Batch>,
+    /// Every record up to this sequence number is logged or applied (or
+    /// lost).
+    logged: u64,
+    /// Every record up to this sequence number is applied (or lost).
+    applied: u64,
+    /// Every record up to this sequence number is applied and on disk.
     durable: u64,
-    /// A flush waits for this sequence number to be on disk.
+    /// A flush waits for this sequence number to be applied and on disk.
     wanted: u64,
+    /// An acknowledgement waits for this sequence number to be logged.
+    log_wanted: u64,
+    /// A reader waits for this sequence number to be applied.
+    apply_wanted: u64,
     /// The last failed disk flush: what it was to cover, and why.
     flush_failed: Option<(u64, String)>,
     /// Why records of a session were lost, by session id.
@@ -94,18 +156,67 @@ struct Queue {
     gone: bool,
 }
 
+impl Queue {
+    /// `applied` from the batches left: everything before the oldest
+    /// unapplied batch.
+    fn settle_applied(&mut self) {
+        self.applied = match self.unapplied.front() {
+            Some(batch) => batch.first - 1,
+            None => self.logged,
+        };
+    }
+
+    fn lose(&mut self, session: String, why: String) {
+        if self.lost.len() >= MAX_LOST_SESSIONS {
+            self.lost.clear();
+        }
+        self.lost.insert(session, why);
+    }
+
+    /// Whether logged batches should be applied now.
+    fn apply_due(&self, now: Instant) -> bool {
+        let logged = self
+            .unapplied
+            .iter()
+            .filter(|b| b.entries.is_some())
+            .count();
+        if logged == 0 {
+            return false;
+        }
+        self.shutdown
+            || self.apply_wanted > self.applied
+            || self.wanted > self.applied
+            || logged >= MAX_UNAPPLIED
+            || self.apply_deadline().is_some_and(|at| at <= now)
+    }
+
+    /// When the oldest logged batch is due to be applied.
+    fn apply_deadline(&self) -> Option<Instant> {
+        self.unapplied
+            .iter()
+            .find_map(|b| b.logged_at)
+            .map(|at| at + APPLY_AFTER)
+    }
+
+    /// Whether someone waits for the queued records.
+    fn log_urgent(&self) -> bool {
+        let waited = self.log_wanted.max(self.apply_wanted).max(self.wanted);
+        self.shutdown || waited > self.logged || self.queued.len() >= MAX_BATCH
+    }
+}
+
 /// The trees the writer writes, and the queue.
 struct Shared {
     db: sled::Db,
     records: sled::Tree,
     totals: sled::Tree,
+    journal: sled::Tree,
     queue: Mutex<Queue>,
     /// The writer waits here for work.
     work: Condvar,
-    /// Flushes and commit waits wait here.
+    /// Flushes and apply waits wait here.
     done: Condvar,
-    /// Async commit waits ([`Writer::committed`]) wait here: woken with
-    /// `done`.
+    /// Async log waits ([`Writer::logged`]) wait here: woken with `done`.
     done_async: tokio::sync::Notify,
 }
 
@@ -113,6 +224,11 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // Nothing under the lock leaves the queue half-changed on a panic.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn notify_done(&self) {
+        self.done.notify_all();
+        self.done_async.notify_waiters();
     }
 }
 
@@ -130,23 +246,35 @@ impl Drop for GoneOnExit {
         let mut queue = self.0.lock();
         queue.gone = true;
         drop(queue);
-        self.0.done.notify_all();
-        self.0.done_async.notify_waiters();
+        self.0.notify_done();
     }
 }
 
 impl Writer {
-    /// Starts the writer of `records` and `totals` in `db`.
+    /// Applies what the journal holds (a crash's leftovers), then starts
+    /// the writer of `records` and `totals` in `db`.
     pub(crate) fn start(
         db: sled::Db,
         records: sled::Tree,
         totals: sled::Tree,
+        journal: sled::Tree,
     ) -> Result<Self, MeterError> {
+        let base = recover(&records, &totals, &journal)?;
         let shared = Arc::new(Shared {
             db,
             records,
             totals,
-            queue: Mutex::default(),
+            journal,
+            queue: Mutex::new(Queue {
+                queued_seq: base,
+                logged: base,
+                applied: base,
+                durable: base,
+                wanted: base,
+                log_wanted: base,
+                apply_wanted: base,
+                ..Queue::default()
+            }),
             work: Condvar::new(),
             done: Condvar::new(),
             done_async: tokio::sync::Notify::new(),
@@ -165,8 +293,8 @@ impl Writer {
         })
     }
 
-    /// Queues `pending` unless its id is stored, queued or being written;
-    /// `budget_keys` are the budget counter rows it bumps.
+    /// Queues `pending` unless its id is stored, queued, logged or being
+    /// applied; `budget_keys` are the budget counter rows it bumps.
     pub(crate) fn enqueue(
         &self,
         pending: Pending,
@@ -179,12 +307,12 @@ impl Writer {
         }
         let known = queue.queued_ids.contains(&pending.row_key)
             || queue
-                .in_flight
-                .as_ref()
-                .is_some_and(|f| f.ids.contains(&pending.row_key));
-        // Read under the lock: the writer takes a batch out of `in_flight`
-        // under it only after the batch is committed, so an id is always
-        // in one of the three places.
+                .unapplied
+                .iter()
+                .any(|b| b.ids.contains(&pending.row_key));
+        // Read under the lock: the writer drops a batch from `unapplied`
+        // under it only after the batch is applied, so an id is always in
+        // one of the places.
         if known || shared.records.contains_key(&pending.row_key)? {
             return Ok(Recorded::Duplicate);
         }
@@ -199,14 +327,14 @@ impl Writer {
         queue.queued_seq += 1;
         let cost_micros = pending.cost_micros;
         queue.queued.push(pending);
-        if queue.idle {
+        if queue.idle || queue.queued.len() >= MAX_BATCH {
             queue.idle = false;
             shared.work.notify_one();
         }
         Ok(Recorded::New { cost_micros })
     }
 
-    /// What the records queued or being written add to the budget counter
+    /// What the records queued or not yet applied add to the budget counter
     /// row `key` whose stored value carries `stamp`, plus that stored
     /// value: read by `read_stored` under the queue's lock.
     pub(crate) fn with_pending(
@@ -219,11 +347,9 @@ impl Writer {
         if let Some(delta) = queue.queued_deltas.get(key) {
             counters.add(delta);
         }
-        if let Some(flight) = &queue.in_flight {
-            // A row stamped with the batch's stamp already holds it.
-            if stamp < flight.stamp
-                && let Some(delta) = flight.deltas.get(key)
-            {
+        // A row stamped with a batch's stamp (or a later one) holds it.
+        for batch in queue.unapplied.iter().filter(|b| b.stamp > stamp) {
+            if let Some(delta) = batch.deltas.get(key) {
                 counters.add(delta);
             }
         }
@@ -236,19 +362,20 @@ impl Writer {
         &self.shared.records
     }
 
-    /// Waits until every record queued before the call is committed (in
-    /// sled's page cache, not necessarily on disk).
+    /// Waits until every record queued before the call is applied to the
+    /// records and counters (in sled's page cache, not necessarily on
+    /// disk): what a reader of those trees needs.
     pub(crate) fn wait_committed(&self) -> Result<(), MeterError> {
         let shared = &*self.shared;
         let mut queue = shared.lock();
         let target = queue.queued_seq;
-        while queue.committed < target {
+        if queue.applied < target {
+            queue.apply_wanted = queue.apply_wanted.max(target);
+            wake(shared, &mut queue);
+        }
+        while queue.applied < target {
             if queue.gone {
                 return Err(MeterError::Unwritten("the ledger's writer stopped".into()));
-            }
-            if queue.idle {
-                queue.idle = false;
-                shared.work.notify_one();
             }
             queue = shared
                 .done
@@ -258,28 +385,29 @@ impl Writer {
         Ok(())
     }
 
-    /// [`Writer::wait_committed`] for async callers, without a blocking
-    /// thread: the writer wakes them when it commits a batch.
-    pub(crate) async fn committed(&self) -> Result<(), MeterError> {
+    /// Waits, without a blocking thread, until every record queued before
+    /// the call is logged: in the database, so that the next flush of the
+    /// store makes it durable.
+    pub(crate) async fn logged(&self) -> Result<(), MeterError> {
         let shared = &*self.shared;
         let target = shared.lock().queued_seq;
         loop {
             let notified = shared.done_async.notified();
             let mut notified = std::pin::pin!(notified);
-            // Registered before the check: a commit between the check and
-            // the wait still wakes this waiter.
+            // Registered before the check: a log between the check and the
+            // wait still wakes this waiter.
             notified.as_mut().enable();
             {
                 let mut queue = shared.lock();
-                if queue.committed >= target {
+                if queue.logged >= target {
                     return Ok(());
                 }
                 if queue.gone {
                     return Err(MeterError::Unwritten("the ledger's writer stopped".into()));
                 }
-                if queue.idle {
-                    queue.idle = false;
-                    shared.work.notify_one();
+                if queue.log_wanted < target {
+                    queue.log_wanted = target;
+                    wake(shared, &mut queue);
                 }
             }
             notified.await;
@@ -297,7 +425,7 @@ impl Writer {
         }
     }
 
-    /// Waits until every record queued before the call is committed and on
+    /// Waits until every record queued before the call is applied and on
     /// disk; then takes (and reports) the records of `session` that were
     /// lost, if asked to.
     pub(crate) fn flush(&self, session: Option<&str>) -> Result<(), MeterError> {
@@ -306,10 +434,7 @@ impl Writer {
         let target = queue.queued_seq;
         if queue.durable < target {
             queue.wanted = queue.wanted.max(target);
-            if queue.idle {
-                queue.idle = false;
-                shared.work.notify_one();
-            }
+            wake(shared, &mut queue);
         }
         while queue.durable < target {
             if let Some((covered, why)) = &queue.flush_failed
@@ -336,6 +461,12 @@ impl Writer {
     }
 }
 
+/// Wakes the writer, idle or lingering: someone waits.
+fn wake(shared: &Shared, queue: &mut Queue) {
+    queue.idle = false;
+    shared.work.notify_one();
+}
+
 impl Drop for Writer {
     fn drop(&mut self) {
         self.shared.lock().shutdown = true;
@@ -346,146 +477,389 @@ impl Drop for Writer {
     }
 }
 
-/// The writer thread: batches while there are records, a disk flush when
-/// someone waits for one.
+/// The writer thread: logs what is queued, applies what is logged when due,
+/// flushes when someone waits for the disk.
 fn run(shared: &Shared) {
     loop {
         let mut queue = shared.lock();
-        while queue.queued.is_empty() && queue.wanted <= queue.durable && !queue.shutdown {
+        loop {
+            let now = Instant::now();
+            let flush_due = queue.wanted > queue.durable && queue.applied >= queue.wanted;
+            if !queue.queued.is_empty() || queue.apply_due(now) || flush_due {
+                break;
+            }
+            if queue.shutdown {
+                return;
+            }
             queue.idle = true;
-            queue = shared
-                .work
-                .wait(queue)
-                .unwrap_or_else(PoisonError::into_inner);
+            queue = match queue.apply_deadline() {
+                Some(at) => {
+                    shared
+                        .work
+                        .wait_timeout(queue, at.saturating_duration_since(now))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => shared
+                    .work
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
         }
         queue.idle = false;
+        // Nobody waits for these records: let the rest of their turn's
+        // records join them.
+        let deadline = Instant::now() + LINGER;
+        while !queue.queued.is_empty() && !queue.log_urgent() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            queue = shared
+                .work
+                .wait_timeout(queue, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
         if !queue.queued.is_empty() {
-            let batch = std::mem::take(&mut queue.queued);
-            let stamp = queue.queued_seq;
-            queue.in_flight = Some(InFlight {
-                stamp,
-                deltas: std::mem::take(&mut queue.queued_deltas),
-                ids: std::mem::take(&mut queue.queued_ids),
-            });
+            queue = log(shared, queue);
+        }
+        if queue.apply_due(Instant::now()) {
+            queue = apply(shared, queue);
+        }
+        if queue.wanted > queue.durable && queue.applied >= queue.wanted {
+            // One flush covers every record applied so far.
+            let covered = queue.applied;
             drop(queue);
-            let lost = commit(shared, &batch, stamp);
+            let flushed = shared.db.flush();
             let mut queue = shared.lock();
-            queue.in_flight = None;
-            queue.committed = stamp;
-            for (session, why) in lost {
-                if queue.lost.len() >= MAX_LOST_SESSIONS {
-                    queue.lost.clear();
+            match flushed {
+                Ok(_) => {
+                    queue.durable = queue.durable.max(covered);
+                    queue.flush_failed = None;
                 }
-                queue.lost.insert(session, why);
+                Err(e) => {
+                    tracing::error!("cannot flush the usage ledger: {e}");
+                    queue.flush_failed = Some((covered, e.to_string()));
+                    // Not asked again until a new flush asks.
+                    queue.wanted = queue.durable;
+                }
             }
-            let flush_now = queue.wanted > queue.durable;
             drop(queue);
-            shared.done.notify_all();
-            shared.done_async.notify_waiters();
-            if !flush_now {
-                continue;
-            }
-        } else if queue.wanted <= queue.durable {
-            // Shutting down with nothing left to do.
-            return;
-        } else {
-            drop(queue);
+            shared.notify_done();
         }
-        // Someone waits for the disk: one flush covers every record
-        // committed so far.
-        let covered = shared.lock().committed;
-        let flushed = shared.db.flush();
-        let mut queue = shared.lock();
-        match flushed {
-            Ok(_) => {
-                queue.durable = queue.durable.max(covered);
-                queue.flush_failed = None;
-            }
-            Err(e) => {
-                tracing::error!("cannot flush the usage ledger: {e}");
-                queue.flush_failed = Some((covered, e.to_string()));
-                // Not asked again until a new flush asks.
-                queue.wanted = queue.durable;
-            }
-        }
-        drop(queue);
-        shared.done.notify_all();
     }
 }
 
-/// Writes `batch` in one transaction, else record by record; returns the
-/// sessions of the records that could not be written, with why.
-fn commit(shared: &Shared, batch: &[Pending], stamp: u64) -> Vec<(String, String)> {
-    let encoded: Result<Vec<_>, MeterError> = batch
-        .iter()
-        .map(|p| {
-            Ok((
-                p,
-                super::ledger::encode_row(&p.record, p.cost_micros)?,
-                super::ledger::counter_keys(&p.record),
-            ))
-        })
-        .collect();
-    let encoded = match encoded {
-        Ok(encoded) => encoded,
-        // A record that cannot be encoded: record by record finds which.
-        Err(_) if batch.len() > 1 => return one_by_one(shared, batch, stamp),
-        Err(e) => return vec![(batch[0].record.session_id.clone(), e.to_string())],
+/// Takes the queue as a batch and logs it in the journal with one insert.
+fn log<'a>(shared: &'a Shared, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+    let pending = std::mem::take(&mut queue.queued);
+    let stamp = queue.queued_seq;
+    let first = queue.logged + 1;
+    let batch = Batch {
+        first,
+        stamp,
+        deltas: std::mem::take(&mut queue.queued_deltas),
+        ids: std::mem::take(&mut queue.queued_ids),
+        entries: None,
+        logged_at: None,
     };
-    match write(shared, &encoded, stamp) {
-        Ok(()) => Vec::new(),
-        Err(_) if batch.len() > 1 => one_by_one(shared, batch, stamp),
-        Err(e) => {
-            let record = &batch[0].record;
-            tracing::error!(id = %record.id, "cannot write a usage record: {e}");
-            vec![(record.session_id.clone(), e.to_string())]
+    queue.unapplied.push_back(batch);
+    drop(queue);
+    let mut lost = Vec::new();
+    let mut entries = Vec::with_capacity(pending.len());
+    for p in pending {
+        match super::ledger::encode_row(&p.record, p.cost_micros) {
+            Ok(row) => entries.push(Entry {
+                counter_keys: super::ledger::counter_keys(&p.record),
+                session: p.record.session_id,
+                row_key: p.row_key,
+                row,
+                delta: p.delta,
+            }),
+            Err(e) => {
+                tracing::error!(id = %p.record.id, "cannot encode a usage record: {e}");
+                lost.push((p.record.session_id, e.to_string()));
+            }
         }
     }
+    let written = shared
+        .journal
+        .insert(stamp.to_be_bytes(), encode_batch(&entries))
+        .map_err(MeterError::from);
+    let mut queue = shared.lock();
+    match written {
+        Ok(_) => {
+            let batch = queue
+                .unapplied
+                .iter_mut()
+                .find(|b| b.stamp == stamp)
+                .expect("the batch being logged");
+            batch.entries = Some(Arc::from(entries));
+            batch.logged_at = Some(Instant::now());
+        }
+        Err(e) => {
+            tracing::error!("cannot log {} usage records: {e}", entries.len());
+            let why = e.to_string();
+            lost.extend(entries.into_iter().map(|e| (e.session, why.clone())));
+            queue.unapplied.retain(|b| b.stamp != stamp);
+        }
+    }
+    for (session, why) in lost {
+        queue.lose(session, why);
+    }
+    queue.logged = stamp;
+    queue.settle_applied();
+    drop(queue);
+    shared.notify_done();
+    shared.lock()
 }
 
-fn one_by_one(shared: &Shared, batch: &[Pending], stamp: u64) -> Vec<(String, String)> {
-    batch
+/// Applies every logged batch in one transaction; a transaction that fails
+/// is retried batch by batch, then record by record.
+fn apply<'a>(shared: &'a Shared, queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+    let batches: Vec<(u64, Arc<[Entry]>)> = queue
+        .unapplied
         .iter()
-        .flat_map(|p| commit(shared, std::slice::from_ref(p), stamp))
-        .collect()
-}
-
-/// A record ready for the transaction: its row's value and the counter
-/// rows it bumps.
-type Encoded<'a> = (&'a Pending, Vec<u8>, Vec<Vec<u8>>);
-
-/// One transaction: each new record's row, and every counter row it bumps
-/// bumped once by the sum of the batch's deltas, stamped.
-fn write(shared: &Shared, encoded: &[Encoded<'_>], stamp: u64) -> Result<(), MeterError> {
-    (&shared.records, &shared.totals).transaction(|(records, totals)| {
-        let mut seen = HashSet::with_capacity(encoded.len());
-        let mut deltas: HashMap<&[u8], Counters> = HashMap::new();
-        for (pending, row, keys) in encoded {
-            let key = pending.row_key.as_slice();
-            if !seen.insert(key) || records.get(key)?.is_some() {
+        .map_while(|b| b.entries.clone().map(|entries| (b.stamp, entries)))
+        .collect();
+    drop(queue);
+    let mut lost = Vec::new();
+    if apply_batches(shared, &batches).is_err() {
+        for (stamp, entries) in &batches {
+            let one = [(*stamp, entries.clone())];
+            if apply_batches(shared, &one).is_ok() {
                 continue;
             }
-            records.insert(key, row.as_slice())?;
-            for counter in keys {
-                deltas
-                    .entry(counter.as_slice())
-                    .or_default()
-                    .add(&pending.delta);
+            for entry in entries.iter() {
+                let single = [(*stamp, Arc::from(vec![entry.clone()]))];
+                if let Err(e) = apply_entries(shared, &single, &[]) {
+                    tracing::error!(
+                        "cannot apply a usage record of session {}: {e}",
+                        entry.session
+                    );
+                    lost.push((entry.session.clone(), e.to_string()));
+                }
+            }
+            if let Err(e) = shared.journal.remove(stamp.to_be_bytes()) {
+                tracing::error!("cannot remove a journal row: {e}");
             }
         }
-        for (key, delta) in deltas {
-            let mut counters = match totals.get(key)? {
-                Some(bytes) => {
-                    Counters::decode(&bytes).map_err(ConflictableTransactionError::Abort)?
-                }
-                None => Counters::default(),
-            };
-            counters.add(&delta);
-            totals.insert(key, &counters.encode(stamp)[..])?;
-        }
-        Ok(())
-    })?;
+    }
+    let mut queue = shared.lock();
+    let applied: HashSet<u64> = batches.iter().map(|(stamp, _)| *stamp).collect();
+    queue.unapplied.retain(|b| !applied.contains(&b.stamp));
+    for (session, why) in lost {
+        queue.lose(session, why);
+    }
+    queue.settle_applied();
+    drop(queue);
+    shared.notify_done();
+    shared.lock()
+}
+
+/// Applies `batches` and removes their journal rows, in one transaction.
+fn apply_batches(shared: &Shared, batches: &[(u64, Arc<[Entry]>)]) -> Result<(), MeterError> {
+    let stamps: Vec<u64> = batches.iter().map(|(stamp, _)| *stamp).collect();
+    apply_entries(shared, batches, &stamps)
+}
+
+/// One transaction: each new record's row, every counter row the records
+/// bump bumped once by the sum of their deltas and stamped with the last
+/// batch's stamp, the journal rows `remove` removed and the high-water
+/// stamp raised.
+fn apply_entries(
+    shared: &Shared,
+    batches: &[(u64, Arc<[Entry]>)],
+    remove: &[u64],
+) -> Result<(), MeterError> {
+    let Some(stamp) = batches.iter().map(|(stamp, _)| *stamp).max() else {
+        return Ok(());
+    };
+    (&shared.records, &shared.totals, &shared.journal).transaction(
+        |(records, totals, journal)| {
+            apply_in(
+                records,
+                totals,
+                batches.iter().flat_map(|(_, e)| e.iter()),
+                stamp,
+            )?;
+            for stamp in remove {
+                journal.remove(&stamp.to_be_bytes())?;
+            }
+            raise_high_water(journal, stamp)?;
+            Ok(())
+        },
+    )?;
     Ok(())
+}
+
+/// Writes `entries` into the trees of a transaction: a record already
+/// stored (or twice in `entries`) counts once.
+fn apply_in<'e>(
+    records: &TransactionalTree,
+    totals: &TransactionalTree,
+    entries: impl Iterator<Item = &'e Entry>,
+    stamp: u64,
+) -> Result<(), ConflictableTransactionError<MeterError>> {
+    let mut seen = HashSet::new();
+    let mut deltas: HashMap<&[u8], Counters> = HashMap::new();
+    for entry in entries {
+        let key = entry.row_key.as_slice();
+        if !seen.insert(key) || records.get(key)?.is_some() {
+            continue;
+        }
+        records.insert(key, entry.row.as_slice())?;
+        for counter in &entry.counter_keys {
+            deltas
+                .entry(counter.as_slice())
+                .or_default()
+                .add(&entry.delta);
+        }
+    }
+    for (key, delta) in deltas {
+        let mut counters = match totals.get(key)? {
+            Some(bytes) => Counters::decode(&bytes).map_err(ConflictableTransactionError::Abort)?,
+            None => Counters::default(),
+        };
+        counters.add(&delta);
+        totals.insert(key, &counters.encode(stamp)[..])?;
+    }
+    Ok(())
+}
+
+fn raise_high_water(
+    journal: &TransactionalTree,
+    stamp: u64,
+) -> Result<(), ConflictableTransactionError<MeterError>> {
+    let stored = journal.get(HIGH_WATER)?.and_then(|v| stamp_of(&v));
+    if stored.is_none_or(|s| s < stamp) {
+        journal.insert(HIGH_WATER, &stamp.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+fn stamp_of(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// Applies the journal rows a crash left, exactly once, and returns the
+/// stamp new batches start after: above every stamp ever written.
+fn recover(
+    records: &sled::Tree,
+    totals: &sled::Tree,
+    journal: &sled::Tree,
+) -> Result<u64, MeterError> {
+    let mut base = match journal.get(HIGH_WATER)? {
+        Some(bytes) => stamp_of(&bytes)
+            .ok_or_else(|| MeterError::corrupt("the journal's high-water row is not 8 bytes"))?,
+        // A database from before the journal: its rows' stamps restarted
+        // at 0 with every process, so start above all of them.
+        None => {
+            let mut max = 0;
+            for row in totals.iter().values() {
+                max = max.max(Counters::decode_stamped(&row?)?.1);
+            }
+            max
+        }
+    };
+    let mut batches = Vec::new();
+    for row in journal.iter() {
+        let (key, value) = row?;
+        let Some(stamp) = stamp_of(&key) else {
+            continue;
+        };
+        base = base.max(stamp);
+        batches.push((stamp, Arc::from(decode_batch(&value)?)));
+    }
+    if !batches.is_empty() {
+        let stamps: Vec<u64> = batches.iter().map(|(stamp, _)| *stamp).collect();
+        (records, totals, journal).transaction(|(records, totals, journal)| {
+            apply_in(
+                records,
+                totals,
+                batches
+                    .iter()
+                    .flat_map(|(_, e): &(u64, Arc<[Entry]>)| e.iter()),
+                base,
+            )?;
+            for stamp in &stamps {
+                journal.remove(&stamp.to_be_bytes())?;
+            }
+            raise_high_water(journal, base)?;
+            Ok(())
+        })?;
+    }
+    Ok(base)
+}
+
+/// A journal row: its entries, each as length-prefixed (u32 LE) session,
+/// row key, row and counter keys (after their count), then the delta's 72
+/// bytes.
+fn encode_batch(entries: &[Entry]) -> Vec<u8> {
+    fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    let mut out = Vec::with_capacity(entries.len() * 512);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for entry in entries {
+        put(&mut out, entry.session.as_bytes());
+        put(&mut out, &entry.row_key);
+        put(&mut out, &entry.row);
+        out.extend_from_slice(&(entry.counter_keys.len() as u32).to_le_bytes());
+        for key in &entry.counter_keys {
+            put(&mut out, key);
+        }
+        out.extend_from_slice(&entry.delta.encode(0));
+    }
+    out
+}
+
+/// The entries of a journal row written by [`encode_batch`].
+fn decode_batch(mut bytes: &[u8]) -> Result<Vec<Entry>, MeterError> {
+    fn corrupt() -> MeterError {
+        MeterError::corrupt("a journal row is damaged")
+    }
+    fn take<'b>(bytes: &mut &'b [u8], n: usize) -> Result<&'b [u8], MeterError> {
+        if bytes.len() < n {
+            return Err(corrupt());
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Ok(head)
+    }
+    fn count(bytes: &mut &[u8]) -> Result<usize, MeterError> {
+        let raw = take(bytes, 4)?;
+        Ok(u32::from_le_bytes(raw.try_into().map_err(|_| corrupt())?) as usize)
+    }
+    fn field(bytes: &mut &[u8]) -> Result<Vec<u8>, MeterError> {
+        let n = count(bytes)?;
+        Ok(take(bytes, n)?.to_vec())
+    }
+    let n = count(&mut bytes)?;
+    let mut entries = Vec::with_capacity(n.min(MAX_BATCH * 4));
+    for _ in 0..n {
+        let session = String::from_utf8(field(&mut bytes)?).map_err(|_| corrupt())?;
+        let row_key = field(&mut bytes)?;
+        let row = field(&mut bytes)?;
+        let keys = count(&mut bytes)?;
+        let counter_keys = (0..keys)
+            .map(|_| field(&mut bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        let delta = Counters::decode(take(&mut bytes, super::counters::STAMPED_LEN)?)?;
+        entries.push(Entry {
+            session,
+            row_key,
+            row,
+            counter_keys,
+            delta,
+        });
+    }
+    if !bytes.is_empty() {
+        return Err(corrupt());
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]
@@ -517,17 +891,70 @@ mod tests {
         }
     }
 
-    /// The batch's transaction counts an id once even when the batch holds
-    /// it twice (the queue's check is bypassed here) or it is stored.
+    fn entry(p: &Pending) -> Entry {
+        Entry {
+            session: p.record.session_id.clone(),
+            row_key: p.row_key.clone(),
+            row: crate::meter::ledger::encode_row(&p.record, p.cost_micros).expect("row"),
+            counter_keys: crate::meter::ledger::counter_keys(&p.record),
+            delta: p.delta,
+        }
+    }
+
+    /// Records nobody waits for still reach the trees: the writer lingers,
+    /// logs them, and applies them on its own.
     #[test]
-    fn a_batch_counts_each_id_once() {
+    fn records_nobody_waits_for_are_applied_on_their_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path()).expect("store");
+        let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
+        let writer = &meter.inner.writer;
+        let row = pending("late", 7);
+        let key = row.row_key.clone();
+        assert!(matches!(
+            writer.enqueue(row, Vec::new()).expect("enqueue"),
+            Recorded::New { .. }
+        ));
+        // Read the tree itself: `wait_committed` would ask for the apply.
+        let started = Instant::now();
+        while !writer.records().contains_key(&key).expect("read") {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the record was never applied"
+            );
+            std::thread::sleep(LINGER / 2);
+        }
+        let queue = writer.shared.lock();
+        assert_eq!((queue.logged, queue.applied), (1, 1));
+        assert!(queue.unapplied.is_empty());
+        drop(queue);
+        assert!(
+            writer
+                .shared
+                .journal
+                .get(1u64.to_be_bytes())
+                .expect("read")
+                .is_none(),
+            "the journal row is removed once applied"
+        );
+    }
+
+    /// Applying counts an id once even when the batches hold it twice (the
+    /// queue's check is bypassed here) or it is stored.
+    #[test]
+    fn applying_counts_each_id_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = crate::store::Store::open(dir.path()).expect("store");
         let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
         let shared = &meter.inner.writer.shared;
-        assert!(commit(shared, &[pending("a", 10)], 1).is_empty());
-        let batch = [pending("a", 10), pending("b", 20), pending("b", 20)];
-        assert!(commit(shared, &batch, 2).is_empty());
+        let first: Arc<[Entry]> = Arc::from(vec![entry(&pending("a", 10))]);
+        apply_batches(shared, &[(1, first)]).expect("apply");
+        let second: Arc<[Entry]> = Arc::from(vec![
+            entry(&pending("a", 10)),
+            entry(&pending("b", 20)),
+            entry(&pending("b", 20)),
+        ]);
+        apply_batches(shared, &[(2, second)]).expect("apply");
         let scope = crate::meter::BudgetScope::Key {
             org_id: "org_a".into(),
             credential_id: "key_1".into(),
@@ -537,5 +964,60 @@ mod tests {
             .expect("spent");
         assert_eq!(spent, 30);
         assert_eq!(meter.entries("org_a").expect("entries").len(), 2);
+    }
+
+    /// A journal row reads back as written; a cut or padded one is refused.
+    #[test]
+    fn journal_rows_round_trip_and_damage_is_refused() {
+        let entries = vec![entry(&pending("a", 10)), entry(&pending("b", 20))];
+        let bytes = encode_batch(&entries);
+        assert_eq!(decode_batch(&bytes).expect("decode"), entries);
+        assert!(decode_batch(&bytes[..bytes.len() - 1]).is_err());
+        let mut padded = bytes.clone();
+        padded.push(0);
+        assert!(decode_batch(&padded).is_err());
+        assert!(decode_batch(&[0xff; 4]).is_err());
+    }
+
+    /// A journal row left by a crash is applied when the meter opens, once,
+    /// and new stamps start above it.
+    #[test]
+    fn opening_applies_the_journal_left_by_a_crash_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = crate::store::Store::open(dir.path()).expect("store");
+            let journal = store.tree("meter_journal").expect("journal");
+            let batch = vec![entry(&pending("a", 10)), entry(&pending("b", 20))];
+            journal
+                .insert(41u64.to_be_bytes(), encode_batch(&batch))
+                .expect("insert");
+            store.db().flush().expect("flush");
+        }
+        for _ in 0..2 {
+            let store = crate::store::Store::open(dir.path()).expect("store");
+            let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
+            let scope = crate::meter::BudgetScope::Key {
+                org_id: "org_a".into(),
+                credential_id: "key_1".into(),
+            };
+            let spent = meter
+                .spent(&scope, crate::meter::Period::Day, 1_750_000_000_000)
+                .expect("spent");
+            assert_eq!(spent, 30, "applied exactly once");
+            let queue = meter.inner.writer.shared.lock();
+            assert!(queue.queued_seq >= 41, "stamps start above the journal's");
+            drop(queue);
+            assert!(
+                meter
+                    .inner
+                    .writer
+                    .shared
+                    .journal
+                    .get(41u64.to_be_bytes())
+                    .expect("read")
+                    .is_none()
+            );
+            meter.flush().expect("flush");
+        }
     }
 }
