@@ -11,8 +11,10 @@
 //! per turn doubled the disk writes of a built-in turn. A journal row is a
 //! plain insert, atomic on its own, so a batch is in the database — and
 //! covered by the next flush of the store — at the cost of one insert; the
-//! transactions come once per [`APPLY_AFTER`] or [`MAX_UNAPPLIED`] batches,
-//! or when a reader of the trees asks.
+//! transactions come once per [`APPLY_AFTER`], [`MAX_UNAPPLIED`] batches or
+//! [`MAX_UNAPPLIED_RECORDS`] records, or when a reader of the trees asks. A
+//! batch of more than [`MAX_ROW`] records (a flood) takes several rows,
+//! each whole records, so a row never grows into one of sled's blobs.
 //!
 //! - **When a batch is logged.** At once when someone waits for it (a turn
 //!   acknowledging its usage, a reader, a flush) or the queue holds
@@ -69,11 +71,19 @@ pub(crate) const LINGER: Duration = Duration::from_millis(5);
 /// Records queued that make the writer log them at once, waiter or not.
 pub(crate) const MAX_BATCH: usize = 512;
 
+/// Records in one journal row at most (~0.5 KiB each: a row stays far
+/// below sled's 128 KiB blob threshold).
+pub(crate) const MAX_ROW: usize = 64;
+
 /// How long a logged batch waits to be applied when nobody reads.
 pub(crate) const APPLY_AFTER: Duration = Duration::from_millis(100);
 
 /// Logged batches that make the writer apply them at once.
 pub(crate) const MAX_UNAPPLIED: usize = 64;
+
+/// Logged records that make the writer apply them at once (the size of
+/// one apply transaction, roughly).
+pub(crate) const MAX_UNAPPLIED_RECORDS: usize = 4096;
 
 /// The journal's row holding the highest stamp ever applied (journal rows
 /// themselves are keyed by their stamp, 8 bytes big-endian).
@@ -112,10 +122,19 @@ struct Batch {
     deltas: HashMap<Vec<u8>, Counters>,
     /// Its record rows' keys.
     ids: HashSet<Vec<u8>>,
-    /// Its records, once logged; `None` while being logged.
-    entries: Option<Arc<[Entry]>>,
+    /// Its records and journal rows, once logged; `None` while being
+    /// logged.
+    logged: Option<Logged>,
     /// When it was logged.
     logged_at: Option<Instant>,
+}
+
+/// A batch's records as logged, and the keys of its journal rows.
+#[derive(Clone)]
+struct Logged {
+    stamp: u64,
+    entries: Arc<[Entry]>,
+    rows: Arc<[u64]>,
 }
 
 /// What the queue's lock guards.
@@ -175,18 +194,19 @@ impl Queue {
 
     /// Whether logged batches should be applied now.
     fn apply_due(&self, now: Instant) -> bool {
-        let logged = self
+        let (batches, records) = self
             .unapplied
             .iter()
-            .filter(|b| b.entries.is_some())
-            .count();
-        if logged == 0 {
+            .filter_map(|b| b.logged.as_ref())
+            .fold((0, 0), |(n, r), l| (n + 1, r + l.entries.len()));
+        if batches == 0 {
             return false;
         }
         self.shutdown
             || self.apply_wanted > self.applied
             || self.wanted > self.applied
-            || logged >= MAX_UNAPPLIED
+            || batches >= MAX_UNAPPLIED
+            || records >= MAX_UNAPPLIED_RECORDS
             || self.apply_deadline().is_some_and(|at| at <= now)
     }
 
@@ -551,7 +571,9 @@ fn run(shared: &Shared) {
     }
 }
 
-/// Takes the queue as a batch and logs it in the journal with one insert.
+/// Takes the queue as a batch and logs it in the journal: one insert (one
+/// per [`MAX_ROW`] records), each row keyed by the sequence number of its
+/// last record.
 fn log<'a>(shared: &'a Shared, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
     let pending = std::mem::take(&mut queue.queued);
     let stamp = queue.queued_seq;
@@ -561,49 +583,64 @@ fn log<'a>(shared: &'a Shared, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'
         stamp,
         deltas: std::mem::take(&mut queue.queued_deltas),
         ids: std::mem::take(&mut queue.queued_ids),
-        entries: None,
+        logged: None,
         logged_at: None,
     };
     queue.unapplied.push_back(batch);
     drop(queue);
     let mut lost = Vec::new();
+    // Each entry with its record's sequence number.
     let mut entries = Vec::with_capacity(pending.len());
-    for p in pending {
+    for (seq, p) in (first..).zip(pending) {
         match super::ledger::encode_row(&p.record, p.cost_micros) {
-            Ok(row) => entries.push(Entry {
-                counter_keys: super::ledger::counter_keys(&p.record),
-                session: p.record.session_id,
-                row_key: p.row_key,
-                row,
-                delta: p.delta,
-            }),
+            Ok(row) => entries.push((
+                seq,
+                Entry {
+                    counter_keys: super::ledger::counter_keys(&p.record),
+                    session: p.record.session_id,
+                    row_key: p.row_key,
+                    row,
+                    delta: p.delta,
+                },
+            )),
             Err(e) => {
                 tracing::error!(id = %p.record.id, "cannot encode a usage record: {e}");
                 lost.push((p.record.session_id, e.to_string()));
             }
         }
     }
-    let written = shared
-        .journal
-        .insert(stamp.to_be_bytes(), encode_batch(&entries))
-        .map_err(MeterError::from);
+    let mut logged = Vec::with_capacity(entries.len());
+    let mut rows = Vec::new();
+    for chunk in entries.chunks(MAX_ROW) {
+        let key = chunk.last().map_or(stamp, |(seq, _)| *seq);
+        let row: Vec<Entry> = chunk.iter().map(|(_, e)| e.clone()).collect();
+        match shared.journal.insert(key.to_be_bytes(), encode_batch(&row)) {
+            Ok(_) => {
+                rows.push(key);
+                logged.extend(row);
+            }
+            Err(e) => {
+                tracing::error!("cannot log {} usage records: {e}", row.len());
+                let why = e.to_string();
+                lost.extend(row.into_iter().map(|e| (e.session, why.clone())));
+            }
+        }
+    }
     let mut queue = shared.lock();
-    match written {
-        Ok(_) => {
-            let batch = queue
-                .unapplied
-                .iter_mut()
-                .find(|b| b.stamp == stamp)
-                .expect("the batch being logged");
-            batch.entries = Some(Arc::from(entries));
-            batch.logged_at = Some(Instant::now());
-        }
-        Err(e) => {
-            tracing::error!("cannot log {} usage records: {e}", entries.len());
-            let why = e.to_string();
-            lost.extend(entries.into_iter().map(|e| (e.session, why.clone())));
-            queue.unapplied.retain(|b| b.stamp != stamp);
-        }
+    if rows.is_empty() {
+        queue.unapplied.retain(|b| b.stamp != stamp);
+    } else {
+        let batch = queue
+            .unapplied
+            .iter_mut()
+            .find(|b| b.stamp == stamp)
+            .expect("the batch being logged");
+        batch.logged = Some(Logged {
+            stamp,
+            entries: Arc::from(logged),
+            rows: Arc::from(rows),
+        });
+        batch.logged_at = Some(Instant::now());
     }
     for (session, why) in lost {
         queue.lose(session, why);
@@ -618,22 +655,25 @@ fn log<'a>(shared: &'a Shared, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'
 /// Applies every logged batch in one transaction; a transaction that fails
 /// is retried batch by batch, then record by record.
 fn apply<'a>(shared: &'a Shared, queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
-    let batches: Vec<(u64, Arc<[Entry]>)> = queue
+    let batches: Vec<Logged> = queue
         .unapplied
         .iter()
-        .map_while(|b| b.entries.clone().map(|entries| (b.stamp, entries)))
+        .map_while(|b| b.logged.clone())
         .collect();
     drop(queue);
     let mut lost = Vec::new();
     if apply_batches(shared, &batches).is_err() {
-        for (stamp, entries) in &batches {
-            let one = [(*stamp, entries.clone())];
-            if apply_batches(shared, &one).is_ok() {
+        for batch in &batches {
+            if apply_batches(shared, std::slice::from_ref(batch)).is_ok() {
                 continue;
             }
-            for entry in entries.iter() {
-                let single = [(*stamp, Arc::from(vec![entry.clone()]))];
-                if let Err(e) = apply_entries(shared, &single, &[]) {
+            for entry in batch.entries.iter() {
+                let single = Logged {
+                    stamp: batch.stamp,
+                    entries: Arc::from(vec![entry.clone()]),
+                    rows: Arc::from(Vec::new()),
+                };
+                if let Err(e) = apply_batches(shared, &[single]) {
                     tracing::error!(
                         "cannot apply a usage record of session {}: {e}",
                         entry.session
@@ -641,13 +681,15 @@ fn apply<'a>(shared: &'a Shared, queue: MutexGuard<'a, Queue>) -> MutexGuard<'a,
                     lost.push((entry.session.clone(), e.to_string()));
                 }
             }
-            if let Err(e) = shared.journal.remove(stamp.to_be_bytes()) {
-                tracing::error!("cannot remove a journal row: {e}");
+            for row in batch.rows.iter() {
+                if let Err(e) = shared.journal.remove(row.to_be_bytes()) {
+                    tracing::error!("cannot remove a journal row: {e}");
+                }
             }
         }
     }
     let mut queue = shared.lock();
-    let applied: HashSet<u64> = batches.iter().map(|(stamp, _)| *stamp).collect();
+    let applied: HashSet<u64> = batches.iter().map(|b| b.stamp).collect();
     queue.unapplied.retain(|b| !applied.contains(&b.stamp));
     for (session, why) in lost {
         queue.lose(session, why);
@@ -658,22 +700,12 @@ fn apply<'a>(shared: &'a Shared, queue: MutexGuard<'a, Queue>) -> MutexGuard<'a,
     shared.lock()
 }
 
-/// Applies `batches` and removes their journal rows, in one transaction.
-fn apply_batches(shared: &Shared, batches: &[(u64, Arc<[Entry]>)]) -> Result<(), MeterError> {
-    let stamps: Vec<u64> = batches.iter().map(|(stamp, _)| *stamp).collect();
-    apply_entries(shared, batches, &stamps)
-}
-
-/// One transaction: each new record's row, every counter row the records
-/// bump bumped once by the sum of their deltas and stamped with the last
-/// batch's stamp, the journal rows `remove` removed and the high-water
-/// stamp raised.
-fn apply_entries(
-    shared: &Shared,
-    batches: &[(u64, Arc<[Entry]>)],
-    remove: &[u64],
-) -> Result<(), MeterError> {
-    let Some(stamp) = batches.iter().map(|(stamp, _)| *stamp).max() else {
+/// One transaction: each new record's row of `batches`, every counter row
+/// they bump bumped once by the sum of their deltas and stamped with the
+/// last batch's stamp, their journal rows removed and the high-water stamp
+/// raised.
+fn apply_batches(shared: &Shared, batches: &[Logged]) -> Result<(), MeterError> {
+    let Some(stamp) = batches.iter().map(|b| b.stamp).max() else {
         return Ok(());
     };
     (&shared.records, &shared.totals, &shared.journal).transaction(
@@ -681,11 +713,11 @@ fn apply_entries(
             apply_in(
                 records,
                 totals,
-                batches.iter().flat_map(|(_, e)| e.iter()),
+                batches.iter().flat_map(|b| b.entries.iter()),
                 stamp,
             )?;
-            for stamp in remove {
-                journal.remove(&stamp.to_be_bytes())?;
+            for row in batches.iter().flat_map(|b| b.rows.iter()) {
+                journal.remove(&row.to_be_bytes())?;
             }
             raise_high_water(journal, stamp)?;
             Ok(())
@@ -947,14 +979,22 @@ mod tests {
         let store = crate::store::Store::open(dir.path()).expect("store");
         let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
         let shared = &meter.inner.writer.shared;
-        let first: Arc<[Entry]> = Arc::from(vec![entry(&pending("a", 10))]);
-        apply_batches(shared, &[(1, first)]).expect("apply");
-        let second: Arc<[Entry]> = Arc::from(vec![
-            entry(&pending("a", 10)),
-            entry(&pending("b", 20)),
-            entry(&pending("b", 20)),
-        ]);
-        apply_batches(shared, &[(2, second)]).expect("apply");
+        let logged = |stamp, entries: Vec<Entry>| Logged {
+            stamp,
+            entries: Arc::from(entries),
+            rows: Arc::from(Vec::new()),
+        };
+        let first = logged(1, vec![entry(&pending("a", 10))]);
+        apply_batches(shared, &[first]).expect("apply");
+        let second = logged(
+            2,
+            vec![
+                entry(&pending("a", 10)),
+                entry(&pending("b", 20)),
+                entry(&pending("b", 20)),
+            ],
+        );
+        apply_batches(shared, &[second]).expect("apply");
         let scope = crate::meter::BudgetScope::Key {
             org_id: "org_a".into(),
             credential_id: "key_1".into(),
@@ -964,6 +1004,42 @@ mod tests {
             .expect("spent");
         assert_eq!(spent, 30);
         assert_eq!(meter.entries("org_a").expect("entries").len(), 2);
+    }
+
+    /// A flood takes several journal rows of whole records; all of them
+    /// are applied, counted once, and removed.
+    #[test]
+    fn a_flood_takes_several_rows_and_all_are_applied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path()).expect("store");
+        let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
+        let writer = &meter.inner.writer;
+        let n = MAX_ROW * 3 + 5;
+        for i in 0..n {
+            let row = pending(&format!("r{i}"), 1);
+            assert!(matches!(
+                writer.enqueue(row, Vec::new()).expect("enqueue"),
+                Recorded::New { .. }
+            ));
+        }
+        meter.flush().expect("flush");
+        assert_eq!(meter.entries("org_a").expect("entries").len(), n);
+        let scope = crate::meter::BudgetScope::Key {
+            org_id: "org_a".into(),
+            credential_id: "key_1".into(),
+        };
+        let spent = meter
+            .spent(&scope, crate::meter::Period::Day, 1_750_000_000_000)
+            .expect("spent");
+        assert_eq!(spent, n as u64);
+        let journal = &writer.shared.journal;
+        assert!(
+            journal
+                .iter()
+                .keys()
+                .all(|k| k.expect("key").as_ref() == HIGH_WATER),
+            "every journal row is removed"
+        );
     }
 
     /// A journal row reads back as written; a cut or padded one is refused.
