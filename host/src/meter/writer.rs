@@ -923,6 +923,17 @@ mod tests {
         }
     }
 
+    /// What the test records' key spent on their day.
+    fn key_spent(meter: &crate::meter::Meter) -> u64 {
+        let scope = crate::meter::BudgetScope::Key {
+            org_id: "org_a".into(),
+            credential_id: "key_1".into(),
+        };
+        meter
+            .spent(&scope, crate::meter::Period::Day, 1_750_000_000_000)
+            .expect("spent")
+    }
+
     fn entry(p: &Pending) -> Entry {
         Entry {
             session: p.record.session_id.clone(),
@@ -995,14 +1006,7 @@ mod tests {
             ],
         );
         apply_batches(shared, &[second]).expect("apply");
-        let scope = crate::meter::BudgetScope::Key {
-            org_id: "org_a".into(),
-            credential_id: "key_1".into(),
-        };
-        let spent = meter
-            .spent(&scope, crate::meter::Period::Day, 1_750_000_000_000)
-            .expect("spent");
-        assert_eq!(spent, 30);
+        assert_eq!(key_spent(&meter), 30);
         assert_eq!(meter.entries("org_a").expect("entries").len(), 2);
     }
 
@@ -1024,14 +1028,7 @@ mod tests {
         }
         meter.flush().expect("flush");
         assert_eq!(meter.entries("org_a").expect("entries").len(), n);
-        let scope = crate::meter::BudgetScope::Key {
-            org_id: "org_a".into(),
-            credential_id: "key_1".into(),
-        };
-        let spent = meter
-            .spent(&scope, crate::meter::Period::Day, 1_750_000_000_000)
-            .expect("spent");
-        assert_eq!(spent, n as u64);
+        assert_eq!(key_spent(&meter), n as u64);
         let journal = &writer.shared.journal;
         assert!(
             journal
@@ -1072,14 +1069,7 @@ mod tests {
         for _ in 0..2 {
             let store = crate::store::Store::open(dir.path()).expect("store");
             let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
-            let scope = crate::meter::BudgetScope::Key {
-                org_id: "org_a".into(),
-                credential_id: "key_1".into(),
-            };
-            let spent = meter
-                .spent(&scope, crate::meter::Period::Day, 1_750_000_000_000)
-                .expect("spent");
-            assert_eq!(spent, 30, "applied exactly once");
+            assert_eq!(key_spent(&meter), 30, "applied exactly once");
             let queue = meter.inner.writer.shared.lock();
             assert!(queue.queued_seq >= 41, "stamps start above the journal's");
             drop(queue);
