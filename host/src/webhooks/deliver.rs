@@ -117,6 +117,23 @@ async fn run(inner: Arc<Inner>, client: HttpClient, cancel: CancellationToken) {
             {
                 continue;
             }
+            // Read again now that the key is held: an attempt that ended
+            // between the listing's read and the claim has recorded its
+            // outcome (it leaves the in-flight set only after that), and
+            // the row read above would send a delivered event twice.
+            let row = match inner.outbox.get(&key) {
+                Ok(Some(value)) => serde_json::from_slice::<Row>(&value)
+                    .ok()
+                    .filter(|row| row.due_ms <= now),
+                _ => None,
+            };
+            let Some(row) = row else {
+                in_flight
+                    .lock()
+                    .expect("in-flight set")
+                    .remove(key.as_ref());
+                continue;
+            };
             let (inner, client, in_flight) = (inner.clone(), client.clone(), in_flight.clone());
             attempts.spawn(async move {
                 let outcome = attempt(&inner, &client, &row).await;
