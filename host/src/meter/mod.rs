@@ -33,8 +33,8 @@
 //!   reservation at all; if every call reserves at least its cost, the cap
 //!   holds exactly (the precise bound is on [`Meter::reserve`]).
 //! - `writer.rs`: the group-commit writer (queue, batches, the journal,
-//!   the pending view budgets read, flushes); `counters.rs`: the counter rows' keys
-//!   and values; `calendar.rs`: UTC
+//!   the pending view budgets read, flushes); `counters.rs`: the counter
+//!   rows' keys and values; `calendar.rs`: UTC
 //!   [`Day`]s and months; `error.rs`: [`MeterError`] and
 //!   [`BudgetExhausted`] (402). Tests of several parts at once are in
 //!   `tests/`; `benches/meter.rs` times `record`, a batch's commit, a
@@ -49,7 +49,7 @@
 //! | --- | --- | --- |
 //! | `meter_records` | org id, `0x00`, record id | `{cost_micros, record}` JSON ([`UsageRecord`] and what it was billed) |
 //! | `meter_totals` | org id, `0x00`, dimension, period, bucket (u32 BE), member | 8 × u64 LE: cost, input, output, cache read, cache write tokens, fuel, tool calls, model calls; then the stamp (u64 LE) of the batch that last wrote it (absent in rows from before group commit) |
-//! | `meter_journal` | a batch's stamp (u64 BE); `hw` | the batch's records, each with its row, counter keys and deltas (binary, `writer.rs`), until applied; `hw`: the highest stamp ever applied (u64 BE) |
+//! | `meter_journal` | the sequence number of the row's last record (u64 BE); `hw` | up to 64 records of one batch, each with its row, counter keys and deltas (binary, `writer.rs`), until applied; `hw`: the highest stamp ever applied (u64 BE) |
 //! | `meter_budgets` | org id, `0x00`, dimension, (member part, `0x00`)*, period | [`Budget`] JSON |
 //!
 //! Period is `d` (bucket = days since 1970-01-01 UTC) or `m` (bucket =
@@ -254,10 +254,10 @@ impl Meter {
 
     /// [`Meter::flush_session`] without the disk flush: returns when every
     /// record queued before the call is applied to the database's trees
-    /// (not yet `fsync`ed), or `Err` if a record of `session` was lost. For a caller
-    /// that flushes the same database itself before it tells anyone — a
-    /// turn's end flushes the store before its `done` is published — so the
-    /// path to `done` pays one `fsync`, not two.
+    /// (not yet `fsync`ed), or `Err` if a record of `session` was lost. For
+    /// a caller that flushes the same database itself before it tells
+    /// anyone — a turn's end flushes the store before its `done` is
+    /// published — so the path to `done` pays one `fsync`, not two.
     pub fn commit_session(&self, session: &str) -> Result<(), MeterError> {
         self.inner.writer.wait_committed()?;
         self.inner.writer.take_lost(session)

@@ -86,7 +86,8 @@ pub(crate) const MAX_UNAPPLIED: usize = 64;
 pub(crate) const MAX_UNAPPLIED_RECORDS: usize = 4096;
 
 /// The journal's row holding the highest stamp ever applied (journal rows
-/// themselves are keyed by their stamp, 8 bytes big-endian).
+/// themselves are keyed by the sequence number of their last record, 8
+/// bytes big-endian).
 const HIGH_WATER: &[u8] = b"hw";
 
 /// Sessions whose lost records are remembered at most (a session that
@@ -125,16 +126,15 @@ struct Batch {
     /// Its records and journal rows, once logged; `None` while being
     /// logged.
     logged: Option<Logged>,
-    /// When it was logged.
-    logged_at: Option<Instant>,
 }
 
-/// A batch's records as logged, and the keys of its journal rows.
+/// A batch's records as logged, the keys of its journal rows, and when.
 #[derive(Clone)]
 struct Logged {
     stamp: u64,
     entries: Arc<[Entry]>,
     rows: Arc<[u64]>,
+    at: Instant,
 }
 
 /// What the queue's lock guards.
@@ -214,7 +214,7 @@ impl Queue {
     fn apply_deadline(&self) -> Option<Instant> {
         self.unapplied
             .iter()
-            .find_map(|b| b.logged_at)
+            .find_map(|b| b.logged.as_ref().map(|l| l.at))
             .map(|at| at + APPLY_AFTER)
     }
 
@@ -584,7 +584,6 @@ fn log<'a>(shared: &'a Shared, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'
         deltas: std::mem::take(&mut queue.queued_deltas),
         ids: std::mem::take(&mut queue.queued_ids),
         logged: None,
-        logged_at: None,
     };
     queue.unapplied.push_back(batch);
     drop(queue);
@@ -611,9 +610,10 @@ fn log<'a>(shared: &'a Shared, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'
     }
     let mut logged = Vec::with_capacity(entries.len());
     let mut rows = Vec::new();
-    for chunk in entries.chunks(MAX_ROW) {
-        let key = chunk.last().map_or(stamp, |(seq, _)| *seq);
-        let row: Vec<Entry> = chunk.iter().map(|(_, e)| e.clone()).collect();
+    let mut entries = entries.into_iter().peekable();
+    while entries.peek().is_some() {
+        let (seqs, row): (Vec<u64>, Vec<Entry>) = entries.by_ref().take(MAX_ROW).unzip();
+        let key = seqs.last().copied().unwrap_or(stamp);
         match shared.journal.insert(key.to_be_bytes(), encode_batch(&row)) {
             Ok(_) => {
                 rows.push(key);
@@ -639,8 +639,8 @@ fn log<'a>(shared: &'a Shared, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'
             stamp,
             entries: Arc::from(logged),
             rows: Arc::from(rows),
+            at: Instant::now(),
         });
-        batch.logged_at = Some(Instant::now());
     }
     for (session, why) in lost {
         queue.lose(session, why);
@@ -669,9 +669,9 @@ fn apply<'a>(shared: &'a Shared, queue: MutexGuard<'a, Queue>) -> MutexGuard<'a,
             }
             for entry in batch.entries.iter() {
                 let single = Logged {
-                    stamp: batch.stamp,
                     entries: Arc::from(vec![entry.clone()]),
                     rows: Arc::from(Vec::new()),
+                    ..batch.clone()
                 };
                 if let Err(e) = apply_batches(shared, &[single]) {
                     tracing::error!(
@@ -700,29 +700,40 @@ fn apply<'a>(shared: &'a Shared, queue: MutexGuard<'a, Queue>) -> MutexGuard<'a,
     shared.lock()
 }
 
-/// One transaction: each new record's row of `batches`, every counter row
-/// they bump bumped once by the sum of their deltas and stamped with the
-/// last batch's stamp, their journal rows removed and the high-water stamp
-/// raised.
+/// [`apply_logged`] of the writer's trees, stamped with the last batch's
+/// stamp.
 fn apply_batches(shared: &Shared, batches: &[Logged]) -> Result<(), MeterError> {
     let Some(stamp) = batches.iter().map(|b| b.stamp).max() else {
         return Ok(());
     };
-    (&shared.records, &shared.totals, &shared.journal).transaction(
-        |(records, totals, journal)| {
-            apply_in(
-                records,
-                totals,
-                batches.iter().flat_map(|b| b.entries.iter()),
-                stamp,
-            )?;
-            for row in batches.iter().flat_map(|b| b.rows.iter()) {
-                journal.remove(&row.to_be_bytes())?;
-            }
-            raise_high_water(journal, stamp)?;
-            Ok(())
-        },
-    )?;
+    apply_logged(
+        (&shared.records, &shared.totals, &shared.journal),
+        batches,
+        stamp,
+    )
+}
+
+/// One transaction: each new record's row of `batches`, every counter row
+/// they bump bumped once by the sum of their deltas and stamped `stamp`,
+/// their journal rows removed and the high-water stamp raised to `stamp`.
+fn apply_logged(
+    (records, totals, journal): (&sled::Tree, &sled::Tree, &sled::Tree),
+    batches: &[Logged],
+    stamp: u64,
+) -> Result<(), MeterError> {
+    (records, totals, journal).transaction(|(records, totals, journal)| {
+        apply_in(
+            records,
+            totals,
+            batches.iter().flat_map(|b| b.entries.iter()),
+            stamp,
+        )?;
+        for row in batches.iter().flat_map(|b| b.rows.iter()) {
+            journal.remove(&row.to_be_bytes())?;
+        }
+        raise_high_water(journal, stamp)?;
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -802,25 +813,17 @@ fn recover(
             continue;
         };
         base = base.max(stamp);
-        batches.push((stamp, Arc::from(decode_batch(&value)?)));
+        batches.push(Logged {
+            stamp,
+            entries: Arc::from(decode_batch(&value)?),
+            rows: Arc::from([stamp]),
+            at: Instant::now(),
+        });
     }
     if !batches.is_empty() {
-        let stamps: Vec<u64> = batches.iter().map(|(stamp, _)| *stamp).collect();
-        (records, totals, journal).transaction(|(records, totals, journal)| {
-            apply_in(
-                records,
-                totals,
-                batches
-                    .iter()
-                    .flat_map(|(_, e): &(u64, Arc<[Entry]>)| e.iter()),
-                base,
-            )?;
-            for stamp in &stamps {
-                journal.remove(&stamp.to_be_bytes())?;
-            }
-            raise_high_water(journal, base)?;
-            Ok(())
-        })?;
+        // Stamped (and the high-water raised) to `base`: a database from
+        // before the journal may hold stamps above every journal row.
+        apply_logged((records, totals, journal), &batches, base)?;
     }
     Ok(base)
 }
@@ -994,6 +997,7 @@ mod tests {
             stamp,
             entries: Arc::from(entries),
             rows: Arc::from(Vec::new()),
+            at: Instant::now(),
         };
         let first = logged(1, vec![entry(&pending("a", 10))]);
         apply_batches(shared, &[first]).expect("apply");
