@@ -130,6 +130,64 @@ async fn regression_issue8_a_flush_failure_is_503_and_the_session_stays_usable()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_whose_message_cannot_be_flushed_shows_nothing_and_ends_its_followers() {
+    let (server, _app, _data) = support_bot_server().await;
+    let id = new_session(&server, json!({})).await;
+    let sessions = server.host.sessions();
+    let before = sessions.events_after(&id, 0).expect("log");
+    // The message's flush runs 300 ms and fails; the builtin turn's
+    // harness is done long before.
+    sessions
+        .store()
+        .inject_slow_flush_failure(std::time::Duration::from_millis(300));
+    let reader = async {
+        while !sessions.is_running(&id) {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let shown = sessions.events_after(&id, 0).expect("log");
+        // A follower of the running turn sees none of it, and its stream
+        // ends with the reason when the turn is taken back.
+        let url = server.url(&format!("/v1/sessions/{id}/events"));
+        let follow = sse("GET", &url, None, &[], usize::MAX);
+        let followed = tokio::time::timeout(std::time::Duration::from_secs(60), follow)
+            .await
+            .expect("the follower's stream ends when the turn is taken back");
+        (shown, followed)
+    };
+    let messages = format!("/v1/sessions/{id}/messages");
+    let post = server.post(&messages, json!({ "text": "lost?" }));
+    let ((status, body), (shown, followed)) = tokio::join!(post, reader);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(shown, before, "nothing of the turn can be read meanwhile");
+    let numbered: Vec<&Value> = followed.iter().filter(|e| e.get("seq").is_some()).collect();
+    assert_eq!(
+        numbered.len(),
+        before.len(),
+        "the follower saw only the log before the turn: {followed:#?}"
+    );
+    let last = followed.last().expect("an end");
+    assert_eq!(last["type"], "error", "{followed:#?}");
+    assert_eq!(last["data"]["code"], "storage_unavailable");
+    assert!(last.get("seq").is_none(), "an unnumbered frame: {last}");
+    // Taken back: the log is as before, and the next turn numbers its
+    // events from where the lost one would have begun.
+    assert_eq!(sessions.store().events_after(&id, 0).expect("log"), before);
+    let events = sse(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        Some(json!({ "text": "again", "stream": true })),
+        &[],
+        usize::MAX,
+    )
+    .await;
+    let first = before.last().map_or(0, |e| e.seq) + 1;
+    assert_eq!(events[0]["seq"], json!(first), "{events:#?}");
+    assert_eq!(events.last().expect("events")["type"], "done");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue8_every_stream_ends_with_an_error_frame_when_the_end_cannot_be_saved() {
     let (server, _app, _data) = support_bot_server().await;
     let (id, events) = paused_turn(&server, ONE_WRITE).await;

@@ -444,6 +444,9 @@ async fn abandon(
         let _ = sessions.store.put_session(&state.record);
     }
     lock(&live.turn).take();
+    // Whoever followed the turn meanwhile saw none of it: their stream
+    // ends with the reason instead of waiting for a turn that never was.
+    live.publish(Published::Failed(storage_failure()));
     TurnSummary {
         text: String::new(),
         message_id: String::new(),

@@ -157,6 +157,9 @@ impl FlushGroup {
 struct Faults {
     flushes: AtomicU32,
     event_writes: AtomicU32,
+    /// How long a failing flush takes before it fails (ms), so that a test
+    /// can see what a turn does while its message's flush is running.
+    failing_flush_ms: AtomicU32,
 }
 
 impl Faults {
@@ -310,6 +313,10 @@ impl Store {
     /// follows the spawning *thread*) — seen in the overhead bench.
     pub async fn flush(&self) -> Result<(), StoreError> {
         if Faults::take(&self.faults.flushes) {
+            let delay = self.faults.failing_flush_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay.into())).await;
+            }
             return Err(StoreError::Injected);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -344,6 +351,16 @@ impl Store {
         self.faults
             .event_writes
             .store(event_writes, Ordering::SeqCst);
+        self.faults.failing_flush_ms.store(0, Ordering::SeqCst);
+    }
+
+    /// Makes the next flush fail after `delay` (it runs as long as that).
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn inject_slow_flush_failure(&self, delay: std::time::Duration) {
+        let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+        self.faults.failing_flush_ms.store(ms, Ordering::SeqCst);
+        self.faults.flushes.store(1, Ordering::SeqCst);
     }
 
     /// Appends an event at its `seq`.
