@@ -15,7 +15,8 @@
 //! current-thread runtime of its own, the same plugin shared), each call
 //! timed: calls/s over all threads and the p50 / p99 of one call.
 //! Both write their medians to `target/bench-results/tool_call.json` (for
-//! `scripts/bench.sh`). `tool_call/bare`: the floor — the same component instantiated from its
+//! `scripts/bench.sh`). `tool_call/bare/1` and `/2`: the floor on one and
+//! on two threads at once — the same component instantiated from its
 //! `InstancePre` in a bare wasmtime store (no WASI context, no fuel, no
 //! limits, no JSON checks), `greet` called, dropped.
 
@@ -183,13 +184,23 @@ fn threads_and_floor() {
             latencies.len()
         );
     }
-    let bare = bare_floor(&wasm, per_thread);
-    println!(
-        "tool_call/bare: p50 {:.2} µs, p99 {:.2} µs (instantiate from InstancePre, call, drop; pooling, no WASI context, no fuel, no limits)",
-        percentile(&bare, 0.5),
-        percentile(&bare, 0.99)
-    );
-    results.push(("bare_p50".into(), percentile(&bare, 0.5), "us"));
+    // The floor on as many threads as the runtime was called from: what
+    // instantiating per call costs there, Karta or not.
+    let bare = Bare::new(&wasm);
+    for n in [1, 2] {
+        let latencies = bare.threaded(n, per_thread);
+        println!(
+            "tool_call/bare/{n}: p50 {:.2} µs, p99 {:.2} µs on {n} thread(s) (instantiate from InstancePre, call, drop; pooling, no WASI context, no fuel, no limits)",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99)
+        );
+        let key = if n == 1 {
+            "bare_p50".to_owned()
+        } else {
+            format!("bare_p50_{n}_threads")
+        };
+        results.push((key, percentile(&latencies, 0.5), "us"));
+    }
     write_results("tool_call", &results);
 }
 
@@ -216,72 +227,107 @@ fn write_results(file: &str, figures: &[(String, f64, &str)]) {
 /// The floor of a call: the component instantiated in a bare store of an
 /// engine with the same pooling settings but no fuel or epochs, `greet`
 /// called with the same input, the store dropped.
-fn bare_floor(wasm: &std::path::Path, calls: usize) -> Vec<Duration> {
-    use wasmtime::component::{Component, Linker, ResourceTable, Val};
-    use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
-    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+struct Bare {
+    engine: wasmtime::Engine,
+    pre: wasmtime::component::InstancePre<BareState>,
+}
 
-    struct State {
-        wasi: WasiCtx,
-        table: ResourceTable,
+/// A bare store's data: an empty WASI context, as a host must build one.
+struct BareState {
+    wasi: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for BareState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
-    impl WasiView for State {
-        fn ctx(&mut self) -> WasiCtxView<'_> {
-            WasiCtxView {
-                ctx: &mut self.wasi,
-                table: &mut self.table,
+}
+
+impl Bare {
+    fn new(wasm: &std::path::Path) -> Self {
+        use wasmtime::component::{Component, Linker};
+        use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+        let mut pool = PoolingAllocationConfig::new();
+        pool.linear_memory_keep_resident(4 * 1024 * 1024)
+            .table_keep_resident(64 * 1024)
+            .pagemap_scan(wasmtime::Enabled::Auto);
+        let mut config = Config::new();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).expect("engine");
+        let component = Component::from_file(&engine, wasm).expect("component");
+        let mut linker = Linker::<BareState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
+        // The plugin's own imports (log, http) are never called by `greet`:
+        // stubbed so the component links.
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .expect("stub imports");
+        let pre = linker.instantiate_pre(&component).expect("pre");
+        Self { engine, pre }
+    }
+
+    /// `calls` calls on each of `threads` threads at once; every call's
+    /// latency, sorted.
+    fn threaded(&self, threads: usize, calls: usize) -> Vec<Duration> {
+        let barrier = Barrier::new(threads);
+        let mut all: Vec<Duration> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| scope.spawn(|| self.calls(calls, &barrier)))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        all.sort();
+        all
+    }
+
+    /// One thread's share: 200 warm-up calls, then `calls` timed ones.
+    fn calls(&self, calls: usize, start: &Barrier) -> Vec<Duration> {
+        use wasmtime::Store;
+        use wasmtime::component::{ResourceTable, Val};
+
+        let mut latencies = Vec::with_capacity(calls);
+        for i in 0..calls + 200 {
+            if i == 200 {
+                start.wait();
+            }
+            let started = Instant::now();
+            let mut store = Store::new(
+                &self.engine,
+                BareState {
+                    wasi: wasmtime_wasi::WasiCtx::builder().build(),
+                    table: ResourceTable::new(),
+                },
+            );
+            let instance = self.pre.instantiate(&mut store).expect("instantiate");
+            let tools = instance
+                .get_export_index(&mut store, None, "karta:plugin/tools@0.1.0")
+                .expect("tools interface");
+            let call = instance
+                .get_export_index(&mut store, Some(&tools), "call")
+                .expect("call export");
+            let func = instance.get_func(&mut store, call).expect("func");
+            let mut results = [Val::Bool(false)];
+            func.call(
+                &mut store,
+                &[Val::String("greet".into()), Val::String(INPUT.into())],
+                &mut results,
+            )
+            .expect("call");
+            drop(store);
+            if i >= 200 {
+                latencies.push(started.elapsed());
             }
         }
+        latencies
     }
-    let mut pool = PoolingAllocationConfig::new();
-    pool.linear_memory_keep_resident(4 * 1024 * 1024)
-        .table_keep_resident(64 * 1024)
-        .pagemap_scan(wasmtime::Enabled::Auto);
-    let mut config = Config::new();
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    let engine = Engine::new(&config).expect("engine");
-    let component = Component::from_file(&engine, wasm).expect("component");
-    let mut linker = Linker::<State>::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
-    // The plugin's own imports (log, http) are never called by `greet`:
-    // stubbed so the component links.
-    linker
-        .define_unknown_imports_as_traps(&component)
-        .expect("stub imports");
-    let pre = linker.instantiate_pre(&component).expect("pre");
-    // An empty WASI context per call, as a host must build one.
-    let mut latencies = Vec::with_capacity(calls);
-    for i in 0..calls + 200 {
-        let started = Instant::now();
-        let mut store = Store::new(
-            &engine,
-            State {
-                wasi: WasiCtx::builder().build(),
-                table: ResourceTable::new(),
-            },
-        );
-        let instance = pre.instantiate(&mut store).expect("instantiate");
-        let tools = instance
-            .get_export_index(&mut store, None, "karta:plugin/tools@0.1.0")
-            .expect("tools interface");
-        let call = instance
-            .get_export_index(&mut store, Some(&tools), "call")
-            .expect("call export");
-        let func = instance.get_func(&mut store, call).expect("func");
-        let mut results = [Val::Bool(false)];
-        func.call(
-            &mut store,
-            &[Val::String("greet".into()), Val::String(INPUT.into())],
-            &mut results,
-        )
-        .expect("call");
-        drop(store);
-        if i >= 200 {
-            latencies.push(started.elapsed());
-        }
-    }
-    latencies.sort();
-    latencies
 }
 
 criterion_group!(benches, bench);
