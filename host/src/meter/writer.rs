@@ -962,8 +962,14 @@ mod tests {
             Recorded::New { .. }
         ));
         // Read the tree itself: `wait_committed` would ask for the apply.
+        // The writer counts the batch applied just after its transaction,
+        // so the row can be seen a moment before the count: wait for both.
         let started = Instant::now();
-        while !writer.records().contains_key(&key).expect("read") {
+        loop {
+            let applied = writer.shared.lock().applied;
+            if applied == 1 && writer.records().contains_key(&key).expect("read") {
+                break;
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "the record was never applied"
