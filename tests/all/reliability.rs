@@ -135,11 +135,12 @@ async fn a_turn_whose_message_cannot_be_flushed_shows_nothing_and_ends_its_follo
     let id = new_session(&server, json!({})).await;
     let sessions = server.host.sessions();
     let before = sessions.events_after(&id, 0).expect("log");
-    // The message's flush runs 300 ms and fails; the builtin turn's
-    // harness is done long before.
+    // The message's flush runs 2 s and fails; the builtin turn's harness
+    // is done long before, and the follower below (100 ms in) has ample
+    // time to subscribe while the turn still runs, even on a loaded CI.
     sessions
         .store()
-        .inject_slow_flush_failure(std::time::Duration::from_millis(300));
+        .inject_slow_flush_failure(std::time::Duration::from_secs(2));
     let reader = async {
         while !sessions.is_running(&id) {
             tokio::task::yield_now().await;
