@@ -19,6 +19,13 @@
 //! on two threads at once — the same component instantiated from its
 //! `InstancePre` in a bare wasmtime store (no WASI context, no fuel, no
 //! limits, no JSON checks), `greet` called, dropped.
+//!
+//! Last, `tool_call/after_idle` and `tool_call/bare/after_idle`: the same
+//! calls, each after the thread slept 1.5 ms (`KARTA_BENCH_IDLE_CALLS`
+//! of them, default 2,000) — how a turn's tool calls come, never back to
+//! back — and `machine/touch_512_pages`: 512 pages read hot and after the
+//! same sleep, what this machine charges for the pages a call touches
+//! once an interrupt has passed.
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
@@ -201,7 +208,98 @@ fn threads_and_floor() {
         };
         results.push((key, percentile(&latencies, 0.5), "us"));
     }
+    results.extend(after_idle(&rt, &plugin, &bare));
     write_results("tool_call", &results);
+}
+
+/// How long a thread sleeps before each call of [`after_idle`]: about
+/// what separates two tool calls of a real turn (the model's answer
+/// streams in between), and more than the hot loops above ever leave.
+const IDLE: Duration = Duration::from_micros(1500);
+
+/// A call after the thread slept [`IDLE`] — as a turn's tool calls come —
+/// through Karta and bare; and the machine's own part of that: touching
+/// 512 pages of memory hot and after the same sleep. On a virtual machine
+/// whose interrupts flush the TLB (a PVM guest here), every page a call
+/// touches after a sleep costs a page walk again; the hot loops hide it.
+fn after_idle(
+    rt: &tokio::runtime::Runtime,
+    plugin: &Plugin,
+    bare: &Bare,
+) -> Vec<(String, f64, &'static str)> {
+    let calls: usize = std::env::var("KARTA_BENCH_IDLE_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let options = CallOptions::default();
+    let timed_after_sleep = |call: &mut dyn FnMut()| {
+        let mut latencies: Vec<Duration> = (0..calls)
+            .map(|_| {
+                std::thread::sleep(IDLE);
+                let started = Instant::now();
+                call();
+                started.elapsed()
+            })
+            .collect();
+        latencies.sort();
+        latencies
+    };
+    let karta = timed_after_sleep(&mut || {
+        rt.block_on(plugin.call("greet", INPUT, &options))
+            .expect("greet");
+    });
+    let bare = timed_after_sleep(&mut || bare.call_once());
+
+    const PAGES: usize = 512;
+    let memory = vec![1u8; PAGES * 4096];
+    let touch = || {
+        let sum: u64 = (0..PAGES).map(|page| u64::from(memory[page * 4096])).sum();
+        std::hint::black_box(sum);
+    };
+    let touch_timed = |sleep: bool| {
+        let mut latencies: Vec<Duration> = (0..calls)
+            .map(|_| {
+                touch();
+                if sleep {
+                    std::thread::sleep(IDLE);
+                }
+                let started = Instant::now();
+                touch();
+                started.elapsed()
+            })
+            .collect();
+        latencies.sort();
+        latencies
+    };
+    let pages_hot = touch_timed(false);
+    let pages_after_sleep = touch_timed(true);
+
+    let idle_us = IDLE.as_micros();
+    println!(
+        "tool_call/after_idle: p50 {:.2} µs, p99 {:.2} µs ({calls} calls, each after a {idle_us} µs sleep)",
+        percentile(&karta, 0.5),
+        percentile(&karta, 0.99),
+    );
+    println!(
+        "tool_call/bare/after_idle: p50 {:.2} µs, p99 {:.2} µs (the floor, each after a {idle_us} µs sleep)",
+        percentile(&bare, 0.5),
+        percentile(&bare, 0.99),
+    );
+    println!(
+        "machine/touch_{PAGES}_pages: p50 {:.2} µs hot, {:.2} µs after a {idle_us} µs sleep (the TLB refill a sleep costs here)",
+        percentile(&pages_hot, 0.5),
+        percentile(&pages_after_sleep, 0.5),
+    );
+    vec![
+        ("p50_after_idle".into(), percentile(&karta, 0.5), "us"),
+        ("bare_p50_after_idle".into(), percentile(&bare, 0.5), "us"),
+        ("touch_pages_hot".into(), percentile(&pages_hot, 0.5), "us"),
+        (
+            "touch_pages_after_idle".into(),
+            percentile(&pages_after_sleep, 0.5),
+            "us",
+        ),
+    ]
 }
 
 /// Merges `figures` (key, value, unit) into
@@ -290,43 +388,47 @@ impl Bare {
 
     /// One thread's share: 200 warm-up calls, then `calls` timed ones.
     fn calls(&self, calls: usize, start: &Barrier) -> Vec<Duration> {
-        use wasmtime::Store;
-        use wasmtime::component::{ResourceTable, Val};
-
         let mut latencies = Vec::with_capacity(calls);
         for i in 0..calls + 200 {
             if i == 200 {
                 start.wait();
             }
             let started = Instant::now();
-            let mut store = Store::new(
-                &self.engine,
-                BareState {
-                    wasi: wasmtime_wasi::WasiCtx::builder().build(),
-                    table: ResourceTable::new(),
-                },
-            );
-            let instance = self.pre.instantiate(&mut store).expect("instantiate");
-            let tools = instance
-                .get_export_index(&mut store, None, "karta:plugin/tools@0.1.0")
-                .expect("tools interface");
-            let call = instance
-                .get_export_index(&mut store, Some(&tools), "call")
-                .expect("call export");
-            let func = instance.get_func(&mut store, call).expect("func");
-            let mut results = [Val::Bool(false)];
-            func.call(
-                &mut store,
-                &[Val::String("greet".into()), Val::String(INPUT.into())],
-                &mut results,
-            )
-            .expect("call");
-            drop(store);
+            self.call_once();
             if i >= 200 {
                 latencies.push(started.elapsed());
             }
         }
         latencies
+    }
+
+    /// One call: a store, the instance, `greet`, the store dropped.
+    fn call_once(&self) {
+        use wasmtime::Store;
+        use wasmtime::component::{ResourceTable, Val};
+
+        let mut store = Store::new(
+            &self.engine,
+            BareState {
+                wasi: wasmtime_wasi::WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            },
+        );
+        let instance = self.pre.instantiate(&mut store).expect("instantiate");
+        let tools = instance
+            .get_export_index(&mut store, None, "karta:plugin/tools@0.1.0")
+            .expect("tools interface");
+        let call = instance
+            .get_export_index(&mut store, Some(&tools), "call")
+            .expect("call export");
+        let func = instance.get_func(&mut store, call).expect("func");
+        let mut results = [Val::Bool(false)];
+        func.call(
+            &mut store,
+            &[Val::String("greet".into()), Val::String(INPUT.into())],
+            &mut results,
+        )
+        .expect("call");
     }
 }
 
