@@ -212,6 +212,20 @@ fn threads_and_floor() {
     write_results("tool_call", &results);
 }
 
+/// `calls` runs of `before` then `run`, each `run` timed; sorted.
+fn timed(calls: usize, mut before: impl FnMut(), mut run: impl FnMut()) -> Vec<Duration> {
+    let mut latencies: Vec<Duration> = (0..calls)
+        .map(|_| {
+            before();
+            let started = Instant::now();
+            run();
+            started.elapsed()
+        })
+        .collect();
+    latencies.sort();
+    latencies
+}
+
 /// How long a thread sleeps before each call of [`after_idle`]: about
 /// what separates two tool calls of a real turn (the model's answer
 /// streams in between), and more than the hot loops above ever leave.
@@ -232,23 +246,12 @@ fn after_idle(
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000);
     let options = CallOptions::default();
-    let timed_after_sleep = |call: &mut dyn FnMut()| {
-        let mut latencies: Vec<Duration> = (0..calls)
-            .map(|_| {
-                std::thread::sleep(IDLE);
-                let started = Instant::now();
-                call();
-                started.elapsed()
-            })
-            .collect();
-        latencies.sort();
-        latencies
-    };
-    let karta = timed_after_sleep(&mut || {
+    let sleep = || std::thread::sleep(IDLE);
+    let karta = timed(calls, sleep, || {
         rt.block_on(plugin.call("greet", INPUT, &options))
             .expect("greet");
     });
-    let bare = timed_after_sleep(&mut || bare.call_once());
+    let bare = timed(calls, sleep, || bare.call_once());
 
     const PAGES: usize = 512;
     let memory = vec![1u8; PAGES * 4096];
@@ -256,23 +259,15 @@ fn after_idle(
         let sum: u64 = (0..PAGES).map(|page| u64::from(memory[page * 4096])).sum();
         std::hint::black_box(sum);
     };
-    let touch_timed = |sleep: bool| {
-        let mut latencies: Vec<Duration> = (0..calls)
-            .map(|_| {
-                touch();
-                if sleep {
-                    std::thread::sleep(IDLE);
-                }
-                let started = Instant::now();
-                touch();
-                started.elapsed()
-            })
-            .collect();
-        latencies.sort();
-        latencies
-    };
-    let pages_hot = touch_timed(false);
-    let pages_after_sleep = touch_timed(true);
+    let pages_hot = timed(calls, touch, touch);
+    let pages_after_sleep = timed(
+        calls,
+        || {
+            touch();
+            sleep();
+        },
+        touch,
+    );
 
     let idle_us = IDLE.as_micros();
     println!(

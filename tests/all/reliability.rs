@@ -19,15 +19,22 @@ const ONE_WRITE: &str = "/tool write {\"path\": \"a.txt\", \"content\": \"x\"}";
 
 async fn paused_turn(server: &Server, text: &str) -> (String, Vec<Value>) {
     let id = new_session(server, json!({})).await;
-    let events = sse(
+    let events = stream_message(server, &id, json!({ "text": text, "agent": "technical" })).await;
+    (id, events)
+}
+
+/// Sends `message` to session `id` as a streaming message and reads the
+/// stream to its end.
+async fn stream_message(server: &Server, id: &str, mut message: Value) -> Vec<Value> {
+    message["stream"] = json!(true);
+    sse(
         "POST",
         &server.url(&format!("/v1/sessions/{id}/messages")),
-        Some(json!({ "text": text, "agent": "technical", "stream": true })),
+        Some(message),
         &[],
         usize::MAX,
     )
-    .await;
-    (id, events)
+    .await
 }
 
 fn request_id(event: &Value) -> &str {
@@ -174,14 +181,7 @@ async fn a_turn_whose_message_cannot_be_flushed_shows_nothing_and_ends_its_follo
     // Taken back: the log is as before, and the next turn numbers its
     // events from where the lost one would have begun.
     assert_eq!(sessions.store().events_after(&id, 0).expect("log"), before);
-    let events = sse(
-        "POST",
-        &server.url(&format!("/v1/sessions/{id}/messages")),
-        Some(json!({ "text": "again", "stream": true })),
-        &[],
-        usize::MAX,
-    )
-    .await;
+    let events = stream_message(&server, &id, json!({ "text": "again" })).await;
     let first = before.last().map_or(0, |e| e.seq) + 1;
     assert_eq!(events[0]["seq"], json!(first), "{events:#?}");
     assert_eq!(events.last().expect("events")["type"], "done");
@@ -254,12 +254,10 @@ async fn regression_issue8_approve_session_is_saved_with_the_turn() {
 
     // After a restart, the session still has the approval.
     let server = Server::start(app.path(), data.path()).await;
-    let events = sse(
-        "POST",
-        &server.url(&format!("/v1/sessions/{id}/messages")),
-        Some(json!({ "text": "/tool write {\"path\": \"c.txt\", \"content\": \"z\"}", "stream": true })),
-        &[],
-        usize::MAX,
+    let events = stream_message(
+        &server,
+        &id,
+        json!({ "text": "/tool write {\"path\": \"c.txt\", \"content\": \"z\"}" }),
     )
     .await;
     assert!(!types(&events).contains(&"input_required"), "{events:#?}");
