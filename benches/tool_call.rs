@@ -234,8 +234,10 @@ const IDLE: Duration = Duration::from_micros(1500);
 /// A call after the thread slept [`IDLE`] — as a turn's tool calls come —
 /// through Karta and bare; and the machine's own part of that: touching
 /// 512 pages of memory hot and after the same sleep. On a virtual machine
-/// whose interrupts flush the TLB (a PVM guest here), every page a call
-/// touches after a sleep costs a page walk again; the hot loops hide it.
+/// where an interrupt leaves translations cold (a PVM guest here: the cost
+/// follows pages more than cache lines, see BENCHMARKS.md), every page a
+/// call touches after a sleep costs a page walk again; the hot loops hide
+/// it.
 fn after_idle(
     rt: &tokio::runtime::Runtime,
     plugin: &Plugin,
@@ -251,7 +253,7 @@ fn after_idle(
         rt.block_on(plugin.call("greet", INPUT, &options))
             .expect("greet");
     });
-    let bare = timed(calls, sleep, || bare.call_once());
+    let floor = timed(calls, sleep, || bare.call_once());
 
     const PAGES: usize = 512;
     let memory = vec![1u8; PAGES * 4096];
@@ -277,17 +279,17 @@ fn after_idle(
     );
     println!(
         "tool_call/bare/after_idle: p50 {:.2} µs, p99 {:.2} µs (the floor, each after a {idle_us} µs sleep)",
-        percentile(&bare, 0.5),
-        percentile(&bare, 0.99),
+        percentile(&floor, 0.5),
+        percentile(&floor, 0.99),
     );
     println!(
-        "machine/touch_{PAGES}_pages: p50 {:.2} µs hot, {:.2} µs after a {idle_us} µs sleep (the TLB refill a sleep costs here)",
+        "machine/touch_{PAGES}_pages: p50 {:.2} µs hot, {:.2} µs after a {idle_us} µs sleep (what a sleep costs here, mostly page translations)",
         percentile(&pages_hot, 0.5),
         percentile(&pages_after_sleep, 0.5),
     );
     vec![
         ("p50_after_idle".into(), percentile(&karta, 0.5), "us"),
-        ("bare_p50_after_idle".into(), percentile(&bare, 0.5), "us"),
+        ("bare_p50_after_idle".into(), percentile(&floor, 0.5), "us"),
         ("touch_pages_hot".into(), percentile(&pages_hot, 0.5), "us"),
         (
             "touch_pages_after_idle".into(),
