@@ -13,12 +13,16 @@
 //! After criterion, `tool_call/threads`: the pooling runtime called from
 //! `KARTA_BENCH_THREADS` threads at once (default 1 and 2, each with a
 //! current-thread runtime of its own, the same plugin shared), each call
-//! timed: calls/s over all threads and the p50 / p99 of one call.
-//! Both write their medians to `target/bench-results/tool_call.json` (for
-//! `scripts/bench.sh`). `tool_call/bare/1` and `/2`: the floor on one and
-//! on two threads at once — the same component instantiated from its
-//! `InstancePre` in a bare wasmtime store (no WASI context, no fuel, no
-//! limits, no JSON checks), `greet` called, dropped.
+//! timed: calls/s over all threads and the p50 / p99 of one call. Beside
+//! it, two floors on as many threads: `tool_call/bare` — the same
+//! component instantiated from its `InstancePre` in a bare wasmtime store
+//! (empty WASI context, no fuel, no epochs, a synchronous call, no limits,
+//! no JSON checks), `greet` called, dropped — and `tool_call/metered_floor`
+//! — the same with what any metered host pays: fuel, epoch interruption
+//! and an async call on a fiber, as Karta's engine has them. The three
+//! take turns in 10 slices, so that a machine whose speed drifts favours
+//! none of them. All write their medians to
+//! `target/bench-results/tool_call.json` (for `scripts/bench.sh`).
 //!
 //! Last, `tool_call/after_idle` and `tool_call/bare/after_idle`: the same
 //! calls, each after the thread slept 1.5 ms (`KARTA_BENCH_IDLE_CALLS`
@@ -32,7 +36,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -110,51 +114,94 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// Calls `greet` from `threads` threads for `per_thread` calls each;
-/// returns calls/s and every call's latency, sorted.
-fn threaded(plugin: &Plugin, threads: usize, per_thread: usize) -> (f64, Vec<Duration>) {
-    let barrier = Arc::new(Barrier::new(threads + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let plugin = plugin.clone();
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("tokio");
-                let options = CallOptions::default();
-                let mut latencies = Vec::with_capacity(per_thread);
-                // Warm up this thread's share of the pool.
-                for _ in 0..200 {
-                    rt.block_on(plugin.call("greet", INPUT, &options))
-                        .expect("greet");
-                }
-                barrier.wait();
-                for _ in 0..per_thread {
-                    let started = Instant::now();
-                    rt.block_on(plugin.call("greet", INPUT, &options))
-                        .expect("greet");
-                    latencies.push(started.elapsed());
-                }
-                latencies
+/// What the threads of [`threaded`] call: Karta's runtime, or a floor.
+#[derive(Clone, Copy)]
+enum Caller<'a> {
+    Karta(&'a Plugin),
+    Floor(&'a Bare),
+}
+
+impl Caller<'_> {
+    /// One `greet` call, on the calling thread's runtime.
+    fn call(self, rt: &tokio::runtime::Runtime) {
+        match self {
+            Caller::Karta(plugin) => {
+                rt.block_on(plugin.call("greet", INPUT, &CallOptions::default()))
+                    .expect("greet");
+            }
+            Caller::Floor(bare) => bare.call(rt),
+        }
+    }
+}
+
+/// Calls of one caller on some threads: the wall time from their common
+/// start to the last one's end, and every call's latency.
+#[derive(Default)]
+struct Run {
+    seconds: f64,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn calls_per_s(&self) -> f64 {
+        self.latencies.len() as f64 / self.seconds
+    }
+
+    fn add(&mut self, other: Run) {
+        self.seconds += other.seconds;
+        self.latencies.extend(other.latencies);
+    }
+}
+
+/// `calls` calls of `caller` on each of `threads` threads at once, each
+/// thread with a current-thread tokio runtime of its own and 200 warm-up
+/// calls before the common start.
+fn threaded(caller: Caller<'_>, threads: usize, calls: usize) -> Run {
+    let barrier = Barrier::new(threads + 1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("tokio");
+                    for _ in 0..200 {
+                        caller.call(&rt);
+                    }
+                    barrier.wait();
+                    let mut latencies = Vec::with_capacity(calls);
+                    for _ in 0..calls {
+                        let started = Instant::now();
+                        caller.call(&rt);
+                        latencies.push(started.elapsed());
+                    }
+                    latencies
+                })
             })
-        })
-        .collect();
-    barrier.wait();
-    let started = Instant::now();
-    let mut all: Vec<Duration> = handles
-        .into_iter()
-        .flat_map(|h| h.join().expect("thread"))
-        .collect();
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort();
-    ((threads * per_thread) as f64 / elapsed, all)
+            .collect();
+        barrier.wait();
+        let started = Instant::now();
+        let latencies = handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("thread"))
+            .collect();
+        Run {
+            seconds: started.elapsed().as_secs_f64(),
+            latencies,
+        }
+    })
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e6
 }
+
+/// How many slices the threaded runs are cut into: Karta and the two
+/// floors take turns slice by slice, so that a machine whose speed drifts
+/// (a shared VM) does not favour whichever ran first.
+const ROUNDS: usize = 10;
 
 fn threads_and_floor() {
     let wasm = common::build_plugins(&["hello-stdio"]).join("hello.wasm");
@@ -175,38 +222,51 @@ fn threads_and_floor() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    let bare = Bare::new(&wasm, Floor::Plain);
+    let metered = Bare::new(&wasm, Floor::Metered);
+    let callers = [
+        ("", Caller::Karta(&plugin)),
+        ("bare_", Caller::Floor(&bare)),
+        ("metered_floor_", Caller::Floor(&metered)),
+    ];
     let mut results = Vec::new();
     for n in threads {
-        let (rate, latencies) = threaded(&plugin, n, per_thread);
-        results.push((format!("calls_per_s_{n}_threads"), rate, "/s"));
-        results.push((
-            format!("p50_{n}_threads"),
-            percentile(&latencies, 0.5),
-            "us",
-        ));
-        println!(
-            "tool_call/threads/{n}: {rate:.0} calls/s, p50 {:.2} µs, p99 {:.2} µs ({} calls)",
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99),
-            latencies.len()
-        );
-    }
-    // The floor on as many threads as the runtime was called from: what
-    // instantiating per call costs there, Karta or not.
-    let bare = Bare::new(&wasm);
-    for n in [1, 2] {
-        let latencies = bare.threaded(n, per_thread);
-        println!(
-            "tool_call/bare/{n}: p50 {:.2} µs, p99 {:.2} µs on {n} thread(s) (instantiate from InstancePre, call, drop; pooling, no WASI context, no fuel, no limits)",
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99)
-        );
-        let key = if n == 1 {
-            "bare_p50".to_owned()
-        } else {
-            format!("bare_p50_{n}_threads")
-        };
-        results.push((key, percentile(&latencies, 0.5), "us"));
+        let mut runs: Vec<Run> = callers.iter().map(|_| Run::default()).collect();
+        for _ in 0..ROUNDS {
+            for ((_, caller), run) in callers.iter().zip(&mut runs) {
+                run.add(threaded(*caller, n, per_thread.div_ceil(ROUNDS)));
+            }
+        }
+        for ((prefix, caller), mut run) in callers.iter().zip(runs) {
+            run.latencies.sort();
+            let (p50, p99) = (
+                percentile(&run.latencies, 0.5),
+                percentile(&run.latencies, 0.99),
+            );
+            let name = match caller {
+                Caller::Karta(_) => format!("tool_call/threads/{n}"),
+                Caller::Floor(floor) => format!("tool_call/{}/{n}", floor.kind.name()),
+            };
+            let what = match caller {
+                Caller::Karta(_) => String::new(),
+                Caller::Floor(floor) => format!(" — {}", floor.kind.describe()),
+            };
+            println!(
+                "{name}: {:.0} calls/s, p50 {p50:.2} µs, p99 {p99:.2} µs ({} calls on {n} thread(s), {ROUNDS} rounds interleaved){what}",
+                run.calls_per_s(),
+                run.latencies.len(),
+            );
+            results.push((
+                format!("{prefix}calls_per_s_{n}_threads"),
+                run.calls_per_s(),
+                "/s",
+            ));
+            let p50_key = match (prefix.is_empty(), n) {
+                (false, 1) => format!("{prefix}p50"),
+                _ => format!("{prefix}p50_{n}_threads"),
+            };
+            results.push((p50_key, p50, "us"));
+        }
     }
     results.extend(after_idle(&rt, &plugin, &bare));
     write_results("tool_call", &results);
@@ -253,7 +313,7 @@ fn after_idle(
         rt.block_on(plugin.call("greet", INPUT, &options))
             .expect("greet");
     });
-    let floor = timed(calls, sleep, || bare.call_once());
+    let floor = timed(calls, sleep, || bare.call(rt));
 
     const PAGES: usize = 512;
     let memory = vec![1u8; PAGES * 4096];
@@ -319,10 +379,43 @@ fn write_results(file: &str, figures: &[(String, f64, &str)]) {
     std::fs::write(&path, serde_json::to_vec_pretty(&all).expect("JSON")).expect("write results");
 }
 
+/// Which floor a [`Bare`] measures.
+#[derive(Clone, Copy)]
+enum Floor {
+    /// wasmtime at its cheapest: a synchronous call, no fuel, no epochs.
+    Plain,
+    /// What any metered host must pay on top: fuel (Karta's cost cap),
+    /// epoch interruption (its deadline) and async calls on a fiber (a
+    /// plugin's HTTP imports are async), as Karta's engine has them.
+    Metered,
+}
+
+impl Floor {
+    fn name(self) -> &'static str {
+        match self {
+            Floor::Plain => "bare",
+            Floor::Metered => "metered_floor",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Floor::Plain => {
+                "instantiate from InstancePre, call, drop; pooling, empty WASI context, no fuel, no epochs, sync"
+            }
+            Floor::Metered => {
+                "the same with fuel, epoch interruption and async calls, as Karta's engine"
+            }
+        }
+    }
+}
+
 /// The floor of a call: the component instantiated in a bare store of an
-/// engine with the same pooling settings but no fuel or epochs, `greet`
-/// called with the same input, the store dropped.
+/// engine with the same pooling settings, `greet` called with the same
+/// input, the store dropped — with or without what metering needs
+/// ([`Floor`]).
 struct Bare {
+    kind: Floor,
     engine: wasmtime::Engine,
     pre: wasmtime::component::InstancePre<BareState>,
 }
@@ -343,64 +436,40 @@ impl wasmtime_wasi::WasiView for BareState {
 }
 
 impl Bare {
-    fn new(wasm: &std::path::Path) -> Self {
+    fn new(wasm: &std::path::Path, kind: Floor) -> Self {
         use wasmtime::component::{Component, Linker};
         use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+        let metered = matches!(kind, Floor::Metered);
         let mut pool = PoolingAllocationConfig::new();
         pool.linear_memory_keep_resident(4 * 1024 * 1024)
             .table_keep_resident(64 * 1024)
             .pagemap_scan(wasmtime::Enabled::Auto);
         let mut config = Config::new();
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .consume_fuel(metered)
+            .epoch_interruption(metered);
         let engine = Engine::new(&config).expect("engine");
         let component = Component::from_file(&engine, wasm).expect("component");
         let mut linker = Linker::<BareState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
+        if metered {
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
+        } else {
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
+        }
         // The plugin's own imports (log, http) are never called by `greet`:
         // stubbed so the component links.
         linker
             .define_unknown_imports_as_traps(&component)
             .expect("stub imports");
         let pre = linker.instantiate_pre(&component).expect("pre");
-        Self { engine, pre }
+        Self { kind, engine, pre }
     }
 
-    /// `calls` calls on each of `threads` threads at once; every call's
-    /// latency, sorted.
-    fn threaded(&self, threads: usize, calls: usize) -> Vec<Duration> {
-        let barrier = Barrier::new(threads);
-        let mut all: Vec<Duration> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| scope.spawn(|| self.calls(calls, &barrier)))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("thread"))
-                .collect()
-        });
-        all.sort();
-        all
-    }
-
-    /// One thread's share: 200 warm-up calls, then `calls` timed ones.
-    fn calls(&self, calls: usize, start: &Barrier) -> Vec<Duration> {
-        let mut latencies = Vec::with_capacity(calls);
-        for i in 0..calls + 200 {
-            if i == 200 {
-                start.wait();
-            }
-            let started = Instant::now();
-            self.call_once();
-            if i >= 200 {
-                latencies.push(started.elapsed());
-            }
-        }
-        latencies
-    }
-
-    /// One call: a store, the instance, `greet`, the store dropped.
-    fn call_once(&self) {
+    /// One call: a store, the instance, `greet`, the store dropped (on
+    /// `rt` if the floor is async).
+    fn call(&self, rt: &tokio::runtime::Runtime) {
         use wasmtime::Store;
         use wasmtime::component::{ResourceTable, Val};
 
@@ -411,21 +480,40 @@ impl Bare {
                 table: ResourceTable::new(),
             },
         );
-        let instance = self.pre.instantiate(&mut store).expect("instantiate");
-        let tools = instance
-            .get_export_index(&mut store, None, "karta:plugin/tools@0.1.0")
-            .expect("tools interface");
-        let call = instance
-            .get_export_index(&mut store, Some(&tools), "call")
-            .expect("call export");
-        let func = instance.get_func(&mut store, call).expect("func");
+        let params = [Val::String("greet".into()), Val::String(INPUT.into())];
         let mut results = [Val::Bool(false)];
-        func.call(
-            &mut store,
-            &[Val::String("greet".into()), Val::String(INPUT.into())],
-            &mut results,
-        )
-        .expect("call");
+        let export = |store: &mut Store<BareState>, instance: &wasmtime::component::Instance| {
+            let tools = instance
+                .get_export_index(&mut *store, None, "karta:plugin/tools@0.1.0")
+                .expect("tools interface");
+            let call = instance
+                .get_export_index(&mut *store, Some(&tools), "call")
+                .expect("call export");
+            instance.get_func(&mut *store, call).expect("func")
+        };
+        match self.kind {
+            Floor::Plain => {
+                let instance = self.pre.instantiate(&mut store).expect("instantiate");
+                let func = export(&mut store, &instance);
+                func.call(&mut store, &params, &mut results).expect("call");
+            }
+            Floor::Metered => {
+                // As much as Karta's grant gives; the deadline never fires.
+                store.set_fuel(1 << 40).expect("fuel");
+                store.set_epoch_deadline(1 << 30);
+                rt.block_on(async {
+                    let instance = self
+                        .pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .expect("instantiate");
+                    let func = export(&mut store, &instance);
+                    func.call_async(&mut store, &params, &mut results)
+                        .await
+                        .expect("call");
+                });
+            }
+        }
     }
 }
 
