@@ -64,6 +64,60 @@ enum Links {
     Beneath,
 }
 
+/// An entry's identity and change times, to tell cheaply whether it
+/// changed since (see [`SafeDir::stamps`]).
+///
+/// The kernel sets `ctime` on every change to an inode — its bytes, its
+/// mode, its links, an entry added to or removed from a directory, a
+/// rename — and no system call sets it to a chosen value, so a guest
+/// cannot change an entry and put its `ctime` back. A change in the same
+/// clock granule as the stamp's `ctime` could still leave it equal: a
+/// stamp is only a witness for changes after [`Stamp::settled_before`]
+/// says its `ctime` is old enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    mode: u32,
+    nlink: u64,
+    size: i64,
+    mtime: (i64, u64),
+    ctime: (i64, u64),
+}
+
+impl Stamp {
+    // `st_nlink` and the nanoseconds are `u32` on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    fn of(stat: &rustix::fs::Stat) -> Self {
+        Self {
+            dev: stat.st_dev as u64,
+            ino: stat.st_ino as u64,
+            mode: stat.st_mode as u32,
+            nlink: stat.st_nlink as u64,
+            size: stat.st_size as i64,
+            mtime: (stat.st_mtime as i64, stat.st_mtime_nsec as u64),
+            ctime: (stat.st_ctime as i64, stat.st_ctime_nsec as u64),
+        }
+    }
+
+    /// Whether the entry's last change (`ctime`) was at least `margin`
+    /// before `now` (the wall clock, which `ctime` follows): then any
+    /// later change gets a later `ctime`, and an equal stamp proves there
+    /// was none. A `ctime` in the future (the clock moved back) is not
+    /// settled.
+    pub fn settled_before(&self, now: std::time::SystemTime, margin: std::time::Duration) -> bool {
+        let (secs, nanos) = self.ctime;
+        let ctime = u64::try_from(secs)
+            .ok()
+            .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::new(secs, 0))
+            .and_then(|t| t.checked_add(std::time::Duration::from_nanos(nanos)));
+        match (ctime, now.checked_sub(margin)) {
+            (Some(ctime), Some(limit)) => ctime <= limit,
+            _ => false,
+        }
+    }
+}
+
 /// A directory opened once; every operation is relative to it and stays
 /// beneath it (see the module docs).
 #[derive(Debug)]
@@ -473,6 +527,54 @@ impl SafeDir {
         }
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(entries)
+    }
+
+    /// What each entry at `relatives` is now, by its metadata ([`Stamp`]);
+    /// `None` where nothing is. Entries are looked at with
+    /// `AT_SYMLINK_NOFOLLOW` from their directory, opened once (`O_PATH`)
+    /// the safe way: a link on the way is an error, never followed; a link
+    /// at the end is stamped as itself. Two equal stamps taken apart mean
+    /// the entry was not changed in between, when the first was taken
+    /// after its `ctime` had settled ([`Stamp::settled_before`]).
+    pub fn stamps<'p>(
+        &self,
+        relatives: impl IntoIterator<Item = &'p Path>,
+    ) -> std::io::Result<Vec<Option<Stamp>>> {
+        // Each directory opened once: a set's files share a few.
+        let mut dirs: Vec<(&Path, Option<OwnedFd>)> = Vec::new();
+        let mut stamps = Vec::new();
+        for relative in relatives {
+            let parts = names(relative)?;
+            let Some(name) = parts.last() else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "an empty path",
+                ));
+            };
+            let parent = relative.parent().unwrap_or(Path::new(""));
+            let index = match dirs.iter().position(|(path, _)| *path == parent) {
+                Some(index) => index,
+                None => {
+                    let fd = match self.open_at(parent, OFlags::PATH | OFlags::DIRECTORY) {
+                        Ok(fd) => Some(fd),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                        Err(e) => return Err(explain(&self.path.join(parent), e)),
+                    };
+                    dirs.push((parent, fd));
+                    dirs.len() - 1
+                }
+            };
+            let stamp = match &dirs[index].1 {
+                None => None,
+                Some(dir) => match rustix::fs::statat(dir, *name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(stat) => Some(Stamp::of(&stat)),
+                    Err(Errno::NOENT) => None,
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            stamps.push(stamp);
+        }
+        Ok(stamps)
     }
 
     /// What `relative` resolves to in an app folder (following links

@@ -9,7 +9,11 @@
 //! plugin may have changed it — by removing what is not the app's and
 //! writing only the files that differ. A file already right is not touched:
 //! rewriting them every turn cost the host CPU and made Claude Code reload
-//! its settings (BENCHMARKS.md, "overhead").
+//! its settings (BENCHMARKS.md, "overhead"). A session's turns sync through
+//! [`HarnessFiles::sync_with`], which first compares the entries' metadata
+//! with what the last sync left ([`SyncMemo`]) and skips the sync when
+//! nothing changed: one `stat` per entry instead of listing directories
+//! and reading every file on the way to the harness.
 //!
 //! Nothing is ever read, written or removed *through* a symbolic link in
 //! the workspace: every operation there goes through
@@ -27,11 +31,12 @@
 //! there, OpenCode `tools: {bash: true}`, `permission` and `prompt:
 //! {file:…}` — each a way past the host's tool set or its approvals.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use karta_harness::safe_fs::{self, Kind, SafeDir};
+use karta_harness::safe_fs::{self, Kind, SafeDir, Stamp};
 
 use super::{AppError, app_file_error, error};
 
@@ -81,6 +86,17 @@ const MANAGED: &[&str] = &[
     "opencode.json",
     "opencode.jsonc",
 ];
+
+/// How long before a stamp is taken an entry's last change must be for the
+/// stamp to witness any later change ([`Stamp::settled_before`]): the
+/// coarsest timestamps of a filesystem a workspace may be on (FAT keeps
+/// 2 s; ext4, xfs, btrfs and tmpfs follow the kernel's coarse clock, a few
+/// milliseconds).
+const SETTLED: Duration = Duration::from_secs(2);
+
+/// The most workspaces a [`SyncMemo`] remembers; past that it starts over
+/// (forgetting only costs the next turn of each a full sync).
+const MAX_REMEMBERED: usize = 4096;
 
 /// The largest Claude Code settings file read.
 const MAX_SETTINGS_BYTES: u64 = 1024 * 1024;
@@ -300,11 +316,72 @@ impl HarnessFiles {
     pub fn sync(&self, workspace: &Path) -> std::io::Result<()> {
         // Every operation is relative to the workspace and refuses links
         // (module docs): what a guest planted is removed, never entered.
+        self.sync_in(&SafeDir::create(workspace)?)
+    }
+
+    /// [`HarnessFiles::sync`], skipped when nothing the set owns in
+    /// `workspace` changed since the last sync `memo` remembers there;
+    /// `true` when it synced. What it compares is one [`Stamp`] per entry
+    /// the set owns or would remove (the managed names, every directory
+    /// and file of the set): any change to them — bytes, mode, an entry
+    /// added, removed, renamed or linked in — changes a stamp, so the
+    /// workspace is right whenever the stamps are those of the last sync.
+    /// A sync's stamps are remembered only once every entry's last change
+    /// is [`SETTLED`] old (a change in the same clock granule could leave
+    /// a stamp equal), so a turn soon after a sync that wrote files syncs
+    /// again. A link in the way makes the stamps unreadable: synced.
+    pub fn sync_with(&self, workspace: &Path, memo: &SyncMemo) -> std::io::Result<bool> {
+        self.sync_settled(workspace, memo, SETTLED)
+    }
+
+    /// [`HarnessFiles::sync_with`] with `settled` for [`SETTLED`] (tests
+    /// wait less than 2 s).
+    pub(super) fn sync_settled(
+        &self,
+        workspace: &Path,
+        memo: &SyncMemo,
+        settled: Duration,
+    ) -> std::io::Result<bool> {
         let ws = SafeDir::create(workspace)?;
+        if let Some(before) = memo.get(workspace)
+            && self.stamps(&ws).is_ok_and(|now| now == before)
+        {
+            return Ok(false);
+        }
+        memo.forget(workspace);
+        self.sync_in(&ws)?;
+        // The clock before the stamps: a change after a stamp then gets a
+        // `ctime` past this instant.
+        let taken = SystemTime::now();
+        if let Ok(stamps) = self.stamps(&ws)
+            && stamps
+                .iter()
+                .flatten()
+                .all(|stamp| stamp.settled_before(taken, settled))
+        {
+            memo.remember(workspace, stamps);
+        }
+        Ok(true)
+    }
+
+    /// One stamp per entry the set owns in `ws` or would remove there:
+    /// the managed names, then every directory and file of the set
+    /// (`None` where nothing is).
+    fn stamps(&self, ws: &SafeDir) -> std::io::Result<Vec<Option<Stamp>>> {
+        ws.stamps(
+            MANAGED
+                .iter()
+                .map(Path::new)
+                .chain(self.dirs.iter().map(PathBuf::as_path))
+                .chain(self.paths.iter().map(PathBuf::as_path)),
+        )
+    }
+
+    fn sync_in(&self, ws: &SafeDir) -> std::io::Result<()> {
         for name in MANAGED {
             let name = Path::new(name);
             if let Some(kind) = ws.kind(name)? {
-                self.prune(&ws, name, kind, 0)?;
+                self.prune(ws, name, kind, 0)?;
             }
         }
         for file in &self.files {
@@ -359,6 +436,39 @@ impl HarnessFiles {
             // not what it names).
             _ => ws.remove(relative),
         }
+    }
+}
+
+/// What each workspace's harness files looked like right after their last
+/// sync, so that the next turn skips the sync when nothing changed
+/// ([`HarnessFiles::sync_with`]). One memo serves one set of files (a
+/// release's): stamps say nothing about another set.
+#[derive(Debug, Default)]
+pub struct SyncMemo {
+    stamps: Mutex<HashMap<PathBuf, Vec<Option<Stamp>>>>,
+}
+
+impl SyncMemo {
+    fn get(&self, workspace: &Path) -> Option<Vec<Option<Stamp>>> {
+        self.lock().get(workspace).cloned()
+    }
+
+    fn remember(&self, workspace: &Path, stamps: Vec<Option<Stamp>>) {
+        let mut map = self.lock();
+        if map.len() >= MAX_REMEMBERED && !map.contains_key(workspace) {
+            map.clear();
+        }
+        map.insert(workspace.to_path_buf(), stamps);
+    }
+
+    /// Forgets `workspace` (its session was deleted: a new one of the same
+    /// id starts from a full sync).
+    pub fn forget(&self, workspace: &Path) {
+        self.lock().remove(workspace);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Vec<Option<Stamp>>>> {
+        self.stamps.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -128,12 +128,13 @@ impl Sessions {
         // session's first turn.)
         let state = self.config.homes.join(id);
         let fresh = !state.exists();
-        // Before every turn: a plugin may have changed them since. A harness
+        // Before every turn: a plugin or the harness may have changed them
+        // since (skipped when their metadata says nothing did). A harness
         // without the app's instructions would answer as someone else, so a
         // failed copy fails the turn.
         self.app
             .harness_files
-            .sync(&workspace)
+            .sync_with(&workspace, &self.harness_sync)
             .map_err(|e| format!("cannot give the harness the app's files: {e}"))?;
         if fresh {
             self.app

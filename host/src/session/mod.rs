@@ -83,6 +83,9 @@ pub struct Sessions {
     /// The release's warm pool of harness processes, once started
     /// ([`Sessions::start_pool`]).
     pool: std::sync::OnceLock<Arc<pool::Pool>>,
+    /// What each workspace's harness files were after their last sync
+    /// (a turn skips the sync when they are unchanged).
+    harness_sync: crate::app::SyncMemo,
 }
 
 /// Now, as RFC 3339 (milliseconds) and as milliseconds since the epoch.
@@ -154,6 +157,7 @@ impl Sessions {
             python_servers: std::sync::OnceLock::new(),
             webhooks: parts.webhooks,
             pool: std::sync::OnceLock::new(),
+            harness_sync: crate::app::SyncMemo::default(),
         }
     }
 
@@ -516,6 +520,7 @@ impl Sessions {
         if let Some(harness) = &self.harness {
             harness.end_session(id).await;
         }
+        self.harness_sync.forget(&self.workspace(id));
         let _ = std::fs::remove_dir_all(self.workspace(id));
         let _ = std::fs::remove_dir_all(self.config.homes.join(id));
         Ok(())
