@@ -150,6 +150,40 @@ async fn an_infinite_loop_with_fuel_to_spare_times_out() {
     still_serves(&hostile).await;
 }
 
+/// The epoch thread sleeps while no call runs; a call that comes then
+/// still has its deadline (the thread wakes before the call runs).
+#[tokio::test]
+async fn an_infinite_loop_after_an_idle_spell_still_times_out() {
+    // A runtime of its own, with a 1 ms tick: asleep after ~200 ms idle.
+    let runtime = PluginRuntime::new(RuntimeConfig {
+        max_concurrent_instances: 4,
+        epoch_tick: std::time::Duration::from_millis(1),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime starts");
+    let hostile = runtime
+        .load_file(
+            &crate::support::component("hostile"),
+            // Fuel for tens of seconds of spinning: without the deadline
+            // the call fails out of fuel instead of timing out.
+            grant_with(limits(20_000_000_000, 64, 200)),
+        )
+        .await
+        .expect("load");
+    for round in 0..2 {
+        let asleep = async {
+            while !runtime.epoch_ticker_asleep() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), asleep)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the idle epoch thread never slept"));
+        let failure = fail(&hostile, "spin", "{}").await;
+        assert_eq!(failure.kind, ErrorKind::Timeout, "round {round}: {failure}");
+    }
+}
+
 #[tokio::test]
 async fn a_blocking_host_call_times_out() {
     let hostile = load("hostile", grant_with(limits(1_000_000_000, 64, 200))).await;

@@ -125,7 +125,7 @@ struct RuntimeInner {
     http: http::HttpClient,
     config: RuntimeConfig,
     // Declared last: dropped after the engine users above.
-    _ticker: engine::EpochTicker,
+    ticker: engine::EpochTicker,
 }
 
 impl RuntimeInner {
@@ -152,6 +152,8 @@ impl RuntimeInner {
             grant,
             http: self.http.clone(),
             unbilled,
+            // The deadline below counts ticks: they must come.
+            _ticks: self.ticker.hold(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -243,9 +245,16 @@ impl PluginRuntime {
                 cache,
                 http: http::HttpClient::new(net::NetPolicy::new(config.allow_net.clone()))?,
                 config,
-                _ticker: ticker,
+                ticker,
             }),
         })
+    }
+
+    /// Whether the epoch thread is asleep: no call has been running for
+    /// a while (about 200 ticks), so it stopped waking up; the next call
+    /// wakes it before it runs.
+    pub fn epoch_ticker_asleep(&self) -> bool {
+        self.inner.ticker.is_asleep()
     }
 
     /// Loads the component at `path` under `grant`.

@@ -44,6 +44,8 @@ pub(crate) struct CallState {
     /// Bytes that crossed into or out of the host since the last charge;
     /// shared with the stdout/stderr pipes.
     pub(crate) unbilled: Arc<AtomicU64>,
+    /// Keeps the epoch ticking while the store lives (its deadline).
+    pub(crate) _ticks: super::engine::TickHold,
 }
 
 impl CallState {
