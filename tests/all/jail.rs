@@ -293,6 +293,40 @@ async fn regression_issue9_a_fork_bomb_stops_at_the_process_limit() {
     assert_eq!(lines.last().map(String::as_str), Some("DONE"));
 }
 
+/// The jail's CPU time (what a turn's `cpu_ms` and the meter charge) is
+/// what its processes burn, read again on each ask (the cgroup file stays
+/// open and is read from its start each time).
+#[tokio::test]
+async fn the_jails_cpu_time_counts_what_its_processes_burn() {
+    if !crate::support::can_jail("the jail") {
+        return;
+    }
+    let f = fixture();
+    // ~0.3 s of CPU in a child, then wait to be told to end.
+    let script =
+        r#"perl -e 'my $t = times; while ((times)[0] - $t < 0.3) {}'; echo BURNT; read -t 30 x"#;
+    let mut spawn = jailed_shell(&f, script, Vec::new(), JailLimits::default());
+    spawn.stdin = true;
+    let mut process = HarnessProcess::start(&spawn).expect("the jail starts");
+    let Some(before) = process.cpu_time() else {
+        eprintln!("skipped: no CPU accounting controller here");
+        return;
+    };
+    let stdout = process.child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = lines.next_line().await.expect("read");
+    assert_eq!(line.as_deref(), Some("BURNT"), "{}", process.stderr_tail());
+    let after = process.cpu_time().expect("CPU time");
+    assert!(
+        after.saturating_sub(before) >= std::time::Duration::from_millis(250),
+        "the jail burnt ~300 ms of CPU; its account says {before:?} -> {after:?}"
+    );
+    let again = process.cpu_time().expect("CPU time");
+    assert!(again >= after, "read again: {after:?} -> {again:?}");
+    drop(process.child.stdin.take());
+    let _ = process.child.wait().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue9_a_memory_bomb_is_killed_and_the_host_lives_on() {
     if !crate::support::can_jail("the jail") {

@@ -34,12 +34,34 @@ pub struct Cgroups {
     missing: Vec<&'static str>,
 }
 
+/// The file CPU time is read from, open: each turn reads it at its start,
+/// at each model answer and at its end, and one `pread` costs a fraction
+/// of an open, a read and a close of a cgroup file.
 #[derive(Debug)]
 enum CpuAccount {
     /// v1 `cpuacct.usage`: nanoseconds.
-    V1(PathBuf),
+    V1(std::fs::File),
     /// v2 `cpu.stat`: `usage_usec`.
-    V2(PathBuf),
+    V2(std::fs::File),
+}
+
+impl CpuAccount {
+    /// The file's text now (a cgroup file is generated again by each read
+    /// from offset 0). `cpu.stat` is a few hundred bytes.
+    fn read(file: &std::fs::File) -> Option<String> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 4096];
+        let mut len = 0;
+        while len < buf.len() {
+            match file.read_at(&mut buf[len..], len as u64) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+        String::from_utf8(buf[..len].to_vec()).ok()
+    }
 }
 
 /// A hierarchy: its mount point and the host's own group in it.
@@ -83,10 +105,12 @@ impl Cgroups {
         // CPU time.
         if let Some(h) = hierarchy("cpuacct") {
             let dir = groups.make(&h, &group)?;
-            groups.cpu = Some(CpuAccount::V1(dir.join("cpuacct.usage")));
+            let file = std::fs::File::open(dir.join("cpuacct.usage"))?;
+            groups.cpu = Some(CpuAccount::V1(file));
         } else if let Some(h) = hierarchy("cpu").filter(|h| h.unified) {
             let dir = groups.make(&h, &group)?;
-            groups.cpu = Some(CpuAccount::V2(dir.join("cpu.stat")));
+            let file = std::fs::File::open(dir.join("cpu.stat"))?;
+            groups.cpu = Some(CpuAccount::V2(file));
         } else {
             groups.missing.push("cpuacct");
         }
@@ -121,12 +145,12 @@ impl Cgroups {
     /// CPU time used by every process of the jail so far.
     pub fn cpu_time(&self) -> Option<Duration> {
         match self.cpu.as_ref()? {
-            CpuAccount::V1(path) => {
-                let nanos: u64 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+            CpuAccount::V1(file) => {
+                let nanos: u64 = CpuAccount::read(file)?.trim().parse().ok()?;
                 Some(Duration::from_nanos(nanos))
             }
-            CpuAccount::V2(path) => {
-                let stat = std::fs::read_to_string(path).ok()?;
+            CpuAccount::V2(file) => {
+                let stat = CpuAccount::read(file)?;
                 let micros: u64 = stat
                     .lines()
                     .find_map(|l| l.strip_prefix("usage_usec "))?
@@ -143,6 +167,7 @@ impl Cgroups {
     /// of its own (the kernel refuses to remove a group with members).
     pub fn remove(&mut self) {
         self.procs.clear();
+        self.cpu = None;
         let dirs = std::mem::take(&mut self.dirs);
         if dirs.is_empty() {
             return;
