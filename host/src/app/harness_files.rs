@@ -327,7 +327,7 @@ impl HarnessFiles {
     /// added, removed, renamed or linked in — changes a stamp, so the
     /// workspace is right whenever the stamps are those of the last sync.
     /// A sync's stamps are remembered only once every entry's last change
-    /// is [`SETTLED`] old (a change in the same clock granule could leave
+    /// is 2 s old (a change in the same clock granule could leave
     /// a stamp equal), so a turn soon after a sync that wrote files syncs
     /// again. A link in the way makes the stamps unreadable: synced.
     pub fn sync_with(&self, workspace: &Path, memo: &SyncMemo) -> std::io::Result<bool> {
