@@ -38,7 +38,11 @@
 //! order rotating, so the shared machine's drift hits both alike — and
 //! prints their medians, the median of the per-round differences (Karta
 //! minus bare; the headline figure), and the CPU time per turn of this
-//! process (provider, client, and for Karta the host) and of each `claude`.
+//! process (provider, client, and for Karta the host) and of each `claude`
+//! — during the timed turn, and until that `claude` is idle again. The
+//! second is the one to compare between routes: a `claude` works on after
+//! its `result` line, and Karta's `done` comes later than the bare CLI's
+//! `result`, so more of that work falls inside Karta's timed turn.
 //! Each timed turn adds one exchange to its own conversation, so the
 //! conversations grow alike (to a few hundred exchanges).
 //!
@@ -588,8 +592,13 @@ struct Interleaved {
     timings: Vec<Timing>,
     /// This process: the provider, the client, and for Karta the host.
     own_cpu: Vec<Duration>,
-    /// The route's `claude` process.
+    /// The route's `claude` process, during the timed turn.
     claude_cpu: Vec<Duration>,
+    /// The route's `claude` process, from the turn's start until it is
+    /// idle again: a `claude` keeps working after its `result` line, and
+    /// a turn timed to Karta's `done` (later than the bare CLI's `result`)
+    /// sees more of that work than one timed to `result`.
+    claude_cpu_to_idle: Vec<Duration>,
     /// The other routes' `claude` processes, idle meanwhile (or not).
     idle_claude_cpu: Vec<Duration>,
 }
@@ -752,6 +761,10 @@ fn bench(c: &mut Criterion) {
                 entry
                     .idle_claude_cpu
                     .push(others_cpu().saturating_sub(before.2));
+                rig.settle().await;
+                entry
+                    .claude_cpu_to_idle
+                    .push(cpu_time(claude).saturating_sub(before.1));
             }
         }
     });
@@ -793,21 +806,22 @@ fn bench(c: &mut Criterion) {
         );
     }
     println!(
-        "overhead: interleaved ({rounds} rounds from {exchanges} exchanges on, one turn of each route per round; medians; CPU: this process = provider, client and host; the route's claude; the other, idle claudes):"
+        "overhead: interleaved ({rounds} rounds from {exchanges} exchanges on, one turn of each route per round; medians; CPU: this process = provider, client and host; the route's claude during the timed turn, and until it is idle again; the other, idle claudes):"
     );
     println!(
-        "  {:<28} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "route", "first text", "done", "own CPU", "claude CPU", "idle CPU"
+        "  {:<28} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "route", "first text", "done", "own CPU", "claude CPU", "to idle", "idle CPU"
     );
     for &route in &routes {
         let entry = &interleaved[route.index()];
         println!(
-            "  {:<28} {:>7.2} ms {:>7.2} ms {:>7.2} ms {:>7.2} ms {:>7.2} ms",
+            "  {:<28} {:>7.2} ms {:>7.2} ms {:>7.2} ms {:>7.2} ms {:>7.2} ms {:>7.2} ms",
             route.name(),
             median(entry.timings.iter().map(|t| ms(t.first_text)).collect()),
             median(entry.timings.iter().map(|t| ms(t.done)).collect()),
             median(entry.own_cpu.iter().copied().map(ms).collect()),
             median(entry.claude_cpu.iter().copied().map(ms).collect()),
+            median(entry.claude_cpu_to_idle.iter().copied().map(ms).collect()),
             median(entry.idle_claude_cpu.iter().copied().map(ms).collect()),
         );
     }
