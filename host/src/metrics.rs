@@ -4,6 +4,7 @@
 //! | --- | --- | --- |
 //! | `karta_turns_total` | counter | `harness`, `outcome` (completed, denied, cancelled, error) |
 //! | `karta_turn_duration_seconds` | histogram | `harness` |
+//! | `karta_turn_host_seconds` | histogram | `harness`, `phase` (`start`: message accepted → handed to the harness; `end`: harness returned → terminal event saved, flushed and published) |
 //! | `karta_tool_calls_total` | counter | `outcome` (`ok` or the error kind) |
 //! | `karta_tool_fuel_total` | counter | — |
 //! | `karta_model_tokens_total` | counter | `kind` (input, output, cache_read, cache_write) |
@@ -41,6 +42,34 @@ struct HarnessLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    harness: &'static str,
+    phase: &'static str,
+}
+
+/// The two parts of a turn that are the host's alone, on the path between
+/// a client and its harness (what the host adds to every turn's latency).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostPhase {
+    /// From the message's arrival at the session (checked, not yet saved)
+    /// to the harness being handed the turn: saving the message, starting
+    /// the turn's task, the session's paths and harness files.
+    Start,
+    /// From the harness's return to the terminal event published: the
+    /// turn's last records written, flushed to disk, and sent.
+    End,
+}
+
+impl HostPhase {
+    fn as_str(self) -> &'static str {
+        match self {
+            HostPhase::Start => "start",
+            HostPhase::End => "end",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -57,6 +86,7 @@ pub struct Metrics {
     registry: Registry,
     turns: Family<TurnLabels, Counter>,
     turn_seconds: HistogramFamily,
+    host_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     tool_calls: Family<OutcomeLabel, Counter>,
     fuel: Counter,
     tokens: Family<TokenKind, Counter>,
@@ -81,6 +111,11 @@ impl Default for Metrics {
     }
 }
 
+fn host_buckets() -> Histogram {
+    // 50 µs to ~100 ms: the host's part of a turn is a millisecond or two.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 12))
+}
+
 fn turn_buckets() -> Histogram {
     // 1 ms to ~65 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -92,6 +127,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("karta");
         let turns = Family::<TurnLabels, Counter>::default();
         let turn_seconds: HistogramFamily = Family::new_with_constructor(turn_buckets);
+        let host_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(host_buckets);
         let tool_calls = Family::<OutcomeLabel, Counter>::default();
         let fuel = Counter::default();
         let tokens = Family::<TokenKind, Counter>::default();
@@ -102,6 +139,11 @@ impl Metrics {
             "turn_duration_seconds",
             "Turn latency, from the message to the terminal event",
             turn_seconds.clone(),
+        );
+        registry.register(
+            "turn_host_seconds",
+            "The host's own part of a turn's latency: phase start (message accepted to harness) and end (harness returned to terminal event published)",
+            host_seconds.clone(),
         );
         registry.register(
             "tool_calls",
@@ -160,6 +202,7 @@ impl Metrics {
             registry,
             turns,
             turn_seconds,
+            host_seconds,
             tool_calls,
             fuel,
             tokens,
@@ -184,6 +227,16 @@ impl Metrics {
             .inc();
         self.turn_seconds
             .get_or_create(&HarnessLabel { harness })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Times one of the host's own parts of a turn.
+    pub fn record_host_phase(&self, harness: &'static str, phase: HostPhase, took: Duration) {
+        self.host_seconds
+            .get_or_create(&PhaseLabels {
+                harness,
+                phase: phase.as_str(),
+            })
             .observe(took.as_secs_f64());
     }
 

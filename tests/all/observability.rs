@@ -42,6 +42,20 @@ async fn a_builtin_turn_counts_its_tokens_once_and_shows_in_the_metrics() {
         metrics.contains("karta_turn_duration_seconds_count{harness=\"builtin\"} 1"),
         "{metrics}"
     );
+    // The host's own parts of the turn, each timed once.
+    for phase in ["start", "end"] {
+        let value = |what: &str| -> f64 {
+            let prefix =
+                format!("karta_turn_host_seconds_{what}{{harness=\"builtin\",phase=\"{phase}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{prefix} in\n{metrics}"))
+        };
+        assert_eq!(value("count"), 1.0, "phase {phase}");
+        assert!(value("sum") > 0.0, "phase {phase} took time");
+    }
     let fuel: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("karta_tool_fuel_total "))

@@ -31,6 +31,7 @@ use super::live::LiveRef;
 use super::log::{Published, reserve_seqs};
 use super::tools::SessionTurnHost;
 use super::{MessageRequest, SessionError, Sessions, StartedTurn, TurnSummary, lock, now};
+use crate::metrics::HostPhase;
 use crate::store::{
     Participant, ParticipantType, Role, SessionRecord, Store, StoreError, TranscriptMessage,
 };
@@ -58,6 +59,8 @@ pub(super) async fn start(
                 .join(", ")
         )));
     }
+    // The host's part of the turn starts here (see `HostPhase::Start`).
+    let accepted = Instant::now();
     let live = sessions.live.get(id).await?;
     let cancel = CancellationToken::new();
     {
@@ -84,7 +87,15 @@ pub(super) async fn start(
     let after = prepared.after;
     let turn_cancel = cancel.clone();
     sessions.turns.spawn(async move {
-        let summary = run(task_sessions, live, prepared, turn_cancel, durable).await;
+        let summary = run(
+            task_sessions,
+            live,
+            prepared,
+            turn_cancel,
+            durable,
+            accepted,
+        )
+        .await;
         let _ = finished_tx.send(summary);
     });
     match sessions.store.flush().await {
@@ -223,6 +234,7 @@ async fn run(
     prepared: Prepared,
     cancel: CancellationToken,
     durable: oneshot::Receiver<bool>,
+    accepted: Instant,
 ) -> TurnSummary {
     let Prepared {
         mut request,
@@ -288,6 +300,7 @@ async fn run(
                 match info {
                     Ok(info) => {
                         request.session = info;
+                        host_phase(&sessions, HostPhase::Start, accepted);
                         harness.run_turn(request, context).await
                     }
                     Err(message) => {
@@ -301,9 +314,11 @@ async fn run(
                     sessions.model_service.clone(),
                     credentials.gateway_key.as_str(),
                 );
+                host_phase(&sessions, HostPhase::Start, accepted);
                 builtin.run_turn(request, context).await
             }
         };
+        let returned = Instant::now();
         // Closed before the approvals are read and the writer is awaited:
         // no MCP call can approve or log anything for this turn after.
         drop(gate);
@@ -351,6 +366,7 @@ async fn run(
             acknowledged,
         };
         let summary = finish(&sessions, &live, ended).await;
+        host_phase(&sessions, HostPhase::End, returned);
         sessions
             .metrics
             .record_turn(sessions.harness_name(), summary.status, started.elapsed());
@@ -358,6 +374,13 @@ async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// Times one of the host's own parts of a turn, `since` its start.
+fn host_phase(sessions: &Sessions, phase: HostPhase, since: Instant) {
+    sessions
+        .metrics
+        .record_host_phase(sessions.harness_name(), phase, since.elapsed());
 }
 
 fn failed_outcome() -> TurnOutcome {
