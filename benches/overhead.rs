@@ -44,7 +44,11 @@
 //! its `result` line, and Karta's `done` comes later than the bare CLI's
 //! `result`, so more of that work falls inside Karta's timed turn.
 //! Each timed turn adds one exchange to its own conversation, so the
-//! conversations grow alike (to a few hundred exchanges).
+//! conversations grow alike (to a few hundred exchanges). It also prints
+//! the host's own two parts of a Karta turn, from the host's
+//! `karta_turn_host_seconds` metric (means over every Karta turn of the
+//! run): message accepted → harness handed the turn, and harness returned
+//! → `done` published. Those do not carry `claude`'s run-to-run spread.
 //!
 //! A filter that skips criterion (`cargo bench --bench overhead -- zzz`)
 //! runs the interleaved rounds alone.
@@ -869,6 +873,33 @@ fn bench(c: &mut Criterion) {
             paired(|t| t.done),
         );
     }
+
+    // The host's own two parts of every Karta turn this process ran
+    // (warm-up, criterion and interleaved), from its metrics: what the
+    // host adds around the harness, without `claude`'s own spread.
+    let metrics = rig.sessions.metrics().render();
+    let phase = |phase: &str| {
+        let value = |what: &str| -> Option<f64> {
+            let prefix = format!(
+                "karta_turn_host_seconds_{what}{{harness=\"claude_code\",phase=\"{phase}\"}} "
+            );
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))?
+                .trim()
+                .parse()
+                .ok()
+        };
+        match (value("sum"), value("count")) {
+            (Some(sum), Some(count)) if count > 0.0 => format!("{:.2} ms", sum / count * 1e3),
+            _ => "not measured".to_owned(),
+        }
+    };
+    println!(
+        "  karta's host, mean per turn (karta_turn_host_seconds): message accepted -> harness {}, harness returned -> done published {}",
+        phase("start"),
+        phase("end"),
+    );
 
     // The same difference by quarter of the rounds: the overhead grows
     // with the conversation.
