@@ -609,7 +609,8 @@ async fn finish(sessions: &Sessions, live: &LiveRef, ended: Ended) -> TurnSummar
         record.updated_at = stamp;
         record.approved_tools = approved;
         store.put_session(record)?;
-        store.flush().await?;
+        // Nothing else to do until it is durable: flushed on this thread.
+        store.flush_here().await?;
         Ok(envelope)
     }
     .await;

@@ -113,6 +113,25 @@ impl Flusher {
         self.group.run(&self.db);
         self.finished = true;
     }
+
+    /// Serves whoever waits now with one flush; returns the flusher if
+    /// others joined meanwhile (to run on elsewhere), `None` once nobody
+    /// waits (the group is free again).
+    fn one_round(mut self) -> Option<Self> {
+        if self.group.round(&self.db) {
+            Some(self)
+        } else {
+            self.finished = true;
+            None
+        }
+    }
+}
+
+/// Where the first round of a flush runs (see [`Store::flush_here`]).
+#[derive(Clone, Copy)]
+enum FlushThread {
+    Caller,
+    BlockingPool,
 }
 
 impl Drop for Flusher {
@@ -135,20 +154,30 @@ impl FlushGroup {
     /// The flusher: takes everyone waiting, flushes once, answers them
     /// all; again while anyone waits.
     fn run(&self, db: &sled::Db) {
-        loop {
-            let batch = {
-                let mut group = self.lock();
-                if group.waiting.is_empty() {
-                    group.running = false;
-                    return;
-                }
-                std::mem::take(&mut group.waiting)
-            };
-            let result = db.flush().map(drop);
-            for waiter in batch {
-                let _ = waiter.send(result.clone());
+        while self.round(db) {}
+    }
+
+    /// One round: takes everyone waiting, flushes once, answers them.
+    /// Whether anyone waits again (else the group is marked free).
+    fn round(&self, db: &sled::Db) -> bool {
+        let batch = {
+            let mut group = self.lock();
+            if group.waiting.is_empty() {
+                group.running = false;
+                return false;
             }
+            std::mem::take(&mut group.waiting)
+        };
+        let result = db.flush().map(drop);
+        for waiter in batch {
+            let _ = waiter.send(result.clone());
         }
+        let mut group = self.lock();
+        if group.waiting.is_empty() {
+            group.running = false;
+            return false;
+        }
+        true
     }
 }
 
@@ -312,6 +341,27 @@ impl Store {
     /// process spawned from that thread dies with it (`PR_SET_PDEATHSIG`
     /// follows the spawning *thread*) — seen in the overhead bench.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.flush_on(FlushThread::BlockingPool).await
+    }
+
+    /// [`Store::flush`] for a caller with nothing else to do meanwhile (a
+    /// turn's end, about to publish its terminal event): when no flush
+    /// runs, the round that serves it runs right here, on this task's
+    /// thread, instead of one hop away on the blocking pool.
+    ///
+    /// Why: that hop and the wake-up back cost 0.1–0.27 ms a flush on this
+    /// kind of machine (BENCHMARKS.md, *The disk after idling*), close to
+    /// half of what sled's flush itself takes. The thread is held for one
+    /// round only (~0.1–0.5 ms): callers that joined meanwhile are served
+    /// by a flusher on the blocking pool, as with [`Store::flush`], so
+    /// under many turns no worker thread is kept flushing. Not for a
+    /// caller whose task should go on while the flush runs (a message's
+    /// flush runs beside its turn's start).
+    pub async fn flush_here(&self) -> Result<(), StoreError> {
+        self.flush_on(FlushThread::Caller).await
+    }
+
+    async fn flush_on(&self, thread: FlushThread) -> Result<(), StoreError> {
         if Faults::take(&self.faults.flushes) {
             let delay = self.faults.failing_flush_ms.load(Ordering::SeqCst);
             if delay > 0 {
@@ -331,8 +381,17 @@ impl Store {
                 db: self.db.clone(),
                 finished: false,
             };
-            // Not awaited: the flusher serves whoever waits.
-            drop(tokio::task::spawn_blocking(move || flusher.run()));
+            match thread {
+                FlushThread::Caller => {
+                    if let Some(rest) = flusher.one_round() {
+                        drop(tokio::task::spawn_blocking(move || rest.run()));
+                    }
+                }
+                // Not awaited: the flusher serves whoever waits.
+                FlushThread::BlockingPool => {
+                    drop(tokio::task::spawn_blocking(move || flusher.run()))
+                }
+            }
         }
         match rx.await {
             Ok(result) => Ok(result?),
@@ -557,5 +616,58 @@ fn last_index(tree: &sled::Tree, session: &str) -> Result<Option<u64>, StoreErro
     match tree.scan_prefix(prefix(session)).keys().next_back() {
         Some(key) => Ok(Some(tail_u64(&key?))),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many callers at once, over and over, flushing on their own thread
+    /// or not: every one is answered (one that joined during a caller's
+    /// round is served by the flusher that round hands over to), and the
+    /// group is free after, so later flushes run too. A round that forgot
+    /// its waiters, or left the group marked running with no flusher,
+    /// hangs here.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flushes_on_the_callers_thread_serve_everyone_and_free_the_group() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let tree = store.tree("flush_test").expect("tree");
+        for round in 0..40u64 {
+            let callers = (0..16u64).map(|i| {
+                let store = store.clone();
+                let tree = tree.clone();
+                tokio::spawn(async move {
+                    tree.insert((round * 100 + i).to_be_bytes(), vec![1u8; 512])
+                        .expect("insert");
+                    if i % 4 == 3 {
+                        store.flush().await
+                    } else {
+                        store.flush_here().await
+                    }
+                })
+            });
+            let all = futures_util::future::join_all(callers);
+            let results = tokio::time::timeout(std::time::Duration::from_secs(30), all)
+                .await
+                .expect("every flush answered");
+            for result in results {
+                result.expect("the task").expect("the flush");
+            }
+        }
+        {
+            let group = store.flushes.lock();
+            assert!(!group.running, "the group is free again");
+            assert!(group.waiting.is_empty());
+        }
+        for _ in 0..2 {
+            tokio::time::timeout(std::time::Duration::from_secs(30), async {
+                store.flush_here().await.expect("a later flush here");
+                store.flush().await.expect("a later flush");
+            })
+            .await
+            .expect("later flushes run");
+        }
     }
 }
