@@ -161,30 +161,10 @@ fn main() {
         results.push((format!("turn_p50_{n}"), m.p50_ms, "ms"));
         results.push((format!("peak_rss_{n}"), m.peak_rss_mib, "MiB"));
     }
-    write_results("concurrent_sessions", &results);
+    common::write_results("concurrent_sessions", &results);
     let path = common::root().join("BENCHMARKS-scale.svg");
     plot(&medians, &path).expect("plot");
     println!("\nplot: {}", path.display());
-}
-
-/// Merges `figures` (key, value, unit) into
-/// `target/bench-results/<file>.json`, where `scripts/bench_report.py`
-/// reads the figures `benches/targets.toml` names.
-fn write_results(file: &str, figures: &[(String, f64, &str)]) {
-    let dir = common::root().join("target/bench-results");
-    let path = dir.join(format!("{file}.json"));
-    let mut all: serde_json::Map<String, serde_json::Value> = std::fs::read(&path)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
-    for (key, value, unit) in figures {
-        all.insert(
-            key.clone(),
-            serde_json::json!({ "value": value, "unit": unit }),
-        );
-    }
-    std::fs::create_dir_all(&dir).expect("mkdir target/bench-results");
-    std::fs::write(&path, serde_json::to_vec_pretty(&all).expect("JSON")).expect("write results");
 }
 
 /// The median of each figure over runs.

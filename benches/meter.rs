@@ -16,11 +16,20 @@
 //! (one durable record: a batch and an `fsync`); a batch of N records
 //! queued then flushed (the writer's throughput); and the disk's floor,
 //! a 4 KiB write + `fdatasync` of a file in the same directory.
+//!
+//! Then sled's flush (of a 1 KiB insert; sled writes with
+//! `sync_file_range`) and that floor again, each back to back and after
+//! the disk idled 50 ms (as at a warm turn's end), and after the same
+//! pause the store's flush from a tokio worker both ways
+//! ([`Store::flush`], [`Store::flush_here`]), into
+//! `target/bench-results/meter.json` (for `scripts/bench.sh`).
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod common;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use karta_host::meter::{Budget, BudgetScope, Meter, Period, PriceTable, UsageKind, UsageRecord};
@@ -50,6 +59,13 @@ fn tool_call(n: u64, at_ms: u64) -> UsageRecord {
         },
     }
 }
+
+/// How long the disk idles before each "after idle" sample: about a warm
+/// Claude Code turn, from its message's flush to its end's.
+const IDLE_MS: u64 = 50;
+
+/// Samples of each "after idle" figure (each costs `IDLE_MS`).
+const IDLE_SAMPLES: usize = 60;
 
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
@@ -164,6 +180,8 @@ fn bench(c: &mut Criterion) {
         us(fsync),
     );
 
+    disk_after_idle(&store, &mut file, &page);
+
     // Throughput: N records queued, then one flush (group commit).
     for batch in [100usize, 1_000, 10_000] {
         let rounds = (100_000 / batch).clamp(5, 50);
@@ -190,6 +208,108 @@ fn bench(c: &mut Criterion) {
         );
     }
     println!("{n} records in the store");
+}
+
+/// The disk's floors and the store's flush, back to back and after the
+/// disk idled [`IDLE_MS`] (as at a warm turn's end, ~60 ms after its
+/// message's flush): on this kind of machine the device answers the first
+/// write after a pause several times slower than one that follows
+/// another. Each sample times the write and its sync alone, after the
+/// pause. Also the store's two ways to flush from a tokio worker, taking
+/// turns sample by sample: [`Store::flush`] (the blocking pool) and
+/// [`Store::flush_here`] (this thread).
+fn disk_after_idle(store: &Store, file: &mut std::fs::File, page: &[u8]) {
+    let idle = Duration::from_millis(IDLE_MS);
+    let tree = store.tree("bench_idle").expect("tree");
+    let mut key = 0u64;
+    let mut next_key = move || {
+        key += 1;
+        key.to_be_bytes()
+    };
+    let value = vec![3u8; 1024];
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let sampled = |pause: Duration, samples: usize, op: &mut dyn FnMut() -> Duration| {
+        median(
+            (0..samples)
+                .map(|_| {
+                    std::thread::sleep(pause);
+                    op()
+                })
+                .collect(),
+        )
+    };
+    let mut sled_flush = || {
+        tree.insert(next_key(), value.as_slice()).expect("insert");
+        let start = Instant::now();
+        store.db().flush().expect("flush");
+        start.elapsed()
+    };
+    let sled_hot = sampled(Duration::ZERO, 300, &mut sled_flush);
+    let sled_idle = sampled(idle, IDLE_SAMPLES, &mut sled_flush);
+    let mut fdatasync = || {
+        use std::io::{Seek, Write};
+        file.seek(std::io::SeekFrom::Start(0)).expect("seek");
+        file.write_all(page).expect("write");
+        let start = Instant::now();
+        file.sync_data().expect("fdatasync");
+        start.elapsed()
+    };
+    let fsync_hot = sampled(Duration::ZERO, 300, &mut fdatasync);
+    let fsync_idle = sampled(idle, IDLE_SAMPLES, &mut fdatasync);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (pool, here) = runtime.block_on({
+        let store = store.clone();
+        let tree = tree.clone();
+        async move {
+            tokio::spawn(async move {
+                let (mut pool, mut here) = (Vec::new(), Vec::new());
+                for i in 0..2 * IDLE_SAMPLES as u64 {
+                    tokio::time::sleep(idle).await;
+                    tree.insert((u64::MAX - i).to_be_bytes(), vec![3u8; 1024])
+                        .expect("insert");
+                    let start = Instant::now();
+                    if i % 2 == 0 {
+                        store.flush().await.expect("flush");
+                        pool.push(start.elapsed());
+                    } else {
+                        store.flush_here().await.expect("flush here");
+                        here.push(start.elapsed());
+                    }
+                }
+                (median(pool), median(here))
+            })
+            .await
+            .expect("the sampling task")
+        }
+    });
+    println!(
+        "after {IDLE_MS} ms idle / back to back ({IDLE_SAMPLES} / 300 samples): sled's flush of a 1 KiB insert (it writes with `sync_file_range`) {:.0} / {:.0} µs; a 4 KiB write's fdatasync {:.0} / {:.0} µs",
+        us(sled_idle),
+        us(sled_hot),
+        us(fsync_idle),
+        us(fsync_hot),
+    );
+    println!(
+        "from a tokio worker after {IDLE_MS} ms idle: Store::flush (on the blocking pool) {:.0} µs, Store::flush_here {:.0} µs",
+        us(pool),
+        us(here),
+    );
+    common::write_results(
+        "meter",
+        &[
+            ("sled_flush_p50".into(), us(sled_hot), "us"),
+            ("sled_flush_after_idle_p50".into(), us(sled_idle), "us"),
+            ("fdatasync_p50".into(), us(fsync_hot), "us"),
+            ("fdatasync_after_idle_p50".into(), us(fsync_idle), "us"),
+            ("store_flush_after_idle_p50".into(), us(pool), "us"),
+            ("store_flush_here_after_idle_p50".into(), us(here), "us"),
+        ],
+    );
 }
 
 criterion_group!(benches, bench);

@@ -269,7 +269,7 @@ fn threads_and_floor() {
         }
     }
     results.extend(after_idle(&rt, &plugin, &bare));
-    write_results("tool_call", &results);
+    common::write_results("tool_call", &results);
 }
 
 /// `calls` runs of `before` then `run`, each `run` timed; sorted.
@@ -357,26 +357,6 @@ fn after_idle(
             "us",
         ),
     ]
-}
-
-/// Merges `figures` (key, value, unit) into
-/// `target/bench-results/<file>.json`, where `scripts/bench_report.py`
-/// reads the figures `benches/targets.toml` names.
-fn write_results(file: &str, figures: &[(String, f64, &str)]) {
-    let dir = common::root().join("target/bench-results");
-    let path = dir.join(format!("{file}.json"));
-    let mut all: serde_json::Map<String, serde_json::Value> = std::fs::read(&path)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
-    for (key, value, unit) in figures {
-        all.insert(
-            key.clone(),
-            serde_json::json!({ "value": value, "unit": unit }),
-        );
-    }
-    std::fs::create_dir_all(&dir).expect("mkdir target/bench-results");
-    std::fs::write(&path, serde_json::to_vec_pretty(&all).expect("JSON")).expect("write results");
 }
 
 /// Which floor a [`Bare`] measures.
