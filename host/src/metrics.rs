@@ -79,14 +79,15 @@ struct TokenKind {
     kind: &'static str,
 }
 
-type HistogramFamily = Family<HarnessLabel, Histogram, fn() -> Histogram>;
+/// A histogram per label set `L`, each made with its family's buckets.
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The host's metrics.
 pub struct Metrics {
     registry: Registry,
     turns: Family<TurnLabels, Counter>,
-    turn_seconds: HistogramFamily,
-    host_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram>,
+    turn_seconds: HistogramFamily<HarnessLabel>,
+    host_seconds: HistogramFamily<PhaseLabels>,
     tool_calls: Family<OutcomeLabel, Counter>,
     fuel: Counter,
     tokens: Family<TokenKind, Counter>,
@@ -126,9 +127,9 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("karta");
         let turns = Family::<TurnLabels, Counter>::default();
-        let turn_seconds: HistogramFamily = Family::new_with_constructor(turn_buckets);
-        let host_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(host_buckets);
+        let turn_seconds: HistogramFamily<HarnessLabel> =
+            Family::new_with_constructor(turn_buckets);
+        let host_seconds: HistogramFamily<PhaseLabels> = Family::new_with_constructor(host_buckets);
         let tool_calls = Family::<OutcomeLabel, Counter>::default();
         let fuel = Counter::default();
         let tokens = Family::<TokenKind, Counter>::default();

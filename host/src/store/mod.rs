@@ -349,14 +349,15 @@ impl Store {
     /// runs, the round that serves it runs right here, on this task's
     /// thread, instead of one hop away on the blocking pool.
     ///
-    /// Why: that hop and the wake-up back cost 0.1–0.27 ms a flush on this
-    /// kind of machine (BENCHMARKS.md, *The disk after idling*), close to
+    /// Why: that hop and the wake-up back cost 0.08–0.27 ms a flush on
+    /// this kind of machine (BENCHMARKS.md, *The disk after idling*), up to
     /// half of what sled's flush itself takes. The thread is held for one
-    /// round only (~0.1–0.5 ms): callers that joined meanwhile are served
-    /// by a flusher on the blocking pool, as with [`Store::flush`], so
-    /// under many turns no worker thread is kept flushing. Not for a
-    /// caller whose task should go on while the flush runs (a message's
-    /// flush runs beside its turn's start).
+    /// round only (~0.1–0.6 ms; as long as the disk takes, if it stalls):
+    /// callers that joined meanwhile are served by a flusher on the
+    /// blocking pool, as with [`Store::flush`], so under many turns no
+    /// worker thread is kept flushing. Not for a caller whose task should
+    /// go on while the flush runs (a message's flush runs beside its
+    /// turn's start).
     pub async fn flush_here(&self) -> Result<(), StoreError> {
         self.flush_on(FlushThread::Caller).await
     }
