@@ -22,15 +22,18 @@ fn key(gateway: &Gateway, session: &str) -> String {
 
 /// POSTs `body` with a gateway key; returns status and raw text.
 async fn post(url: &str, key: &str, body: &Value) -> (u16, String) {
+    post_raw(url, key, body.to_string()).await
+}
+
+/// POSTs `body` as it is (not necessarily JSON) with a gateway key.
+async fn post_raw(url: &str, key: &str, body: String) -> (u16, String) {
     use http_body_util::BodyExt;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let request = hyper::Request::post(url)
         .header("content-type", "application/json")
         .header("authorization", format!("Bearer {key}"))
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .expect("request");
     let response = client.request(request).await.expect("response");
     let status = response.status().as_u16();
@@ -290,4 +293,73 @@ async fn a_forwarded_stream_arrives_intact_and_is_metered_exactly_whatever_its_f
             "{chunk}-byte frames"
         );
     }
+}
+
+/// A hostile harness names the model twice, or hides the name behind a JSON
+/// escape, so that the ledger prices one model while the provider, reading
+/// the body its own way, serves another. The gateway prices the model it
+/// forwards, so it refuses a request whose head it cannot read one way
+/// only, before anything reaches the provider.
+#[tokio::test]
+async fn a_request_naming_its_model_ambiguously_is_refused_before_the_provider() {
+    let provider = Gateway::standalone(None);
+    let (provider_url, _provider_server) = serve(&provider).await;
+    let platform_key = key(&provider, "platform");
+    let gateway = Gateway::standalone(Some(Upstream {
+        kind: UpstreamKind::Anthropic,
+        base_url: provider_url,
+        api_key: platform_key,
+        org_key: false,
+    }));
+    let (url, _gateway_server) = serve(&gateway).await;
+    let session_key = key(&gateway, "s1");
+    let messages = r#""messages":[{"role":"user","content":"hi"}]"#;
+    for (why, body) in [
+        (
+            "the model twice",
+            format!(
+                r#"{{"model":"claude-3-haiku","max_tokens":10,{messages},"model":"claude-opus-4"}}"#
+            ),
+        ),
+        (
+            "the model twice, the second spelt with an escape",
+            format!(
+                r#"{{"model":"claude-3-haiku","max_tokens":10,{messages},"mod\u0065l":"claude-opus-4"}}"#
+            ),
+        ),
+        (
+            "max_tokens twice",
+            format!(r#"{{"model":"m","max_tokens":1,{messages},"max_tokens":100000}}"#),
+        ),
+        (
+            "stream twice",
+            format!(r#"{{"model":"m","stream":false,"max_tokens":1,{messages},"stream":true}}"#),
+        ),
+        (
+            "a model that is not a string",
+            format!(r#"{{"model":["claude-opus-4"],"max_tokens":10,{messages}}}"#),
+        ),
+        (
+            "max_tokens that is not a whole number",
+            format!(r#"{{"model":"m","max_tokens":1e9,{messages}}}"#),
+        ),
+    ] {
+        let (status, text) = post_raw(&format!("{url}/v1/messages"), &session_key, body).await;
+        assert_eq!(status, 400, "{why}: {text}");
+        assert!(text.contains("invalid_request_error"), "{why}: {text}");
+    }
+    assert_eq!(
+        provider.usage("platform").requests,
+        0,
+        "nothing reached the provider"
+    );
+    // A body that is not JSON at all is refused too, and says where.
+    let (status, text) = post_raw(
+        &format!("{url}/v1/messages"),
+        &session_key,
+        r#"{"model":"m","#.into(),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("not valid JSON"), "{text}");
 }

@@ -436,12 +436,15 @@ enum Refusal {
     NoKey(crate::byok::Provider),
 }
 
-/// What the gateway reads of a request when it forwards it: only whether
-/// the answer streams (the rest is checked to be JSON, not built).
-#[derive(serde::Deserialize)]
+/// What the gateway reads of a request when it forwards it: whether the
+/// answer streams, the model and the answer's limit (the rest is checked
+/// to be JSON, not built). serde refuses a field named twice — however
+/// its name is spelt, `\u` escapes decoded — so a request cannot show the
+/// ledger one model and the provider another.
+#[derive(serde::Deserialize, Default)]
 struct RequestHead {
     #[serde(default)]
-    stream: bool,
+    stream: Option<bool>,
     /// The model asked for (what the ledger prices the call by).
     #[serde(default)]
     model: Option<String>,
@@ -512,14 +515,24 @@ async fn admit(
     };
     let head = match serde_json::from_slice::<RequestHead>(&bytes) {
         Ok(head) => head,
-        // Valid JSON of another shape (the offline model answers it; a
-        // provider says what it thinks of it).
-        Err(e) if e.is_data() => RequestHead {
-            stream: false,
-            model: None,
-            max_tokens: None,
-            max_completion_tokens: None,
-        },
+        // Valid JSON that is not an object: the offline model answers it,
+        // a provider refuses it.
+        Err(e) if e.is_data() && !is_object(&bytes) => RequestHead::default(),
+        // An object whose head reads more than one way (a field twice) or
+        // not at all (a field of the wrong type): the call is priced and
+        // routed by these fields, so it is refused, not guessed at.
+        Err(e) if e.is_data() => {
+            return Err(error_response(
+                kind,
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!(
+                    "the request's `model`, `stream`, `max_tokens` or `max_completion_tokens` \
+                     is given twice or has the wrong type ({e}); the gateway routes and prices \
+                     the call by them, so each may appear once, as the API defines it"
+                ),
+            ));
+        }
         Err(e) => {
             return Err(error_response(
                 kind,
@@ -535,13 +548,18 @@ async fn admit(
     Ok(Admitted {
         holder,
         bytes,
-        streaming: head.stream,
+        streaming: head.stream.unwrap_or(false),
         model: head.model.unwrap_or_else(|| "unknown".into()),
         max_tokens: head
             .max_tokens
             .or(head.max_completion_tokens)
             .unwrap_or(DEFAULT_MAX_TOKENS),
     })
+}
+
+/// Whether a JSON text is an object (its first non-blank byte is `{`).
+fn is_object(json: &[u8]) -> bool {
+    json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 async fn anthropic_messages(
