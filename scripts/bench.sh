@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(tool_call sessions meter jail python_mcp overhead pool harnesses concurrent_sessions session_memory)
+all=(tool_call sessions meter gateway jail python_mcp overhead pool harnesses concurrent_sessions session_memory)
 if [ "${1:-}" = "--report" ]; then
     exec python3 scripts/bench_report.py
 fi
