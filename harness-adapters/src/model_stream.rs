@@ -65,6 +65,11 @@ pub struct MessageStart {
     /// The message id.
     #[serde(default)]
     pub id: Option<String>,
+    /// The model that answers (the provider's name for it, which may be
+    /// a dated version of the name asked for). Any JSON, so that a name
+    /// of an odd type does not cost the event its counts.
+    #[serde(default)]
+    pub model: Option<Value>,
     /// The first counts.
     #[serde(default)]
     pub usage: AnthropicUsage,
@@ -214,6 +219,9 @@ impl OpenAiUsage {
 struct OpenAiUsageCarrier {
     #[serde(default)]
     usage: Option<OpenAiUsage>,
+    /// Any JSON, as in [`MessageStart::model`].
+    #[serde(default)]
+    model: Option<Value>,
 }
 
 /// Which wire shape a model answer has.
@@ -229,10 +237,12 @@ pub enum WireShape {
 /// says at each report what it added — so a meter can record usage while a
 /// stream is still running and the sum of what it recorded is the answer's
 /// usage.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct UsageMeter {
     shape: WireShape,
     so_far: Usage,
+    /// The model the answer says answered (its first mention).
+    model: Option<String>,
 }
 
 impl UsageMeter {
@@ -241,6 +251,24 @@ impl UsageMeter {
         Self {
             shape,
             so_far: Usage::default(),
+            model: None,
+        }
+    }
+
+    /// The model the answer says answered it, once an event (or the
+    /// unary body) has named it: Anthropic's `message_start`, any OpenAI
+    /// chunk. A provider may answer with another model than the one
+    /// asked for (a dated version of it; a fallback it chose), and what
+    /// answered is what costs.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    fn saw_model(&mut self, model: Option<&Value>) {
+        if self.model.is_none()
+            && let Some(model) = model.and_then(Value::as_str).filter(|m| !m.is_empty())
+        {
+            self.model = Some(model.to_owned());
         }
     }
 
@@ -270,9 +298,14 @@ impl UsageMeter {
                 struct Message {
                     #[serde(default)]
                     usage: AnthropicUsage,
+                    #[serde(default)]
+                    model: Option<Value>,
                 }
                 match serde_json::from_slice::<Message>(body) {
-                    Ok(message) => self.report(|u| message.usage.update(u)),
+                    Ok(message) => {
+                        self.saw_model(message.model.as_ref());
+                        self.report(|u| message.usage.update(u))
+                    }
                     Err(_) => Usage::default(),
                 }
             }
@@ -286,7 +319,10 @@ impl UsageMeter {
     /// Takes in an Anthropic event.
     pub fn observe_anthropic(&mut self, event: &AnthropicEvent) -> Usage {
         match event {
-            AnthropicEvent::MessageStart { message } => self.report(|u| message.usage.update(u)),
+            AnthropicEvent::MessageStart { message } => {
+                self.saw_model(message.model.as_ref());
+                self.report(|u| message.usage.update(u))
+            }
             AnthropicEvent::MessageDelta {
                 usage: Some(usage), ..
             } => self.report(|u| usage.update(u)),
@@ -296,11 +332,17 @@ impl UsageMeter {
 
     fn observe_openai_json(&mut self, data: &str) -> Usage {
         match serde_json::from_str::<OpenAiUsageCarrier>(data) {
-            Ok(OpenAiUsageCarrier { usage: Some(usage) }) => {
-                let total = usage.to_usage();
-                self.report(|u| *u = total)
+            Ok(OpenAiUsageCarrier { usage, model }) => {
+                self.saw_model(model.as_ref());
+                match usage {
+                    Some(usage) => {
+                        let total = usage.to_usage();
+                        self.report(|u| *u = total)
+                    }
+                    None => Usage::default(),
+                }
             }
-            _ => Usage::default(),
+            Err(_) => Usage::default(),
         }
     }
 
@@ -463,7 +505,10 @@ impl AnthropicMessage {
 
     /// The message's usage so far.
     pub fn usage(&self) -> Usage {
-        self.usage.map(|m| m.usage()).unwrap_or_default()
+        self.usage
+            .as_ref()
+            .map(UsageMeter::usage)
+            .unwrap_or_default()
     }
 
     /// Why the model stopped (`end_turn` when it did not say).
@@ -626,5 +671,30 @@ mod tests {
             br#"{"type":"message","usage":{"input_tokens":3,"output_tokens":2,"cache_read_input_tokens":1}}"#,
         );
         assert_eq!(unary.total(), 6);
+    }
+
+    #[test]
+    fn the_meter_keeps_the_model_the_answer_first_names() {
+        let mut anthropic = UsageMeter::new(WireShape::Anthropic);
+        assert_eq!(anthropic.model(), None);
+        anthropic.observe(
+            r#"{"type":"message_start","message":{"model":"claude-opus-4-20250514","usage":{"input_tokens":1}}}"#,
+        );
+        anthropic.observe(r#"{"type":"message_delta","delta":{},"usage":{"output_tokens":2}}"#);
+        assert_eq!(anthropic.model(), Some("claude-opus-4-20250514"));
+
+        let mut openai = UsageMeter::new(WireShape::OpenAi);
+        openai.observe(r#"{"model":"","choices":[]}"#);
+        assert_eq!(openai.model(), None, "an empty name names nothing");
+        let counted = openai.observe(r#"{"model":7,"choices":[],"usage":{"prompt_tokens":2}}"#);
+        assert_eq!(counted.input_tokens, 2, "an odd name costs no counts");
+        assert_eq!(openai.model(), None);
+        openai.observe(r#"{"model":"gpt-4o-2024-08-06","choices":[{"delta":{"content":"hi"}}]}"#);
+        openai.observe(r#"{"model":"gpt-4o-mini","choices":[]}"#);
+        assert_eq!(openai.model(), Some("gpt-4o-2024-08-06"), "the first name");
+
+        let mut unary = UsageMeter::new(WireShape::Anthropic);
+        unary.observe_unary(br#"{"model":"claude-3-haiku","usage":{"input_tokens":3}}"#);
+        assert_eq!(unary.model(), Some("claude-3-haiku"));
     }
 }

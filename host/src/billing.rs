@@ -292,18 +292,35 @@ impl Ledger {
             .remove(&call.id);
     }
 
-    /// One increment of a model call's usage.
-    pub fn model_usage(&self, call: &ModelCall, seq: u32, usage: Usage) {
+    /// One increment of a model call's usage, billed as the dearer of
+    /// the model asked for and the one the answer says answered: a
+    /// provider that falls back to another model (OpenRouter's `models`,
+    /// say) bills what answered, and an answer naming a cheaper or
+    /// unpriced model never bills below what was asked for.
+    pub fn model_usage(&self, call: &ModelCall, seq: u32, usage: Usage, answered_by: Option<&str>) {
         let Some(scope) = self.scope_of(&call.session) else {
             return;
         };
-        let kind = UsageKind::Model {
+        let kind_for = |model: &str| UsageKind::Model {
             provider: call.provider.clone(),
-            model: call.model.clone(),
+            model: model.to_owned(),
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
             cache_read_tokens: usage.cache_read_tokens,
             cache_write_tokens: usage.cache_write_tokens,
+        };
+        let asked = kind_for(&call.model);
+        let kind = match answered_by.filter(|answered| *answered != call.model) {
+            Some(answered) => {
+                let answered = kind_for(answered);
+                let prices = self.meter.prices();
+                if prices.cost_micros(&answered) > prices.cost_micros(&asked) {
+                    answered
+                } else {
+                    asked
+                }
+            }
+            None => asked,
         };
         let record = Self::record_for(&scope, &call.session, format!("{}/{seq}", call.id), kind);
         self.bill(&record, None);
@@ -348,8 +365,8 @@ impl CallRouter for ProviderKeys {
         self.ledger.end_call(call);
     }
 
-    fn record(&self, call: &ModelCall, seq: u32, usage: Usage) {
-        self.ledger.model_usage(call, seq, usage);
+    fn record(&self, call: &ModelCall, seq: u32, usage: Usage, answered_by: Option<&str>) {
+        self.ledger.model_usage(call, seq, usage, answered_by);
     }
 
     fn upstream_for(&self, session: &str, wanted: Wanted) -> Result<Option<Upstream>, String> {

@@ -590,3 +590,57 @@ async fn a_keys_budget_caps_that_keys_sessions_only() {
         Some(embed.id)
     );
 }
+
+/// A provider may answer with another model than the one asked for (a
+/// fallback it chose, as OpenRouter's `models` list makes it do): the
+/// ledger bills the dearer of the two, so a harness cannot ask for a cheap
+/// model and be served a dear one at the cheap price.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_answered_by_a_dearer_model_than_asked_is_billed_as_that_model() {
+    // The provider: every answer says `claude-opus-4` answered it.
+    const ANSWER: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"model\":\"claude-opus-4\",\"usage\":{\"input_tokens\":1000,\"output_tokens\":1}}}\n\n\
+event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"served\"}}\n\n\
+event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":10}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    let provider = crate::support::trickle_server(ANSWER, "text/event-stream", 64).await;
+    // Everything is cheap but the model that answers.
+    let prices = PriceTable::from_toml(
+        "[models.claude-opus-4]\n\
+         input_per_mtok = 100000000\n\
+         output_per_mtok = 100000000\n\
+         cache_read_per_mtok = 0\n\
+         cache_write_per_mtok = 0\n\
+         [default_model]\n\
+         input_per_mtok = 1000000\n\
+         output_per_mtok = 1000000\n\
+         cache_read_per_mtok = 0\n\
+         cache_write_per_mtok = 0\n",
+    )
+    .expect("prices");
+    let (platform, admin) = platform_with_bot_on(prices, |config| {
+        config.harness = Some(karta_host::app::HarnessKind::Builtin);
+        config.default_model = "claude-3-haiku".into();
+        config.upstream = Some(karta_host::gateway::Upstream {
+            kind: karta_host::gateway::UpstreamKind::Anthropic,
+            base_url: format!("http://{provider}"),
+            api_key: "platform".into(),
+            org_key: false,
+        });
+    })
+    .await;
+    set_budget(
+        &platform,
+        &admin,
+        json!({ "project": "bot", "period": "day", "cap_micros": 10_000_000 }),
+    )
+    .await;
+    let session = new_session(&platform, &admin).await;
+    let turn = send(&platform, &admin, &session, "hello").await;
+    assert_eq!(turn.status, 200, "{}", turn.body);
+    assert!(turn.body.contains("served"), "{}", turn.body);
+    // 1,000 input and 10 output tokens at claude-opus-4's price (100 a
+    // token), not at the price of the model asked for (1 a token).
+    assert_eq!(spent(&platform, &admin).await, 101_000);
+}

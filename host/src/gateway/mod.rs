@@ -149,8 +149,10 @@ pub trait CallRouter: Send + Sync {
     /// One increment of a call's usage, as the answer passes (before the
     /// bytes that reported it go on to the harness): the host's ledger.
     /// `seq` numbers the call's increments from 0, so `(call.id, seq)` is
-    /// unique and a retried write is not counted twice.
-    fn record(&self, _call: &ModelCall, _seq: u32, _usage: Usage) {}
+    /// unique and a retried write is not counted twice. `answered_by` is
+    /// the model the answer says answered, when it has said so (it may
+    /// differ from `call.model`, the one asked for).
+    fn record(&self, _call: &ModelCall, _seq: u32, _usage: Usage, _answered_by: Option<&str>) {}
 }
 
 /// One model call through the gateway.
@@ -364,8 +366,8 @@ impl Gateway {
     }
 
     /// Meters tokens of `call` to its session as they pass, and hands
-    /// them to the host's ledger.
-    fn meter(&self, call: &ModelCall, seq: &mut u32, usage: Usage) {
+    /// them to the host's ledger with the model the answer named so far.
+    fn meter(&self, call: &ModelCall, seq: &mut u32, usage: Usage, answered_by: Option<&str>) {
         if usage.is_zero() {
             return;
         }
@@ -376,7 +378,7 @@ impl Gateway {
             .add(usage);
         self.inner.metrics.record_tokens(usage);
         if let Some(router) = self.inner.router.get() {
-            router.record(call, *seq, usage);
+            router.record(call, *seq, usage, answered_by);
         }
         *seq += 1;
     }

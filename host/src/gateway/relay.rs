@@ -52,7 +52,8 @@ where
             let _held = &guard;
             if let Ok(chunk) = &chunk {
                 feed.push(chunk.clone(), |data| {
-                    gateway.meter(&call, &mut seq, meter.observe(data));
+                    let usage = meter.observe(data);
+                    gateway.meter(&call, &mut seq, usage, meter.model());
                 });
             }
             chunk
@@ -103,7 +104,10 @@ where
                     None => {
                         state.done = true;
                         let usage = state.meter.observe_unary(&state.copy);
-                        state.gateway.meter(&state.call, &mut state.seq, usage);
+                        let answered_by = state.meter.model();
+                        state
+                            .gateway
+                            .meter(&state.call, &mut state.seq, usage, answered_by);
                         return state.held.take().map(|last| (Ok(last), state));
                     }
                 }
@@ -368,7 +372,8 @@ where
                         ..
                     } = &mut s;
                     feed.push(chunk, |data| {
-                        gateway.meter(call, seq, meter.observe(data));
+                        let usage = meter.observe(data);
+                        gateway.meter(call, seq, usage, meter.model());
                         translator.event(data, &mut out);
                     });
                 }
@@ -429,8 +434,9 @@ where
         }
     }
     let mut seq = 0;
-    let usage = UsageMeter::new(from.shape()).observe_unary(&body);
-    gateway.meter(&call, &mut seq, usage);
+    let mut meter = UsageMeter::new(from.shape());
+    let usage = meter.observe_unary(&body);
+    gateway.meter(&call, &mut seq, usage, meter.model());
     let translated = match from {
         UpstreamKind::Openai => response::openai_to_anthropic(&body),
         UpstreamKind::Anthropic => response::anthropic_to_openai(&body),
