@@ -35,7 +35,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use karta_host::gateway::{Gateway, Upstream, UpstreamKind};
+use karta_host::gateway::{Upstream, UpstreamKind};
 use karta_host::{Host, HostConfig};
 use serde_json::{Value, json};
 
@@ -194,22 +194,11 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let rt = common::runtime();
     let app = common::calculator_app();
     let data = tempfile::tempdir().expect("tempdir");
 
-    let provider = Gateway::standalone(None);
-    let provider_key = provider.credentials().for_session("provider").gateway_key;
-    let (provider_url, _provider_server) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        provider.serve(listener).expect("the provider serves")
-    });
+    let (_provider, provider_key, provider_url, _provider_server) = common::offline_provider(&rt);
     let host = rt.block_on(async {
         let mut config = HostConfig::new(app.path());
         config.data_dir = data.path().to_path_buf();

@@ -98,11 +98,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let rt = common::runtime();
     let app = common::support_bot_app();
     let installed = binaries();
     let mut memory = Vec::new();

@@ -9,6 +9,8 @@
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
 
+mod common;
+
 use std::path::PathBuf;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -27,11 +29,7 @@ fn spawn_true(jail: Option<JailSpec>, cwd: PathBuf) -> Spawn {
 }
 
 fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::runtime();
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let (workspace, home) = (base.path().join("workspace"), base.path().join("home"));
     for dir in [&workspace, &home.join("tmp")] {

@@ -257,11 +257,7 @@ fn disk_after_idle(store: &Store, file: &mut std::fs::File, page: &[u8]) {
     let fsync_hot = sampled(Duration::ZERO, 300, &mut fdatasync);
     let fsync_idle = sampled(idle, IDLE_SAMPLES, &mut fdatasync);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::runtime();
     let (pool, here) = runtime.block_on({
         let store = store.clone();
         let tree = tree.clone();

@@ -78,7 +78,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use karta_host::app::HarnessKind;
-use karta_host::gateway::{Gateway, Upstream, UpstreamKind};
+use karta_host::gateway::{Upstream, UpstreamKind};
 use karta_host::harness::HarnessBinaries;
 use karta_host::session::Sessions;
 use karta_host::{Host, HostConfig};
@@ -622,23 +622,12 @@ fn bench(c: &mut Criterion) {
         .into_iter()
         .filter(|r| breakdown || matches!(r, Route::Karta | Route::Bare))
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let rt = common::runtime();
     let app = common::support_bot_app();
     let data = tempfile::tempdir().expect("tempdir");
 
     // The provider, and a Karta host whose gateway forwards to it.
-    let provider = Gateway::standalone(None);
-    let provider_key = provider.credentials().for_session("provider").gateway_key;
-    let (provider_url, provider_server) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        provider.serve(listener).expect("the provider serves")
-    });
+    let (provider, provider_key, provider_url, provider_server) = common::offline_provider(&rt);
     let host = rt.block_on(async {
         let mut config = HostConfig::new(app.path());
         config.data_dir = data.path().to_path_buf();

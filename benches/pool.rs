@@ -80,11 +80,7 @@ async fn pool_ready(sessions: &Sessions, size: usize) {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let rt = common::runtime();
     let app = common::support_bot_app();
     let installed = binaries();
     let mut memory = Vec::new();

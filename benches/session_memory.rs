@@ -46,11 +46,7 @@ fn main() {
     };
     std::thread::spawn(move || for _ in lines {});
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let rt = common::runtime();
     let mib = || common::rss_kib(pid) / 1024.0;
     let mut rows = vec![("started".to_owned(), mib())];
     let ids = rt.block_on(async {

@@ -27,11 +27,7 @@ use karta_host::session::MessageRequest;
 use karta_host::{Host, HostConfig};
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let rt = common::runtime();
     let app = common::calculator_app();
     let data = tempfile::tempdir().expect("tempdir");
     let mut config = HostConfig::new(app.path());

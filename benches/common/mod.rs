@@ -6,6 +6,38 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The runtime the benches serve on: two workers, as the project's
+/// machine has two cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio")
+}
+
+/// The provider a bench's Karta gateway forwards to, as Anthropic would
+/// be: a standalone offline gateway on a loopback port of `rt`. Its key,
+/// its base URL, and the task serving it (it stops when that is dropped).
+pub fn offline_provider(
+    rt: &tokio::runtime::Runtime,
+) -> (
+    karta_host::gateway::Gateway,
+    String,
+    String,
+    karta_host::listen::ServerTask,
+) {
+    let provider = karta_host::gateway::Gateway::standalone(None);
+    let key = provider.credentials().for_session("provider").gateway_key;
+    let (url, server) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        provider.serve(listener).expect("the provider serves")
+    });
+    (provider, key, url, server)
+}
+
 /// The workspace root.
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
