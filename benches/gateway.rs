@@ -178,19 +178,14 @@ async fn call(client: &HttpClient, url: &str, key: &str, body: &Bytes) -> Durati
         .to_bytes();
     let elapsed = started.elapsed();
     assert!(
-        answer.ends_with(b"\n\n") && memchr_message_stop(&answer),
+        answer.ends_with(b"\n\n") && has_message_stop(&answer),
         "a whole streamed answer"
     );
     elapsed
 }
 
-fn memchr_message_stop(answer: &[u8]) -> bool {
+fn has_message_stop(answer: &[u8]) -> bool {
     answer.windows(12).any(|w| w == b"message_stop")
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn bench(c: &mut Criterion) {
@@ -297,8 +292,8 @@ fn bench(c: &mut Criterion) {
                 hops[1].push(this_round[2] - this_round[0]);
             }
         });
-        let [direct, through, proxy] = times.map(median);
-        let [hop, proxy_hop] = hops.map(median);
+        let [direct, through, proxy] = times.map(common::median);
+        let [hop, proxy_hop] = hops.map(common::median);
         println!(
             "  {size:<8} {:>9} {:>7.0} µs {:>9.0} µs {:>+11.0} µs {:>11.0} µs {:>+11.0} µs",
             body.len(),

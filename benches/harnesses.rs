@@ -92,11 +92,6 @@ fn tree_rss_mib(pid: u32) -> f64 {
     total_kib / 1024.0
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn bench(c: &mut Criterion) {
     let rt = common::runtime();
     let app = common::support_bot_app();
@@ -169,7 +164,7 @@ fn bench(c: &mut Criterion) {
                     let pid = sessions.harness_process_id(&id).expect("a process");
                     samples.push(tree_rss_mib(pid));
                 }
-                median(samples)
+                common::median(samples)
             }
         });
         memory.push((name, per_session));
