@@ -579,6 +579,64 @@ async fn concurrent_calls_are_isolated() {
     }
 }
 
+/// A finished call's store is dropped off the caller's path (the reaper):
+/// until it is, its pool slot is taken. Calls back to back on a pool of
+/// one slot must still all run — the next call waits for the slot instead
+/// of failing `busy` — and a pool that is really full still says `busy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_one_slot_serves_calls_back_to_back_and_is_busy_only_when_full() {
+    let runtime = PluginRuntime::new(RuntimeConfig {
+        max_concurrent_instances: 1,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime starts");
+    let hostile = runtime
+        .load_file(&component("hostile"), PluginGrant::default())
+        .await
+        .expect("load");
+    for n in 0..300u64 {
+        let input = json!({ "n": n }).to_string();
+        let outcome = hostile
+            .call("count", &input, &CallOptions::default())
+            .await
+            .unwrap_or_else(|failure| panic!("call {n} on a free pool failed: {failure}"));
+        assert_eq!(
+            outcome.output,
+            json!({ "sum": n * n.saturating_sub(1) / 2 })
+        );
+    }
+
+    let sleeper = {
+        let hostile = hostile.clone();
+        tokio::spawn(async move {
+            hostile
+                .call("sleep", r#"{"n": 1500}"#, &CallOptions::default())
+                .await
+        })
+    };
+    // The sleeper holds the only slot for 1.5 s; a call meanwhile is busy.
+    let mut busy = None;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        match hostile
+            .call("count", r#"{"n": 3}"#, &CallOptions::default())
+            .await
+        {
+            Err(failure) if failure.kind == ErrorKind::Busy => {
+                busy = Some(failure);
+                break;
+            }
+            Err(failure) => panic!("wrong failure while the pool is full: {failure}"),
+            // The sleeper had not instantiated yet.
+            Ok(_) => {}
+        }
+    }
+    let busy = busy.expect("a call while the only slot is taken reports busy");
+    assert!(busy.message.contains("retry"), "{busy}");
+    sleeper.await.expect("task").expect("the sleeper finishes");
+    still_serves(&hostile).await;
+}
+
 #[tokio::test]
 async fn printing_a_lot_is_kept_bounded_and_never_fails_the_call() {
     let hostile = load("hostile", PluginGrant::default()).await;
