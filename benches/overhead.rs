@@ -34,17 +34,24 @@
 //!
 //! After the criterion group it prints the median of every turn criterion
 //! timed on each path and the difference, then runs `KARTA_OVERHEAD_ROUNDS`
-//! (default 100) interleaved rounds — one turn of each path per round, the
-//! order rotating, so the shared machine's drift hits both alike — and
-//! prints their medians, the median of the per-round differences (Karta
-//! minus bare; the headline figure), and the CPU time per turn of this
+//! (default 200) interleaved rounds — one turn of each path per round, the
+//! order rotating, so the shared machine's drift hits both alike — over
+//! `KARTA_OVERHEAD_PROCESSES` (default 5) pairs of `claude` processes: every
+//! so many rounds a new Karta session and a new bare CLI (from that
+//! session's process image) replace the old, warmed by two untimed turns.
+//! Two `claude`s started alike differ by a millisecond or more a turn for
+//! as long as they live, so one pair would read its own difference as the
+//! host's. It prints the medians, the median of the per-round differences
+//! over all pairs (Karta minus bare; the headline figure, written with the
+//! medians to `target/bench-results/overhead.json` for
+//! `scripts/bench.sh`), the same per pair, and the CPU time per turn of this
 //! process (provider, client, and for Karta the host) and of each `claude`
 //! — during the timed turn, and until that `claude` is idle again. The
 //! second is the one to compare between routes: a `claude` works on after
 //! its `result` line, and Karta's `done` comes later than the bare CLI's
 //! `result`, so more of that work falls inside Karta's timed turn.
 //! Each timed turn adds one exchange to its own conversation, so the
-//! conversations grow alike (to a few hundred exchanges). It also prints
+//! conversations grow alike (to a few dozen exchanges a pair). It also prints
 //! the host's own two parts of a Karta turn, from the host's
 //! `karta_turn_host_seconds` metric (means over every Karta turn of the
 //! run): message accepted → harness handed the turn, and harness returned
@@ -106,6 +113,7 @@ struct Timing {
 }
 
 /// A client of the Karta HTTP API, over one kept-alive loopback socket.
+#[derive(Clone)]
 struct ApiClient {
     client: Client<HttpConnector, Full<Bytes>>,
     base: String,
@@ -499,7 +507,80 @@ struct Rig {
     via_gateway: Option<BareCli>,
 }
 
+/// Where the routes' model calls go.
+struct Ends {
+    provider_url: String,
+    provider_key: String,
+    /// Karta's own gateway (the breakdown's `bare_cli_via_karta_gateway`).
+    gateway_url: String,
+}
+
 impl Rig {
+    /// A Karta session and a bare CLI started from its process's image
+    /// (and with `breakdown` the other two routes' own), each warmed up by
+    /// two untimed turns.
+    async fn start(api: ApiClient, sessions: Arc<Sessions>, ends: &Ends, breakdown: bool) -> Self {
+        let id = api.create_session().await;
+        api.turn(&id, "warm up").await;
+        api.turn(&id, "warm up again").await;
+        let pid = sessions
+            .harness_process_id(&id)
+            .expect("the session's claude runs");
+        let image = process_image(pid);
+        let mut bare = BareCli::start(&image, &ends.provider_url, &ends.provider_key).await;
+        bare.turn("warm up").await;
+        bare.turn("warm up again").await;
+        let (in_process_id, via_gateway) = if breakdown {
+            let in_process_id = api.create_session().await;
+            in_process_turn(&sessions, &in_process_id, "warm up").await;
+            in_process_turn(&sessions, &in_process_id, "warm up again").await;
+            let key = image.var("ANTHROPIC_API_KEY").to_owned();
+            let mut via = BareCli::start(&image, &ends.gateway_url, &key).await;
+            via.turn("warm up").await;
+            via.turn("warm up again").await;
+            (Some(in_process_id), Some(via))
+        } else {
+            (None, None)
+        };
+        Rig {
+            api,
+            sessions,
+            id,
+            in_process_id,
+            bare,
+            via_gateway,
+        }
+    }
+
+    /// Stops every route's `claude` and deletes the sessions.
+    async fn stop(self) {
+        let Rig {
+            sessions,
+            id,
+            in_process_id,
+            bare,
+            via_gateway,
+            ..
+        } = self;
+        bare.stop().await;
+        if let Some(via) = via_gateway {
+            via.stop().await;
+        }
+        sessions.delete(&id).await.expect("delete the session");
+        if let Some(id) = in_process_id {
+            sessions.delete(&id).await.expect("delete the session");
+        }
+    }
+
+    /// The same routes on new `claude` processes: two processes started
+    /// alike differ by a millisecond or two a turn for as long as they
+    /// live (their JIT, their heap), so one pair alone would read that as
+    /// the host's overhead, or hide some of it.
+    async fn renew(&mut self, ends: &Ends, breakdown: bool) {
+        let fresh = Rig::start(self.api.clone(), self.sessions.clone(), ends, breakdown).await;
+        std::mem::replace(self, fresh).stop().await;
+    }
+
     async fn turn(&mut self, route: Route) -> Timing {
         match route {
             Route::Karta => self.api.turn(&self.id, TEXT).await,
@@ -616,8 +697,14 @@ fn bench(c: &mut Criterion) {
     let rounds: usize = std::env::var("KARTA_OVERHEAD_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100)
+        .unwrap_or(200)
         .max(1);
+    let pairs: usize = std::env::var("KARTA_OVERHEAD_PROCESSES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .clamp(1, rounds);
+    let per_pair = rounds.div_ceil(pairs);
     let routes: Vec<Route> = Route::ALL
         .into_iter()
         .filter(|r| breakdown || matches!(r, Route::Karta | Route::Bare))
@@ -647,47 +734,26 @@ fn bench(c: &mut Criterion) {
     let model_calls = || provider.usage("provider").requests;
 
     // Two untimed turns on each path, so every `claude` is up and warm.
+    let ends = Ends {
+        provider_url: provider_url.clone(),
+        provider_key: provider_key.clone(),
+        gateway_url: host.gateway_url().to_owned(),
+    };
     let (mut rig, calls) = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let api = ApiClient::new(host.spawn_api(listener).await.expect("the API serves"));
-        let sessions = host.sessions().clone();
-        let id = api.create_session().await;
-        api.turn(&id, "warm up").await;
-        let before = model_calls();
-        api.turn(&id, "warm up again").await;
-        let karta_calls = model_calls() - before;
-        let pid = sessions
-            .harness_process_id(&id)
-            .expect("the session's claude runs");
-        let image = process_image(pid);
-        let mut bare = BareCli::start(&image, &provider_url, &provider_key).await;
-        bare.turn("warm up").await;
-        let before = model_calls();
-        bare.turn("warm up again").await;
-        let bare_calls = model_calls() - before;
-        let (in_process_id, via_gateway) = if breakdown {
-            let in_process_id = api.create_session().await;
-            in_process_turn(&sessions, &in_process_id, "warm up").await;
-            in_process_turn(&sessions, &in_process_id, "warm up again").await;
-            let key = image.var("ANTHROPIC_API_KEY").to_owned();
-            let mut via = BareCli::start(&image, host.gateway_url(), &key).await;
-            via.turn("warm up").await;
-            via.turn("warm up again").await;
-            (Some(in_process_id), Some(via))
-        } else {
-            (None, None)
-        };
-        let rig = Rig {
-            api,
-            sessions,
-            id,
-            in_process_id,
-            bare,
-            via_gateway,
-        };
-        (rig, (karta_calls, bare_calls))
+        let mut rig = Rig::start(api, host.sessions().clone(), &ends, breakdown).await;
+        // A third untimed turn on every route (so their conversations stay
+        // alike), counting the model calls of a warm one.
+        let mut calls = [0; 4];
+        for &route in &routes {
+            let before = model_calls();
+            rig.turn(route).await;
+            calls[route.index()] = model_calls() - before;
+        }
+        (rig, calls)
     });
 
     // Criterion: each route in turn.
@@ -719,7 +785,7 @@ fn bench(c: &mut Criterion) {
     // Interleaved: one turn of each route per round, the order rotated, so
     // drift on the shared machine hits every route alike. First, untimed
     // turns bring every conversation to the same length.
-    let exchanges = 2 + routes
+    let exchanges = 3 + routes
         .iter()
         .map(|r| sequential[r.index()].len())
         .max()
@@ -728,11 +794,14 @@ fn bench(c: &mut Criterion) {
     let own = std::process::id();
     rt.block_on(async {
         for &route in &routes {
-            for _ in sequential[route.index()].len()..exchanges - 2 {
+            for _ in sequential[route.index()].len()..exchanges - 3 {
                 rig.turn(route).await;
             }
         }
         for round in 0..rounds {
+            if round > 0 && round % per_pair == 0 {
+                rig.renew(&ends, breakdown).await;
+            }
             for i in 0..routes.len() {
                 let route = routes[(round + i) % routes.len()];
                 let claude = rig.claude_pid(route).expect("its claude runs");
@@ -769,7 +838,8 @@ fn bench(c: &mut Criterion) {
     println!();
     println!(
         "overhead: model calls per warm turn: karta {}, bare {}; last model request {request_kib:.0} KiB",
-        calls.0, calls.1
+        calls[Route::Karta.index()],
+        calls[Route::Bare.index()]
     );
     if routes.iter().any(|r| sequential[r.index()].is_empty()) {
         // `cargo bench --bench overhead -- <filter>` skipped (some of) the
@@ -799,7 +869,7 @@ fn bench(c: &mut Criterion) {
         );
     }
     println!(
-        "overhead: interleaved ({rounds} rounds from {exchanges} exchanges on, one turn of each route per round; medians; CPU: this process = provider, client and host; the route's claude during the timed turn, and until it is idle again; the other, idle claudes):"
+        "overhead: interleaved ({rounds} rounds over {pairs} pairs of claude processes, the first from {exchanges} exchanges on, the others from 2; one turn of each route per round; medians; CPU: this process = provider, client and host; the route's claude during the timed turn, and until it is idle again; the other, idle claudes):"
     );
     println!(
         "  {:<28} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
@@ -890,46 +960,66 @@ fn bench(c: &mut Criterion) {
         phase("end"),
     );
 
-    // The same difference by quarter of the rounds: the overhead grows
-    // with the conversation.
-    let quarter = rounds.div_ceil(4);
+    // The same differences by pair of `claude` processes.
     let (karta, bare) = (
-        &interleaved[Route::Karta.index()].timings,
-        &interleaved[Route::Bare.index()].timings,
+        &interleaved[Route::Karta.index()],
+        &interleaved[Route::Bare.index()],
     );
-    for (i, (k, b)) in karta.chunks(quarter).zip(bare.chunks(quarter)).enumerate() {
-        let from = exchanges + i * quarter;
+    let differences = |k: &[Duration], b: &[Duration]| -> f64 {
+        median(k.iter().zip(b).map(|(a, b)| ms(*a) - ms(*b)).collect())
+    };
+    let field = |entry: &Interleaved, f: fn(&Timing) -> Duration| -> Vec<Duration> {
+        entry.timings.iter().map(f).collect()
+    };
+    let (karta_done, bare_done) = (field(karta, |t| t.done), field(bare, |t| t.done));
+    let (karta_first, bare_first) = (
+        field(karta, |t| t.first_text),
+        field(bare, |t| t.first_text),
+    );
+    for (pair, from) in (0..rounds).step_by(per_pair).enumerate() {
+        let to = (from + per_pair).min(rounds);
         println!(
-            "  karta_warm_turn - bare, exchanges {from}-{}: done {:+.2} ms (karta {:.2} ms, bare {:.2} ms)",
-            from + k.len(),
-            median(
-                k.iter()
-                    .zip(b)
-                    .map(|(a, b)| ms(a.done) - ms(b.done))
-                    .collect()
+            "  pair {} of claude processes, {} rounds: karta - bare: first text {:+.2} ms, done {:+.2} ms; claude CPU to idle {:+.2} ms (karta {:.2} ms, bare {:.2} ms)",
+            pair + 1,
+            to - from,
+            differences(&karta_first[from..to], &bare_first[from..to]),
+            differences(&karta_done[from..to], &bare_done[from..to]),
+            differences(
+                &karta.claude_cpu_to_idle[from..to],
+                &bare.claude_cpu_to_idle[from..to]
             ),
-            median(k.iter().map(|t| ms(t.done)).collect()),
-            median(b.iter().map(|t| ms(t.done)).collect()),
+            median(karta_done[from..to].iter().copied().map(ms).collect()),
+            median(bare_done[from..to].iter().copied().map(ms).collect()),
         );
     }
+    common::write_results(
+        "overhead",
+        &[
+            (
+                "done_over_bare_p50".into(),
+                differences(&karta_done, &bare_done),
+                "ms",
+            ),
+            (
+                "first_text_over_bare_p50".into(),
+                differences(&karta_first, &bare_first),
+                "ms",
+            ),
+            (
+                "karta_done_p50".into(),
+                median(karta_done.iter().copied().map(ms).collect()),
+                "ms",
+            ),
+            (
+                "bare_done_p50".into(),
+                median(bare_done.iter().copied().map(ms).collect()),
+                "ms",
+            ),
+        ],
+    );
 
     rt.block_on(async {
-        let Rig {
-            sessions,
-            id,
-            in_process_id,
-            bare,
-            via_gateway,
-            ..
-        } = rig;
-        bare.stop().await;
-        if let Some(via) = via_gateway {
-            via.stop().await;
-        }
-        sessions.delete(&id).await.expect("delete the session");
-        if let Some(id) = in_process_id {
-            sessions.delete(&id).await.expect("delete the session");
-        }
+        rig.stop().await;
         host.shutdown().await;
         drop(provider_server);
     });
