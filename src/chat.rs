@@ -78,7 +78,7 @@ pub async fn run(
             continue;
         }
         if let Err(e) = chat.turn(line).await {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::error_chain(&e));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -767,10 +767,29 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("karta: {e:#}");
+            eprintln!("karta: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, `: `-separated, each cause once.
+/// Many of the library's errors already say their cause in their own
+/// message (`the app is invalid: {0}`) and name it as their `source`
+/// too; anyhow's `{:#}` would print it twice.
+pub(crate) fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -1213,6 +1232,32 @@ mod tests {
             (Path::new("a"), WorkspaceAccess::ReadWrite)
         );
         assert_eq!(parse_dir("a"), (Path::new("a"), WorkspaceAccess::ReadWrite));
+    }
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        // A message that already says its source, as `HostError::App` does.
+        #[derive(Debug)]
+        struct Invalid(std::io::Error);
+        impl std::fmt::Display for Invalid {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "the app is invalid: {}", self.0)
+            }
+        }
+        impl std::error::Error for Invalid {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let root = std::io::Error::other("karta.toml: plugin `x.wasm` does not exist");
+        let error = anyhow::Error::from(Invalid(root)).context("cannot serve");
+        assert_eq!(
+            error_chain(&error),
+            "cannot serve: the app is invalid: karta.toml: plugin `x.wasm` does not exist"
+        );
+        // A cause its parent does not repeat is kept.
+        let plain = anyhow::anyhow!("root cause").context("outer");
+        assert_eq!(error_chain(&plain), "outer: root cause");
     }
 
     #[test]

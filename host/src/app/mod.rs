@@ -735,7 +735,11 @@ fn checked_plugin_file(
             return Err(error(
                 declared_in,
                 None,
-                format!("plugin `{shown}` does not exist"),
+                format!(
+                    "plugin `{shown}` does not exist (a plugin is a WebAssembly component: \
+                     build it, e.g. `cargo build --target wasm32-wasip2 --release`, and put \
+                     the `.wasm` at that path)"
+                ),
             ));
         }
         Err(e) => return Err(e),
