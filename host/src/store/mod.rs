@@ -169,15 +169,21 @@ impl FlushGroup {
             std::mem::take(&mut group.waiting)
         };
         let result = db.flush().map(drop);
+        // The group's next state is settled before anyone is answered: a
+        // caller answered by the last round finds the group free, and one
+        // that joined during the flush is served by the next round.
+        let again = {
+            let mut group = self.lock();
+            let again = !group.waiting.is_empty();
+            if !again {
+                group.running = false;
+            }
+            again
+        };
         for waiter in batch {
             let _ = waiter.send(result.clone());
         }
-        let mut group = self.lock();
-        if group.waiting.is_empty() {
-            group.running = false;
-            return false;
-        }
-        true
+        again
     }
 }
 
