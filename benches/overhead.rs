@@ -573,7 +573,7 @@ impl Rig {
     }
 
     /// The same routes on new `claude` processes: two processes started
-    /// alike differ by a millisecond or two a turn for as long as they
+    /// alike differ by up to a few milliseconds a turn for as long as they
     /// live (their JIT, their heap), so one pair alone would read that as
     /// the host's overhead, or hide some of it.
     async fn renew(&mut self, ends: &Ends, breakdown: bool) {
@@ -669,6 +669,16 @@ fn median(mut values: Vec<f64>) -> f64 {
     } else {
         values[mid]
     }
+}
+
+/// One figure of every turn in `timings`.
+fn each(timings: &[Timing], figure: fn(&Timing) -> Duration) -> Vec<Duration> {
+    timings.iter().map(figure).collect()
+}
+
+/// The median of the per-round differences `a - b`, in milliseconds.
+fn median_difference(a: &[Duration], b: &[Duration]) -> f64 {
+    median(a.iter().zip(b).map(|(a, b)| ms(*a) - ms(*b)).collect())
 }
 
 /// Interleaved turns of one route, with the CPU time they took.
@@ -892,15 +902,8 @@ fn bench(c: &mut Criterion) {
     let bare = &interleaved[Route::Bare.index()];
     for &route in routes.iter().filter(|r| **r != Route::Bare) {
         let entry = &interleaved[route.index()];
-        let paired = |f: fn(&Timing) -> Duration| {
-            median(
-                entry
-                    .timings
-                    .iter()
-                    .zip(&bare.timings)
-                    .map(|(a, b)| ms(f(a)) - ms(f(b)))
-                    .collect(),
-            )
+        let paired = |figure: fn(&Timing) -> Duration| {
+            median_difference(&each(&entry.timings, figure), &each(&bare.timings, figure))
         };
         println!(
             "  {} - bare (median of per-round differences): first text {:+.2} ms, done {:+.2} ms",
@@ -917,14 +920,8 @@ fn bench(c: &mut Criterion) {
     if breakdown {
         let karta = &interleaved[Route::Karta.index()].timings;
         let via = &interleaved[Route::ViaGateway.index()].timings;
-        let paired = |f: fn(&Timing) -> Duration| {
-            median(
-                karta
-                    .iter()
-                    .zip(via)
-                    .map(|(a, b)| ms(f(a)) - ms(f(b)))
-                    .collect(),
-            )
+        let paired = |figure: fn(&Timing) -> Duration| {
+            median_difference(&each(karta, figure), &each(via, figure))
         };
         println!(
             "  karta_warm_turn - bare_cli_via_karta_gateway (same gateway: the host alone): first text {:+.2} ms, done {:+.2} ms  (goal ≤ 2 ms)",
@@ -965,16 +962,13 @@ fn bench(c: &mut Criterion) {
         &interleaved[Route::Karta.index()],
         &interleaved[Route::Bare.index()],
     );
-    let differences = |k: &[Duration], b: &[Duration]| -> f64 {
-        median(k.iter().zip(b).map(|(a, b)| ms(*a) - ms(*b)).collect())
-    };
-    let field = |entry: &Interleaved, f: fn(&Timing) -> Duration| -> Vec<Duration> {
-        entry.timings.iter().map(f).collect()
-    };
-    let (karta_done, bare_done) = (field(karta, |t| t.done), field(bare, |t| t.done));
+    let (karta_done, bare_done) = (
+        each(&karta.timings, |t| t.done),
+        each(&bare.timings, |t| t.done),
+    );
     let (karta_first, bare_first) = (
-        field(karta, |t| t.first_text),
-        field(bare, |t| t.first_text),
+        each(&karta.timings, |t| t.first_text),
+        each(&bare.timings, |t| t.first_text),
     );
     for (pair, from) in (0..rounds).step_by(per_pair).enumerate() {
         let to = (from + per_pair).min(rounds);
@@ -982,9 +976,9 @@ fn bench(c: &mut Criterion) {
             "  pair {} of claude processes, {} rounds: karta - bare: first text {:+.2} ms, done {:+.2} ms; claude CPU to idle {:+.2} ms (karta {:.2} ms, bare {:.2} ms)",
             pair + 1,
             to - from,
-            differences(&karta_first[from..to], &bare_first[from..to]),
-            differences(&karta_done[from..to], &bare_done[from..to]),
-            differences(
+            median_difference(&karta_first[from..to], &bare_first[from..to]),
+            median_difference(&karta_done[from..to], &bare_done[from..to]),
+            median_difference(
                 &karta.claude_cpu_to_idle[from..to],
                 &bare.claude_cpu_to_idle[from..to]
             ),
@@ -997,12 +991,12 @@ fn bench(c: &mut Criterion) {
         &[
             (
                 "done_over_bare_p50".into(),
-                differences(&karta_done, &bare_done),
+                median_difference(&karta_done, &bare_done),
                 "ms",
             ),
             (
                 "first_text_over_bare_p50".into(),
-                differences(&karta_first, &bare_first),
+                median_difference(&karta_first, &bare_first),
                 "ms",
             ),
             (
