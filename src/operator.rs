@@ -459,7 +459,7 @@ impl Admin {
                 .as_str()
                 .map(str::to_owned)
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            bail!("{status} {code}: {message}");
+            bail!("{message} ({code}, HTTP {})", status.as_u16());
         }
         Ok(value)
     }

@@ -46,6 +46,12 @@ fn publish_activate_rollback_with_and_without_a_server() {
     assert_eq!(org["slug"], "acme");
     let (ok, _, stderr) = karta(data.path(), &["org", "create", "Bad Slug"]);
     assert!(!ok && stderr.contains("400"), "{stderr}");
+    // A typo in an org's name says which org and how to make it.
+    let (ok, _, stderr) = karta(data.path(), &["keys", "create", "--org", "acne"]);
+    assert!(
+        !ok && stderr.contains("no org `acne`") && stderr.contains("karta org create acne"),
+        "{stderr}"
+    );
     let v1 = karta_json(data.path(), &["publish", hello, "--project", "acme/shop"]);
     assert_eq!(v1["version"], 1, "{v1}");
     assert_eq!(v1["app_name"], "hello", "the folder's name: {v1}");

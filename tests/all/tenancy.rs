@@ -156,6 +156,11 @@ impl Platform {
         secret.expose_secret().to_owned()
     }
 
+    /// The operator's credential (what the CLI uses on this data dir).
+    pub fn operator(&self) -> String {
+        karta_host::projects::operator_token(self._data.path()).expect("operator token")
+    }
+
     /// A session token for `org/project`.
     pub fn token(&self, org: &str, project: &str, sub: Option<&str>, ttl: Option<u64>) -> String {
         let (org_id, project) = self.project(org, project);
@@ -445,6 +450,91 @@ async fn every_route_refuses_other_tenants() {
 }
 
 /// A token past its `exp` is refused (401) on every session route.
+/// A route naming an org or project that does not exist says which to the
+/// operator (who sees every org) and, for a project, to a key of that org;
+/// to anyone else it answers exactly as for another org's things, so it
+/// tells nobody what exists elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_org_or_project_is_named_only_to_whom_may_know_of_it() {
+    let platform = Platform::start().await;
+    let operator = platform.operator();
+    let acme_admin = platform.key("acme", Scope::Admin);
+    let help_token = platform.token("acme", "help", None, None);
+    let get = |path: &'static str, credential: String| {
+        let platform = &platform;
+        async move {
+            platform
+                .call("GET", path, Some(&credential), Value::Null)
+                .await
+        }
+    };
+
+    let answer = get("/v1/admin/orgs/initech/keys", operator.clone()).await;
+    assert_eq!(answer.status, 404, "{}", answer.body);
+    assert!(
+        answer.body.contains("no org `initech`")
+            && answer.body.contains("karta org create initech"),
+        "the operator is told which org and how to make it: {}",
+        answer.body
+    );
+    let answer = get(
+        "/v1/admin/orgs/acme/projects/nope/releases",
+        operator.clone(),
+    )
+    .await;
+    assert_eq!(answer.status, 404, "{}", answer.body);
+    assert!(answer.body.contains("`acme/nope`"), "{}", answer.body);
+
+    // acme's admin: its own org's missing project is named…
+    for path in [
+        "/v1/admin/orgs/acme/projects/nope/releases",
+        "/acme/nope/v1/sessions",
+    ] {
+        let answer = get(path, acme_admin.clone()).await;
+        assert_eq!(answer.status, 404, "{path}: {}", answer.body);
+        assert!(
+            answer.body.contains("`acme/nope`"),
+            "{path}: {}",
+            answer.body
+        );
+    }
+    // …but a missing org, another org's missing project and another org's
+    // real one all read the same, naming nothing.
+    let same = [
+        ("/v1/admin/orgs/initech/keys", "/v1/admin/orgs/globex/keys"),
+        (
+            "/v1/admin/orgs/globex/projects/nope/releases",
+            "/v1/admin/orgs/globex/projects/shop/releases",
+        ),
+        ("/initech/shop/v1/sessions", "/globex/shop/v1/sessions"),
+        ("/globex/nope/v1/sessions", "/globex/shop/v1/sessions"),
+    ];
+    for (missing, theirs) in same {
+        let missing_answer = get(missing, acme_admin.clone()).await;
+        let theirs_answer = get(theirs, acme_admin.clone()).await;
+        assert_eq!(
+            missing_answer.status, 404,
+            "{missing}: {}",
+            missing_answer.body
+        );
+        assert_eq!(
+            (missing_answer.status, &missing_answer.body),
+            (theirs_answer.status, &theirs_answer.body),
+            "{missing} against {theirs}"
+        );
+        assert!(!missing_answer.body.contains("nope") && !missing_answer.body.contains("initech"));
+    }
+    // A session token sees its project, not its org: another project of
+    // its org, real or not, is the same 404.
+    let missing = get("/acme/nope/v1/sessions", help_token.clone()).await;
+    let sibling = get("/acme/shop/v1/sessions", help_token.clone()).await;
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    assert_eq!(
+        (missing.status, &missing.body),
+        (sibling.status, &sibling.body)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tokens_are_refused() {
     let platform = Platform::start().await;

@@ -39,7 +39,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::tenant::{Caller, not_found, path_slugs};
+use super::tenant::{Caller, no_such_org, no_such_project, not_found, path_slugs};
 use crate::auth::{Org, Project, ProjectRef, Scope};
 use crate::projects::Projects;
 use crate::release::{PublishRequest, ReleaseError};
@@ -141,7 +141,10 @@ struct ProjectAccess {
 
 /// The org a route names, if the caller may act in it (else 404).
 fn org_for(projects: &Projects, caller: &Caller, slug: &str) -> Result<Org, ApiError> {
-    let org = projects.auth().org_by_slug(slug)?.ok_or_else(not_found)?;
+    let org = projects
+        .auth()
+        .org_by_slug(slug)?
+        .ok_or_else(|| no_such_org(caller, slug))?;
     if !caller.in_org(&org.id) {
         return Err(not_found());
     }
@@ -178,10 +181,11 @@ impl FromRequestParts<Arc<Projects>> for ProjectAccess {
         let caller = Caller::from_request_parts(parts, projects).await?;
         let (org, project) = path_slugs(parts, projects).await;
         let org = org_for(projects, &caller, &org.unwrap_or_default())?;
+        let slug = project.unwrap_or_default();
         let project = projects
             .auth()
-            .project_by_slug(&org.id, &project.unwrap_or_default())?
-            .ok_or_else(not_found)?;
+            .project_by_slug(&org.id, &slug)?
+            .ok_or_else(|| no_such_project(&caller, &org, &slug))?;
         Ok(Self {
             caller,
             org,

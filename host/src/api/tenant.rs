@@ -126,6 +126,39 @@ pub fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found")
 }
 
+/// A 404 for an org the route names that does not exist. The operator (and
+/// dev mode) sees every org, so it is told which one and how to make it;
+/// anyone else gets the one [`not_found`], the same as for another org's.
+pub fn no_such_org(caller: &Caller, slug: &str) -> ApiError {
+    match caller {
+        Caller::Dev | Caller::Operator => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no org `{slug}` on this host (`karta org create {slug}` makes one)"),
+        ),
+        Caller::Principal(_) => not_found(),
+    }
+}
+
+/// A 404 for a project the route names in an org the caller may act in.
+/// Naming it tells the caller only about its own org, so every caller but a
+/// session token (which sees one project, not its org) is told which.
+pub fn no_such_project(caller: &Caller, org: &Org, slug: &str) -> ApiError {
+    match caller {
+        Caller::Principal(Principal {
+            project: Some(_), ..
+        }) => not_found(),
+        _ => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no project `{}/{slug}` (`karta publish DIR --project {}/{slug}` makes one)",
+                org.slug, org.slug
+            ),
+        ),
+    }
+}
+
 /// The scope a request needs by its method: reading needs `read`, anything
 /// else `write` (admin routes ask for more themselves).
 fn scope_for(method: &Method) -> Scope {
@@ -219,10 +252,15 @@ impl FromRequestParts<Arc<Projects>> for Tenant {
         let auth = projects.auth();
         let (org, project) = match (org_slug, project_slug) {
             (Some(org_slug), Some(project_slug)) => {
-                let org = auth.org_by_slug(&org_slug)?.ok_or_else(not_found)?;
+                let org = auth
+                    .org_by_slug(&org_slug)?
+                    .ok_or_else(|| no_such_org(&caller, &org_slug))?;
+                if !caller.in_org(&org.id) {
+                    return Err(not_found());
+                }
                 let project = auth
                     .project_by_slug(&org.id, &project_slug)?
-                    .ok_or_else(not_found)?;
+                    .ok_or_else(|| no_such_project(&caller, &org, &project_slug))?;
                 (org, project)
             }
             _ => match &caller {
