@@ -59,7 +59,10 @@ fn publish_activate_rollback_with_and_without_a_server() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("v1 is active"), "{stdout}");
     let (ok, _, stderr) = karta(data.path(), &["activate", "acme/shop", "v9"]);
-    assert!(!ok && stderr.contains("404"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("404") && stderr.contains("acme/shop: no release v9"),
+        "names the project as typed, not by its id: {stderr}"
+    );
     let key = karta_json(
         data.path(),
         &["keys", "create", "--org", "acme", "--scope", "admin"],

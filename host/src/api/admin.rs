@@ -591,7 +591,7 @@ async fn activate(
     State(projects): State<Arc<Projects>>,
     ProjectAccess {
         caller,
-        org: _,
+        org,
         project,
     }: ProjectAccess,
     ApiJson(request): ApiJson<ActivateRequest>,
@@ -600,8 +600,10 @@ async fn activate(
     // sled's flush blocks: off the async workers.
     let releases = projects.releases().clone();
     let actor = caller.actor();
-    let activation =
-        blocking(move || releases.activate(&project.id, request.version, &actor)).await??;
+    let name = format!("{}/{}", org.slug, project.slug);
+    let activation = blocking(move || releases.activate(&project.id, request.version, &actor))
+        .await?
+        .map_err(|e| e.in_project(&name))?;
     Ok(axum::Json(json!(activation)).into_response())
 }
 
@@ -620,7 +622,7 @@ async fn rollback(
     State(projects): State<Arc<Projects>>,
     ProjectAccess {
         caller,
-        org: _,
+        org,
         project,
     }: ProjectAccess,
     ApiJson(request): ApiJson<RollbackRequest>,
@@ -628,7 +630,10 @@ async fn rollback(
     caller.require(Scope::Admin)?;
     let releases = projects.releases().clone();
     let actor = caller.actor();
-    let activation = blocking(move || releases.rollback(&project.id, request.to, &actor)).await??;
+    let name = format!("{}/{}", org.slug, project.slug);
+    let activation = blocking(move || releases.rollback(&project.id, request.to, &actor))
+        .await?
+        .map_err(|e| e.in_project(&name))?;
     Ok(axum::Json(json!(activation)).into_response())
 }
 

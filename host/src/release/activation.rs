@@ -140,7 +140,7 @@ impl Releases {
     fn previous_version(&self, project_id: &str) -> Result<u32, ReleaseError> {
         let Some(current) = self.active_version(project_id)? else {
             return Err(ReleaseError::NotFound(format!(
-                "{project_id} has no active release to roll back from"
+                "no active release to roll back from"
             )));
         };
         for entry in self.audit(project_id)?.into_iter().rev() {
@@ -149,14 +149,14 @@ impl Releases {
             if entry.action != PUBLISH && entry.to == current && entry.from != Some(current) {
                 return entry.from.ok_or_else(|| {
                     ReleaseError::NotFound(format!(
-                        "{project_id}: v{current} was the first version activated; \
+                        "v{current} was the first version activated; \
                          there is no earlier one to roll back to"
                     ))
                 });
             }
         }
         Err(ReleaseError::NotFound(format!(
-            "{project_id}: the audit log does not say which version was active before v{current}"
+            "the audit log does not say which version was active before v{current}"
         )))
     }
 
@@ -226,9 +226,7 @@ impl Releases {
                 }
                 Err(TransactionError::Abort(Abort::Taken)) => continue,
                 Err(TransactionError::Abort(Abort::Missing)) => {
-                    return Err(ReleaseError::NotFound(format!(
-                        "{project_id} has no release v{version}"
-                    )));
+                    return Err(ReleaseError::NotFound(format!("no release v{version}")));
                 }
                 Err(TransactionError::Abort(Abort::Codec(e))) => {
                     return Err(ReleaseError::Store(crate::store::StoreError::Codec(e)));

@@ -148,6 +148,16 @@ impl From<sled::Error> for ReleaseError {
 }
 
 impl ReleaseError {
+    /// The error with its "not found" message prefixed by the project's
+    /// name (`acme/shop`): the release store knows projects by id only,
+    /// which says nothing to the person who typed the name.
+    pub fn in_project(self, name: &str) -> Self {
+        match self {
+            Self::NotFound(message) => Self::NotFound(format!("{name}: {message}")),
+            other => other,
+        }
+    }
+
     /// The HTTP status this error answers with.
     pub fn status(&self) -> u16 {
         match self {
