@@ -103,12 +103,12 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(decoder).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let at = format!("line {} column {}", inner.line(), inner.column());
         if inner.is_syntax() || inner.is_eof() {
+            // serde_json's message ends with "at line L column C" already.
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
-                format!("the body is not valid JSON: {inner} (at {at})"),
+                format!("the body is not valid JSON: {inner}"),
             )
         } else if path == "." {
             ApiError::bad_request(format!("{inner}"))
