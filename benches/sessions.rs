@@ -15,6 +15,10 @@
 //! - `harness_files/sync_unchanged`: what it does now on that path
 //!   (`HarnessFiles::sync_with`): one `stat` per entry, compared with what
 //!   the last sync left, and no sync.
+//!
+//! `KARTA_BENCH_DURABILITY=machine` runs the session benches on a store
+//! whose flushes also sync the file system (`karta serve --durability
+//! machine`).
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
@@ -34,6 +38,9 @@ fn bench(c: &mut Criterion) {
     // The app has an AGENTS.md; these benches measure the builtin loop.
     config.harness = Some(karta_host::app::HarnessKind::Builtin);
     config.data_dir = data.path().to_path_buf();
+    if std::env::var("KARTA_BENCH_DURABILITY").is_ok_and(|d| d == "machine") {
+        config.durability = karta_host::store::Durability::Machine;
+    }
     let host = rt.block_on(Host::start(config)).expect("host");
     let sessions = host.sessions().clone();
 

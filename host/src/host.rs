@@ -29,6 +29,10 @@ pub struct HostConfig {
     pub app_dir: Option<PathBuf>,
     /// Where state lives (sled database, workspaces, compiled plugins).
     pub data_dir: PathBuf,
+    /// How far an acknowledged write is durable: the host process dying
+    /// (the default), or the machine too (every flush ends with a
+    /// file-system sync; see [`crate::store::Durability`]).
+    pub durability: crate::store::Durability,
     /// A real model provider; `None` uses the offline model.
     pub upstream: Option<Upstream>,
     /// How long a turn waits for an approval.
@@ -80,6 +84,7 @@ impl HostConfig {
         Self {
             app_dir: Some(app_dir.into()),
             data_dir: PathBuf::from(".karta"),
+            durability: Default::default(),
             upstream: None,
             approval_timeout: Duration::from_secs(600),
             default_model: "karta-offline".into(),
@@ -220,7 +225,7 @@ impl Host {
         };
         std::fs::create_dir_all(&config.data_dir).map_err(data_error)?;
         let data_dir = std::fs::canonicalize(&config.data_dir).map_err(data_error)?;
-        let store = Store::open(&data_dir.join("db"))?;
+        let store = Store::open_with(&data_dir.join("db"), config.durability)?;
         let auth = Auth::open(store.clone(), &data_dir)?;
         let releases = Releases::open(store.clone(), &data_dir)?;
         let runtime = PluginRuntime::new(RuntimeConfig {

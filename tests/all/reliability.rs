@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use crate::sessions::{Server, new_session, send, sse, support_bot, support_bot_server, types};
 use crate::support::ServeProcess;
+use karta_host::store::Durability;
 
 /// Starts a turn that writes a file (the `files` plugin asks first) and
 /// reads its stream to the end, as a client that shows a prompt only once
@@ -134,6 +135,42 @@ async fn regression_issue8_a_flush_failure_is_503_and_the_session_stays_usable()
     let (status, _) = server.post("/v1/sessions", json!({})).await;
     assert_eq!(status, 503);
     server.stop().await;
+}
+
+/// `--durability machine`: every flush a turn waits for also syncs the
+/// data dir's file system (what a power cut would otherwise take), and the
+/// default does not. A power cut cannot be staged here; what this checks is
+/// that the sync is on the path of every acknowledgement, so `done` is
+/// never sent before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_durability_syncs_the_disk_before_a_turn_is_acknowledged() {
+    for durability in [Durability::Process, Durability::Machine] {
+        let app = support_bot();
+        let data = tempfile::tempdir().expect("tempdir");
+        let server = Server::try_start_with(app.path(), data.path(), |config| {
+            config.durability = durability;
+        })
+        .await
+        .expect("host starts");
+        let store = server.host.sessions().store().clone();
+        assert_eq!(store.durability(), durability);
+        let id = new_session(&server, json!({})).await;
+        let before = store.disk_syncs();
+        let (status, answer) = server
+            .post(
+                &format!("/v1/sessions/{id}/messages"),
+                json!({ "text": "kept" }),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        let syncs = store.disk_syncs() - before;
+        match durability {
+            // The message's flush and the turn's end: two at least.
+            Durability::Machine => assert!(syncs >= 2, "{syncs} syncs for a turn"),
+            Durability::Process => assert_eq!(syncs, 0),
+        }
+        server.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -165,7 +165,7 @@ impl Auth {
 
     /// Makes the writes so far durable; every mutating call ends with it.
     fn flush(&self) -> Result<(), AuthError> {
-        self.inner.store.db().flush()?;
+        self.inner.store.flush_blocking()?;
         Ok(())
     }
 

@@ -283,7 +283,7 @@ impl Byok {
     }
 
     fn flush(&self) -> Result<(), ByokError> {
-        self.inner.store.db().flush()?;
+        self.inner.store.flush_blocking()?;
         Ok(())
     }
 }

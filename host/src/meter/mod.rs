@@ -184,12 +184,7 @@ impl Meter {
         let journal = store.tree("meter_journal")?;
         Ok(Meter {
             inner: Arc::new(Inner {
-                writer: writer::Writer::start(
-                    store.db().clone(),
-                    records,
-                    totals.clone(),
-                    journal,
-                )?,
+                writer: writer::Writer::start(store.clone(), records, totals.clone(), journal)?,
                 totals,
                 budgets,
                 prices: RwLock::new(Arc::new(prices)),

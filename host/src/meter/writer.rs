@@ -227,7 +227,8 @@ impl Queue {
 
 /// The trees the writer writes, and the queue.
 struct Shared {
-    db: sled::Db,
+    /// Its flush makes the ledger durable as the store's flushes do.
+    store: crate::store::Store,
     records: sled::Tree,
     totals: sled::Tree,
     journal: sled::Tree,
@@ -274,14 +275,14 @@ impl Writer {
     /// Applies what the journal holds (a crash's leftovers), then starts
     /// the writer of `records` and `totals` in `db`.
     pub(crate) fn start(
-        db: sled::Db,
+        store: crate::store::Store,
         records: sled::Tree,
         totals: sled::Tree,
         journal: sled::Tree,
     ) -> Result<Self, MeterError> {
         let base = recover(&records, &totals, &journal)?;
         let shared = Arc::new(Shared {
-            db,
+            store,
             records,
             totals,
             journal,
@@ -551,7 +552,7 @@ fn run(shared: &Shared) {
             // One flush covers every record applied so far.
             let covered = queue.applied;
             drop(queue);
-            let flushed = shared.db.flush();
+            let flushed = shared.store.flush_blocking();
             let mut queue = shared.lock();
             match flushed {
                 Ok(_) => {

@@ -139,9 +139,9 @@ impl Releases {
     /// The version active before the current one.
     fn previous_version(&self, project_id: &str) -> Result<u32, ReleaseError> {
         let Some(current) = self.active_version(project_id)? else {
-            return Err(ReleaseError::NotFound(format!(
-                "no active release to roll back from"
-            )));
+            return Err(ReleaseError::NotFound(
+                "no active release to roll back from".into(),
+            ));
         };
         for entry in self.audit(project_id)?.into_iter().rev() {
             // The latest flip that made the current version active; a

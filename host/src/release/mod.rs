@@ -367,7 +367,7 @@ impl Releases {
 
     /// Makes every write so far durable (blocking: sled's `flush`).
     fn flush_blocking(&self) -> Result<(), ReleaseError> {
-        self.store.db().flush()?;
+        self.store.flush_blocking()?;
         Ok(())
     }
 }

@@ -110,7 +110,7 @@ impl Store {
             adopted += 1;
         }
         self.meta.insert(DONE, &[1])?;
-        self.db.flush()?;
+        self.flush_blocking()?;
         Ok(adopted)
     }
 
