@@ -235,7 +235,7 @@ impl Host {
             ..RuntimeConfig::default()
         })?;
         let credentials = Arc::new(Credentials::new());
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_store(&store));
         let gateway = Gateway::new(
             config.upstream.clone(),
             credentials.clone(),

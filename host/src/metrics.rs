@@ -16,6 +16,7 @@
 //! | `karta_pool_claimed_total` | counter | — (pooled processes new sessions took) |
 //! | `karta_pool_misses_total` | counter | — (new sessions that started their own process) |
 //! | `karta_pool_spawn_failures_total` | counter | — (pooled starts that failed) |
+//! | `karta_store_disk_syncs_total` | counter | — (file-system syncs of `--durability machine` flushes; 0 by default) |
 //!
 //! One registry per host (not a global), so several hosts in one process —
 //! an embedder's, or the tests' — count apart.
@@ -109,6 +110,19 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl Metrics {
+    /// [`Metrics::new`] with the store's own counters registered.
+    pub fn with_store(store: &crate::store::Store) -> Self {
+        let mut metrics = Self::new();
+        metrics.registry.register(
+            "store_disk_syncs",
+            "File-system syncs that flushes made (--durability machine)",
+            store.disk_sync_counter(),
+        );
+        metrics
     }
 }
 

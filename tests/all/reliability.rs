@@ -169,6 +169,19 @@ async fn machine_durability_syncs_the_disk_before_a_turn_is_acknowledged() {
             Durability::Machine => assert!(syncs >= 2, "{syncs} syncs for a turn"),
             Durability::Process => assert_eq!(syncs, 0),
         }
+        // The operator sees the count (a background flush may add to it
+        // meanwhile, never take away).
+        let seen = store.disk_syncs();
+        let metrics = crate::sessions::get_text(&server.url("/metrics")).await;
+        let shown: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("karta_store_disk_syncs_total "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("karta_store_disk_syncs_total in\n{metrics}"));
+        assert!(shown >= seen, "{shown} shown, {seen} counted");
+        if durability == Durability::Process {
+            assert_eq!(shown, 0);
+        }
         server.stop().await;
     }
 }

@@ -22,7 +22,7 @@ mod sessions;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use karta_harness::Envelope;
 use serde::Serialize;
@@ -68,8 +68,8 @@ struct DurableFlush {
     db: sled::Db,
     /// The data dir, open, when every flush must reach stable storage.
     disk: Option<Arc<std::fs::File>>,
-    /// File-system syncs done (tests and operators can see it happens).
-    syncs: Arc<AtomicU64>,
+    /// File-system syncs done (tests and `/metrics` see it happen).
+    syncs: prometheus_client::metrics::counter::Counter,
 }
 
 impl DurableFlush {
@@ -83,7 +83,7 @@ impl DurableFlush {
         Ok(Self {
             db,
             disk,
-            syncs: Arc::default(),
+            syncs: Default::default(),
         })
     }
 
@@ -91,7 +91,7 @@ impl DurableFlush {
         self.db.flush()?;
         if let Some(dir) = &self.disk {
             rustix::fs::syncfs(dir.as_ref()).map_err(|e| sled::Error::Io(e.into()))?;
-            self.syncs.fetch_add(1, Ordering::Relaxed);
+            self.syncs.inc();
         }
         Ok(())
     }
@@ -416,7 +416,13 @@ impl Store {
     /// How many file-system syncs flushes have made ([`Durability::Machine`]
     /// only; always 0 otherwise).
     pub fn disk_syncs(&self) -> u64 {
-        self.durable.syncs.load(Ordering::Relaxed)
+        self.durable.syncs.get()
+    }
+
+    /// The counter behind [`Store::disk_syncs`], for a metrics registry
+    /// (`karta_store_disk_syncs_total`).
+    pub fn disk_sync_counter(&self) -> prometheus_client::metrics::counter::Counter {
+        self.durable.syncs.clone()
     }
 
     /// Makes every write so far durable.
