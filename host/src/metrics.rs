@@ -113,19 +113,6 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
-    /// [`Metrics::new`] with the store's own counters registered.
-    pub fn with_store(store: &crate::store::Store) -> Self {
-        let mut metrics = Self::new();
-        metrics.registry.register(
-            "store_disk_syncs",
-            "File-system syncs that flushes made (--durability machine)",
-            store.disk_sync_counter(),
-        );
-        metrics
-    }
-}
-
 fn host_buckets() -> Histogram {
     // 50 µs to ~100 ms: the host's part of a turn is a millisecond or two.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 12))
@@ -230,6 +217,17 @@ impl Metrics {
             pool_misses,
             pool_spawn_failures,
         }
+    }
+
+    /// [`Metrics::new`] with the store's own counters registered.
+    pub fn with_store(store: &crate::store::Store) -> Self {
+        let mut metrics = Self::new();
+        metrics.registry.register(
+            "store_disk_syncs",
+            "File-system syncs that flushes made (--durability machine)",
+            store.disk_sync_counter(),
+        );
+        metrics
     }
 
     /// Counts a finished turn.

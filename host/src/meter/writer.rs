@@ -273,7 +273,7 @@ impl Drop for GoneOnExit {
 
 impl Writer {
     /// Applies what the journal holds (a crash's leftovers), then starts
-    /// the writer of `records` and `totals` in `db`.
+    /// the writer of `records` and `totals`, flushing through `store`.
     pub(crate) fn start(
         store: crate::store::Store,
         records: sled::Tree,
