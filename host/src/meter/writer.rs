@@ -615,7 +615,14 @@ fn log<'a>(shared: &'a Shared, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'
     while entries.peek().is_some() {
         let (seqs, row): (Vec<u64>, Vec<Entry>) = entries.by_ref().take(MAX_ROW).unzip();
         let key = seqs.last().copied().unwrap_or(stamp);
-        match shared.journal.insert(key.to_be_bytes(), encode_batch(&row)) {
+        // Through the store's journal: the turn's flush of its log makes
+        // the row durable with it.
+        let encoded = encode_batch(&row);
+        let inserted = shared
+            .store
+            .write()
+            .insert(&shared.journal, key.to_be_bytes(), encoded);
+        match inserted {
             Ok(_) => {
                 rows.push(key);
                 logged.extend(row);

@@ -262,7 +262,7 @@ impl LiveMap {
                 state.record.turn_running = false;
                 state.record.seq_reserved = envelope.seq;
                 self.store.put_session(&state.record)?;
-                self.store.flush().await
+                self.store.flush_log().await
             };
             written.await?;
         }

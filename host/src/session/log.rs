@@ -61,7 +61,7 @@ impl LiveSession {
         if state.record.turn_running && seq > state.record.seq_reserved {
             state.record.seq_reserved = seq + SEQ_BLOCK;
             store.put_session(&state.record)?;
-            store.flush().await?;
+            store.flush_log().await?;
         }
         let envelope = Arc::new(Envelope {
             event,

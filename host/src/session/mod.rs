@@ -446,7 +446,7 @@ impl Sessions {
         })?;
         let deliveries = self.notice_started(&record);
         self.store.create_session_notifying(&record, &deliveries)?;
-        self.store.flush().await?;
+        self.store.flush_log().await?;
         if !deliveries.is_empty() {
             self.wake_webhooks();
         }
@@ -504,7 +504,7 @@ impl Sessions {
         {
             let _state = live.state.lock().await;
             self.store.delete_session(id)?;
-            self.store.flush().await?;
+            self.store.flush_log().await?;
         }
         live.publish(Published::Failed(ErrorData {
             code: ErrorCode::SessionDeleted,

@@ -98,7 +98,7 @@ pub(super) async fn start(
         .await;
         let _ = finished_tx.send(summary);
     });
-    match sessions.store.flush().await {
+    match sessions.store.flush_log().await {
         Ok(()) => {
             let _ = durable_tx.send(true);
             Ok(StartedTurn { after, finished })
@@ -610,7 +610,7 @@ async fn finish(sessions: &Sessions, live: &LiveRef, ended: Ended) -> TurnSummar
         record.approved_tools = approved;
         store.put_session(record)?;
         // Nothing else to do until it is durable: flushed on this thread.
-        store.flush_here().await?;
+        store.flush_log_here().await?;
         Ok(envelope)
     }
     .await;

@@ -17,6 +17,7 @@
 //! Listing and readiness read the index trees and never the histories, so
 //! they cost the same with ten sessions as with a million histories.
 
+mod journal;
 mod records;
 mod sessions;
 
@@ -29,6 +30,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub(crate) use journal::JournalWrite;
 pub use records::{
     Participant, ParticipantType, Role, SessionRecord, SessionScope, TranscriptMessage,
 };
@@ -70,30 +72,60 @@ struct DurableFlush {
     disk: Option<Arc<std::fs::File>>,
     /// File-system syncs done (tests and `/metrics` see it happen).
     syncs: prometheus_client::metrics::counter::Counter,
+    /// The journal that makes the session log's writes survive the process
+    /// without a disk wait ([`Durability::Process`] only).
+    journal: Option<journal::Journal>,
+    /// How many journaled writes opening the store replayed.
+    replayed: u64,
 }
 
 impl DurableFlush {
+    /// Replays the journal a crash left (under [`Durability::Process`]).
     fn new(db: sled::Db, dir: &Path, durability: Durability) -> Result<Self, StoreError> {
-        let disk = match durability {
-            Durability::Process => None,
+        let (disk, journal, replayed) = match durability {
+            Durability::Process => {
+                let (journal, replayed) = journal::Journal::open(&db, dir)?;
+                (None, Some(journal), replayed)
+            }
+            // A journal a Process-durability run left is replayed all the
+            // same, and none is kept.
             Durability::Machine => {
-                Some(Arc::new(std::fs::File::open(dir).map_err(sled::Error::Io)?))
+                let (_, replayed) = journal::Journal::open(&db, dir)?;
+                let disk = Arc::new(std::fs::File::open(dir).map_err(sled::Error::Io)?);
+                (Some(disk), None, replayed)
             }
         };
         Ok(Self {
             db,
             disk,
             syncs: Default::default(),
+            journal,
+            replayed,
         })
     }
 
+    /// Makes every write so far durable (a checkpoint of the journal).
     fn flush(&self) -> Result<(), sled::Error> {
-        self.db.flush()?;
+        match &self.journal {
+            Some(journal) => journal.checkpoint()?,
+            None => {
+                self.db.flush()?;
+            }
+        }
         if let Some(dir) = &self.disk {
             rustix::fs::syncfs(dir.as_ref()).map_err(|e| sled::Error::Io(e.into()))?;
             self.syncs.inc();
         }
         Ok(())
+    }
+
+    /// Makes every journaled write so far durable: a journal commit, or
+    /// a full flush when there is no journal.
+    fn commit(&self) -> Result<(), sled::Error> {
+        match &self.journal {
+            Some(journal) => journal.commit(),
+            None => self.flush(),
+        }
     }
 }
 
@@ -413,6 +445,12 @@ impl Store {
         }
     }
 
+    /// How many journaled writes opening the store replayed (the writes a
+    /// killed process had acknowledged but sled had not flushed).
+    pub fn journal_replayed(&self) -> u64 {
+        self.durable.replayed
+    }
+
     /// How many file-system syncs flushes have made ([`Durability::Machine`]
     /// only; always 0 otherwise).
     pub fn disk_syncs(&self) -> u64 {
@@ -462,7 +500,49 @@ impl Store {
         self.flush_on(FlushThread::Caller).await
     }
 
-    async fn flush_on(&self, thread: FlushThread) -> Result<(), StoreError> {
+    /// Makes durable every write made through this store's own methods —
+    /// the session trees, the webhook outbox rows written with them — and
+    /// through [`Store::write`] (the meter's journal rows). Writes to any
+    /// other tree need [`Store::flush`].
+    ///
+    /// Under [`Durability::Process`] that is a commit of the store's
+    /// journal: one `write(2)` of the writes made since the last one, on
+    /// this thread, and no wait for the disk (`store/journal.rs` says why
+    /// that keeps the promise); it waits only when a checkpoint (sled's
+    /// flush, every few seconds) runs. Under [`Durability::Machine`] it is
+    /// [`Store::flush`].
+    pub async fn flush_log(&self) -> Result<(), StoreError> {
+        self.flush_log_on(FlushThread::BlockingPool).await
+    }
+
+    /// [`Store::flush_log`]; under [`Durability::Machine`],
+    /// [`Store::flush_here`].
+    pub async fn flush_log_here(&self) -> Result<(), StoreError> {
+        self.flush_log_on(FlushThread::Caller).await
+    }
+
+    async fn flush_log_on(&self, thread: FlushThread) -> Result<(), StoreError> {
+        if self.durable.journal.is_none() {
+            return self.flush_on(thread).await;
+        }
+        self.injected_flush_failure().await?;
+        Ok(self.durable.commit()?)
+    }
+
+    /// A write to sled whose operations the journal records (under
+    /// [`Durability::Process`]), so that [`Store::flush_log`] makes it
+    /// durable. Holds the journal's lock until dropped: make one write's
+    /// operations and drop it, calling no other method of the store.
+    pub(crate) fn write(&self) -> JournalWrite<'_> {
+        match &self.durable.journal {
+            Some(journal) => journal.begin(),
+            None => JournalWrite::unjournaled(),
+        }
+    }
+
+    /// A failure a test injected into the next flush (feature
+    /// `fault-injection`), after the delay it asked for.
+    async fn injected_flush_failure(&self) -> Result<(), StoreError> {
         if Faults::take(&self.faults.flushes) {
             let delay = self.faults.failing_flush_ms.load(Ordering::SeqCst);
             if delay > 0 {
@@ -470,6 +550,11 @@ impl Store {
             }
             return Err(StoreError::Injected);
         }
+        Ok(())
+    }
+
+    async fn flush_on(&self, thread: FlushThread) -> Result<(), StoreError> {
+        self.injected_flush_failure().await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let lead = {
             let mut group = self.flushes.lock();
@@ -528,9 +613,11 @@ impl Store {
         if Faults::take(&self.faults.event_writes) {
             return Err(StoreError::Injected);
         }
-        self.events.insert(
+        let value = encode(envelope)?;
+        self.write().insert(
+            &self.events,
             child_key(&envelope.session_id, envelope.seq),
-            encode(envelope)?,
+            value,
         )?;
         Ok(())
     }
@@ -550,26 +637,23 @@ impl Store {
         }
         let key = child_key(&envelope.session_id, envelope.seq);
         let value = encode(envelope)?;
-        self.with_outbox(&self.events, deliveries, |events| {
-            events.insert(key.as_slice(), value.as_slice())?;
-            Ok(())
-        })
+        self.with_outbox(&self.events, &key, &value, deliveries)
     }
 
-    /// Runs `write` on `tree` and writes `deliveries` to the webhook outbox,
-    /// in one transaction.
+    /// Inserts `key` → `value` into `tree` and writes `deliveries` to the
+    /// webhook outbox, in one transaction (journaled as one write).
     fn with_outbox(
         &self,
         tree: &sled::Tree,
+        key: &[u8],
+        value: &[u8],
         deliveries: &crate::webhooks::Prepared,
-        write: impl Fn(
-            &sled::transaction::TransactionalTree,
-        ) -> Result<(), sled::transaction::UnabortableTransactionError>,
     ) -> Result<(), StoreError> {
         use sled::Transactional;
+        let mut write = self.write();
         (tree, &self.outbox)
             .transaction(|(tree, outbox)| {
-                write(tree)?;
+                tree.insert(key, value)?;
                 deliveries.write_in(outbox)?;
                 Ok(())
             })
@@ -578,7 +662,12 @@ impl Store {
                 sled::transaction::TransactionError::Abort(()) => {
                     StoreError::from(sled::Error::Unsupported("transaction aborted".into()))
                 }
-            })
+            })?;
+        write.inserted(tree, key, value);
+        for (key, value) in deliveries.rows() {
+            write.inserted(&self.outbox, key, value);
+        }
+        Ok(())
     }
 
     /// The events with a sequence number above `after`, in order.
@@ -613,10 +702,11 @@ impl Store {
 
     /// Appends model messages to a session's history.
     pub fn append_history(&self, session: &str, messages: &[Value]) -> Result<(), StoreError> {
+        let encoded = messages.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+        let mut write = self.write();
         let first = last_index(&self.history, session)?.map_or(0, |last| last + 1);
-        for (index, message) in (first..).zip(messages) {
-            self.history
-                .insert(child_key(session, index), encode(message)?)?;
+        for (index, message) in (first..).zip(encoded) {
+            write.insert(&self.history, child_key(session, index), message)?;
         }
         Ok(())
     }
@@ -636,15 +726,17 @@ impl Store {
         session: &str,
         message: &TranscriptMessage,
     ) -> Result<u64, StoreError> {
+        let value = encode(message)?;
+        let mut write = self.write();
         let index = last_index(&self.transcript, session)?.map_or(0, |last| last + 1);
-        self.transcript
-            .insert(child_key(session, index), encode(message)?)?;
+        write.insert(&self.transcript, child_key(session, index), value)?;
         Ok(index)
     }
 
     /// Removes transcript message `index` (a turn that could not start).
     pub fn remove_message(&self, session: &str, index: u64) -> Result<(), StoreError> {
-        self.transcript.remove(child_key(session, index))?;
+        self.write()
+            .remove(&self.transcript, child_key(session, index))?;
         Ok(())
     }
 
@@ -668,13 +760,14 @@ impl Store {
     }
 
     /// Removes every row of `session` from a per-session tree.
-    fn clear(tree: &sled::Tree, session: &str) -> Result<(), StoreError> {
+    fn clear(&self, tree: &sled::Tree, session: &str) -> Result<(), StoreError> {
+        let mut write = self.write();
         let keys: Vec<sled::IVec> = tree
             .scan_prefix(prefix(session))
             .keys()
             .collect::<Result<_, _>>()?;
         for key in keys {
-            tree.remove(key)?;
+            write.remove(tree, key)?;
         }
         Ok(())
     }
@@ -701,7 +794,7 @@ impl Store {
                 .ok()
                 .flatten()
                 .is_some_and(|last| !last.event.ends_turn());
-            Self::clear(&self.history, &record.id)?;
+            self.clear(&self.history, &record.id)?;
             self.append_history(&record.id, &history)?;
             self.put_session(&record)?;
             self.index_session(&record)?;

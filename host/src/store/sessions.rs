@@ -58,27 +58,26 @@ impl Store {
         deliveries: &crate::webhooks::Prepared,
     ) -> Result<(), StoreError> {
         let value = encode(record)?;
-        self.with_outbox(&self.sessions, deliveries, |sessions| {
-            sessions.insert(record.id.as_bytes(), value.as_slice())?;
-            Ok(())
-        })?;
+        self.with_outbox(&self.sessions, record.id.as_bytes(), &value, deliveries)?;
         self.index_session(record)
     }
 
     /// Rewrites a session record.
     pub fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.sessions
-            .insert(record.id.as_bytes(), encode(record)?)?;
+        let value = encode(record)?;
+        self.write()
+            .insert(&self.sessions, record.id.as_bytes(), value)?;
         Ok(())
     }
 
     pub(super) fn index_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.by_time.insert(time_key(record), &[])?;
+        let mut write = self.write();
+        write.insert(&self.by_time, time_key(record), [])?;
         for (name, value) in &record.metadata {
-            self.by_meta.insert(meta_key(name, value, record), &[])?;
+            write.insert(&self.by_meta, meta_key(name, value, record), [])?;
         }
         for prefix in record.scope.iter().flat_map(|s| s.index_keys()) {
-            self.by_scope.insert(scope_key(prefix, record), &[])?;
+            write.insert(&self.by_scope, scope_key(prefix, record), [])?;
         }
         Ok(())
     }
@@ -104,8 +103,9 @@ impl Store {
             }
             record.scope = Some(scope.clone());
             self.put_session(&record)?;
+            let mut write = self.write();
             for prefix in scope.index_keys() {
-                self.by_scope.insert(scope_key(prefix, &record), &[])?;
+                write.insert(&self.by_scope, scope_key(prefix, &record), [])?;
             }
             adopted += 1;
         }
@@ -131,18 +131,19 @@ impl Store {
     /// transcript.
     pub fn delete_session(&self, id: &str) -> Result<(), StoreError> {
         if let Some(record) = self.session(id)? {
-            self.by_time.remove(time_key(&record))?;
+            let mut write = self.write();
+            write.remove(&self.by_time, time_key(&record))?;
             for (name, value) in &record.metadata {
-                self.by_meta.remove(meta_key(name, value, &record))?;
+                write.remove(&self.by_meta, meta_key(name, value, &record))?;
             }
             for prefix in record.scope.iter().flat_map(|s| s.index_keys()) {
-                self.by_scope.remove(scope_key(prefix, &record))?;
+                write.remove(&self.by_scope, scope_key(prefix, &record))?;
             }
         }
         for tree in [&self.events, &self.history, &self.transcript] {
-            Self::clear(tree, id)?;
+            self.clear(tree, id)?;
         }
-        self.sessions.remove(id.as_bytes())?;
+        self.write().remove(&self.sessions, id.as_bytes())?;
         Ok(())
     }
 

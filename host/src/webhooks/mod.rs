@@ -119,6 +119,11 @@ impl Prepared {
         Ok(self.rows.len())
     }
 
+    /// Its rows (outbox key, value), for the store's journal.
+    pub(crate) fn rows(&self) -> &[(Vec<u8>, Vec<u8>)] {
+        &self.rows
+    }
+
     /// How many deliveries it holds.
     pub fn len(&self) -> usize {
         self.rows.len()
