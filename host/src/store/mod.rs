@@ -12,6 +12,9 @@
 //! | `history` | session id, `0x00`, index (u64 BE) | a model message (Anthropic shape) |
 //! | `transcript` | session id, `0x00`, index (u64 BE) | [`TranscriptMessage`] JSON |
 //!
+//! Next to sled's files, `karta-journal-<generation>.log`: the write-ahead
+//! journal of the session log ([`Durability::Process`]; `journal.rs`).
+//!
 //! Big-endian integers make a prefix scan return a session's rows in order,
 //! and a session id (`[A-Za-z0-9_-]`) never contains the `0x00` separator.
 //! Listing and readiness read the index trees and never the histories, so
@@ -45,17 +48,20 @@ pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Durability {
     /// It survives the host process dying (`kill -9`, a panic, the OOM
-    /// killer): sled's flush writes its log through to the device with
-    /// `sync_file_range`, which neither flushes the device's cache nor
-    /// commits the file's size, and sled `fsync`s on its own only every
-    /// 500 ms; values over 128 KiB (sled's blobs) are written with no sync
-    /// at all. A crash of the machine or a power cut can lose what the last
-    /// ~0.5 s acknowledged. The default.
+    /// killer): the session log is journaled (`store/journal.rs`: a flush
+    /// of it is one `write(2)` into the kernel, which outlives the
+    /// process) and every other flush is sled's, which writes its log
+    /// through to the device with `sync_file_range` — neither flushes the
+    /// device's cache nor commits the file's size, and sled syncs its log
+    /// on its own every 500 ms; values over 128 KiB (sled's blobs) are
+    /// written with no sync at all. A crash of the machine or a power cut
+    /// can lose what the last ~0.5 s acknowledged. The default.
     #[default]
     Process,
-    /// It also survives the machine: every flush ends with a `syncfs` of
-    /// the data dir's file system, which makes sled's log, its blobs and
-    /// their directory entries stable and flushes the device's cache. One
+    /// It also survives the machine: no journal, and every flush (the
+    /// session log's too) ends with a `syncfs` of the data dir's file
+    /// system, which makes sled's log, its blobs and their directory
+    /// entries stable and flushes the device's cache. One
     /// more disk sync per flush (~1–1.5 ms on the project's machine: the
     /// built-in turn 1.9–2.5 → 3.9–5.8 ms, BENCHMARKS.md); it also writes
     /// out whatever else is dirty on that file system, so give the data dir
