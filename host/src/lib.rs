@@ -108,3 +108,30 @@ pub mod webhooks;
 pub use karta_harness::{Envelope, ErrorCode, Event, TurnStatus, Usage};
 
 pub use host::{Host, HostConfig, HostError};
+
+/// Helpers shared by the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Runs `test` (an `#[ignore]`d test of this binary, by its full path)
+    /// as a child process with `env` set, its stdout piped: a crash test's
+    /// writer, to be killed with `kill -9` while it writes.
+    pub(crate) fn spawn_test_child(
+        test: &str,
+        env: (&str, &std::path::Path),
+    ) -> std::process::Child {
+        let exe = std::env::current_exe().expect("test binary");
+        std::process::Command::new(exe)
+            .args([
+                test,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(env.0, env.1)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the child")
+    }
+}

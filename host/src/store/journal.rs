@@ -535,20 +535,10 @@ mod tests {
     #[test]
     fn a_logged_write_survives_kill_9_without_a_store_flush() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let exe = std::env::current_exe().expect("test binary");
-        let mut child = std::process::Command::new(&exe)
-            .args([
-                "store::journal::tests::journal_crash_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CRASH_DIR, dir.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn the child");
+        let mut child = crate::test_support::spawn_test_child(
+            "store::journal::tests::journal_crash_child",
+            (CRASH_DIR, dir.path()),
+        );
         let lines = std::io::BufReader::new(child.stdout.take().expect("stdout"));
         let mut acknowledged = Vec::new();
         for line in lines.lines() {

@@ -508,7 +508,7 @@ impl Store {
 
     /// Makes durable every write made through this store's own methods —
     /// the session trees, the webhook outbox rows written with them — and
-    /// through [`Store::write`] (the meter's journal rows). Writes to any
+    /// through `Store::write` (the meter's journal rows). Writes to any
     /// other tree need [`Store::flush`].
     ///
     /// Under [`Durability::Process`] that is a commit of the store's

@@ -154,22 +154,12 @@ fn crash_record(id: &str) -> UsageRecord {
 fn killed_mid_write_loses_no_acknowledged_record() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir");
-    let exe = std::env::current_exe().expect("test binary");
     let mut acknowledged = Vec::<String>::new();
     for round in 0..4u64 {
-        let mut child = std::process::Command::new(&exe)
-            .args([
-                "meter::tests::crash::crash_child_writer",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CRASH_DIR, dir.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn the child");
+        let mut child = crate::test_support::spawn_test_child(
+            "meter::tests::crash::crash_child_writer",
+            (CRASH_DIR, dir.path()),
+        );
         let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout"));
         // Kill after a number of acknowledgements that differs by round,
         // so the kill lands at different points of a burst.
