@@ -60,6 +60,10 @@ pub const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 /// next commit.
 pub const CHECKPOINT_AFTER: Duration = Duration::from_secs(2);
 
+/// Journaled writes this large are written out without waiting for a
+/// commit.
+const PENDING_LIMIT: usize = 1024 * 1024;
+
 const FILE_PREFIX: &str = "karta-journal-";
 const FILE_SUFFIX: &str = ".log";
 const INSERT: u8 = 1;
@@ -93,8 +97,9 @@ struct State {
     size: u64,
     /// When the current file got its first byte.
     started: Option<Instant>,
-    /// A checkpoint's sled flush failed: writes may be neither in a journal
-    /// file nor flushed, so no commit succeeds until a checkpoint does.
+    /// A checkpoint's sled flush, or a write of the journal outside a
+    /// commit, failed: writes may be neither in a journal file nor flushed,
+    /// so no commit succeeds until a checkpoint (with a new file) does.
     failed: bool,
 }
 
@@ -160,6 +165,21 @@ impl Drop for JournalWrite<'_> {
             state.pending.extend_from_slice(&len.to_le_bytes());
             state.pending.extend_from_slice(&crc.to_le_bytes());
             state.pending.extend_from_slice(frame);
+            // Writes that no commit follows (there are none on today's
+            // paths, but nothing forbids them) do not pile up in memory.
+            if state.pending.len() >= PENDING_LIMIT && !state.failed {
+                let state = &mut **state;
+                match state.file.write_all(&state.pending) {
+                    Ok(()) => {
+                        state.size += state.pending.len() as u64;
+                        state.pending.clear();
+                        state.started.get_or_insert_with(Instant::now);
+                    }
+                    // The next commit checkpoints instead (sled's flush
+                    // covers what the file may have lost).
+                    Err(_) => state.failed = true,
+                }
+            }
         }
     }
 }
@@ -240,7 +260,8 @@ impl Journal {
         let _no_checkpoint_runs = shared.lock_checkpoint();
         let mut state = shared.lock_state();
         if state.failed {
-            return shared.checkpoint_with(state, false);
+            // The current file may end in a torn frame: a new one.
+            return shared.checkpoint_with(state, true);
         }
         if state.pending.is_empty() {
             return Ok(());
@@ -619,6 +640,57 @@ mod tests {
         );
         let files = journal_files(dir.path()).expect("files");
         assert_eq!(files.iter().map(|f| f.0).collect::<Vec<_>>(), [10]);
+    }
+
+    /// A commit whose append fails (here: the file handle cannot write)
+    /// is acknowledged by a checkpoint instead — sled's flush, a new file,
+    /// the old one gone — and the journal goes on in the new file.
+    #[test]
+    fn a_failed_append_falls_back_to_a_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = runtime();
+        let store = Store::open(dir.path()).expect("open");
+        let journal = store.durable.journal.clone().expect("a journal");
+        store.create_session(&record("ses_1")).expect("create");
+        let generation = {
+            let mut state = journal.shared.lock_state();
+            let (_, path) = journal_files(dir.path()).expect("files").remove(0);
+            state.file = File::open(path).expect("a read-only handle");
+            state.generation
+        };
+        runtime
+            .block_on(store.flush_log())
+            .expect("acknowledged by the checkpoint");
+        {
+            let state = journal.shared.lock_state();
+            assert!(!state.failed);
+            assert_eq!(state.generation, generation + 1);
+        }
+        let files = journal_files(dir.path()).expect("files");
+        assert_eq!(
+            files.iter().map(|f| f.0).collect::<Vec<_>>(),
+            [generation + 1]
+        );
+        store.create_session(&record("ses_2")).expect("create");
+        runtime.block_on(store.flush_log()).expect("a commit again");
+        assert!(journal.size() > 0, "appended to the new file");
+    }
+
+    /// Journaled writes that no commit follows are written out once they
+    /// reach [`PENDING_LIMIT`], not kept in memory.
+    #[test]
+    fn uncommitted_writes_do_not_pile_up_in_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let journal = store.durable.journal.clone().expect("a journal");
+        let big = serde_json::json!({ "text": "x".repeat(64 * 1024) });
+        for i in 0..20 {
+            store
+                .append_history(&format!("ses_{i}"), std::slice::from_ref(&big))
+                .expect("history");
+        }
+        assert!(journal.size() >= PENDING_LIMIT as u64, "written out");
+        assert!(journal.shared.lock_state().pending.len() < PENDING_LIMIT);
     }
 
     /// A commit appends to the journal file; a full flush is a checkpoint
