@@ -93,7 +93,8 @@ enum Command {
     /// With no model key configured, turns run on the offline model (a
     /// deterministic development model; see docs/OFFLINE_MODEL.md). Without
     /// API keys the server runs in dev mode: one implicit org, no auth, so it
-    /// binds loopback addresses only.
+    /// binds loopback addresses only. Ctrl-C or SIGTERM stops it cleanly
+    /// (running turns cancelled and saved, the data dir closed).
     Serve(ServeArgs),
     /// Report what this machine can run: the harness binaries (Claude Code,
     /// OpenCode) and their versions, the jail features of the kernel, the
@@ -960,11 +961,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "karta: listening on http://{addr} (metrics at /metrics, the API described at /openapi.json)"
     );
-    let _ = tokio::signal::ctrl_c().await;
+    stop_signal().await;
     eprintln!("karta: shutting down (running turns are cancelled and saved)");
     let _ = std::fs::remove_file(&server_file);
     host.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM — what a service manager (systemd,
+/// a container runtime) sends to stop a service — so both shut the host
+/// down: turns cancelled and saved, the store closed.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Prints the published projects `karta serve` without a folder serves.

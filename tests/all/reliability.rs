@@ -583,3 +583,69 @@ async fn a_version_1_data_dir_is_read_forward() {
     );
     server.stop().await;
 }
+
+/// SIGTERM — how systemd or a container runtime stops a service — shuts
+/// `karta serve` down as Ctrl-C does: it exits 0 after saying so, the
+/// store is closed (its journal checkpointed away, nothing left to
+/// replay), and the next start finds the session and its turn. Before,
+/// SIGTERM killed the process outright.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_serve_down_cleanly() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut server = ServeProcess::start(app.path(), data.path(), &[], &[]);
+    let url = server.url.clone();
+    let (_, session) = send("POST", &format!("{url}/v1/sessions"), json!({})).await;
+    let id = session["id"].as_str().expect("id").to_owned();
+    let (status, _) = send(
+        "POST",
+        &format!("{url}/v1/sessions/{id}/messages"),
+        json!({ "text": "hello" }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let exit = tokio::task::spawn_blocking(move || {
+        let exit = server.terminate();
+        let said: Vec<String> = server.stderr.try_iter().collect();
+        (exit, said)
+    })
+    .await
+    .expect("task");
+    assert!(
+        exit.0.success(),
+        "exit status {:?}; stderr: {:#?}",
+        exit.0,
+        exit.1
+    );
+    assert!(
+        exit.1.iter().any(|l| l.contains("shutting down")),
+        "{:#?}",
+        exit.1
+    );
+    let journals: Vec<_> = std::fs::read_dir(data.path().join("db"))
+        .expect("the store's dir")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("karta-journal-")
+        })
+        .collect();
+    assert!(journals.is_empty(), "left to replay: {journals:?}");
+
+    let mut server = ServeProcess::start(app.path(), data.path(), &[], &[]);
+    let url = server.url.clone();
+    let (status, transcript) = send(
+        "GET",
+        &format!("{url}/v1/sessions/{id}/transcript"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        transcript["messages"].as_array().map(Vec::len),
+        Some(2),
+        "the message and its answer: {transcript}"
+    );
+    server.kill();
+}

@@ -219,6 +219,16 @@ impl ServeProcess {
         Self { child, url, stderr }
     }
 
+    /// SIGTERM (what a service manager sends); waits for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM sent");
+        self.child.wait().expect("karta serve exits")
+    }
+
     /// `kill -9`, and reaped.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
