@@ -428,17 +428,44 @@ async fn regression_issue8_sessions_leave_memory() {
     server.stop().await;
 }
 
+/// `karta serve` (a process) on the support bot with a new data dir, and
+/// a session made on it.
+struct ServedSession {
+    app: tempfile::TempDir,
+    data: tempfile::TempDir,
+    server: ServeProcess,
+    url: String,
+    id: String,
+}
+
+async fn served_session() -> ServedSession {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = ServeProcess::start(app.path(), data.path(), &[], &[]);
+    let url = server.url.clone();
+    let (_, session) = send("POST", &format!("{url}/v1/sessions"), json!({})).await;
+    let id = session["id"].as_str().expect("id").to_owned();
+    ServedSession {
+        app,
+        data,
+        server,
+        url,
+        id,
+    }
+}
+
 /// kill -9 in the middle of a turn; a client that reconnects with the last
 /// number it saw gets the `interrupted` end and then what follows, once
 /// each, and no number is ever given twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue8_after_kill_9_no_sequence_number_is_reused() {
-    let app = support_bot();
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut server = ServeProcess::start(app.path(), data.path(), &[], &[]);
-    let url = server.url.clone();
-    let (_, session) = send("POST", &format!("{url}/v1/sessions"), json!({})).await;
-    let id = session["id"].as_str().expect("id").to_owned();
+    let ServedSession {
+        app,
+        data,
+        mut server,
+        url,
+        id,
+    } = served_session().await;
     let seen = sse(
         "POST",
         &format!("{url}/v1/sessions/{id}/messages"),
@@ -591,12 +618,13 @@ async fn a_version_1_data_dir_is_read_forward() {
 /// SIGTERM killed the process outright.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_serve_down_cleanly() {
-    let app = support_bot();
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut server = ServeProcess::start(app.path(), data.path(), &[], &[]);
-    let url = server.url.clone();
-    let (_, session) = send("POST", &format!("{url}/v1/sessions"), json!({})).await;
-    let id = session["id"].as_str().expect("id").to_owned();
+    let ServedSession {
+        app,
+        data,
+        mut server,
+        url,
+        id,
+    } = served_session().await;
     let (status, _) = send(
         "POST",
         &format!("{url}/v1/sessions/{id}/messages"),
