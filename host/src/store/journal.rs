@@ -24,7 +24,7 @@
 //! making the commit's writes durable).
 //!
 //! **Recovery.** [`Journal::open`] replays every journal file left in the
-//! data dir, oldest first, into sled, flushes sled and deletes them — before
+//! store's directory, oldest first, into sled, flushes sled and deletes them — before
 //! the store reads anything. Replaying a write sled already had is harmless:
 //! the journal holds the final value of each write in the order they were
 //! made (a write and its journal entry happen under the same lock), so the
@@ -40,7 +40,8 @@
 //! there (an applied usage record counts once, a webhook is delivered at
 //! least once).
 //!
-//! **Format.** A file `karta-journal-<generation>.log` in the data dir, a
+//! **Format.** A file `karta-journal-<generation>.log` next to sled's files
+//! in the store's directory (`db/` of a host's data dir), a
 //! sequence of frames: payload length (u32 LE), CRC-32 of the payload (u32
 //! LE), payload. A payload is one store write's operations, each: kind
 //! (1 insert, 2 remove), tree name (u16 LE length, bytes), key (u32 LE
