@@ -11,7 +11,8 @@
 //!   Claude Code, with the provider as its upstream, so every model call goes
 //!   harness → Karta's gateway → provider, as in a deployment. A client POSTs
 //!   a message with `stream: true` to the HTTP API (a real socket,
-//!   `TCP_NODELAY` like curl) and reads the SSE stream; the time is from the
+//!   `TCP_NODELAY`, the connection driven in the timing task itself, like
+//!   curl) and reads the SSE stream; the time is from the
 //!   request to the complete `done` event, which Karta publishes only once
 //!   the turn is saved and flushed. The session's `claude` process is
 //!   already running (two untimed turns first).
@@ -73,17 +74,20 @@
 
 mod common;
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper_util::rt::TokioIo;
 use karta_host::app::HarnessKind;
 use karta_host::gateway::{Upstream, UpstreamKind};
 use karta_host::harness::HarnessBinaries;
@@ -91,6 +95,7 @@ use karta_host::session::Sessions;
 use karta_host::{Host, HostConfig};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 /// What every timed turn says (the offline model answers `You said: …`).
@@ -112,81 +117,133 @@ struct Timing {
     done: Duration,
 }
 
-/// A client of the Karta HTTP API, over one kept-alive loopback socket.
-#[derive(Clone)]
+/// A client of the Karta HTTP API on one kept-alive loopback socket, as
+/// `curl` is: hyper's HTTP/1 connection is driven in the caller's own task
+/// instead of a spawned dispatch task, so the request leaves and each frame
+/// reaches the timing code in the same wake-up that touches the socket, as
+/// the bare route writes and reads its pipes itself. (Until the fourteenth
+/// session the bench used hyper's pooled client, whose dispatch task put a
+/// hand-off between the timing task and the socket both ways.)
 struct ApiClient {
-    client: Client<HttpConnector, Full<Bytes>>,
-    base: String,
+    addr: SocketAddr,
+    sender: SendRequest<Full<Bytes>>,
+    connection: Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>,
 }
 
 impl ApiClient {
-    fn new(addr: std::net::SocketAddr) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+    async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connect to the API");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("an HTTP/1 connection");
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            base: format!("http://{addr}"),
+            addr,
+            sender,
+            connection: Box::pin(connection),
         }
     }
 
     fn post(&self, path: &str, body: &Value) -> hyper::Request<Full<Bytes>> {
-        hyper::Request::post(format!("{}{path}", self.base))
+        hyper::Request::post(path)
+            .header("host", self.addr.to_string())
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("a valid request")
     }
 
-    async fn create_session(&self) -> String {
-        let response = self
-            .client
-            .request(self.post("/v1/sessions", &json!({})))
-            .await
-            .expect("POST /v1/sessions");
-        assert!(response.status().is_success(), "{}", response.status());
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+    /// Runs `work` (which uses `sender`) while this task drives the
+    /// connection: the connection is polled before `work`, so bytes it reads
+    /// are there for `work` in the same poll, and after it, so a request
+    /// `work` queued is written at once.
+    async fn driving<T>(
+        connection: &mut Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>,
+        work: impl Future<Output = T>,
+    ) -> T {
+        let mut work = std::pin::pin!(work);
+        let mut drive = |cx: &mut Context<'_>| {
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                panic!("the API closed the connection: {result:?}");
+            }
+        };
+        std::future::poll_fn(|cx| {
+            drive(cx);
+            let polled = work.as_mut().poll(cx);
+            if polled.is_pending() {
+                drive(cx);
+            }
+            polled
+        })
+        .await
+    }
+
+    /// Sends `request` and reads its whole answer body, calling `frame`
+    /// with each data frame and the time since the request was sent.
+    async fn exchange(
+        &mut self,
+        request: hyper::Request<Full<Bytes>>,
+        mut frame: impl FnMut(&[u8], Duration),
+    ) -> hyper::StatusCode {
+        let Self {
+            sender, connection, ..
+        } = self;
+        Self::driving(connection, async {
+            sender.ready().await.expect("the connection is ready");
+            let started = Instant::now();
+            let response = sender.send_request(request).await.expect("an answer");
+            let status = response.status();
+            let mut body = response.into_body();
+            while let Some(next) = body.frame().await {
+                if let Ok(data) = next.expect("a body frame").into_data() {
+                    frame(&data, started.elapsed());
+                }
+            }
+            status
+        })
+        .await
+    }
+
+    async fn create_session(&mut self) -> String {
+        let request = self.post("/v1/sessions", &json!({}));
+        let mut bytes = Vec::new();
+        let status = self
+            .exchange(request, |data, _| bytes.extend_from_slice(data))
+            .await;
+        assert!(status.is_success(), "{status}");
         let session: Value = serde_json::from_slice(&bytes).expect("a JSON session");
         session["id"].as_str().expect("a session id").to_owned()
     }
 
     /// One streamed turn, timed from sending the request to the end of the
     /// `done` event. Reads the stream to its end (untimed).
-    async fn turn(&self, id: &str, text: &str) -> Timing {
+    async fn turn(&mut self, id: &str, text: &str) -> Timing {
         let request = self.post(
             &format!("/v1/sessions/{id}/messages"),
             &json!({ "text": text, "stream": true }),
         );
-        let started = Instant::now();
-        let response = self.client.request(request).await.expect("POST messages");
-        assert!(response.status().is_success(), "{}", response.status());
-        let mut body = response.into_body();
         let mut buffer = String::new();
         let mut first_text = None;
         let mut done = None;
-        while let Some(frame) = body.frame().await {
-            let Ok(data) = frame.expect("an SSE frame").into_data() else {
-                continue;
-            };
-            if done.is_some() {
-                continue;
-            }
-            buffer.push_str(&String::from_utf8_lossy(&data));
-            // Complete SSE events only: each ends with a blank line.
-            while let Some(end) = buffer.find("\n\n") {
-                let event: String = buffer.drain(..end + 2).collect();
-                let kind = event.lines().find_map(|l| l.strip_prefix("event: "));
-                match kind {
-                    Some("text") if first_text.is_none() => first_text = Some(started.elapsed()),
-                    Some("done") => done = Some(started.elapsed()),
-                    Some("error") => panic!("the turn failed: {event}"),
-                    _ => {}
+        let status = self
+            .exchange(request, |data, elapsed| {
+                if done.is_some() {
+                    return;
                 }
-            }
-        }
+                buffer.push_str(&String::from_utf8_lossy(data));
+                // Complete SSE events only: each ends with a blank line.
+                while let Some(end) = buffer.find("\n\n") {
+                    let event: String = buffer.drain(..end + 2).collect();
+                    let kind = event.lines().find_map(|l| l.strip_prefix("event: "));
+                    match kind {
+                        Some("text") if first_text.is_none() => first_text = Some(elapsed),
+                        Some("done") => done = Some(elapsed),
+                        Some("error") => panic!("the turn failed: {event}"),
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+        assert!(status.is_success(), "{status}");
         Timing {
             first_text: first_text.expect("the stream carried a text event"),
             done: done.expect("the stream carried a done event"),
@@ -519,7 +576,12 @@ impl Rig {
     /// A Karta session and a bare CLI started from its process's image
     /// (and with `breakdown` the other two routes' own), each warmed up by
     /// two untimed turns.
-    async fn start(api: ApiClient, sessions: Arc<Sessions>, ends: &Ends, breakdown: bool) -> Self {
+    async fn start(
+        mut api: ApiClient,
+        sessions: Arc<Sessions>,
+        ends: &Ends,
+        breakdown: bool,
+    ) -> Self {
         let id = api.create_session().await;
         api.turn(&id, "warm up").await;
         api.turn(&id, "warm up again").await;
@@ -577,7 +639,8 @@ impl Rig {
     /// live (their JIT, their heap), so one pair alone would read that as
     /// the host's overhead, or hide some of it.
     async fn renew(&mut self, ends: &Ends, breakdown: bool) {
-        let fresh = Rig::start(self.api.clone(), self.sessions.clone(), ends, breakdown).await;
+        let api = ApiClient::connect(self.api.addr).await;
+        let fresh = Rig::start(api, self.sessions.clone(), ends, breakdown).await;
         std::mem::replace(self, fresh).stop().await;
     }
 
@@ -753,7 +816,7 @@ fn bench(c: &mut Criterion) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let api = ApiClient::new(host.spawn_api(listener).await.expect("the API serves"));
+        let api = ApiClient::connect(host.spawn_api(listener).await.expect("the API serves")).await;
         let mut rig = Rig::start(api, host.sessions().clone(), &ends, breakdown).await;
         // A third untimed turn on every route (so their conversations stay
         // alike), counting the model calls of a warm one.

@@ -241,8 +241,16 @@ impl SafeDir {
     /// Creates `path` and its parents if missing (the host's own path),
     /// then opens it like [`SafeDir::open`].
     pub fn create(path: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(path)?;
-        Self::open(path)
+        // Opened first: it exists on every call but the first, and
+        // `create_dir_all` would look it up once more (a system call on
+        // the path to every process-harness turn).
+        match Self::open(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(path)?;
+                Self::open(path)
+            }
+            opened => opened,
+        }
     }
 
     /// Opens an app folder: links are followed while they stay inside it.

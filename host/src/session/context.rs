@@ -142,7 +142,10 @@ impl Sessions {
                 .copy_into(&workspace)
                 .map_err(|e| format!("cannot copy the app's files into the workspace: {e}"))?;
         }
-        for dir in [&state, &home] {
+        // Made on the first turn (and an end user's shared home on their
+        // first); after that, nothing to look up on the path to the harness.
+        let missing = |dir: &PathBuf| fresh || (*dir != state && !dir.is_dir());
+        for dir in [&state, &home].into_iter().filter(|dir| missing(dir)) {
             private_dir(dir).map_err(|e| format!("cannot make the session's home: {e}"))?;
         }
         Ok(self.harness_session(id, workspace, home, credentials, tools))

@@ -101,6 +101,12 @@ pub(super) async fn start(
     match sessions.store.flush_log().await {
         Ok(()) => {
             let _ = durable_tx.send(true);
+            // The turn's task waits in this worker's LIFO slot (where no
+            // other worker can take it) until this task yields: without
+            // this, it ran only after the caller had subscribed and built
+            // its answer (~0.1 ms on the path to the harness). The
+            // subscription replays from `after`, so nothing is missed.
+            tokio::task::yield_now().await;
             Ok(StartedTurn { after, finished })
         }
         Err(e) => {
