@@ -57,6 +57,13 @@
 //! `karta_turn_host_seconds` metric (means over every Karta turn of the
 //! run): message accepted → harness handed the turn, and harness returned
 //! → `done` published. Those do not carry `claude`'s run-to-run spread.
+//! Then, for each Karta route, every timed turn as the host timed it
+//! (`karta_turn_duration_seconds` and `karta_turn_host_seconds`, read
+//! before and after it): its start, the harness (turn handed over →
+//! `result` line read, which is `claude`'s own time plus the adapter's) and
+//! its end, what lies outside the host's turn (the client's `done` minus
+//! it: the API's request on its way in, the last frame on its way out),
+//! and the harness's per-round difference from the bare turn.
 //!
 //! A filter that skips criterion (`cargo bench --bench overhead -- zzz`)
 //! runs the interleaved rounds alone.
@@ -66,6 +73,14 @@
 //! driven through `Sessions::send` / `subscribe`: no HTTP API) and
 //! `overhead/bare_cli_via_karta_gateway` (a second bare CLI pointed at
 //! Karta's own gateway with the session's key: the gateway hop alone).
+//!
+//! With `KARTA_OVERHEAD_JAIL=0` the host runs its `claude` processes
+//! unjailed (`karta serve --no-jail`), to tell what the jail costs a turn
+//! from what the host's own steps cost. With `KARTA_OVERHEAD_BARE_BURN_US=N`
+//! each timed bare turn also keeps one more thread of this process busy for
+//! N µs from the `user` line on (about the host's CPU a turn, beside
+//! `claude`), to see what CPU spent beside `claude` costs its turn on this
+//! machine.
 //!
 //! Skipped, with a line saying so, when the `claude` binary is not installed.
 
@@ -343,6 +358,18 @@ struct BareCli {
     scratch: tempfile::TempDir,
 }
 
+/// `KARTA_OVERHEAD_BARE_BURN_US`, if set (see the module docs).
+fn bare_burn() -> Option<Duration> {
+    static BURN: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *BURN.get_or_init(|| {
+        std::env::var("KARTA_OVERHEAD_BARE_BURN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_micros)
+            .filter(|burn| !burn.is_zero())
+    })
+}
+
 impl BareCli {
     /// Starts `claude` as `image` shows it, talking to `base_url` with
     /// `api_key`, in copies of its `HOME` and working directory; waits for
@@ -486,6 +513,14 @@ impl BareCli {
         line.push(b'\n');
         let started = Instant::now();
         self.write(&line).await;
+        if let Some(burn) = bare_burn() {
+            std::thread::spawn(move || {
+                let until = Instant::now() + burn;
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            });
+        }
         let mut first_text = None;
         loop {
             let value = self.next_value().await;
@@ -759,6 +794,55 @@ struct Interleaved {
     claude_cpu_to_idle: Vec<Duration>,
     /// The other routes' `claude` processes, idle meanwhile (or not).
     idle_claude_cpu: Vec<Duration>,
+    /// Karta routes: the turn as the host timed it (message accepted →
+    /// terminal event published, `karta_turn_duration_seconds`) and its
+    /// own two parts of it (`karta_turn_host_seconds`), seconds.
+    host: Vec<HostSums>,
+}
+
+/// The sums of the host's turn metrics: the whole turn, its start part and
+/// its end part, seconds. The difference across one turn is that turn's.
+#[derive(Debug, Default, Clone, Copy)]
+struct HostSums {
+    turn: f64,
+    start: f64,
+    end: f64,
+}
+
+impl HostSums {
+    fn read(sessions: &Sessions) -> Self {
+        let metrics = sessions.metrics().render();
+        let value = |series: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(series)?
+                        .strip_prefix(' ')?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0.0)
+        };
+        let phase = |phase: &str| {
+            value(&format!(
+                "karta_turn_host_seconds_sum{{harness=\"claude_code\",phase=\"{phase}\"}}"
+            ))
+        };
+        Self {
+            turn: value("karta_turn_duration_seconds_sum{harness=\"claude_code\"}"),
+            start: phase("start"),
+            end: phase("end"),
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            turn: self.turn - before.turn,
+            start: self.start - before.start,
+            end: self.end - before.end,
+        }
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -767,6 +851,7 @@ fn bench(c: &mut Criterion) {
         return;
     };
     let breakdown = std::env::var("KARTA_OVERHEAD_BREAKDOWN").is_ok_and(|v| v == "1");
+    let jailed = !std::env::var("KARTA_OVERHEAD_JAIL").is_ok_and(|v| v == "0");
     let rounds: usize = std::env::var("KARTA_OVERHEAD_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -802,6 +887,9 @@ fn bench(c: &mut Criterion) {
             api_key: provider_key.clone(),
             org_key: false,
         });
+        if !jailed {
+            config.jail = None;
+        }
         Host::start(config).await.expect("host starts")
     });
     let model_calls = || provider.usage("provider").requests;
@@ -885,6 +973,7 @@ fn bench(c: &mut Criterion) {
                     .collect();
                 let others_cpu = || others.iter().map(|p| cpu_time(*p)).sum::<Duration>();
                 rig.settle().await;
+                let host_before = HostSums::read(&rig.sessions);
                 let before = (cpu_time(own), cpu_time(claude), others_cpu());
                 let timing = rig.turn(route).await;
                 let entry = &mut interleaved[route.index()];
@@ -900,6 +989,9 @@ fn bench(c: &mut Criterion) {
                 entry
                     .claude_cpu_to_idle
                     .push(cpu_time(claude).saturating_sub(before.1));
+                entry
+                    .host
+                    .push(HostSums::read(&rig.sessions).since(host_before));
             }
         }
     });
@@ -1019,6 +1111,42 @@ fn bench(c: &mut Criterion) {
         phase("start"),
         phase("end"),
     );
+
+    // Each Karta turn as the host timed it, against what its client saw
+    // and against the bare CLI's turn of the same round: where a gap sits
+    // (in the host's steps, in the harness, or outside the host's turn:
+    // the API's request and the stream's last frame).
+    for &route in routes
+        .iter()
+        .filter(|r| matches!(r, Route::Karta | Route::InProcess))
+    {
+        let entry = &interleaved[route.index()];
+        let ms_of = |f: fn(&HostSums) -> f64| -> Vec<f64> {
+            entry.host.iter().map(|h| f(h) * 1e3).collect()
+        };
+        let harness = ms_of(|h| h.turn - h.start - h.end);
+        let outside: Vec<f64> = entry
+            .timings
+            .iter()
+            .zip(&entry.host)
+            .map(|(t, h)| ms(t.done) - h.turn * 1e3)
+            .collect();
+        let harness_over_bare: Vec<f64> = harness
+            .iter()
+            .zip(&interleaved[Route::Bare.index()].timings)
+            .map(|(h, bare)| h - ms(bare.done))
+            .collect();
+        println!(
+            "  {}: the host's turn {:.2} ms = start {:.2} + harness {:.2} + end {:.2} (medians); outside it (client's done - host's turn) {:.2} ms; harness - bare done (per round) {:+.2} ms",
+            route.name(),
+            median(ms_of(|h| h.turn)),
+            median(ms_of(|h| h.start)),
+            median(harness),
+            median(ms_of(|h| h.end)),
+            median(outside),
+            median(harness_over_bare),
+        );
+    }
 
     // The same differences by pair of `claude` processes.
     let (karta, bare) = (
