@@ -80,7 +80,11 @@
 //! each timed bare turn also keeps one more thread of this process busy for
 //! N µs from the `user` line on (about the host's CPU a turn, beside
 //! `claude`), to see what CPU spent beside `claude` costs its turn on this
-//! machine.
+//! machine. With `KARTA_OVERHEAD_BARE_HOME=fresh` each bare CLI starts from
+//! a new `HOME` holding only what the host writes before a session's first
+//! spawn (the MCP configuration, a first `.claude.json`), as Karta's own
+//! `claude` did, instead of a copy of that `claude`'s `HOME` after its first
+//! turns (its caches, transcripts and state).
 //!
 //! Skipped, with a line saying so, when the `claude` binary is not installed.
 
@@ -358,6 +362,11 @@ struct BareCli {
     scratch: tempfile::TempDir,
 }
 
+/// `KARTA_OVERHEAD_BARE_HOME=fresh` (see the module docs).
+fn fresh_bare_home() -> bool {
+    std::env::var("KARTA_OVERHEAD_BARE_HOME").is_ok_and(|v| v == "fresh")
+}
+
 /// `KARTA_OVERHEAD_BARE_BURN_US`, if set (see the module docs).
 fn bare_burn() -> Option<Duration> {
     static BURN: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
@@ -382,7 +391,28 @@ impl BareCli {
         // turns.
         let old_home = image.var("HOME").to_owned();
         let new_home = scratch.path().join("home");
-        copy_tree(Path::new(&old_home), &new_home);
+        if fresh_bare_home() {
+            // Only what the host writes before a session's first spawn: the
+            // MCP configuration, `.claude.json` (rewritten below) and `tmp`.
+            std::fs::create_dir_all(new_home.join("tmp")).expect("mkdir");
+            for entry in std::fs::read_dir(&old_home)
+                .expect("the session's HOME")
+                .flatten()
+            {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("karta-") {
+                    std::fs::copy(entry.path(), new_home.join(&*name)).expect("copy");
+                }
+            }
+            let first = json!({
+                "hasCompletedOnboarding": true,
+                "projects": { image.cwd.display().to_string(): { "hasTrustDialogAccepted": true } },
+            });
+            std::fs::write(new_home.join(".claude.json"), first.to_string()).expect("write");
+        } else {
+            copy_tree(Path::new(&old_home), &new_home);
+        }
         let new_home = new_home.display().to_string();
         let old_cwd = image.cwd.display().to_string();
         let new_cwd = scratch.path().join("workspace");
