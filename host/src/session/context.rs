@@ -142,8 +142,9 @@ impl Sessions {
                 .copy_into(&workspace)
                 .map_err(|e| format!("cannot copy the app's files into the workspace: {e}"))?;
         }
-        // Made on the first turn (and an end user's shared home on their
-        // first); after that, nothing to look up on the path to the harness.
+        // Made on the session's first turn. An end user's shared home may
+        // be another session's to make, so it is checked (one `stat`) on
+        // every turn; the session's own state dir is not looked up again.
         let missing = |dir: &PathBuf| fresh || (*dir != state && !dir.is_dir());
         for dir in [&state, &home].into_iter().filter(|dir| missing(dir)) {
             private_dir(dir).map_err(|e| format!("cannot make the session's home: {e}"))?;
