@@ -64,6 +64,12 @@
 //! its end, what lies outside the host's turn (the client's `done` minus
 //! it: the API's request on its way in, the last frame on its way out),
 //! and the harness's per-round difference from the bare turn.
+//! Last, every route's turn split at its model call, by the provider's
+//! clock (a middleware on the provider stamps each request's arrival and
+//! its answer): the way to the model (the host's start, `claude` building
+//! its request, the gateway's hop in), the provider's own time, and the
+//! way back (the answer through the gateway, `claude` reading it, the
+//! host's end), each with its per-round difference from the bare turn.
 //!
 //! A filter that skips criterion (`cargo bench --bench overhead -- zzz`)
 //! runs the interleaved rounds alone.
@@ -828,6 +834,9 @@ struct Interleaved {
     /// terminal event published, `karta_turn_duration_seconds`) and its
     /// own two parts of it (`karta_turn_host_seconds`), seconds.
     host: Vec<HostSums>,
+    /// The turn's model call as the provider saw it (the last one, when a
+    /// turn made more than one).
+    model_call: Vec<Option<ModelCallTiming>>,
 }
 
 /// The sums of the host's turn metrics: the whole turn, its start part and
@@ -875,6 +884,49 @@ impl HostSums {
     }
 }
 
+/// When the provider received each model request (its head) and when its
+/// answer was ready: it splits a timed turn into the way to the model, the
+/// model, and the way back, on one clock for every route.
+#[derive(Clone, Default)]
+struct ProviderClock(Arc<std::sync::Mutex<Vec<(Instant, Instant)>>>);
+
+impl ProviderClock {
+    /// `router` with every request it answers stamped on this clock.
+    fn around(&self, router: axum::Router) -> axum::Router {
+        let clock = self.clone();
+        router.layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let clock = clock.clone();
+                async move {
+                    let arrived = Instant::now();
+                    let response = next.run(request).await;
+                    clock.lock().push((arrived, Instant::now()));
+                    response
+                }
+            },
+        ))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Instant, Instant)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The calls stamped since the last `take`.
+    fn take(&self) -> Vec<(Instant, Instant)> {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+/// A timed turn's one model call, from the turn's start: when the request
+/// reached the provider and when the provider's answer was ready.
+#[derive(Debug, Clone, Copy)]
+struct ModelCallTiming {
+    arrived: Duration,
+    answered: Duration,
+}
+
 fn bench(c: &mut Criterion) {
     let Some(claude) = claude_binary() else {
         println!("overhead: claude is not installed (scripts/install-harnesses.sh); skipped");
@@ -902,7 +954,20 @@ fn bench(c: &mut Criterion) {
     let data = tempfile::tempdir().expect("tempdir");
 
     // The provider, and a Karta host whose gateway forwards to it.
-    let (provider, provider_key, provider_url, provider_server) = common::offline_provider(&rt);
+    let provider = karta_host::gateway::Gateway::standalone(None);
+    let provider_key = provider.credentials().for_session("provider").gateway_key;
+    let provider_clock = ProviderClock::default();
+    let (provider_url, provider_server) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("the provider's address");
+        let router = provider_clock.around(provider.router());
+        (
+            format!("http://{addr}"),
+            karta_host::listen::spawn_server("provider", listener, router),
+        )
+    });
     let host = rt.block_on(async {
         let mut config = HostConfig::new(app.path());
         config.data_dir = data.path().to_path_buf();
@@ -1005,9 +1070,20 @@ fn bench(c: &mut Criterion) {
                 rig.settle().await;
                 let host_before = HostSums::read(&rig.sessions);
                 let before = (cpu_time(own), cpu_time(claude), others_cpu());
+                provider_clock.take();
+                let begun = Instant::now();
                 let timing = rig.turn(route).await;
+                let model_call =
+                    provider_clock
+                        .take()
+                        .last()
+                        .map(|(arrived, answered)| ModelCallTiming {
+                            arrived: arrived.duration_since(begun),
+                            answered: answered.duration_since(begun),
+                        });
                 let entry = &mut interleaved[route.index()];
                 entry.timings.push(timing);
+                entry.model_call.push(model_call);
                 entry.own_cpu.push(cpu_time(own).saturating_sub(before.0));
                 entry
                     .claude_cpu
@@ -1175,6 +1251,60 @@ fn bench(c: &mut Criterion) {
             median(ms_of(|h| h.end)),
             median(outside),
             median(harness_over_bare),
+        );
+    }
+
+    // Each route's turn split at its model call, as the provider saw it:
+    // the way to the model (the host's start, the harness building its
+    // request, the gateway's hop in), the provider's own time, and the way
+    // back (the gateway's hop out, the harness reading the answer, the
+    // host's end). The per-round differences from the bare turn say which
+    // side of the model call a gap sits on.
+    let split = |route: Route| -> Vec<Option<[f64; 3]>> {
+        let entry = &interleaved[route.index()];
+        entry
+            .timings
+            .iter()
+            .zip(&entry.model_call)
+            .map(|(timing, call)| {
+                call.map(|c| {
+                    [
+                        ms(c.arrived),
+                        ms(c.answered) - ms(c.arrived),
+                        ms(timing.done) - ms(c.answered),
+                    ]
+                })
+            })
+            .collect()
+    };
+    let bare_split = split(Route::Bare);
+    for &route in &routes {
+        let parts = split(route);
+        let part = |i: usize| median(parts.iter().flatten().map(|p| p[i]).collect());
+        let over_bare = |i: usize| {
+            let differences: Vec<f64> = parts
+                .iter()
+                .zip(&bare_split)
+                .filter_map(|(a, b)| Some(a.as_ref()?[i] - b.as_ref()?[i]))
+                .collect();
+            if route == Route::Bare || differences.is_empty() {
+                String::new()
+            } else {
+                format!(" ({:+.2} ms over bare)", median(differences))
+            }
+        };
+        if parts.iter().flatten().next().is_none() {
+            continue;
+        }
+        println!(
+            "  {}: to the model {:.2} ms{}, at the provider {:.2} ms{}, back to done {:.2} ms{} (medians; per-round differences)",
+            route.name(),
+            part(0),
+            over_bare(0),
+            part(1),
+            over_bare(1),
+            part(2),
+            over_bare(2),
         );
     }
 

@@ -269,7 +269,7 @@ impl Host {
             ledger.clone(),
         )));
         let (gateway_url, gateway_server) = gateway
-            .serve(loopback_listener().await?)
+            .serve_harnesses(loopback_listener().await?)
             .map_err(HostError::Gateway)?;
         // The MCP server harness processes reach, on a loopback port of its
         // own (like the gateway: the only two ways out of a harness).
@@ -295,11 +295,12 @@ impl Host {
         };
         let projects =
             Arc::new(Projects::new(shared, auth, releases, byok, dev_app.as_deref()).await?);
-        let mcp_server = crate::listen::spawn_server(
+        let mcp_server = crate::listen::spawn_way_out(
             "MCP server",
             mcp_listener,
             crate::mcp::router(projects.clone()),
-        );
+        )
+        .map_err(HostError::Gateway)?;
         let sweeper = {
             let projects = Arc::downgrade(&projects);
             tokio::spawn(async move {

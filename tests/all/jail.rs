@@ -429,3 +429,68 @@ async fn regression_issue9_links_planted_for_tmp_and_shm_are_not_bound() {
     assert!(f.home.join(".shm/from-shm").is_file());
     assert!(outside.join("secret.txt").is_file());
 }
+
+/// A server that answers each connection's first line with `answer`.
+async fn answering(listener: tokio::net::TcpListener, answer: &'static str) {
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(answer_once(stream, answer));
+        }
+    });
+}
+
+async fn answer_once(stream: tokio::net::TcpStream, answer: &'static str) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stream = tokio::io::BufReader::new(stream);
+    let mut line = String::new();
+    if stream.read_line(&mut line).await.is_ok() {
+        let _ = stream.get_mut().write_all(answer.as_bytes()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_way_out_served_in_process_takes_the_jails_connections_without_the_relay() {
+    if !crate::support::can_jail("the jail") {
+        return;
+    }
+    let f = fixture();
+    // The host's listener on the port: what the relay reaches.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    answering(listener, "relayed\n").await;
+    let script = format!(
+        r#"
+        exec 3<>/dev/tcp/127.0.0.1/{port} || exit 1
+        echo ping >&3
+        read -r line <&3
+        echo "got:$line"
+        "#
+    );
+    let spawn = jailed_shell(&f, &script, vec![port], JailLimits::default());
+
+    // Claimed: the connection the jail makes is the one handed over.
+    let (connections, mut handed) = tokio::sync::mpsc::unbounded_channel();
+    let claim = karta_harness::jail::net::serve_in_process(port, connections);
+    let server = tokio::spawn(async move {
+        let mut served = 0;
+        while let Some(stream) = handed.recv().await {
+            answer_once(stream, "in-process\n").await;
+            served += 1;
+        }
+        served
+    });
+    let (lines, _process) = output_of(&spawn).await;
+    assert_eq!(lines, ["got:in-process"]);
+
+    // Released: the port is relayed again.
+    drop(claim);
+    let (lines, _process) = output_of(&spawn).await;
+    assert_eq!(lines, ["got:relayed"]);
+    assert_eq!(
+        server.await.expect("the in-process server"),
+        1,
+        "one connection was handed over, and the channel closed with the claim"
+    );
+}

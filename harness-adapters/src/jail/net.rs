@@ -20,13 +20,87 @@
 //! in, relayed by a helper process inside): listeners made in the
 //! namespace by the host need no helper process, no socket files in the
 //! jail's tree, and one copy less.
+//!
+//! A server of this very process — the host's gateway and MCP server —
+//! can take the jail's connections itself ([`serve_in_process`]): a
+//! connection accepted on the namespace's listener for its port is handed
+//! to it as it is, with no second connection to the host's loopback and no
+//! copy between the two. That is the path every model call of a jailed
+//! harness takes (each request carries the whole conversation, ~100 KiB
+//! for a warm Claude Code turn), so the relay's hop is gone from it. A
+//! port no server of this process claims is relayed as before.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
+
+/// The servers of this process that take jails' connections to their
+/// loopback port themselves, by port. A port identifies one server: no two
+/// listeners of the machine share `127.0.0.1:<port>`.
+static IN_PROCESS: Mutex<Option<HashMap<u16, UnboundedSender<TcpStream>>>> = Mutex::new(None);
+
+fn in_process() -> MutexGuard<'static, Option<HashMap<u16, UnboundedSender<TcpStream>>>> {
+    IN_PROCESS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Hands every connection a jail makes to `127.0.0.1:<port>` to
+/// `connections`, from now until the returned registration is dropped,
+/// instead of relaying it to this machine's `127.0.0.1:<port>`.
+///
+/// `port` must be that of a listener this process serves `connections`
+/// beside (the host's `listen::spawn_way_out` does both): a jail reaches
+/// exactly what it reached through the relay,
+/// only without the hop. Connections come as the namespace accepted them;
+/// the server sets its own socket options. When the receiving end is gone,
+/// connections are relayed again.
+pub fn serve_in_process(port: u16, connections: UnboundedSender<TcpStream>) -> InProcessPort {
+    in_process()
+        .get_or_insert_with(HashMap::new)
+        .insert(port, connections.clone());
+    InProcessPort { port, connections }
+}
+
+/// A port served in this process ([`serve_in_process`]); dropping it
+/// returns the port to the relay.
+#[derive(Debug)]
+pub struct InProcessPort {
+    port: u16,
+    connections: UnboundedSender<TcpStream>,
+}
+
+impl Drop for InProcessPort {
+    fn drop(&mut self) {
+        let mut servers = in_process();
+        let Some(servers) = servers.as_mut() else {
+            return;
+        };
+        // Only this registration's own entry: a later server on a reused
+        // port keeps its own.
+        if servers
+            .get(&self.port)
+            .is_some_and(|s| s.same_channel(&self.connections))
+        {
+            servers.remove(&self.port);
+        }
+    }
+}
+
+/// Hands `stream` to the server of this process on `port`, if one takes
+/// it; otherwise gives it back.
+fn hand_in_process(port: u16, stream: TcpStream) -> Result<(), TcpStream> {
+    let server = in_process()
+        .as_ref()
+        .and_then(|servers| servers.get(&port).cloned());
+    match server {
+        Some(server) => server.send(stream).map_err(|refused| refused.0),
+        None => Err(stream),
+    }
+}
 
 /// A jail's network namespace and the relays serving it.
 pub struct JailNetwork {
@@ -65,7 +139,9 @@ impl JailNetwork {
             listener.set_nonblocking(true)?;
             let listener = TcpListener::from_std(listener)?;
             let target = SocketAddr::from((Ipv4Addr::LOCALHOST, *port));
-            relays.spawn(relay(listener, move || TcpStream::connect(target)));
+            relays.spawn(relay(listener, Some(*port), move || {
+                TcpStream::connect(target)
+            }));
         }
         let mut exposed = Vec::new();
         for port in expose {
@@ -75,7 +151,7 @@ impl JailNetwork {
             let host_port = listener.local_addr()?.port();
             let namespace = namespace.clone();
             let target = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port));
-            relays.spawn(relay(listener, move || {
+            relays.spawn(relay(listener, None, move || {
                 let namespace = namespace.clone();
                 async move { connect_inside(namespace, target).await }
             }));
@@ -136,18 +212,26 @@ async fn connect_inside(namespace: Arc<OwnedFd>, target: SocketAddr) -> std::io:
     TcpSocket::from_std_stream(socket).connect(target).await
 }
 
-/// Accepts on `listener` forever, relaying each connection to a stream from
-/// `connect`.
-async fn relay<F, Fut>(listener: TcpListener, connect: F)
+/// Accepts on `listener` forever, handing each connection to the server
+/// of this process that serves `in_process_port` ([`serve_in_process`]),
+/// else relaying it to a stream from `connect`.
+async fn relay<F, Fut>(listener: TcpListener, in_process_port: Option<u16>, connect: F)
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = std::io::Result<TcpStream>> + Send + 'static,
 {
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else {
+        let Ok((inbound, _)) = listener.accept().await else {
             // Out of descriptors, most likely: back off rather than spin.
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
+        };
+        let mut inbound = match in_process_port {
+            Some(port) => match hand_in_process(port, inbound) {
+                Ok(()) => continue,
+                Err(inbound) => inbound,
+            },
+            None => inbound,
         };
         let outbound = connect();
         tokio::spawn(async move {

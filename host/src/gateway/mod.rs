@@ -344,6 +344,18 @@ impl Gateway {
         Ok((format!("http://{addr}"), task))
     }
 
+    /// [`Gateway::serve`] as a harness's way out: jailed harness processes'
+    /// connections to it are also taken in-process, without the jail's
+    /// relay ([`crate::listen::spawn_way_out`]).
+    pub fn serve_harnesses(
+        &self,
+        listener: tokio::net::TcpListener,
+    ) -> std::io::Result<(String, ServerTask)> {
+        let addr = listener.local_addr()?;
+        let task = crate::listen::spawn_way_out("model gateway", listener, self.router())?;
+        Ok((format!("http://{addr}"), task))
+    }
+
     fn key_holder(&self, headers: &HeaderMap) -> Option<KeyHolder> {
         let key = headers
             .get("x-api-key")
