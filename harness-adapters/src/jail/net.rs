@@ -54,10 +54,10 @@ fn in_process() -> MutexGuard<'static, Option<HashMap<u16, UnboundedSender<TcpSt
 ///
 /// `port` must be that of a listener this process serves `connections`
 /// beside (the host's `listen::spawn_way_out` does both): a jail reaches
-/// exactly what it reached through the relay,
-/// only without the hop. Connections come as the namespace accepted them;
-/// the server sets its own socket options. When the receiving end is gone,
-/// connections are relayed again.
+/// exactly what it reached through the relay, only without the hop.
+/// Connections come as the namespace accepted them; the server sets its
+/// own socket options. When the receiving end is gone, connections are
+/// relayed again.
 pub fn serve_in_process(port: u16, connections: UnboundedSender<TcpStream>) -> InProcessPort {
     in_process()
         .get_or_insert_with(HashMap::new)
