@@ -954,20 +954,9 @@ fn bench(c: &mut Criterion) {
     let data = tempfile::tempdir().expect("tempdir");
 
     // The provider, and a Karta host whose gateway forwards to it.
-    let provider = karta_host::gateway::Gateway::standalone(None);
-    let provider_key = provider.credentials().for_session("provider").gateway_key;
     let provider_clock = ProviderClock::default();
-    let (provider_url, provider_server) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("the provider's address");
-        let router = provider_clock.around(provider.router());
-        (
-            format!("http://{addr}"),
-            karta_host::listen::spawn_server("provider", listener, router),
-        )
-    });
+    let (provider, provider_key, provider_url, provider_server) =
+        common::offline_provider_around(&rt, |router| provider_clock.around(router));
     let host = rt.block_on(async {
         let mut config = HostConfig::new(app.path());
         config.data_dir = data.path().to_path_buf();

@@ -27,13 +27,30 @@ pub fn offline_provider(
     String,
     karta_host::listen::ServerTask,
 ) {
+    offline_provider_around(rt, |router| router)
+}
+
+/// [`offline_provider`] with its router wrapped by `wrap` (a bench's own
+/// middleware, e.g. one that stamps each call).
+pub fn offline_provider_around(
+    rt: &tokio::runtime::Runtime,
+    wrap: impl FnOnce(axum::Router) -> axum::Router,
+) -> (
+    karta_host::gateway::Gateway,
+    String,
+    String,
+    karta_host::listen::ServerTask,
+) {
     let provider = karta_host::gateway::Gateway::standalone(None);
     let key = provider.credentials().for_session("provider").gateway_key;
     let (url, server) = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        provider.serve(listener).expect("the provider serves")
+        let addr = listener.local_addr().expect("the provider's address");
+        let server =
+            karta_host::listen::spawn_server("provider", listener, wrap(provider.router()));
+        (format!("http://{addr}"), server)
     });
     (provider, key, url, server)
 }
