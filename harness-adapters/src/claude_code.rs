@@ -58,9 +58,10 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{ChildStdin, ChildStdout};
 
+use crate::lines::{BoundedLines, Line};
 use crate::model_stream::{AnthropicEvent, AnthropicMessage, AnthropicUsage, StreamDelta};
 use crate::process::{HarnessProcess, JailLimits, JailSpec, Spawn, session_env};
 use crate::safe_fs::SafeDir;
@@ -127,7 +128,7 @@ pub struct ClaudeCodeHarness {
 struct ClaudeProcess {
     process: HarnessProcess,
     stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
+    lines: BoundedLines<ChildStdout>,
     last_used: Instant,
     /// Whether `system/init` was reported (once per process).
     announced: bool,
@@ -302,7 +303,7 @@ impl ClaudeCodeHarness {
         let mut claude = ClaudeProcess {
             process,
             stdin,
-            lines: BufReader::with_capacity(64 * 1024, stdout).lines(),
+            lines: BoundedLines::new(stdout, 64 * 1024, MAX_LINE_BYTES),
             last_used: Instant::now(),
             announced: false,
             agent: request.agent.clone(),
@@ -745,16 +746,18 @@ impl ClaudeProcess {
     async fn next_line(&mut self) -> Result<Value, TurnFailure> {
         loop {
             let line = match self.lines.next_line().await {
-                Ok(Some(line)) => line,
+                Ok(Some(Line::Text(line))) => line,
+                // Not kept: the line would grow the host, outside the
+                // jail's memory limit. The turn fails and the process goes.
+                Ok(Some(Line::TooLong { .. })) => {
+                    return Err(TurnFailure::harness(format!(
+                        "claude wrote a line longer than {} MiB",
+                        MAX_LINE_BYTES >> 20
+                    )));
+                }
                 Ok(None) => return Err(self.died("claude exited")),
                 Err(e) => return Err(self.died(&format!("cannot read claude's output: {e}"))),
             };
-            if line.len() > MAX_LINE_BYTES {
-                return Err(TurnFailure::harness(format!(
-                    "claude wrote a line of {} bytes",
-                    line.len()
-                )));
-            }
             let trimmed = line.trim();
             if trimmed.is_empty() {
                 continue;

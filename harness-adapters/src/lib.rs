@@ -26,6 +26,7 @@ pub mod claude_code;
 mod events;
 pub mod http;
 pub mod jail;
+mod lines;
 pub mod model_stream;
 pub mod opencode;
 pub mod process;

@@ -59,10 +59,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::http::HttpClient;
+use crate::lines::{BoundedLines, Line};
 use crate::process::{HarnessProcess, JailLimits, JailSpec, Spawn, session_env};
 use crate::safe_fs::SafeDir;
 use crate::slots::{
@@ -109,6 +109,10 @@ fn start_lock(home: &Path) -> Arc<tokio::sync::Mutex<()>> {
 
 /// How long a new server may take to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest line of opencode's stdout kept (its log lines, and the one
+/// saying where it listens); longer ones are skipped.
+const MAX_LOG_LINE_BYTES: usize = 64 * 1024;
 
 /// How long a pooled server's warm-up exchange may take.
 const WARM_UP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -355,10 +359,13 @@ impl OpencodeHarness {
         let Some(stdout) = process.child.stdout.take() else {
             return Err(TurnFailure::harness("opencode has no stdout"));
         };
-        let mut lines = BufReader::new(stdout).lines();
+        // Bounded: what a jailed process writes is read into the host.
+        let mut lines = BoundedLines::new(stdout, 8 * 1024, MAX_LOG_LINE_BYTES);
         let listening = tokio::time::timeout(START_TIMEOUT, async {
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some((_, url)) = line.split_once("listening on ") {
+                if let Line::Text(line) = line
+                    && let Some((_, url)) = line.split_once("listening on ")
+                {
                     return Some(url.trim().trim_end_matches('/').to_owned());
                 }
             }
@@ -388,7 +395,9 @@ impl OpencodeHarness {
         // Keep draining its stdout, so it never blocks on a full pipe.
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                tracing::debug!(target: "karta_harness::opencode", "{line}");
+                if let Line::Text(line) = line {
+                    tracing::debug!(target: "karta_harness::opencode", "{line}");
+                }
             }
         });
         let (tx, events) = mpsc::unbounded_channel();

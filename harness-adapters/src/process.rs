@@ -20,8 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::process::{Child, Command};
+
+use crate::lines::{BoundedLines, Line};
 
 /// The most stderr kept per process, for error messages.
 const STDERR_TAIL_BYTES: usize = 8 * 1024;
@@ -229,8 +231,12 @@ fn die_with_host(command: &mut Command) {
 }
 
 async fn keep_tail(stream: impl AsyncRead + Unpin, tail: Arc<Mutex<String>>) {
-    let mut lines = BufReader::new(stream).lines();
+    let mut lines = BoundedLines::new(stream, 8 * 1024, STDERR_TAIL_BYTES);
     while let Ok(Some(line)) = lines.next_line().await {
+        let line = match line {
+            Line::Text(line) => line,
+            Line::TooLong { at_least } => format!("[a line of more than {at_least} bytes, cut]"),
+        };
         tracing::debug!(target: "karta_harness::process", "{line}");
         if let Ok(mut tail) = tail.lock() {
             tail.push_str(&line);

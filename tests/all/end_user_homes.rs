@@ -330,3 +330,47 @@ async fn claude_code_sessions_of_one_end_user_resume_their_own_conversations() {
 async fn opencode_sessions_of_one_end_user_resume_their_own_conversations() {
     two_sessions_of_one_end_user_resume_their_own_conversations(HarnessKind::Opencode).await;
 }
+
+/// A harness's output is read into the host, outside the jail's memory
+/// limit: a `claude` that writes hundreds of MiB on stdout and stderr with
+/// no newline, then hangs, must fail its turn once a line passes the
+/// adapter's limit — not have the host buffer the line while it waits for
+/// a newline that never comes (the turn used to hang, holding all of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_claude_flooding_one_endless_line_fails_its_turn_unbuffered() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let bin = tempfile::tempdir().expect("tempdir");
+    let program = bin.path().join("claude");
+    std::fs::write(
+        &program,
+        "#!/bin/sh\nhead -c 67108864 /dev/zero | tr '\\0' e >&2\n\
+         head -c 209715200 /dev/zero | tr '\\0' o\nexec sleep 600\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let host = start_on(app.path(), data.path(), |config| {
+        config.harness = Some(HarnessKind::ClaudeCode);
+        config.harness_binaries = HarnessBinaries {
+            claude: Some(program),
+            opencode: None,
+        };
+        config.jail = None;
+    })
+    .await;
+    let sessions = host.sessions().clone();
+    let id = create(&sessions, None).await;
+    let summary = tokio::time::timeout(Duration::from_secs(60), say(&sessions, &id, "hi"))
+        .await
+        .expect("the turn fails once the line passes the limit, without waiting for its end");
+    assert_eq!(summary.status, TurnStatus::Error, "{}", summary.text);
+    assert!(
+        summary
+            .text
+            .contains("claude wrote a line longer than 16 MiB"),
+        "{}",
+        summary.text
+    );
+    drop(sessions);
+    host.shutdown().await;
+}
