@@ -35,9 +35,9 @@
 //!
 //! After the criterion group it prints the median of every turn criterion
 //! timed on each path and the difference, then runs `KARTA_OVERHEAD_ROUNDS`
-//! (default 200) interleaved rounds — one turn of each path per round, the
+//! (default 800) interleaved rounds — one turn of each path per round, the
 //! order rotating, so the shared machine's drift hits both alike — over
-//! `KARTA_OVERHEAD_PROCESSES` (default 5) pairs of `claude` processes: every
+//! `KARTA_OVERHEAD_PROCESSES` (default 20) pairs of `claude` processes: every
 //! so many rounds a new Karta session and a new bare CLI (from that
 //! session's process image) replace the old, warmed by two untimed turns.
 //! Two `claude`s started alike differ by a millisecond or more a turn for
@@ -45,10 +45,16 @@
 //! host's. It prints the medians, the median of the per-round differences
 //! over all pairs (Karta minus bare; the headline figure, written with the
 //! medians to `target/bench-results/overhead.json` for
-//! `scripts/bench.sh`), the same per pair, and the CPU time per turn of this
-//! process (provider, client, and for Karta the host) and of each `claude`
-//! — during the timed turn, and until that `claude` is idle again. The
-//! second is the one to compare between routes: a `claude` works on after
+//! `scripts/bench.sh`), the same per pair, and over the pairs: the median
+//! and mean of their differences with its standard error — the pairs are
+//! the samples that say how sure the figure is (a pair's own difference
+//! moves by one to several ms, so the five pairs this used to run left a
+//! 2 ms goal to chance; see BENCHMARKS.md). It prints the CPU time per
+//! turn of this process (provider, client, and for Karta the host; also
+//! by thread: tokio workers, sled's I/O threads, the meter's writer, the
+//! main thread that is the client) and of each `claude` — during the
+//! timed turn, and until that `claude` is idle again. The second is the
+//! one to compare between routes: a `claude` works on after
 //! its `result` line, and Karta's `done` comes later than the bare CLI's
 //! `result`, so more of that work falls inside Karta's timed turn.
 //! Each timed turn adds one exchange to its own conversation, so the
@@ -99,6 +105,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -790,6 +797,30 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_nanos(nanos)
 }
 
+/// This process's CPU time by thread name (digits dropped, so
+/// `sled-io-3` counts as `sled-io-`): which part of the process — the
+/// tokio workers (host and provider), sled's I/O threads, the meter's
+/// writer, the main thread (the client) — did the work.
+fn cpu_by_thread(pid: u32) -> BTreeMap<String, Duration> {
+    let mut out = BTreeMap::<String, Duration>::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let name = name.trim().trim_end_matches(|c: char| c.is_ascii_digit());
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        let nanos = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        *out.entry(name.to_owned()).or_default() += Duration::from_nanos(nanos);
+    }
+    out
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -821,6 +852,8 @@ struct Interleaved {
     timings: Vec<Timing>,
     /// This process: the provider, the client, and for Karta the host.
     own_cpu: Vec<Duration>,
+    /// The same, summed over the route's turns by thread name.
+    own_cpu_by_thread: BTreeMap<String, Duration>,
     /// The route's `claude` process, during the timed turn.
     claude_cpu: Vec<Duration>,
     /// The route's `claude` process, from the turn's start until it is
@@ -937,12 +970,12 @@ fn bench(c: &mut Criterion) {
     let rounds: usize = std::env::var("KARTA_OVERHEAD_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200)
+        .unwrap_or(800)
         .max(1);
     let pairs: usize = std::env::var("KARTA_OVERHEAD_PROCESSES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
+        .unwrap_or(20)
         .clamp(1, rounds);
     let per_pair = rounds.div_ceil(pairs);
     let routes: Vec<Route> = Route::ALL
@@ -1059,6 +1092,7 @@ fn bench(c: &mut Criterion) {
                 rig.settle().await;
                 let host_before = HostSums::read(&rig.sessions);
                 let before = (cpu_time(own), cpu_time(claude), others_cpu());
+                let threads_before = cpu_by_thread(own);
                 provider_clock.take();
                 let begun = Instant::now();
                 let timing = rig.turn(route).await;
@@ -1074,6 +1108,10 @@ fn bench(c: &mut Criterion) {
                 entry.timings.push(timing);
                 entry.model_call.push(model_call);
                 entry.own_cpu.push(cpu_time(own).saturating_sub(before.0));
+                for (name, cpu) in cpu_by_thread(own) {
+                    let was = threads_before.get(&name).copied().unwrap_or_default();
+                    *entry.own_cpu_by_thread.entry(name).or_default() += cpu.saturating_sub(was);
+                }
                 entry
                     .claude_cpu
                     .push(cpu_time(claude).saturating_sub(before.1));
@@ -1146,6 +1184,22 @@ fn bench(c: &mut Criterion) {
             median(entry.claude_cpu.iter().copied().map(ms).collect()),
             median(entry.claude_cpu_to_idle.iter().copied().map(ms).collect()),
             median(entry.idle_claude_cpu.iter().copied().map(ms).collect()),
+        );
+    }
+    // Where this process's CPU went, by thread.
+    for &route in &routes {
+        let entry = &interleaved[route.index()];
+        let turns = entry.timings.len().max(1) as f64;
+        let threads: Vec<String> = entry
+            .own_cpu_by_thread
+            .iter()
+            .filter(|(_, cpu)| ms(**cpu) / turns >= 0.005)
+            .map(|(name, cpu)| format!("{name} {:.2}", ms(*cpu) / turns))
+            .collect();
+        println!(
+            "  {}: own CPU by thread, ms per turn (means): {}",
+            route.name(),
+            threads.join(", ")
         );
     }
     // Per-round differences against the bare CLI.
@@ -1310,8 +1364,13 @@ fn bench(c: &mut Criterion) {
         each(&karta.timings, |t| t.first_text),
         each(&bare.timings, |t| t.first_text),
     );
+    let mut pair_done = Vec::new();
     for (pair, from) in (0..rounds).step_by(per_pair).enumerate() {
         let to = (from + per_pair).min(rounds);
+        pair_done.push(median_difference(
+            &karta_done[from..to],
+            &bare_done[from..to],
+        ));
         println!(
             "  pair {} of claude processes, {} rounds: karta - bare: first text {:+.2} ms, done {:+.2} ms; claude CPU to idle {:+.2} ms (karta {:.2} ms, bare {:.2} ms)",
             pair + 1,
@@ -1326,6 +1385,30 @@ fn bench(c: &mut Criterion) {
             median(bare_done[from..to].iter().copied().map(ms).collect()),
         );
     }
+    // Each pair carries its own persistent difference (two `claude`s started
+    // alike differ for as long as they live): the pairs are the samples
+    // that say how sure the figure is.
+    let pair_count = pair_done.len() as f64;
+    let pair_mean = pair_done.iter().sum::<f64>() / pair_count;
+    let pair_sd = if pair_done.len() > 1 {
+        (pair_done
+            .iter()
+            .map(|d| (d - pair_mean).powi(2))
+            .sum::<f64>()
+            / (pair_count - 1.0))
+            .sqrt()
+    } else {
+        f64::NAN
+    };
+    let pair_se = pair_sd / pair_count.sqrt();
+    println!(
+        "  over the {} pairs: done difference median {:+.2} ms, mean {:+.2} ms ± {:.2} ms (standard error; pairs' SD {:.2} ms)",
+        pair_done.len(),
+        median(pair_done.clone()),
+        pair_mean,
+        pair_se,
+        pair_sd,
+    );
     common::write_results(
         "overhead",
         &[
@@ -1334,6 +1417,8 @@ fn bench(c: &mut Criterion) {
                 median_difference(&karta_done, &bare_done),
                 "ms",
             ),
+            ("done_over_bare_pair_mean".into(), pair_mean, "ms"),
+            ("done_over_bare_pair_se".into(), pair_se, "ms"),
             (
                 "first_text_over_bare_p50".into(),
                 median_difference(&karta_first, &bare_first),
