@@ -410,20 +410,9 @@ impl ClaudeCodeHarness {
         }
         claude.send(&user_line(&request.text)).await?;
         loop {
-            let line = match claude.next_output().await? {
-                Output::StreamEvent(event) => {
-                    turn.stream_event(event, cx)?;
-                    continue;
-                }
-                Output::Line(line) => line,
-            };
+            let line = claude.next_line().await?;
             match line["type"].as_str() {
-                Some("stream_event") => {
-                    tracing::debug!(
-                        "claude sent a stream event that is not Anthropic's: {}",
-                        line["event"]
-                    );
-                }
+                Some("stream_event") => turn.stream_event(&line["event"], cx)?,
                 Some("assistant") => turn.assistant(&line, cx, claude.process.cpu_time()),
                 Some("user") => turn.tool_results(&line, cx, claude.process.cpu_time()),
                 Some("control_request") => {
@@ -753,19 +742,8 @@ impl ClaudeProcess {
         written.map_err(|e| self.died(&format!("cannot write to claude: {e}")))
     }
 
-    /// The next JSON line that is not a stream event; the process ending
-    /// is an error. (For the exchanges around a turn: the start, the
-    /// warm-up, a status request.)
-    async fn next_line(&mut self) -> Result<Value, TurnFailure> {
-        loop {
-            if let Output::Line(line) = self.next_output().await? {
-                return Ok(line);
-            }
-        }
-    }
-
     /// The next JSON line; the process ending is an error.
-    async fn next_output(&mut self) -> Result<Output, TurnFailure> {
+    async fn next_line(&mut self) -> Result<Value, TurnFailure> {
         loop {
             let line = match self.lines.next_line().await {
                 Ok(Some(Line::Text(line))) => line,
@@ -784,11 +762,11 @@ impl ClaudeProcess {
             if trimmed.is_empty() {
                 continue;
             }
-            match Output::parse(trimmed) {
-                Some(output) => return Ok(output),
+            match serde_json::from_str(trimmed) {
+                Ok(value) => return Ok(value),
                 // Claude Code writes only JSON here; anything else is noise
                 // worth a log line, not a failed turn.
-                None => tracing::debug!("claude wrote a non-JSON line: {trimmed}"),
+                Err(_) => tracing::debug!("claude wrote a non-JSON line: {trimmed}"),
             }
         }
     }
@@ -805,43 +783,6 @@ impl ClaudeProcess {
         }
         TurnFailure::harness(message)
     }
-}
-
-/// One line of `claude`'s output.
-enum Output {
-    /// A `stream_event` line's event (most of a turn's lines).
-    StreamEvent(AnthropicEvent),
-    /// Any other line.
-    Line(Value),
-}
-
-impl Output {
-    /// One output line, `None` if it is not JSON. Most of a turn's lines
-    /// are stream events: those are read straight into their type (two
-    /// passes over a few hundred bytes, no `Value` of the line — the
-    /// host's CPU during a turn competes with `claude`'s own).
-    fn parse(line: &str) -> Option<Output> {
-        if let Ok(LineKind { kind: Some(kind) }) = serde_json::from_str(line)
-            && kind == "stream_event"
-            && let Ok(StreamEventLine { event }) = serde_json::from_str(line)
-        {
-            return Some(Output::StreamEvent(event));
-        }
-        serde_json::from_str(line).ok().map(Output::Line)
-    }
-}
-
-/// A line's `type`, read without building the rest of it.
-#[derive(Deserialize)]
-struct LineKind<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// A `stream_event` line, read for its event alone.
-#[derive(Deserialize)]
-struct StreamEventLine {
-    event: AnthropicEvent,
 }
 
 /// What one turn has seen so far.
@@ -882,11 +823,11 @@ impl TurnState {
 
     /// A raw Anthropic streaming event (partial messages): deltas become
     /// `text` / `reasoning`, a message's start and end become its step.
-    fn stream_event(
-        &mut self,
-        event: AnthropicEvent,
-        cx: &TurnContext<'_>,
-    ) -> Result<(), TurnFailure> {
+    fn stream_event(&mut self, event: &Value, cx: &TurnContext<'_>) -> Result<(), TurnFailure> {
+        let Ok(event) = AnthropicEvent::deserialize(event) else {
+            tracing::debug!("claude sent a stream event that is not Anthropic's: {event}");
+            return Ok(());
+        };
         let starts = matches!(event, AnthropicEvent::MessageStart { .. });
         let finishes = matches!(event, AnthropicEvent::MessageDelta { .. });
         if starts {
@@ -1115,40 +1056,6 @@ impl Harness for ClaudeCodeHarness {
             }
             Err(claude) => Err(Prestarted::new(claude)),
         }
-    }
-}
-
-#[cfg(test)]
-mod output_tests {
-    use super::*;
-
-    #[test]
-    fn stream_events_are_read_into_their_type_and_other_lines_into_values() {
-        let delta = r#"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"h\u00e9"}},"session_id":"s","parent_tool_use_id":null,"uuid":"u"}"#;
-        match Output::parse(delta) {
-            Some(Output::StreamEvent(AnthropicEvent::ContentBlockDelta { index: 0, delta })) => {
-                assert!(format!("{delta:?}").contains("hé"), "{delta:?}");
-            }
-            other => panic!("expected a typed delta, got {:?}", other.map(|_| ())),
-        }
-        // An event type this reader does not use is `Other` (skipped), as
-        // before; one that is not Anthropic's stays a line (the turn logs
-        // and skips it); so do every other line and a `type` given twice.
-        assert!(matches!(
-            Output::parse(r#"{"type":"stream_event","event":{"type":"something_new"}}"#),
-            Some(Output::StreamEvent(AnthropicEvent::Other))
-        ));
-        for line in [
-            r#"{"type":"stream_event","event":{"type":"content_block_delta"}}"#,
-            r#"{"type":"result","subtype":"success","result":"hi"}"#,
-            r#"{"type":"stream_event","type":"result"}"#,
-        ] {
-            assert!(
-                matches!(Output::parse(line), Some(Output::Line(_))),
-                "{line}"
-            );
-        }
-        assert!(Output::parse("not json").is_none());
     }
 }
 
