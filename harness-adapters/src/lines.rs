@@ -8,6 +8,9 @@
 //! reported as [`Line::TooLong`] as soon as it passes `max` (so a reader
 //! that treats it as fatal stops at once), and the next read skips the rest
 //! of it (so a reader that only drains the pipe goes on to the next line).
+//! (tokio-util's `LinesCodec::new_with_max_length` has the same limit, but
+//! a `FramedRead` ends at the decoder's first error, and a drain that ends
+//! leaves the pipe to fill.)
 //!
 //! Bytes that are not UTF-8 are replaced (`U+FFFD`), not an error: a drain
 //! that stopped at the first bad byte would leave the pipe full and the
