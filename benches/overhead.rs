@@ -781,20 +781,7 @@ const SETTLE_MAX: Duration = Duration::from_millis(500);
 /// The CPU time all threads of `pid` have run so far
 /// (`/proc/<pid>/task/*/schedstat`, nanoseconds).
 fn cpu_time(pid: u32) -> Duration {
-    let mut nanos = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        nanos += stat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Duration::from_nanos(nanos)
+    tasks(pid).map(|task| task_cpu(&task)).sum()
 }
 
 /// This process's CPU time by thread name (digits dropped, so
@@ -803,22 +790,32 @@ fn cpu_time(pid: u32) -> Duration {
 /// writer, the main thread (the client) — did the work.
 fn cpu_by_thread(pid: u32) -> BTreeMap<String, Duration> {
     let mut out = BTreeMap::<String, Duration>::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+    for task in tasks(pid) {
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let name = name.trim().trim_end_matches(|c: char| c.is_ascii_digit());
+        *out.entry(name.to_owned()).or_default() += task_cpu(&task);
+    }
+    out
+}
+
+/// The `/proc` directories of `pid`'s threads.
+fn tasks(pid: u32) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
         .flatten()
         .flatten()
-    {
-        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let name = name.trim().trim_end_matches(|c: char| c.is_ascii_digit());
-        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        let nanos = stat
-            .split_whitespace()
+        .map(|task| task.path())
+}
+
+/// One thread's time on a CPU (`schedstat`'s first field).
+fn task_cpu(task: &Path) -> Duration {
+    let stat = std::fs::read_to_string(task.join("schedstat")).unwrap_or_default();
+    Duration::from_nanos(
+        stat.split_whitespace()
             .next()
             .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        *out.entry(name.to_owned()).or_default() += Duration::from_nanos(nanos);
-    }
-    out
+            .unwrap_or(0),
+    )
 }
 
 fn ms(d: Duration) -> f64 {

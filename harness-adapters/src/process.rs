@@ -351,6 +351,20 @@ pub fn base_env(home: &Path, program: &Path) -> BTreeMap<String, String> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn an_endless_stderr_line_is_cut_and_the_tail_goes_on() {
+        let mut stderr = vec![b'e'; 1 << 20];
+        stderr.extend_from_slice(b"\nits last words\n");
+        let tail = Arc::new(Mutex::new(String::new()));
+        keep_tail(&stderr[..], tail.clone()).await;
+        let tail = tail.lock().expect("tail").clone();
+        assert!(tail.len() <= STDERR_TAIL_BYTES, "{} bytes kept", tail.len());
+        assert!(
+            tail.starts_with("[a line of more than ") && tail.ends_with(", cut]\nits last words\n"),
+            "{tail}"
+        );
+    }
+
     #[test]
     fn an_app_cannot_redirect_a_harness_through_its_env() {
         let env: BTreeMap<String, String> = [
