@@ -264,6 +264,44 @@ async fn the_same_attacks_succeed_without_the_jail() {
     );
 }
 
+/// A descriptor the host holds without close-on-exec — one its own parent
+/// passed down (a supervisor's socket, a shell's pipe, cargo's jobserver)
+/// — must not reach a jailed process, which could otherwise read or write
+/// whatever it names, outside every rule of the jail. Here: a file of the
+/// data dir, open for reading and writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_descriptor_the_host_inherited_does_not_reach_the_jail() {
+    if !crate::support::can_jail("the jail") {
+        return;
+    }
+    let f = fixture();
+    let inherited = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&f.data_secret)
+        .expect("open");
+    rustix::io::fcntl_setfd(&inherited, rustix::io::FdFlags::empty()).expect("clear FD_CLOEXEC");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&inherited);
+    let script = format!(
+        r#"
+        [ -e /proc/self/fd/{fd} ] && echo HOLDS_THE_DESCRIPTOR
+        grep -q store <&{fd} 2>/dev/null && echo READ_THROUGH_IT
+        echo planted >&{fd} 2>/dev/null && echo WROTE_THROUGH_IT
+        echo DONE
+        "#
+    );
+    let spawn = jailed_shell(&f, &script, Vec::new(), JailLimits::default());
+    let (lines, mut process) = output_of(&spawn).await;
+    let status = process.child.wait().await.expect("wait");
+    assert!(status.success(), "{status}: {}", process.stderr_tail());
+    assert_eq!(lines, ["DONE"], "stderr: {}", process.stderr_tail());
+    drop(inherited);
+    assert_eq!(
+        std::fs::read_to_string(&f.data_secret).expect("read"),
+        "the store"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_issue9_a_fork_bomb_stops_at_the_process_limit() {
     if !crate::support::can_jail("the jail") {

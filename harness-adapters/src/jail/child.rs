@@ -37,7 +37,14 @@
 //! 10. **no_new_privs**, then **Landlock** (writes only to the session's
 //!     trees, TCP only to the relayed ports) — it must come after the
 //!     mounts, which a Landlock domain forbids;
-//! 11. **seccomp** last: the steps above use calls it denies.
+//! 11. **close-on-exec on every descriptor but stdin, stdout and stderr**
+//!     (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`): the host opens its own
+//!     with close-on-exec, but what its parent passed down without it (a
+//!     supervisor's socket, a shell's pipe, a jobserver) would otherwise
+//!     reach the harness, which could read or write what they name
+//!     outside every rule above. Marked rather than closed, so the report
+//!     pipe still works until `exec`;
+//! 12. **seccomp** last: the steps above use calls it denies.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -92,6 +99,8 @@ pub enum Step {
     Landlock,
     /// Installing the seccomp filters.
     Seccomp,
+    /// Marking every descriptor above stderr close-on-exec.
+    Descriptors,
 }
 
 impl Step {
@@ -119,6 +128,7 @@ impl Step {
             NoNewPrivileges,
             Landlock,
             Seccomp,
+            Descriptors,
         ]
         .into_iter()
         .find(|s| *s as u8 == n)
@@ -147,6 +157,7 @@ impl Step {
             Step::NoNewPrivileges => "setting no_new_privs",
             Step::Landlock => "enforcing the Landlock ruleset",
             Step::Seccomp => "installing the seccomp filter",
+            Step::Descriptors => "marking inherited descriptors close-on-exec",
         }
     }
 }
@@ -323,7 +334,14 @@ fn enter(plan: &ChildPlan) -> std::io::Result<()> {
             Err(_) => return Err(fail(report, Step::Landlock, libc::EPERM)),
         }
     }
-    // 11. Seccomp.
+    // 11. Nothing but stdin, stdout and stderr survives the `exec`.
+    // SAFETY: marks this process's own descriptors; none is closed.
+    let marked =
+        unsafe { libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) };
+    if marked != 0 {
+        return Err(fail(report, Step::Descriptors, last_errno()));
+    }
+    // 12. Seccomp.
     for filter in &plan.seccomp {
         if seccompiler::apply_filter(filter).is_err() {
             return Err(fail(report, Step::Seccomp, libc::EPERM));

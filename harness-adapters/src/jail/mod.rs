@@ -22,6 +22,8 @@
 //! - **rlimits** (no core dumps, open files, file size) and **cgroups**
 //!   (memory, process count, CPU time — [`cgroup`]) where the machine has
 //!   the controller.
+//! - **no descriptor of the host** but the harness's stdin, stdout and
+//!   stderr survives its `exec`, whatever the host itself inherited.
 //!
 //! A jail that cannot be built refuses to start the process (a
 //! [`JailError`] naming the step); only the operator's `--no-jail` runs a
