@@ -217,15 +217,23 @@ fn kill_group(pid: Option<u32>) {
 }
 
 /// Between fork and exec of an unjailed process: ask the kernel to
-/// `SIGKILL` the child when its parent dies.
+/// `SIGKILL` the child when its parent dies, and let no descriptor but
+/// stdin, stdout and stderr through `exec`, as the jail does (its step 11):
+/// besides what the host itself inherited, wasmtime's fork hook `dup2`s a
+/// `/proc/self/pagemap` descriptor into every child, which clears its
+/// close-on-exec.
 #[allow(unsafe_code)]
 fn die_with_host(command: &mut Command) {
     // SAFETY: the closure runs in the child between fork and exec and makes
-    // one system call.
+    // two system calls.
     unsafe {
         command.pre_exec(|| {
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
+                .map_err(std::io::Error::from)?;
+            if libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
         });
     }
 }

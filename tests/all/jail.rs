@@ -295,6 +295,17 @@ async fn regression_a_descriptor_the_host_inherited_does_not_reach_the_jail() {
     let status = process.child.wait().await.expect("wait");
     assert!(status.success(), "{status}: {}", process.stderr_tail());
     assert_eq!(lines, ["DONE"], "stderr: {}", process.stderr_tail());
+    // An unjailed harness (`--no-jail`) gets no descriptor of the host's
+    // either (it could open the file itself: this is hygiene, not a wall).
+    let mut unjailed = spawn.clone();
+    unjailed.jail = None;
+    let mut process = HarnessProcess::start(&unjailed).expect("starts");
+    let mut stdout = process.child.stdout.take().expect("stdout");
+    let mut output = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut output)
+        .await
+        .expect("read");
+    assert_eq!(output.lines().collect::<Vec<_>>(), ["DONE"]);
     drop(inherited);
     assert_eq!(
         std::fs::read_to_string(&f.data_secret).expect("read"),

@@ -42,8 +42,10 @@
 //!     with close-on-exec, but what its parent passed down without it (a
 //!     supervisor's socket, a shell's pipe, a jobserver) would otherwise
 //!     reach the harness, which could read or write what they name
-//!     outside every rule above. Marked rather than closed, so the report
-//!     pipe still works until `exec`;
+//!     outside every rule above — and so would the `/proc/self/pagemap`
+//!     descriptor that wasmtime's fork hook `dup2`s into every child
+//!     (`dup2` clears close-on-exec). Marked rather than closed, so the
+//!     report pipe still works until `exec`;
 //! 12. **seccomp** last: the steps above use calls it denies.
 #![allow(unsafe_code)]
 
