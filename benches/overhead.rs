@@ -823,10 +823,7 @@ fn cpu_by_thread(pid: u32) -> BTreeMap<String, ThreadUse> {
     for task in tasks(pid) {
         let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
         let name = name.trim().trim_end_matches(|c: char| c.is_ascii_digit());
-        let used = task_use(&task);
-        let entry = out.entry(name.to_owned()).or_default();
-        entry.cpu += used.cpu;
-        entry.runs += used.runs;
+        *out.entry(name.to_owned()).or_default() += task_use(&task);
     }
     out
 }
@@ -837,6 +834,13 @@ fn cpu_by_thread(pid: u32) -> BTreeMap<String, ThreadUse> {
 struct ThreadUse {
     cpu: Duration,
     runs: u64,
+}
+
+impl std::ops::AddAssign for ThreadUse {
+    fn add_assign(&mut self, other: ThreadUse) {
+        self.cpu += other.cpu;
+        self.runs += other.runs;
+    }
 }
 
 impl ThreadUse {
@@ -1163,10 +1167,7 @@ fn bench(c: &mut Criterion) {
                 entry.own_cpu.push(cpu_time(own).saturating_sub(before.0));
                 for (name, used) in cpu_by_thread(own) {
                     let was = threads_before.get(&name).copied().unwrap_or_default();
-                    let sum = entry.own_cpu_by_thread.entry(name).or_default();
-                    let turn = used.since(was);
-                    sum.cpu += turn.cpu;
-                    sum.runs += turn.runs;
+                    *entry.own_cpu_by_thread.entry(name).or_default() += used.since(was);
                 }
                 entry
                     .claude_cpu

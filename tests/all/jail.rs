@@ -77,6 +77,20 @@ async fn output_of(spawn: &Spawn) -> (Vec<String>, HarnessProcess) {
     (lines, process)
 }
 
+/// What `spawn`'s shell prints when run without its jail.
+async fn unjailed_output(spawn: &Spawn) -> Vec<String> {
+    let mut unjailed = spawn.clone();
+    unjailed.jail = None;
+    let mut process = HarnessProcess::start(&unjailed).expect("starts");
+    assert!(!process.confined());
+    let mut stdout = process.child.stdout.take().expect("stdout");
+    let mut output = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut output)
+        .await
+        .expect("read");
+    output.lines().map(str::to_owned).collect()
+}
+
 async fn accept_forever(listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -244,17 +258,9 @@ async fn the_same_attacks_succeed_without_the_jail() {
         other = f.other.display(),
         data = f.data_secret.display(),
     );
-    let mut spawn = jailed_shell(&f, &script, Vec::new(), JailLimits::default());
-    spawn.jail = None;
-    let mut process = HarnessProcess::start(&spawn).expect("starts");
-    assert!(!process.confined());
-    let mut stdout = process.child.stdout.take().expect("stdout");
-    let mut output = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut output)
-        .await
-        .expect("read");
+    let spawn = jailed_shell(&f, &script, Vec::new(), JailLimits::default());
     assert_eq!(
-        output.lines().collect::<Vec<_>>(),
+        unjailed_output(&spawn).await,
         [
             "READ_OTHER_SESSION",
             "READ_DATA_DIR",
@@ -297,15 +303,7 @@ async fn regression_a_descriptor_the_host_inherited_does_not_reach_the_jail() {
     assert_eq!(lines, ["DONE"], "stderr: {}", process.stderr_tail());
     // An unjailed harness (`--no-jail`) gets no descriptor of the host's
     // either (it could open the file itself: this is hygiene, not a wall).
-    let mut unjailed = spawn.clone();
-    unjailed.jail = None;
-    let mut process = HarnessProcess::start(&unjailed).expect("starts");
-    let mut stdout = process.child.stdout.take().expect("stdout");
-    let mut output = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut output)
-        .await
-        .expect("read");
-    assert_eq!(output.lines().collect::<Vec<_>>(), ["DONE"]);
+    assert_eq!(unjailed_output(&spawn).await, ["DONE"]);
     drop(inherited);
     assert_eq!(
         std::fs::read_to_string(&f.data_secret).expect("read"),
