@@ -828,17 +828,20 @@ fn cpu_by_thread(pid: u32) -> BTreeMap<String, ThreadUse> {
     out
 }
 
-/// What threads used: time on a CPU, and the number of times they were
-/// put on one (`schedstat`'s first and third fields).
+/// What threads used: time on a CPU, time spent runnable but waiting for
+/// one, and the number of times they were put on one (`schedstat`'s three
+/// fields).
 #[derive(Default, Clone, Copy)]
 struct ThreadUse {
     cpu: Duration,
+    waited: Duration,
     runs: u64,
 }
 
 impl std::ops::AddAssign for ThreadUse {
     fn add_assign(&mut self, other: ThreadUse) {
         self.cpu += other.cpu;
+        self.waited += other.waited;
         self.runs += other.runs;
     }
 }
@@ -847,6 +850,7 @@ impl ThreadUse {
     fn since(self, before: ThreadUse) -> ThreadUse {
         ThreadUse {
             cpu: self.cpu.saturating_sub(before.cpu),
+            waited: self.waited.saturating_sub(before.waited),
             runs: self.runs.saturating_sub(before.runs),
         }
     }
@@ -861,16 +865,19 @@ fn tasks(pid: u32) -> impl Iterator<Item = PathBuf> {
         .map(|task| task.path())
 }
 
-/// One thread's time on a CPU and its number of runs there.
+/// One thread's time on a CPU, its time waiting for one, and its number
+/// of runs there.
 fn task_use(task: &Path) -> ThreadUse {
     let stat = std::fs::read_to_string(task.join("schedstat")).unwrap_or_default();
     let mut fields = stat
         .split_whitespace()
         .map(|v| v.parse::<u64>().unwrap_or(0));
     let cpu = fields.next().unwrap_or(0);
-    let runs = fields.nth(1).unwrap_or(0);
+    let waited = fields.next().unwrap_or(0);
+    let runs = fields.next().unwrap_or(0);
     ThreadUse {
         cpu: Duration::from_nanos(cpu),
+        waited: Duration::from_nanos(waited),
         runs,
     }
 }
@@ -908,6 +915,8 @@ struct Interleaved {
     own_cpu: Vec<Duration>,
     /// The same, summed over the route's turns by thread name.
     own_cpu_by_thread: BTreeMap<String, ThreadUse>,
+    /// The route's `claude` during the timed turn, by thread name.
+    claude_cpu_by_thread: BTreeMap<String, ThreadUse>,
     /// The route's `claude` process, during the timed turn.
     claude_cpu: Vec<Duration>,
     /// The route's `claude` process, from the turn's start until it is
@@ -1150,6 +1159,7 @@ fn bench(c: &mut Criterion) {
                 let host_before = HostSums::read(&rig.sessions);
                 let before = (cpu_time(own), cpu_time(claude), others_cpu());
                 let threads_before = cpu_by_thread(own);
+                let claude_threads_before = cpu_by_thread(claude);
                 provider_clock.take();
                 let begun = Instant::now();
                 let timing = rig.turn(route).await;
@@ -1168,6 +1178,13 @@ fn bench(c: &mut Criterion) {
                 for (name, used) in cpu_by_thread(own) {
                     let was = threads_before.get(&name).copied().unwrap_or_default();
                     *entry.own_cpu_by_thread.entry(name).or_default() += used.since(was);
+                }
+                for (name, used) in cpu_by_thread(claude) {
+                    let was = claude_threads_before
+                        .get(&name)
+                        .copied()
+                        .unwrap_or_default();
+                    *entry.claude_cpu_by_thread.entry(name).or_default() += used.since(was);
                 }
                 entry
                     .claude_cpu
@@ -1243,26 +1260,34 @@ fn bench(c: &mut Criterion) {
             median(entry.idle_claude_cpu.iter().copied().map(ms).collect()),
         );
     }
-    // Where this process's CPU went, by thread.
-    for &route in &routes {
-        let entry = &interleaved[route.index()];
-        let turns = entry.timings.len().max(1) as f64;
-        let threads: Vec<String> = entry
-            .own_cpu_by_thread
+    // Where this process's CPU went, by thread, and the route's claude's.
+    let by_thread = |threads: &BTreeMap<String, ThreadUse>, turns: f64| {
+        threads
             .iter()
             .filter(|(_, used)| ms(used.cpu) / turns >= 0.005)
             .map(|(name, used)| {
                 format!(
-                    "{name} {:.2} ({:.1})",
+                    "{name} {:.2} ({:.1}; {:.2})",
                     ms(used.cpu) / turns,
-                    used.runs as f64 / turns
+                    used.runs as f64 / turns,
+                    ms(used.waited) / turns,
                 )
             })
-            .collect();
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for &route in &routes {
+        let entry = &interleaved[route.index()];
+        let turns = entry.timings.len().max(1) as f64;
         println!(
-            "  {}: own CPU by thread, ms per turn (means; in brackets, times on a CPU): {}",
+            "  {}: own CPU by thread, ms per turn (means; in brackets, times on a CPU; ms waiting for a CPU): {}",
             route.name(),
-            threads.join(", ")
+            by_thread(&entry.own_cpu_by_thread, turns)
+        );
+        println!(
+            "  {}: its claude's CPU by thread during the turn (the same figures): {}",
+            route.name(),
+            by_thread(&entry.claude_cpu_by_thread, turns)
         );
     }
     // Per-round differences against the bare CLI.

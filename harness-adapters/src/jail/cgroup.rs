@@ -48,6 +48,11 @@ enum CpuAccount {
 impl CpuAccount {
     /// The file's text now (a cgroup file is generated again by each read
     /// from offset 0). `cpu.stat` is a few hundred bytes.
+    ///
+    /// A read that leaves room in the buffer is the whole file: the kernel
+    /// fills a read of a cgroup file (a `seq_file`) until it is full or the
+    /// text ends. So a turn's reads take one system call each, not two (it
+    /// reads this file when it starts, at each model answer and at its end).
     fn read(file: &std::fs::File) -> Option<String> {
         use std::os::unix::fs::FileExt;
         let mut buf = [0u8; 4096];
@@ -55,7 +60,12 @@ impl CpuAccount {
         while len < buf.len() {
             match file.read_at(&mut buf[len..], len as u64) {
                 Ok(0) => break,
-                Ok(n) => len += n,
+                Ok(n) => {
+                    len += n;
+                    if len < buf.len() {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return None,
             }
