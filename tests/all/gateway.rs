@@ -363,3 +363,142 @@ async fn a_request_naming_its_model_ambiguously_is_refused_before_the_provider()
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("not valid JSON"), "{text}");
 }
+
+/// A provider that answers every request with [`UPSTREAM_STREAM`] and keeps
+/// the headers it was sent.
+async fn header_keeping_provider() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<hyper::HeaderMap>>>,
+) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use std::convert::Infallible;
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    kept.lock()
+                        .expect("headers")
+                        .push(request.headers().clone());
+                    async move {
+                        Ok::<_, Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", "text/event-stream")
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                    UPSTREAM_STREAM,
+                                )))
+                                .expect("response"),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Claude Code's requests use beta features (`context_management`,
+/// `output_config.effort`…) that Anthropic's API accepts only with the
+/// `anthropic-beta` header naming them: forwarded without it, every turn
+/// of a real provider would fail with a 400. What Claude Code 2.1.332
+/// sends (captured from the CLI) must reach the provider; the session's
+/// key must not.
+#[tokio::test]
+async fn claude_codes_beta_header_and_user_agent_reach_an_anthropic_provider() {
+    const BETAS: &str = "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,effort-2025-11-24";
+    const AGENT: &str = "claude-cli/2.1.332 (external, sdk-cli)";
+    let (provider, seen) = header_keeping_provider().await;
+    let gateway = Gateway::standalone(Some(Upstream {
+        kind: UpstreamKind::Anthropic,
+        base_url: format!("http://{provider}"),
+        api_key: "platform".into(),
+        org_key: false,
+    }));
+    let (url, _server) = serve(&gateway).await;
+    let session_key = key(&gateway, "s1");
+    let body = json!({
+        "model": "claude-sonnet-4-5", "max_tokens": 10, "stream": true,
+        "messages": [{ "role": "user", "content": "hi" }],
+        "context_management": { "edits": [{ "type": "clear_thinking_20251015", "keep": "all" }] },
+        "output_config": { "effort": "medium" },
+    });
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let request = hyper::Request::post(format!("{url}/v1/messages?beta=true"))
+        .header("content-type", "application/json")
+        .header("x-api-key", &session_key)
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", BETAS)
+        .header("user-agent", AGENT)
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .expect("request");
+    let response = client.request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+
+    let seen = seen.lock().expect("headers");
+    let headers = seen.last().expect("the provider was called");
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    assert_eq!(header("anthropic-beta"), Some(BETAS));
+    assert_eq!(header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(header("user-agent"), Some(AGENT));
+    assert_eq!(header("x-api-key"), Some("platform"));
+    assert!(
+        !headers
+            .values()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains(&session_key))),
+        "the session's key reached the provider: {headers:?}"
+    );
+}
+
+/// A caller of the OpenAI shape served by an Anthropic provider sends a
+/// translated body, with no beta feature in it: no `anthropic-beta` is
+/// invented, and the one a caller might add is not passed on either.
+#[tokio::test]
+async fn a_translated_request_carries_no_anthropic_beta() {
+    let (provider, seen) = header_keeping_provider().await;
+    let gateway = Gateway::standalone(Some(Upstream {
+        kind: UpstreamKind::Anthropic,
+        base_url: format!("http://{provider}"),
+        api_key: "platform".into(),
+        org_key: false,
+    }));
+    let (url, _server) = serve(&gateway).await;
+    let body = json!({
+        "model": "claude-sonnet-4-5", "max_tokens": 10, "stream": true,
+        "messages": [{ "role": "user", "content": "hi" }],
+    });
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let request = hyper::Request::post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", key(&gateway, "s1")))
+        .header("anthropic-beta", "context-management-2025-06-27")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .expect("request");
+    let response = client.request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+    let seen = seen.lock().expect("headers");
+    let headers = seen.last().expect("the provider was called");
+    assert_eq!(headers.get("anthropic-beta"), None);
+    assert_eq!(
+        headers
+            .get("anthropic-version")
+            .and_then(|v| v.to_str().ok()),
+        Some("2023-06-01")
+    );
+}

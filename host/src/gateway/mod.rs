@@ -666,6 +666,7 @@ async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: 
             streaming,
             asked: &model,
             model: upstream_model,
+            headers: &headers,
         };
         return relay::forward(&gateway, &upstream, call, guard, out).await;
     }

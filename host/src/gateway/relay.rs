@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 
 use axum::body::Body;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -164,6 +164,54 @@ pub(super) struct Outbound<'a> {
     pub asked: &'a str,
     /// The model as the provider knows it (its prefix stripped).
     pub model: &'a str,
+    /// The caller's request headers (see [`provider_headers`]).
+    pub headers: &'a HeaderMap,
+}
+
+/// The API version Karta speaks to Anthropic when the caller named none
+/// (or spoke the OpenAI shape).
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// What of the caller's headers goes on to the provider, besides the
+/// provider's key: the client's `user-agent`, and, when the body goes on in
+/// the caller's own Anthropic shape, its `anthropic-version` and every
+/// `anthropic-beta`. Claude Code's requests carry beta fields
+/// (`context_management`, `output_config`, …) that Anthropic's API accepts
+/// only with the `anthropic-beta` header naming them, so without it every
+/// turn of a real provider would be refused. A translated body holds no
+/// beta field and gets none. Nothing else passes: the caller's key, its
+/// cookies, its session ids stay here.
+fn provider_headers(
+    mut builder: hyper::http::request::Builder,
+    upstream: &Upstream,
+    out: &Outbound<'_>,
+) -> hyper::http::request::Builder {
+    if let Some(agent) = out.headers.get(header::USER_AGENT) {
+        builder = builder.header(header::USER_AGENT, agent);
+    }
+    match upstream.kind {
+        UpstreamKind::Anthropic => {
+            let same_shape = out.kind == UpstreamKind::Anthropic;
+            let version = out
+                .headers
+                .get("anthropic-version")
+                .filter(|_| same_shape)
+                .cloned()
+                .unwrap_or(HeaderValue::from_static(ANTHROPIC_VERSION));
+            builder = builder
+                .header("x-api-key", &upstream.api_key)
+                .header("anthropic-version", version);
+            if same_shape {
+                for beta in out.headers.get_all("anthropic-beta") {
+                    builder = builder.header("anthropic-beta", beta);
+                }
+            }
+            builder
+        }
+        UpstreamKind::Openai => {
+            builder.header("authorization", format!("Bearer {}", upstream.api_key))
+        }
+    }
 }
 
 /// The body for the provider: the caller's translated to the provider's
@@ -215,15 +263,11 @@ pub(super) async fn forward(
         }
     };
     let url = format!("{}{path}", upstream.base_url.trim_end_matches('/'));
-    let mut builder = hyper::Request::post(url).header("content-type", "application/json");
-    builder = match upstream.kind {
-        UpstreamKind::Anthropic => builder
-            .header("x-api-key", &upstream.api_key)
-            .header("anthropic-version", "2023-06-01"),
-        UpstreamKind::Openai => {
-            builder.header("authorization", format!("Bearer {}", upstream.api_key))
-        }
-    };
+    let builder = provider_headers(
+        hyper::Request::post(url).header("content-type", "application/json"),
+        upstream,
+        &out,
+    );
     let Ok(outbound) = builder.body(Full::new(bytes)) else {
         return error_response(
             kind,
