@@ -364,17 +364,32 @@ async fn a_request_naming_its_model_ambiguously_is_refused_before_the_provider()
     assert!(text.contains("not valid JSON"), "{text}");
 }
 
+/// Headers a provider saw, one map per request.
+type SeenHeaders = std::sync::Arc<std::sync::Mutex<Vec<hyper::HeaderMap>>>;
+
 /// A provider that answers every request with [`UPSTREAM_STREAM`] and keeps
 /// the headers it was sent.
-async fn header_keeping_provider() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<hyper::HeaderMap>>>,
-) {
+async fn header_keeping_provider() -> (std::net::SocketAddr, SeenHeaders) {
+    provider_answering(
+        200,
+        &[("content-type", "text/event-stream")],
+        UPSTREAM_STREAM,
+    )
+    .await
+}
+
+/// A provider that answers every request with `status`, `headers` and
+/// `body`, and keeps the headers it was sent.
+async fn provider_answering(
+    status: u16,
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static [u8],
+) -> (std::net::SocketAddr, SeenHeaders) {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use std::convert::Infallible;
 
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = SeenHeaders::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
@@ -389,12 +404,13 @@ async fn header_keeping_provider() -> (
                         .expect("headers")
                         .push(request.headers().clone());
                     async move {
+                        let mut response = hyper::Response::builder().status(status);
+                        for (name, value) in headers {
+                            response = response.header(*name, *value);
+                        }
                         Ok::<_, Infallible>(
-                            hyper::Response::builder()
-                                .header("content-type", "text/event-stream")
-                                .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                                    UPSTREAM_STREAM,
-                                )))
+                            response
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(body)))
                                 .expect("response"),
                         )
                     }
@@ -501,4 +517,69 @@ async fn a_translated_request_carries_no_anthropic_beta() {
             .and_then(|v| v.to_str().ok()),
         Some("2023-06-01")
     );
+}
+
+/// A provider that is rate limiting says when to try again; Claude Code's
+/// and OpenCode's SDKs wait that long. The gateway passes `retry-after`,
+/// `x-should-retry` and the provider's request id back in either shape, so
+/// a harness does not retry sooner than the provider asked.
+#[tokio::test]
+async fn a_providers_retry_advice_reaches_the_caller() {
+    const LIMITED: &[u8] =
+        br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#;
+    let (provider, _) = provider_answering(
+        429,
+        &[
+            ("content-type", "application/json"),
+            ("retry-after", "7"),
+            ("x-should-retry", "true"),
+            ("request-id", "req_limited"),
+            ("set-cookie", "provider=secret"),
+        ],
+        LIMITED,
+    )
+    .await;
+    let gateway = Gateway::standalone(Some(Upstream {
+        kind: UpstreamKind::Anthropic,
+        base_url: format!("http://{provider}"),
+        api_key: "platform".into(),
+        org_key: false,
+    }));
+    let (url, _server) = serve(&gateway).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    for path in ["/v1/messages", "/v1/chat/completions"] {
+        let body = json!({
+            "model": "claude-sonnet-4-5", "max_tokens": 10, "stream": true,
+            "messages": [{ "role": "user", "content": "hi" }],
+        });
+        let request = hyper::Request::post(format!("{url}{path}"))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", key(&gateway, "s1")))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .expect("request");
+        let response = client.request(request).await.expect("response");
+        assert_eq!(response.status(), 429, "{path}");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(header("retry-after").as_deref(), Some("7"), "{path}");
+        assert_eq!(header("x-should-retry").as_deref(), Some("true"), "{path}");
+        assert_eq!(
+            header("request-id").as_deref(),
+            Some("req_limited"),
+            "{path}"
+        );
+        assert_eq!(
+            header("set-cookie"),
+            None,
+            "{path}: only the retry advice passes"
+        );
+    }
 }

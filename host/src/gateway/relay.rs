@@ -289,6 +289,7 @@ pub(super) async fn forward(
         }
     };
     let status = response.status();
+    let advice = retry_advice(response.headers());
     let refused_key =
         upstream.org_key && (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN);
     if refused_key || (upstream.kind != kind && !status.is_success()) {
@@ -313,12 +314,14 @@ pub(super) async fn forward(
             );
         }
         // The provider's error, in the caller's shape.
-        return error_response(
+        let mut answer = error_response(
             kind,
             status,
             translate::error_type(status.as_u16()),
             &reason,
         );
+        answer.headers_mut().extend(advice);
+        return answer;
     }
     let content_type = response.headers().get("content-type").cloned();
     let chunks = http_body_util::BodyDataStream::new(response.into_body());
@@ -350,9 +353,35 @@ pub(super) async fn forward(
     if let Some(content_type) = content_type {
         response = response.header("content-type", content_type);
     }
-    response
+    let mut response = response
         .body(body)
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    response.headers_mut().extend(advice);
+    response
+}
+
+/// What of a provider's answer headers goes back to the caller besides its
+/// content type: when and whether to retry — Claude Code's and OpenCode's
+/// SDKs honour these on a 429 or 529; without them a harness retries on its
+/// own schedule, sooner than the provider asked — and the provider's
+/// request id, which its support asks for. Nothing else (cookies, rate
+/// limit figures of the platform's account) passes.
+const RETRY_ADVICE: &[&str] = &[
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",
+    "request-id",
+    "x-request-id",
+];
+
+fn retry_advice(headers: &HeaderMap) -> HeaderMap {
+    let mut advice = HeaderMap::new();
+    for name in RETRY_ADVICE {
+        if let Some(value) = headers.get(*name) {
+            advice.insert(*name, value.clone());
+        }
+    }
+    advice
 }
 
 fn answer(status: StatusCode, content_type: &str, body: Body) -> Response {
