@@ -20,8 +20,12 @@
 //! own) and on every full flush ([`super::Store::flush`] and friends, which
 //! other modules use), [`Journal::checkpoint`] starts a new journal file,
 //! flushes sled (which covers every write made before), and deletes the
-//! older files. A commit waits for a checkpoint that runs (it may be the one
-//! making the commit's writes durable).
+//! older files. A commit does not wait for a checkpoint that runs: the
+//! checkpoint first appends what is pending to the file it leaves, so every
+//! write made before the new file is in a journal file, and that file is
+//! deleted only once sled's flush covers it. (Only a journal that failed —
+//! an append that did not go through — makes commits wait for a checkpoint
+//! of their own.)
 //!
 //! **Recovery.** [`Journal::open`] replays every journal file left in the
 //! store's directory, oldest first, into sled, flushes sled and deletes them — before
@@ -82,8 +86,8 @@ struct Shared {
     dir: PathBuf,
     db: sled::Db,
     state: Mutex<State>,
-    /// Held by a checkpoint for its whole run, and by a commit: one
-    /// checkpoint at a time, and no commit answered while one runs.
+    /// Held by a checkpoint for its whole run: one checkpoint at a time. A
+    /// commit takes it only when the journal has failed.
     checkpoint: Mutex<()>,
     /// A background checkpoint is scheduled or running.
     scheduled: AtomicBool,
@@ -102,6 +106,36 @@ struct State {
     /// commit, failed: writes may be neither in a journal file nor flushed,
     /// so no commit succeeds until a checkpoint (with a new file) does.
     failed: bool,
+}
+
+impl State {
+    /// Appends the pending frames to the current file. `false` when the
+    /// journal has failed (this append, or one before it, or a
+    /// checkpoint's flush): the file may end in a torn frame, and only a
+    /// checkpoint makes writes durable until one succeeds.
+    fn append_pending(&mut self) -> bool {
+        if self.failed {
+            return false;
+        }
+        if self.pending.is_empty() {
+            return true;
+        }
+        match self.file.write_all(&self.pending) {
+            Ok(()) => {
+                self.size += self.pending.len() as u64;
+                self.pending.clear();
+                self.started.get_or_insert_with(Instant::now);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot append to the store's journal ({e}); a checkpoint flushes the store instead"
+                );
+                self.failed = true;
+                false
+            }
+        }
+    }
 }
 
 /// The operations of one store write, journaled when it is dropped (see
@@ -168,18 +202,10 @@ impl Drop for JournalWrite<'_> {
             state.pending.extend_from_slice(frame);
             // Writes that no commit follows (there are none on today's
             // paths, but nothing forbids them) do not pile up in memory.
-            if state.pending.len() >= PENDING_LIMIT && !state.failed {
-                let state = &mut **state;
-                match state.file.write_all(&state.pending) {
-                    Ok(()) => {
-                        state.size += state.pending.len() as u64;
-                        state.pending.clear();
-                        state.started.get_or_insert_with(Instant::now);
-                    }
-                    // The next commit checkpoints instead (sled's flush
-                    // covers what the file may have lost).
-                    Err(_) => state.failed = true,
-                }
+            if state.pending.len() >= PENDING_LIMIT {
+                // On failure the next commit checkpoints instead (sled's
+                // flush covers what the file may have lost).
+                state.append_pending();
             }
         }
     }
@@ -258,36 +284,26 @@ impl Journal {
     /// instead.
     pub(super) fn commit(&self) -> Result<(), sled::Error> {
         let shared = &*self.shared;
-        let _no_checkpoint_runs = shared.lock_checkpoint();
         let mut state = shared.lock_state();
-        if state.failed {
-            // The current file may end in a torn frame: a new one.
-            return shared.checkpoint_with(state, true);
-        }
-        if state.pending.is_empty() {
+        // Not waiting for a checkpoint that runs: what was pending when it
+        // started a new file is in the file it left (see the module docs).
+        if state.append_pending() {
+            if state.size >= CHECKPOINT_BYTES
+                || state
+                    .started
+                    .is_some_and(|started| started.elapsed() >= CHECKPOINT_AFTER)
+            {
+                self.checkpoint_in_background();
+            }
             return Ok(());
         }
-        let written = {
-            let state = &mut *state;
-            state.file.write_all(&state.pending)
-        };
-        match written {
-            Ok(()) => {
-                state.size += state.pending.len() as u64;
-                state.pending.clear();
-                let started = *state.started.get_or_insert_with(Instant::now);
-                if state.size >= CHECKPOINT_BYTES || started.elapsed() >= CHECKPOINT_AFTER {
-                    self.checkpoint_in_background();
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // The file may end in part of a frame now: the checkpoint
-                // leaves it for a new one, and sled's flush covers it all.
-                tracing::warn!("cannot append to the store's journal ({e}); flushing the store");
-                shared.checkpoint_with(state, true)
-            }
-        }
+        // The journal failed: only sled's flush covers these writes, and
+        // only one that begins after them. One checkpoint at a time: wait
+        // for one that runs, then run one (with a new file, as the current
+        // one may end in part of a frame).
+        drop(state);
+        let _one = shared.lock_checkpoint();
+        shared.checkpoint_with(shared.lock_state(), true)
     }
 
     /// Makes every write so far durable through sled's flush, and deletes
@@ -340,18 +356,20 @@ impl Shared {
         self.checkpoint_with(self.lock_state(), false)
     }
 
-    /// A checkpoint from a locked state (unlocked during sled's flush, so
-    /// that journaled writes go on meanwhile); `rotate`: start a new file
-    /// even if this one is empty (it may end in a torn frame).
-    fn checkpoint_with(
-        &self,
-        mut state: MutexGuard<'_, State>,
-        rotate: bool,
-    ) -> Result<(), sled::Error> {
+    /// A checkpoint's first step, under the state lock: starts a new file
+    /// (when the current one holds anything, or `rotate`, or the journal
+    /// failed) and returns the generation the flush that follows covers.
+    fn leave_file(&self, state: &mut State, rotate: bool) -> Result<Option<u64>, sled::Error> {
+        // What is pending goes to the file it follows first, so that a
+        // commit meanwhile finds nothing of it left to write and need not
+        // wait for the flush: the file is deleted only once the flush covers
+        // it. (If the append fails, commits wait for a checkpoint anyway.)
+        state.append_pending();
         // Every write journaled so far is in sled already (a write and its
-        // journal entry are made under the state lock), so the flush below
-        // covers the pending ones and every file up to this generation.
-        let covered = (state.size > 0 || rotate).then_some(state.generation);
+        // journal entry are made under the state lock), so the flush that
+        // follows covers the pending ones and every file up to this
+        // generation.
+        let covered = (state.size > 0 || rotate || state.failed).then_some(state.generation);
         if covered.is_some() {
             let next = state.generation + 1;
             state.file = create_file(&self.dir, next)?;
@@ -360,6 +378,18 @@ impl Shared {
             state.started = None;
         }
         state.pending.clear();
+        Ok(covered)
+    }
+
+    /// A checkpoint from a locked state (unlocked during sled's flush, so
+    /// that journaled writes go on meanwhile); `rotate`: start a new file
+    /// even if this one is empty (it may end in a torn frame).
+    fn checkpoint_with(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        rotate: bool,
+    ) -> Result<(), sled::Error> {
+        let covered = self.leave_file(&mut state, rotate)?;
         drop(state);
         let flushed = self.db.flush();
         let mut state = self.lock_state();
@@ -532,10 +562,31 @@ mod tests {
     #[test]
     #[ignore = "run as a child process by the crash test"]
     fn journal_crash_child() {
+        crash_child(false);
+    }
+
+    /// The child of [`a_logged_write_survives_kill_9_while_checkpoints_run`]:
+    /// the same, with checkpoints running back to back on another thread,
+    /// so that commits are answered while one runs.
+    #[test]
+    #[ignore = "run as a child process by the crash test"]
+    fn journal_crash_child_with_checkpoints() {
+        crash_child(true);
+    }
+
+    fn crash_child(checkpoints: bool) {
         let Some(dir) = std::env::var_os(CRASH_DIR) else {
             return;
         };
         let store = Store::open(Path::new(&dir)).expect("open");
+        if checkpoints {
+            let journal = store.durable.journal.clone().expect("a journal");
+            std::thread::spawn(move || {
+                loop {
+                    journal.checkpoint().expect("checkpoint");
+                }
+            });
+        }
         let runtime = runtime();
         let mut stdout = std::io::stdout().lock();
         for i in 0u64.. {
@@ -557,9 +608,32 @@ mod tests {
     #[test]
     fn a_logged_write_survives_kill_9_without_a_store_flush() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let store = acknowledged_survive_kill_9("journal_crash_child", dir.path());
+        assert!(
+            store.journal_replayed() > 0,
+            "the reopen replayed the journal"
+        );
+        // The replayed files are gone; only the new one is left.
+        assert_eq!(journal_files(dir.path()).expect("files").len(), 1);
+    }
+
+    /// The same while checkpoints run back to back: a commit answered
+    /// while a checkpoint flushes sled (it does not wait for it any more)
+    /// is durable all the same — what was pending when the checkpoint
+    /// started its new file went to the file it left.
+    #[test]
+    fn a_logged_write_survives_kill_9_while_checkpoints_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        acknowledged_survive_kill_9("journal_crash_child_with_checkpoints", dir.path());
+    }
+
+    /// Runs crash child `child` in `dir`, kills it with SIGKILL after it
+    /// acknowledged 40 sessions, and checks that each is in the reopened
+    /// store, which it returns.
+    fn acknowledged_survive_kill_9(child: &str, dir: &Path) -> Store {
         let mut child = crate::test_support::spawn_test_child(
-            "store::journal::tests::journal_crash_child",
-            (CRASH_DIR, dir.path()),
+            &format!("store::journal::tests::{child}"),
+            (CRASH_DIR, dir),
         );
         let lines = std::io::BufReader::new(child.stdout.take().expect("stdout"));
         let mut acknowledged = Vec::new();
@@ -576,11 +650,7 @@ mod tests {
         child.wait().expect("wait");
         assert_eq!(acknowledged.len(), 40, "the child acknowledged 40 sessions");
 
-        let store = Store::open(dir.path()).expect("reopen");
-        assert!(
-            store.journal_replayed() > 0,
-            "the reopen replayed the journal"
-        );
+        let store = Store::open(dir).expect("reopen");
         for id in &acknowledged {
             assert!(
                 store.session(id).expect("read").is_some(),
@@ -588,8 +658,74 @@ mod tests {
             );
             assert_eq!(store.history(id).expect("history").len(), 1, "{id}");
         }
-        // The replayed files are gone; only the new one is left.
-        assert_eq!(journal_files(dir.path()).expect("files").len(), 1);
+        store
+    }
+
+    /// What was pending when a checkpoint starts its new file is in the
+    /// file it leaves — which is what lets a commit meanwhile answer
+    /// without waiting for the checkpoint's flush.
+    #[test]
+    fn a_checkpoint_leaves_what_was_pending_in_the_file_it_leaves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = runtime();
+        let store = Store::open(dir.path()).expect("open");
+        let journal = store.durable.journal.clone().expect("a journal");
+        store.create_session(&record("ses_1")).expect("create");
+        let left = {
+            let mut state = journal.shared.lock_state();
+            assert!(!state.pending.is_empty(), "the write is pending");
+            journal
+                .shared
+                .leave_file(&mut state, false)
+                .expect("a new file")
+                .expect("a file left")
+        };
+        let (_, path) = journal_files(dir.path())
+            .expect("files")
+            .into_iter()
+            .find(|(generation, _)| *generation == left)
+            .expect("the file left is kept until the flush");
+        let bytes = std::fs::read(path).expect("read");
+        let mut rest = bytes.as_slice();
+        let payload = frame(&mut rest).expect("a whole frame");
+        let ops = decode_ops(payload).expect("operations");
+        assert!(
+            ops.iter().any(|(_, _, key, _)| *key == b"ses_1".as_slice()),
+            "the pending write is in the file left"
+        );
+        runtime.block_on(store.flush_log()).expect("a commit");
+        assert_eq!(journal.size(), 0, "nothing was left to write");
+    }
+
+    /// A commit while a checkpoint runs (here: holds the checkpoint's lock,
+    /// as it does through sled's flush) is answered without waiting for it,
+    /// from the journal file.
+    #[test]
+    fn a_commit_does_not_wait_for_a_running_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let journal = store.durable.journal.clone().expect("a journal");
+        store.create_session(&record("ses_1")).expect("create");
+        let running = journal.shared.lock_checkpoint();
+        let (answered, answer) = std::sync::mpsc::channel();
+        let committer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let committed = runtime().block_on(store.flush_log()).is_ok();
+                let _ = answered.send(committed);
+            })
+        };
+        // A bound on waiting, not a speed: a commit that waits for the
+        // checkpoint is never answered while it holds the lock.
+        let before_the_checkpoint_ended = answer.recv_timeout(Duration::from_secs(60));
+        drop(running);
+        committer.join().expect("the committer");
+        assert_eq!(
+            before_the_checkpoint_ended,
+            Ok(true),
+            "the commit was answered while the checkpoint ran"
+        );
+        assert!(journal.size() > 0, "from the journal file");
     }
 
     fn frame_of(ops: &[Op<'_>]) -> Vec<u8> {
