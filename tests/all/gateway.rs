@@ -28,14 +28,8 @@ async fn post(url: &str, key: &str, body: &Value) -> (u16, String) {
 /// POSTs `body` as it is (not necessarily JSON) with a gateway key.
 async fn post_raw(url: &str, key: &str, body: String) -> (u16, String) {
     use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let request = hyper::Request::post(url)
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {key}"))
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .expect("request");
-    let response = client.request(request).await.expect("response");
+    let authorization = format!("Bearer {key}");
+    let response = post_with(url, &[("authorization", &authorization)], body).await;
     let status = response.status().as_u16();
     let bytes = response
         .into_body()
@@ -44,6 +38,36 @@ async fn post_raw(url: &str, key: &str, body: String) -> (u16, String) {
         .expect("body")
         .to_bytes();
     (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// POSTs `body` as JSON with `headers` (the caller's key among them);
+/// returns the response as it arrives.
+async fn post_with(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> hyper::Response<hyper::body::Incoming> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let mut request = hyper::Request::post(url).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("request");
+    client.request(request).await.expect("response")
+}
+
+/// A gateway whose upstream is the Anthropic-shaped provider at `provider`,
+/// with the platform key `platform`.
+fn forwarding_to_anthropic(provider: std::net::SocketAddr) -> Gateway {
+    Gateway::standalone(Some(Upstream {
+        kind: UpstreamKind::Anthropic,
+        base_url: format!("http://{provider}"),
+        api_key: "platform".into(),
+        org_key: false,
+    }))
 }
 
 fn sse_data(text: &str) -> Vec<String> {
@@ -267,12 +291,7 @@ async fn a_forwarded_stream_arrives_intact_and_is_metered_exactly_whatever_its_f
     for chunk in [1, 2, 3, 5, 64, UPSTREAM_STREAM.len()] {
         let provider =
             crate::support::trickle_server(UPSTREAM_STREAM, "text/event-stream", chunk).await;
-        let gateway = Gateway::standalone(Some(Upstream {
-            kind: UpstreamKind::Anthropic,
-            base_url: format!("http://{provider}"),
-            api_key: "platform".into(),
-            org_key: false,
-        }));
+        let gateway = forwarding_to_anthropic(provider);
         let (url, _server) = serve(&gateway).await;
         let body = json!({ "model": "m", "max_tokens": 10, "stream": true, "messages": [] });
         let (status, text) = post(&format!("{url}/v1/messages"), &key(&gateway, "s1"), &body).await;
@@ -435,12 +454,7 @@ async fn claude_codes_beta_header_and_user_agent_reach_an_anthropic_provider() {
     const BETAS: &str = "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,effort-2025-11-24";
     const AGENT: &str = "claude-cli/2.1.332 (external, sdk-cli)";
     let (provider, seen) = header_keeping_provider().await;
-    let gateway = Gateway::standalone(Some(Upstream {
-        kind: UpstreamKind::Anthropic,
-        base_url: format!("http://{provider}"),
-        api_key: "platform".into(),
-        org_key: false,
-    }));
+    let gateway = forwarding_to_anthropic(provider);
     let (url, _server) = serve(&gateway).await;
     let session_key = key(&gateway, "s1");
     let body = json!({
@@ -449,19 +463,17 @@ async fn claude_codes_beta_header_and_user_agent_reach_an_anthropic_provider() {
         "context_management": { "edits": [{ "type": "clear_thinking_20251015", "keep": "all" }] },
         "output_config": { "effort": "medium" },
     });
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let request = hyper::Request::post(format!("{url}/v1/messages?beta=true"))
-        .header("content-type", "application/json")
-        .header("x-api-key", &session_key)
-        .header("anthropic-version", "2023-06-01")
-        .header("anthropic-beta", BETAS)
-        .header("user-agent", AGENT)
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
-        .expect("request");
-    let response = client.request(request).await.expect("response");
+    let response = post_with(
+        &format!("{url}/v1/messages?beta=true"),
+        &[
+            ("x-api-key", &session_key),
+            ("anthropic-version", "2023-06-01"),
+            ("anthropic-beta", BETAS),
+            ("user-agent", AGENT),
+        ],
+        body.to_string(),
+    )
+    .await;
     assert_eq!(response.status(), 200);
 
     let seen = seen.lock().expect("headers");
@@ -485,28 +497,22 @@ async fn claude_codes_beta_header_and_user_agent_reach_an_anthropic_provider() {
 #[tokio::test]
 async fn a_translated_request_carries_no_anthropic_beta() {
     let (provider, seen) = header_keeping_provider().await;
-    let gateway = Gateway::standalone(Some(Upstream {
-        kind: UpstreamKind::Anthropic,
-        base_url: format!("http://{provider}"),
-        api_key: "platform".into(),
-        org_key: false,
-    }));
+    let gateway = forwarding_to_anthropic(provider);
     let (url, _server) = serve(&gateway).await;
     let body = json!({
         "model": "claude-sonnet-4-5", "max_tokens": 10, "stream": true,
         "messages": [{ "role": "user", "content": "hi" }],
     });
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let request = hyper::Request::post(format!("{url}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {}", key(&gateway, "s1")))
-        .header("anthropic-beta", "context-management-2025-06-27")
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
-        .expect("request");
-    let response = client.request(request).await.expect("response");
+    let authorization = format!("Bearer {}", key(&gateway, "s1"));
+    let response = post_with(
+        &format!("{url}/v1/chat/completions"),
+        &[
+            ("authorization", &authorization),
+            ("anthropic-beta", "context-management-2025-06-27"),
+        ],
+        body.to_string(),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let seen = seen.lock().expect("headers");
     let headers = seen.last().expect("the provider was called");
@@ -539,28 +545,20 @@ async fn a_providers_retry_advice_reaches_the_caller() {
         LIMITED,
     )
     .await;
-    let gateway = Gateway::standalone(Some(Upstream {
-        kind: UpstreamKind::Anthropic,
-        base_url: format!("http://{provider}"),
-        api_key: "platform".into(),
-        org_key: false,
-    }));
+    let gateway = forwarding_to_anthropic(provider);
     let (url, _server) = serve(&gateway).await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let authorization = format!("Bearer {}", key(&gateway, "s1"));
     for path in ["/v1/messages", "/v1/chat/completions"] {
         let body = json!({
             "model": "claude-sonnet-4-5", "max_tokens": 10, "stream": true,
             "messages": [{ "role": "user", "content": "hi" }],
         });
-        let request = hyper::Request::post(format!("{url}{path}"))
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {}", key(&gateway, "s1")))
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                body.to_string(),
-            )))
-            .expect("request");
-        let response = client.request(request).await.expect("response");
+        let response = post_with(
+            &format!("{url}{path}"),
+            &[("authorization", &authorization)],
+            body.to_string(),
+        )
+        .await;
         assert_eq!(response.status(), 429, "{path}");
         let header = |name: &str| {
             response
