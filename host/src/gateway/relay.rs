@@ -326,7 +326,7 @@ pub(super) async fn forward(
     let content_type = response.headers().get("content-type").cloned();
     let chunks = http_body_util::BodyDataStream::new(response.into_body());
     if upstream.kind != kind {
-        return if out.streaming {
+        let mut translated = if out.streaming {
             let translator = StreamTranslator::new(upstream.kind, out.asked, include_usage);
             let body = translated_stream(
                 gateway.clone(),
@@ -340,6 +340,8 @@ pub(super) async fn forward(
         } else {
             translated_unary(gateway, call, upstream.kind, kind, chunks).await
         };
+        translated.headers_mut().extend(advice);
+        return translated;
     }
     let body = metered(
         gateway.clone(),
