@@ -137,6 +137,70 @@ async fn regression_issue8_a_flush_failure_is_503_and_the_session_stays_usable()
     server.stop().await;
 }
 
+/// The harness gets a message before the store does (the writes are made
+/// while it starts): a message whose transcript write fails is a 503, and
+/// it leaves nothing — not in the transcript, not in the harness's
+/// conversation the next turn sees, not a session stuck running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_write_fails_after_the_harness_started_leaves_nothing() {
+    let (server, _app, _data) = support_bot_server().await;
+    let id = new_session(&server, json!({})).await;
+    let (status, first) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "first" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{first}");
+    server
+        .host
+        .sessions()
+        .store()
+        .inject_message_write_failures(1);
+    let (status, body) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "lost?" }),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "storage_unavailable");
+    let (_, session) = server.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(session["status"], "idle", "not stuck running: {session}");
+    let (status, answer) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "again" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    // The model hears the first exchange, not the lost message.
+    assert_eq!(
+        answer["text"],
+        "You said: \"again\". Earlier you said: \"first\"."
+    );
+    let (_, transcript) = server.get(&format!("/v1/sessions/{id}/transcript")).await;
+    let texts: Vec<&str> = transcript["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert!(!texts.contains(&"lost?"), "{texts:?}");
+    assert_eq!(texts.len(), 4, "two exchanges: {texts:?}");
+    let events = server
+        .host
+        .sessions()
+        .events_after(&id, 0)
+        .expect("the log");
+    let dones = events
+        .iter()
+        .filter(|e| matches!(e.event, karta_host::Event::Done(_)))
+        .count();
+    assert_eq!(dones, 2, "the failed turn logged no end");
+    server.stop().await;
+}
+
 /// `--durability machine`: every flush a turn waits for also syncs the
 /// data dir's file system (what a power cut would otherwise take), and the
 /// default does not. A power cut cannot be staged here; what this checks is

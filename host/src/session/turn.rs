@@ -1,10 +1,12 @@
-//! Running a turn: the user's message is saved and the turn claimed
+//! Running a turn: the turn is claimed and the user's message taken in
 //! ([`start`]); a task runs the harness, one writer appends its events in
 //! order, and the turn is saved and its terminal event published
-//! ([`run`]). The message's flush overlaps the harness's start — the
-//! writer holds the turn's events until the message is durable, the client
-//! is answered only then, and a flush that fails takes the turn back
-//! (`abandon`) before the client gets its 503.
+//! ([`run`]). The harness gets the message before the store does: the
+//! message's writes and their flush are made while the harness starts (it
+//! takes far longer to ask the model). The writer holds the turn's events
+//! until the message is durable, the client is answered only then, and
+//! writes that fail take the turn back (`abandon`) before the client gets
+//! its 503.
 //!
 //! The terminal event (`done` / `error`) is held back until the turn is
 //! saved — history, transcript, the record with the approvals it gathered
@@ -70,26 +72,30 @@ pub(super) async fn start(
         }
         *turn = Some(cancel.clone());
     }
-    let prepared = match save_message(sessions, &live, &message).await {
+    let (prepared, user_message) = match prepare_message(sessions, &live, &message).await {
         Ok(prepared) => prepared,
         Err(e) => {
             lock(&live.turn).take();
             return Err(e);
         }
     };
-    // The harness starts at once; the message is flushed meanwhile (the
-    // model's first answer takes far longer than a flush), and the turn's
-    // events are written only once it is durable. The client hears of the
-    // turn only after the flush.
+    // The harness gets the message first and the store second: the model's
+    // first answer takes far longer than these writes and their flush, so
+    // they are done while the harness works, not before it starts. The
+    // turn's events are written only once the message is durable, and the
+    // client hears of the turn only then; writes that fail take the turn
+    // back (`abandon`) before the client gets its 503.
     let (durable_tx, durable) = oneshot::channel();
     let (finished_tx, mut finished) = oneshot::channel();
     let task_sessions = sessions.clone();
     let after = prepared.after;
+    let undo = prepared.undo.clone();
     let turn_cancel = cancel.clone();
+    let turn_live = live.clone();
     sessions.turns.spawn(async move {
         let summary = run(
             task_sessions,
-            live,
+            turn_live,
             prepared,
             turn_cancel,
             durable,
@@ -98,15 +104,14 @@ pub(super) async fn start(
         .await;
         let _ = finished_tx.send(summary);
     });
-    match sessions.store.flush_log().await {
+    // The turn's task waits in this worker's LIFO slot (where no other
+    // worker can take it) until this task yields: it runs now, up to the
+    // harness waiting for its process's first words, with the message
+    // handed over.
+    tokio::task::yield_now().await;
+    match persist_message(sessions, &live, &user_message, undo).await {
         Ok(()) => {
             let _ = durable_tx.send(true);
-            // The turn's task waits in this worker's LIFO slot (where no
-            // other worker can take it) until this task yields: without
-            // this, it ran only after the caller had subscribed and built
-            // its answer (~0.1 ms on the path to the harness). The
-            // subscription replays from `after`, so nothing is missed.
-            tokio::task::yield_now().await;
             Ok(StartedTurn { after, finished })
         }
         Err(e) => {
@@ -114,39 +119,50 @@ pub(super) async fn start(
             cancel.cancel();
             let _ = durable_tx.send(false);
             let _ = (&mut finished).await;
-            Err(e.into())
+            Err(e)
         }
     }
 }
 
-/// A saved message, ready to run.
+/// A message taken in, ready to run (its writes follow: [`persist_message`]).
 struct Prepared {
     /// The sequence number before the turn's first event.
     after: u64,
     request: TurnRequest,
     agent: Option<String>,
     /// What to restore if the message never becomes durable.
-    undo: Undo,
+    undo: Arc<Undo>,
 }
 
 /// A message's writes, to take back.
 struct Undo {
-    message_index: u64,
+    /// The message's place in the transcript, once it is written there.
+    message_index: std::sync::OnceLock<u64>,
+    /// The session's record before the message.
     record: SessionRecord,
 }
 
-/// Writes the user's message and marks the turn running (not flushed: the
-/// caller flushes while the harness starts).
-async fn save_message(
+/// Takes the user's message in: marks the turn running and reserves its
+/// sequence numbers in the session's record, in memory, and builds the
+/// harness's request. Nothing is written: [`persist_message`] does that
+/// while the harness starts.
+async fn prepare_message(
     sessions: &Sessions,
     live: &LiveRef,
     message: &MessageRequest,
-) -> Result<Prepared, SessionError> {
-    let store = &sessions.store;
+) -> Result<(Prepared, TranscriptMessage), SessionError> {
     let mut state = live.state.lock().await;
     if live.is_deleted() {
         return Err(SessionError::NotFound(live.id.clone()));
     }
+    // The builtin loop sends the conversation with every step; a process
+    // harness keeps its own, and reading it would cost a read of the whole
+    // history on every message.
+    let history = if sessions.harness.is_none() {
+        sessions.store.history(&live.id)?
+    } else {
+        Vec::new()
+    };
     let before = state.record.clone();
     let participant = Participant {
         name: message
@@ -179,30 +195,6 @@ async fn save_message(
         usage: None,
         created_at: stamp,
     };
-    let written = async {
-        let index = store.append_message(&live.id, &user_message)?;
-        if let Err(e) = store.put_session(&state.record) {
-            let _ = store.remove_message(&live.id, index);
-            return Err(e);
-        }
-        // The builtin loop sends the conversation with every step; a
-        // process harness keeps its own, and reading it would cost a read
-        // of the whole history on every message.
-        let history = if sessions.harness.is_none() {
-            store.history(&live.id)?
-        } else {
-            Vec::new()
-        };
-        Ok((index, history))
-    };
-    let (message_index, history) = match written.await {
-        Ok(written) => written,
-        Err(e) => {
-            state.record = before;
-            let _ = store.put_session(&state.record);
-            return Err(e.into());
-        }
-    };
     let text = if participant.kind == ParticipantType::Ai || several_speakers {
         // Several speakers: tell the model who says what.
         format!("[{}]: {}", participant.name, message.text)
@@ -222,15 +214,40 @@ async fn save_message(
         agent: agent.clone(),
         session: SessionInfo::default(),
     };
-    Ok(Prepared {
+    let prepared = Prepared {
         after: state.next_seq - 1,
         request,
         agent,
-        undo: Undo {
-            message_index,
+        undo: Arc::new(Undo {
+            message_index: std::sync::OnceLock::new(),
             record: before,
-        },
-    })
+        }),
+    };
+    Ok((prepared, user_message))
+}
+
+/// Writes the user's message and the session's record as
+/// [`prepare_message`] left it (the turn running, its sequence numbers
+/// reserved), and flushes them. On failure the writes that were made are
+/// taken back by the turn's `abandon`.
+async fn persist_message(
+    sessions: &Sessions,
+    live: &LiveRef,
+    user_message: &TranscriptMessage,
+    undo: Arc<Undo>,
+) -> Result<(), SessionError> {
+    let store = &sessions.store;
+    {
+        let state = live.state.lock().await;
+        if live.is_deleted() {
+            return Err(SessionError::NotFound(live.id.clone()));
+        }
+        let index = store.append_message(&live.id, user_message)?;
+        let _ = undo.message_index.set(index);
+        store.put_session(&state.record)?;
+    }
+    store.flush_log().await?;
+    Ok(())
 }
 
 /// Runs a turn to its end and saves it (see the module docs).
@@ -463,13 +480,15 @@ async fn write_events(
 async fn abandon(
     sessions: &Sessions,
     live: &LiveRef,
-    undo: Undo,
+    undo: Arc<Undo>,
     agent: Option<String>,
 ) -> TurnSummary {
     let mut state = live.state.lock().await;
     if !live.is_deleted() {
-        let _ = sessions.store.remove_message(&live.id, undo.message_index);
-        state.record = undo.record;
+        if let Some(&index) = undo.message_index.get() {
+            let _ = sessions.store.remove_message(&live.id, index);
+        }
+        state.record = undo.record.clone();
         let _ = sessions.store.put_session(&state.record);
     }
     lock(&live.turn).take();

@@ -285,11 +285,13 @@ impl FlushGroup {
     }
 }
 
-/// Failures a test asked for: the next N flushes / event writes fail.
+/// Failures a test asked for: the next N flushes / event writes /
+/// transcript writes fail.
 #[derive(Default)]
 struct Faults {
     flushes: AtomicU32,
     event_writes: AtomicU32,
+    message_writes: AtomicU32,
     /// How long a failing flush takes before it fails (ms), so that a test
     /// can see what a turn does while its message's flush is running.
     failing_flush_ms: AtomicU32,
@@ -605,6 +607,13 @@ impl Store {
         self.faults.failing_flush_ms.store(0, Ordering::SeqCst);
     }
 
+    /// Makes the next `writes` transcript writes fail.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn inject_message_write_failures(&self, writes: u32) {
+        self.faults.message_writes.store(writes, Ordering::SeqCst);
+    }
+
     /// Makes the next flush fail after `delay` (it runs as long as that).
     #[cfg(feature = "fault-injection")]
     #[doc(hidden)]
@@ -732,6 +741,9 @@ impl Store {
         session: &str,
         message: &TranscriptMessage,
     ) -> Result<u64, StoreError> {
+        if Faults::take(&self.faults.message_writes) {
+            return Err(StoreError::Injected);
+        }
         let value = encode(message)?;
         let mut write = self.write();
         let index = last_index(&self.transcript, session)?.map_or(0, |last| last + 1);
