@@ -375,6 +375,23 @@ impl Projects {
         self.release(&org, &project, scope.version).await
     }
 
+    /// [`Projects::for_record`] for a record of `project` (of `org`), both
+    /// read by the caller already: they are not read again. A record of
+    /// another project (or of none) is looked up as `for_record` does.
+    pub async fn for_record_of(
+        &self,
+        org: &Org,
+        project: &Project,
+        record: &SessionRecord,
+    ) -> Result<Arc<Sessions>, ProjectError> {
+        match &record.scope {
+            Some(scope) if scope.project_id == project.id && scope.org_id == org.id => {
+                self.release(org, project, scope.version).await
+            }
+            _ => self.for_record(record).await,
+        }
+    }
+
     /// The sessions of `version` of `project`, loaded on first use.
     async fn release(
         &self,

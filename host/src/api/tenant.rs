@@ -342,7 +342,9 @@ impl Tenant {
             .map_err(crate::session::SessionError::from)?
             .filter(|record| self.owns(projects, record))
             .ok_or_else(not_found)?;
-        Ok(projects.for_record(&record).await?)
+        Ok(projects
+            .for_record_of(&self.org, &self.project, &record)
+            .await?)
     }
 
     /// The end user a new session belongs to: the verified `sub`, or the

@@ -58,6 +58,9 @@ impl Sessions {
         let (Some(webhooks), Some(scope)) = (&self.webhooks, &record.scope) else {
             return Prepared::default();
         };
+        if !webhooks.subscribed(&scope.org_id, event_type) {
+            return Prepared::default();
+        }
         let mut data = serde_json::Map::new();
         data.insert("session_id".into(), json!(record.id));
         data.insert(

@@ -347,6 +347,18 @@ impl Webhooks {
         Ok(Prepared { rows })
     }
 
+    /// Whether an enabled endpoint of `org_id` is subscribed to
+    /// `event_type`, so that a caller builds an event's data only for a
+    /// notice someone will get (every turn's end asks). A store that cannot
+    /// answer says yes: [`Webhooks::prepare`] then reports the error.
+    pub fn subscribed(&self, org_id: &str, event_type: EventType) -> bool {
+        self.endpoints(org_id).map_or(true, |endpoints| {
+            endpoints
+                .iter()
+                .any(|e| e.disabled_at.is_none() && e.events.contains(&event_type))
+        })
+    }
+
     /// [`Webhooks::prepare`] and [`Prepared::write_in`] in a transaction of
     /// its own, then [`Webhooks::wake`]: for a caller whose event is nothing
     /// but this notification (no other write to share a transaction with).
