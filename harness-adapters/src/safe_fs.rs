@@ -489,8 +489,14 @@ impl SafeDir {
                     remove_entry(&dir, name, 0)?;
                     rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))?;
                 }
+                // Made meanwhile by another caller (two jails of one end
+                // user start at once in their shared HOME) is as good:
+                // the open below checks it is a directory, not a link.
                 Err(Errno::NOENT) => {
-                    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))?;
+                    match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -646,6 +652,31 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("safe_fs-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         dir
+    }
+
+    /// Two jails of one end user start at once in their shared HOME: both
+    /// make its scratch directories, and neither fails for the other's.
+    #[test]
+    fn callers_racing_to_make_the_same_directories_all_succeed() {
+        for _ in 0..50 {
+            let root = tempdir();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let racers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (root, barrier) = (root.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        let dir = SafeDir::open(&root).expect("open");
+                        barrier.wait();
+                        dir.create_dirs(Path::new("a/b/c"))
+                    })
+                })
+                .collect();
+            for racer in racers {
+                racer.join().expect("a racer").expect("made or found");
+            }
+            assert!(root.join("a/b/c").is_dir());
+            let _ = std::fs::remove_dir_all(&root);
+        }
     }
 
     #[test]
