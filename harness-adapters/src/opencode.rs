@@ -191,6 +191,10 @@ struct OpencodeServer {
     events: mpsc::UnboundedReceiver<Value>,
     /// OpenCode's session id.
     session: String,
+    /// The id of the user message of the server's latest turn (see
+    /// `drive`: a turn's own events start after its own
+    /// user message).
+    last_user_message: Option<String>,
     last_used: Instant,
 }
 
@@ -558,6 +562,7 @@ impl OpencodeHarness {
                     base,
                     events,
                     session: previous,
+                    last_user_message: None,
                     last_used: Instant::now(),
                 });
             }
@@ -582,6 +587,7 @@ impl OpencodeHarness {
             base,
             events,
             session: id.to_owned(),
+            last_user_message: None,
             last_used: Instant::now(),
         })
     }
@@ -651,6 +657,17 @@ impl OpencodeHarness {
         // Permission requests whose tool input has not shown up yet: OpenCode
         // announces the request before the tool part carrying the input.
         let mut waiting: Vec<(Value, Instant)> = Vec::new();
+        // OpenCode ends a turn with a tail that can reach us after the
+        // next message was sent (the drain above runs too early for it):
+        // after a failed call, its assistant message again (with the
+        // error), a second `session.status` idle and `session.idle`; after
+        // others, that turn's user message again. Taken as this turn's,
+        // the tail ended it at once with the last turn's error. A prompt's
+        // own events start with its user message (`message.updated`, role
+        // `user`, an id the last turn's is not): until then only user
+        // messages are read (their roles keep their echoed parts out of
+        // the answer).
+        let mut started = false;
         loop {
             let next = if waiting.is_empty() {
                 server.events.recv().await
@@ -668,7 +685,17 @@ impl OpencodeHarness {
             };
             let properties = &event["properties"];
             let ours = event_session(&event).is_none_or(|s| s == server.session);
-            if ours {
+            if ours && !started {
+                let info = &properties["info"];
+                if event["type"] == "message.updated" && info["role"] == "user" {
+                    turn.message_updated(info);
+                    let id = info["id"].as_str();
+                    if id.is_some() && id != server.last_user_message.as_deref() {
+                        started = true;
+                        server.last_user_message = id.map(str::to_owned);
+                    }
+                }
+            } else if ours {
                 match event["type"].as_str() {
                     Some("message.updated") => turn.message_updated(&properties["info"]),
                     Some("message.part.delta") => turn.part_delta(properties, cx),

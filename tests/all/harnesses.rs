@@ -505,6 +505,61 @@ async fn opencode_runs_the_app_end_to_end() {
     harness_end_to_end(HarnessKind::Opencode, "opencode").await;
 }
 
+/// OpenCode ends a failed turn with a tail (the failed message again, a
+/// second `session.idle`) that can arrive after the next message was sent.
+/// Read as the next turn's, it ended that turn at once with the old error
+/// (seen once in CI, 1 run in 17). Messages sent the moment a failed turn
+/// ends, through the session manager (no HTTP in between, the narrowest
+/// gap): each answers for itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue8_an_opencode_turn_right_after_a_failed_one_is_its_own() {
+    let (server, _app, _data) = start(HarnessKind::Opencode).await;
+    let id = new_session(&server, json!({})).await;
+    let sessions = server.host.sessions().clone();
+    let say = |text: String| {
+        let sessions = sessions.clone();
+        let id = id.clone();
+        async move {
+            let started = sessions
+                .send(
+                    &id,
+                    karta_host::session::MessageRequest {
+                        text,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("send");
+            tokio::time::timeout(std::time::Duration::from_secs(120), started.finished)
+                .await
+                .expect("the turn ends")
+                .expect("its summary")
+        }
+    };
+    for round in 0..12 {
+        let failed = say("/fail 400 the model refused".into()).await;
+        assert_eq!(
+            failed.status,
+            karta_host::TurnStatus::Error,
+            "round {round}"
+        );
+        let text = format!("still here {round}");
+        let recovered = say(text.clone()).await;
+        assert_eq!(
+            recovered.status,
+            karta_host::TurnStatus::Completed,
+            "round {round}: {}",
+            recovered.text
+        );
+        assert!(
+            recovered.text.contains(&format!("You said: \"{text}\".")),
+            "round {round}: {}",
+            recovered.text
+        );
+    }
+    server.stop().await;
+}
+
 /// A workspace `opencode.json` (a plugin with a read-write workspace can
 /// write one) naming an MCP server `command` starts nothing: OpenCode runs
 /// with project config off and the host removes the file before the turn.
