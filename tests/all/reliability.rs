@@ -139,8 +139,8 @@ async fn regression_issue8_a_flush_failure_is_503_and_the_session_stays_usable()
 
 /// The harness gets a message before the store does (the writes are made
 /// while it starts): a message whose transcript write fails is a 503, and
-/// it leaves nothing — not in the transcript, not in the harness's
-/// conversation the next turn sees, not a session stuck running.
+/// it leaves nothing — not in the transcript, not in the conversation the
+/// built-in loop sends the model next turn, not a session stuck running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_whose_write_fails_after_the_harness_started_leaves_nothing() {
     let (server, _app, _data) = support_bot_server().await;

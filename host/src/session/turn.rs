@@ -105,9 +105,12 @@ pub(super) async fn start(
         let _ = finished_tx.send(summary);
     });
     // The turn's task waits in this worker's LIFO slot (where no other
-    // worker can take it) until this task yields: it runs now, up to the
+    // worker can take it) until this task yields: it runs next, up to the
     // harness waiting for its process's first words, with the message
-    // handed over.
+    // handed over; the writes below follow it (or run beside it, if another
+    // worker takes this task meanwhile). A process harness whose message
+    // then cannot be written has it already, as when the flush fails: the
+    // turn is cancelled, which ends the process.
     tokio::task::yield_now().await;
     match persist_message(sessions, &live, &user_message, undo).await {
         Ok(()) => {
