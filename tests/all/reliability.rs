@@ -102,11 +102,10 @@ async fn regression_issue8_a_stream_ends_at_input_required_and_the_answer_carrie
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn regression_issue8_a_flush_failure_is_503_and_the_session_stays_usable() {
-    let (server, _app, _data) = support_bot_server().await;
-    let id = new_session(&server, json!({})).await;
-    server.host.sessions().store().inject_failures(1, 0);
+/// Sends "lost?" while the store fails (the caller injected the failure):
+/// a 503 `storage_unavailable`, the session idle again, not stuck running.
+/// Then sends "again" and answers its reply.
+async fn lose_a_message_then_send_again(server: &Server, id: &str) -> Value {
     let (status, body) = server
         .post(
             &format!("/v1/sessions/{id}/messages"),
@@ -124,6 +123,15 @@ async fn regression_issue8_a_flush_failure_is_503_and_the_session_stays_usable()
         )
         .await;
     assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue8_a_flush_failure_is_503_and_the_session_stays_usable() {
+    let (server, _app, _data) = support_bot_server().await;
+    let id = new_session(&server, json!({})).await;
+    server.host.sessions().store().inject_failures(1, 0);
+    let answer = lose_a_message_then_send_again(&server, &id).await;
     assert_eq!(
         answer["text"], "You said: \"again\".",
         "the failed message left nothing"
@@ -157,23 +165,7 @@ async fn a_message_whose_write_fails_after_the_harness_started_leaves_nothing() 
         .sessions()
         .store()
         .inject_message_write_failures(1);
-    let (status, body) = server
-        .post(
-            &format!("/v1/sessions/{id}/messages"),
-            json!({ "text": "lost?" }),
-        )
-        .await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"], "storage_unavailable");
-    let (_, session) = server.get(&format!("/v1/sessions/{id}")).await;
-    assert_eq!(session["status"], "idle", "not stuck running: {session}");
-    let (status, answer) = server
-        .post(
-            &format!("/v1/sessions/{id}/messages"),
-            json!({ "text": "again" }),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
+    let answer = lose_a_message_then_send_again(&server, &id).await;
     // The model hears the first exchange, not the lost message.
     assert_eq!(
         answer["text"],
