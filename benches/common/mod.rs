@@ -7,10 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The runtime the benches serve on: two workers, as the project's
-/// machine has two cores.
+/// machine has two cores (`KARTA_BENCH_WORKERS=N` for another count, to
+/// see what the runtime's scheduling costs; BENCHMARKS.md, issue 8).
 pub fn runtime() -> tokio::runtime::Runtime {
+    let workers = std::env::var("KARTA_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("tokio")
