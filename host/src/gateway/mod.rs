@@ -26,6 +26,7 @@
 pub mod offline;
 mod relay;
 pub mod translate;
+mod upstream;
 mod wire;
 
 use std::collections::{HashMap, VecDeque};
@@ -40,9 +41,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use karta_harness::Usage;
 use karta_harness::builtin::{ModelResponse, ModelService};
 use karta_harness::model_stream::WireShape;
@@ -196,7 +195,8 @@ struct GatewayInner {
     recent: Mutex<VecDeque<Bytes>>,
     /// The host's per-call choice of upstream (BYOK), if it set one.
     router: std::sync::OnceLock<Arc<dyn CallRouter>>,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Connections to providers, each driven by the call using it.
+    upstreams: upstream::Upstreams,
 }
 
 /// Requests kept in [`Gateway::recent_requests`].
@@ -237,7 +237,7 @@ impl Gateway {
                 usage: Mutex::default(),
                 recent: Mutex::default(),
                 router: std::sync::OnceLock::new(),
-                client: Client::builder(TokioExecutor::new()).build(connector),
+                upstreams: upstream::Upstreams::new(connector),
             }),
         }
     }

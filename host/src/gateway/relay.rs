@@ -276,7 +276,7 @@ pub(super) async fn forward(
             "bad upstream URL",
         );
     };
-    let response = match gateway.inner.client.request(outbound).await {
+    let response = match gateway.inner.upstreams.request(outbound).await {
         Ok(response) => response,
         Err(e) => {
             tracing::warn!("upstream unreachable: {e:#}");
