@@ -41,7 +41,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use karta_harness::Usage;
 use karta_harness::builtin::{ModelResponse, ModelService};
 use karta_harness::model_stream::WireShape;
@@ -219,16 +218,6 @@ impl Gateway {
         credentials: Arc<Credentials>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        // Small SSE writes both ways: without it, Nagle's algorithm meets
-        // the provider's delayed ACK (~40 ms per exchange).
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
         Self {
             inner: Arc::new(GatewayInner {
                 upstream,
@@ -237,7 +226,7 @@ impl Gateway {
                 usage: Mutex::default(),
                 recent: Mutex::default(),
                 router: std::sync::OnceLock::new(),
-                upstreams: upstream::Upstreams::new(connector),
+                upstreams: upstream::Upstreams::new(),
             }),
         }
     }
