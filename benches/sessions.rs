@@ -13,8 +13,12 @@
 //!   skill, settings), finding them already right: directories listed,
 //!   every file read and compared.
 //! - `harness_files/sync_unchanged`: what it does now on that path
-//!   (`HarnessFiles::sync_with`): one `stat` per entry, compared with what
-//!   the last sync left, and no sync.
+//!   (`HarnessFiles::sync_with`): the pending events of the memo's inotify
+//!   watches read (none), and no sync.
+//! - `harness_files/sync_unchanged_stamps`: the same where inotify cannot
+//!   be had (`SyncMemo::stamps_only`): one `stat` per entry, compared with
+//!   what the last sync left.
+//! - `harness_files/*_60`: the two for an app of 60 skills.
 //!
 //! `KARTA_BENCH_DURABILITY=machine` runs the session benches on a store
 //! whose flushes also sync the file system (`karta serve --durability
@@ -82,24 +86,41 @@ fn bench(c: &mut Criterion) {
 
 fn harness_files(c: &mut Criterion) {
     let app = common::support_bot_app();
-    let files = HarnessFiles::collect(app.path()).expect("the app's harness files");
+    let many = tempfile::tempdir().expect("tempdir");
+    std::fs::write(many.path().join("CLAUDE.md"), "Be brief.").expect("write");
+    for i in 0..60 {
+        let dir = many.path().join(format!(".claude/skills/s{i}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let skill = format!("---\nname: s{i}\ndescription: skill {i}\n---\nDo {i}.");
+        std::fs::write(dir.join("SKILL.md"), skill).expect("write");
+    }
     let data = tempfile::tempdir().expect("tempdir");
-    let workspace = data.path().join("workspace");
-    let memo = SyncMemo::default();
-    files.sync(&workspace).expect("first sync");
-    // Stamps are remembered once the files' last change is 2 s old.
-    std::thread::sleep(std::time::Duration::from_millis(2100));
-    files.sync_with(&workspace, &memo).expect("sync");
-    assert!(
-        !files.sync_with(&workspace, &memo).expect("sync"),
-        "an unchanged workspace is not synced again"
-    );
-
     let mut group = c.benchmark_group("harness_files");
-    group.bench_function("sync", |b| b.iter(|| files.sync(&workspace).expect("sync")));
-    group.bench_function("sync_unchanged", |b| {
-        b.iter(|| files.sync_with(&workspace, &memo).expect("sync"))
-    });
+    for (app, suffix) in [(app.path(), ""), (many.path(), "_60")] {
+        let files = HarnessFiles::collect(app).expect("the app's harness files");
+        let workspace = data.path().join(format!("workspace{suffix}"));
+        let watched = SyncMemo::default();
+        let stamps = SyncMemo::stamps_only();
+        files.sync(&workspace).expect("first sync");
+        // Stamps are remembered once the files' last change is 2 s old.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        for memo in [&watched, &stamps] {
+            while files.sync_with(&workspace, memo).expect("sync") {}
+            assert!(
+                !files.sync_with(&workspace, memo).expect("sync"),
+                "an unchanged workspace is not synced again"
+            );
+        }
+        group.bench_function(format!("sync{suffix}"), |b| {
+            b.iter(|| files.sync(&workspace).expect("sync"))
+        });
+        group.bench_function(format!("sync_unchanged{suffix}"), |b| {
+            b.iter(|| files.sync_with(&workspace, &watched).expect("sync"))
+        });
+        group.bench_function(format!("sync_unchanged_stamps{suffix}"), |b| {
+            b.iter(|| files.sync_with(&workspace, &stamps).expect("sync"))
+        });
+    }
     group.finish();
 }
 

@@ -519,6 +519,37 @@ impl SafeDir {
             .map_err(|e| explain(&self.path.join(relative), e))
     }
 
+    /// Adds the file or directory at `relative` (`""`: this one) to the
+    /// inotify instance `inotify` with `flags`; its watch descriptor, or
+    /// `None` when nothing is there or a link is in the way (refused, never
+    /// followed). The entry is opened the safe way (`O_PATH`) and watched
+    /// through `/proc/self/fd/N`, which names exactly the inode opened: a
+    /// link swapped in after the open is not what gets watched.
+    pub fn watch(
+        &self,
+        inotify: std::os::fd::BorrowedFd<'_>,
+        relative: &Path,
+        flags: rustix::fs::inotify::WatchFlags,
+    ) -> std::io::Result<Option<i32>> {
+        let fd = match self.open_at(relative, OFlags::PATH) {
+            Ok(fd) => fd,
+            Err(e)
+                if matches!(
+                    Errno::from_io_error(&e),
+                    Some(Errno::NOENT | Errno::LOOP | Errno::NOTDIR | Errno::XDEV)
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(explain(&self.path.join(relative), e)),
+        };
+        // No `IN_DONT_FOLLOW`: the magic link is what must be followed (to
+        // the inode opened above, never a link itself: `open_at` refuses
+        // those).
+        let magic = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        Ok(Some(rustix::fs::inotify::add_watch(inotify, magic, flags)?))
+    }
+
     /// The entries of the directory at `relative` (`""`: this one), with
     /// what each is (links not followed), sorted by name.
     pub fn list(&self, relative: &Path) -> std::io::Result<Vec<(OsString, Kind)>> {

@@ -10,10 +10,12 @@
 //! writing only the files that differ. A file already right is not touched:
 //! rewriting them every turn cost the host CPU and made Claude Code reload
 //! its settings (BENCHMARKS.md, "overhead"). A session's turns sync through
-//! [`HarnessFiles::sync_with`], which first compares the entries' metadata
-//! with what the last sync left ([`SyncMemo`]) and skips the sync when
-//! nothing changed: one `stat` per entry instead of listing directories
-//! and reading every file on the way to the harness.
+//! [`HarnessFiles::sync_with`], which skips the sync when nothing the set
+//! owns changed since the last one ([`SyncMemo`]): it learns that from
+//! inotify watches on those entries (one `read` of pending events, see
+//! `workspace_watch`), or where those cannot be had from one `stat` per
+//! entry compared with what the last sync left — instead of listing
+//! directories and reading every file on the way to the harness.
 //!
 //! Nothing is ever read, written or removed *through* a symbolic link in
 //! the workspace: every operation there goes through
@@ -38,6 +40,7 @@ use std::time::{Duration, SystemTime};
 
 use karta_harness::safe_fs::{self, Kind, SafeDir, Stamp};
 
+use super::workspace_watch::Watches;
 use super::{AppError, app_file_error, error};
 
 /// What of an app a harness process may read from its working directory:
@@ -78,7 +81,7 @@ const MAX_DEPTH: usize = 16;
 /// is not an app file is removed (but OpenCode's `.opencode/node_modules`).
 /// `opencode.json` / `opencode.jsonc` are never app files: OpenCode would
 /// merge them over the host's config (an MCP `command` there runs code).
-const MANAGED: &[&str] = &[
+pub(super) const MANAGED: &[&str] = &[
     "CLAUDE.md",
     "AGENTS.md",
     ".claude",
@@ -316,12 +319,15 @@ impl HarnessFiles {
     pub fn sync(&self, workspace: &Path) -> std::io::Result<()> {
         // Every operation is relative to the workspace and refuses links
         // (module docs): what a guest planted is removed, never entered.
-        self.sync_in(&SafeDir::create(workspace)?)
+        self.sync_in(&SafeDir::create(workspace)?).map(|_| ())
     }
 
     /// [`HarnessFiles::sync`], skipped when nothing the set owns in
     /// `workspace` changed since the last sync `memo` remembers there;
-    /// `true` when it synced. What it compares is one [`Stamp`] per entry
+    /// `true` when it synced. Where the kernel gives inotify, the memo
+    /// watches what the set owns and a turn reads its pending events (one
+    /// `read`; see `workspace_watch`). Otherwise — or when no watch is
+    /// left — what it compares is one [`Stamp`] per entry
     /// the set owns or would remove (the managed names, every directory
     /// and file of the set): any change to them — bytes, mode, an entry
     /// added, removed, renamed or linked in — changes a stamp, so the
@@ -342,6 +348,34 @@ impl HarnessFiles {
         memo: &SyncMemo,
         settled: Duration,
     ) -> std::io::Result<bool> {
+        if let Some(watches) = &memo.watches {
+            if watches.unchanged(memo.id, workspace) {
+                return Ok(false);
+            }
+            let ws = SafeDir::create(workspace)?;
+            // Watched before the full comparison: a change during it is an
+            // event for the next turn (see `workspace_watch`).
+            let dirs = self.dirs.iter().map(PathBuf::as_path).chain(
+                (!self.dirs.contains(Path::new(".opencode"))).then(|| Path::new(".opencode")),
+            );
+            if watches
+                .watch(
+                    memo.id,
+                    &ws,
+                    workspace,
+                    dirs,
+                    self.paths.iter().map(PathBuf::as_path),
+                )
+                .is_ok()
+            {
+                let synced = self.sync_in(&ws);
+                if !matches!(synced, Ok(false)) {
+                    // Written (the watched inodes replaced) or failed.
+                    watches.changed(workspace);
+                }
+                return synced.map(|_| true);
+            }
+        }
         let ws = SafeDir::create(workspace)?;
         if let Some(before) = memo.get(workspace)
             && self.stamps(&ws).is_ok_and(|now| now == before)
@@ -377,11 +411,14 @@ impl HarnessFiles {
         )
     }
 
-    fn sync_in(&self, ws: &SafeDir) -> std::io::Result<()> {
+    /// Makes `ws` hold exactly the set; `true` when that took a change
+    /// (something removed or written).
+    fn sync_in(&self, ws: &SafeDir) -> std::io::Result<bool> {
+        let mut changed = false;
         for name in MANAGED {
             let name = Path::new(name);
             if let Some(kind) = ws.kind(name)? {
-                self.prune(ws, name, kind, 0)?;
+                changed |= self.prune(ws, name, kind, 0)?;
             }
         }
         for file in &self.files {
@@ -401,13 +438,14 @@ impl HarnessFiles {
                 // Replaces whatever is there (a link, a FIFO, a directory)
                 // by renaming a new file over it.
                 ws.write(&file.path, &file.bytes)?;
+                changed = true;
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Removes from `workspace/relative`, which is a `kind`, whatever the
-    /// set does not have. (The kind of a directory's entries comes from
+    /// set does not have; `true` when it removed anything. (The kind of a directory's entries comes from
     /// its listing, which looked at each without following it: looking
     /// again per entry cost a directory open and a stat each. Whatever a
     /// guest swaps in meanwhile is still never followed: a directory is
@@ -419,22 +457,23 @@ impl HarnessFiles {
         relative: &Path,
         kind: Kind,
         depth: usize,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<bool> {
         if relative == Path::new(KEPT) {
-            return Ok(());
+            return Ok(false);
         }
         let keeps_dir = self.dirs.contains(relative) || relative == Path::new(".opencode");
         match kind {
             Kind::Dir if keeps_dir && depth < MAX_DEPTH => {
+                let mut removed = false;
                 for (name, kind) in ws.list(relative)? {
-                    self.prune(ws, &relative.join(name), kind, depth + 1)?;
+                    removed |= self.prune(ws, &relative.join(name), kind, depth + 1)?;
                 }
-                Ok(())
+                Ok(removed)
             }
-            Kind::File(_) if self.paths.contains(relative) => Ok(()),
+            Kind::File(_) if self.paths.contains(relative) => Ok(false),
             // A link, a stranger, a special file: removed (a link itself,
             // not what it names).
-            _ => ws.remove(relative),
+            _ => ws.remove(relative).map(|()| true),
         }
     }
 }
@@ -443,12 +482,67 @@ impl HarnessFiles {
 /// sync, so that the next turn skips the sync when nothing changed
 /// ([`HarnessFiles::sync_with`]). One memo serves one set of files (a
 /// release's): stamps say nothing about another set.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SyncMemo {
+    /// Tells this memo's workspaces from another's in the shared watches.
+    id: u64,
+    /// Watches on each workspace's harness files (`None`: no inotify here,
+    /// stamps only).
+    watches: Option<Arc<Watches>>,
+    /// The stamps of the workspaces not watched.
     stamps: Mutex<HashMap<PathBuf, Vec<Option<Stamp>>>>,
 }
 
+impl Default for SyncMemo {
+    /// Watches where the kernel gives an inotify instance, else stamps.
+    fn default() -> Self {
+        Self::with_watches(Watches::shared())
+    }
+}
+
+impl Drop for SyncMemo {
+    fn drop(&mut self) {
+        if let Some(watches) = &self.watches {
+            watches.forget_owner(self.id);
+        }
+    }
+}
+
 impl SyncMemo {
+    /// A memo that only compares stamps, as on a kernel without inotify
+    /// (for tests and benches).
+    pub fn stamps_only() -> Self {
+        Self::with_watches(None)
+    }
+
+    /// A memo with an inotify instance of its own (tests that count
+    /// watches or overflow the queue stay out of each other's way).
+    #[cfg(test)]
+    pub(super) fn with_own_watches() -> Self {
+        Self::with_watches(Watches::new().map(Arc::new))
+    }
+
+    /// Another memo on the same inotify instance (another release's set).
+    #[cfg(test)]
+    pub(super) fn sharing_watches(&self) -> Self {
+        Self::with_watches(self.watches.clone())
+    }
+
+    fn with_watches(watches: Option<Arc<Watches>>) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            watches,
+            stamps: Mutex::default(),
+        }
+    }
+
+    /// Whether it watches the workspaces (else it compares stamps).
+    #[cfg(test)]
+    pub(super) fn watches(&self) -> Option<&Watches> {
+        self.watches.as_deref()
+    }
+
     fn get(&self, workspace: &Path) -> Option<Vec<Option<Stamp>>> {
         self.lock().get(workspace).cloned()
     }
@@ -464,6 +558,9 @@ impl SyncMemo {
     /// Forgets `workspace` (its session was deleted: a new one of the same
     /// id starts from a full sync).
     pub fn forget(&self, workspace: &Path) {
+        if let Some(watches) = &self.watches {
+            watches.forget(workspace);
+        }
         self.lock().remove(workspace);
     }
 

@@ -39,6 +39,7 @@ use crate::plugin::{Limits, PluginGrant, WorkspaceAccess};
 mod harness_files;
 pub mod karta_files;
 pub mod project_files;
+mod workspace_watch;
 
 pub use karta_files::{EnvSource, EnvVar, OperatorEnv, PermissionMode, UnknownKey};
 
@@ -1026,6 +1027,182 @@ mod tests {
     /// by the stamps and undone by the sync it triggers.
     #[test]
     fn sync_is_skipped_only_while_the_harness_files_are_unchanged() {
+        sync_skipped_only_while_unchanged(SyncMemo::stamps_only());
+    }
+
+    /// The same, seen by the memo's inotify watches.
+    #[test]
+    fn watched_sync_is_skipped_only_while_the_harness_files_are_unchanged() {
+        let memo = SyncMemo::with_own_watches();
+        assert!(memo.watches().is_some(), "this kernel gives inotify");
+        sync_skipped_only_while_unchanged(memo);
+    }
+
+    /// With watches a turn right after a sync that found nothing to do
+    /// skips (no settling wait) and a change is seen at once; files the set
+    /// does not own in the root, and other workspaces' changes, are not
+    /// this workspace's; a lost event makes every workspace compare again.
+    #[test]
+    fn watches_see_a_change_at_once_and_only_in_their_own_workspace() {
+        use std::os::unix::fs::MetadataExt;
+        let app = tempfile::tempdir().expect("tempdir");
+        write(app.path(), "CLAUDE.md", "Be brief.");
+        write(app.path(), ".claude/agents/x.md", "---\nname: x\n---\nHi");
+        let files = HarnessFiles::collect(app.path()).expect("collect");
+        let data = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (data.path().join("a"), data.path().join("b"));
+        let memo = SyncMemo::with_own_watches();
+        let watches = memo.watches().expect("this kernel gives inotify");
+        let sync = |ws: &Path| files.sync_with(ws, &memo).expect("sync");
+        // Written, then compared once more (its writes replaced what was
+        // watched), then skipped.
+        let settle = |ws: &Path| {
+            while sync(ws) {}
+        };
+        assert!(sync(&a), "a new workspace is synced");
+        assert!(sync(&a), "after writing, compared again");
+        assert!(!sync(&a), "then skipped, without waiting");
+        assert_eq!(watches.watched(), 1);
+        let watched = watches.watched_inodes();
+        for path in ["", "CLAUDE.md", ".claude/agents", ".claude/agents/x.md"] {
+            let ino = std::fs::metadata(a.join(path)).expect("meta").ino();
+            assert!(watched.contains(&ino), "{path:?} is watched");
+        }
+
+        write(&a, "CLAUDE.md", "Be rude.");
+        assert!(sync(&a), "a change right after a sync is seen");
+        assert_eq!(
+            std::fs::read_to_string(a.join("CLAUDE.md")).expect("read"),
+            "Be brief."
+        );
+        settle(&a);
+        // Written through a descriptor still open (no close yet).
+        let mut held = std::fs::OpenOptions::new()
+            .write(true)
+            .open(a.join(".claude/agents/x.md"))
+            .expect("open");
+        std::io::Write::write_all(&mut held, b"Ho").expect("write");
+        assert!(sync(&a), "a write not yet closed is seen");
+        drop(held);
+        settle(&a);
+
+        // The harness working in the workspace's root.
+        write(&a, "notes.txt", "mine");
+        std::fs::create_dir(a.join("src")).expect("mkdir");
+        std::fs::rename(a.join("notes.txt"), a.join("src/notes.txt")).expect("mv");
+        assert!(!sync(&a), "names the set does not own: skipped");
+
+        settle(&b);
+        write(&b, ".claude/agents/evil.md", "---\nname: evil\n---\n");
+        assert!(!sync(&a), "another workspace's change is not this one's");
+        assert!(sync(&b), "it is that one's");
+        assert!(!b.join(".claude/agents/evil.md").exists());
+        settle(&b);
+
+        // More events than the kernel queues (16,384 by default): the
+        // queue overflows and every workspace compares again.
+        let queue: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(16384);
+        for i in 0..=queue {
+            std::fs::File::create(b.join(format!(".claude/agents/{i}"))).expect("create");
+        }
+        assert!(sync(&a), "an event was lost: compared again");
+        assert!(sync(&b));
+        assert_eq!(
+            std::fs::read_dir(b.join(".claude/agents"))
+                .expect("ls")
+                .count(),
+            1,
+            "the strangers removed"
+        );
+        settle(&a);
+        settle(&b);
+
+        // Another release's set on the same instance: neither skips
+        // what the other synced last.
+        let other_app = tempfile::tempdir().expect("tempdir");
+        write(other_app.path(), "CLAUDE.md", "Be kind.");
+        let other_files = HarnessFiles::collect(other_app.path()).expect("collect");
+        let other = memo.sharing_watches();
+        assert!(other_files.sync_with(&a, &other).expect("sync"));
+        assert_eq!(
+            std::fs::read_to_string(a.join("CLAUDE.md")).expect("read"),
+            "Be kind."
+        );
+        assert!(sync(&a), "watched for the other set: compared in full");
+        assert_eq!(
+            std::fs::read_to_string(a.join("CLAUDE.md")).expect("read"),
+            "Be brief."
+        );
+        settle(&a);
+        other_files.sync_with(&b, &other).expect("sync");
+        assert_eq!(watches.watched(), 2);
+        drop(other);
+        assert_eq!(watches.watched(), 1, "a memo dropped takes its watches");
+        settle(&b);
+
+        memo.forget(&a);
+        assert_eq!(watches.watched(), 1);
+        assert!(sync(&a), "forgotten: synced");
+    }
+
+    /// Attack: a workspace whose managed names are links to elsewhere before
+    /// its first watched sync. Nothing is watched through them (the kernel's
+    /// list of watched inodes never has the target), and the sync replaces
+    /// them, leaving the target alone.
+    #[test]
+    fn regression_issue8_watches_never_go_through_links_planted_in_the_workspace() {
+        use std::os::unix::fs::MetadataExt;
+        let app = tempfile::tempdir().expect("tempdir");
+        write(app.path(), "CLAUDE.md", "Be brief.");
+        write(app.path(), ".claude/agents/x.md", "---\nname: x\n---\nHi");
+        let files = HarnessFiles::collect(app.path()).expect("collect");
+        let data = tempfile::tempdir().expect("tempdir");
+        write(data.path(), "elsewhere/agents/keep.md", "theirs");
+        write(data.path(), "secret", "theirs");
+        let ws = data.path().join("ws");
+        std::fs::create_dir(&ws).expect("mkdir");
+        symlink("../elsewhere", ws.join(".claude"));
+        symlink("../secret", ws.join("CLAUDE.md"));
+        let targets: Vec<u64> = [
+            "elsewhere",
+            "elsewhere/agents",
+            "elsewhere/agents/keep.md",
+            "secret",
+        ]
+        .iter()
+        .map(|p| std::fs::metadata(data.path().join(p)).expect("meta").ino())
+        .collect();
+        let memo = SyncMemo::with_own_watches();
+        let watches = memo.watches().expect("this kernel gives inotify");
+        for _ in 0..3 {
+            files.sync_with(&ws, &memo).expect("sync");
+            let watched = watches.watched_inodes();
+            assert!(!watched.is_empty());
+            assert!(
+                targets.iter().all(|ino| !watched.contains(ino)),
+                "a link's target is watched"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(data.path().join("secret")).expect("read"),
+            "theirs"
+        );
+        assert!(data.path().join("elsewhere/agents/keep.md").is_file());
+        assert!(
+            std::fs::symlink_metadata(ws.join(".claude"))
+                .expect("meta")
+                .is_dir()
+        );
+        assert_eq!(
+            std::fs::read_to_string(ws.join("CLAUDE.md")).expect("read"),
+            "Be brief."
+        );
+    }
+
+    fn sync_skipped_only_while_unchanged(memo: SyncMemo) {
         let app = tempfile::tempdir().expect("tempdir");
         let root = app.path();
         write(root, "CLAUDE.md", "Be brief.");
@@ -1034,7 +1211,6 @@ mod tests {
         let files = HarnessFiles::collect(root).expect("collect");
         let data = tempfile::tempdir().expect("tempdir");
         let ws = data.path().join("ws");
-        let memo = SyncMemo::default();
         // Far above the kernel's coarse clock granule, so a change right
         // after a sync is never in the same granule as what it stamped.
         let settled = std::time::Duration::from_millis(100);
