@@ -445,12 +445,12 @@ impl HarnessFiles {
     }
 
     /// Removes from `workspace/relative`, which is a `kind`, whatever the
-    /// set does not have; `true` when it removed anything. (The kind of a directory's entries comes from
-    /// its listing, which looked at each without following it: looking
-    /// again per entry cost a directory open and a stat each. Whatever a
-    /// guest swaps in meanwhile is still never followed: a directory is
-    /// listed through a descriptor that refuses links, and an entry is
-    /// removed as itself.)
+    /// set does not have; `true` when it removed anything. (The kind of a
+    /// directory's entries comes from its listing, which looked at each
+    /// without following it: looking again per entry cost a directory open
+    /// and a stat each. Whatever a guest swaps in meanwhile is still never
+    /// followed: a directory is listed through a descriptor that refuses
+    /// links, and an entry is removed as itself.)
     fn prune(
         &self,
         ws: &SafeDir,
