@@ -569,6 +569,8 @@ async fn doctor(app_dir: Option<PathBuf>, data_dir: &Path) -> anyhow::Result<Exi
     println!("   read-only root with only the session's workspace and HOME writable, no");
     println!("   capabilities, Landlock, seccomp, rlimits, cgroups; a jail that cannot be");
     println!("   built refuses to start them unless `serve --no-jail` is passed)");
+    println!("harness files (kept the app's before every process-harness turn):");
+    println!("  {}", karta_host::app::harness_file_check());
     print_pool(&binaries, data_dir);
     println!("model upstream:");
     match std::env::var("KARTA_UPSTREAM_KEY") {

@@ -302,7 +302,8 @@ fn serve_says_plainly_when_the_harness_binary_is_missing() {
 }
 
 /// `karta doctor` names each harness with its state and version, the
-/// kernel's jail features, and what an app would run on.
+/// kernel's jail features, how the harness files are checked, and what an
+/// app would run on.
 #[test]
 fn doctor_reports_harnesses_jail_features_and_the_app() {
     // A copy with its plugins built in (a fresh clone has no .wasm files).
@@ -324,6 +325,8 @@ fn doctor_reports_harnesses_jail_features_and_the_app() {
         "network namespaces",
         "seccomp",
         "system calls denied to jailed processes",
+        "harness files (kept the app's before every process-harness turn):",
+        "inotify: one read a turn",
         "OFFLINE model",
         "app `support-bot`",
         "asks for claude-code; would run on builtin",

@@ -47,6 +47,7 @@ pub use harness_files::{
     CLAUDE_SETTINGS_FILES, FRONT_MATTER_KEYS, HARNESS_FILES, HarnessFiles, MAX_HARNESS_COPY_BYTES,
     SyncMemo, copy_harness_files, sanitize_claude_settings,
 };
+pub use workspace_watch::doctor_line as harness_file_check;
 
 /// The largest text file of an app read (`karta.toml`, instructions, agent
 /// and skill markdown, `.mcp.json`).

@@ -78,6 +78,25 @@ const FILE_EVENTS: WatchFlags = WatchFlags::MODIFY
     .union(WatchFlags::DELETE_SELF)
     .union(WatchFlags::MOVE_SELF);
 
+/// What `karta doctor` says about the check before every process-harness
+/// turn: whether it is one `read` of inotify events, and the kernel's
+/// per-user limits (shared with the harnesses' own file watchers).
+pub fn doctor_line() -> String {
+    let limit = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/fs/inotify/{name}"))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|_| "?".into())
+    };
+    match Watches::shared() {
+        Some(_) => format!(
+            "inotify: one read a turn, whatever the app's size (per-user limits: {} instances, {} watches)",
+            limit("max_user_instances"),
+            limit("max_user_watches")
+        ),
+        None => "no inotify instance: a stat per harness file on every turn (stamps)".into(),
+    }
+}
+
 /// The watches of every session workspace (see the module docs).
 #[derive(Debug)]
 pub(super) struct Watches {
