@@ -1039,6 +1039,16 @@ mod tests {
         sync_skipped_only_while_unchanged(memo);
     }
 
+    /// An app of `CLAUDE.md` ("Be brief.") and one agent, `x`, and its
+    /// harness files.
+    fn brief_app_with_an_agent() -> (tempfile::TempDir, HarnessFiles) {
+        let app = tempfile::tempdir().expect("tempdir");
+        write(app.path(), "CLAUDE.md", "Be brief.");
+        write(app.path(), ".claude/agents/x.md", "---\nname: x\n---\nHi");
+        let files = HarnessFiles::collect(app.path()).expect("collect");
+        (app, files)
+    }
+
     /// With watches a turn right after a sync that found nothing to do
     /// skips (no settling wait) and a change is seen at once; files the set
     /// does not own in the root, and other workspaces' changes, are not
@@ -1046,10 +1056,7 @@ mod tests {
     #[test]
     fn watches_see_a_change_at_once_and_only_in_their_own_workspace() {
         use std::os::unix::fs::MetadataExt;
-        let app = tempfile::tempdir().expect("tempdir");
-        write(app.path(), "CLAUDE.md", "Be brief.");
-        write(app.path(), ".claude/agents/x.md", "---\nname: x\n---\nHi");
-        let files = HarnessFiles::collect(app.path()).expect("collect");
+        let (_app, files) = brief_app_with_an_agent();
         let data = tempfile::tempdir().expect("tempdir");
         let (a, b) = (data.path().join("a"), data.path().join("b"));
         let memo = SyncMemo::with_own_watches();
@@ -1156,10 +1163,7 @@ mod tests {
     #[test]
     fn regression_issue8_watches_never_go_through_links_planted_in_the_workspace() {
         use std::os::unix::fs::MetadataExt;
-        let app = tempfile::tempdir().expect("tempdir");
-        write(app.path(), "CLAUDE.md", "Be brief.");
-        write(app.path(), ".claude/agents/x.md", "---\nname: x\n---\nHi");
-        let files = HarnessFiles::collect(app.path()).expect("collect");
+        let (_app, files) = brief_app_with_an_agent();
         let data = tempfile::tempdir().expect("tempdir");
         write(data.path(), "elsewhere/agents/keep.md", "theirs");
         write(data.path(), "secret", "theirs");

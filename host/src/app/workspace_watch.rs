@@ -52,23 +52,22 @@ use rustix::io::Errno;
 /// the user's watches are shared with the harnesses' own.
 const MAX_WATCHED: usize = 1024;
 
-/// On a workspace's root: a managed name appearing, going or renamed.
-const ROOT_EVENTS: WatchFlags = WatchFlags::CREATE
+/// On a directory: an entry appearing, going or renamed.
+const ENTRY_EVENTS: WatchFlags = WatchFlags::CREATE
     .union(WatchFlags::DELETE)
     .union(WatchFlags::MOVED_FROM)
     .union(WatchFlags::MOVED_TO)
     .union(WatchFlags::ONLYDIR);
 
-/// On a directory of the set: any entry appearing, going or renamed; its
-/// own mode; itself going.
-const DIR_EVENTS: WatchFlags = WatchFlags::CREATE
-    .union(WatchFlags::DELETE)
-    .union(WatchFlags::MOVED_FROM)
-    .union(WatchFlags::MOVED_TO)
+/// On a workspace's root: those events (counted for managed names only).
+const ROOT_EVENTS: WatchFlags = ENTRY_EVENTS;
+
+/// On a directory of the set: any entry's events, its own mode, itself
+/// going.
+const DIR_EVENTS: WatchFlags = ENTRY_EVENTS
     .union(WatchFlags::ATTRIB)
     .union(WatchFlags::DELETE_SELF)
-    .union(WatchFlags::MOVE_SELF)
-    .union(WatchFlags::ONLYDIR);
+    .union(WatchFlags::MOVE_SELF);
 
 /// On a file of the set: its bytes, its metadata (mode, owner, times, link
 /// count), a writer closing it, itself going.
