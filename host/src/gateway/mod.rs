@@ -660,23 +660,27 @@ async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: 
         return relay::forward(&gateway, &upstream, call, guard, out).await;
     }
     // The offline model reads the whole conversation.
-    let request: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let conversation = match kind {
-        UpstreamKind::Anthropic => offline::from_anthropic(&request),
-        UpstreamKind::Openai => offline::from_openai(&request),
+    let request = match offline::read(kind, &bytes) {
+        Ok(request) => request,
+        Err(message) => {
+            return error_response(
+                kind,
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &message,
+            );
+        }
     };
-    let reply = match offline::reply(&conversation) {
+    let reply = match offline::reply(&request.conversation) {
         Ok(reply) => reply,
         Err(failure) => {
             let status = StatusCode::from_u16(failure.status).unwrap_or(StatusCode::BAD_GATEWAY);
             return error_response(kind, status, "api_error", &failure.message);
         }
     };
-    let model = request["model"].as_str().unwrap_or("karta-offline");
-    let include_usage = request["stream_options"]["include_usage"]
-        .as_bool()
-        .unwrap_or(false);
-    let (content_type, answer) = wire::answer(kind, streaming, include_usage, &reply, model);
+    let model = request.model.as_deref().unwrap_or("karta-offline");
+    let (content_type, answer) =
+        wire::answer(kind, streaming, request.include_usage, &reply, model);
     let chunks = futures_util::stream::iter([Ok::<_, Infallible>(Bytes::from(answer))]);
     let body = relay::metered(gateway, call, guard, kind.shape(), streaming, chunks);
     Response::builder()

@@ -137,12 +137,12 @@ impl Sessions {
             parts.metrics.clone(),
         ));
         Self {
-            toolbox: Toolbox {
-                app: parts.app.clone(),
-                tools: Arc::new(parts.tools),
-                metrics: parts.metrics.clone(),
-                ledger: parts.ledger.clone(),
-            },
+            toolbox: Toolbox::new(
+                parts.app.clone(),
+                parts.tools,
+                parts.metrics.clone(),
+                parts.ledger.clone(),
+            ),
             store: parts.store,
             app: parts.app,
             model_service: parts.gateway.service(),
@@ -317,9 +317,9 @@ impl Sessions {
         Ok(self
             .toolbox
             .for_agent(agent.as_deref())
-            .into_iter()
+            .iter()
             .filter(|t| t.plugin.is_some() || !process_harness)
-            .map(|t| t.def)
+            .map(|t| t.def.clone())
             .collect())
     }
 

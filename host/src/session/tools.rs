@@ -36,7 +36,12 @@ pub struct SessionTool {
 #[derive(Clone)]
 pub(crate) struct Toolbox {
     pub(crate) app: Arc<AppSpec>,
-    pub(crate) tools: Arc<Vec<SessionTool>>,
+    /// Every tool of the app.
+    all: Arc<[SessionTool]>,
+    /// The tools of each agent that lists its own, made once: every turn
+    /// and every MCP tool call asks for them, and a copy of a tool's schema
+    /// is a tree of allocations.
+    by_agent: Arc<std::collections::HashMap<String, Arc<[SessionTool]>>>,
     pub(crate) metrics: Arc<Metrics>,
     /// Where tool calls are billed (and budgets checked); `None` bills
     /// nothing (an embedder's host without projects).
@@ -53,21 +58,42 @@ fn fuel_bought(micros: u64, fuel_per_mfuel: u64) -> u64 {
 }
 
 impl Toolbox {
+    /// The toolbox of `app`, whose tools are `tools`.
+    pub(crate) fn new(
+        app: Arc<AppSpec>,
+        tools: Vec<SessionTool>,
+        metrics: Arc<Metrics>,
+        ledger: Option<Ledger>,
+    ) -> Self {
+        let by_agent = app
+            .agents
+            .iter()
+            .filter_map(|(name, agent)| {
+                let names = agent.tools.as_ref()?;
+                let own: Arc<[SessionTool]> = tools
+                    .iter()
+                    .filter(|t| t.plugin.is_none() || names.contains(&t.def.name))
+                    .cloned()
+                    .collect();
+                Some((name.clone(), own))
+            })
+            .collect();
+        Self {
+            app,
+            all: tools.into(),
+            by_agent: Arc::new(by_agent),
+            metrics,
+            ledger,
+        }
+    }
+
     /// The tools `agent` may use (every tool without an agent, or when the
     /// agent lists none; `load_skill` always).
-    pub(crate) fn for_agent(&self, agent: Option<&str>) -> Vec<SessionTool> {
-        let allowed = agent
-            .and_then(|a| self.app.agents.get(a))
-            .and_then(|a| a.tools.clone());
-        self.tools
-            .iter()
-            .filter(|t| {
-                allowed
-                    .as_ref()
-                    .is_none_or(|names| t.plugin.is_none() || names.contains(&t.def.name))
-            })
-            .cloned()
-            .collect()
+    pub(crate) fn for_agent(&self, agent: Option<&str>) -> Arc<[SessionTool]> {
+        agent
+            .and_then(|a| self.by_agent.get(a))
+            .unwrap_or(&self.all)
+            .clone()
     }
 
     /// Runs `tool` from `tools` with `workspace` as its directory, for
@@ -239,7 +265,7 @@ fn load_skill(app: &AppSpec, input: &Value) -> ToolResult {
 pub(crate) struct SessionTurnHost {
     pub(crate) live: LiveRef,
     pub(crate) toolbox: Toolbox,
-    pub(crate) tools: Vec<SessionTool>,
+    pub(crate) tools: Arc<[SessionTool]>,
     /// Shared with the turn's [`super::approvals::TurnGate`], so approvals
     /// given to MCP calls count for the turn and are saved with it.
     pub(crate) approvals: Arc<TurnApprovals>,

@@ -27,6 +27,10 @@
 
 use serde_json::{Value, json};
 
+mod read;
+
+pub(crate) use read::read;
+
 /// A conversation reduced to what the offline model looks at, from either
 /// wire shape.
 #[derive(Debug, Default)]
@@ -186,178 +190,6 @@ fn is_reminder(text: &str) -> bool {
     text.trim_start().starts_with("<system-reminder>")
 }
 
-/// Text of an Anthropic `content` (a string or a list of blocks).
-fn anthropic_text(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(blocks) => blocks
-            .iter()
-            .filter(|b| b["type"] == "text")
-            .filter_map(|b| b["text"].as_str())
-            .filter(|t| !is_reminder(t))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
-}
-
-/// What the user said in one Anthropic user message: its last text block
-/// that is not a harness reminder. (A harness may merge a message whose turn
-/// failed with the next one, as separate blocks; the newest block is what
-/// the user says now.)
-fn user_text(content: &Value) -> String {
-    match content {
-        Value::Array(blocks) => blocks
-            .iter()
-            .filter(|b| b["type"] == "text")
-            .filter_map(|b| b["text"].as_str())
-            .rfind(|t| !is_reminder(t))
-            .unwrap_or_default()
-            .to_owned(),
-        other => anthropic_text(other),
-    }
-}
-
-/// Reads an Anthropic Messages request.
-pub(crate) fn from_anthropic(request: &Value) -> Conversation {
-    let mut conversation = Conversation {
-        system: match &request["system"] {
-            Value::String(s) => s.clone(),
-            Value::Array(blocks) => blocks
-                .iter()
-                .filter_map(|b| b["text"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n"),
-            _ => String::new(),
-        },
-        request_chars: request["messages"].to_string().len(),
-        system_chars: match &request["system"] {
-            Value::Null => 0,
-            other => other.to_string().len(),
-        },
-        follow_up: request["messages"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|m| m["role"] == "assistant")),
-        tool_names: request["tools"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t["name"].as_str().map(str::to_owned))
-            .collect(),
-        ..Conversation::default()
-    };
-    // tool_use id -> tool name, to name results.
-    let mut names = std::collections::HashMap::new();
-    for message in request["messages"].as_array().into_iter().flatten() {
-        // Claude Code may put `role: "system"` entries after the first user
-        // message; they are not the user's words.
-        match message["role"].as_str() {
-            Some("assistant") => {
-                for block in message["content"].as_array().into_iter().flatten() {
-                    if block["type"] == "tool_use" {
-                        names.insert(
-                            block["id"].as_str().unwrap_or_default().to_owned(),
-                            block["name"].as_str().unwrap_or_default().to_owned(),
-                        );
-                    }
-                }
-            }
-            Some("user") => {
-                let blocks = message["content"].as_array();
-                let results: Vec<&Value> = blocks
-                    .into_iter()
-                    .flatten()
-                    .filter(|b| b["type"] == "tool_result")
-                    .collect();
-                if results.is_empty() {
-                    let text = user_text(&message["content"]);
-                    // A message of reminders only is the harness talking.
-                    let reminders_only = text.trim().is_empty() && message["content"].is_array();
-                    if !reminders_only {
-                        conversation.user_texts.push(text);
-                        conversation.tool_results.clear();
-                    }
-                } else {
-                    for result in results {
-                        let id = result["tool_use_id"].as_str().unwrap_or_default();
-                        let name = names.get(id).cloned().unwrap_or_else(|| id.to_owned());
-                        let content = anthropic_text(&result["content"]);
-                        let is_error = result["is_error"].as_bool().unwrap_or(false);
-                        conversation.tool_results.push((name, content, is_error));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    conversation
-}
-
-/// Reads an OpenAI Chat Completions request.
-pub(crate) fn from_openai(request: &Value) -> Conversation {
-    let mut conversation = Conversation {
-        request_chars: request["messages"].to_string().len(),
-        follow_up: request["messages"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|m| m["role"] == "assistant")),
-        tool_names: request["tools"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t["function"]["name"].as_str().map(str::to_owned))
-            .collect(),
-        ..Conversation::default()
-    };
-    let mut names = std::collections::HashMap::new();
-    for message in request["messages"].as_array().into_iter().flatten() {
-        let text = match &message["content"] {
-            Value::String(s) => s.clone(),
-            Value::Array(parts) => parts
-                .iter()
-                .filter_map(|p| p["text"].as_str())
-                .filter(|t| !is_reminder(t))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            _ => String::new(),
-        };
-        match message["role"].as_str() {
-            Some("system" | "developer") => {
-                if !conversation.system.is_empty() {
-                    conversation.system.push('\n');
-                }
-                conversation.system.push_str(&text);
-            }
-            Some("user") => {
-                conversation.user_texts.push(text);
-                conversation.tool_results.clear();
-            }
-            Some("assistant") => {
-                for call in message["tool_calls"].as_array().into_iter().flatten() {
-                    names.insert(
-                        call["id"].as_str().unwrap_or_default().to_owned(),
-                        call["function"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    );
-                }
-            }
-            Some("tool") => {
-                let id = message["tool_call_id"].as_str().unwrap_or_default();
-                let name = names.get(id).cloned().unwrap_or_else(|| id.to_owned());
-                conversation.tool_results.push((name, text, false));
-            }
-            _ => {}
-        }
-    }
-    // The system messages are the cached part of the prompt.
-    conversation.system_chars = conversation.system.len();
-    conversation.request_chars = conversation
-        .request_chars
-        .saturating_sub(conversation.system_chars);
-    conversation
-}
-
 /// Splits text into word-sized deltas, the way a provider streams.
 pub(crate) fn deltas(text: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -378,8 +210,13 @@ pub(crate) fn deltas(text: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
+    use crate::gateway::UpstreamKind;
+
     fn conversation(messages: Value) -> Conversation {
-        from_anthropic(&json!({ "system": "Be brief.", "messages": messages }))
+        let body = json!({ "system": "Be brief.", "messages": messages }).to_string();
+        read(UpstreamKind::Anthropic, body.as_bytes())
+            .expect("readable")
+            .conversation
     }
 
     #[test]
@@ -463,12 +300,22 @@ mod tests {
 
     #[test]
     fn reads_openai_shapes() {
-        let c = from_openai(&json!({"messages": [
+        let body = json!({"messages": [
             {"role": "system", "content": "sys"},
             {"role": "user", "content": "/tool t {}"},
             {"role": "assistant", "tool_calls": [{"id": "c1", "function": {"name": "t", "arguments": "{}"}}]},
             {"role": "tool", "tool_call_id": "c1", "content": "42"},
-        ]}));
+        ], "tools": [{"type": "function", "function": {"name": "t"}}],
+           "stream_options": {"include_usage": true}, "model": "m"});
+        let request = read(UpstreamKind::Openai, body.to_string().as_bytes()).expect("readable");
+        assert_eq!(request.model.as_deref(), Some("m"));
+        assert!(request.include_usage);
+        let c = request.conversation;
+        assert_eq!(c.tool_names, vec!["t".to_owned()]);
+        assert!(c.follow_up);
+        let messages_chars = body["messages"].to_string().len();
+        assert_eq!(c.system_chars, 3);
+        assert_eq!(c.request_chars, messages_chars - 3);
         assert_eq!(c.system, "sys");
         assert_eq!(
             c.tool_results,
@@ -477,6 +324,94 @@ mod tests {
         assert_eq!(
             reply(&c).expect("reply").text.as_deref(),
             Some("Tool t returned: 42")
+        );
+    }
+
+    /// What the usage is counted from: the messages' and the system
+    /// prompt's length as `Value::to_string` writes them, however the
+    /// request was written (spaces, escapes that need none, numbers in
+    /// other forms, characters beyond ASCII).
+    #[test]
+    fn usage_counts_the_messages_as_written_compactly() {
+        let messages = json!([
+            {"role": "user", "content": [
+                {"type": "text", "text": "quote \" backslash \\ tab \t newline \n bell \u{7} é 😀 </tag>"},
+                {"type": "image", "source": {"data": "AAAA", "n": [1, -2, 3.5, 1e21, 0.000001]}},
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "t1", "name": "calc", "input": {"a": null, "b": [true, false], "c": {}}},
+            ]},
+        ]);
+        let system = json!([{"type": "text", "text": "Be brief.\n", "cache_control": {"type": "ephemeral"}}]);
+        let compact = json!({"model": "m", "system": system, "messages": messages}).to_string();
+        // The same request, written the way another client might write it.
+        let loose = serde_json::to_string_pretty(
+            &json!({"model": "m", "system": system, "messages": messages}),
+        )
+        .expect("pretty")
+        .replace("é", "\\u00e9")
+        .replace("3.5", "35e-1");
+        for body in [compact, loose] {
+            let c = read(UpstreamKind::Anthropic, body.as_bytes())
+                .expect("readable")
+                .conversation;
+            assert_eq!(c.request_chars, messages.to_string().len(), "{body}");
+            assert_eq!(c.system_chars, system.to_string().len(), "{body}");
+            assert_eq!(c.system, "Be brief.\n");
+            assert!(c.follow_up);
+            assert_eq!(c.user_texts.len(), 1);
+            assert!(c.user_texts[0].starts_with("quote \" backslash \\ tab \t"));
+        }
+        // No messages at all counts as `null`, as before.
+        let empty = read(UpstreamKind::Anthropic, b"{}").expect("readable");
+        assert_eq!(empty.conversation.request_chars, 4);
+        assert_eq!(empty.conversation.system_chars, 0);
+    }
+
+    /// Fields of other types than the API gives them read as absent, so
+    /// any JSON gets an answer; only an object naming a field twice is
+    /// refused, with a reason.
+    #[test]
+    fn reads_any_shape_leniently_and_refuses_only_a_field_named_twice() {
+        let odd = [
+            json!([1, 2]),
+            json!("text"),
+            json!(5),
+            json!(null),
+            json!({"messages": "not a list", "system": 7, "tools": {"name": "x"}, "model": 3}),
+            json!({"messages": [5, "x", null, {"role": 3, "content": 4},
+                {"role": "user", "content": [7, {"type": 1, "text": "no"}, {"type": "text", "text": ["no"]}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": 9, "content": {"a": 1}, "is_error": "yes"}]}],
+                "tools": ["x", 5, {"name": 3}, {"name": "kept"}]}),
+        ];
+        for body in odd {
+            for kind in [UpstreamKind::Anthropic, UpstreamKind::Openai] {
+                let request = read(kind, body.to_string().as_bytes())
+                    .unwrap_or_else(|e| panic!("{body}: {e}"));
+                reply(&request.conversation).expect("an answer");
+            }
+        }
+        let last = read(
+            UpstreamKind::Anthropic,
+            json!({"messages": [
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": 9, "content": {"a": 1}, "is_error": "yes"}]}],
+                "tools": ["x", 5, {"name": 3}, {"name": "kept"}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .expect("readable")
+        .conversation;
+        assert_eq!(last.tool_names, vec!["kept".to_owned()]);
+        assert_eq!(
+            last.tool_results,
+            vec![(String::new(), String::new(), false)]
+        );
+
+        let twice = r#"{"messages": [{"role": "user", "role": "assistant", "content": "hi"}]}"#;
+        let error = read(UpstreamKind::Anthropic, twice.as_bytes()).expect_err("refused");
+        assert!(
+            error.contains("cannot read this request") && error.contains("duplicate field `role`"),
+            "{error}"
         );
     }
 }
