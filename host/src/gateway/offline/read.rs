@@ -51,11 +51,15 @@ pub(crate) fn read(kind: UpstreamKind, body: &[u8]) -> Result<Request, String> {
 
 /// The visitor methods for the JSON values a lenient reader does not take:
 /// each reads as the reader's default (lists and objects read through).
+/// `numbers` covers null too.
 macro_rules! otherwise_default {
     (scalars) => {
         fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
             Ok(Default::default())
         }
+        otherwise_default!(numbers);
+    };
+    (numbers) => {
         fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
             Ok(Default::default())
         }
@@ -147,18 +151,7 @@ impl<'de> Deserialize<'de> for Flag {
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
                 Ok(Flag(v))
             }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Flag(false))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Flag(false))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Flag(false))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Flag(false))
-            }
+            otherwise_default!(numbers);
             otherwise_default!(str);
             otherwise_default!(seq);
             otherwise_default!(map);
