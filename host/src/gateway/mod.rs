@@ -430,6 +430,17 @@ fn error_response(kind: UpstreamKind, status: StatusCode, code: &str, message: &
     (status, axum::Json(body)).into_response()
 }
 
+/// A request refused as malformed (400 `invalid_request_error`), in the
+/// caller's shape.
+fn invalid_request(kind: UpstreamKind, message: &str) -> Response {
+    error_response(
+        kind,
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        message,
+    )
+}
+
 /// Why a call has no upstream.
 enum Refusal {
     /// The org's key could not be read.
@@ -525,10 +536,8 @@ async fn admit(
         // not at all (a field of the wrong type): the call is priced and
         // routed by these fields, so it is refused, not guessed at.
         Err(e) if e.is_data() => {
-            return Err(error_response(
+            return Err(invalid_request(
                 kind,
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
                 &format!(
                     "the request's `model`, `stream`, `max_tokens` or `max_completion_tokens` \
                      is given twice or has the wrong type ({e}); the gateway routes and prices \
@@ -537,10 +546,8 @@ async fn admit(
             ));
         }
         Err(e) => {
-            return Err(error_response(
+            return Err(invalid_request(
                 kind,
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
                 &format!("the body is not valid JSON: {e}"),
             ));
         }
@@ -663,12 +670,7 @@ async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: 
     let request = match offline::read(kind, &bytes) {
         Ok(request) => request,
         Err(message) => {
-            return error_response(
-                kind,
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                &message,
-            );
+            return invalid_request(kind, &message);
         }
     };
     let reply = match offline::reply(&request.conversation) {

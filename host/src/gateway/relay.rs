@@ -24,7 +24,7 @@ use super::translate::stream::StreamTranslator;
 use super::translate::{self, request, response};
 use super::{
     CallGuard, Gateway, MAX_EVENT_BYTES, MAX_UNARY_BYTES, ModelCall, Upstream, UpstreamKind,
-    error_response,
+    error_response, invalid_request,
 };
 
 /// A body relaying `chunks` while metering them to `session`, in the
@@ -254,12 +254,7 @@ pub(super) async fn forward(
     let (bytes, include_usage) = match outbound_body(upstream, &out) {
         Ok(body) => body,
         Err(message) => {
-            return error_response(
-                kind,
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                &message,
-            );
+            return invalid_request(kind, &message);
         }
     };
     let url = format!("{}{path}", upstream.base_url.trim_end_matches('/'));
