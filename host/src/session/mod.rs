@@ -23,6 +23,7 @@
 
 mod approvals;
 mod context;
+mod deltas;
 mod live;
 mod log;
 mod notices;

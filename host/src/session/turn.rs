@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::approvals::{TurnApprovals, TurnGate};
+use super::deltas::Deltas;
 use super::live::LiveRef;
 use super::log::{Published, reserve_seqs};
 use super::tools::SessionTurnHost;
@@ -451,24 +452,53 @@ async fn write_events(
     }
     let mut terminal = None;
     let mut failed = false;
-    while let Some(first) = events.recv().await {
+    // Deltas in a burst go out as one (see `deltas`); `due` is when a held
+    // one must be written if nothing else comes.
+    let mut deltas = Deltas::default();
+    let mut out = Vec::new();
+    loop {
+        let next = match deltas.due() {
+            Some(due) => tokio::select! {
+                next = events.recv() => next,
+                () = tokio::time::sleep_until(due.into()) => {
+                    out.extend(deltas.take(Instant::now()));
+                    None
+                }
+            },
+            None => events.recv().await,
+        };
+        let closed = next.is_none() && out.is_empty();
+        if closed {
+            // No more events: what is held goes out last.
+            out.extend(deltas.take(Instant::now()));
+        }
         // Whatever else is queued is written under the same hold of the
         // state lock (a harness emits in bursts: deltas, a tool's events).
-        let mut state = live.state.lock().await;
-        let mut next = Some(first);
+        let mut next = next;
         while let Some(emitted) = next.take() {
             if emitted.event.ends_turn() {
                 terminal.get_or_insert(emitted);
-            } else if !failed
-                && let Err(e) = live
-                    .append(&store, &mut state, emitted.event, emitted.raw)
-                    .await
-            {
-                tracing::error!("cannot write an event: {e}; the turn is cancelled");
-                failed = true;
-                cancel.cancel();
+            } else {
+                deltas.push(emitted, Instant::now(), &mut out);
             }
             next = events.try_recv().ok();
+        }
+        if !out.is_empty() {
+            let mut state = live.state.lock().await;
+            for emitted in out.drain(..) {
+                if !failed
+                    && let Err(e) = live
+                        .append(&store, &mut state, emitted.event, emitted.raw)
+                        .await
+                {
+                    tracing::error!("cannot write an event: {e}; the turn is cancelled");
+                    failed = true;
+                    cancel.cancel();
+                }
+            }
+        }
+        if closed {
+            break;
         }
     }
     Written {

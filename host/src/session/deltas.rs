@@ -1,0 +1,222 @@
+//! Text and reasoning deltas that come faster than a client can use them
+//! are written as one: the turn's writer lets a delta through at once when
+//! none went out in the last [`WINDOW`], and otherwise holds it, appending
+//! the deltas of the same part that follow, until the window has passed or
+//! another event comes (which then goes out after it, so order is kept).
+//!
+//! Why: a harness replaying an answer it received in one piece (a provider
+//! that sends many deltas in one packet, a fast model, Claude Code's
+//! `stream_event` lines a few tens of µs apart) would otherwise make the
+//! host write, number, publish and frame every few characters on their
+//! own — a sled insert, an SSE frame and a wake-up of every subscriber
+//! each, on the CPU the harness is using to finish the same answer.
+//! PROTOCOL.md's deltas of one part concatenate, so a client sees the same
+//! text; the first delta of a burst is never delayed, and a held one waits
+//! at most [`WINDOW`]. A model streaming slower than one delta a window is
+//! passed through as it comes.
+
+use std::time::{Duration, Instant};
+
+use karta_harness::{Emitted, Event};
+
+/// The longest a delta is held for the ones that may follow it.
+pub(crate) const WINDOW: Duration = Duration::from_millis(10);
+
+/// The turn writer's hold on deltas (see the module docs).
+#[derive(Default)]
+pub(crate) struct Deltas {
+    /// A delta waiting for more of its part.
+    held: Option<Emitted>,
+    /// When a delta last went out.
+    last_out: Option<Instant>,
+}
+
+impl Deltas {
+    /// Takes the next event of the turn (`now` is when it came); appends
+    /// to `out` what is to be written now, in order.
+    pub(crate) fn push(&mut self, emitted: Emitted, now: Instant, out: &mut Vec<Emitted>) {
+        if !is_delta(&emitted) {
+            out.extend(self.held.take());
+            out.push(emitted);
+            return;
+        }
+        if let Some(held) = &mut self.held
+            && append(held, &emitted.event)
+        {
+            return;
+        }
+        if let Some(held) = self.held.take() {
+            out.push(held);
+            self.last_out = Some(now);
+        }
+        if self.last_out.is_some_and(|last| now < last + WINDOW) {
+            self.held = Some(emitted);
+        } else {
+            self.last_out = Some(now);
+            out.push(emitted);
+        }
+    }
+
+    /// When the held delta is due (`None`: nothing is held).
+    pub(crate) fn due(&self) -> Option<Instant> {
+        self.held.as_ref()?;
+        Some(self.last_out? + WINDOW)
+    }
+
+    /// The held delta, to be written now (its window has passed, or the
+    /// turn has no more events).
+    pub(crate) fn take(&mut self, now: Instant) -> Option<Emitted> {
+        let held = self.held.take()?;
+        self.last_out = Some(now);
+        Some(held)
+    }
+}
+
+/// A text or reasoning delta with no native payload to keep beside it.
+fn is_delta(emitted: &Emitted) -> bool {
+    emitted.raw.is_none() && matches!(emitted.event, Event::Text(_) | Event::Reasoning(_))
+}
+
+/// Appends `next` to `held` if both are deltas of the same part.
+fn append(held: &mut Emitted, next: &Event) -> bool {
+    match (&mut held.event, next) {
+        (Event::Text(held), Event::Text(next)) if held.part.id == next.part.id => {
+            held.part.text.push_str(&next.part.text);
+            true
+        }
+        (Event::Reasoning(held), Event::Reasoning(next)) if held.part.id == next.part.id => {
+            held.part.text.push_str(&next.part.text);
+            true
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emitted(event: Event) -> Emitted {
+        Emitted { event, raw: None }
+    }
+
+    /// Pushes `events` at the given offsets (ms from `start`); what went
+    /// out, with when, and then what was held at the end.
+    fn run(start: Instant, events: Vec<(u64, Event)>) -> (Vec<(u64, Event)>, Deltas) {
+        let mut deltas = Deltas::default();
+        let mut written = Vec::new();
+        for (at, event) in events {
+            let now = start + Duration::from_millis(at);
+            // The writer's timer: a due delta goes out before the next event.
+            if let Some(due) = deltas.due()
+                && due <= now
+            {
+                let held = deltas.take(due).expect("held");
+                written.push(((due - start).as_millis() as u64, held.event));
+            }
+            let mut out = Vec::new();
+            deltas.push(emitted(event), now, &mut out);
+            written.extend(out.into_iter().map(|e| (at, e.event)));
+        }
+        (written, deltas)
+    }
+
+    #[test]
+    fn a_burst_goes_out_as_its_first_delta_then_the_rest_as_one() {
+        let start = Instant::now();
+        let (written, mut deltas) = run(
+            start,
+            vec![
+                (0, Event::step_start(0)),
+                (0, Event::text("p", "You ")),
+                (0, Event::text("p", "said: ")),
+                (1, Event::text("p", "\"round ")),
+                (1, Event::text("p", "12\".")),
+                (3, Event::step_finish(0, Default::default(), "end_turn")),
+            ],
+        );
+        assert_eq!(
+            written,
+            [
+                (0, Event::step_start(0)),
+                (0, Event::text("p", "You ")),
+                (3, Event::text("p", "said: \"round 12\".")),
+                (3, Event::step_finish(0, Default::default(), "end_turn")),
+            ]
+        );
+        assert!(deltas.due().is_none() && deltas.take(start).is_none());
+    }
+
+    #[test]
+    fn a_held_delta_waits_at_most_the_window() {
+        let start = Instant::now();
+        let (written, _) = run(
+            start,
+            vec![
+                (0, Event::text("p", "a")),
+                (2, Event::text("p", "b")),
+                (4, Event::text("p", "c")),
+                // 10 ms after "a" went out, "bc" is due: the timer writes it.
+                (25, Event::text("p", "d")),
+                (40, Event::text("p", "e")),
+            ],
+        );
+        assert_eq!(
+            written,
+            [
+                (0, Event::text("p", "a")),
+                (10, Event::text("p", "bc")),
+                // 15 ms after "bc": a new burst, out at once.
+                (25, Event::text("p", "d")),
+                (40, Event::text("p", "e")),
+            ]
+        );
+    }
+
+    #[test]
+    fn parts_kinds_and_native_payloads_are_never_merged_and_order_is_kept() {
+        let start = Instant::now();
+        let mut deltas = Deltas::default();
+        let mut out = Vec::new();
+        let now = start;
+        deltas.push(emitted(Event::reasoning("r", "think")), now, &mut out);
+        deltas.push(emitted(Event::reasoning("r", "ing")), now, &mut out);
+        deltas.push(emitted(Event::text("r", "same id, text")), now, &mut out);
+        deltas.push(emitted(Event::text("t", "other part")), now, &mut out);
+        deltas.push(
+            Emitted {
+                event: Event::text("t", " with raw"),
+                raw: Some(serde_json::json!({"native": true})),
+            },
+            now,
+            &mut out,
+        );
+        deltas.push(emitted(Event::text("t", "last")), now, &mut out);
+        assert_eq!(deltas.due(), Some(now + WINDOW));
+        out.extend(deltas.take(now));
+        let events: Vec<Event> = out.iter().map(|e| e.event.clone()).collect();
+        assert_eq!(
+            events,
+            [
+                Event::reasoning("r", "think"),
+                Event::reasoning("r", "ing"),
+                Event::text("r", "same id, text"),
+                Event::text("t", "other part"),
+                Event::text("t", " with raw"),
+                Event::text("t", "last"),
+            ]
+        );
+        assert!(
+            out[4].raw.is_some(),
+            "the native payload stays with its event"
+        );
+        let text: String = out
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::Text(t) if t.part.id == "t" => Some(t.part.text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, "other part with rawlast");
+    }
+}
