@@ -1,8 +1,9 @@
 //! Text and reasoning deltas that come faster than a client can use them
 //! are written as one: the turn's writer lets a delta through at once when
-//! none went out in the last [`WINDOW`], and otherwise holds it, appending
-//! the deltas of the same part that follow, until the window has passed or
-//! another event comes (which then goes out after it, so order is kept).
+//! no delta of its part went out in the last [`WINDOW`], and otherwise
+//! holds it, appending the deltas of the same part that follow, until the
+//! window has passed or another event comes (which then goes out after it,
+//! so order is kept). A part's first delta is never held.
 //!
 //! Why: a harness replaying an answer it received in one piece (a provider
 //! that sends many deltas in one packet, a fast model, Claude Code's
@@ -27,32 +28,41 @@ pub(crate) const WINDOW: Duration = Duration::from_millis(10);
 pub(crate) struct Deltas {
     /// A delta waiting for more of its part.
     held: Option<Emitted>,
-    /// When a delta last went out.
-    last_out: Option<Instant>,
+    /// When a delta last went out, and its part.
+    last_out: Option<(Instant, Part)>,
+}
+
+/// A part deltas belong to: reasoning or text, and its id.
+#[derive(PartialEq)]
+struct Part {
+    reasoning: bool,
+    id: String,
 }
 
 impl Deltas {
     /// Takes the next event of the turn (`now` is when it came); appends
     /// to `out` what is to be written now, in order.
     pub(crate) fn push(&mut self, emitted: Emitted, now: Instant, out: &mut Vec<Emitted>) {
-        if !is_delta(&emitted) {
-            out.extend(self.held.take());
+        let Some(part) = part_of(&emitted) else {
+            out.extend(self.take(now));
             out.push(emitted);
             return;
-        }
+        };
         if let Some(held) = &mut self.held
             && append(held, &emitted.event)
         {
             return;
         }
-        if let Some(held) = self.held.take() {
-            out.push(held);
-            self.last_out = Some(now);
-        }
-        if self.last_out.is_some_and(|last| now < last + WINDOW) {
+        out.extend(self.take(now));
+        // Held only behind a delta of the same part sent within the window:
+        // a new part's first delta goes out at once.
+        if let Some((last, last_part)) = &self.last_out
+            && *last_part == part
+            && now < *last + WINDOW
+        {
             self.held = Some(emitted);
         } else {
-            self.last_out = Some(now);
+            self.last_out = Some((now, part));
             out.push(emitted);
         }
     }
@@ -60,21 +70,35 @@ impl Deltas {
     /// When the held delta is due (`None`: nothing is held).
     pub(crate) fn due(&self) -> Option<Instant> {
         self.held.as_ref()?;
-        Some(self.last_out? + WINDOW)
+        Some(self.last_out.as_ref()?.0 + WINDOW)
     }
 
-    /// The held delta, to be written now (its window has passed, or the
-    /// turn has no more events).
+    /// The held delta, to be written now (its window has passed, or
+    /// another event or the turn's end came).
     pub(crate) fn take(&mut self, now: Instant) -> Option<Emitted> {
         let held = self.held.take()?;
-        self.last_out = Some(now);
+        self.last_out = part_of(&held).map(|part| (now, part));
         Some(held)
     }
 }
 
-/// A text or reasoning delta with no native payload to keep beside it.
-fn is_delta(emitted: &Emitted) -> bool {
-    emitted.raw.is_none() && matches!(emitted.event, Event::Text(_) | Event::Reasoning(_))
+/// The part of a text or reasoning delta with no native payload to keep
+/// beside it (`None`: any other event).
+fn part_of(emitted: &Emitted) -> Option<Part> {
+    if emitted.raw.is_some() {
+        return None;
+    }
+    match &emitted.event {
+        Event::Text(text) => Some(Part {
+            reasoning: false,
+            id: text.part.id.clone(),
+        }),
+        Event::Reasoning(reasoning) => Some(Part {
+            reasoning: true,
+            id: reasoning.part.id.clone(),
+        }),
+        _ => None,
+    }
 }
 
 /// Appends `next` to `held` if both are deltas of the same part.
@@ -145,6 +169,32 @@ mod tests {
             ]
         );
         assert!(deltas.due().is_none() && deltas.take(start).is_none());
+    }
+
+    #[test]
+    fn a_new_parts_first_delta_goes_out_at_once() {
+        let start = Instant::now();
+        let (written, _) = run(
+            start,
+            vec![
+                (0, Event::reasoning("m_0", "Let ")),
+                (0, Event::reasoning("m_0", "me ")),
+                (0, Event::reasoning("m_0", "think.")),
+                (1, Event::text("m_1", "The ")),
+                (1, Event::text("m_1", "answer.")),
+                (2, Event::step_finish(0, Default::default(), "end_turn")),
+            ],
+        );
+        assert_eq!(
+            written,
+            [
+                (0, Event::reasoning("m_0", "Let ")),
+                (1, Event::reasoning("m_0", "me think.")),
+                (1, Event::text("m_1", "The ")),
+                (2, Event::text("m_1", "answer.")),
+                (2, Event::step_finish(0, Default::default(), "end_turn")),
+            ]
+        );
     }
 
     #[test]
