@@ -57,6 +57,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{ChildStdin, ChildStdout};
@@ -410,9 +411,37 @@ impl ClaudeCodeHarness {
         }
         claude.send(&user_line(&request.text)).await?;
         loop {
-            let line = claude.next_line().await?;
+            let text = claude.next_text_line().await?;
+            // Most of a turn's lines are `stream_event`s (a dozen for a short
+            // answer) and a repeated `init`: read those typed, as they are
+            // written; the few others whole.
+            if let Ok(head) = serde_json::from_str::<LineHead<'_>>(&text) {
+                match (head.kind.as_ref(), head.subtype.as_deref()) {
+                    ("stream_event", _) => {
+                        turn.stream_event(head.event.map(RawValue::get), cx)?;
+                        continue;
+                    }
+                    ("system", Some("init"))
+                        if claude.announced
+                            && head.session_id.is_some()
+                            && claude.conversation.as_deref() == head.session_id.as_deref() =>
+                    {
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            let Ok(line) = serde_json::from_str::<Value>(&text) else {
+                // Claude Code writes only JSON here; anything else is noise
+                // worth a log line, not a failed turn.
+                tracing::debug!("claude wrote a non-JSON line: {text}");
+                continue;
+            };
             match line["type"].as_str() {
-                Some("stream_event") => turn.stream_event(&line["event"], cx)?,
+                Some("stream_event") => {
+                    let event = serde_json::to_string(&line["event"]).unwrap_or_default();
+                    turn.stream_event(Some(&event), cx)?;
+                }
                 Some("assistant") => turn.assistant(&line, cx, claude.process.cpu_time()),
                 Some("user") => turn.tool_results(&line, cx, claude.process.cpu_time()),
                 Some("control_request") => {
@@ -453,6 +482,23 @@ impl ClaudeCodeHarness {
             }
         }
     }
+}
+
+/// What the drive loop reads first of each of `claude`'s lines (the rest
+/// is skipped, not built): its type, and what the lines that come many
+/// times a turn need. A line this cannot read (a field of another type, or
+/// named twice) is read again whole, as any other line.
+#[derive(Deserialize)]
+struct LineHead<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    subtype: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    session_id: Option<std::borrow::Cow<'a, str>>,
+    /// A `stream_event`'s Anthropic event, as written.
+    #[serde(default, borrow)]
+    event: Option<&'a RawValue>,
 }
 
 /// Claude Code's tools that reach the web: off even when its own tools are
@@ -745,6 +791,20 @@ impl ClaudeProcess {
     /// The next JSON line; the process ending is an error.
     async fn next_line(&mut self) -> Result<Value, TurnFailure> {
         loop {
+            let line = self.next_text_line().await?;
+            match serde_json::from_str(&line) {
+                Ok(value) => return Ok(value),
+                // Claude Code writes only JSON here; anything else is noise
+                // worth a log line, not a failed turn.
+                Err(_) => tracing::debug!("claude wrote a non-JSON line: {line}"),
+            }
+        }
+    }
+
+    /// The next line that is not blank, trimmed; the process ending is an
+    /// error.
+    async fn next_text_line(&mut self) -> Result<String, TurnFailure> {
+        loop {
             let line = match self.lines.next_line().await {
                 Ok(Some(Line::Text(line))) => line,
                 // Not kept: the line would grow the host, outside the
@@ -762,12 +822,11 @@ impl ClaudeProcess {
             if trimmed.is_empty() {
                 continue;
             }
-            match serde_json::from_str(trimmed) {
-                Ok(value) => return Ok(value),
-                // Claude Code writes only JSON here; anything else is noise
-                // worth a log line, not a failed turn.
-                Err(_) => tracing::debug!("claude wrote a non-JSON line: {trimmed}"),
-            }
+            return Ok(if trimmed.len() == line.len() {
+                line
+            } else {
+                trimmed.to_owned()
+            });
         }
     }
 
@@ -823,8 +882,13 @@ impl TurnState {
 
     /// A raw Anthropic streaming event (partial messages): deltas become
     /// `text` / `reasoning`, a message's start and end become its step.
-    fn stream_event(&mut self, event: &Value, cx: &TurnContext<'_>) -> Result<(), TurnFailure> {
-        let Ok(event) = AnthropicEvent::deserialize(event) else {
+    fn stream_event(
+        &mut self,
+        event: Option<&str>,
+        cx: &TurnContext<'_>,
+    ) -> Result<(), TurnFailure> {
+        let event = event.unwrap_or("null");
+        let Ok(event) = serde_json::from_str::<AnthropicEvent>(event) else {
             tracing::debug!("claude sent a stream event that is not Anthropic's: {event}");
             return Ok(());
         };
@@ -1089,6 +1153,48 @@ mod home_file_tests {
         let dir = std::env::temp_dir().join(format!("karta-cc-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(dir.join(".claude")).expect("mkdir");
         dir
+    }
+
+    #[test]
+    fn a_lines_head_is_read_borrowed_and_a_line_it_cannot_read_goes_whole() {
+        let event = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"say \"hi\""}}"#;
+        let line = format!(
+            r#"{{"type":"stream_event","event":{event},"session_id":"c1","parent_tool_use_id":null,"uuid":"u"}}"#
+        );
+        let head: LineHead<'_> = serde_json::from_str(&line).expect("a stream_event head");
+        assert_eq!(head.kind, "stream_event");
+        assert!(matches!(head.kind, std::borrow::Cow::Borrowed(_)));
+        assert_eq!(
+            head.event.map(RawValue::get),
+            Some(event),
+            "the event as written"
+        );
+        let parsed: AnthropicEvent =
+            serde_json::from_str(head.event.expect("event").get()).expect("Anthropic's");
+        assert!(matches!(parsed, AnthropicEvent::ContentBlockDelta { .. }));
+
+        let init =
+            r#"{"type":"system","subtype":"init","session_id":"c1","tools":["Bash"],"model":"m"}"#;
+        let head: LineHead<'_> = serde_json::from_str(init).expect("an init head");
+        assert_eq!(
+            (
+                head.kind.as_ref(),
+                head.subtype.as_deref(),
+                head.session_id.as_deref()
+            ),
+            ("system", Some("init"), Some("c1"))
+        );
+        assert!(head.event.is_none());
+
+        // Not readable as a head: the drive loop reads these whole.
+        for odd in [
+            r#"{"type":"result","type":"stream_event"}"#,
+            r#"{"type":7}"#,
+            r#"{"subtype":"init"}"#,
+            r#"[1,2]"#,
+        ] {
+            assert!(serde_json::from_str::<LineHead<'_>>(odd).is_err(), "{odd}");
+        }
     }
 
     #[test]
