@@ -421,10 +421,12 @@ impl ClaudeCodeHarness {
                         turn.stream_event(head.event.map(RawValue::get), cx)?;
                         continue;
                     }
+                    // Already announced, the conversation already remembered.
                     ("system", Some("init"))
                         if claude.announced
-                            && head.session_id.is_some()
-                            && claude.conversation.as_deref() == head.session_id.as_deref() =>
+                            && head.session_id.is_some_and(|id| {
+                                claude.conversation.as_deref() == Some(id.as_ref())
+                            }) =>
                     {
                         continue;
                     }

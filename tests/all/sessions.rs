@@ -203,6 +203,15 @@ pub fn types(events: &[Value]) -> Vec<&str> {
     events.iter().filter_map(|e| e["type"].as_str()).collect()
 }
 
+/// The text of each `text` event, in order.
+fn text_deltas(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "text")
+        .filter_map(|e| e["data"]["part"]["text"].as_str())
+        .collect()
+}
+
 pub async fn new_session(server: &Server, body: Value) -> String {
     let (status, session) = server.post("/v1/sessions", body).await;
     assert_eq!(status, 201, "{session}");
@@ -327,11 +336,7 @@ async fn a_burst_of_deltas_streams_as_its_first_delta_then_the_rest_joined() {
         usize::MAX,
     )
     .await;
-    let texts: Vec<&str> = events
-        .iter()
-        .filter(|e| e["type"] == "text")
-        .filter_map(|e| e["data"]["part"]["text"].as_str())
-        .collect();
+    let texts = text_deltas(&events);
     assert_eq!(texts.concat(), said, "the deltas concatenate to the answer");
     // ~150 deltas came from the model; the first went out alone, the rest
     // were held and joined (a loaded machine may split them once or twice
@@ -359,12 +364,7 @@ async fn a_burst_of_deltas_streams_as_its_first_delta_then_the_rest_joined() {
         usize::MAX,
     )
     .await;
-    let replayed_texts: Vec<&str> = replayed
-        .iter()
-        .filter(|e| e["type"] == "text")
-        .filter_map(|e| e["data"]["part"]["text"].as_str())
-        .collect();
-    assert_eq!(replayed_texts, texts);
+    assert_eq!(text_deltas(&replayed), texts);
     server.stop().await;
 }
 

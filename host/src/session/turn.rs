@@ -429,6 +429,20 @@ struct Written {
     failed: bool,
 }
 
+/// Why the turn's event writer woke.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "it lives for one turn of the writer's loop, on its stack; a box would allocate per event"
+)]
+enum Woken {
+    /// The harness emitted an event.
+    Event(Emitted),
+    /// A held delta is due.
+    Due,
+    /// The turn emits no more.
+    Closed,
+}
+
 /// Appends the harness's events in order, once the turn's message is
 /// durable, holding back the terminal one. An event that cannot be written
 /// cancels the turn and nothing after it is written (a log with a gap in
@@ -457,24 +471,25 @@ async fn write_events(
     let mut deltas = Deltas::default();
     let mut out = Vec::new();
     loop {
-        let next = match deltas.due() {
+        let woken = match deltas.due() {
             Some(due) => tokio::select! {
-                next = events.recv() => next,
-                () = tokio::time::sleep_until(due.into()) => {
-                    out.extend(deltas.take(Instant::now()));
-                    None
-                }
+                next = events.recv() => next.map_or(Woken::Closed, Woken::Event),
+                () = tokio::time::sleep_until(due.into()) => Woken::Due,
             },
-            None => events.recv().await,
+            None => events.recv().await.map_or(Woken::Closed, Woken::Event),
         };
-        let closed = next.is_none() && out.is_empty();
-        if closed {
-            // No more events: what is held goes out last.
-            out.extend(deltas.take(Instant::now()));
-        }
+        let closed = matches!(woken, Woken::Closed);
+        let mut next = match woken {
+            Woken::Event(emitted) => Some(emitted),
+            // The held delta's window has passed, or no more events come:
+            // it goes out now (last, at the end).
+            Woken::Due | Woken::Closed => {
+                out.extend(deltas.take(Instant::now()));
+                None
+            }
+        };
         // Whatever else is queued is written under the same hold of the
         // state lock (a harness emits in bursts: deltas, a tool's events).
-        let mut next = next;
         while let Some(emitted) = next.take() {
             if emitted.event.ends_turn() {
                 terminal.get_or_insert(emitted);
