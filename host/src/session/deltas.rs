@@ -28,15 +28,39 @@ pub(crate) const WINDOW: Duration = Duration::from_millis(10);
 pub(crate) struct Deltas {
     /// A delta waiting for more of its part.
     held: Option<Emitted>,
-    /// When a delta last went out, and its part.
-    last_out: Option<(Instant, Part)>,
+    /// The last delta that went out.
+    last_out: Option<Sent>,
 }
 
 /// A part deltas belong to: reasoning or text, and its id.
-#[derive(PartialEq)]
-struct Part {
+#[derive(PartialEq, Clone, Copy)]
+struct Part<'a> {
+    reasoning: bool,
+    id: &'a str,
+}
+
+/// When a delta went out, and its part.
+struct Sent {
+    at: Instant,
     reasoning: bool,
     id: String,
+}
+
+impl Sent {
+    fn new(at: Instant, part: Part<'_>) -> Self {
+        Self {
+            at,
+            reasoning: part.reasoning,
+            id: part.id.to_owned(),
+        }
+    }
+
+    fn part(&self) -> Part<'_> {
+        Part {
+            reasoning: self.reasoning,
+            id: &self.id,
+        }
+    }
 }
 
 impl Deltas {
@@ -56,13 +80,14 @@ impl Deltas {
         out.extend(self.take(now));
         // Held only behind a delta of the same part sent within the window:
         // a new part's first delta goes out at once.
-        if let Some((last, last_part)) = &self.last_out
-            && *last_part == part
-            && now < *last + WINDOW
-        {
+        let behind_its_part = self
+            .last_out
+            .as_ref()
+            .is_some_and(|sent| sent.part() == part && now < sent.at + WINDOW);
+        if behind_its_part {
             self.held = Some(emitted);
         } else {
-            self.last_out = Some((now, part));
+            self.last_out = Some(Sent::new(now, part));
             out.push(emitted);
         }
     }
@@ -70,32 +95,32 @@ impl Deltas {
     /// When the held delta is due (`None`: nothing is held).
     pub(crate) fn due(&self) -> Option<Instant> {
         self.held.as_ref()?;
-        Some(self.last_out.as_ref()?.0 + WINDOW)
+        Some(self.last_out.as_ref()?.at + WINDOW)
     }
 
     /// The held delta, to be written now (its window has passed, or
     /// another event or the turn's end came).
     pub(crate) fn take(&mut self, now: Instant) -> Option<Emitted> {
         let held = self.held.take()?;
-        self.last_out = part_of(&held).map(|part| (now, part));
+        self.last_out = part_of(&held).map(|part| Sent::new(now, part));
         Some(held)
     }
 }
 
 /// The part of a text or reasoning delta with no native payload to keep
 /// beside it (`None`: any other event).
-fn part_of(emitted: &Emitted) -> Option<Part> {
+fn part_of(emitted: &Emitted) -> Option<Part<'_>> {
     if emitted.raw.is_some() {
         return None;
     }
     match &emitted.event {
         Event::Text(text) => Some(Part {
             reasoning: false,
-            id: text.part.id.clone(),
+            id: &text.part.id,
         }),
         Event::Reasoning(reasoning) => Some(Part {
             reasoning: true,
-            id: reasoning.part.id.clone(),
+            id: &reasoning.part.id,
         }),
         _ => None,
     }
