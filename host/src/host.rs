@@ -75,6 +75,10 @@ pub struct HostConfig {
     /// How webhook deliveries are retried and endpoints disabled. Where
     /// endpoints may point is `plugin_allow_net`'s policy.
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// Whether the gateway keeps the last model requests' bodies for
+    /// [`crate::gateway::Gateway::recent_requests`] (tests, benches). Off by
+    /// default: they are end users' conversations.
+    pub keep_model_requests: bool,
 }
 
 impl HostConfig {
@@ -101,6 +105,7 @@ impl HostConfig {
             provider_urls: Default::default(),
             prices: Default::default(),
             webhooks: Default::default(),
+            keep_model_requests: false,
         }
     }
 
@@ -241,6 +246,7 @@ impl Host {
             credentials.clone(),
             metrics.clone(),
         );
+        gateway.keep_recent_requests(config.keep_model_requests);
         // Orgs' own provider keys, sealed under the master key; the gateway
         // asks per call which one a session's org has.
         let byok =

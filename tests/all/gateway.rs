@@ -221,6 +221,46 @@ async fn requests_are_forwarded_to_a_real_upstream_with_the_platform_key() {
     }
 }
 
+/// A host's gateway keeps no copy of the conversations it relays unless
+/// asked to (tests do): before, every host kept its last 32 model requests'
+/// bodies in memory, up to 32 MiB each, for nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_gateway_keeps_no_request_unless_asked() {
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::try_start_with(app.path(), data.path(), |config| {
+        config.keep_model_requests = false;
+    })
+    .await
+    .expect("host starts");
+    let (_, session) = server.post("/v1/sessions", json!({})).await;
+    let id = session["id"].as_str().expect("id");
+    let (status, answer) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "a secret" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let gateway = server.host.sessions().gateway();
+    assert_eq!(gateway.recent_requests(), Vec::<Value>::new());
+
+    // Asked for, the next call is kept; turned off, what was kept goes.
+    gateway.keep_recent_requests(true);
+    let (status, answer) = server
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({ "text": "kept" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let kept = gateway.recent_requests();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].to_string().contains("kept"), "{}", kept[0]);
+    gateway.keep_recent_requests(false);
+    assert_eq!(gateway.recent_requests(), Vec::<Value>::new());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instructions_agents_and_skills_reach_the_model() {
     let app = support_bot();

@@ -69,6 +69,8 @@ impl Server {
         config.data_dir = data.to_path_buf();
         config.approval_timeout = Duration::from_secs(30);
         config.harness = Some(karta_host::app::HarnessKind::Builtin);
+        // Tests assert what reached the model.
+        config.keep_model_requests = true;
         // Compiled Python MCP servers are keyed by their content: one cache
         // for the whole run, so each is compiled once, not once per test.
         config.python_mcp.cache_dir =

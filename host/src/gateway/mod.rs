@@ -187,11 +187,12 @@ struct GatewayInner {
     metrics: Arc<Metrics>,
     /// session id -> what was metered since its turn last took it.
     usage: Mutex<HashMap<String, MeteredUsage>>,
-    /// The last request bodies received, newest last (for `doctor`-style
-    /// checks and tests that assert what reached the model). Kept as the
-    /// bytes that arrived — parsing and copying a harness's 100 KiB request
-    /// on every call cost more than the rest of the hop.
-    recent: Mutex<VecDeque<Bytes>>,
+    /// The last request bodies received, newest last, when
+    /// [`Gateway::keep_recent_requests`] asked for them (tests that assert
+    /// what reached the model, a stand-in provider). Kept as the bytes that
+    /// arrived — parsing and copying a harness's 100 KiB request on every
+    /// call cost more than the rest of the hop.
+    recent: Mutex<Option<VecDeque<Bytes>>>,
     /// The host's per-call choice of upstream (BYOK), if it set one.
     router: std::sync::OnceLock<Arc<dyn CallRouter>>,
     /// Connections to providers, each driven by the call using it.
@@ -232,9 +233,24 @@ impl Gateway {
     }
 
     /// A gateway with a credentials registry and metrics of its own (for
-    /// tests and tools that run one alone).
+    /// tests and tools that run one alone), keeping its recent requests.
     pub fn standalone(upstream: Option<Upstream>) -> Self {
-        Self::new(upstream, Arc::default(), Arc::default())
+        let gateway = Self::new(upstream, Arc::default(), Arc::default());
+        gateway.keep_recent_requests(true);
+        gateway
+    }
+
+    /// Whether to keep the last [`RECENT_REQUESTS`] request bodies for
+    /// [`Gateway::recent_requests`]. Off unless asked for (a host's gateway
+    /// keeps none: they are its end users' conversations, each up to
+    /// [`MAX_REQUEST_BYTES`]); turning it off drops what was kept.
+    pub fn keep_recent_requests(&self, keep: bool) {
+        let mut recent = lock(&self.inner.recent);
+        match (keep, recent.is_some()) {
+            (true, false) => *recent = Some(VecDeque::new()),
+            (false, _) => *recent = None,
+            (true, true) => {}
+        }
     }
 
     /// Lets `router` pick the upstream of each call (once; a second call is
@@ -296,10 +312,11 @@ impl Gateway {
     }
 
     /// The last requests the gateway received (bodies, as JSON), oldest
-    /// first.
+    /// first; none unless [`Gateway::keep_recent_requests`] asked for them.
     pub fn recent_requests(&self) -> Vec<Value> {
         lock(&self.inner.recent)
             .iter()
+            .flatten()
             .map(|bytes| serde_json::from_slice(bytes).unwrap_or(Value::Null))
             .collect()
     }
@@ -385,11 +402,12 @@ impl Gateway {
     }
 
     fn remember(&self, body: &Bytes) {
-        let mut recent = lock(&self.inner.recent);
-        if recent.len() == RECENT_REQUESTS {
-            recent.pop_front();
+        if let Some(recent) = lock(&self.inner.recent).as_mut() {
+            if recent.len() == RECENT_REQUESTS {
+                recent.pop_front();
+            }
+            recent.push_back(body.clone());
         }
-        recent.push_back(body.clone());
     }
 }
 
