@@ -92,7 +92,11 @@
 //! each timed bare turn also keeps one more thread of this process busy for
 //! N µs from the `user` line on (about the host's CPU a turn, beside
 //! `claude`), to see what CPU spent beside `claude` costs its turn on this
-//! machine. With `KARTA_OVERHEAD_BARE_HOME=fresh` each bare CLI starts from
+//! machine. With `KARTA_OVERHEAD_BARE_THRASH_KIB=N` a thread of this
+//! process copies N KiB from one buffer to another every millisecond of each
+//! timed bare turn (until its `result`), to see whether memory moved beside
+//! `claude` (as the host moves requests and answers) slows it through the
+//! caches it shares. With `KARTA_OVERHEAD_BARE_HOME=fresh` each bare CLI starts from
 //! a new `HOME` holding only what the host writes before a session's first
 //! spawn (the MCP configuration, a first `.claude.json`), as Karta's own
 //! `claude` did, instead of a copy of that `claude`'s `HOME` after its first
@@ -396,6 +400,17 @@ fn bare_burn() -> Option<Duration> {
     })
 }
 
+/// `KARTA_OVERHEAD_BARE_THRASH_KIB`, if set (see the module docs).
+fn bare_thrash() -> Option<usize> {
+    static THRASH: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *THRASH.get_or_init(|| {
+        std::env::var("KARTA_OVERHEAD_BARE_THRASH_KIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|kib| *kib > 0)
+    })
+}
+
 /// `KARTA_OVERHEAD_KARTA_NICE`, if set (see the module docs).
 fn karta_nice() -> Option<i32> {
     std::env::var("KARTA_OVERHEAD_KARTA_NICE")
@@ -593,6 +608,20 @@ impl BareCli {
                 }
             });
         }
+        let thrash = bare_thrash().map(|kib| {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stopped = stop.clone();
+            std::thread::spawn(move || {
+                let from = vec![1u8; kib * 1024];
+                let mut to = vec![0u8; kib * 1024];
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    to.copy_from_slice(&from);
+                    std::hint::black_box(&mut to);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+            stop
+        });
         let mut first_text = None;
         loop {
             let value = self.next_value().await;
@@ -604,6 +633,9 @@ impl BareCli {
                 }
                 Some("result") => {
                     let done = started.elapsed();
+                    if let Some(stop) = thrash {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     assert_ne!(value["is_error"], true, "the bare turn failed: {value}");
                     return Timing {
                         first_text: first_text.expect("a text delta"),
