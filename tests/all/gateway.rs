@@ -6,7 +6,7 @@ use karta_host::gateway::{Gateway, Upstream, UpstreamKind};
 use karta_host::listen::ServerTask;
 use serde_json::{Value, json};
 
-use crate::sessions::{Server, support_bot};
+use crate::sessions::{Server, new_session, support_bot};
 
 /// Serves `gateway` on a loopback port; it stops when the task is dropped.
 async fn serve(gateway: &Gateway) -> (String, ServerTask) {
@@ -233,30 +233,23 @@ async fn a_hosts_gateway_keeps_no_request_unless_asked() {
     })
     .await
     .expect("host starts");
-    let (_, session) = server.post("/v1/sessions", json!({})).await;
-    let id = session["id"].as_str().expect("id");
-    let (status, answer) = server
-        .post(
-            &format!("/v1/sessions/{id}/messages"),
-            json!({ "text": "a secret" }),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
+    let id = new_session(&server, json!({})).await;
     let gateway = server.host.sessions().gateway();
-    assert_eq!(gateway.recent_requests(), Vec::<Value>::new());
-
-    // Asked for, the next call is kept; turned off, what was kept goes.
-    gateway.keep_recent_requests(true);
-    let (status, answer) = server
-        .post(
-            &format!("/v1/sessions/{id}/messages"),
-            json!({ "text": "kept" }),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
+    // Not asked for, the first call is not kept; asked for, the second is.
+    for (text, keep) in [("a secret", false), ("kept", true)] {
+        gateway.keep_recent_requests(keep);
+        let (status, answer) = server
+            .post(
+                &format!("/v1/sessions/{id}/messages"),
+                json!({ "text": text }),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
     let kept = gateway.recent_requests();
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert!(kept[0].to_string().contains("kept"), "{}", kept[0]);
+    // Turned off, what was kept goes.
     gateway.keep_recent_requests(false);
     assert_eq!(gateway.recent_requests(), Vec::<Value>::new());
 }

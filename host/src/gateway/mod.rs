@@ -240,16 +240,16 @@ impl Gateway {
         gateway
     }
 
-    /// Whether to keep the last [`RECENT_REQUESTS`] request bodies for
+    /// Whether to keep the last 32 request bodies for
     /// [`Gateway::recent_requests`]. Off unless asked for (a host's gateway
     /// keeps none: they are its end users' conversations, each up to
-    /// [`MAX_REQUEST_BYTES`]); turning it off drops what was kept.
+    /// 32 MiB); turning it off drops what was kept.
     pub fn keep_recent_requests(&self, keep: bool) {
         let mut recent = lock(&self.inner.recent);
-        match (keep, recent.is_some()) {
-            (true, false) => *recent = Some(VecDeque::new()),
-            (false, _) => *recent = None,
-            (true, true) => {}
+        if keep {
+            recent.get_or_insert_with(VecDeque::new);
+        } else {
+            *recent = None;
         }
     }
 
