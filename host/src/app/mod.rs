@@ -1049,6 +1049,69 @@ mod tests {
         (app, files)
     }
 
+    /// With no inotify watch left (the per-user limit, shared with the
+    /// harnesses' own watchers), a workspace is compared by its stamps and
+    /// no turn tries to watch anything again until the pause ends or a
+    /// session's watches are freed; a change is seen all the while.
+    #[test]
+    fn without_a_watch_left_turns_compare_stamps_and_stop_trying() {
+        let (_app, files) = brief_app_with_an_agent();
+        let data = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (data.path().join("a"), data.path().join("b"));
+        let memo = SyncMemo::with_own_watches();
+        let watches = memo.watches().expect("this kernel gives inotify");
+        // Settled at once (no 2 s wait for the stamps to be kept).
+        let sync = |ws: &Path| {
+            files
+                .sync_settled(ws, &memo, std::time::Duration::ZERO)
+                .expect("sync")
+        };
+        let settle = |ws: &Path| while sync(ws) {};
+        settle(&a);
+        assert_eq!(watches.watched(), 1);
+        // Room for exactly what `a` holds: `b` (the same set) gets none.
+        watches.limit_to(watches.watched_inodes().len());
+
+        let tries = watches.tries();
+        assert!(sync(&b), "a new workspace is synced without watches");
+        assert_eq!(watches.tries(), tries + 1, "the kernel was asked once");
+        settle(&b);
+        assert!(!sync(&b), "then skipped by its stamps");
+        write(&b, "CLAUDE.md", "Be rude.");
+        assert!(sync(&b), "a change is seen by the stamps");
+        assert_eq!(
+            std::fs::read_to_string(b.join("CLAUDE.md")).expect("read"),
+            "Be brief."
+        );
+        settle(&b);
+        assert!(
+            !sync(&a),
+            "the watched workspace still skips by its watches"
+        );
+        assert_eq!(watches.tries(), tries + 1, "no turn asked again meanwhile");
+        assert_eq!(watches.watched(), 1);
+
+        // The pause over, the next turn that needs watches asks again:
+        // none free yet, so it pauses again.
+        watches.end_pause();
+        write(&b, "CLAUDE.md", "Be rude.");
+        assert!(sync(&b));
+        assert_eq!(watches.tries(), tries + 2);
+        settle(&b);
+        assert_eq!(watches.tries(), tries + 2);
+        // A session gone frees its watches: the next turn watches at once.
+        watches.forget(&a);
+        write(&b, "CLAUDE.md", "Be rude.");
+        assert!(sync(&b));
+        assert_eq!(watches.tries(), tries + 3);
+        settle(&b);
+        assert_eq!(watches.watched(), 1, "b is watched now");
+        write(&b, "CLAUDE.md", "Be rude.");
+        assert!(sync(&b), "and its change is seen by its watches");
+        settle(&b);
+        assert!(!sync(&b));
+    }
+
     /// With watches a turn right after a sync that found nothing to do
     /// skips (no settling wait) and a change is seen at once; files the set
     /// does not own in the root, and other workspaces' changes, are not

@@ -30,6 +30,15 @@
 //! workspace changed again (its writes replaced the inodes watched), so
 //! the turn after it compares once more and finds nothing to do.
 //!
+//! When the kernel has no watch left for the user (`ENOSPC`: the per-user
+//! limit, shared with the harnesses' own file watchers, is reached), a
+//! workspace that cannot be watched whole is left unwatched and compared by
+//! its stamps, and no workspace tries to add watches for
+//! [`NO_ROOM_PAUSE`] or until a workspace is forgotten (its watches freed):
+//! without that pause every turn of every session would open and try to
+//! watch each entry of its set again, and take the watches back, before
+//! comparing its stamps anyway.
+//!
 //! What neither this nor the stamps see: bytes written through a shared
 //! writable mapping of a harness file made before the last sync (no system
 //! call per write). The harness files are read-write in the jail like the
@@ -41,6 +50,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use karta_harness::safe_fs::SafeDir;
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
@@ -51,6 +61,10 @@ use rustix::io::Errno;
 /// watches it again). A watch pins its inode in the kernel's memory, and
 /// the user's watches are shared with the harnesses' own.
 const MAX_WATCHED: usize = 1024;
+
+/// How long no workspace tries to add watches after the kernel had none
+/// left (see the module docs).
+const NO_ROOM_PAUSE: Duration = Duration::from_secs(30);
 
 /// On a directory: an entry appearing, going or renamed.
 const ENTRY_EVENTS: WatchFlags = WatchFlags::CREATE
@@ -111,6 +125,15 @@ struct State {
     workspaces: HashMap<Arc<Path>, Watched>,
     /// Counts syncs, to find the least recently synced workspace.
     clock: u64,
+    /// Until when no watch is tried: the kernel had none left.
+    no_room_until: Option<Instant>,
+    /// How many times watching a workspace reached the kernel (tests).
+    #[cfg(test)]
+    tries: u64,
+    /// The most watches this instance may hold, as if the kernel's limit
+    /// were that (tests).
+    #[cfg(test)]
+    limit: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -180,6 +203,15 @@ impl Watches {
     ) -> std::io::Result<()> {
         let mut state = self.lock();
         state.unwatch(&self.inotify, workspace);
+        match state.no_room_until {
+            Some(until) if Instant::now() < until => return Err(Errno::NOSPC.into()),
+            Some(_) => state.no_room_until = None,
+            None => {}
+        }
+        #[cfg(test)]
+        {
+            state.tries += 1;
+        }
         if state.workspaces.len() >= MAX_WATCHED {
             let oldest = state
                 .workspaces
@@ -196,7 +228,14 @@ impl Watches {
             .chain(files.into_iter().map(|file| (file, FILE_EVENTS)));
         let mut wds = Vec::new();
         for (relative, flags) in entries {
-            match ws.watch(self.inotify.as_fd(), relative, flags) {
+            #[cfg(test)]
+            let watched = match state.limit {
+                Some(limit) if state.by_wd.len() >= limit => Err(Errno::NOSPC.into()),
+                _ => ws.watch(self.inotify.as_fd(), relative, flags),
+            };
+            #[cfg(not(test))]
+            let watched = ws.watch(self.inotify.as_fd(), relative, flags);
+            match watched {
                 Ok(Some(wd)) => {
                     // Two names of one inode (a hard link the guest made)
                     // share a watch descriptor: kept once.
@@ -212,6 +251,18 @@ impl Watches {
                     for wd in wds {
                         state.by_wd.remove(&wd);
                         let _ = inotify::remove_watch(&self.inotify, wd);
+                    }
+                    if matches!(Errno::from_io_error(&e), Some(Errno::NOSPC | Errno::NOMEM)) {
+                        if state.no_room_until.is_none() {
+                            tracing::warn!(
+                                "no inotify watch left ({e}; /proc/sys/fs/inotify/max_user_watches \
+                                 is shared with the harnesses' own watchers): workspaces not watched \
+                                 are compared by stamps, and none is watched anew for {}s or until \
+                                 a session's watches are freed",
+                                NO_ROOM_PAUSE.as_secs()
+                            );
+                        }
+                        state.no_room_until = Some(Instant::now() + NO_ROOM_PAUSE);
                     }
                     return Err(e);
                 }
@@ -238,9 +289,13 @@ impl Watches {
         }
     }
 
-    /// Stops watching `workspace` (its session was deleted).
+    /// Stops watching `workspace` (its session was deleted); its watches
+    /// freed, other workspaces may be watched again at once.
     pub(super) fn forget(&self, workspace: &Path) {
-        self.lock().unwatch(&self.inotify, workspace);
+        let mut state = self.lock();
+        if state.unwatch(&self.inotify, workspace) {
+            state.no_room_until = None;
+        }
     }
 
     /// Stops watching every workspace watched for memo `owner` (the memo
@@ -253,8 +308,33 @@ impl Watches {
             .filter(|(_, watched)| watched.owner == owner)
             .map(|(path, _)| Arc::clone(path))
             .collect();
+        if !owned.is_empty() {
+            state.no_room_until = None;
+        }
         for workspace in owned {
             state.unwatch(&self.inotify, &workspace);
+        }
+    }
+
+    /// Makes this instance refuse watches past `limit` as the kernel does
+    /// past its per-user limit (tests).
+    #[cfg(test)]
+    pub(super) fn limit_to(&self, limit: usize) {
+        self.lock().limit = Some(limit);
+    }
+
+    /// How many times watching a workspace reached the kernel (tests).
+    #[cfg(test)]
+    pub(super) fn tries(&self) -> u64 {
+        self.lock().tries
+    }
+
+    /// Ends the pause after the kernel had no watch left, as if it had run
+    /// out (tests).
+    #[cfg(test)]
+    pub(super) fn end_pause(&self) {
+        if let Some(until) = &mut self.lock().no_room_until {
+            *until = Instant::now();
         }
     }
 
@@ -342,23 +422,26 @@ impl State {
         }
     }
 
-    fn unwatch(&mut self, inotify: &OwnedFd, workspace: &Path) {
-        if let Some(watched) = self.workspaces.remove(workspace) {
-            for wd in watched.wds {
-                // Only a watch still this workspace's: one inode under two
-                // paths (a workspace renamed) has one watch descriptor, and
-                // the path watched last owns it.
-                if self
-                    .by_wd
-                    .get(&wd)
-                    .is_some_and(|(owner, _)| **owner == *workspace)
-                {
-                    self.by_wd.remove(&wd);
-                    // Its `IN_IGNORED` comes later, for a descriptor no
-                    // longer known.
-                    let _ = inotify::remove_watch(inotify, wd);
-                }
+    /// Stops watching `workspace`; whether it was watched.
+    fn unwatch(&mut self, inotify: &OwnedFd, workspace: &Path) -> bool {
+        let Some(watched) = self.workspaces.remove(workspace) else {
+            return false;
+        };
+        for wd in watched.wds {
+            // Only a watch still this workspace's: one inode under two
+            // paths (a workspace renamed) has one watch descriptor, and the
+            // path watched last owns it.
+            if self
+                .by_wd
+                .get(&wd)
+                .is_some_and(|(owner, _)| **owner == *workspace)
+            {
+                self.by_wd.remove(&wd);
+                // Its `IN_IGNORED` comes later, for a descriptor no longer
+                // known.
+                let _ = inotify::remove_watch(inotify, wd);
             }
         }
+        true
     }
 }
