@@ -228,13 +228,11 @@ impl Watches {
             .chain(files.into_iter().map(|file| (file, FILE_EVENTS)));
         let mut wds = Vec::new();
         for (relative, flags) in entries {
-            #[cfg(test)]
-            let watched = match state.limit {
-                Some(limit) if state.by_wd.len() >= limit => Err(Errno::NOSPC.into()),
-                _ => ws.watch(self.inotify.as_fd(), relative, flags),
+            let watched = if state.at_test_limit() {
+                Err(Errno::NOSPC.into())
+            } else {
+                ws.watch(self.inotify.as_fd(), relative, flags)
             };
-            #[cfg(not(test))]
-            let watched = ws.watch(self.inotify.as_fd(), relative, flags);
             match watched {
                 Ok(Some(wd)) => {
                     // Two names of one inode (a hard link the guest made)
@@ -387,6 +385,17 @@ impl Watches {
 }
 
 impl State {
+    /// Whether the limit a test set is reached (as the kernel's would be).
+    #[cfg(test)]
+    fn at_test_limit(&self) -> bool {
+        self.limit.is_some_and(|limit| self.by_wd.len() >= limit)
+    }
+
+    #[cfg(not(test))]
+    fn at_test_limit(&self) -> bool {
+        false
+    }
+
     /// One event: its workspace is changed, unless it is about a name in a
     /// root that the set does not own.
     fn apply(&mut self, wd: i32, events: ReadFlags, name: Option<&CStr>) {
