@@ -39,6 +39,8 @@ use karta_host::gateway::{Upstream, UpstreamKind};
 use karta_host::{Host, HostConfig};
 use serde_json::{Value, json};
 
+use common::HttpClient;
+
 /// Request sizes: a short conversation, a long one, a very long one.
 const SIZES: [(&str, usize); 3] = [
     ("10KiB", 10 * 1024),
@@ -112,52 +114,6 @@ fn claude_like_request(size: usize) -> Bytes {
     Bytes::from(request.to_string())
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// The floor of any proxy on this machine: an axum server that reads the
-/// request whole, sends it on to `upstream` with one shared hyper client
-/// (`TCP_NODELAY` both ways) and streams the answer back — no key check,
-/// no parse, no metering. Its base URL, and the task serving it.
-async fn bare_proxy(upstream: String, key: String) -> (String, tokio::task::JoinHandle<()>) {
-    use axum::body::Body;
-    use axum::extract::State;
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: HttpClient = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
-    let state = std::sync::Arc::new((client, upstream, key));
-    let router =
-        axum::Router::new()
-            .route(
-                "/v1/messages",
-                axum::routing::post(
-                    |State(state): State<std::sync::Arc<(HttpClient, String, String)>>,
-                     body: Body| async move {
-                        let (client, upstream, key) = &*state;
-                        let bytes = body.collect().await.expect("the body").to_bytes();
-                        let request = hyper::Request::post(format!("{upstream}/v1/messages"))
-                            .header("content-type", "application/json")
-                            .header("x-api-key", key.as_str())
-                            .body(Full::new(bytes))
-                            .expect("request");
-                        let response = client.request(request).await.expect("the upstream answers");
-                        response.map(Body::new)
-                    },
-                ),
-            )
-            .with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let task = tokio::spawn(async move {
-        let incoming = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(incoming, router).await.expect("serve");
-    });
-    (url, task)
-}
-
 /// One streamed call: POST `body` to `url` with `key`, read the answer to
 /// its end; the time it took.
 async fn call(client: &HttpClient, url: &str, key: &str, body: &Bytes) -> Duration {
@@ -215,7 +171,10 @@ fn bench(c: &mut Criterion) {
         .credentials()
         .for_session(&session)
         .gateway_key;
-    let (proxy_url, _proxy) = rt.block_on(bare_proxy(provider_url.clone(), provider_key.clone()));
+    let (proxy_url, _proxy) = rt.block_on(common::bare_proxy(
+        provider_url.clone(),
+        provider_key.clone(),
+    ));
     let proxy_url = format!("{proxy_url}/v1/messages");
     let direct_url = format!("{provider_url}/v1/messages");
     let karta_url = format!("{}/v1/messages", host.gateway_url());

@@ -86,6 +86,20 @@
 //! `overhead/bare_cli_via_karta_gateway` (a second bare CLI pointed at
 //! Karta's own gateway with the session's key: the gateway hop alone).
 //!
+//! With `KARTA_OVERHEAD_FLOOR=1` one more path runs: `floor_relay_turn`,
+//! the floor of any host of Karta's shape — a bare CLI behind a minimal
+//! HTTP API (the `user` line written, the first text delta and the
+//! `result` streamed back as SSE) whose model calls go through a bare
+//! proxy (read whole, sent on, streamed back). The same two hops as
+//! Karta's, with no session, log, store, jail, key check or metering
+//! behind them; it prints Karta's `done` over this floor's as well, and
+//! both differences over the pairs. `KARTA_OVERHEAD_FLOOR_SPAWN=karta`
+//! starts the floor's `claude` with Karta's own code for an unjailed
+//! harness (`karta_harness::process::HarnessProcess`) instead of tokio's
+//! `Command`; `KARTA_OVERHEAD_FLOOR_FRAMES=karta` makes it send the frames
+//! Karta sends (`step_start`, the first text at once, later text held for
+//! Karta's 10 ms window) instead of two.
+//!
 //! With `KARTA_OVERHEAD_JAIL=0` the host runs its `claude` processes
 //! unjailed (`karta serve --no-jail`), to tell what the jail costs a turn
 //! from what the host's own steps cost. With `KARTA_OVERHEAD_BARE_BURN_US=N`
@@ -376,7 +390,7 @@ fn copy_tree(from: &Path, to: &Path) {
 
 /// A `claude` started by the bench, outside Karta, driven over its pipes.
 struct BareCli {
-    child: Child,
+    process: BareProcess,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
     /// Its copies of the session's `HOME` and workspace, and its stderr.
@@ -436,11 +450,38 @@ fn renice_threads(pid: u32, nice: i32) {
     );
 }
 
+/// Who starts a [`BareCli`]'s process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spawner {
+    /// This bench, with tokio's `Command` (its stderr to a file).
+    Bench,
+    /// Karta's own code for an unjailed harness
+    /// ([`karta_harness::process::HarnessProcess`]: its stderr piped to
+    /// the host, the parent-death signal, inherited descriptors closed).
+    Karta,
+}
+
+/// A [`BareCli`]'s process.
+enum BareProcess {
+    Bench(Child),
+    Karta(Box<karta_harness::process::HarnessProcess>),
+}
+
 impl BareCli {
     /// Starts `claude` as `image` shows it, talking to `base_url` with
     /// `api_key`, in copies of its `HOME` and working directory; waits for
     /// its `initialize` answer.
     async fn start(image: &ProcessImage, base_url: &str, api_key: &str) -> Self {
+        Self::start_by(image, base_url, api_key, Spawner::Bench).await
+    }
+
+    /// [`BareCli::start`], the process started by `spawner`.
+    async fn start_by(
+        image: &ProcessImage,
+        base_url: &str,
+        api_key: &str,
+        spawner: Spawner,
+    ) -> Self {
         let scratch = tempfile::tempdir().expect("tempdir");
         // Copies of its `HOME` and of its working directory: Karta rewrites
         // the session's workspace before every turn, and a `claude` sharing
@@ -510,23 +551,45 @@ impl BareCli {
             };
             (k.clone(), v)
         });
-        let stderr = std::fs::File::create(scratch.path().join("stderr")).expect("stderr file");
-        let mut child = tokio::process::Command::new(&image.argv[0])
-            .args(&args)
-            .env_clear()
-            .envs(env)
-            .current_dir(&new_cwd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the bare claude starts");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
+        let (process, stdin, stdout) = match spawner {
+            Spawner::Bench => {
+                let stderr =
+                    std::fs::File::create(scratch.path().join("stderr")).expect("stderr file");
+                let mut child = tokio::process::Command::new(&image.argv[0])
+                    .args(&args)
+                    .env_clear()
+                    .envs(env)
+                    .current_dir(&new_cwd)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::from(stderr))
+                    .process_group(0)
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("the bare claude starts");
+                let stdin = child.stdin.take().expect("stdin");
+                let stdout = child.stdout.take().expect("stdout");
+                (BareProcess::Bench(child), stdin, stdout)
+            }
+            Spawner::Karta => {
+                let mut process =
+                    karta_harness::process::HarnessProcess::start(&karta_harness::process::Spawn {
+                        program: PathBuf::from(&image.argv[0]),
+                        args,
+                        cwd: PathBuf::from(&new_cwd),
+                        env: env.collect(),
+                        stdin: true,
+                        stdout: true,
+                        jail: None,
+                    })
+                    .expect("the claude starts as Karta starts it");
+                let stdin = process.child.stdin.take().expect("stdin");
+                let stdout = process.child.stdout.take().expect("stdout");
+                (BareProcess::Karta(Box::new(process)), stdin, stdout)
+            }
+        };
         let mut bare = Self {
-            child,
+            process,
             stdin,
             lines: BufReader::with_capacity(64 * 1024, stdout).lines(),
             scratch,
@@ -590,14 +653,7 @@ impl BareCli {
     /// One turn, timed from writing the `user` line to reading the `result`
     /// line.
     async fn turn(&mut self, text: &str) -> Timing {
-        let mut line = serde_json::to_vec(&json!({
-            "type": "user",
-            "message": { "role": "user", "content": [{ "type": "text", "text": text }] },
-            "parent_tool_use_id": null,
-            "session_id": "",
-        }))
-        .expect("JSON");
-        line.push(b'\n');
+        let line = user_line(text);
         let started = Instant::now();
         self.write(&line).await;
         if let Some(burn) = bare_burn() {
@@ -647,16 +703,211 @@ impl BareCli {
         }
     }
 
+    fn pid(&self) -> Option<u32> {
+        match &self.process {
+            BareProcess::Bench(child) => child.id(),
+            BareProcess::Karta(process) => process.pid(),
+        }
+    }
+
     /// Kills its process group and waits for it.
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
+    async fn stop(self) {
+        if let Some(pid) = self.pid() {
             // It leads its own group (`process_group(0)`).
             let _ = std::process::Command::new("kill")
                 .args(["-KILL", "--", &format!("-{pid}")])
                 .status();
         }
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+        match self.process {
+            BareProcess::Bench(mut child) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+            BareProcess::Karta(process) => process.kill().await,
+        }
+    }
+}
+
+/// A turn's `user` line, as Karta's adapter writes it.
+fn user_line(text: &str) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&json!({
+        "type": "user",
+        "message": { "role": "user", "content": [{ "type": "text", "text": text }] },
+        "parent_tool_use_id": null,
+        "session_id": "",
+    }))
+    .expect("JSON");
+    line.push(b'\n');
+    line
+}
+
+/// The floor of any host (`KARTA_OVERHEAD_FLOOR=1`): the two hops every
+/// host of this shape adds, and nothing else. A bare CLI (started as the
+/// bare route's) whose model calls go through [`common::bare_proxy`] (the
+/// request read whole and sent on, the answer streamed back: no key, no
+/// parse, no metering), and whose turns are driven by a minimal HTTP API
+/// on this runtime: `POST /v1/sessions/relay/messages` writes the `user`
+/// line and streams back a `text` event at the first text delta and a
+/// `done` event at the `result` line — no session, no log, no store, no
+/// jail. The same client as Karta's route reads it.
+struct Relay {
+    api: ApiClient,
+    claude: Arc<tokio::sync::Mutex<BareCli>>,
+    pid: Option<u32>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Relay {
+    async fn start(image: &ProcessImage, ends: &Ends) -> Self {
+        let (proxy_url, proxy) =
+            common::bare_proxy(ends.provider_url.clone(), ends.provider_key.clone()).await;
+        let spawner = match std::env::var("KARTA_OVERHEAD_FLOOR_SPAWN").as_deref() {
+            Ok("karta") => Spawner::Karta,
+            _ => Spawner::Bench,
+        };
+        let claude = BareCli::start_by(image, &proxy_url, &ends.provider_key, spawner).await;
+        let pid = claude.pid();
+        let claude = Arc::new(tokio::sync::Mutex::new(claude));
+        let router = axum::Router::new()
+            .route(
+                "/v1/sessions/{id}/messages",
+                axum::routing::post(relay_turn),
+            )
+            .with_state(claude.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let incoming = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(incoming, router).await.expect("serve");
+        });
+        let mut relay = Self {
+            api: ApiClient::connect(addr).await,
+            claude,
+            pid,
+            tasks: [proxy, server],
+        };
+        relay.turn("warm up").await;
+        relay.turn("warm up again").await;
+        relay
+    }
+
+    async fn turn(&mut self, text: &str) -> Timing {
+        self.api.turn("relay", text).await
+    }
+
+    async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        drop(self.api);
+        if let Ok(claude) = Arc::try_unwrap(self.claude) {
+            claude.into_inner().stop().await;
+        }
+    }
+}
+
+/// [`Relay`]'s one route: the message's text to `claude`, its first text
+/// delta and its `result` back as SSE events. With
+/// `KARTA_OVERHEAD_FLOOR_FRAMES=karta` it sends the frames Karta sends
+/// instead: a `step_start` at the answer's first stream event, the first
+/// text delta at once, the later ones held and sent together 10 ms after
+/// the first of them (Karta's delta window), then `done`.
+async fn relay_turn(
+    axum::extract::State(claude): axum::extract::State<Arc<tokio::sync::Mutex<BareCli>>>,
+    body: Bytes,
+) -> axum::response::Response {
+    let message: Value = serde_json::from_slice(&body).expect("a JSON message");
+    let mut claude = claude.lock_owned().await;
+    claude
+        .write(&user_line(message["text"].as_str().unwrap_or_default()))
+        .await;
+    let state = RelayFrames {
+        claude,
+        as_karta: std::env::var("KARTA_OVERHEAD_FLOOR_FRAMES").is_ok_and(|v| v == "karta"),
+        stepped: false,
+        texted: false,
+        held: Vec::new(),
+        send_held_at: None,
+        ended: false,
+    };
+    let events = futures_util::stream::unfold(state, |mut state| async move {
+        let frame = state.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(frame)), state))
+    });
+    axum::response::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(axum::body::Body::from_stream(events))
+        .expect("a response")
+}
+
+/// Where [`relay_turn`]'s stream is.
+struct RelayFrames {
+    claude: tokio::sync::OwnedMutexGuard<BareCli>,
+    as_karta: bool,
+    stepped: bool,
+    texted: bool,
+    /// Text deltas held for the window.
+    held: Vec<Value>,
+    send_held_at: Option<tokio::time::Instant>,
+    ended: bool,
+}
+
+impl RelayFrames {
+    /// The next SSE frame; `None` after `done`.
+    async fn next(&mut self) -> Option<String> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            let value = match self.send_held_at {
+                // `next_line` is cancel-safe: a line half read stays.
+                Some(at) => tokio::select! {
+                    value = self.claude.next_value() => value,
+                    () = tokio::time::sleep_until(at) => {
+                        self.send_held_at = None;
+                        return Some(self.held_frame());
+                    }
+                },
+                None => self.claude.next_value().await,
+            };
+            match value["type"].as_str() {
+                Some("stream_event") if self.as_karta && !self.stepped => {
+                    self.stepped = true;
+                    return Some("event: step_start\ndata: {}\n\n".to_owned());
+                }
+                Some("stream_event") if value["event"]["delta"]["type"] == "text_delta" => {
+                    let delta = value["event"]["delta"].clone();
+                    if !self.texted {
+                        self.texted = true;
+                        return Some(format!("event: text\ndata: {delta}\n\n"));
+                    }
+                    if self.as_karta {
+                        self.held.push(delta);
+                        self.send_held_at.get_or_insert_with(|| {
+                            tokio::time::Instant::now() + Duration::from_millis(10)
+                        });
+                    }
+                }
+                Some("result") => {
+                    self.ended = true;
+                    let held = match self.held.is_empty() {
+                        true => String::new(),
+                        false => self.held_frame(),
+                    };
+                    return Some(format!("{held}event: done\ndata: {}\n\n", value["usage"]));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn held_frame(&mut self) -> String {
+        let held = std::mem::take(&mut self.held);
+        format!("event: text\ndata: {}\n\n", Value::Array(held))
     }
 }
 
@@ -671,10 +922,18 @@ enum Route {
     Bare,
     /// A bare CLI through Karta's gateway to the provider.
     ViaGateway,
+    /// A bare CLI behind the floor of any host ([`Relay`]).
+    Relay,
 }
 
 impl Route {
-    const ALL: [Self; 4] = [Self::Karta, Self::InProcess, Self::Bare, Self::ViaGateway];
+    const ALL: [Self; 5] = [
+        Self::Karta,
+        Self::InProcess,
+        Self::Bare,
+        Self::ViaGateway,
+        Self::Relay,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -682,6 +941,7 @@ impl Route {
             Self::InProcess => "karta_in_process_turn",
             Self::Bare => "bare_cli_warm_turn",
             Self::ViaGateway => "bare_cli_via_karta_gateway",
+            Self::Relay => "floor_relay_turn",
         }
     }
 
@@ -701,6 +961,7 @@ struct Rig {
     in_process_id: Option<String>,
     bare: BareCli,
     via_gateway: Option<BareCli>,
+    relay: Option<Relay>,
 }
 
 /// Where the routes' model calls go.
@@ -713,13 +974,12 @@ struct Ends {
 
 impl Rig {
     /// A Karta session and a bare CLI started from its process's image
-    /// (and with `breakdown` the other two routes' own), each warmed up by
-    /// two untimed turns.
+    /// (and the other `routes`' own), each warmed up by two untimed turns.
     async fn start(
         mut api: ApiClient,
         sessions: Arc<Sessions>,
         ends: &Ends,
-        breakdown: bool,
+        routes: &[Route],
     ) -> Self {
         let id = api.create_session().await;
         api.turn(&id, "warm up").await;
@@ -731,7 +991,7 @@ impl Rig {
         let mut bare = BareCli::start(&image, &ends.provider_url, &ends.provider_key).await;
         bare.turn("warm up").await;
         bare.turn("warm up again").await;
-        let (in_process_id, via_gateway) = if breakdown {
+        let (in_process_id, via_gateway) = if routes.contains(&Route::InProcess) {
             let in_process_id = api.create_session().await;
             in_process_turn(&sessions, &in_process_id, "warm up").await;
             in_process_turn(&sessions, &in_process_id, "warm up again").await;
@@ -743,6 +1003,10 @@ impl Rig {
         } else {
             (None, None)
         };
+        let relay = match routes.contains(&Route::Relay) {
+            true => Some(Relay::start(&image, ends).await),
+            false => None,
+        };
         Rig {
             api,
             sessions,
@@ -750,6 +1014,7 @@ impl Rig {
             in_process_id,
             bare,
             via_gateway,
+            relay,
         }
     }
 
@@ -761,11 +1026,15 @@ impl Rig {
             in_process_id,
             bare,
             via_gateway,
+            relay,
             ..
         } = self;
         bare.stop().await;
         if let Some(via) = via_gateway {
             via.stop().await;
+        }
+        if let Some(relay) = relay {
+            relay.stop().await;
         }
         sessions.delete(&id).await.expect("delete the session");
         if let Some(id) = in_process_id {
@@ -777,9 +1046,9 @@ impl Rig {
     /// alike differ by up to a few milliseconds a turn for as long as they
     /// live (their JIT, their heap), so one pair alone would read that as
     /// the host's overhead, or hide some of it.
-    async fn renew(&mut self, ends: &Ends, breakdown: bool) {
+    async fn renew(&mut self, ends: &Ends, routes: &[Route]) {
         let api = ApiClient::connect(self.api.addr).await;
-        let fresh = Rig::start(api, self.sessions.clone(), ends, breakdown).await;
+        let fresh = Rig::start(api, self.sessions.clone(), ends, routes).await;
         std::mem::replace(self, fresh).stop().await;
     }
 
@@ -795,6 +1064,10 @@ impl Rig {
                 let via = self.via_gateway.as_mut().expect("the breakdown");
                 via.turn(TEXT).await
             }
+            Route::Relay => {
+                let relay = self.relay.as_mut().expect("the floor");
+                relay.turn(TEXT).await
+            }
         }
     }
 
@@ -806,8 +1079,9 @@ impl Rig {
                 .in_process_id
                 .as_deref()
                 .and_then(|id| self.sessions.harness_process_id(id)),
-            Route::Bare => self.bare.child.id(),
-            Route::ViaGateway => self.via_gateway.as_ref().and_then(|via| via.child.id()),
+            Route::Bare => self.bare.pid(),
+            Route::ViaGateway => self.via_gateway.as_ref().and_then(BareCli::pid),
+            Route::Relay => self.relay.as_ref().and_then(|relay| relay.pid),
         }
     }
 }
@@ -935,6 +1209,19 @@ fn each(timings: &[Timing], figure: fn(&Timing) -> Duration) -> Vec<Duration> {
 }
 
 /// The median of the per-round differences `a - b`, in milliseconds.
+/// The mean of `samples`, its standard error and the samples' standard
+/// deviation (NaN for the last two with fewer than two samples).
+fn mean_se_sd(samples: &[f64]) -> (f64, f64, f64) {
+    let count = samples.len() as f64;
+    let mean = samples.iter().sum::<f64>() / count;
+    let sd = if samples.len() > 1 {
+        (samples.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (count - 1.0)).sqrt()
+    } else {
+        f64::NAN
+    };
+    (mean, sd / count.sqrt(), sd)
+}
+
 fn median_difference(a: &[Duration], b: &[Duration]) -> f64 {
     median(a.iter().zip(b).map(|(a, b)| ms(*a) - ms(*b)).collect())
 }
@@ -1061,6 +1348,7 @@ fn bench(c: &mut Criterion) {
         return;
     };
     let breakdown = std::env::var("KARTA_OVERHEAD_BREAKDOWN").is_ok_and(|v| v == "1");
+    let floor = std::env::var("KARTA_OVERHEAD_FLOOR").is_ok_and(|v| v == "1");
     let jailed = !std::env::var("KARTA_OVERHEAD_JAIL").is_ok_and(|v| v == "0");
     let rounds: usize = std::env::var("KARTA_OVERHEAD_ROUNDS")
         .ok()
@@ -1075,7 +1363,11 @@ fn bench(c: &mut Criterion) {
     let per_pair = rounds.div_ceil(pairs);
     let routes: Vec<Route> = Route::ALL
         .into_iter()
-        .filter(|r| breakdown || matches!(r, Route::Karta | Route::Bare))
+        .filter(|r| match r {
+            Route::Karta | Route::Bare => true,
+            Route::InProcess | Route::ViaGateway => breakdown,
+            Route::Relay => floor,
+        })
         .collect();
     let rt = common::runtime();
     let app = common::support_bot_app();
@@ -1117,10 +1409,10 @@ fn bench(c: &mut Criterion) {
             .await
             .expect("bind");
         let api = ApiClient::connect(host.spawn_api(listener).await.expect("the API serves")).await;
-        let mut rig = Rig::start(api, host.sessions().clone(), &ends, breakdown).await;
+        let mut rig = Rig::start(api, host.sessions().clone(), &ends, &routes).await;
         // A third untimed turn on every route (so their conversations stay
         // alike), counting the model calls of a warm one.
-        let mut calls = [0; 4];
+        let mut calls = [0; Route::ALL.len()];
         for &route in &routes {
             let before = model_calls();
             rig.turn(route).await;
@@ -1130,7 +1422,7 @@ fn bench(c: &mut Criterion) {
     });
 
     // Criterion: each route in turn.
-    let mut sequential: [Vec<Timing>; 4] = Default::default();
+    let mut sequential: [Vec<Timing>; Route::ALL.len()] = Default::default();
     let mut group = c.benchmark_group("overhead");
     group
         .sample_size(30)
@@ -1163,7 +1455,7 @@ fn bench(c: &mut Criterion) {
         .map(|r| sequential[r.index()].len())
         .max()
         .unwrap_or(0);
-    let mut interleaved: [Interleaved; 4] = Default::default();
+    let mut interleaved: [Interleaved; Route::ALL.len()] = Default::default();
     let own = std::process::id();
     rt.block_on(async {
         for &route in &routes {
@@ -1173,7 +1465,7 @@ fn bench(c: &mut Criterion) {
         }
         for round in 0..rounds {
             if round > 0 && round % per_pair == 0 {
-                rig.renew(&ends, breakdown).await;
+                rig.renew(&ends, &routes).await;
             }
             for i in 0..routes.len() {
                 let route = routes[(round + i) % routes.len()];
@@ -1353,6 +1645,21 @@ fn bench(c: &mut Criterion) {
             paired(|t| t.done),
         );
     }
+    // What Karta adds over the floor of any host: the same two hops (an
+    // HTTP API in front of the CLI, a proxy in front of the provider)
+    // with nothing behind them.
+    if floor {
+        let karta = &interleaved[Route::Karta.index()].timings;
+        let relay = &interleaved[Route::Relay.index()].timings;
+        let paired = |figure: fn(&Timing) -> Duration| {
+            median_difference(&each(karta, figure), &each(relay, figure))
+        };
+        println!(
+            "  karta_warm_turn - floor_relay_turn (Karta over the floor of any host; median of per-round differences): first text {:+.2} ms, done {:+.2} ms",
+            paired(|t| t.first_text),
+            paired(|t| t.done),
+        );
+    }
 
     // The host's own two parts of every Karta turn this process ran
     // (warm-up, criterion and interleaved), from its metrics: what the
@@ -1508,19 +1815,7 @@ fn bench(c: &mut Criterion) {
     // Each pair carries its own persistent difference (two `claude`s started
     // alike differ for as long as they live): the pairs are the samples
     // that say how sure the figure is.
-    let pair_count = pair_done.len() as f64;
-    let pair_mean = pair_done.iter().sum::<f64>() / pair_count;
-    let pair_sd = if pair_done.len() > 1 {
-        (pair_done
-            .iter()
-            .map(|d| (d - pair_mean).powi(2))
-            .sum::<f64>()
-            / (pair_count - 1.0))
-            .sqrt()
-    } else {
-        f64::NAN
-    };
-    let pair_se = pair_sd / pair_count.sqrt();
+    let (pair_mean, pair_se, pair_sd) = mean_se_sd(&pair_done);
     println!(
         "  over the {} pairs: done difference median {:+.2} ms, mean {:+.2} ms ± {:.2} ms (standard error; pairs' SD {:.2} ms)",
         pair_done.len(),
@@ -1529,6 +1824,36 @@ fn bench(c: &mut Criterion) {
         pair_se,
         pair_sd,
     );
+    // The floor's pairs alike: each round's three `claude`s were started
+    // together, from the same image.
+    if floor {
+        let relay_done = each(&interleaved[Route::Relay.index()].timings, |t| t.done);
+        for (name, a, b) in [
+            ("floor_relay_turn - bare", &relay_done, &bare_done),
+            (
+                "karta_warm_turn - floor_relay_turn",
+                &karta_done,
+                &relay_done,
+            ),
+        ] {
+            let pairs: Vec<f64> = (0..rounds)
+                .step_by(per_pair)
+                .map(|from| {
+                    let to = (from + per_pair).min(rounds);
+                    median_difference(&a[from..to], &b[from..to])
+                })
+                .collect();
+            let (mean, se, sd) = mean_se_sd(&pairs);
+            println!(
+                "  {name}, over the {} pairs: done difference median {:+.2} ms, mean {:+.2} ms ± {:.2} ms (standard error; pairs' SD {:.2} ms)",
+                pairs.len(),
+                median(pairs.clone()),
+                mean,
+                se,
+                sd,
+            );
+        }
+    }
     common::write_results(
         "overhead",
         &[

@@ -228,3 +228,56 @@ pub fn write_results(file: &str, figures: &[(String, f64, &str)]) {
     std::fs::create_dir_all(&dir).expect("mkdir target/bench-results");
     std::fs::write(&path, serde_json::to_vec_pretty(&all).expect("JSON")).expect("write results");
 }
+
+/// A client of the benches' own servers and proxies.
+pub type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// The floor of any proxy on this machine: an axum server that reads the
+/// request whole, sends it on to `upstream` with one shared hyper client
+/// (`TCP_NODELAY` both ways) and streams the answer back — no key check,
+/// no parse, no metering. Its base URL, and the task serving it.
+pub async fn bare_proxy(upstream: String, key: String) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::body::Body;
+    use axum::extract::State;
+    use http_body_util::{BodyExt, Full};
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    let state = std::sync::Arc::new((client, upstream, key));
+    let router =
+        axum::Router::new()
+            .route(
+                "/v1/messages",
+                axum::routing::post(
+                    |State(state): State<std::sync::Arc<(HttpClient, String, String)>>,
+                     body: Body| async move {
+                        let (client, upstream, key) = &*state;
+                        let bytes = body.collect().await.expect("the body").to_bytes();
+                        let request = hyper::Request::post(format!("{upstream}/v1/messages"))
+                            .header("content-type", "application/json")
+                            .header("x-api-key", key.as_str())
+                            .body(Full::new(bytes))
+                            .expect("request");
+                        let response = client.request(request).await.expect("the upstream answers");
+                        response.map(Body::new)
+                    },
+                ),
+            )
+            .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        let incoming = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(incoming, router).await.expect("serve");
+    });
+    (url, task)
+}
