@@ -98,7 +98,9 @@
 //! harness (`karta_harness::process::HarnessProcess`) instead of tokio's
 //! `Command`; `KARTA_OVERHEAD_FLOOR_FRAMES=karta` makes it send the frames
 //! Karta sends (`step_start`, the first text at once, later text held for
-//! Karta's 10 ms window) instead of two.
+//! Karta's 10 ms window) instead of two; `KARTA_OVERHEAD_FLOOR_GATEWAY=karta`
+//! sends its model calls through Karta's gateway (the session's key)
+//! instead of the bare proxy.
 //!
 //! With `KARTA_OVERHEAD_JAIL=0` the host runs its `claude` processes
 //! unjailed (`karta serve --no-jail`), to tell what the jail costs a turn
@@ -765,7 +767,18 @@ impl Relay {
             Ok("karta") => Spawner::Karta,
             _ => Spawner::Bench,
         };
-        let claude = BareCli::start_by(image, &proxy_url, &ends.provider_key, spawner).await;
+        // With `KARTA_OVERHEAD_FLOOR_GATEWAY=karta` its model calls go
+        // through Karta's gateway instead (the session's key), to tell the
+        // gateway's part of Karta's cost from the rest.
+        let (model_url, model_key) = match std::env::var("KARTA_OVERHEAD_FLOOR_GATEWAY").as_deref()
+        {
+            Ok("karta") => (
+                ends.gateway_url.clone(),
+                image.var("ANTHROPIC_API_KEY").to_owned(),
+            ),
+            _ => (proxy_url, ends.provider_key.clone()),
+        };
+        let claude = BareCli::start_by(image, &model_url, &model_key, spawner).await;
         let pid = claude.pid();
         let claude = Arc::new(tokio::sync::Mutex::new(claude));
         let router = axum::Router::new()
