@@ -1222,17 +1222,24 @@ fn each(timings: &[Timing], figure: fn(&Timing) -> Duration) -> Vec<Duration> {
 }
 
 /// The median of the per-round differences `a - b`, in milliseconds.
-/// The mean of `samples`, its standard error and the samples' standard
-/// deviation (NaN for the last two with fewer than two samples).
-fn mean_se_sd(samples: &[f64]) -> (f64, f64, f64) {
-    let count = samples.len() as f64;
-    let mean = samples.iter().sum::<f64>() / count;
-    let sd = if samples.len() > 1 {
-        (samples.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (count - 1.0)).sqrt()
+/// Prints the median, the mean with its standard error and the standard
+/// deviation of the pairs' differences (`done`, ms; the last two NaN with
+/// fewer than two pairs) after `label`; returns the mean and its error.
+fn print_over_pairs(label: &str, pairs: &[f64]) -> (f64, f64) {
+    let count = pairs.len() as f64;
+    let mean = pairs.iter().sum::<f64>() / count;
+    let sd = if pairs.len() > 1 {
+        (pairs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (count - 1.0)).sqrt()
     } else {
         f64::NAN
     };
-    (mean, sd / count.sqrt(), sd)
+    let se = sd / count.sqrt();
+    println!(
+        "  {label}over the {} pairs: done difference median {:+.2} ms, mean {mean:+.2} ms ± {se:.2} ms (standard error; pairs' SD {sd:.2} ms)",
+        pairs.len(),
+        median(pairs.to_vec()),
+    );
+    (mean, se)
 }
 
 fn median_difference(a: &[Duration], b: &[Duration]) -> f64 {
@@ -1642,36 +1649,32 @@ fn bench(c: &mut Criterion) {
         );
     }
 
+    // Karta against another route of the same rounds.
+    let karta_over = |other: Route, what: &str| {
+        let karta = &interleaved[Route::Karta.index()].timings;
+        let others = &interleaved[other.index()].timings;
+        let paired = |figure: fn(&Timing) -> Duration| {
+            median_difference(&each(karta, figure), &each(others, figure))
+        };
+        println!(
+            "  karta_warm_turn - {} ({what}; median of per-round differences): first text {:+.2} ms, done {:+.2} ms",
+            other.name(),
+            paired(|t| t.first_text),
+            paired(|t| t.done),
+        );
+    };
     // The comparison issue 8 names: the bare CLI on the *same* gateway as
     // Karta's (the offline model behind it), so the difference is the host
     // alone — the API, the session, the log, the adapter — without the
     // metering hop every deployment has.
     if breakdown {
-        let karta = &interleaved[Route::Karta.index()].timings;
-        let via = &interleaved[Route::ViaGateway.index()].timings;
-        let paired = |figure: fn(&Timing) -> Duration| {
-            median_difference(&each(karta, figure), &each(via, figure))
-        };
-        println!(
-            "  karta_warm_turn - bare_cli_via_karta_gateway (same gateway: the host alone): first text {:+.2} ms, done {:+.2} ms  (goal ≤ 2 ms)",
-            paired(|t| t.first_text),
-            paired(|t| t.done),
-        );
+        karta_over(Route::ViaGateway, "same gateway: the host alone");
     }
     // What Karta adds over the floor of any host: the same two hops (an
     // HTTP API in front of the CLI, a proxy in front of the provider)
     // with nothing behind them.
     if floor {
-        let karta = &interleaved[Route::Karta.index()].timings;
-        let relay = &interleaved[Route::Relay.index()].timings;
-        let paired = |figure: fn(&Timing) -> Duration| {
-            median_difference(&each(karta, figure), &each(relay, figure))
-        };
-        println!(
-            "  karta_warm_turn - floor_relay_turn (Karta over the floor of any host; median of per-round differences): first text {:+.2} ms, done {:+.2} ms",
-            paired(|t| t.first_text),
-            paired(|t| t.done),
-        );
+        karta_over(Route::Relay, "Karta over the floor of any host");
     }
 
     // The host's own two parts of every Karta turn this process ran
@@ -1828,15 +1831,7 @@ fn bench(c: &mut Criterion) {
     // Each pair carries its own persistent difference (two `claude`s started
     // alike differ for as long as they live): the pairs are the samples
     // that say how sure the figure is.
-    let (pair_mean, pair_se, pair_sd) = mean_se_sd(&pair_done);
-    println!(
-        "  over the {} pairs: done difference median {:+.2} ms, mean {:+.2} ms ± {:.2} ms (standard error; pairs' SD {:.2} ms)",
-        pair_done.len(),
-        median(pair_done.clone()),
-        pair_mean,
-        pair_se,
-        pair_sd,
-    );
+    let (pair_mean, pair_se) = print_over_pairs("", &pair_done);
     // The floor's pairs alike: each round's three `claude`s were started
     // together, from the same image.
     if floor {
@@ -1856,15 +1851,7 @@ fn bench(c: &mut Criterion) {
                     median_difference(&a[from..to], &b[from..to])
                 })
                 .collect();
-            let (mean, se, sd) = mean_se_sd(&pairs);
-            println!(
-                "  {name}, over the {} pairs: done difference median {:+.2} ms, mean {:+.2} ms ± {:.2} ms (standard error; pairs' SD {:.2} ms)",
-                pairs.len(),
-                median(pairs.clone()),
-                mean,
-                se,
-                sd,
-            );
+            print_over_pairs(&format!("{name}, "), &pairs);
         }
     }
     common::write_results(
