@@ -714,12 +714,7 @@ impl BareCli {
 
     /// Kills its process group and waits for it.
     async fn stop(self) {
-        if let Some(pid) = self.pid() {
-            // It leads its own group (`process_group(0)`).
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .status();
-        }
+        kill_group(self.pid());
         match self.process {
             BareProcess::Bench(mut child) => {
                 let _ = child.start_kill();
@@ -813,13 +808,27 @@ impl Relay {
     }
 
     async fn stop(self) {
-        for task in &self.tasks {
+        for task in self.tasks {
             task.abort();
+            let _ = task.await;
         }
         drop(self.api);
-        if let Ok(claude) = Arc::try_unwrap(self.claude) {
-            claude.into_inner().stop().await;
+        match Arc::try_unwrap(self.claude) {
+            Ok(claude) => claude.into_inner().stop().await,
+            // A connection's task of the API, still ending, holds it: its
+            // process group goes now, the child is reaped when that task
+            // drops it.
+            Err(_) => kill_group(self.pid),
         }
+    }
+}
+
+/// Kills the process group `pid` leads (a [`BareCli`]'s: `process_group(0)`).
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
     }
 }
 
