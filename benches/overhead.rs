@@ -776,22 +776,14 @@ impl Relay {
         let claude = BareCli::start_by(image, &model_url, &model_key, spawner).await;
         let pid = claude.pid();
         let claude = Arc::new(tokio::sync::Mutex::new(claude));
+        let as_karta = std::env::var("KARTA_OVERHEAD_FLOOR_FRAMES").is_ok_and(|v| v == "karta");
         let router = axum::Router::new()
             .route(
                 "/v1/sessions/{id}/messages",
                 axum::routing::post(relay_turn),
             )
-            .with_state(claude.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move {
-            let incoming = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(incoming, router).await.expect("serve");
-        });
+            .with_state((claude.clone(), as_karta));
+        let (addr, server) = common::serve_on_loopback(router).await;
         let mut relay = Self {
             api: ApiClient::connect(addr).await,
             claude,
@@ -839,7 +831,10 @@ fn kill_group(pid: Option<u32>) {
 /// text delta at once, the later ones held and sent together 10 ms after
 /// the first of them (Karta's delta window), then `done`.
 async fn relay_turn(
-    axum::extract::State(claude): axum::extract::State<Arc<tokio::sync::Mutex<BareCli>>>,
+    axum::extract::State((claude, as_karta)): axum::extract::State<(
+        Arc<tokio::sync::Mutex<BareCli>>,
+        bool,
+    )>,
     body: Bytes,
 ) -> axum::response::Response {
     let message: Value = serde_json::from_slice(&body).expect("a JSON message");
@@ -849,7 +844,7 @@ async fn relay_turn(
         .await;
     let state = RelayFrames {
         claude,
-        as_karta: std::env::var("KARTA_OVERHEAD_FLOOR_FRAMES").is_ok_and(|v| v == "karta"),
+        as_karta,
         stepped: false,
         texted: false,
         held: Vec::new(),

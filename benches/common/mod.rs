@@ -269,15 +269,24 @@ pub async fn bare_proxy(upstream: String, key: String) -> (String, tokio::task::
                 ),
             )
             .with_state(state);
+    let (addr, task) = serve_on_loopback(router).await;
+    (format!("http://{addr}"), task)
+}
+
+/// Serves `router` on a new loopback port (`TCP_NODELAY` on every accepted
+/// socket): its address, and the task serving it.
+pub async fn serve_on_loopback(
+    router: axum::Router,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let addr = listener.local_addr().expect("addr");
     let task = tokio::spawn(async move {
         let incoming = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
         axum::serve(incoming, router).await.expect("serve");
     });
-    (url, task)
+    (addr, task)
 }
