@@ -162,7 +162,7 @@ impl BuiltinHarness {
             let Some(data) = event.data.as_deref() else {
                 continue;
             };
-            let event: AnthropicEvent = serde_json::from_str(data).map_err(|e| {
+            let event = AnthropicEvent::from_json(data).map_err(|e| {
                 model_error(format!(
                     "a stream event is not an Anthropic event ({e}): {data}"
                 ))

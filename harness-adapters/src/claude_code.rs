@@ -890,7 +890,7 @@ impl TurnState {
         cx: &TurnContext<'_>,
     ) -> Result<(), TurnFailure> {
         let event = event.unwrap_or("null");
-        let Ok(event) = serde_json::from_str::<AnthropicEvent>(event) else {
+        let Ok(event) = AnthropicEvent::from_json(event) else {
             tracing::debug!("claude sent a stream event that is not Anthropic's: {event}");
             return Ok(());
         };

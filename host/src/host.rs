@@ -209,7 +209,8 @@ impl Drop for HostInner {
     }
 }
 
-/// How often credentials left by stopped harness processes are revoked.
+/// How often the host sweeps: sessions whose harness process stopped leave
+/// memory, and the credentials such processes left are revoked.
 const CREDENTIAL_SWEEP: Duration = Duration::from_secs(30);
 
 async fn loopback_listener() -> Result<tokio::net::TcpListener, HostError> {
@@ -314,7 +315,7 @@ impl Host {
                 loop {
                     every.tick().await;
                     match projects.upgrade() {
-                        Some(projects) => projects.sweep_credentials(CREDENTIAL_SWEEP),
+                        Some(projects) => projects.sweep(CREDENTIAL_SWEEP),
                         None => return,
                     }
                 }

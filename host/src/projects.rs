@@ -549,11 +549,12 @@ impl Projects {
         }
     }
 
-    /// Revokes credentials no harness process holds any more, in every
-    /// loaded release.
-    pub fn sweep_credentials(&self, idle: std::time::Duration) {
+    /// The periodic sweep of every loaded release ([`Sessions::sweep`]):
+    /// sessions whose harness process stopped leave memory, and credentials
+    /// no harness process holds any more are revoked.
+    pub fn sweep(&self, idle: std::time::Duration) {
         for sessions in self.loaded() {
-            sessions.sweep_credentials(idle);
+            sessions.sweep(idle);
         }
     }
 

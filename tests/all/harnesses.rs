@@ -391,8 +391,29 @@ async fn harness_cancel_and_resume(kind: HarnessKind) {
     let first = turn(&server, &id, "first words").await;
     assert_eq!(last(&first)["data"]["status"], "completed", "{first:#?}");
     let pid = sessions.harness_process_id(&id).expect("a process");
+    // In memory between turns while its process lives (its next turn
+    // does not load it again), and gone once the process is.
+    assert_eq!(sessions.live_count(), 1, "kept beside its process");
+    sessions.sweep(std::time::Duration::from_secs(3600));
+    assert_eq!(
+        sessions.live_count(),
+        1,
+        "a sweep keeps it while the process lives"
+    );
     wait_until_gone(pid).await;
     assert_eq!(sessions.harness_process_id(&id), None);
+    sessions.sweep(std::time::Duration::from_secs(3600));
+    for _ in 0..100 {
+        if sessions.live_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sessions.live_count(),
+        0,
+        "the sweep lets it go with its process"
+    );
     let second = turn(&server, &id, "second words").await;
     assert!(
         text_of(&second).contains("Earlier you said: \"first words\"."),

@@ -7,6 +7,14 @@
 //! session (its state is on disk). So 10,000 sessions created and left
 //! alone cost the store, not RAM.
 //!
+//! One exception: a session whose harness process is alive stays between
+//! its turns ([`LiveMap::keep_while_process_lives`]), so its next turn does
+//! not read and decode its record and scan its log again before the
+//! harness gets the message. Such a session costs its record and its last
+//! published events (at most [`CHANNEL_CAPACITY`]) beside a process of
+//! ~200 MiB, so memory stays bounded by the harness's own process limit; the periodic sweep ([`LiveMap::sweep`]) lets it go once
+//! its process has stopped.
+//!
 //! Loading is also where a crash is repaired: a record saved with a turn
 //! running belongs to a turn the host did not finish. Its log gets an
 //! `interrupted` error, numbered above every sequence number the turn could
@@ -67,6 +75,9 @@ pub(crate) struct LiveSession {
     tool_runs: Mutex<VecDeque<(String, Value, ToolResult)>>,
     /// Set by delete: nothing writes to the session any more.
     deleted: AtomicBool,
+    /// Set while its harness process lives: the session stays in memory
+    /// when the last [`LiveRef`] goes (see the module docs).
+    resident: AtomicBool,
 }
 
 impl LiveSession {
@@ -79,6 +90,7 @@ impl LiveSession {
             approvals: Approvals::default(),
             tool_runs: Mutex::default(),
             deleted: AtomicBool::new(false),
+            resident: AtomicBool::new(false),
         }
     }
 
@@ -163,7 +175,9 @@ impl Drop for LiveRef {
         let mut map = lock(&self.map.map);
         let id = session.id.clone();
         drop(session);
-        let unused = map.get(&id).is_some_and(|s| Arc::strong_count(s) == 1);
+        let unused = map
+            .get(&id)
+            .is_some_and(|s| Arc::strong_count(s) == 1 && !s.resident.load(Ordering::SeqCst));
         if unused {
             map.remove(&id);
             self.map.metrics.live_sessions.set(map.len() as i64);
@@ -286,19 +300,58 @@ impl LiveMap {
         self.metrics.live_sessions.set(map.len() as i64);
     }
 
+    /// Whether the harness has a process for session `id`.
+    fn has_process(&self, id: &str) -> bool {
+        self.harness
+            .as_ref()
+            .is_some_and(|h| h.process_id(id).is_some())
+    }
+
+    /// Keeps session `live` in memory between its turns while the harness
+    /// has a process for it (see the module docs); nothing without a
+    /// harness process, or once the session is deleted.
+    pub(crate) fn keep_while_process_lives(&self, live: &LiveSession) {
+        if self.has_process(&live.id) && !live.is_deleted() {
+            live.resident.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The periodic sweep: lets the sessions kept for their harness process
+    /// go once that process has stopped (when nothing else holds them),
+    /// then revokes idle credentials ([`Self::sweep_credentials`]).
+    pub(crate) fn sweep(&self, idle: Duration) {
+        {
+            let mut map = lock(&self.map);
+            let processless: Vec<String> = map
+                .values()
+                .filter(|s| s.resident.load(Ordering::SeqCst) && !self.has_process(&s.id))
+                .map(|s| s.id.clone())
+                .collect();
+            for id in processless {
+                let Some(session) = map.get(&id) else {
+                    continue;
+                };
+                session.resident.store(false, Ordering::SeqCst);
+                // Every reference is taken and released under the map's
+                // lock (see `LiveRef::drop`): held by nobody else, it goes.
+                if Arc::strong_count(session) == 1 {
+                    map.remove(&id);
+                }
+            }
+            self.metrics.live_sessions.set(map.len() as i64);
+        }
+        self.sweep_credentials(idle);
+    }
+
     /// Revokes the credentials unused for `idle` of every session that is
     /// neither in memory nor served by a harness process (a process stopped
     /// after its idle time leaves its session's credentials behind). Under
     /// the map's lock: a turn that would hand them to a new process first
     /// takes its session from the map.
-    pub(crate) fn sweep_credentials(&self, idle: Duration) {
+    fn sweep_credentials(&self, idle: Duration) {
         let map = lock(&self.map);
         for id in self.credentials.idle_sessions(idle) {
-            let has_process = self
-                .harness
-                .as_ref()
-                .is_some_and(|h| h.process_id(&id).is_some());
-            if !map.contains_key(&id) && !has_process {
+            if !map.contains_key(&id) && !self.has_process(&id) {
                 self.credentials.revoke(&id);
             }
         }

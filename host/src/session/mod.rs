@@ -296,11 +296,12 @@ impl Sessions {
         }
     }
 
-    /// Revokes the credentials unused for `idle` of sessions that have left
-    /// memory and have no harness process any more (the host runs this
-    /// periodically).
-    pub fn sweep_credentials(&self, idle: Duration) {
-        self.live.sweep_credentials(idle);
+    /// The host's periodic sweep: sessions kept in memory for their
+    /// harness process leave it once the process has stopped, and the
+    /// credentials unused for `idle` of sessions that have left memory and
+    /// have no harness process any more are revoked.
+    pub fn sweep(&self, idle: Duration) {
+        self.live.sweep(idle);
     }
 
     /// The tools the session's current agent may use.

@@ -394,6 +394,8 @@ async fn run(
         };
         let summary = finish(&sessions, &live, ended).await;
         host_phase(&sessions, HostPhase::End, returned);
+        // Its next turn finds it in memory while its process lives.
+        sessions.live.keep_while_process_lives(&live);
         sessions
             .metrics
             .record_turn(sessions.harness_name(), summary.status, started.elapsed());

@@ -323,7 +323,7 @@ impl ToOpenAi {
         if self.done {
             return;
         }
-        let Ok(event) = serde_json::from_str::<AnthropicEvent>(data) else {
+        let Ok(event) = AnthropicEvent::from_json(data) else {
             return;
         };
         self.meter.observe_anthropic(&event);
