@@ -37,7 +37,7 @@ use super::log::Published;
 use super::{SessionError, lock};
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
-use crate::store::{SessionRecord, Store};
+use crate::store::{SessionRecord, Store, Tail};
 
 /// How many published events a slow subscriber may lag behind before it
 /// catches up from the store. Every live session allocates this many slots
@@ -58,6 +58,10 @@ pub(crate) struct SessionState {
     pub(crate) record: SessionRecord,
     /// The next event sequence number.
     pub(crate) next_seq: u64,
+    /// Where the session's transcript ends, once an append has looked.
+    pub(crate) transcript_tail: Tail,
+    /// Where its model history ends, likewise.
+    pub(crate) history_tail: Tail,
 }
 
 /// A session in memory.
@@ -84,7 +88,12 @@ impl LiveSession {
     fn new(record: SessionRecord, next_seq: u64) -> Self {
         Self {
             id: record.id.clone(),
-            state: tokio::sync::Mutex::new(SessionState { record, next_seq }),
+            state: tokio::sync::Mutex::new(SessionState {
+                record,
+                next_seq,
+                transcript_tail: Tail::default(),
+                history_tail: Tail::default(),
+            }),
             events: broadcast::channel(CHANNEL_CAPACITY).0,
             turn: Mutex::default(),
             approvals: Approvals::default(),

@@ -242,11 +242,11 @@ async fn persist_message(
 ) -> Result<(), SessionError> {
     let store = &sessions.store;
     {
-        let state = live.state.lock().await;
+        let mut state = live.state.lock().await;
         if live.is_deleted() {
             return Err(SessionError::NotFound(live.id.clone()));
         }
-        let index = store.append_message(&live.id, user_message)?;
+        let index = store.append_message(&live.id, user_message, &mut state.transcript_tail)?;
         let _ = undo.message_index.set(index);
         store.put_session(&state.record)?;
     }
@@ -536,7 +536,9 @@ async fn abandon(
     let mut state = live.state.lock().await;
     if !live.is_deleted() {
         if let Some(&index) = undo.message_index.get() {
-            let _ = sessions.store.remove_message(&live.id, index);
+            let _ = sessions
+                .store
+                .remove_message(&live.id, index, &mut state.transcript_tail);
         }
         state.record = undo.record.clone();
         let _ = sessions.store.put_session(&state.record);
@@ -669,8 +671,8 @@ async fn finish(sessions: &Sessions, live: &LiveRef, ended: Ended) -> TurnSummar
         created_at: stamp.clone(),
     };
     let saved: Result<_, StoreError> = async {
-        store.append_history(&live.id, &outcome.new_messages)?;
-        store.append_message(&live.id, &assistant)?;
+        store.append_history(&live.id, &outcome.new_messages, &mut state.history_tail)?;
+        store.append_message(&live.id, &assistant, &mut state.transcript_tail)?;
         let deliveries = sessions.notice_turn_end(&state.record, state.next_seq, &terminal.event);
         let envelope = live
             .write(store, &mut state, terminal.event, terminal.raw, &deliveries)

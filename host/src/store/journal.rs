@@ -593,7 +593,11 @@ mod tests {
             let id = format!("ses_{i}");
             store.create_session(&record(&id)).expect("create");
             store
-                .append_history(&id, &[serde_json::json!({"role": "user", "content": "hi"})])
+                .append_history(
+                    &id,
+                    &[serde_json::json!({"role": "user", "content": "hi"})],
+                    &mut crate::store::Tail::default(),
+                )
                 .expect("history");
             runtime.block_on(store.flush_log()).expect("flush_log");
             writeln!(stdout, "ack {id}").expect("stdout");
@@ -823,7 +827,11 @@ mod tests {
         let big = serde_json::json!({ "text": "x".repeat(64 * 1024) });
         for i in 0..20 {
             store
-                .append_history(&format!("ses_{i}"), std::slice::from_ref(&big))
+                .append_history(
+                    &format!("ses_{i}"),
+                    std::slice::from_ref(&big),
+                    &mut crate::store::Tail::default(),
+                )
                 .expect("history");
         }
         assert!(journal.size() >= PENDING_LIMIT as u64, "written out");

@@ -715,13 +715,21 @@ impl Store {
         }
     }
 
-    /// Appends model messages to a session's history.
-    pub fn append_history(&self, session: &str, messages: &[Value]) -> Result<(), StoreError> {
+    /// Appends model messages to a session's history. `next` is where the
+    /// history ends, if the caller knows it (see [`Tail`]).
+    pub fn append_history(
+        &self,
+        session: &str,
+        messages: &[Value],
+        next: &mut Tail,
+    ) -> Result<(), StoreError> {
         let encoded = messages.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
         let mut write = self.write();
-        let first = last_index(&self.history, session)?.map_or(0, |last| last + 1);
-        for (index, message) in (first..).zip(encoded) {
+        let mut index = next.index(&self.history, session)?;
+        for message in encoded {
             write.insert(&self.history, child_key(session, index), message)?;
+            index += 1;
+            next.0 = Some(index);
         }
         Ok(())
     }
@@ -735,24 +743,34 @@ impl Store {
             .collect()
     }
 
-    /// Appends a transcript message; returns its index.
+    /// Appends a transcript message; returns its index. `next` is where the
+    /// transcript ends, if the caller knows it (see [`Tail`]).
     pub fn append_message(
         &self,
         session: &str,
         message: &TranscriptMessage,
+        next: &mut Tail,
     ) -> Result<u64, StoreError> {
         if Faults::take(&self.faults.message_writes) {
             return Err(StoreError::Injected);
         }
         let value = encode(message)?;
         let mut write = self.write();
-        let index = last_index(&self.transcript, session)?.map_or(0, |last| last + 1);
+        let index = next.index(&self.transcript, session)?;
         write.insert(&self.transcript, child_key(session, index), value)?;
+        next.0 = Some(index + 1);
         Ok(index)
     }
 
-    /// Removes transcript message `index` (a turn that could not start).
-    pub fn remove_message(&self, session: &str, index: u64) -> Result<(), StoreError> {
+    /// Removes transcript message `index` (a turn that could not start);
+    /// `next` no longer knows where the transcript ends.
+    pub fn remove_message(
+        &self,
+        session: &str,
+        index: u64,
+        next: &mut Tail,
+    ) -> Result<(), StoreError> {
+        next.0 = None;
         self.write()
             .remove(&self.transcript, child_key(session, index))?;
         Ok(())
@@ -813,7 +831,7 @@ impl Store {
                 .flatten()
                 .is_some_and(|last| !last.event.ends_turn());
             self.clear(&self.history, &record.id)?;
-            self.append_history(&record.id, &history)?;
+            self.append_history(&record.id, &history, &mut Tail::default())?;
             self.put_session(&record)?;
             self.index_session(&record)?;
         }
@@ -824,6 +842,25 @@ impl Store {
 }
 
 /// The last index of `session`'s rows in `tree`.
+/// Where one of a session's lists (its transcript, its history) ends: the
+/// index its next entry takes, once known. A session in memory keeps one
+/// of each under its state lock, which every append of its lists holds, so
+/// only its first append after a load looks the end up in the tree (a
+/// reverse scan, tens of µs on a cold cache, that would otherwise run
+/// several times a turn).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tail(Option<u64>);
+
+impl Tail {
+    /// The index the next entry of `session` in `tree` takes.
+    fn index(&self, tree: &sled::Tree, session: &str) -> Result<u64, StoreError> {
+        match self.0 {
+            Some(index) => Ok(index),
+            None => Ok(last_index(tree, session)?.map_or(0, |last| last + 1)),
+        }
+    }
+}
+
 fn last_index(tree: &sled::Tree, session: &str) -> Result<Option<u64>, StoreError> {
     match tree.scan_prefix(prefix(session)).keys().next_back() {
         Some(key) => Ok(Some(tail_u64(&key?))),
@@ -834,6 +871,68 @@ fn last_index(tree: &sled::Tree, session: &str) -> Result<Option<u64>, StoreErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A list's [`Tail`] gives the next index without a look into the
+    /// tree; one that does not know (a fresh one, or after a removal)
+    /// looks, so nothing is overwritten and no index is skipped.
+    #[test]
+    fn a_tail_appends_where_the_list_ends() {
+        use serde_json::json;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let message = |text: &str| TranscriptMessage {
+            id: text.to_owned(),
+            role: Role::User,
+            text: text.to_owned(),
+            participant_name: "user".into(),
+            participant_type: ParticipantType::Human,
+            agent: None,
+            status: None,
+            usage: None,
+            created_at: String::new(),
+        };
+        let mut tail = Tail::default();
+        for (i, text) in ["a", "b", "c"].into_iter().enumerate() {
+            let index = store.append_message("s1", &message(text), &mut tail);
+            assert_eq!(index.expect("append"), i as u64);
+        }
+        assert_eq!(tail, Tail(Some(3)));
+        // Another session's list is its own.
+        let other = store.append_message("s2", &message("x"), &mut Tail::default());
+        assert_eq!(other.expect("append"), 0);
+        // A session loaded again knows nothing yet, and looks.
+        let mut reloaded = Tail::default();
+        let index = store.append_message("s1", &message("d"), &mut reloaded);
+        assert_eq!(index.expect("append"), 3);
+        store
+            .remove_message("s1", 3, &mut reloaded)
+            .expect("remove");
+        assert_eq!(reloaded, Tail::default(), "a removal forgets the end");
+        let index = store.append_message("s1", &message("e"), &mut reloaded);
+        assert_eq!(index.expect("append"), 3);
+        let texts: Vec<String> = store
+            .messages("s1")
+            .expect("messages")
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["a", "b", "c", "e"]);
+
+        let mut history = Tail::default();
+        store
+            .append_history("s1", &[json!(1), json!(2)], &mut history)
+            .expect("history");
+        store
+            .append_history("s1", &[], &mut history)
+            .expect("nothing");
+        store
+            .append_history("s1", &[json!(3)], &mut Tail::default())
+            .expect("history");
+        assert_eq!(
+            store.history("s1").expect("history"),
+            [json!(1), json!(2), json!(3)]
+        );
+    }
 
     /// Every kind of flush of a [`Durability::Machine`] store syncs the
     /// file system once, and what it acknowledged is there after a reopen;
