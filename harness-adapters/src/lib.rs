@@ -383,6 +383,13 @@ pub trait Harness: Send + Sync {
         None
     }
 
+    /// Whether a process serves `session_id` (a turn holding it counts: it
+    /// has or is starting one). Cheaper than [`Self::process_id`], which in
+    /// a jail reads `/proc`; the host asks at the end of every turn.
+    fn has_process(&self, session_id: &str) -> bool {
+        self.process_id(session_id).is_some()
+    }
+
     /// How many harness processes run (for metrics).
     fn process_count(&self) -> usize {
         0

@@ -1145,6 +1145,10 @@ impl Harness for OpencodeHarness {
         self.sessions.pid(session_id)
     }
 
+    fn has_process(&self, session_id: &str) -> bool {
+        self.sessions.has_process(session_id)
+    }
+
     fn process_count(&self) -> usize {
         self.sessions.count()
     }

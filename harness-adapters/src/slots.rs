@@ -68,6 +68,12 @@ impl<P> Default for Slots<P> {
     }
 }
 
+/// Whether `slot` has a process, or a turn holds it (and has or is
+/// starting one).
+fn has_process<P>(slot: &Slot<P>) -> bool {
+    slot.try_lock().map_or(true, |process| process.is_some())
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -112,8 +118,14 @@ impl<P: SlotProcess> Slots<P> {
     pub(crate) fn count(&self) -> usize {
         lock(&self.map)
             .values()
-            .filter(|slot| slot.try_lock().map_or(true, |process| process.is_some()))
+            .filter(|slot| has_process(slot))
             .count()
+    }
+
+    /// Whether `session_id` has a process, counted as [`Self::count`]
+    /// counts.
+    pub(crate) fn has_process(&self, session_id: &str) -> bool {
+        lock(&self.map).get(session_id).is_some_and(has_process)
     }
 
     /// The process id of `session_id`'s process, when it runs and no turn

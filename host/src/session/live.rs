@@ -311,9 +311,7 @@ impl LiveMap {
 
     /// Whether the harness has a process for session `id`.
     fn has_process(&self, id: &str) -> bool {
-        self.harness
-            .as_ref()
-            .is_some_and(|h| h.process_id(id).is_some())
+        self.harness.as_ref().is_some_and(|h| h.has_process(id))
     }
 
     /// Keeps session `live` in memory between its turns while the harness
