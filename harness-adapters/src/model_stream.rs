@@ -189,7 +189,9 @@ impl AnthropicEvent {
     /// Where the event is one the derived reader accepts, the result is the
     /// same (`the_fast_reader_reads_what_the_derived_one_reads`); a field a
     /// variant needs that is missing or of another type is an error here as
-    /// there.
+    /// there. One leniency: a `null` given for a field the derived reader
+    /// defaults when it is missing (`message_delta`'s `delta`) reads as
+    /// missing here, where the derived reader refuses the event.
     pub fn from_json(data: &str) -> serde_json::Result<Self> {
         use serde::de::Error as _;
         use serde_json::value::RawValue;
@@ -721,6 +723,16 @@ mod tests {
             r#"{"type":"message_stop","type":"ping"}"#,
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"#,
         ];
+        // The leniency the docs name.
+        let lenient = r#"{"type":"message_delta","delta":null,"usage":{"output_tokens":2}}"#;
+        assert!(serde_json::from_str::<AnthropicEvent>(lenient).is_err());
+        let AnthropicEvent::MessageDelta { delta, usage } =
+            AnthropicEvent::from_json(lenient).expect("read")
+        else {
+            panic!("a message delta");
+        };
+        assert_eq!(delta.stop_reason, None);
+        assert_eq!(usage.and_then(|u| u.output_tokens), Some(2));
         for data in refused {
             assert!(
                 serde_json::from_str::<AnthropicEvent>(data).is_err(),
