@@ -402,8 +402,12 @@ async fn harness_cancel_and_resume(kind: HarnessKind) {
     );
     wait_until_gone(pid).await;
     assert_eq!(sessions.harness_process_id(&id), None);
-    sessions.sweep(std::time::Duration::from_secs(3600));
+    // The idle stop holds the process's slot until its kill has returned,
+    // a moment after the pid is gone; until then the session counts as
+    // served (the host sweeps every 30 s, so a sweep in that moment only
+    // defers it). Sweep until it goes.
     for _ in 0..100 {
+        sessions.sweep(std::time::Duration::from_secs(3600));
         if sessions.live_count() == 0 {
             break;
         }
