@@ -329,22 +329,16 @@ impl LiveMap {
     pub(crate) fn sweep(&self, idle: Duration) {
         {
             let mut map = lock(&self.map);
-            let processless: Vec<String> = map
-                .values()
-                .filter(|s| s.resident.load(Ordering::SeqCst) && !self.has_process(&s.id))
-                .map(|s| s.id.clone())
-                .collect();
-            for id in processless {
-                let Some(session) = map.get(&id) else {
-                    continue;
-                };
+            map.retain(|_, session| {
+                if !session.resident.load(Ordering::SeqCst) || self.has_process(&session.id) {
+                    return true;
+                }
                 session.resident.store(false, Ordering::SeqCst);
                 // Every reference is taken and released under the map's
-                // lock (see `LiveRef::drop`): held by nobody else, it goes.
-                if Arc::strong_count(session) == 1 {
-                    map.remove(&id);
-                }
-            }
+                // lock (see `LiveRef::drop`): held by nobody else, it goes;
+                // held, it goes with the last `LiveRef`.
+                Arc::strong_count(session) > 1
+            });
             self.metrics.live_sessions.set(map.len() as i64);
         }
         self.sweep_credentials(idle);
