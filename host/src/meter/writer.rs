@@ -20,7 +20,10 @@
 //!   acknowledging its usage, a reader, a flush) or the queue holds
 //!   [`MAX_BATCH`] records; otherwise after [`LINGER`], so that the records
 //!   of one turn (its model calls and tool calls, milliseconds apart) share
-//!   one journal row.
+//!   one journal row. A turn acknowledging its usage logs the queue on its
+//!   own thread when nobody else is logging (one insert; no hand-off to the
+//!   writer and back); otherwise the writer logs. One logger at a time, so
+//!   batches are logged in the order they were taken.
 //! - **Idempotency.** A record id already stored, queued, logged or being
 //!   applied is [`Recorded::Duplicate`] at once (checked under the queue's
 //!   lock); applying checks the records tree again (an id twice in one
@@ -167,8 +170,18 @@ struct Queue {
     flush_failed: Option<(u64, String)>,
     /// Why records of a session were lost, by session id.
     lost: HashMap<String, String>,
+    /// A batch is being logged, by the writer or by a waiter
+    /// ([`Writer::logged`]): one logger at a time, so batches are logged in
+    /// the order they were taken and `logged` only rises.
+    logging: bool,
     /// The writer waits for work.
     idle: bool,
+    /// Tests hold the writer still (it takes no work while set).
+    #[cfg(test)]
+    held: bool,
+    /// Batches logged by waiters rather than by the writer (tests read it).
+    #[cfg(test)]
+    logged_by_waiters: u64,
     /// The meter is being dropped.
     shutdown: bool,
     /// The writer thread is gone (it panicked, or shut down).
@@ -216,6 +229,14 @@ impl Queue {
             .iter()
             .find_map(|b| b.logged.as_ref().map(|l| l.at))
             .map(|at| at + APPLY_AFTER)
+    }
+
+    /// Whether a test holds the writer still.
+    fn is_held(&self) -> bool {
+        #[cfg(test)]
+        return self.held;
+        #[cfg(not(test))]
+        false
     }
 
     /// Whether someone waits for the queued records.
@@ -409,6 +430,13 @@ impl Writer {
     /// Waits, without a blocking thread, until every record queued before
     /// the call is logged: in the database, so that the next flush of the
     /// store makes it durable.
+    ///
+    /// When nobody is logging, the caller logs the queue itself — one
+    /// journal insert, what the writer would do — rather than wake the
+    /// writer and wait to be woken: at a turn's end that is two thread
+    /// hand-offs off the path to `done`, on a machine where the harness
+    /// keeps every CPU busy. The writer, lingering over the same records,
+    /// finds the queue empty; it still applies the batch later.
     pub(crate) async fn logged(&self) -> Result<(), MeterError> {
         let shared = &*self.shared;
         let target = shared.lock().queued_seq;
@@ -425,6 +453,23 @@ impl Writer {
                 }
                 if queue.gone {
                     return Err(MeterError::Unwritten("the ledger's writer stopped".into()));
+                }
+                if !queue.logging && !queue.queued.is_empty() {
+                    // Records up to `target` are queued, being logged or
+                    // logged: none is being logged, so they are queued.
+                    let stop_on_panic = StopOnPanic(shared);
+                    queue = log(shared, queue);
+                    drop(stop_on_panic);
+                    #[cfg(test)]
+                    {
+                        queue.logged_by_waiters += 1;
+                    }
+                    if queue.idle {
+                        // Waiting without a deadline, perhaps: the new
+                        // batch must be applied within `APPLY_AFTER`.
+                        wake(shared, &mut queue);
+                    }
+                    continue;
                 }
                 if queue.log_wanted < target {
                     queue.log_wanted = target;
@@ -482,6 +527,20 @@ impl Writer {
     }
 }
 
+/// Stops the meter when a waiter's logging panics, as a panic of the writer
+/// thread stops it ([`GoneOnExit`]): `logging` would stay set and every
+/// later acknowledgement wait for ever; this way each gets an error.
+struct StopOnPanic<'a>(&'a Shared);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().gone = true;
+            self.0.notify_done();
+        }
+    }
+}
+
 /// Wakes the writer, idle or lingering: someone waits.
 fn wake(shared: &Shared, queue: &mut Queue) {
     queue.idle = false;
@@ -506,7 +565,10 @@ fn run(shared: &Shared) {
         loop {
             let now = Instant::now();
             let flush_due = queue.wanted > queue.durable && queue.applied >= queue.wanted;
-            if !queue.queued.is_empty() || queue.apply_due(now) || flush_due {
+            // Records queued while a waiter logs wait for its end (it
+            // wakes the writer if it finds it idle).
+            let log_due = !queue.queued.is_empty() && !queue.logging;
+            if (log_due || queue.apply_due(now) || flush_due) && !queue.is_held() {
                 break;
             }
             if queue.shutdown {
@@ -542,7 +604,8 @@ fn run(shared: &Shared) {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        if !queue.queued.is_empty() {
+        // A waiter may have taken the queue while the writer lingered.
+        if !queue.queued.is_empty() && !queue.logging {
             queue = log(shared, queue);
         }
         if queue.apply_due(Instant::now()) {
@@ -575,7 +638,12 @@ fn run(shared: &Shared) {
 /// Takes the queue as a batch and logs it in the journal: one insert (one
 /// per [`MAX_ROW`] records), each row keyed by the sequence number of its
 /// last record.
+///
+/// Called by the writer or by a waiter ([`Writer::logged`]), never by two
+/// at once: `logging` is set while the lock is dropped.
 fn log<'a>(shared: &'a Shared, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+    debug_assert!(!queue.logging, "one logger at a time");
+    queue.logging = true;
     let pending = std::mem::take(&mut queue.queued);
     let stamp = queue.queued_seq;
     let first = queue.logged + 1;
@@ -654,6 +722,7 @@ fn log<'a>(shared: &'a Shared, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'
         queue.lose(session, why);
     }
     queue.logged = stamp;
+    queue.logging = false;
     queue.settle_applied();
     drop(queue);
     shared.notify_done();
@@ -1055,6 +1124,127 @@ mod tests {
                 .all(|k| k.expect("key").as_ref() == HIGH_WATER),
             "every journal row is removed"
         );
+    }
+
+    /// Every journal row but the high-water mark is gone.
+    fn journal_is_drained(writer: &Writer) -> bool {
+        writer
+            .shared
+            .journal
+            .iter()
+            .keys()
+            .all(|k| k.expect("key").as_ref() == HIGH_WATER)
+    }
+
+    /// A turn's acknowledgement logs the queue on its own thread when
+    /// nobody else logs: it returns while the writer is held still, the
+    /// budgets see the records at once, and the writer applies the batch
+    /// once let go. (Before, the acknowledgement woke the writer and waited
+    /// for it: held, it never returned.)
+    #[tokio::test]
+    async fn an_acknowledgement_logs_on_its_own_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path()).expect("store");
+        let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
+        let writer = &meter.inner.writer;
+        writer.shared.lock().held = true;
+        for i in 0..3 {
+            let row = pending(&format!("w{i}"), 5);
+            // Every counter row as a budget row: `spent` reads the deltas.
+            let budget_keys = crate::meter::ledger::counter_keys(&row.record);
+            assert!(matches!(
+                writer.enqueue(row, budget_keys).expect("enqueue"),
+                Recorded::New { .. }
+            ));
+        }
+        tokio::time::timeout(Duration::from_secs(30), writer.logged())
+            .await
+            .expect("acknowledged with the writer held")
+            .expect("logged");
+        let queue = writer.shared.lock();
+        assert_eq!(
+            (queue.logged, queue.applied, queue.logged_by_waiters),
+            (3, 0, 1)
+        );
+        assert!(!queue.logging && queue.queued.is_empty());
+        drop(queue);
+        assert!(
+            writer
+                .shared
+                .journal
+                .get(3u64.to_be_bytes())
+                .expect("read")
+                .is_some(),
+            "one journal row, keyed by its last record, holds the three"
+        );
+        assert_eq!(key_spent(&meter), 15, "budgets see logged records");
+        {
+            let mut queue = writer.shared.lock();
+            queue.held = false;
+            wake(&writer.shared, &mut queue);
+        }
+        meter.flush().expect("flush");
+        assert_eq!(key_spent(&meter), 15);
+        assert_eq!(meter.entries("org_a").expect("entries").len(), 3);
+        assert!(journal_is_drained(writer), "the batch is applied once");
+    }
+
+    /// Waiters and the writer log side by side and every record is counted
+    /// once: tasks on four threads queue records (and a duplicate of each)
+    /// and acknowledge them while a thread asks for applies.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn waiters_and_the_writer_log_each_record_once() {
+        const TASKS: u64 = 8;
+        const EACH: u64 = 60;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path()).expect("store");
+        let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
+        let reader = {
+            let meter = meter.clone();
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    meter.commit_session("ses_1").expect("committed");
+                    std::thread::sleep(LINGER / 3);
+                }
+            })
+        };
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|task| {
+                let meter = meter.clone();
+                tokio::spawn(async move {
+                    let writer = &meter.inner.writer;
+                    for i in 0..EACH {
+                        let id = format!("t{task}-{i}");
+                        let first = writer.enqueue(pending(&id, 1), Vec::new());
+                        assert!(matches!(first, Ok(Recorded::New { .. })));
+                        let again = writer.enqueue(pending(&id, 1), Vec::new());
+                        assert!(matches!(again, Ok(Recorded::Duplicate)), "{id} twice");
+                        if i % 3 != 2 {
+                            writer.logged().await.expect("logged");
+                        }
+                        if i % 5 == 0 {
+                            tokio::time::sleep(LINGER).await;
+                        }
+                    }
+                    writer.logged().await.expect("logged");
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task");
+        }
+        reader.join().expect("reader");
+        meter.flush().expect("flush");
+        let writer = &meter.inner.writer;
+        let queue = writer.shared.lock();
+        let n = TASKS * EACH;
+        assert_eq!((queue.queued_seq, queue.logged, queue.applied), (n, n, n));
+        assert!(queue.unapplied.is_empty() && !queue.logging);
+        assert!(queue.logged_by_waiters > 0, "the waiters logged too");
+        drop(queue);
+        assert_eq!(key_spent(&meter), n);
+        assert_eq!(meter.entries("org_a").expect("entries").len() as u64, n);
+        assert!(journal_is_drained(writer));
     }
 
     /// A journal row reads back as written; a cut or padded one is refused.
