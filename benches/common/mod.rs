@@ -137,7 +137,11 @@ pub fn build_plugins(native: &[&str]) -> PathBuf {
             .args(extra)
             .status()
             .expect("cargo runs");
-        assert!(status.success(), "building the bench fixtures failed");
+        assert!(
+            status.success(),
+            "building the bench fixtures failed; is the wasm32-wasip2 target installed? \
+             (rustup target add wasm32-wasip2)"
+        );
     }
     target.join("wasm32-wasip2/release")
 }
