@@ -18,12 +18,20 @@
 //!
 //! - **When a batch is logged.** At once when someone waits for it (a turn
 //!   acknowledging its usage, a reader, a flush) or the queue holds
-//!   [`MAX_BATCH`] records; otherwise after [`LINGER`], so that the records
-//!   of one turn (its model calls and tool calls, milliseconds apart) share
-//!   one journal row. A turn acknowledging its usage logs the queue on its
-//!   own thread when nobody else is logging (one insert; no hand-off to the
-//!   writer and back); otherwise the writer logs. One logger at a time, so
-//!   batches are logged in the order they were taken.
+//!   [`MAX_BATCH`] records; otherwise [`LOG_AFTER`] after the oldest was
+//!   queued. A turn acknowledging its usage logs the queue on its own
+//!   thread when nobody else is logging (one insert; no hand-off to the
+//!   writer and back), so the records of one turn (its model calls and
+//!   tool calls) share one journal row; otherwise the writer logs. One
+//!   logger at a time, so batches are logged in the order they were taken.
+//! - **When the writer wakes.** When a deadline it set comes (the queued
+//!   records' log, the oldest logged batch's apply), or when someone waits
+//!   for it. Queuing a record wakes it only when it waits with no deadline
+//!   at all (nothing queued or unapplied) or the queue is full: during a
+//!   stream of turns it is not woken in the middle of each one, where its
+//!   thread would take a CPU from the harness and the wake-up would sit on
+//!   the model answer's way back to the harness (the gateway queues the
+//!   call's records as the answer passes).
 //! - **Idempotency.** A record id already stored, queued, logged or being
 //!   applied is [`Recorded::Duplicate`] at once (checked under the queue's
 //!   lock); applying checks the records tree again (an id twice in one
@@ -67,9 +75,11 @@ use super::counters::Counters;
 use super::error::MeterError;
 use super::ledger::{Recorded, UsageRecord};
 
-/// How long the writer lets records gather before it logs them when nobody
-/// waits for them (see the module's docs).
-pub(crate) const LINGER: Duration = Duration::from_millis(5);
+/// How long records nobody waits for may stay queued before the writer
+/// logs them (see the module's docs). A turn's records are logged sooner,
+/// by its own acknowledgement; this bounds the rest (a call whose turn
+/// ended without one).
+pub(crate) const LOG_AFTER: Duration = Duration::from_millis(100);
 
 /// Records queued that make the writer log them at once, waiter or not.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -174,8 +184,15 @@ struct Queue {
     /// ([`Writer::logged`]): one logger at a time, so batches are logged in
     /// the order they were taken and `logged` only rises.
     logging: bool,
-    /// The writer waits for work.
-    idle: bool,
+    /// The writer waits for work with no deadline (nothing queued, nothing
+    /// to apply): only a notification wakes it. A writer waiting for a
+    /// deadline needs none for new records: it logs them when they are due.
+    sleeping: bool,
+    /// When the oldest record queued was queued.
+    queued_since: Option<Instant>,
+    /// Times [`Writer::enqueue`] woke the writer (tests read it).
+    #[cfg(test)]
+    woken_by_enqueue: u64,
     /// Tests hold the writer still (it takes no work while set).
     #[cfg(test)]
     held: bool,
@@ -229,6 +246,18 @@ impl Queue {
             .iter()
             .find_map(|b| b.logged.as_ref().map(|l| l.at))
             .map(|at| at + APPLY_AFTER)
+    }
+
+    /// When the queued records are due to be logged, nobody waiting.
+    fn log_deadline(&self) -> Option<Instant> {
+        self.queued_since.map(|at| at + LOG_AFTER)
+    }
+
+    /// Whether queued records are to be logged now.
+    fn log_due(&self, now: Instant) -> bool {
+        !self.queued.is_empty()
+            && !self.logging
+            && (self.log_urgent() || self.log_deadline().is_some_and(|at| at <= now))
     }
 
     /// Whether a test holds the writer still.
@@ -369,9 +398,18 @@ impl Writer {
         queue.queued_seq += 1;
         let cost_micros = pending.cost_micros;
         queue.queued.push(pending);
-        if queue.idle || queue.queued.len() >= MAX_BATCH {
-            queue.idle = false;
-            shared.work.notify_one();
+        queue.queued_since.get_or_insert_with(Instant::now);
+        // A writer waiting for a deadline logs these when they are due (or
+        // the turn's acknowledgement logs them first): waking it would put
+        // its thread beside the harness in the middle of the turn, and the
+        // wake-up on the model answer's way back. Only a writer waiting
+        // without a deadline has to be told.
+        if queue.sleeping || queue.queued.len() >= MAX_BATCH {
+            #[cfg(test)]
+            {
+                queue.woken_by_enqueue += 1;
+            }
+            wake(shared, &mut queue);
         }
         Ok(Recorded::New { cost_micros })
     }
@@ -435,8 +473,9 @@ impl Writer {
     /// journal insert, what the writer would do — rather than wake the
     /// writer and wait to be woken: at a turn's end that is two thread
     /// hand-offs off the path to `done`, on a machine where the harness
-    /// keeps every CPU busy. The writer, lingering over the same records,
-    /// finds the queue empty; it still applies the batch later.
+    /// keeps every CPU busy. The writer, not woken by the records (it waits
+    /// for a deadline), finds the queue empty; it still applies the batch
+    /// later.
     pub(crate) async fn logged(&self) -> Result<(), MeterError> {
         let shared = &*self.shared;
         let target = shared.lock().queued_seq;
@@ -464,9 +503,9 @@ impl Writer {
                     {
                         queue.logged_by_waiters += 1;
                     }
-                    if queue.idle {
-                        // Waiting without a deadline, perhaps: the new
-                        // batch must be applied within `APPLY_AFTER`.
+                    if queue.sleeping {
+                        // Waiting without a deadline: the new batch must
+                        // be applied within `APPLY_AFTER`.
                         wake(shared, &mut queue);
                     }
                     continue;
@@ -541,9 +580,9 @@ impl Drop for StopOnPanic<'_> {
     }
 }
 
-/// Wakes the writer, idle or lingering: someone waits.
+/// Wakes the writer, idle or not: someone waits.
 fn wake(shared: &Shared, queue: &mut Queue) {
-    queue.idle = false;
+    queue.sleeping = false;
     shared.work.notify_one();
 }
 
@@ -566,16 +605,25 @@ fn run(shared: &Shared) {
             let now = Instant::now();
             let flush_due = queue.wanted > queue.durable && queue.applied >= queue.wanted;
             // Records queued while a waiter logs wait for its end (it
-            // wakes the writer if it finds it idle).
-            let log_due = !queue.queued.is_empty() && !queue.logging;
+            // wakes the writer if it finds it sleeping).
+            let log_due = queue.log_due(now);
             if (log_due || queue.apply_due(now) || flush_due) && !queue.is_held() {
                 break;
             }
             if queue.shutdown {
                 return;
             }
-            queue.idle = true;
-            queue = match queue.apply_deadline() {
+            // Due next: the oldest logged batch's apply, or the queued
+            // records' log (unless a waiter is logging: it wakes the
+            // writer when done if it must).
+            let log_deadline = queue.log_deadline().filter(|_| !queue.logging);
+            let deadline = match (queue.apply_deadline(), log_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            queue.sleeping = deadline.is_none();
+            // Held by a test: no deadline wakes it, only its release.
+            queue = match deadline.filter(|_| !queue.is_held()) {
                 Some(at) => {
                     shared
                         .work
@@ -588,23 +636,8 @@ fn run(shared: &Shared) {
                     .wait(queue)
                     .unwrap_or_else(PoisonError::into_inner),
             };
+            queue.sleeping = false;
         }
-        queue.idle = false;
-        // Nobody waits for these records: let the rest of their turn's
-        // records join them.
-        let deadline = Instant::now() + LINGER;
-        while !queue.queued.is_empty() && !queue.log_urgent() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            queue = shared
-                .work
-                .wait_timeout(queue, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        // A waiter may have taken the queue while the writer lingered.
         if !queue.queued.is_empty() && !queue.logging {
             queue = log(shared, queue);
         }
@@ -644,6 +677,7 @@ fn run(shared: &Shared) {
 fn log<'a>(shared: &'a Shared, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
     debug_assert!(!queue.logging, "one logger at a time");
     queue.logging = true;
+    queue.queued_since = None;
     let pending = std::mem::take(&mut queue.queued);
     let stamp = queue.queued_seq;
     let first = queue.logged + 1;
@@ -1024,8 +1058,8 @@ mod tests {
         }
     }
 
-    /// Records nobody waits for still reach the trees: the writer lingers,
-    /// logs them, and applies them on its own.
+    /// Records nobody waits for still reach the trees: the writer logs
+    /// them when due ([`LOG_AFTER`]) and applies them on its own.
     #[test]
     fn records_nobody_waits_for_are_applied_on_their_own() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1051,7 +1085,7 @@ mod tests {
                 started.elapsed() < Duration::from_secs(30),
                 "the record was never applied"
             );
-            std::thread::sleep(LINGER / 2);
+            std::thread::sleep(Duration::from_millis(2));
         }
         let queue = writer.shared.lock();
         assert_eq!((queue.logged, queue.applied), (1, 1));
@@ -1182,6 +1216,58 @@ mod tests {
         assert!(journal_is_drained(writer), "the batch is applied once");
     }
 
+    /// A record queued while the writer waits for a deadline does not wake
+    /// it: the turn's acknowledgement logs it (or the writer, when it is
+    /// due). Only a writer waiting with no deadline is woken. (Before, every
+    /// record queued while the writer waited woke it: with the condition
+    /// put back, the second assertion fails.)
+    #[tokio::test]
+    async fn a_record_queued_while_the_writer_waits_for_a_deadline_does_not_wake_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path()).expect("store");
+        let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
+        let writer = &meter.inner.writer;
+        // Held, the writer never applies: its deadline stays, whatever the
+        // time this test takes.
+        writer.shared.lock().held = true;
+        let enqueue = |id: &str| {
+            assert!(matches!(
+                writer.enqueue(pending(id, 2), Vec::new()).expect("enqueue"),
+                Recorded::New { .. }
+            ));
+        };
+        // Nothing queued or unapplied: once started, the writer waits with
+        // no deadline, and the first record wakes it.
+        let started = Instant::now();
+        while !writer.shared.lock().sleeping {
+            assert!(started.elapsed() < Duration::from_secs(30), "never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        enqueue("d0");
+        assert_eq!(writer.shared.lock().woken_by_enqueue, 1);
+        writer.logged().await.expect("logged");
+        // A logged batch waits to be applied: the writer has a deadline.
+        enqueue("d1");
+        {
+            let queue = writer.shared.lock();
+            assert_eq!(queue.woken_by_enqueue, 1, "the writer was not woken");
+            assert_eq!(queue.queued.len(), 1);
+        }
+        writer.logged().await.expect("logged");
+        {
+            let queue = writer.shared.lock();
+            assert_eq!((queue.logged, queue.logged_by_waiters), (2, 2));
+        }
+        {
+            let mut queue = writer.shared.lock();
+            queue.held = false;
+            wake(&writer.shared, &mut queue);
+        }
+        meter.flush().expect("flush");
+        assert_eq!(meter.entries("org_a").expect("entries").len(), 2);
+        assert!(journal_is_drained(writer));
+    }
+
     /// Waiters and the writer log side by side and every record is counted
     /// once: tasks on four threads queue records (and a duplicate of each)
     /// and acknowledge them while a thread asks for applies.
@@ -1197,7 +1283,7 @@ mod tests {
             std::thread::spawn(move || {
                 for _ in 0..20 {
                     meter.commit_session("ses_1").expect("committed");
-                    std::thread::sleep(LINGER / 3);
+                    std::thread::sleep(Duration::from_millis(2));
                 }
             })
         };
@@ -1216,7 +1302,7 @@ mod tests {
                             writer.logged().await.expect("logged");
                         }
                         if i % 5 == 0 {
-                            tokio::time::sleep(LINGER).await;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                     }
                     writer.logged().await.expect("logged");
