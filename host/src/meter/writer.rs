@@ -1013,6 +1013,15 @@ mod tests {
     use super::*;
     use crate::meter::{PriceTable, UsageKind};
 
+    /// A meter on a new store in a temporary directory (kept while the
+    /// returned guard lives).
+    fn fresh_meter() -> (tempfile::TempDir, crate::meter::Meter) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path()).expect("store");
+        let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
+        (dir, meter)
+    }
+
     fn pending(id: &str, fuel: u64) -> Pending {
         let record = UsageRecord {
             id: id.into(),
@@ -1062,9 +1071,7 @@ mod tests {
     /// them when due ([`LOG_AFTER`]) and applies them on its own.
     #[test]
     fn records_nobody_waits_for_are_applied_on_their_own() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::store::Store::open(dir.path()).expect("store");
-        let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
+        let (_dir, meter) = fresh_meter();
         let writer = &meter.inner.writer;
         let row = pending("late", 7);
         let key = row.row_key.clone();
@@ -1106,9 +1113,7 @@ mod tests {
     /// queue's check is bypassed here) or it is stored.
     #[test]
     fn applying_counts_each_id_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::store::Store::open(dir.path()).expect("store");
-        let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
+        let (_dir, meter) = fresh_meter();
         let shared = &meter.inner.writer.shared;
         let logged = |stamp, entries: Vec<Entry>| Logged {
             stamp,
@@ -1135,9 +1140,7 @@ mod tests {
     /// are applied, counted once, and removed.
     #[test]
     fn a_flood_takes_several_rows_and_all_are_applied() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::store::Store::open(dir.path()).expect("store");
-        let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
+        let (_dir, meter) = fresh_meter();
         let writer = &meter.inner.writer;
         let n = MAX_ROW * 3 + 5;
         for i in 0..n {
@@ -1170,9 +1173,7 @@ mod tests {
     /// for it: held, it never returned.)
     #[tokio::test]
     async fn an_acknowledgement_logs_on_its_own_thread() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::store::Store::open(dir.path()).expect("store");
-        let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
+        let (_dir, meter) = fresh_meter();
         let writer = &meter.inner.writer;
         writer.shared.lock().held = true;
         for i in 0..3 {
@@ -1223,9 +1224,7 @@ mod tests {
     /// put back, the second assertion fails.)
     #[tokio::test]
     async fn a_record_queued_while_the_writer_waits_for_a_deadline_does_not_wake_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::store::Store::open(dir.path()).expect("store");
-        let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
+        let (_dir, meter) = fresh_meter();
         let writer = &meter.inner.writer;
         // Held, the writer never applies: its deadline stays, whatever the
         // time this test takes.
@@ -1275,9 +1274,7 @@ mod tests {
     async fn waiters_and_the_writer_log_each_record_once() {
         const TASKS: u64 = 8;
         const EACH: u64 = 60;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::store::Store::open(dir.path()).expect("store");
-        let meter = crate::meter::Meter::open(&store, PriceTable::default()).expect("meter");
+        let (_dir, meter) = fresh_meter();
         let reader = {
             let meter = meter.clone();
             std::thread::spawn(move || {
