@@ -25,6 +25,7 @@ fn spawn_true(jail: Option<JailSpec>, cwd: PathBuf) -> Spawn {
         stdin: false,
         stdout: false,
         jail,
+        nice: None,
     }
 }
 

@@ -104,7 +104,11 @@
 //!
 //! With `KARTA_OVERHEAD_JAIL=0` the host runs its `claude` processes
 //! unjailed (`karta serve --no-jail`), to tell what the jail costs a turn
-//! from what the host's own steps cost. With `KARTA_OVERHEAD_BARE_BURN_US=N`
+//! from what the host's own steps cost. With
+//! `KARTA_OVERHEAD_HARNESS_NICE=N` the host starts its `claude` processes
+//! at nice N (`karta serve --harness-nice N`; -5: ahead of its own
+//! threads) instead of its own (0); the bare routes' `claude` runs at the
+//! bench's own, as a user runs the CLI. With `KARTA_OVERHEAD_BARE_BURN_US=N`
 //! each timed bare turn also keeps one more thread of this process busy for
 //! N µs from the `user` line on (about the host's CPU a turn, beside
 //! `claude`), to see what CPU spent beside `claude` costs its turn on this
@@ -120,7 +124,10 @@
 //! `KARTA_OVERHEAD_KARTA_NICE=N` every thread of the Karta routes' `claude`
 //! is set to nice value N (`renice`, before each timed turn, outside its
 //! time; e.g. -5), so that it wins the CPU from the host's threads — to see
-//! whether the host's CPU beside `claude` is what slows its turn.
+//! whether the host's CPU beside `claude` is what slows its turn;
+//! `KARTA_OVERHEAD_BARE_NICE=N` does the same for the bare route's `claude`
+//! (both at -5: each route's `claude` ahead of every thread of this
+//! process, so the routes compare alike).
 //!
 //! Skipped, with a line saying so, when the `claude` binary is not installed.
 
@@ -434,6 +441,13 @@ fn karta_nice() -> Option<i32> {
         .and_then(|v| v.parse().ok())
 }
 
+/// `KARTA_OVERHEAD_BARE_NICE`, if set (see the module docs).
+fn bare_nice() -> Option<i32> {
+    std::env::var("KARTA_OVERHEAD_BARE_NICE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 /// Sets every thread of process `pid` to nice value `nice` (Linux keeps a
 /// nice value per thread; threads made later inherit their maker's).
 fn renice_threads(pid: u32, nice: i32) {
@@ -583,6 +597,9 @@ impl BareCli {
                         stdin: true,
                         stdout: true,
                         jail: None,
+                        // Started as a user starts the bare CLI: at the
+                        // bench's own priority.
+                        nice: None,
                     })
                     .expect("the claude starts as Karta starts it");
                 let stdin = process.child.stdin.take().expect("stdin");
@@ -1418,6 +1435,12 @@ fn bench(c: &mut Criterion) {
         if !jailed {
             config.jail = None;
         }
+        if let Some(nice) = std::env::var("KARTA_OVERHEAD_HARNESS_NICE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.harness_nice = nice;
+        }
         Host::start(config).await.expect("host starts")
     });
     let model_calls = || provider.usage("provider").requests;
@@ -1500,7 +1523,11 @@ fn bench(c: &mut Criterion) {
                     .filter_map(|r| rig.claude_pid(*r))
                     .collect();
                 let others_cpu = || others.iter().map(|p| cpu_time(*p)).sum::<Duration>();
-                if let Some(nice) = karta_nice().filter(|_| route != Route::Bare) {
+                let nice = match route {
+                    Route::Bare => bare_nice(),
+                    _ => karta_nice(),
+                };
+                if let Some(nice) = nice {
                     renice_threads(claude, nice);
                 }
                 rig.settle().await;

@@ -185,6 +185,7 @@ fn jailed(
             bind_ports: Vec::new(),
             limits: JailLimits::default(),
         }),
+        nice: None,
     };
     let request = call(1).to_string();
     group.bench_function("jailed/spawn_per_call/error_rate", |b| {

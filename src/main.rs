@@ -352,6 +352,15 @@ struct ServeArgs {
     /// is stopped; the next turn starts a new one that resumes the session.
     #[arg(long, default_value_t = 600)]
     harness_idle_secs: u64,
+    /// The nice value of harness processes and everything they start
+    /// (-20..19). 0 runs them as the host; below 0 runs them ahead of the
+    /// host's threads, which then take a busy harness's CPU less often but
+    /// wait longer for one themselves — and serve every tenant
+    /// (BENCHMARKS.md, thirty-first session). Below 0 needs CAP_SYS_NICE
+    /// (root has it): without, the host warns and runs them at 0.
+    #[arg(long, default_value_t = karta_harness::process::DEFAULT_HARNESS_NICE,
+          value_parser = clap::value_parser!(i32).range(-20..=19), allow_negative_numbers = true)]
+    harness_nice: i32,
     /// Warm pool: Claude Code or OpenCode processes kept started, jailed
     /// and idle per served release, so a new session's first turn skips
     /// the harness's start-up (it claims one; the pool refills in the
@@ -569,6 +578,15 @@ async fn doctor(app_dir: Option<PathBuf>, data_dir: &Path) -> anyhow::Result<Exi
     println!("   read-only root with only the session's workspace and HOME writable, no");
     println!("   capabilities, Landlock, seccomp, rlimits, cgroups; a jail that cannot be");
     println!("   built refuses to start them unless `serve --no-jail` is passed)");
+    if karta_harness::process::may_set_nice(-1) {
+        println!(
+            "  yes priority             `serve --harness-nice -N` may run harness processes ahead of the host's threads"
+        );
+    } else {
+        println!(
+            "  no  priority             no CAP_SYS_NICE: harness processes run at the host's own nice value"
+        );
+    }
     println!("harness files (kept the app's before every process-harness turn):");
     println!("  {}", karta_host::app::harness_file_check());
     print_pool(&binaries, data_dir);
@@ -592,6 +610,7 @@ async fn doctor(app_dir: Option<PathBuf>, data_dir: &Path) -> anyhow::Result<Exi
                     std::time::Duration::from_secs(1),
                     &karta_harness::http::HttpClient::new(),
                     Some(Default::default()),
+                    None,
                 );
                 let running = selection.harness.as_ref().map_or("builtin", |h| h.name());
                 println!("app `{}` ({}):", app.name, dir.display());
@@ -869,6 +888,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.approval_timeout = std::time::Duration::from_secs(args.approval_timeout_secs);
     config.harness = harness_arg(&args.harness)?;
     config.harness_idle_timeout = std::time::Duration::from_secs(args.harness_idle_secs.max(1));
+    config.harness_nice = args.harness_nice;
     config.pool = karta_host::session::PoolConfig {
         size: args.pool,
         memory_bytes: args.pool_memory_mib << 20,

@@ -116,6 +116,8 @@ pub struct ClaudeCodeConfig {
     /// The limits of each process's jail; `None` runs it unjailed (only
     /// with the operator's `--no-jail`).
     pub jail: Option<JailLimits>,
+    /// The nice value of each process ([`crate::process::Spawn::nice`]).
+    pub nice: Option<i32>,
 }
 
 /// The Claude Code harness (see the module docs).
@@ -284,6 +286,7 @@ impl ClaudeCodeHarness {
                 spec.hidden.extend(session.access.hidden.iter().cloned());
                 spec
             }),
+            nice: self.config.nice,
         })
     }
 
@@ -1152,6 +1155,7 @@ mod home_file_tests {
             program: PathBuf::from("/nonexistent/claude"),
             idle_timeout: Duration::from_secs(1),
             jail: None,
+            nice: None,
         })
     }
 

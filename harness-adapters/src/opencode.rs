@@ -170,6 +170,8 @@ pub struct OpencodeConfig {
     /// The limits of each server's jail; `None` runs it unjailed (only
     /// with the operator's `--no-jail`).
     pub jail: Option<JailLimits>,
+    /// The nice value of each server ([`crate::process::Spawn::nice`]).
+    pub nice: Option<i32>,
 }
 
 /// The OpenCode harness (see the module docs).
@@ -337,6 +339,7 @@ impl OpencodeHarness {
                 spec.hidden.extend(session.access.hidden.iter().cloned());
                 spec
             }),
+            nice: self.config.nice,
         })
     }
 
@@ -1248,6 +1251,7 @@ mod home_file_tests {
             idle_timeout: Duration::from_secs(1),
             client: HttpClient::new(),
             jail: None,
+            nice: None,
         });
         let request = TurnRequest {
             system: String::new(),
@@ -1315,6 +1319,7 @@ mod home_file_tests {
             idle_timeout: Duration::from_secs(1),
             client: HttpClient::new(),
             jail: None,
+            nice: None,
         });
         let spawn = |session: &SessionInfo| {
             let request = TurnRequest {

@@ -100,6 +100,7 @@ pub fn select(
     idle_timeout: Duration,
     http: &HttpClient,
     jail: Option<JailLimits>,
+    nice: Option<i32>,
 ) -> Selection {
     let harness: Option<Arc<dyn Harness>> = match asked {
         HarnessKind::Builtin => None,
@@ -108,6 +109,7 @@ pub fn select(
                 program,
                 idle_timeout,
                 jail,
+                nice,
             })) as Arc<dyn Harness>
         }),
         HarnessKind::Opencode => binaries.opencode.clone().map(|program| {
@@ -116,6 +118,7 @@ pub fn select(
                 idle_timeout,
                 client: http.clone(),
                 jail,
+                nice,
             })) as Arc<dyn Harness>
         }),
     };
@@ -131,6 +134,33 @@ pub fn select(
         asked,
         notice,
     }
+}
+
+/// The nice value harness processes get for a host configured with
+/// `wanted` (see [`karta_harness::process::DEFAULT_HARNESS_NICE`]): `None`
+/// for 0, or when this process may not give it — said once, at the first
+/// app's load, as a warning.
+pub fn harness_nice(wanted: i32) -> Option<i32> {
+    static CHECKED: std::sync::OnceLock<(i32, bool)> = std::sync::OnceLock::new();
+    if wanted == 0 {
+        return None;
+    }
+    let &(checked, allowed) = CHECKED.get_or_init(|| {
+        let allowed = karta_harness::process::may_set_nice(wanted);
+        if !allowed {
+            tracing::warn!(
+                "harness processes run at the host's priority: nice {wanted} needs CAP_SYS_NICE \
+                 (or an RLIMIT_NICE that allows it); drop `--harness-nice` to silence this"
+            );
+        }
+        (wanted, allowed)
+    });
+    let allowed = if checked == wanted {
+        allowed
+    } else {
+        karta_harness::process::may_set_nice(wanted)
+    };
+    allowed.then_some(wanted)
 }
 
 /// The version a harness binary reports (`--version`), or why it did not.

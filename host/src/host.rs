@@ -45,6 +45,10 @@ pub struct HostConfig {
     pub harness: Option<HarnessKind>,
     /// A harness process is stopped after this long without a turn.
     pub harness_idle_timeout: Duration,
+    /// The nice value of harness processes (see
+    /// [`karta_harness::process::DEFAULT_HARNESS_NICE`]); 0 runs them as
+    /// the host.
+    pub harness_nice: i32,
     /// The warm pool of pre-started harness processes per loaded release
     /// (off by default here; `karta serve` asks for 2). See
     /// [`crate::session::PoolConfig`].
@@ -95,6 +99,7 @@ impl HostConfig {
             harness_binaries: HarnessBinaries::locate(),
             harness: None,
             harness_idle_timeout: Duration::from_secs(600),
+            harness_nice: karta_harness::process::DEFAULT_HARNESS_NICE,
             pool: crate::session::PoolConfig::OFF,
             plugin_allow_net: Vec::new(),
             plugin_max_timeout: crate::plugin::DEFAULT_MAX_TIMEOUT,

@@ -501,6 +501,7 @@ impl Projects {
             config.harness_idle_timeout,
             &shared.http,
             config.jail,
+            crate::harness::harness_nice(config.harness_nice),
         );
         let mut access = harness_access(config, &app, &shared.data_dir);
         access.setup_layer = setup_layer;

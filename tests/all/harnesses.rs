@@ -148,7 +148,8 @@ async fn answer(server: &Server, id: &str, request: &Value, decision: &str) -> V
 /// instructions and agents reaching the model, a plugin tool run in wasmtime
 /// over MCP, an approval denied then allowed, and no process left behind.
 async fn harness_end_to_end(kind: HarnessKind, name: &str) {
-    let (server, _app, data) = start(kind).await;
+    // Its processes ahead of the host's threads (`--harness-nice -3`).
+    let (server, _app, data) = start_with(kind, |config| config.harness_nice = -3).await;
     assert_eq!(server.host.harness_name(), name);
     let id = new_session(&server, json!({})).await;
 
@@ -169,6 +170,15 @@ async fn harness_end_to_end(kind: HarnessKind, name: &str) {
         .sessions()
         .harness_process_id(&id)
         .expect("a harness process runs for the session");
+    // It runs at the nice value the host was given (where this process may
+    // give it: root may).
+    if karta_harness::process::may_set_nice(-3) {
+        assert_eq!(
+            karta_harness::process::nice_of(pid),
+            Some(-3),
+            "the harness process {pid}'s nice value"
+        );
+    }
     if kind == HarnessKind::ClaudeCode {
         let init = first
             .iter()

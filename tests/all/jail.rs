@@ -62,6 +62,7 @@ fn jailed_shell(f: &Fixture, script: &str, connect: Vec<u16>, limits: JailLimits
             bind_ports: Vec::new(),
             limits,
         }),
+        nice: None,
     }
 }
 
@@ -540,4 +541,43 @@ async fn a_way_out_served_in_process_takes_the_jails_connections_without_the_rel
         1,
         "one connection was handed over, and the channel closed with the claim"
     );
+}
+
+/// A harness process runs at the nice value its spawn asks for, and so does
+/// everything it starts; inside the jail it cannot take a higher priority
+/// than the host gave it (no `CAP_SYS_NICE` there), while the same shell
+/// unjailed, run by root, can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_harness_runs_at_the_nice_value_it_is_given_and_cannot_raise_its_priority() {
+    if !crate::support::can_jail("the jail") {
+        return;
+    }
+    let f = fixture();
+    // Field 19 of `stat` is the nice value (`cut`'s own name has no space).
+    let script = r#"
+        echo "SHELL $(cut -d' ' -f19 /proc/self/stat)"
+        sh -c 'echo "CHILD $(cut -d" " -f19 /proc/self/stat)"'
+        perl -e 'print setpriority(0, 0, -10) ? "RAISED\n" : "REFUSED\n"'
+        "#;
+    let mut spawn = jailed_shell(&f, script, Vec::new(), JailLimits::default());
+    spawn.nice = Some(-5);
+    let (lines, mut process) = output_of(&spawn).await;
+    let _ = process.child.wait().await;
+    assert_eq!(
+        lines,
+        ["SHELL -5", "CHILD -5", "REFUSED"],
+        "stderr: {}",
+        process.stderr_tail()
+    );
+
+    // Unjailed, the same value; root's shell may then change it.
+    let unjailed = unjailed_output(&spawn).await;
+    assert_eq!(unjailed, ["SHELL -5", "CHILD -5", "RAISED"]);
+
+    // No value: the host's own.
+    spawn.nice = None;
+    let own = karta_harness::process::nice_of(std::process::id()).expect("the host's nice");
+    let (lines, mut process) = output_of(&spawn).await;
+    let _ = process.child.wait().await;
+    assert_eq!(lines[..2], [format!("SHELL {own}"), format!("CHILD {own}")]);
 }

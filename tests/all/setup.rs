@@ -159,6 +159,7 @@ async fn run_as_session(
         stdin: false,
         stdout: true,
         jail: Some(spec),
+        nice: None,
     };
     let mut process = HarnessProcess::start(&spawn).expect("the jailed process starts");
     let mut stdout = process.child.stdout.take().expect("stdout");

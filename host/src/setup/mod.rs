@@ -547,6 +547,9 @@ async fn run(
             bind_ports: Vec::new(),
             limits,
         }),
+        // A setup script is build work: at the host's own priority, not
+        // ahead of it as a session's harness.
+        nice: None,
     };
     let mut process = HarnessProcess::start(&spawn).map_err(|cause| SetupError::Start {
         script: shown.clone(),
