@@ -29,13 +29,27 @@ async fn a_builtin_turn_counts_its_tokens_once_and_shows_in_the_metrics() {
         "every kind of token is counted: {done:?}"
     );
 
-    let metrics = get_text(&server.url("/metrics")).await;
-    for line in [
+    // The turn's task counts it just after it publishes `done` (the client
+    // is not kept waiting for the bookkeeping), and the session leaves
+    // memory once its stream is gone: read until both have happened.
+    let expected = [
         "karta_turns_total{harness=\"builtin\",outcome=\"completed\"} 1",
         "karta_tool_calls_total{outcome=\"ok\"} 1",
         "karta_live_sessions 0",
         "karta_harness_processes 0",
-    ] {
+    ];
+    let mut metrics = String::new();
+    for _ in 0..250 {
+        metrics = get_text(&server.url("/metrics")).await;
+        if expected
+            .iter()
+            .all(|line| metrics.lines().any(|l| l == *line))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for line in expected {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
     assert!(
