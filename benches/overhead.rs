@@ -127,7 +127,13 @@
 //! whether the host's CPU beside `claude` is what slows its turn;
 //! `KARTA_OVERHEAD_BARE_NICE=N` does the same for the bare route's `claude`
 //! (both at -5: each route's `claude` ahead of every thread of this
-//! process, so the routes compare alike).
+//! process, so the routes compare alike). Each renice runs the `renice`
+//! program, and a process started by this one before a Karta turn is
+//! itself enough to change that turn (BENCHMARKS.md, thirty-first
+//! session): `KARTA_OVERHEAD_KARTA_SPAWN=1` runs `true` before each timed
+//! Karta turn, outside its time, and nothing else;
+//! `KARTA_OVERHEAD_KARTA_SPAWN=sigchld` sends this process the `SIGCHLD`
+//! such a child's end sends, with no child.
 //!
 //! Skipped, with a line saying so, when the `claude` binary is not installed.
 
@@ -439,6 +445,11 @@ fn karta_nice() -> Option<i32> {
     std::env::var("KARTA_OVERHEAD_KARTA_NICE")
         .ok()
         .and_then(|v| v.parse().ok())
+}
+
+/// `KARTA_OVERHEAD_KARTA_SPAWN` (`1` or `sigchld`; see the module docs).
+fn karta_spawn() -> Option<String> {
+    std::env::var("KARTA_OVERHEAD_KARTA_SPAWN").ok()
 }
 
 /// `KARTA_OVERHEAD_BARE_NICE`, if set (see the module docs).
@@ -1529,6 +1540,22 @@ fn bench(c: &mut Criterion) {
                 };
                 if let Some(nice) = nice {
                     renice_threads(claude, nice);
+                }
+                if route != Route::Bare {
+                    match karta_spawn().as_deref() {
+                        Some("1") => {
+                            let _ = std::process::Command::new("true").status();
+                        }
+                        // SIGCHLD with no child behind it: what the
+                        // spawn does to this process's runtime, alone.
+                        Some("sigchld") => {
+                            let _ = rustix::process::kill_process(
+                                rustix::process::getpid(),
+                                rustix::process::Signal::CHILD,
+                            );
+                        }
+                        _ => {}
+                    }
                 }
                 rig.settle().await;
                 let host_before = HostSums::read(&rig.sessions);
