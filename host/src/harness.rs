@@ -138,29 +138,20 @@ pub fn select(
 
 /// The nice value harness processes get for a host configured with
 /// `wanted` (see [`karta_harness::process::DEFAULT_HARNESS_NICE`]): `None`
-/// for 0, or when this process may not give it — said once, at the first
-/// app's load, as a warning.
+/// for 0, or when this process may not give it (then a warning, at each
+/// app's load: loads are rare and each probe is one short-lived thread).
 pub fn harness_nice(wanted: i32) -> Option<i32> {
-    static CHECKED: std::sync::OnceLock<(i32, bool)> = std::sync::OnceLock::new();
     if wanted == 0 {
         return None;
     }
-    let &(checked, allowed) = CHECKED.get_or_init(|| {
-        let allowed = karta_harness::process::may_set_nice(wanted);
-        if !allowed {
-            tracing::warn!(
-                "harness processes run at the host's priority: nice {wanted} needs CAP_SYS_NICE \
-                 (or an RLIMIT_NICE that allows it); drop `--harness-nice` to silence this"
-            );
-        }
-        (wanted, allowed)
-    });
-    let allowed = if checked == wanted {
-        allowed
-    } else {
-        karta_harness::process::may_set_nice(wanted)
-    };
-    allowed.then_some(wanted)
+    if karta_harness::process::may_set_nice(wanted) {
+        return Some(wanted);
+    }
+    tracing::warn!(
+        "harness processes run at the host's priority: nice {wanted} needs CAP_SYS_NICE \
+         (or an RLIMIT_NICE that allows it); drop `--harness-nice` to silence this"
+    );
+    None
 }
 
 /// The version a harness binary reports (`--version`), or why it did not.
