@@ -133,7 +133,8 @@
 //! session): `KARTA_OVERHEAD_KARTA_SPAWN=1` runs `true` before each timed
 //! Karta turn, outside its time, and nothing else;
 //! `KARTA_OVERHEAD_KARTA_SPAWN=sigchld` sends this process the `SIGCHLD`
-//! such a child's end sends, with no child.
+//! such a child's end sends, with no child, and `=block` blocks the
+//! bench's thread for 2 ms instead (about what the spawn blocks it).
 //!
 //! Skipped, with a line saying so, when the `claude` binary is not installed.
 
@@ -447,7 +448,8 @@ fn karta_nice() -> Option<i32> {
         .and_then(|v| v.parse().ok())
 }
 
-/// `KARTA_OVERHEAD_KARTA_SPAWN` (`1` or `sigchld`; see the module docs).
+/// `KARTA_OVERHEAD_KARTA_SPAWN` (`1`, `sigchld` or `block`; see the module
+/// docs).
 fn karta_spawn() -> Option<String> {
     std::env::var("KARTA_OVERHEAD_KARTA_SPAWN").ok()
 }
@@ -1554,6 +1556,9 @@ fn bench(c: &mut Criterion) {
                                 rustix::process::Signal::CHILD,
                             );
                         }
+                        // This thread blocked about as long as such a
+                        // spawn blocks it, with no process.
+                        Some("block") => std::thread::sleep(Duration::from_millis(2)),
                         _ => {}
                     }
                 }
