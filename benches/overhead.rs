@@ -443,9 +443,7 @@ fn bare_thrash() -> Option<usize> {
 
 /// `KARTA_OVERHEAD_KARTA_NICE`, if set (see the module docs).
 fn karta_nice() -> Option<i32> {
-    std::env::var("KARTA_OVERHEAD_KARTA_NICE")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    env_nice("KARTA_OVERHEAD_KARTA_NICE")
 }
 
 /// `KARTA_OVERHEAD_KARTA_SPAWN` (`1`, `sigchld` or `block`; see the module
@@ -456,9 +454,12 @@ fn karta_spawn() -> Option<String> {
 
 /// `KARTA_OVERHEAD_BARE_NICE`, if set (see the module docs).
 fn bare_nice() -> Option<i32> {
-    std::env::var("KARTA_OVERHEAD_BARE_NICE")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    env_nice("KARTA_OVERHEAD_BARE_NICE")
+}
+
+/// A nice value from the environment variable `name`, if set and a number.
+fn env_nice(name: &str) -> Option<i32> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// Sets every thread of process `pid` to nice value `nice` (Linux keeps a
@@ -1448,10 +1449,7 @@ fn bench(c: &mut Criterion) {
         if !jailed {
             config.jail = None;
         }
-        if let Some(nice) = std::env::var("KARTA_OVERHEAD_HARNESS_NICE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
+        if let Some(nice) = env_nice("KARTA_OVERHEAD_HARNESS_NICE") {
             config.harness_nice = nice;
         }
         Host::start(config).await.expect("host starts")
