@@ -136,6 +136,17 @@
 //! such a child's end sends, with no child, and `=block` blocks the
 //! bench's thread for 2 ms instead (about what the spawn blocks it).
 //!
+//! With `KARTA_OVERHEAD_CPUS` each part of the run is kept to CPUs of its
+//! own (`sched_setaffinity` on every thread, before each timed turn):
+//! `bench=0;karta=1;bare=1` puts this process (host, provider, client) on
+//! CPU 0 and both routes' `claude` on CPU 1; parts not named keep what they
+//! inherit (a `claude` inherits the mask of the thread that started it, so
+//! name `bare=0-1` to leave the bare CLI free when `bench` is confined).
+//! With `KARTA_OVERHEAD_MARKERS=1` each timed turn is marked at its start
+//! and end for a `perf` trace, which `scripts/sched_waits.py` reads: where
+//! each route's `claude` waited for a CPU, and what ran instead
+//! (BENCHMARKS.md, thirty-second session).
+//!
 //! Skipped, with a line saying so, when the `claude` binary is not installed.
 
 // criterion_group! generates an undocumented function.
@@ -450,6 +461,63 @@ fn karta_nice() -> Option<i32> {
 /// docs).
 fn karta_spawn() -> Option<String> {
     std::env::var("KARTA_OVERHEAD_KARTA_SPAWN").ok()
+}
+
+/// With `KARTA_OVERHEAD_MARKERS=1`, marks a point of the run in a `perf`
+/// trace (`-e syscalls:sys_enter_kill`): a `kill(pid, 0)` — no signal, only
+/// the check — for pid `TRACE_MARKER_BASE + code`, above the kernel's
+/// largest pid (`PID_MAX_LIMIT`, 4,194,304), so no process is ever there.
+/// Each timed turn is marked at its start (`2 × route index`) and end
+/// (`2 × route index + 1`).
+fn trace_marker(code: i32) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("KARTA_OVERHEAD_MARKERS").as_deref() == Ok("1"));
+    if let Some(pid) = rustix::process::Pid::from_raw(TRACE_MARKER_BASE + code).filter(|_| on) {
+        let _ = rustix::process::test_kill_process(pid);
+    }
+}
+
+/// Where [`trace_marker`]'s pids start.
+const TRACE_MARKER_BASE: i32 = 5_000_000;
+
+/// `KARTA_OVERHEAD_CPUS`: which CPUs each part of the run may use, as
+/// `part=list` pairs split by `;` — parts `bench` (this process: host,
+/// provider and client), `karta` (the Karta routes' `claude`), `bare` (the
+/// bare route's `claude`); lists as `0`, `1`, `0-1`, `0,1`. Parts not named
+/// keep what they inherit. E.g. `bench=0;karta=1;bare=0-1`.
+fn cpu_plan() -> Vec<(String, rustix::thread::CpuSet)> {
+    let Ok(spec) = std::env::var("KARTA_OVERHEAD_CPUS") else {
+        return Vec::new();
+    };
+    spec.split(';')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (name, list) = part.split_once('=').expect("part=list");
+            let mut set = rustix::thread::CpuSet::new();
+            for item in list.split(',') {
+                let (lo, hi) = item.split_once('-').unwrap_or((item, item));
+                for cpu in lo.parse::<usize>().expect("a CPU")..=hi.parse().expect("a CPU") {
+                    set.set(cpu);
+                }
+            }
+            (name.to_owned(), set)
+        })
+        .collect()
+}
+
+/// Puts every thread of `pid` on the CPUs `part` has in `plan`, if any.
+fn apply_cpus(plan: &[(String, rustix::thread::CpuSet)], part: &str, pid: u32) {
+    let Some((_, set)) = plan.iter().find(|(name, _)| name == part) else {
+        return;
+    };
+    for task in tasks(pid) {
+        let tid = task
+            .file_name()
+            .and_then(|n| n.to_str()?.parse::<i32>().ok());
+        if let Some(tid) = tid.and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::thread::sched_setaffinity(Some(tid), set);
+        }
+    }
 }
 
 /// `KARTA_OVERHEAD_BARE_NICE`, if set (see the module docs).
@@ -1515,6 +1583,7 @@ fn bench(c: &mut Criterion) {
         .unwrap_or(0);
     let mut interleaved: [Interleaved; Route::ALL.len()] = Default::default();
     let own = std::process::id();
+    let cpus = cpu_plan();
     rt.block_on(async {
         for &route in &routes {
             for _ in sequential[route.index()].len()..exchanges - 3 {
@@ -1540,6 +1609,13 @@ fn bench(c: &mut Criterion) {
                 };
                 if let Some(nice) = nice {
                     renice_threads(claude, nice);
+                }
+                apply_cpus(&cpus, "bench", own);
+                for r in &routes {
+                    let part = if *r == Route::Bare { "bare" } else { "karta" };
+                    if let Some(pid) = rig.claude_pid(*r) {
+                        apply_cpus(&cpus, part, pid);
+                    }
                 }
                 if route != Route::Bare {
                     match karta_spawn().as_deref() {
@@ -1567,7 +1643,9 @@ fn bench(c: &mut Criterion) {
                 let claude_threads_before = cpu_by_thread(claude);
                 provider_clock.take();
                 let begun = Instant::now();
+                trace_marker(2 * route.index() as i32);
                 let timing = rig.turn(route).await;
+                trace_marker(2 * route.index() as i32 + 1);
                 let model_call =
                     provider_clock
                         .take()
