@@ -135,6 +135,15 @@
 //! `KARTA_OVERHEAD_KARTA_SPAWN=sigchld` sends this process the `SIGCHLD`
 //! such a child's end sends, with no child, and `=block` blocks the
 //! bench's thread for 2 ms instead (about what the spawn blocks it).
+//! More kinds, to tell what in the spawn acts (BENCHMARKS.md,
+//! thirty-second session): `thread` makes and joins a thread that does
+//! nothing; `thread-keep` makes one that never ends (parked for the
+//! rest of the run); `thread-here` the same as `thread`, started on the
+//! CPU this thread runs on; `other` runs `true` from such a thread; `spin` keeps this thread
+//! busy for 1 ms; `wake` wakes a parked thread of this process pinned to
+//! each CPU (every idle CPU woken, no task made or ended). A kind ending
+//! in `-late` (`thread-late`) acts after the wait for quiet, just before
+//! the turn, not ≥10 ms before it.
 //!
 //! With `KARTA_OVERHEAD_CPUS` each part of the run is kept to CPUs of its
 //! own (`sched_setaffinity` on every thread, before each timed turn):
@@ -517,6 +526,122 @@ fn apply_cpus(plan: &[(String, rustix::thread::CpuSet)], part: &str, pid: u32) {
         if let Some(tid) = tid.and_then(rustix::process::Pid::from_raw) {
             let _ = rustix::thread::sched_setaffinity(Some(tid), set);
         }
+    }
+}
+
+/// One thread pinned to each CPU this process may use, parked until
+/// [`CpuWakers::wake_all`] wakes every one and waits for each to answer:
+/// each idle CPU woken, with no task made or ended
+/// (`KARTA_OVERHEAD_KARTA_SPAWN=wake`).
+struct CpuWakers {
+    wake: Vec<std::sync::mpsc::Sender<()>>,
+    answered: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl CpuWakers {
+    fn wake_all(&self) {
+        let answered = self.answered.lock().expect("one caller at a time");
+        for wake in &self.wake {
+            wake.send(()).expect("the waker runs");
+        }
+        for _ in &self.wake {
+            answered.recv().expect("the waker answers");
+        }
+    }
+}
+
+/// The process's [`CpuWakers`], started on first use.
+fn cpu_wakers() -> &'static CpuWakers {
+    static WAKERS: std::sync::OnceLock<CpuWakers> = std::sync::OnceLock::new();
+    WAKERS.get_or_init(|| {
+        let mine = rustix::thread::sched_getaffinity(None).expect("this thread's CPUs");
+        let (answer, answered) = std::sync::mpsc::channel();
+        let wake = (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|cpu| mine.is_set(*cpu))
+            .map(|cpu| {
+                let (wake, woken) = std::sync::mpsc::channel::<()>();
+                let answer = answer.clone();
+                std::thread::Builder::new()
+                    .name(format!("cpu-waker-{cpu}"))
+                    .spawn(move || {
+                        let mut only = rustix::thread::CpuSet::new();
+                        only.set(cpu);
+                        rustix::thread::sched_setaffinity(None, &only).expect("pinned");
+                        while woken.recv().is_ok() {
+                            let _ = answer.send(());
+                        }
+                    })
+                    .expect("a waker thread");
+                wake
+            })
+            .collect();
+        CpuWakers {
+            wake,
+            answered: std::sync::Mutex::new(answered),
+        }
+    })
+}
+
+/// What `KARTA_OVERHEAD_KARTA_SPAWN=kind` does before a timed Karta turn
+/// (see the module docs); a kind ending in `-late` does it after the wait
+/// for quiet, just before the turn, instead of before that wait.
+fn before_karta_turn(kind: &str) {
+    match kind.trim_end_matches("-late") {
+        "1" => {
+            let _ = std::process::Command::new("true").status();
+        }
+        // SIGCHLD with no child behind it: what the
+        // spawn does to this process's runtime, alone.
+        "sigchld" => {
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::CHILD,
+            );
+        }
+        // This thread blocked about as long as such a
+        // spawn blocks it, with no process.
+        "block" => std::thread::sleep(Duration::from_millis(2)),
+        // A thread made and ended: a task created and
+        // exited in this process, no new process.
+        "thread" => {
+            let _ = std::thread::spawn(|| {}).join();
+        }
+        // A thread made that never ends (parked for the rest of the run):
+        // a task created, none exited.
+        "thread-keep" => {
+            let (started, start) = std::sync::mpsc::channel::<()>();
+            let (never, parked) = std::sync::mpsc::channel::<()>();
+            std::mem::forget(never);
+            std::thread::spawn(move || {
+                let _ = started.send(());
+                let _ = parked.recv();
+            });
+            let _ = start.recv();
+        }
+        // The same, the new thread held to the CPU this one runs on (so
+        // it starts there, not on an idle CPU).
+        "thread-here" => {
+            let mine = rustix::thread::sched_getaffinity(None).expect("this thread's CPUs");
+            let mut here = rustix::thread::CpuSet::new();
+            here.set(rustix::thread::sched_getcpu());
+            rustix::thread::sched_setaffinity(None, &here).expect("held");
+            let _ = std::thread::spawn(|| {}).join();
+            rustix::thread::sched_setaffinity(None, &mine).expect("freed");
+        }
+        // This thread busy for 1 ms: CPU use, no task.
+        "spin" => {
+            let until = Instant::now() + Duration::from_millis(1);
+            while Instant::now() < until {}
+        }
+        // Every CPU woken by a thread of this process
+        // parked there, no task made or ended.
+        "wake" => cpu_wakers().wake_all(),
+        // `true` started from another thread of this
+        // process than the one that drives the turn.
+        "other" => {
+            let _ = std::thread::spawn(|| std::process::Command::new("true").status()).join();
+        }
+        _ => {}
     }
 }
 
@@ -1617,30 +1742,19 @@ fn bench(c: &mut Criterion) {
                         apply_cpus(&cpus, part, pid);
                     }
                 }
-                if route != Route::Bare {
-                    match karta_spawn().as_deref() {
-                        Some("1") => {
-                            let _ = std::process::Command::new("true").status();
-                        }
-                        // SIGCHLD with no child behind it: what the
-                        // spawn does to this process's runtime, alone.
-                        Some("sigchld") => {
-                            let _ = rustix::process::kill_process(
-                                rustix::process::getpid(),
-                                rustix::process::Signal::CHILD,
-                            );
-                        }
-                        // This thread blocked about as long as such a
-                        // spawn blocks it, with no process.
-                        Some("block") => std::thread::sleep(Duration::from_millis(2)),
-                        _ => {}
-                    }
+                let spawn = karta_spawn().filter(|_| route != Route::Bare);
+                let late = spawn.as_deref().is_some_and(|kind| kind.ends_with("-late"));
+                if let Some(kind) = spawn.as_deref().filter(|_| !late) {
+                    before_karta_turn(kind);
                 }
                 rig.settle().await;
                 let host_before = HostSums::read(&rig.sessions);
                 let before = (cpu_time(own), cpu_time(claude), others_cpu());
                 let threads_before = cpu_by_thread(own);
                 let claude_threads_before = cpu_by_thread(claude);
+                if let Some(kind) = spawn.as_deref().filter(|_| late) {
+                    before_karta_turn(kind);
+                }
                 provider_clock.take();
                 let begun = Instant::now();
                 trace_marker(2 * route.index() as i32);
