@@ -466,11 +466,30 @@ fn karta_nice() -> Option<i32> {
     env_nice("KARTA_OVERHEAD_KARTA_NICE")
 }
 
-/// `KARTA_OVERHEAD_KARTA_SPAWN` (`1`, `sigchld` or `block`; see the module
-/// docs).
+/// `KARTA_OVERHEAD_KARTA_SPAWN`, if set: one of [`SPAWN_KINDS`], which may
+/// end in `-late` (see the module docs and [`before_karta_turn`]). Anything
+/// else stops the bench with a message saying so.
 fn karta_spawn() -> Option<String> {
-    std::env::var("KARTA_OVERHEAD_KARTA_SPAWN").ok()
+    let kind = std::env::var("KARTA_OVERHEAD_KARTA_SPAWN").ok()?;
+    assert!(
+        SPAWN_KINDS.contains(&kind.trim_end_matches("-late")),
+        "KARTA_OVERHEAD_KARTA_SPAWN={kind}: not one of {SPAWN_KINDS:?} (each may end in -late)"
+    );
+    Some(kind)
 }
+
+/// What `KARTA_OVERHEAD_KARTA_SPAWN` may name.
+const SPAWN_KINDS: [&str; 9] = [
+    "1",
+    "sigchld",
+    "block",
+    "thread",
+    "thread-keep",
+    "thread-here",
+    "spin",
+    "wake",
+    "other",
+];
 
 /// With `KARTA_OVERHEAD_MARKERS=1`, marks a point of the run in a `perf`
 /// trace (`-e syscalls:sys_enter_kill`): a `kill(pid, 0)` — no signal, only
@@ -501,11 +520,17 @@ fn cpu_plan() -> Vec<(String, rustix::thread::CpuSet)> {
     spec.split(';')
         .filter(|part| !part.is_empty())
         .map(|part| {
-            let (name, list) = part.split_once('=').expect("part=list");
+            let (name, list) = part
+                .split_once('=')
+                .unwrap_or_else(|| panic!("KARTA_OVERHEAD_CPUS: {part:?} is not part=list"));
             let mut set = rustix::thread::CpuSet::new();
             for item in list.split(',') {
                 let (lo, hi) = item.split_once('-').unwrap_or((item, item));
-                for cpu in lo.parse::<usize>().expect("a CPU")..=hi.parse().expect("a CPU") {
+                let cpu = |n: &str| {
+                    n.parse::<usize>()
+                        .unwrap_or_else(|_| panic!("KARTA_OVERHEAD_CPUS: {n:?} is not a CPU"))
+                };
+                for cpu in cpu(lo)..=cpu(hi) {
                     set.set(cpu);
                 }
             }
@@ -590,19 +615,19 @@ fn before_karta_turn(kind: &str) {
         "1" => {
             let _ = std::process::Command::new("true").status();
         }
-        // SIGCHLD with no child behind it: what the
-        // spawn does to this process's runtime, alone.
+        // SIGCHLD with no child behind it: what the spawn does to this
+        // process's runtime, alone.
         "sigchld" => {
             let _ = rustix::process::kill_process(
                 rustix::process::getpid(),
                 rustix::process::Signal::CHILD,
             );
         }
-        // This thread blocked about as long as such a
-        // spawn blocks it, with no process.
+        // This thread blocked about as long as such a spawn blocks it,
+        // with no process.
         "block" => std::thread::sleep(Duration::from_millis(2)),
-        // A thread made and ended: a task created and
-        // exited in this process, no new process.
+        // A thread made and ended: a task created and exited in this
+        // process, no new process.
         "thread" => {
             let _ = std::thread::spawn(|| {}).join();
         }
@@ -618,8 +643,8 @@ fn before_karta_turn(kind: &str) {
             });
             let _ = start.recv();
         }
-        // The same, the new thread held to the CPU this one runs on (so
-        // it starts there, not on an idle CPU).
+        // As `thread`, the new thread held to the CPU this one runs on
+        // (so it starts there, not on an idle CPU).
         "thread-here" => {
             let mine = rustix::thread::sched_getaffinity(None).expect("this thread's CPUs");
             let mut here = rustix::thread::CpuSet::new();
@@ -633,15 +658,17 @@ fn before_karta_turn(kind: &str) {
             let until = Instant::now() + Duration::from_millis(1);
             while Instant::now() < until {}
         }
-        // Every CPU woken by a thread of this process
-        // parked there, no task made or ended.
+        // Every CPU woken by a thread of this process parked there, no
+        // task made or ended.
         "wake" => cpu_wakers().wake_all(),
-        // `true` started from another thread of this
-        // process than the one that drives the turn.
+        // `true` started from another thread of this process than the
+        // one that drives the turn.
         "other" => {
             let _ = std::thread::spawn(|| std::process::Command::new("true").status()).join();
         }
-        _ => {}
+        unknown => panic!(
+            "KARTA_OVERHEAD_KARTA_SPAWN={unknown}: not one of {SPAWN_KINDS:?} (each may end in -late)"
+        ),
     }
 }
 
@@ -1709,6 +1736,7 @@ fn bench(c: &mut Criterion) {
     let mut interleaved: [Interleaved; Route::ALL.len()] = Default::default();
     let own = std::process::id();
     let cpus = cpu_plan();
+    karta_spawn(); // a kind it does not know stops the run here, not at its first turn
     rt.block_on(async {
         for &route in &routes {
             for _ in sequential[route.index()].len()..exchanges - 3 {
