@@ -44,12 +44,18 @@ FIELD = re.compile(r"(\w+)=(\S+)")
 
 def load(path):
     """The trace's events, with each thread's process id and name."""
-    text = subprocess.run(
-        ["perf", "script", "-i", path, "-F", "comm,pid,tid,cpu,time,event,trace"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    try:
+        done = subprocess.run(
+            ["perf", "script", "-i", path, "-F", "comm,pid,tid,cpu,time,event,trace"],
+            capture_output=True,
+            text=True,
+        )
+    except FileNotFoundError:
+        sys.exit("sched_waits: `perf` is not installed (Debian: linux-perf)")
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["exit status " + str(done.returncode)])[-1]
+        sys.exit(f"sched_waits: perf cannot read {path}: {reason}")
+    text = done.stdout
     events, tgid, comm = [], {}, {}
     for line in text.splitlines():
         m = LINE.match(line)
@@ -73,7 +79,12 @@ def is_marker(event, fields):
 
 
 def analyse(events, tgid, comm):
-    bench = next(tgid[tid] for (_, _, tid, ev, f) in events if is_marker(ev, f))
+    bench = next((tgid[tid] for (_, _, tid, ev, f) in events if is_marker(ev, f)), None)
+    if bench is None:
+        sys.exit(
+            "sched_waits: no turn markers in this trace: run the bench with "
+            "KARTA_OVERHEAD_MARKERS=1 and record -e syscalls:sys_enter_kill"
+        )
     cpus = sorted({cpu for (_, cpu, _, _, _) in events})
     running = {cpu: 0 for cpu in cpus}
     runnable = {}  # thread -> since when it waits for a CPU

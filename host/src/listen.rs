@@ -7,12 +7,26 @@
 //! answers are small writes, and with Nagle's algorithm on, each one waits
 //! for the peer's delayed ACK — measured at ~35–40 ms per model call
 //! through the gateway before this was set (BENCHMARKS.md, "overhead").
+//!
+//! Every connection also closes *lingering* ([`Lingering`]), as nginx
+//! does: a server that answers before reading a request's whole body (a
+//! body over the limit gets its 413 once the limit is read) and then closes
+//! leaves the rest unread, and a socket closed with unread data is reset.
+//! The reset makes the client's write fail and throws away the answer it
+//! had not read yet. So once hyper is done with a connection, the host
+//! ends its side of it and reads and discards what still comes, for at
+//! most [`LINGER_FOR`] and [`LINGER_BYTES`], before it closes.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::serve::{Listener, ListenerExt};
 use karta_harness::jail::net::InProcessPort;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -121,11 +135,11 @@ where
 {
     let stop = CancellationToken::new();
     let stopped = stop.clone();
-    let listener = listener.tap_io(|tcp| {
+    let listener = Lingered(listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY on an accepted socket: {e}");
         }
-    });
+    }));
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { stopped.cancelled().await })
@@ -138,5 +152,114 @@ where
         stop,
         task: Some(task),
         in_process: None,
+    }
+}
+
+/// The longest a closing connection keeps reading what its client still
+/// sends ([`Lingering`]); nginx's `lingering_timeout` is 5 s.
+pub const LINGER_FOR: Duration = Duration::from_secs(2);
+
+/// The most a closing connection reads and discards ([`Lingering`]): a
+/// request body over the API's limit by up to this much is read to its
+/// end, so its client reads the answer.
+pub const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
+/// A listener whose connections close lingering ([`Lingering`]).
+struct Lingered<L>(L);
+
+impl<L> Listener for Lingered<L>
+where
+    L: Listener<Io = TcpStream, Addr = SocketAddr>,
+{
+    type Io = Lingering;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Lingering, SocketAddr) {
+        let (tcp, addr) = self.0.accept().await;
+        (Lingering(Some(tcp)), addr)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// An accepted connection that, when dropped (hyper is done with it),
+/// hands its socket to a task that ends the host's side, then reads and
+/// discards what the client still sends until it ends its side, for at
+/// most [`LINGER_FOR`] and [`LINGER_BYTES`], and only then closes it (see
+/// the module docs). Reads and writes go straight to the socket.
+pub struct Lingering(Option<TcpStream>);
+
+impl Lingering {
+    fn tcp(&mut self) -> &mut TcpStream {
+        self.0.as_mut().expect("a connection in use has its socket")
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(tcp) = self.0.take() else { return };
+        // Outside a runtime (never, in the host) the socket just closes.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(linger(tcp));
+        }
+    }
+}
+
+/// The lingering close itself: FIN first (the answer is complete), then
+/// read until the client's FIN, an error, or the bounds.
+async fn linger(mut tcp: TcpStream) {
+    let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_FOR, drain).await;
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(self.tcp()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.tcp()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.tcp()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.tcp()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.tcp()).poll_shutdown(cx)
     }
 }

@@ -669,6 +669,39 @@ async fn a_running_turn_refuses_a_second_message_and_can_be_cancelled() {
     server.stop().await;
 }
 
+/// A client that writes its whole request before it reads the answer (as
+/// simple clients do) and sends a body over the limit still reads the 413:
+/// the host answers once it has read up to the limit, then goes on reading
+/// and discarding the rest for a while before it closes. Closed at once,
+/// with the rest of the body unread, the connection is reset: the client's
+/// write fails and the answer is lost with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_a_whole_oversized_body_still_reads_the_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = support_bot();
+    let (server, _data) = start(app.path()).await;
+    let id = new_session(&server, json!({})).await;
+    let body = format!("{{\"text\": \"{}\"}}", "x".repeat(8 * 1024 * 1024));
+    let head = format!(
+        "POST /v1/sessions/{id}/messages HTTP/1.1\r\nhost: {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    let mut tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    tcp.write_all(head.as_bytes()).await.expect("the head");
+    tcp.write_all(body.as_bytes())
+        .await
+        .expect("the whole body is taken, not refused with a reset");
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.expect("the answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors() {
     let app = support_bot();
