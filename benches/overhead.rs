@@ -141,7 +141,8 @@
 //! rest of the run); `thread-here` the same as `thread`, started on the
 //! CPU this thread runs on; `other` runs `true` from such a thread; `spin` keeps this thread
 //! busy for 1 ms; `wake` wakes a parked thread of this process pinned to
-//! each CPU (every idle CPU woken, no task made or ended). A kind ending
+//! each CPU (every idle CPU woken, no task made or ended after the first
+//! turn, which makes those threads). A kind ending
 //! in `-late` (`thread-late`) acts after the wait for quiet, just before
 //! the turn, not ≥10 ms before it.
 //!
@@ -1736,7 +1737,9 @@ fn bench(c: &mut Criterion) {
     let mut interleaved: [Interleaved; Route::ALL.len()] = Default::default();
     let own = std::process::id();
     let cpus = cpu_plan();
-    karta_spawn(); // a kind it does not know stops the run here, not at its first turn
+    // Read once: a kind it does not know stops the run here, not at its
+    // first turn.
+    let spawn_kind = karta_spawn();
     rt.block_on(async {
         for &route in &routes {
             for _ in sequential[route.index()].len()..exchanges - 3 {
@@ -1770,9 +1773,9 @@ fn bench(c: &mut Criterion) {
                         apply_cpus(&cpus, part, pid);
                     }
                 }
-                let spawn = karta_spawn().filter(|_| route != Route::Bare);
-                let late = spawn.as_deref().is_some_and(|kind| kind.ends_with("-late"));
-                if let Some(kind) = spawn.as_deref().filter(|_| !late) {
+                let spawn = spawn_kind.as_deref().filter(|_| route != Route::Bare);
+                let late = spawn.is_some_and(|kind| kind.ends_with("-late"));
+                if let Some(kind) = spawn.filter(|_| !late) {
                     before_karta_turn(kind);
                 }
                 rig.settle().await;
@@ -1780,7 +1783,7 @@ fn bench(c: &mut Criterion) {
                 let before = (cpu_time(own), cpu_time(claude), others_cpu());
                 let threads_before = cpu_by_thread(own);
                 let claude_threads_before = cpu_by_thread(claude);
-                if let Some(kind) = spawn.as_deref().filter(|_| late) {
+                if let Some(kind) = spawn.filter(|_| late) {
                     before_karta_turn(kind);
                 }
                 provider_clock.take();

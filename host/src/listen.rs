@@ -162,7 +162,7 @@ pub const LINGER_FOR: Duration = Duration::from_secs(2);
 /// The most a closing connection reads and discards ([`Lingering`]): a
 /// request body over the API's limit by up to this much is read to its
 /// end, so its client reads the answer.
-pub const LINGER_BYTES: usize = 64 * 1024 * 1024;
+pub const LINGER_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A listener whose connections close lingering ([`Lingering`]).
 struct Lingered<L>(L);
@@ -211,16 +211,11 @@ impl Drop for Lingering {
 /// read until the client's FIN, an error, or the bounds.
 async fn linger(mut tcp: TcpStream) {
     let _ = tcp.shutdown().await;
-    let drain = async {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut read = 0;
-        while read < LINGER_BYTES {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => read += n,
-            }
-        }
-    };
+    // `copy`'s own small buffer: a flood of closing connections costs a
+    // few KiB each, not a buffer sized for the bound.
+    let mut rest = (&mut tcp).take(LINGER_BYTES);
+    let mut discard = tokio::io::sink();
+    let drain = tokio::io::copy(&mut rest, &mut discard);
     let _ = tokio::time::timeout(LINGER_FOR, drain).await;
 }
 
