@@ -7,7 +7,8 @@
 # Gates, in order (the first failure stops the run):
 #   1. rustfmt on the host workspace and the guest plugins
 #   2. clippy with -D warnings (host workspace, all targets; guests for wasm)
-#   3. rustdoc with -D warnings
+#   3. rustdoc with -D warnings, the public docs and the private items'
+#      (the module maps a newcomer reads link private parts)
 #   4. the guest fixtures built for wasm32-wasip2 (once, shared by all tests)
 #   5. the pinned harness CLIs (Claude Code, OpenCode) from npm into
 #      harnesses/node_modules (not globally; skipped when already there)
@@ -42,6 +43,7 @@ cargo clippy "${guests[@]}" --target wasm32-wasip2 --locked -- -D warnings
 
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --document-private-items
 
 step "guest fixtures (wasm32-wasip2)"
 cargo build "${guests[@]}" --target wasm32-wasip2 --release --locked

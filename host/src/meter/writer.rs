@@ -1,4 +1,4 @@
-//! Group commit through a journal: [`Meter::record`] queues a record in
+//! Group commit through a journal: [`super::Meter::record`] queues a record in
 //! memory and returns; one writer thread takes everything queued as a
 //! *batch*, logs it with **one** insert into the journal (`meter_journal`),
 //! and later *applies* many logged batches at once — every record row and
@@ -38,17 +38,17 @@
 //!   batch, or stored by another meter of the database, counts once).
 //! - **Budgets see a record at once.** The queue keeps, per budget counter
 //!   row (org, project, end user, key; day and month), the deltas of the
-//!   records queued and of every batch not yet applied. [`Meter::spent`]
+//!   records queued and of every batch not yet applied. [`super::Meter::spent`]
 //!   adds them to the stored row under the queue's lock. Every counter row
 //!   an apply writes carries the *stamp* of the last batch it applied (a
 //!   batch's stamp is the sequence number of its last record; stamps rise
 //!   across restarts, see the journal's `hw` row), so a reader can tell
 //!   which batches the stored row already holds: each delta is counted
 //!   exactly once, never zero times.
-//! - **Acknowledgement.** [`Meter::commit_session_async`] returns once
+//! - **Acknowledgement.** [`super::Meter::commit_session_async`] returns once
 //!   everything queued before it is logged (in the database, not yet on
 //!   disk): a turn flushes the store itself before it tells anyone, and that
-//!   flush carries the journal rows. [`Meter::flush`] returns when it is
+//!   flush carries the journal rows. [`super::Meter::flush`] returns when it is
 //!   applied *and* on disk. What a caller was told after a flush survives
 //!   `kill -9`; a record queued but not flushed may be lost with its
 //!   counters (never one without the other: a journal row holds both).
@@ -59,7 +59,7 @@
 //!   retries batch by batch, then record by record; a record that still
 //!   fails (a damaged counter row) is dropped and logged. Either way the
 //!   record's session is remembered: its next acknowledgement or
-//!   [`Meter::flush_session`] fails.
+//!   [`super::Meter::flush_session`] fails.
 //! - **Shutdown.** The last clone of the meter dropped, the writer logs and
 //!   applies what is queued and stops.
 

@@ -6,7 +6,7 @@
 //! | `types.rs` | [`EventType`], [`Endpoint`], [`Delivery`], [`WebhookConfig`], [`WebhookError`] |
 //! | `mod.rs` | [`Webhooks`]: endpoints, listing deliveries, enqueueing |
 //! | `deliver.rs` | [`Webhooks::start`]: the delivery loop, retries, disabling |
-//! | `sign.rs` | [`sign`] and [`verify`] |
+//! | `sign.rs` | [`sign()`] and [`verify()`] |
 //!
 //! ## Storage (trees of the host's sled [`Store`])
 //!

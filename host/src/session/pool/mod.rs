@@ -79,9 +79,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod claim;
+
 use super::{SessionTool, Sessions, lock};
 use crate::credentials::{Credentials, SessionCredentials};
-use crate::store::SessionScope;
 
 /// The prefix of pool slot ids: a `.` is not allowed in session ids, so no
 /// session can be called like a slot.
@@ -446,123 +447,6 @@ impl Sessions {
         }
     }
 
-    /// The process-harness view of session `id` for a turn of `request`,
-    /// on a pooled process when one fits (see the module docs), else as
-    /// [`Sessions::session_info`] makes it.
-    pub(super) fn session_info_from_pool(
-        &self,
-        id: &str,
-        scope: Option<&SessionScope>,
-        credentials: &SessionCredentials,
-        tools: &[SessionTool],
-        request: &TurnRequest,
-    ) -> Result<SessionInfo, String> {
-        let Some(pool) = self.pool.get() else {
-            return self.session_info(id, scope, credentials, tools);
-        };
-        let claimed = self.claim(pool, id, scope, request);
-        let credentials = claimed
-            .as_ref()
-            .map_or_else(|| credentials.clone(), |(c, _)| c.clone());
-        let info = self.session_info(id, scope, &credentials, tools);
-        if let Some((_, process)) = claimed {
-            match &info {
-                Ok(info) => {
-                    if let Err(process) = pool.harness.adopt(process, info) {
-                        tracing::warn!(session = %id, "the harness did not adopt its pooled process");
-                        tokio::spawn(process.kill());
-                    }
-                }
-                Err(_) => {
-                    tokio::spawn(process.kill());
-                }
-            }
-        }
-        info
-    }
-
-    /// Takes an idle slot for session `id` when one fits: moves its
-    /// workspace and `HOME` to the session's paths and re-binds its
-    /// credentials. `None`: the session starts its own process.
-    fn claim(
-        &self,
-        pool: &Arc<Pool>,
-        id: &str,
-        scope: Option<&SessionScope>,
-        request: &TurnRequest,
-    ) -> Option<(SessionCredentials, Prestarted)> {
-        let state = self.config.homes.join(id);
-        let new_session = !state.exists();
-        if !new_session {
-            // A session that ran before has its own conversation: not a
-            // pool matter at all.
-            return None;
-        }
-        let miss = |why: &str| {
-            tracing::debug!(session = %id, "not from the warm pool: {why}");
-            pool.misses.fetch_add(1, Ordering::SeqCst);
-            self.metrics.pool_misses.inc();
-            None
-        };
-        if scope.is_some_and(|s| s.end_user_id.is_some()) {
-            return miss("its end user has a home of their own");
-        }
-        if request.model != pool.model
-            || (request.agent.is_some() && pool.harness.name() == "claude_code")
-        {
-            return miss("it asks for another model or agent than the pool's processes run");
-        }
-        let workspace = self.workspace(id);
-        let untouched = std::fs::read_dir(&workspace).map_or(true, |mut d| d.next().is_none());
-        if !untouched {
-            return miss("its workspace has files already");
-        }
-        let entry = lock(&pool.idle).pop_front();
-        let Some(entry) = entry else {
-            pool.wake.notify_one();
-            return miss("no idle process");
-        };
-        // The slot leaves the pool now, whatever happens next: a process is
-        // never offered twice.
-        lock(&pool.slots).remove(&entry.slot);
-        *lock(&pool.last_claim) = Some(std::time::Instant::now());
-        pool.wake.notify_one();
-        let (slot_workspace, slot_home) = slot_paths(&entry.dir);
-        let moved = (|| -> std::io::Result<()> {
-            // The session's workspace is the empty dir its creation made; a
-            // workspace with anything in it is not replaced.
-            match std::fs::remove_dir(&workspace) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            if let Some(parent) = state.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::rename(&slot_home, &state)?;
-            std::fs::rename(&slot_workspace, &workspace)
-        })();
-        if let Err(e) = moved {
-            tracing::warn!(session = %id, "cannot give the session a pooled workspace: {e}");
-            let _ = std::fs::create_dir_all(&workspace);
-            // Its HOME may have become the session's state dir already.
-            let _ = std::fs::remove_dir_all(&state);
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.discard(entry).await });
-            return miss("its workspace could not be moved");
-        }
-        let _ = std::fs::remove_dir_all(&entry.dir);
-        let Some(credentials) = pool.credentials.rebind(&entry.slot, id) else {
-            tokio::spawn(entry.process.kill());
-            let _ = std::fs::remove_dir_all(&state);
-            return miss("its slot lost its credentials");
-        };
-        pool.claimed.fetch_add(1, Ordering::SeqCst);
-        self.metrics.pool_claimed.inc();
-        tracing::debug!(session = %id, slot = %entry.slot, "a pooled process serves the session");
-        Some((credentials, entry.process))
-    }
-
     /// Drains this release's pool and stops refilling it.
     pub(crate) async fn shutdown_pool(&self) {
         if let Some(pool) = self.pool.get() {
@@ -571,7 +455,6 @@ impl Sessions {
     }
 }
 
-/// The refill task of `pool` (see the module docs).
 /// Forgets a slot whose start did not finish — failed, or dropped midway
 /// — and removes its directory.
 struct SlotUndo<'a> {
@@ -591,6 +474,7 @@ impl Drop for SlotUndo<'_> {
     }
 }
 
+/// The refill task of `pool` (see the module docs).
 async fn refill(sessions: Weak<Sessions>, pool: Arc<Pool>) {
     let mut backoff = Duration::from_secs(1);
     loop {
