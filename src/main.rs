@@ -432,8 +432,10 @@ struct ServeArgs {
     #[arg(long = "provider-url", value_name = "PROVIDER=URL")]
     provider_urls: Vec<String>,
     /// The price table (TOML; integer micro-units per million tokens per
-    /// model, and per million fuel). Default: Claude-like prices, the
-    /// offline model free, fuel at 1 micro-unit per million.
+    /// model, with optional long-context prices for prompts over a
+    /// threshold, and per million fuel). Default: Claude-like prices
+    /// (Sonnet's long-context ones over 200,000 tokens), the offline model
+    /// free, fuel at 1 micro-unit per million.
     #[arg(long, value_name = "FILE")]
     prices: Option<PathBuf>,
 }

@@ -45,6 +45,14 @@ impl Usage {
         self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
     }
 
+    /// The prompt: every input token, cached or not (what a provider's
+    /// long-context price tier is decided by).
+    pub fn prompt_tokens(&self) -> u64 {
+        self.input_tokens
+            .saturating_add(self.cache_read_tokens)
+            .saturating_add(self.cache_write_tokens)
+    }
+
     /// Adds `other` to `self`.
     pub fn add(&mut self, other: Usage) {
         self.input_tokens += other.input_tokens;

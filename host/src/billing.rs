@@ -252,6 +252,9 @@ impl Ledger {
             output_tokens: max_tokens,
             cache_read_tokens: 0,
             cache_write_tokens: 0,
+            // The estimate's input is the whole prompt (a long one is held
+            // at its long-context price).
+            prompt_tokens: 0,
         };
         let amount = self.meter.prices().cost_micros(&estimate);
         match self
@@ -297,7 +300,18 @@ impl Ledger {
     /// provider that falls back to another model (OpenRouter's `models`,
     /// say) bills what answered, and an answer naming a cheaper or
     /// unpriced model never bills below what was asked for.
-    pub fn model_usage(&self, call: &ModelCall, seq: u32, usage: Usage, answered_by: Option<&str>) {
+    ///
+    /// `prompt_tokens` is the call's whole prompt as the answer has
+    /// reported it so far (it picks a long-context price, the output's
+    /// too).
+    pub fn model_usage(
+        &self,
+        call: &ModelCall,
+        seq: u32,
+        usage: Usage,
+        answered_by: Option<&str>,
+        prompt_tokens: u64,
+    ) {
         let Some(scope) = self.scope_of(&call.session) else {
             return;
         };
@@ -308,6 +322,7 @@ impl Ledger {
             output_tokens: usage.output_tokens,
             cache_read_tokens: usage.cache_read_tokens,
             cache_write_tokens: usage.cache_write_tokens,
+            prompt_tokens,
         };
         let asked = kind_for(&call.model);
         let kind = match answered_by.filter(|answered| *answered != call.model) {
@@ -365,8 +380,16 @@ impl CallRouter for ProviderKeys {
         self.ledger.end_call(call);
     }
 
-    fn record(&self, call: &ModelCall, seq: u32, usage: Usage, answered_by: Option<&str>) {
-        self.ledger.model_usage(call, seq, usage, answered_by);
+    fn record(
+        &self,
+        call: &ModelCall,
+        seq: u32,
+        usage: Usage,
+        answered_by: Option<&str>,
+        prompt_tokens: u64,
+    ) {
+        self.ledger
+            .model_usage(call, seq, usage, answered_by, prompt_tokens);
     }
 
     fn upstream_for(&self, session: &str, wanted: Wanted) -> Result<Option<Upstream>, String> {

@@ -251,6 +251,7 @@ async fn ledger_equals_turns(platform: &Platform, admin: &str, texts: &[&str], t
         output_tokens: output,
         cache_read_tokens: cache_read,
         cache_write_tokens: cache_write,
+        prompt_tokens: 0,
     });
     let expected_cost = expected_cost
         + prices().cost_micros(&karta_host::meter::UsageKind::Tool {
@@ -589,6 +590,63 @@ async fn a_keys_budget_caps_that_keys_sessions_only() {
         record.scope.and_then(|scope| scope.credential_id),
         Some(embed.id)
     );
+}
+
+/// A call whose prompt is over its model's long-context threshold costs
+/// the long-context prices for the whole call: its input at the answer's
+/// start and its output at the answer's end, a record that carries no
+/// input of its own. (Before, the output was billed at the base price.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_prompt_bills_its_whole_call_at_the_long_context_prices() {
+    // The provider: a 250-token prompt (150 new, 100 read from the cache),
+    // then 10 tokens of output.
+    const ANSWER: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":150,\"cache_read_input_tokens\":100,\"output_tokens\":1}}}\n\n\
+event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"long\"}}\n\n\
+event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":11}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    let provider = crate::support::trickle_server(ANSWER, "text/event-stream", 64).await;
+    // A token costs 1 micro-unit in and out, the cache nothing; over a
+    // 200-token prompt, 10 in, 20 out, 2 a cached token.
+    let prices = PriceTable::from_toml(
+        "[default_model]\n\
+         input_per_mtok = 1000000\n\
+         output_per_mtok = 1000000\n\
+         cache_read_per_mtok = 0\n\
+         cache_write_per_mtok = 0\n\
+         [default_model.long_context]\n\
+         above_prompt_tokens = 200\n\
+         input_per_mtok = 10000000\n\
+         output_per_mtok = 20000000\n\
+         cache_read_per_mtok = 2000000\n\
+         cache_write_per_mtok = 0\n",
+    )
+    .expect("prices");
+    let (platform, admin) = platform_with_bot_on(prices, |config| {
+        config.harness = Some(karta_host::app::HarnessKind::Builtin);
+        config.default_model = "claude-x".into();
+        config.upstream = Some(karta_host::gateway::Upstream {
+            kind: karta_host::gateway::UpstreamKind::Anthropic,
+            base_url: format!("http://{provider}"),
+            api_key: "platform".into(),
+            org_key: false,
+        });
+    })
+    .await;
+    set_budget(
+        &platform,
+        &admin,
+        json!({ "project": "bot", "period": "day", "cap_micros": 10_000_000 }),
+    )
+    .await;
+    let session = new_session(&platform, &admin).await;
+    let turn = send(&platform, &admin, &session, "hello").await;
+    assert_eq!(turn.status, 200, "{}", turn.body);
+    assert!(turn.body.contains("long"), "{}", turn.body);
+    // 150 × 10 + 100 × 2 in, 11 × 20 out: 1,500 + 200 + 220. At the base
+    // prices the output would be 11, and the whole call 161.
+    assert_eq!(spent(&platform, &admin).await, 1_920);
 }
 
 /// A provider may answer with another model than the one asked for (a

@@ -149,8 +149,19 @@ pub trait CallRouter: Send + Sync {
     /// `seq` numbers the call's increments from 0, so `(call.id, seq)` is
     /// unique and a retried write is not counted twice. `answered_by` is
     /// the model the answer says answered, when it has said so (it may
-    /// differ from `call.model`, the one asked for).
-    fn record(&self, _call: &ModelCall, _seq: u32, _usage: Usage, _answered_by: Option<&str>) {}
+    /// differ from `call.model`, the one asked for). `prompt_tokens` is
+    /// the call's whole prompt — input, cache reads and writes — as the
+    /// answer has reported it so far: an output increment is priced by
+    /// its call's prompt too (long-context prices).
+    fn record(
+        &self,
+        _call: &ModelCall,
+        _seq: u32,
+        _usage: Usage,
+        _answered_by: Option<&str>,
+        _prompt_tokens: u64,
+    ) {
+    }
 }
 
 /// One model call through the gateway.
@@ -385,7 +396,16 @@ impl Gateway {
 
     /// Meters tokens of `call` to its session as they pass, and hands
     /// them to the host's ledger with the model the answer named so far.
-    fn meter(&self, call: &ModelCall, seq: &mut u32, usage: Usage, answered_by: Option<&str>) {
+    /// Counts `usage`, one increment of `call`'s answer that `meter` has
+    /// read (the model it says answered, and the prompt so far, come from
+    /// it).
+    fn meter(
+        &self,
+        call: &ModelCall,
+        seq: &mut u32,
+        usage: Usage,
+        meter: &karta_harness::model_stream::UsageMeter,
+    ) {
         if usage.is_zero() {
             return;
         }
@@ -396,7 +416,13 @@ impl Gateway {
             .add(usage);
         self.inner.metrics.record_tokens(usage);
         if let Some(router) = self.inner.router.get() {
-            router.record(call, *seq, usage, answered_by);
+            router.record(
+                call,
+                *seq,
+                usage,
+                meter.model(),
+                meter.usage().prompt_tokens(),
+            );
         }
         *seq += 1;
     }

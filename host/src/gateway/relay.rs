@@ -53,7 +53,7 @@ where
             if let Ok(chunk) = &chunk {
                 feed.push(chunk.clone(), |data| {
                     let usage = meter.observe(data);
-                    gateway.meter(&call, &mut seq, usage, meter.model());
+                    gateway.meter(&call, &mut seq, usage, &meter);
                 });
             }
             chunk
@@ -104,10 +104,9 @@ where
                     None => {
                         state.done = true;
                         let usage = state.meter.observe_unary(&state.copy);
-                        let answered_by = state.meter.model();
                         state
                             .gateway
-                            .meter(&state.call, &mut state.seq, usage, answered_by);
+                            .meter(&state.call, &mut state.seq, usage, &state.meter);
                         return state.held.take().map(|last| (Ok(last), state));
                     }
                 }
@@ -443,7 +442,7 @@ where
                     } = &mut s;
                     feed.push(chunk, |data| {
                         let usage = meter.observe(data);
-                        gateway.meter(call, seq, usage, meter.model());
+                        gateway.meter(call, seq, usage, meter);
                         translator.event(data, &mut out);
                     });
                 }
@@ -506,7 +505,7 @@ where
     let mut seq = 0;
     let mut meter = UsageMeter::new(from.shape());
     let usage = meter.observe_unary(&body);
-    gateway.meter(&call, &mut seq, usage, meter.model());
+    gateway.meter(&call, &mut seq, usage, &meter);
     let translated = match from {
         UpstreamKind::Openai => response::openai_to_anthropic(&body),
         UpstreamKind::Anthropic => response::anthropic_to_openai(&body),

@@ -61,6 +61,15 @@ pub enum UsageKind {
         cache_read_tokens: u64,
         /// Input tokens written to the provider's cache.
         cache_write_tokens: u64,
+        /// The whole prompt of the call this record is part of — its
+        /// input, cache reads and cache writes, as the answer reported
+        /// them — which picks a long-context price
+        /// ([`super::LongContextPrice`]). A call's usage comes in several
+        /// records (its input at the answer's start, its output at the
+        /// end), and the output's price depends on the prompt too. 0 in
+        /// records from before it was kept: their own input decides.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        prompt_tokens: u64,
     },
     /// One tool call in wasmtime.
     Tool {
@@ -72,6 +81,10 @@ pub enum UsageKind {
         /// priced).
         wall_us: u64,
     },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl UsageKind {

@@ -99,6 +99,7 @@
 //!         output_tokens: 500,
 //!         cache_read_tokens: 0,
 //!         cache_write_tokens: 0,
+//!         prompt_tokens: 1000,
 //!     },
 //! };
 //! assert_eq!(reservation.settle(&record)?, Recorded::New { cost_micros: 10_500 });
@@ -134,7 +135,7 @@ pub use calendar::{BadDay, Day};
 pub use error::{BudgetExhausted, MeterError};
 
 pub use ledger::{Recorded, UsageKind, UsageRecord};
-pub use prices::{ModelPrice, PriceTable};
+pub use prices::{LongContextPrice, ModelPrice, PriceTable};
 pub use reserve::Reservation;
 pub use totals::{GroupBy, TotalRow, UsageFilter};
 

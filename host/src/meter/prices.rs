@@ -30,7 +30,25 @@
 //! output_per_mtok = 5_000_000
 //! cache_read_per_mtok = 100_000
 //! cache_write_per_mtok = 1_250_000
+//!
+//! [models."claude-sonnet-4"]
+//! input_per_mtok = 3_000_000
+//! output_per_mtok = 15_000_000
+//! cache_read_per_mtok = 300_000
+//! cache_write_per_mtok = 3_750_000
+//!
+//! # A call whose prompt is over 200,000 tokens is priced this way instead,
+//! # its output too (Anthropic's long-context prices).
+//! [models."claude-sonnet-4".long_context]
+//! above_prompt_tokens = 200_000
+//! input_per_mtok = 6_000_000
+//! output_per_mtok = 22_500_000
+//! cache_read_per_mtok = 600_000
+//! cache_write_per_mtok = 7_500_000
 //! ```
+//!
+//! A call's *prompt* is every input token of it, cached or not; a model
+//! without a `long_context` table has one price whatever its prompt.
 
 use std::collections::BTreeMap;
 
@@ -43,10 +61,32 @@ use super::ledger::UsageKind;
 const PER_MILLION: u128 = 1_000_000;
 
 /// What one model costs, in micro-units per million tokens of each kind.
-/// Every field is required in TOML: a price left out would bill as free.
+/// Every price is required in TOML: a price left out would bill as free.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelPrice {
+    /// Per million uncached input tokens.
+    pub input_per_mtok: u64,
+    /// Per million output tokens.
+    pub output_per_mtok: u64,
+    /// Per million input tokens read from the provider's cache.
+    pub cache_read_per_mtok: u64,
+    /// Per million input tokens written to the provider's cache.
+    pub cache_write_per_mtok: u64,
+    /// The prices of a call with a long prompt, when the model has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_context: Option<LongContextPrice>,
+}
+
+/// A model's prices for a call whose prompt (every input token of it,
+/// cached or not) is over `above_prompt_tokens`: they replace the base
+/// prices for the whole call, its output included, as Anthropic bills a
+/// Sonnet 4 call over 200,000 tokens. Every field is required in TOML.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongContextPrice {
+    /// The prompt size these prices start above, in tokens.
+    pub above_prompt_tokens: u64,
     /// Per million uncached input tokens.
     pub input_per_mtok: u64,
     /// Per million output tokens.
@@ -59,12 +99,21 @@ pub struct ModelPrice {
 
 impl ModelPrice {
     /// Claude Sonnet 4.x list prices in micro-dollars: $3 in, $15 out,
-    /// $0.30 cache read, $3.75 cache write (5-minute) per million tokens.
+    /// $0.30 cache read, $3.75 cache write (5-minute) per million tokens;
+    /// a call whose prompt is over 200,000 tokens (the 1M-token context)
+    /// $6 in, $22.50 out, $0.60 cache read, $7.50 cache write.
     pub const SONNET_4: ModelPrice = ModelPrice {
         input_per_mtok: 3_000_000,
         output_per_mtok: 15_000_000,
         cache_read_per_mtok: 300_000,
         cache_write_per_mtok: 3_750_000,
+        long_context: Some(LongContextPrice {
+            above_prompt_tokens: 200_000,
+            input_per_mtok: 6_000_000,
+            output_per_mtok: 22_500_000,
+            cache_read_per_mtok: 600_000,
+            cache_write_per_mtok: 7_500_000,
+        }),
     };
 
     /// Free: the host's own offline model.
@@ -73,7 +122,27 @@ impl ModelPrice {
         output_per_mtok: 0,
         cache_read_per_mtok: 0,
         cache_write_per_mtok: 0,
+        long_context: None,
     };
+
+    /// The prices (input, output, cache read, cache write per million) of
+    /// a call whose prompt is `prompt_tokens`.
+    fn rates_for(&self, prompt_tokens: u64) -> [u64; 4] {
+        match self.long_context {
+            Some(long) if prompt_tokens > long.above_prompt_tokens => [
+                long.input_per_mtok,
+                long.output_per_mtok,
+                long.cache_read_per_mtok,
+                long.cache_write_per_mtok,
+            ],
+            _ => [
+                self.input_per_mtok,
+                self.output_per_mtok,
+                self.cache_read_per_mtok,
+                self.cache_write_per_mtok,
+            ],
+        }
+    }
 }
 
 /// Every price the meter knows.
@@ -98,6 +167,7 @@ impl Default for PriceTable {
     /// | model prefix | in | out | cache read | cache write |
     /// | --- | --- | --- | --- | --- |
     /// | `claude-sonnet-4` (and the default for unknown models) | 3.00 | 15.00 | 0.30 | 3.75 |
+    /// | — a call whose prompt is over 200,000 tokens | 6.00 | 22.50 | 0.60 | 7.50 |
     /// | `claude-opus-4` (4, 4.1) | 15.00 | 75.00 | 1.50 | 18.75 |
     /// | `claude-opus-4-5` | 5.00 | 25.00 | 0.50 | 6.25 |
     /// | `claude-haiku-4-5` | 1.00 | 5.00 | 0.10 | 1.25 |
@@ -113,6 +183,7 @@ impl Default for PriceTable {
             output_per_mtok: output,
             cache_read_per_mtok: read,
             cache_write_per_mtok: write,
+            long_context: None,
         };
         let models = BTreeMap::from([
             ("claude-sonnet-4".to_owned(), ModelPrice::SONNET_4),
@@ -171,16 +242,25 @@ impl PriceTable {
                 output_tokens,
                 cache_read_tokens,
                 cache_write_tokens,
+                prompt_tokens,
                 ..
             } => {
-                let price = self.model_price(model);
+                // The call's prompt, or at least this record's own input
+                // (a record from before `prompt_tokens` was kept).
+                let own_input = input_tokens
+                    .saturating_add(*cache_read_tokens)
+                    .saturating_add(*cache_write_tokens);
+                let rates = self
+                    .model_price(model)
+                    .rates_for((*prompt_tokens).max(own_input));
                 [
-                    (*input_tokens, price.input_per_mtok),
-                    (*output_tokens, price.output_per_mtok),
-                    (*cache_read_tokens, price.cache_read_per_mtok),
-                    (*cache_write_tokens, price.cache_write_per_mtok),
+                    *input_tokens,
+                    *output_tokens,
+                    *cache_read_tokens,
+                    *cache_write_tokens,
                 ]
                 .into_iter()
+                .zip(rates)
                 // A product of two u64s fits in u128; four of them may
                 // not, and a sum that large is far past u64::MAX micros
                 // anyway, so saturating loses nothing.
@@ -215,6 +295,7 @@ mod tests {
             output_tokens: output,
             cache_read_tokens: read,
             cache_write_tokens: write,
+            prompt_tokens: 0,
         }
     }
 
@@ -342,6 +423,98 @@ mod tests {
                 "{error}"
             );
             assert_eq!(error.status(), 400);
+        }
+    }
+
+    /// A call whose prompt is over its model's long-context threshold is
+    /// priced at the long-context rates, its output record too (which
+    /// carries the call's prompt, not input of its own); at the threshold
+    /// and below, and for a model without such prices, the base rates. A
+    /// record from before the prompt was kept is judged by its own input.
+    #[test]
+    fn a_long_prompt_prices_the_whole_call_at_the_long_context_rates() {
+        let prices = PriceTable::default();
+        let call = |model: &str, kind: [u64; 4], prompt: u64| UsageKind::Model {
+            provider: "anthropic".into(),
+            model: model.into(),
+            input_tokens: kind[0],
+            output_tokens: kind[1],
+            cache_read_tokens: kind[2],
+            cache_write_tokens: kind[3],
+            prompt_tokens: prompt,
+        };
+        let sonnet = "claude-sonnet-4-5-20250929";
+        // The input record of a 250,000-token prompt: 50,000 new tokens,
+        // 150,000 read from the cache, 50,000 written to it. At $6, $0.60
+        // and $7.50 a million: 300,000 + 90,000 + 375,000 micro-dollars.
+        let input = call(sonnet, [50_000, 0, 150_000, 50_000], 250_000);
+        assert_eq!(prices.cost_micros(&input), 765_000);
+        // Its output record: 1,000 tokens at $22.50, not $15.
+        assert_eq!(
+            prices.cost_micros(&call(sonnet, [0, 1_000, 0, 0], 250_000)),
+            22_500
+        );
+        // At the threshold exactly: base prices ($3 in, $15 out).
+        assert_eq!(
+            prices.cost_micros(&call(sonnet, [200_000, 1_000, 0, 0], 200_000)),
+            600_000 + 15_000
+        );
+        // An old record without the prompt: its own input, over the line.
+        assert_eq!(
+            prices.cost_micros(&call(sonnet, [200_001, 0, 0, 0], 0)),
+            1_200_006
+        );
+        // A model without long-context prices: one price, whatever the
+        // prompt (Haiku 4.5: $5 a million out).
+        assert_eq!(
+            prices.cost_micros(&call("claude-haiku-4-5", [0, 1_000, 0, 0], 900_000)),
+            5_000
+        );
+        // Unknown models are billed like Sonnet, long prompts included.
+        assert_eq!(
+            prices.cost_micros(&call("some-new-model", [0, 1_000, 0, 0], 250_000)),
+            22_500
+        );
+    }
+
+    /// A `long_context` table loads under a model; like the base prices,
+    /// every one of its keys is required and a misspelt one is refused.
+    #[test]
+    fn long_context_tables_load_and_refuse_what_they_do_not_know() {
+        let base = "[models.m]\ninput_per_mtok = 1\noutput_per_mtok = 1\n\
+                    cache_read_per_mtok = 1\ncache_write_per_mtok = 1\n";
+        let table = PriceTable::from_toml(&format!(
+            "{base}[models.m.long_context]\nabove_prompt_tokens = 10\ninput_per_mtok = 2\n\
+             output_per_mtok = 3\ncache_read_per_mtok = 4\ncache_write_per_mtok = 5\n"
+        ))
+        .expect("a long_context table");
+        assert_eq!(
+            table.models["m"].long_context,
+            Some(LongContextPrice {
+                above_prompt_tokens: 10,
+                input_per_mtok: 2,
+                output_per_mtok: 3,
+                cache_read_per_mtok: 4,
+                cache_write_per_mtok: 5,
+            })
+        );
+        // Without one, the model has one price.
+        assert_eq!(
+            PriceTable::from_toml(base).expect("base").models["m"].long_context,
+            None
+        );
+        for broken in [
+            // The threshold left out: it would price every call long.
+            "input_per_mtok = 2\noutput_per_mtok = 3\ncache_read_per_mtok = 4\ncache_write_per_mtok = 5\n",
+            // A price left out: it would bill as free.
+            "above_prompt_tokens = 10\ninput_per_mtok = 2\noutput_per_mtok = 3\ncache_read_per_mtok = 4\n",
+            // A misspelt key.
+            "above_prompt_tokens = 10\ninput_per_mtok = 2\noutput_per_mtok = 3\ncache_read_per_mtok = 4\n\
+             cache_write_per_mtok = 5\nabove_tokens = 1\n",
+        ] {
+            let text = format!("{base}[models.m.long_context]\n{broken}");
+            let error = PriceTable::from_toml(&text).expect_err(&text);
+            assert_eq!(error.status(), 400, "{error}");
         }
     }
 }

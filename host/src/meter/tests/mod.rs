@@ -31,6 +31,7 @@ fn prices() -> PriceTable {
                 output_per_mtok: per_token(5),
                 cache_read_per_mtok: per_token(1),
                 cache_write_per_mtok: per_token(3),
+                long_context: None,
             },
         )]),
         default_model: ModelPrice {
@@ -38,6 +39,7 @@ fn prices() -> PriceTable {
             output_per_mtok: per_token(1),
             cache_read_per_mtok: per_token(1),
             cache_write_per_mtok: per_token(1),
+            long_context: None,
         },
         fuel_per_mfuel: per_token(1),
     }
@@ -79,6 +81,7 @@ fn model(name: &str, input: u64, output: u64, read: u64, write: u64) -> UsageKin
         output_tokens: output,
         cache_read_tokens: read,
         cache_write_tokens: write,
+        prompt_tokens: 0,
     }
 }
 
