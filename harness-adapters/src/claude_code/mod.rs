@@ -106,8 +106,10 @@ use translate::{TurnState, answer_control_request};
 /// are `mcp__karta__<tool>`.
 pub const MCP_SERVER_NAME: &str = "karta";
 
-/// Claude Code's own tools that stay on: they act only through the model
-/// (sub-agents, skills, to-do lists), never on the machine.
+/// Claude Code's own tools that stay on when the operator turned the
+/// harness's own acting tools off ([`crate::HarnessAccess::builtin_tools`]):
+/// they act only through the model (sub-agents, skills, to-do lists), never
+/// on the machine.
 pub const KEPT_BUILTIN_TOOLS: &[&str] = &["Task", "Agent", "Skill", "TodoWrite"];
 
 /// The longest one output line may be (a tool result can be large).

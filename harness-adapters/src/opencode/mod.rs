@@ -103,10 +103,11 @@ pub const MCP_SERVER_NAME: &str = "karta";
 /// The provider id of the host's gateway in OpenCode's config.
 pub const PROVIDER_ID: &str = "karta";
 
-/// OpenCode's own tools that stay on: they act only through the model
-/// (sub-agents, skills, to-do lists). Every other built-in tool (`bash`,
-/// `edit`, `read`, `webfetch`, …) is switched off: each acts on the machine
-/// or the network outside the WebAssembly runtime.
+/// OpenCode's own tools that stay on when the operator turned the
+/// harness's own acting tools off ([`crate::HarnessAccess::builtin_tools`]):
+/// they act only through the model (sub-agents, skills, to-do lists). With
+/// its own tools on, every one but `webfetch` is on, acting inside the
+/// jail.
 pub const KEPT_BUILTIN_TOOLS: &[&str] = &["task", "skill", "todowrite"];
 
 /// How long a permission request waits for its tool's input to show up

@@ -59,16 +59,30 @@ pub(super) async fn guard(
 ) -> Response {
     let dev_request = !request.headers().contains_key(header::AUTHORIZATION)
         && request.uri().path() != "/v1/embed/session-tokens";
+    let mut request = request;
     if dev_request {
         // No API key at all: dev mode. (A store that cannot answer is
-        // treated as dev mode here: the check below is the stricter one.)
-        let dev_mode = !projects.auth().has_api_keys().unwrap_or(false);
+        // treated as dev mode here: the caller's check is the stricter one,
+        // and reads again.)
+        let has_keys = projects.auth().has_api_keys();
+        if let Ok(has_keys) = has_keys {
+            // The caller's check reads this instead of the store again.
+            request.extensions_mut().insert(ApiKeysMade(has_keys));
+        }
+        let dev_mode = !has_keys.unwrap_or(false);
         if dev_mode && let Err(refusal) = check(request.headers()) {
             return refusal.into_response();
         }
     }
     next.run(request).await
 }
+
+/// Whether the host had any API key when [`guard`] looked, for a request
+/// without credentials: the caller's own dev-mode check
+/// (`super::tenant::Caller`) takes it from the request instead of reading
+/// the store a second time.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ApiKeysMade(pub(super) bool);
 
 /// Refuses a non-loopback `Host` (421: this server does not serve that
 /// name) and a non-loopback `Origin` (403).
