@@ -51,6 +51,39 @@ macro_rules! slot_process {
 }
 pub(crate) use slot_process;
 
+/// The [`Harness`](crate::Harness) methods every process harness answers
+/// the same way — a turn is its own `turn` method, and the rest is what
+/// its [`Slots`] (its `sessions` field) know — written once: invoked
+/// inside the harness's `impl Harness`.
+macro_rules! slot_harness_methods {
+    () => {
+        fn run_turn<'a>(
+            &'a self,
+            request: $crate::TurnRequest,
+            context: $crate::TurnContext<'a>,
+        ) -> $crate::BoxFuture<'a, $crate::TurnOutcome> {
+            Box::pin(self.turn(request, context))
+        }
+
+        fn end_session<'a>(&'a self, session_id: &'a str) -> $crate::BoxFuture<'a, ()> {
+            Box::pin(self.sessions.end(session_id))
+        }
+
+        fn process_id(&self, session_id: &str) -> Option<u32> {
+            self.sessions.pid(session_id)
+        }
+
+        fn has_process(&self, session_id: &str) -> bool {
+            self.sessions.has_process(session_id)
+        }
+
+        fn process_count(&self) -> usize {
+            self.sessions.count()
+        }
+    };
+}
+pub(crate) use slot_harness_methods;
+
 /// A session's slot: its process, or `None` when stopped. A turn holds the
 /// lock for its whole length (one turn per session at a time).
 pub(crate) type Slot<P> = Arc<tokio::sync::Mutex<Option<P>>>;

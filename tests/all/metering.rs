@@ -592,6 +592,53 @@ async fn a_keys_budget_caps_that_keys_sessions_only() {
     );
 }
 
+/// One answer of an Anthropic-shaped provider: `usage` at its start
+/// (`message_start`'s, with `model` saying who answered), `text`, then
+/// `output_tokens` in all at its end.
+fn provider_answer(model: &str, usage: &str, text: &str, output_tokens: u64) -> Vec<u8> {
+    format!(
+        "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"m1\",\"model\":\"{model}\",\"usage\":{usage}}}}}\n\n\
+         event: content_block_start\ndata: {{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{{\"type\":\"text\",\"text\":\"\"}}}}\n\n\
+         event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n\
+         event: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":0}}\n\n\
+         event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\"}},\"usage\":{{\"output_tokens\":{output_tokens}}}}}\n\n\
+         event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+    )
+    .into_bytes()
+}
+
+/// What one builtin turn of a new session costs when every model call is
+/// answered with `answer` by a provider behind the gateway (the platform
+/// key, `model` asked for), at `prices`, under a roomy budget; the turn's
+/// text must contain `text`.
+async fn spent_on_one_answer(answer: Vec<u8>, text: &str, model: &str, prices: PriceTable) -> u64 {
+    // The provider serves it for as long as the test runs.
+    let answer: &'static [u8] = Box::leak(answer.into_boxed_slice());
+    let provider = crate::support::trickle_server(answer, "text/event-stream", 64).await;
+    let (platform, admin) = platform_with_bot_on(prices, |config| {
+        config.harness = Some(karta_host::app::HarnessKind::Builtin);
+        config.default_model = model.into();
+        config.upstream = Some(karta_host::gateway::Upstream {
+            kind: karta_host::gateway::UpstreamKind::Anthropic,
+            base_url: format!("http://{provider}"),
+            api_key: "platform".into(),
+            org_key: false,
+        });
+    })
+    .await;
+    set_budget(
+        &platform,
+        &admin,
+        json!({ "project": "bot", "period": "day", "cap_micros": 10_000_000 }),
+    )
+    .await;
+    let session = new_session(&platform, &admin).await;
+    let turn = send(&platform, &admin, &session, "hello").await;
+    assert_eq!(turn.status, 200, "{}", turn.body);
+    assert!(turn.body.contains(text), "{}", turn.body);
+    spent(&platform, &admin).await
+}
+
 /// A call whose prompt is over its model's long-context threshold costs
 /// the long-context prices for the whole call: its input at the answer's
 /// start and its output at the answer's end, a record that carries no
@@ -599,14 +646,13 @@ async fn a_keys_budget_caps_that_keys_sessions_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_prompt_bills_its_whole_call_at_the_long_context_prices() {
     // The provider: a 250-token prompt (150 new, 100 read from the cache),
-    // then 10 tokens of output.
-    const ANSWER: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":150,\"cache_read_input_tokens\":100,\"output_tokens\":1}}}\n\n\
-event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
-event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"long\"}}\n\n\
-event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
-event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":11}}\n\n\
-event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
-    let provider = crate::support::trickle_server(ANSWER, "text/event-stream", 64).await;
+    // then 11 tokens of output.
+    let answer = provider_answer(
+        "claude-x",
+        r#"{"input_tokens":150,"cache_read_input_tokens":100,"output_tokens":1}"#,
+        "long",
+        11,
+    );
     // A token costs 1 micro-unit in and out, the cache nothing; over a
     // 200-token prompt, 10 in, 20 out, 2 a cached token.
     let prices = PriceTable::from_toml(
@@ -623,30 +669,12 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
          cache_write_per_mtok = 0\n",
     )
     .expect("prices");
-    let (platform, admin) = platform_with_bot_on(prices, |config| {
-        config.harness = Some(karta_host::app::HarnessKind::Builtin);
-        config.default_model = "claude-x".into();
-        config.upstream = Some(karta_host::gateway::Upstream {
-            kind: karta_host::gateway::UpstreamKind::Anthropic,
-            base_url: format!("http://{provider}"),
-            api_key: "platform".into(),
-            org_key: false,
-        });
-    })
-    .await;
-    set_budget(
-        &platform,
-        &admin,
-        json!({ "project": "bot", "period": "day", "cap_micros": 10_000_000 }),
-    )
-    .await;
-    let session = new_session(&platform, &admin).await;
-    let turn = send(&platform, &admin, &session, "hello").await;
-    assert_eq!(turn.status, 200, "{}", turn.body);
-    assert!(turn.body.contains("long"), "{}", turn.body);
     // 150 × 10 + 100 × 2 in, 11 × 20 out: 1,500 + 200 + 220. At the base
     // prices the output would be 11, and the whole call 161.
-    assert_eq!(spent(&platform, &admin).await, 1_920);
+    assert_eq!(
+        spent_on_one_answer(answer, "long", "claude-x", prices).await,
+        1_920
+    );
 }
 
 /// A provider may answer with another model than the one asked for (a
@@ -656,13 +684,12 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_answered_by_a_dearer_model_than_asked_is_billed_as_that_model() {
     // The provider: every answer says `claude-opus-4` answered it.
-    const ANSWER: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"model\":\"claude-opus-4\",\"usage\":{\"input_tokens\":1000,\"output_tokens\":1}}}\n\n\
-event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
-event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"served\"}}\n\n\
-event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
-event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":10}}\n\n\
-event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
-    let provider = crate::support::trickle_server(ANSWER, "text/event-stream", 64).await;
+    let answer = provider_answer(
+        "claude-opus-4",
+        r#"{"input_tokens":1000,"output_tokens":1}"#,
+        "served",
+        10,
+    );
     // Everything is cheap but the model that answers.
     let prices = PriceTable::from_toml(
         "[models.claude-opus-4]\n\
@@ -677,28 +704,10 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
          cache_write_per_mtok = 0\n",
     )
     .expect("prices");
-    let (platform, admin) = platform_with_bot_on(prices, |config| {
-        config.harness = Some(karta_host::app::HarnessKind::Builtin);
-        config.default_model = "claude-3-haiku".into();
-        config.upstream = Some(karta_host::gateway::Upstream {
-            kind: karta_host::gateway::UpstreamKind::Anthropic,
-            base_url: format!("http://{provider}"),
-            api_key: "platform".into(),
-            org_key: false,
-        });
-    })
-    .await;
-    set_budget(
-        &platform,
-        &admin,
-        json!({ "project": "bot", "period": "day", "cap_micros": 10_000_000 }),
-    )
-    .await;
-    let session = new_session(&platform, &admin).await;
-    let turn = send(&platform, &admin, &session, "hello").await;
-    assert_eq!(turn.status, 200, "{}", turn.body);
-    assert!(turn.body.contains("served"), "{}", turn.body);
     // 1,000 input and 10 output tokens at claude-opus-4's price (100 a
     // token), not at the price of the model asked for (1 a token).
-    assert_eq!(spent(&platform, &admin).await, 101_000);
+    assert_eq!(
+        spent_on_one_answer(answer, "served", "claude-3-haiku", prices).await,
+        101_000
+    );
 }

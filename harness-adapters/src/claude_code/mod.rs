@@ -89,7 +89,8 @@ use crate::process::{HarnessProcess, JailLimits, JailSpec, Spawn, session_env};
 use crate::safe_fs::SafeDir;
 use crate::slots::{
     ReportedResult, Slots, TurnFailure, cpu_so_far, finish_turn, finished_tool_use, forget,
-    new_message_id, outcome, remember, remembered, slot_process, stop_when_idle,
+    new_message_id, outcome, remember, remembered, slot_harness_methods, slot_process,
+    stop_when_idle,
 };
 use crate::{
     BoxFuture, ErrorCode, Event, Harness, Prestarted, SessionInfo, TurnContext, TurnOutcome,
@@ -485,29 +486,7 @@ impl Harness for ClaudeCodeHarness {
         "claude_code"
     }
 
-    fn run_turn<'a>(
-        &'a self,
-        request: TurnRequest,
-        context: TurnContext<'a>,
-    ) -> BoxFuture<'a, TurnOutcome> {
-        Box::pin(self.turn(request, context))
-    }
-
-    fn end_session<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(self.sessions.end(session_id))
-    }
-
-    fn process_id(&self, session_id: &str) -> Option<u32> {
-        self.sessions.pid(session_id)
-    }
-
-    fn has_process(&self, session_id: &str) -> bool {
-        self.sessions.has_process(session_id)
-    }
-
-    fn process_count(&self) -> usize {
-        self.sessions.count()
-    }
+    slot_harness_methods!();
 
     fn prestart<'a>(
         &'a self,
