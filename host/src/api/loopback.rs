@@ -54,12 +54,11 @@ use super::error::ApiError;
 /// The guard, as `axum::middleware::from_fn_with_state` middleware.
 pub(super) async fn guard(
     State(projects): State<Arc<Projects>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let dev_request = !request.headers().contains_key(header::AUTHORIZATION)
         && request.uri().path() != "/v1/embed/session-tokens";
-    let mut request = request;
     if dev_request {
         // No API key at all: dev mode. (A store that cannot answer is
         // treated as dev mode here: the caller's check is the stricter one,
