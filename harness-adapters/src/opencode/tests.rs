@@ -5,6 +5,19 @@ use std::os::unix::fs::symlink;
 use super::home::LEGACY_RESUME_FILE;
 use super::*;
 
+/// A turn's request saying "hi" to model `m` in `session`.
+fn request(session: &SessionInfo) -> TurnRequest {
+    TurnRequest {
+        system: String::new(),
+        history: Vec::new(),
+        text: "hi".into(),
+        thinking: false,
+        model: "m".into(),
+        agent: None,
+        session: session.clone(),
+    }
+}
+
 #[test]
 fn a_warm_up_prompt_only_in_apps_without_plugins() {
     let app = std::env::temp_dir().join(format!("karta-oc-{}", uuid::Uuid::new_v4().simple()));
@@ -63,16 +76,7 @@ fn regression_issue9_links_in_opencode_home_are_replaced_not_followed() {
         jail: None,
         nice: None,
     });
-    let request = TurnRequest {
-        system: String::new(),
-        history: Vec::new(),
-        text: "hi".into(),
-        thinking: false,
-        model: "m".into(),
-        agent: None,
-        session: session.clone(),
-    };
-    let spawn = harness.spawn_for(&request, 4096).expect("spawn");
+    let spawn = harness.spawn_for(&request(&session), 4096).expect("spawn");
     assert_eq!(
         std::fs::read_to_string(outside.join("target.json")).expect("read"),
         "untouched"
@@ -131,18 +135,7 @@ fn sessions_sharing_a_home_keep_their_own_config_dirs_and_conversation() {
         jail: None,
         nice: None,
     });
-    let spawn = |session: &SessionInfo| {
-        let request = TurnRequest {
-            system: String::new(),
-            history: Vec::new(),
-            text: "hi".into(),
-            thinking: false,
-            model: "m".into(),
-            agent: None,
-            session: session.clone(),
-        };
-        harness.spawn_for(&request, 4096).expect("spawn")
-    };
+    let spawn = |session: &SessionInfo| harness.spawn_for(&request(session), 4096).expect("spawn");
     let (one, two) = (spawn(&first), spawn(&second));
     for name in ["OPENCODE_CONFIG", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"] {
         assert_ne!(one.env[name], two.env[name], "{name} is per session");
