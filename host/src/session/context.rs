@@ -165,6 +165,33 @@ impl Sessions {
         }
         access
     }
+
+    /// What a harness process of `id` (a session or a slot) is given, with
+    /// its workspace and `HOME` already made.
+    pub(super) fn harness_session(
+        &self,
+        id: &str,
+        workspace: PathBuf,
+        home: PathBuf,
+        credentials: &SessionCredentials,
+        tools: &[SessionTool],
+    ) -> SessionInfo {
+        SessionInfo {
+            id: id.to_owned(),
+            workspace,
+            home,
+            gateway_url: self.gateway_url.clone(),
+            gateway_key: credentials.gateway_key.clone(),
+            mcp_url: format!("{}/mcp/{}", self.config.mcp_url, credentials.mcp_token),
+            env: self.app.env.clone(),
+            preapproved_tools: tools
+                .iter()
+                .filter(|t| !t.approval)
+                .map(|t| t.def.name.clone())
+                .collect(),
+            access: self.session_access(&credentials.mcp_token),
+        }
+    }
 }
 
 /// The shared home of end user `end_user` of project `project_id` under

@@ -13,7 +13,7 @@
 //! | approvals | `approvals.rs` | requests waiting for a person, and their answers |
 //! | tools | `tools.rs` | which tools a turn may use, and running them |
 //! | MCP calls | `mcp_calls.rs` | what the MCP server asks: tokens, a session's tools, a call under its approvals, compiled servers |
-//! | warm pool | `pool/` | pre-started harness processes; a first turn's claim (`claim.rs`) |
+//! | warm pool | `pool/` | pre-started harness processes; the refill task and its memory budget (`refill.rs`); a first turn's claim (`claim.rs`) |
 //! | harness context | `context.rs` | the system prompt, and what a harness process is given |
 //! | types | `types.rs` | the requests, answers and errors of the API above |
 //!

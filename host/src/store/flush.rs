@@ -14,7 +14,7 @@ use super::{JournalWrite, Store, StoreError, journal};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Durability {
     /// It survives the host process dying (`kill -9`, a panic, the OOM
-    /// killer): the session log is journaled (`store/journal.rs`: a flush
+    /// killer): the session log is journaled (`store/journal/`: a flush
     /// of it is one `write(2)` into the kernel, which outlives the
     /// process) and every other flush is sled's, which writes its log
     /// through to the device with `sync_file_range` — neither flushes the
@@ -288,7 +288,7 @@ impl Store {
     ///
     /// Under [`Durability::Process`] that is a commit of the store's
     /// journal: one `write(2)` of the writes made since the last one, on
-    /// this thread, and no wait for the disk (`store/journal.rs` says why
+    /// this thread, and no wait for the disk (`store/journal/` says why
     /// that keeps the promise); it waits only when a checkpoint (sled's
     /// flush, every few seconds) runs. Under [`Durability::Machine`] it is
     /// [`Store::flush`].

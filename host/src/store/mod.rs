@@ -13,7 +13,7 @@
 //! | `transcript` | session id, `0x00`, index (u64 BE) | [`TranscriptMessage`] JSON |
 //!
 //! Next to sled's files, `karta-journal-<generation>.log`: the write-ahead
-//! journal of the session log ([`Durability::Process`]; `journal.rs`).
+//! journal of the session log ([`Durability::Process`]; `journal/`).
 //!
 //! Big-endian integers make a prefix scan return a session's rows in order,
 //! and a session id (`[A-Za-z0-9_-]`) never contains the `0x00` separator.
@@ -27,7 +27,7 @@
 //! | `sessions.rs` | session records and the listing indexes |
 //! | `log.rs` | each session's events, history and transcript; [`Tail`] |
 //! | `flush.rs` | [`Durability`], the flushes and their group commit |
-//! | `journal.rs` | the session log's write-ahead journal |
+//! | `journal/` | the session log's write-ahead journal: checkpoints (`mod.rs`), a journaled write (`write.rs`), the file format and replay (`format.rs`) |
 //! | `faults.rs` | the storage failures tests inject |
 
 mod faults;

@@ -57,7 +57,7 @@
 //! **Refill** runs in the background, one start at a time (so the pool
 //! never takes both cores from the turns): after a claim, after a failure
 //! (with a growing pause), and every few seconds. After a claim it waits
-//! [`CLAIM_GRACE`] first, so the new start does not take a core from the
+//! [`CLAIM_GRACE`](refill::CLAIM_GRACE) first, so the new start does not take a core from the
 //! claiming session's first turn. A process whose start
 //! would take the idle processes' resident memory (their process trees'
 //! RSS) over the budget is not started, or killed if the measurement after
@@ -71,34 +71,25 @@
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use karta_harness::{Harness, Prestarted, SessionInfo, TurnRequest};
+use karta_harness::{Harness, Prestarted};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod claim;
+mod refill;
 
-use super::{SessionTool, Sessions, lock};
-use crate::credentials::{Credentials, SessionCredentials};
+pub use refill::tree_rss_bytes;
+
+use super::{Sessions, lock};
+use crate::credentials::Credentials;
 
 /// The prefix of pool slot ids: a `.` is not allowed in session ids, so no
 /// session can be called like a slot.
 pub const SLOT_PREFIX: &str = "pool.";
-
-/// How often the refill task looks at the pool when nothing wakes it.
-const TICK: Duration = Duration::from_secs(2);
-
-/// How long a refill waits after a claim: a start takes a core for up to
-/// seconds, and right after a claim that would be the claiming session's
-/// first turn's core (measured: a refill started at the claim made the
-/// first text of a pooled session several times slower on 2 cores).
-const CLAIM_GRACE: Duration = Duration::from_secs(1);
-
-/// The longest pause after failed starts.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The size of the warm pool of each loaded release (`karta serve --pool`,
 /// `--pool-memory-mib`).
@@ -196,39 +187,6 @@ fn slot_paths(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("workspace"), dir.join("home"))
 }
 
-/// Resident memory of `pid` and its descendants, bytes (0 once gone).
-pub fn tree_rss_bytes(pid: u32) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![pid];
-    let mut seen = HashSet::new();
-    while let Some(p) = stack.pop() {
-        if !seen.insert(p) {
-            continue;
-        }
-        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-        total += status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024;
-        for task in std::fs::read_dir(format!("/proc/{p}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let children =
-                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            stack.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
-        }
-    }
-    total
-}
-
 impl Pool {
     fn stats(&self) -> PoolStats {
         let idle = lock(&self.idle);
@@ -249,41 +207,6 @@ impl Pool {
             over_budget: self.over_budget.load(Ordering::SeqCst),
             last_failure: lock(&self.last_failure).clone(),
         }
-    }
-
-    /// Re-measures the idle processes; their total, bytes.
-    fn measure(&self) -> u64 {
-        let mut idle = lock(&self.idle);
-        for entry in idle.iter_mut() {
-            if let Some(pid) = entry.process.harness_pid() {
-                entry.rss_bytes = tree_rss_bytes(pid);
-            }
-        }
-        idle.iter().map(|e| e.rss_bytes).sum()
-    }
-
-    /// Whether one more process fits the budget: the idle ones' RSS plus
-    /// the largest of them or the last one started (the first always may
-    /// start; the measurement after its start decides whether it stays).
-    fn fits(&self) -> bool {
-        let total = self.measure();
-        let largest = lock(&self.idle)
-            .iter()
-            .map(|e| e.rss_bytes)
-            .max()
-            .unwrap_or(0)
-            .max(self.last_rss.load(Ordering::SeqCst));
-        total + largest <= self.config.memory_bytes
-    }
-
-    /// How long a refill still waits for the last claim's turn
-    /// ([`CLAIM_GRACE`]). Also when the pool is empty: a session arriving
-    /// meanwhile starts its own process, as it would while the refill
-    /// were starting.
-    fn grace_left(&self) -> Duration {
-        lock(&self.last_claim).map_or(Duration::ZERO, |at| {
-            CLAIM_GRACE.saturating_sub(at.elapsed())
-        })
     }
 
     /// Forgets `slot` and kills its process, removing its directory.
@@ -352,7 +275,8 @@ impl Sessions {
         if self.pool.set(pool.clone()).is_err() {
             return;
         }
-        pool.tasks.spawn(refill(Arc::downgrade(self), pool.clone()));
+        pool.tasks
+            .spawn(refill::refill(Arc::downgrade(self), pool.clone()));
     }
 
     /// The warm pool's state, when this release has one.
@@ -369,173 +293,10 @@ impl Sessions {
                 .is_some_and(|pool| lock(&pool.slots).contains(id))
     }
 
-    /// Prepares and starts one slot's process.
-    async fn start_slot(&self, pool: &Pool) -> Result<Entry, String> {
-        let slot = format!("{SLOT_PREFIX}{}", uuid::Uuid::new_v4().simple());
-        let dir = pool.root.join(&slot);
-        let (workspace, home) = slot_paths(&dir);
-        lock(&pool.slots).insert(slot.clone());
-        let prepared = (|| {
-            for d in [&workspace, &home] {
-                super::context::private_dir(d)?;
-            }
-            self.app.harness_files.sync(&workspace)?;
-            self.app.project_files.copy_into(&workspace)
-        })();
-        // Undone on an error and when the start is dropped (shutdown
-        // cancels a start under way).
-        let mut undo_guard = SlotUndo {
-            pool,
-            slot: slot.clone(),
-            dir: dir.clone(),
-            armed: true,
-        };
-        if let Err(e) = prepared {
-            return Err(format!("cannot prepare the slot's workspace: {e}"));
-        }
-        let credentials = pool.credentials.for_pool_slot(&slot);
-        let tools = self.toolbox.for_agent(None);
-        let request = TurnRequest {
-            system: String::new(),
-            history: Vec::new(),
-            text: String::new(),
-            thinking: false,
-            model: pool.model.clone(),
-            agent: None,
-            session: self.harness_session(&slot, workspace, home, &credentials, &tools),
-        };
-        match pool.harness.prestart(request).await {
-            Some(Ok(process)) => {
-                undo_guard.armed = false;
-                let rss_bytes = process.harness_pid().map_or(0, tree_rss_bytes);
-                Ok(Entry {
-                    slot,
-                    dir,
-                    process,
-                    rss_bytes,
-                })
-            }
-            Some(Err(e)) => Err(e),
-            None => Err("the harness keeps no process to pool".into()),
-        }
-    }
-
-    /// What a harness process of `id` (a session or a slot) is given, with
-    /// its workspace and `HOME` already made.
-    pub(super) fn harness_session(
-        &self,
-        id: &str,
-        workspace: PathBuf,
-        home: PathBuf,
-        credentials: &SessionCredentials,
-        tools: &[SessionTool],
-    ) -> SessionInfo {
-        SessionInfo {
-            id: id.to_owned(),
-            workspace,
-            home,
-            gateway_url: self.gateway_url.clone(),
-            gateway_key: credentials.gateway_key.clone(),
-            mcp_url: format!("{}/mcp/{}", self.config.mcp_url, credentials.mcp_token),
-            env: self.app.env.clone(),
-            preapproved_tools: tools
-                .iter()
-                .filter(|t| !t.approval)
-                .map(|t| t.def.name.clone())
-                .collect(),
-            access: self.session_access(&credentials.mcp_token),
-        }
-    }
-
     /// Drains this release's pool and stops refilling it.
     pub(crate) async fn shutdown_pool(&self) {
         if let Some(pool) = self.pool.get() {
             pool.shutdown().await;
-        }
-    }
-}
-
-/// Forgets a slot whose start did not finish — failed, or dropped midway
-/// — and removes its directory.
-struct SlotUndo<'a> {
-    pool: &'a Pool,
-    slot: String,
-    dir: PathBuf,
-    armed: bool,
-}
-
-impl Drop for SlotUndo<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            lock(&self.pool.slots).remove(&self.slot);
-            self.pool.credentials.revoke(&self.slot);
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// The refill task of `pool` (see the module docs).
-async fn refill(sessions: Weak<Sessions>, pool: Arc<Pool>) {
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        if pool.stop.is_cancelled() {
-            return;
-        }
-        let mut pause = TICK;
-        if !(pool.active)() {
-            pool.drain().await;
-        } else if lock(&pool.idle).len() < pool.config.size
-            && let grace = pool.grace_left()
-            && !grace.is_zero()
-        {
-            pause = grace;
-        } else if lock(&pool.idle).len() < pool.config.size && pool.fits() {
-            let Some(manager) = sessions.upgrade() else {
-                return;
-            };
-            pool.starting.fetch_add(1, Ordering::SeqCst);
-            let started = tokio::select! {
-                started = manager.start_slot(&pool) => Some(started),
-                () = pool.stop.cancelled() => None,
-            };
-            pool.starting.fetch_sub(1, Ordering::SeqCst);
-            drop(manager);
-            match started {
-                None => return,
-                Some(Ok(entry)) => {
-                    backoff = Duration::from_secs(1);
-                    pool.last_rss.store(entry.rss_bytes, Ordering::SeqCst);
-                    let total = pool.measure() + entry.rss_bytes;
-                    if total > pool.config.memory_bytes {
-                        tracing::info!(
-                            rss_mib = entry.rss_bytes >> 20,
-                            "a pooled process would take the pool over its memory budget; not kept"
-                        );
-                        pool.over_budget.fetch_add(1, Ordering::SeqCst);
-                        pool.discard(entry).await;
-                    } else if !(pool.active)() {
-                        pool.discard(entry).await;
-                    } else {
-                        lock(&pool.idle).push_back(entry);
-                        continue;
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!("cannot start a pooled harness process: {e}");
-                    pool.spawn_failures.fetch_add(1, Ordering::SeqCst);
-                    *lock(&pool.last_failure) = Some(e);
-                    if let Some(manager) = sessions.upgrade() {
-                        manager.metrics.pool_spawn_failures.inc();
-                    }
-                    pause = backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
-        tokio::select! {
-            () = pool.wake.notified() => {}
-            () = tokio::time::sleep(pause) => {}
-            () = pool.stop.cancelled() => return,
         }
     }
 }
