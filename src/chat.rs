@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use karta_harness::http::MAX_EVENT_BYTES;
-use karta_harness::{Decision, Envelope, Event, InputRequiredData, TurnStatus, sse};
+use karta_harness::{Decision, Event, InputRequiredData, StreamItem, TurnStatus, sse};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
@@ -140,11 +140,13 @@ impl Chat {
         let mut last = None;
         while let Some(frame) = stream.next().await {
             let frame = frame?;
-            if let Some(envelope) = sse::json_data::<Envelope>(&frame) {
-                self.show(&envelope.event);
-                last = Some(envelope.event);
-            } else if let Some(failure) = sse::json_data::<Value>(&frame) {
-                println!("\n  error: {}", failure["data"]);
+            match sse::json_data::<StreamItem>(&frame) {
+                Some(StreamItem::Logged(envelope)) => {
+                    self.show(&envelope.event);
+                    last = Some(envelope.event);
+                }
+                Some(StreamItem::Unlogged(event)) => self.show(&event),
+                None => {}
             }
         }
         // A stream ends at an approval prompt; its answer returns the rest.
@@ -161,11 +163,16 @@ impl Chat {
                 Some(json!({ "decision": decision })),
             )
             .await?;
-            let events: Vec<Envelope> =
-                serde_json::from_value(answer["events"].clone()).unwrap_or_default();
-            for envelope in events {
-                self.show(&envelope.event);
-                last = Some(envelope.event);
+            let items: Vec<StreamItem> = serde_json::from_value(answer["events"].clone())
+                .context("the host's continuation is not a list of events")?;
+            for item in items {
+                match item {
+                    StreamItem::Logged(envelope) => {
+                        self.show(&envelope.event);
+                        last = Some(envelope.event);
+                    }
+                    StreamItem::Unlogged(event) => self.show(&event),
+                }
             }
         }
         Ok(())

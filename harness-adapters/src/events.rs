@@ -211,6 +211,9 @@ pub enum ErrorCode {
     BudgetExhausted,
     /// The org's own provider key (BYOK) was rejected by the provider.
     ByokKeyRejected,
+    /// The host failed in a way it does not foresee (an event it could not
+    /// encode); its log says more.
+    Internal,
 }
 
 impl ErrorCode {
@@ -227,6 +230,7 @@ impl ErrorCode {
             Self::SessionDeleted => "session_deleted",
             Self::BudgetExhausted => "budget_exhausted",
             Self::ByokKeyRejected => "byok_key_rejected",
+            Self::Internal => "internal",
         }
     }
 }
@@ -606,10 +610,55 @@ pub struct Envelope {
     pub raw: Option<Value>,
 }
 
+/// One item of a turn's stream, or of an approval's continuation, as the
+/// wire carries it: an event of the log, numbered, or the unnumbered
+/// `error` that ends a stream the log cannot go on with (the log could not
+/// be written, the session was deleted): `{"type": "error", "data": {code,
+/// message}}`, an [`Event::Error`] without an envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StreamItem {
+    /// An event of the log.
+    Logged(Envelope),
+    /// The failure that ends the stream, not in the log.
+    Unlogged(Event),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn stream_items_read_back_logged_events_and_the_unlogged_error() {
+        let logged_error = Envelope {
+            event: Event::Error(ErrorData {
+                code: ErrorCode::ModelError,
+                message: "refused".into(),
+            }),
+            source: Source::Karta,
+            session_id: "ses_1".into(),
+            timestamp: "2026-11-30T00:00:00.000Z".into(),
+            seq: 4,
+            raw: None,
+        };
+        let failure = Event::Error(ErrorData {
+            code: ErrorCode::StorageUnavailable,
+            message: "the disk is full".into(),
+        });
+        let items = vec![
+            StreamItem::Logged(logged_error),
+            StreamItem::Unlogged(failure),
+        ];
+        let wire = serde_json::to_value(&items).expect("serialize");
+        assert_eq!(
+            wire[1],
+            json!({"type": "error", "data": {"code": "storage_unavailable", "message": "the disk is full"}})
+        );
+        assert_eq!(wire[0]["seq"], 4);
+        let read: Vec<StreamItem> = serde_json::from_value(wire).expect("read back");
+        assert_eq!(read, items);
+    }
 
     #[test]
     fn envelopes_have_the_protocol_shape_and_read_back() {

@@ -42,8 +42,8 @@ use std::pin::Pin;
 
 pub use events::{
     DoneData, Envelope, ErrorCode, ErrorData, Event, InputKind, InputRequiredData, ReasoningData,
-    ReasoningPart, Source, StepFinishData, StepStartData, TextData, TextPart, ToolError,
-    ToolErrorKind, ToolPart, ToolState, ToolStatus, ToolUseData, TurnStatus, Usage,
+    ReasoningPart, Source, StepFinishData, StepStartData, StreamItem, TextData, TextPart,
+    ToolError, ToolErrorKind, ToolPart, ToolState, ToolStatus, ToolUseData, TurnStatus, Usage,
 };
 use serde::{Deserialize, Serialize};
 pub use setup_layer::SetupLayer;

@@ -3,8 +3,9 @@
 //! for a person is not cut by proxies).
 //!
 //! An event is `event: <type>`, `id: <seq>`, `data: <envelope>`; a failed
-//! stream ends with an unnumbered `event: error` whose data is
-//! `{"type": "error", "data": {code, message}}`.
+//! stream ends with an unnumbered `event: error` whose data is the bare
+//! event, `{"type": "error", "data": {code, message}}`
+//! ([`karta_harness::StreamItem`] reads either back).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use crate::session::{Published, Subscription};
 use axum::response::sse::{Event as Frame, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
-use serde_json::json;
+use karta_harness::{ErrorCode, ErrorData, Event};
 
 /// Where a stream resumes: `?after=` if given, else the `Last-Event-ID`
 /// header a reconnecting `EventSource` sends, else the start (0).
@@ -44,14 +45,18 @@ fn frame(item: Published) -> Frame {
             .json_data(&*envelope),
         Published::Failed(error) => Frame::default()
             .event("error")
-            .json_data(json!({ "type": "error", "data": error })),
+            .json_data(Event::Error(error)),
     };
     built.unwrap_or_else(|e| {
         tracing::error!("cannot encode an event: {e}");
-        Frame::default().event("error").data(
-            json!({ "type": "error", "data": { "code": "internal", "message": "an event could not be encoded" } })
-                .to_string(),
-        )
+        let failure = Event::Error(ErrorData {
+            code: ErrorCode::Internal,
+            message: "an event could not be encoded".into(),
+        });
+        Frame::default()
+            .event("error")
+            .json_data(failure)
+            .unwrap_or_default()
     })
 }
 

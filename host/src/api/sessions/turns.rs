@@ -7,9 +7,9 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use karta_harness::{Decision, Envelope, Event, ReasoningPart, TextPart, ToolPart};
+use karta_harness::{Decision, Envelope, Event, ReasoningPart, StreamItem, TextPart, ToolPart};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -244,18 +244,18 @@ async fn answer_input(
     let after = sessions.last_seq(&id).await?;
     let mut events = sessions.subscribe(&id, after).await?;
     sessions.answer(&id, &request_id, request.decision).await?;
-    let mut continuation: Vec<Value> = Vec::new();
+    let mut continuation: Vec<StreamItem> = Vec::new();
     while let Some(item) = events.recv().await {
         match item {
             Published::Event(envelope) => {
                 let ends = envelope.event.ends_stream();
-                continuation.push(json!(&*envelope));
+                continuation.push(StreamItem::Logged(Envelope::clone(&envelope)));
                 if ends {
                     break;
                 }
             }
             Published::Failed(error) => {
-                continuation.push(json!({ "type": "error", "data": error }));
+                continuation.push(StreamItem::Unlogged(Event::Error(error)));
                 break;
             }
         }
