@@ -484,6 +484,76 @@ async fn regression_issue8_sessions_leave_memory() {
     server.stop().await;
 }
 
+/// Issue 8's measurement as a test: 10,000 `POST /v1/sessions` on a real
+/// `karta serve` keep its resident memory flat. Before sessions left
+/// memory, each one held ~57 KiB for good: 10,000 took RSS from 13 MiB to
+/// 586 MiB. Now what grows is sled's page cache, capped at
+/// [`karta_host::store::CACHE_BYTES`] (64 MiB); the release binary grows
+/// by ~16 MiB (BENCHMARKS.md, *Session memory*).
+#[test]
+fn regression_issue8_ten_thousand_sessions_keep_rss_flat() {
+    const SESSIONS: usize = 10_000;
+    const IN_FLIGHT: usize = 8;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut server = ServeProcess::start(
+        &crate::support::root().join("examples/hello"),
+        data.path(),
+        &[],
+        &[],
+    );
+    let pid = server.child.id();
+    let url = server.url.clone();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    let sessions_url = format!("{url}/v1/sessions");
+    let create = |n: usize| {
+        runtime.block_on(async {
+            for _ in 0..n.div_ceil(IN_FLIGHT) {
+                let batch = (0..IN_FLIGHT).map(|_| send("POST", &sessions_url, json!({})));
+                for (status, body) in futures_util::future::join_all(batch).await {
+                    assert_eq!(status, 201, "{body}");
+                }
+            }
+        })
+    };
+    // Warm up first (allocator arenas, the runtime's threads, sled's first
+    // pages), so that what follows is what sessions cost.
+    create(200);
+    let before = rss_mib(pid);
+    create(SESSIONS);
+    let after = rss_mib(pid);
+    eprintln!("RSS after the warm-up {before:.1} MiB, after {SESSIONS} sessions {after:.1} MiB");
+    let (_, listed) = runtime.block_on(send(
+        "GET",
+        &format!("{url}/v1/sessions?per_page=1"),
+        Value::Null,
+    ));
+    assert_eq!(listed["total"], SESSIONS + 200);
+    let metrics = runtime.block_on(crate::sessions::fetch("GET", &format!("{url}/metrics"), ""));
+    let metrics = String::from_utf8_lossy(&metrics.1).into_owned();
+    assert!(
+        metrics.lines().any(|l| l == "karta_live_sessions 0"),
+        "no created session stays in memory:\n{metrics}"
+    );
+    server.kill();
+    let cap = (karta_host::store::CACHE_BYTES >> 20) as f64;
+    assert!(
+        after - before < cap + 32.0,
+        "{SESSIONS} sessions took RSS from {before:.1} MiB to {after:.1} MiB \
+         (sled's cache is capped at {cap} MiB; the leak took ~560 MiB)"
+    );
+}
+
+/// Resident memory of `pid`, MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kib / 1024.0
+}
+
 /// `karta serve` (a process) on the support bot with a new data dir, and
 /// a session made on it.
 struct ServedSession {
