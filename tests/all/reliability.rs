@@ -645,6 +645,175 @@ async fn regression_issue8_after_kill_9_no_sequence_number_is_reused() {
     server.kill();
 }
 
+/// A provider that starts a streamed answer — a text block with two
+/// deltas — and then never finishes it: the turn stays running, its stream
+/// open, until the host dies.
+async fn provider_that_stalls_mid_answer() -> std::net::SocketAddr {
+    use std::convert::Infallible;
+
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    const STARTED: &str = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"stalling\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Half \"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"an answer\"}}\n\n",
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|_request| async {
+                    let started = futures_util::stream::once(async {
+                        Ok::<_, Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(
+                            STARTED.as_bytes(),
+                        )))
+                    });
+                    let body =
+                        futures_util::StreamExt::chain(started, futures_util::stream::pending());
+                    Ok::<_, Infallible>(
+                        hyper::Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .body(http_body_util::StreamBody::new(body))
+                            .expect("response"),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// kill -9 in the middle of a stream: the turn is running and its events
+/// are flowing to a client when the host dies. The client reconnects to
+/// the restarted host with the last number it saw and gets what followed
+/// it and the `interrupted` end, each once, numbered above everything the
+/// dead host could have handed out; the session goes on above that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_issue8_kill_9_mid_stream_then_reconnect_with_last_event_id() {
+    let provider = provider_that_stalls_mid_answer().await;
+    let app = support_bot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let provider_url = format!("http://{provider}");
+    let mut server = ServeProcess::start_with(
+        app.path(),
+        data.path(),
+        &["--upstream", "anthropic", "--upstream-url", &provider_url],
+        &[("KARTA_UPSTREAM_KEY", "sk-test")],
+    );
+    let url = server.url.clone();
+    let (_, session) = send("POST", &format!("{url}/v1/sessions"), json!({})).await;
+    let id = session["id"].as_str().expect("id").to_owned();
+
+    // The stream, read until the text has come: the turn is still running.
+    let request = hyper::Request::post(format!("{url}/v1/sessions/{id}/messages"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            json!({ "text": "tell me", "stream": true }).to_string(),
+        )))
+        .expect("request");
+    let response = crate::sessions::client()
+        .request(request)
+        .await
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    let mut frames = karta_harness::sse::body_events(response.into_body(), 1 << 20);
+    let mut seen: Vec<Value> = Vec::new();
+    while !seen.iter().any(|e| e["type"] == "text") {
+        let frame = futures_util::StreamExt::next(&mut frames)
+            .await
+            .expect("the stream is open")
+            .expect("a frame");
+        seen.push(karta_harness::sse::json_data::<Value>(&frame).expect("an event"));
+    }
+    let last_seen = seen.last().expect("seen")["seq"].as_u64().expect("seq");
+    server.kill();
+    drop(frames);
+
+    let mut server = ServeProcess::start(app.path(), data.path(), &[], &[]);
+    let url = server.url.clone();
+    let events_url = format!("{url}/v1/sessions/{id}/events");
+    let resumed = sse(
+        "GET",
+        &events_url,
+        None,
+        &[("last-event-id", &last_seen.to_string())],
+        usize::MAX,
+    )
+    .await;
+    let resumed_seqs: Vec<u64> = resumed.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!(
+        resumed_seqs.len(),
+        resumed.len(),
+        "every event is numbered: {resumed:#?}"
+    );
+    assert!(
+        resumed_seqs.iter().all(|s| *s > last_seen),
+        "nothing at or below {last_seen} again: {resumed_seqs:?}"
+    );
+    assert!(
+        resumed_seqs.windows(2).all(|w| w[0] < w[1]),
+        "{resumed_seqs:?}"
+    );
+    let last = resumed.last().expect("the stream ends");
+    assert_eq!(
+        (last["type"].as_str(), last["data"]["code"].as_str()),
+        (Some("error"), Some("interrupted")),
+        "{resumed:#?}"
+    );
+    assert_eq!(types(&resumed).iter().filter(|t| **t == "error").count(), 1);
+    let interrupted = last["seq"].as_u64().expect("seq");
+    eprintln!(
+        "seen before the kill: {:?}; resumed after {last_seen}: {:?}",
+        seen.iter()
+            .map(|e| (e["seq"].as_u64(), e["type"].as_str()))
+            .collect::<Vec<_>>(),
+        resumed
+            .iter()
+            .map(|e| (e["seq"].as_u64(), e["type"].as_str()))
+            .collect::<Vec<_>>(),
+    );
+
+    // Reconnecting again with the same number gives the same events: the
+    // repair happened once.
+    let again = sse(
+        "GET",
+        &events_url,
+        None,
+        &[("last-event-id", &last_seen.to_string())],
+        usize::MAX,
+    )
+    .await;
+    assert_eq!(again, resumed);
+
+    // The session goes on above the repair, each number once in its log.
+    let (status, answer) = send(
+        "POST",
+        &format!("{url}/v1/sessions/{id}/messages"),
+        json!({ "text": "still there?" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let all = sse("GET", &events_url, None, &[], usize::MAX).await;
+    let seqs: Vec<u64> = all.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let after: Vec<u64> = seqs.iter().copied().filter(|s| *s > interrupted).collect();
+    assert!(after.len() >= 3, "the next turn's events: {all:#?}");
+    assert_eq!(
+        after,
+        (interrupted + 1..interrupted + 1 + after.len() as u64).collect::<Vec<_>>(),
+        "one by one again after the repair"
+    );
+    server.kill();
+}
+
 /// A host that has shut down has released its data dir: the store opens
 /// again at once, with everything in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,7 +114,7 @@ impl Server {
     }
 }
 
-fn client() -> Client<HttpConnector, Full<Bytes>> {
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 

@@ -178,18 +178,24 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `karta [global_args] serve app …` with `env` added.
     pub fn start(app: &Path, data: &Path, global_args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::start_serving(Some(app), data, global_args, env)
+        Self::start_serving(Some(app), data, global_args, &[], env)
+    }
+
+    /// Starts `karta serve app … serve_args` with `env` added.
+    pub fn start_with(app: &Path, data: &Path, serve_args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_serving(Some(app), data, &[], serve_args, env)
     }
 
     /// Starts `karta serve` on every published project of `data`.
     pub fn start_published(data: &Path) -> Self {
-        Self::start_serving(None, data, &[], &[])
+        Self::start_serving(None, data, &[], &[], &[])
     }
 
     fn start_serving(
         app: Option<&Path>,
         data: &Path,
         global_args: &[&str],
+        serve_args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
         use std::io::BufRead;
@@ -199,6 +205,7 @@ impl ServeProcess {
             .args(app)
             .args(["--listen", "127.0.0.1:0", "--harness", "builtin", "--data"])
             .arg(data)
+            .args(serve_args)
             .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .spawn()
