@@ -5,6 +5,7 @@
 use serde_json::{Value, json};
 
 use super::offline;
+use super::translate::response::{anthropic_usage, openai_usage};
 
 fn anthropic_blocks(reply: &offline::Reply) -> Vec<Value> {
     let mut content = Vec::new();
@@ -37,17 +38,7 @@ pub(super) fn anthropic_message(reply: &offline::Reply, model: &str) -> Value {
         "content": anthropic_blocks(reply),
         "stop_reason": stop_reason(reply),
         "stop_sequence": null,
-        "usage": anthropic_usage(reply),
-    })
-}
-
-/// Anthropic's usage object.
-fn anthropic_usage(reply: &offline::Reply) -> Value {
-    json!({
-        "input_tokens": reply.input_tokens,
-        "output_tokens": reply.output_tokens,
-        "cache_read_input_tokens": reply.cache_read_tokens,
-        "cache_creation_input_tokens": reply.cache_write_tokens,
+        "usage": anthropic_usage(reply.usage()),
     })
 }
 
@@ -108,7 +99,7 @@ pub(super) fn anthropic_stream(
         json!({
             "type": "message_delta",
             "delta": { "stop_reason": stop_reason(reply), "stop_sequence": null },
-            "usage": anthropic_usage(reply),
+            "usage": anthropic_usage(reply.usage()),
         }),
     ));
     events.push((Some("message_stop"), json!({ "type": "message_stop" })));
@@ -127,18 +118,6 @@ fn openai_tool_calls(reply: &offline::Reply) -> Vec<Value> {
             })
         })
         .collect()
-}
-
-fn openai_usage(reply: &offline::Reply) -> Value {
-    // OpenAI has no cache writes: they are plain input; cached input is
-    // part of `prompt_tokens`.
-    let prompt = reply.input_tokens + reply.cache_read_tokens + reply.cache_write_tokens;
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": reply.output_tokens,
-        "total_tokens": prompt + reply.output_tokens,
-        "prompt_tokens_details": { "cached_tokens": reply.cache_read_tokens },
-    })
 }
 
 fn finish_reason(reply: &offline::Reply) -> &'static str {
@@ -163,7 +142,7 @@ pub(super) fn openai_completion(reply: &offline::Reply, model: &str) -> Value {
         "created": unix_now(),
         "model": model,
         "choices": [{ "index": 0, "message": message, "finish_reason": finish_reason(reply) }],
-        "usage": openai_usage(reply),
+        "usage": openai_usage(reply.usage()),
     })
 }
 
@@ -201,7 +180,7 @@ pub(super) fn openai_stream(
     if include_usage {
         let mut last = chunk(json!({}), Value::Null);
         last["choices"] = json!([]);
-        last["usage"] = openai_usage(reply);
+        last["usage"] = openai_usage(reply.usage());
         events.push((None, last));
     }
     events.push((None, Value::String("[DONE]".into())));

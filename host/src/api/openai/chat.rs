@@ -219,15 +219,10 @@ impl ChatRequest {
     }
 }
 
-/// OpenAI's `usage` of a turn's metered usage.
+/// OpenAI's `usage` of a turn's metered usage (the gateway's translation
+/// of a provider's answer writes the same).
 pub(super) fn usage(usage: &Usage) -> Value {
-    let prompt = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens;
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": prompt + usage.output_tokens,
-        "prompt_tokens_details": { "cached_tokens": usage.cache_read_tokens },
-    })
+    crate::gateway::translate::response::openai_usage(*usage)
 }
 
 /// What the stream sends for an event.

@@ -13,7 +13,7 @@ use super::{new_id, now_secs};
 
 /// OpenAI's response `usage` of a turn's metered usage.
 fn usage(usage: &Usage) -> Value {
-    let input = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens;
+    let input = usage.prompt_tokens();
     json!({
         "input_tokens": input,
         "input_tokens_details": {

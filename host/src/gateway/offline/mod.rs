@@ -64,6 +64,18 @@ pub(crate) struct Reply {
     pub(crate) cache_write_tokens: u64,
 }
 
+impl Reply {
+    /// What the reply's usage object says, in any wire shape.
+    pub(crate) fn usage(&self) -> karta_harness::Usage {
+        karta_harness::Usage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cache_read_tokens: self.cache_read_tokens,
+            cache_write_tokens: self.cache_write_tokens,
+        }
+    }
+}
+
 /// A directive asked for an HTTP failure.
 #[derive(Debug, PartialEq)]
 pub(crate) struct Failure {

@@ -25,7 +25,7 @@ pub(crate) fn anthropic_usage(usage: Usage) -> Value {
 
 /// A usage as OpenAI reports it (cache writes are plain input there).
 pub(crate) fn openai_usage(usage: Usage) -> Value {
-    let prompt = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens;
+    let prompt = usage.prompt_tokens();
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": usage.output_tokens,
