@@ -214,7 +214,16 @@ fn record_app_server_call(
         .filter_map(|c| c["text"].as_str())
         .collect::<Vec<_>>()
         .join("\n");
-    let content = if result["isError"] == true {
+    let content = if let Some(error) = response.get("error") {
+        // The server's own JSON-RPC error (an unknown tool, a crash in it).
+        Err(karta_harness::ToolError {
+            kind: karta_harness::ToolErrorKind::ToolError,
+            message: error["message"]
+                .as_str()
+                .unwrap_or("the server answered with an error")
+                .to_owned(),
+        })
+    } else if result["isError"] == true {
         Err(karta_harness::ToolError {
             kind: karta_harness::ToolErrorKind::ToolError,
             message: text,

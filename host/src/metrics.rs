@@ -5,7 +5,7 @@
 //! | `karta_turns_total` | counter | `harness`, `outcome` (completed, denied, cancelled, error) |
 //! | `karta_turn_duration_seconds` | histogram | `harness` |
 //! | `karta_turn_host_seconds` | histogram | `harness`, `phase` (`start`: message accepted → handed to the harness; `end`: harness returned → terminal event saved, flushed and published) |
-//! | `karta_tool_calls_total` | counter | `outcome` (`ok` or the error kind) |
+//! | `karta_tool_calls_total` | counter | `kind` (`plugin`, `skill`: the built-in `load_skill`, `mcp_server`: a compiled MCP server of the app, `unknown`: a name no tool has), `outcome` (`ok` or the error kind) |
 //! | `karta_tool_fuel_total` | counter | — |
 //! | `karta_model_tokens_total` | counter | `kind` (input, output, cache_read, cache_write) |
 //! | `karta_live_sessions` | gauge | — (sessions in memory) |
@@ -71,8 +71,35 @@ impl HostPhase {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
+struct ToolLabels {
+    kind: &'static str,
     outcome: &'static str,
+}
+
+/// What ran a tool call the host made. (The harness's own tools — Claude
+/// Code's `Bash`, `Read`… — run inside its process, in its jail; they show
+/// in the turn's `tool_use` events, not here.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToolKind {
+    /// A plugin's tool, in wasmtime.
+    Plugin,
+    /// The built-in `load_skill`.
+    Skill,
+    /// A tool of one of the app's MCP servers compiled to a component.
+    McpServer,
+    /// A name no tool of the session has (the call failed before running).
+    Unknown,
+}
+
+impl ToolKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ToolKind::Plugin => "plugin",
+            ToolKind::Skill => "skill",
+            ToolKind::McpServer => "mcp_server",
+            ToolKind::Unknown => "unknown",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -89,7 +116,7 @@ pub struct Metrics {
     turns: Family<TurnLabels, Counter>,
     turn_seconds: HistogramFamily<HarnessLabel>,
     host_seconds: HistogramFamily<PhaseLabels>,
-    tool_calls: Family<OutcomeLabel, Counter>,
+    tool_calls: Family<ToolLabels, Counter>,
     fuel: Counter,
     tokens: Family<TokenKind, Counter>,
     /// Sessions in memory (kept by the live-session map).
@@ -131,7 +158,7 @@ impl Metrics {
         let turn_seconds: HistogramFamily<HarnessLabel> =
             Family::new_with_constructor(turn_buckets);
         let host_seconds: HistogramFamily<PhaseLabels> = Family::new_with_constructor(host_buckets);
-        let tool_calls = Family::<OutcomeLabel, Counter>::default();
+        let tool_calls = Family::<ToolLabels, Counter>::default();
         let fuel = Counter::default();
         let tokens = Family::<TokenKind, Counter>::default();
         let live_sessions = Gauge::default();
@@ -253,14 +280,17 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Counts a tool call and its fuel.
-    pub fn record_tool_call(&self, result: &ToolResult) {
+    /// Counts a tool call of `kind` and its fuel.
+    pub fn record_tool_call(&self, kind: ToolKind, result: &ToolResult) {
         let outcome = match &result.content {
             Ok(_) => "ok",
             Err(error) => error.kind.as_str(),
         };
         self.tool_calls
-            .get_or_create(&OutcomeLabel { outcome })
+            .get_or_create(&ToolLabels {
+                kind: kind.as_str(),
+                outcome,
+            })
             .inc();
         if let Some(fuel) = result.fuel {
             self.fuel.inc_by(fuel);

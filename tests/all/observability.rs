@@ -34,7 +34,7 @@ async fn a_builtin_turn_counts_its_tokens_once_and_shows_in_the_metrics() {
     // memory once its stream is gone: read until both have happened.
     let expected = [
         "karta_turns_total{harness=\"builtin\",outcome=\"completed\"} 1",
-        "karta_tool_calls_total{outcome=\"ok\"} 1",
+        "karta_tool_calls_total{kind=\"plugin\",outcome=\"ok\"} 1",
         "karta_live_sessions 0",
         "karta_harness_processes 0",
     ];

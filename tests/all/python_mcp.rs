@@ -207,6 +207,17 @@ async fn python_server_over_http_answers_as_the_process_does() {
         expected.last().map(|r| r["error"]["code"].clone()),
         Some(json!(-32603))
     );
+    // Each call is counted as a compiled MCP server's, with its outcome.
+    let failed = expected[2..]
+        .iter()
+        .filter(|r| r.get("error").is_some() || r["result"]["isError"] == true)
+        .count();
+    let metrics = crate::sessions::get_text(&server.url("/metrics")).await;
+    for (outcome, count) in [("ok", calls.len() - failed), ("tool_error", failed)] {
+        let line =
+            format!("karta_tool_calls_total{{kind=\"mcp_server\",outcome=\"{outcome}\"}} {count}");
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 
     // Unknown servers and tokens learn nothing.
     let base = format!("{}/mcp/{token}/servers", server.host.mcp_url());

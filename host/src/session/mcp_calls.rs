@@ -62,9 +62,9 @@ impl Sessions {
     }
 
     /// Records a call of the app's compiled MCP server `server` (its fuel
-    /// and time), so the harness's `tool_use` of it reports them as it does
-    /// for plugins: under the names Claude Code (`mcp__<server>__<tool>`)
-    /// and OpenCode (`<server>_<tool>`) give the tool.
+    /// and time): in the metrics, and for the harness's `tool_use` of it
+    /// to report them as it does for plugins, under the names Claude Code
+    /// (`mcp__<server>__<tool>`) and OpenCode (`<server>_<tool>`) give it.
     pub fn record_app_server_run(
         &self,
         session: &str,
@@ -73,6 +73,8 @@ impl Sessions {
         input: &serde_json::Value,
         result: &karta_harness::ToolResult,
     ) {
+        self.metrics
+            .record_tool_call(crate::metrics::ToolKind::McpServer, result);
         if let Some(live) = self.live.peek(session) {
             live.record_tool_run(&format!("mcp__{server}__{tool}"), input, result);
             live.record_tool_run(&format!("{server}_{tool}"), input, result);

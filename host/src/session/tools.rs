@@ -18,7 +18,7 @@ use super::live::LiveRef;
 use crate::app::AppSpec;
 use crate::billing::Ledger;
 use crate::meter::UsageKind;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ToolKind};
 use crate::plugin::{CallOptions, Plugin};
 
 /// One tool a session may call.
@@ -109,9 +109,15 @@ impl Toolbox {
         tool: &str,
         input: &Value,
     ) -> ToolResult {
-        let own_fuel = tools
-            .iter()
-            .find(|t| t.def.name == tool)
+        let called = tools.iter().find(|t| t.def.name == tool);
+        let kind = match called {
+            Some(SessionTool {
+                plugin: Some(_), ..
+            }) => ToolKind::Plugin,
+            Some(_) => ToolKind::Skill,
+            None => ToolKind::Unknown,
+        };
+        let own_fuel = called
             .and_then(|t| t.plugin.as_ref())
             .map(|plugin| plugin.grant().limits.fuel);
         let billing = self
@@ -130,7 +136,7 @@ impl Toolbox {
             }
         }
         let mut result = run_tool(&self.app, tools, workspace, tool, input, fuel_cap).await;
-        self.metrics.record_tool_call(&result);
+        self.metrics.record_tool_call(kind, &result);
         if let (Some((ledger, scope)), Some(fuel)) = (&billing, result.fuel) {
             let record = Ledger::record_for(
                 scope,
