@@ -24,6 +24,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::MatchedPath;
+use axum::http::Request;
 use axum::serve::{Listener, ListenerExt};
 use karta_harness::jail::net::InProcessPort;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -31,6 +33,40 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+/// Gives every request of `router` a `request` span — the server's name,
+/// the method, the route as declared (never the path itself: the MCP
+/// server's carries a session's token) and, once a handler knows it, the
+/// session (`Span::current().record("session", …)`) — so whatever is
+/// logged while it is served says for whom. Its answer is logged at DEBUG
+/// (these are the harness's calls, several a turn; the API logs each turn's
+/// request at INFO), a server error at WARN.
+///
+/// Used for the model gateway and the MCP server; the API has its own
+/// span (`api::router`), with the path.
+pub fn with_request_spans(router: Router, server: &'static str) -> Router {
+    router.route_layer(
+        TraceLayer::new_for_http()
+            .make_span_with(move |request: &Request<_>| {
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("", MatchedPath::as_str);
+                tracing::info_span!(
+                    "request",
+                    server,
+                    method = %request.method(),
+                    route,
+                    session = tracing::field::Empty,
+                )
+            })
+            .on_request(())
+            .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+            .on_failure(DefaultOnFailure::new().level(Level::WARN)),
+    )
+}
 
 /// A server running in a task of its own. Dropping it stops the server;
 /// [`ServerTask::stop`] also waits for it to finish (its connections

@@ -61,7 +61,7 @@ const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// The MCP router: `POST /mcp/{token}` (served by the host on its own
 /// loopback port, through [`crate::listen::spawn_server`]).
 pub fn router(projects: Arc<Projects>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(
             "/mcp/{token}",
             post(handle).get(|| async { StatusCode::METHOD_NOT_ALLOWED }),
@@ -70,7 +70,8 @@ pub fn router(projects: Arc<Projects>) -> Router {
             "/mcp/{token}/servers/{name}",
             post(handle_app_server).get(|| async { StatusCode::METHOD_NOT_ALLOWED }),
         )
-        .with_state(projects)
+        .with_state(projects);
+    crate::listen::with_request_spans(routes, "mcp")
 }
 
 fn rpc_error(id: Value, code: i64, message: &str) -> Value {
@@ -86,6 +87,7 @@ async fn handle(
         // Unknown tokens learn nothing, not even whether the route exists.
         return StatusCode::NOT_FOUND.into_response();
     };
+    tracing::Span::current().record("session", session.as_str());
     let bytes = match http_body_util::Limited::new(body, MAX_MESSAGE_BYTES)
         .collect()
         .await
@@ -257,6 +259,7 @@ async fn handle_app_server(
     let Some((sessions, session)) = projects.for_mcp_token(&token) else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    tracing::Span::current().record("session", session.as_str());
     let Some(server) = sessions
         .python_servers()
         .and_then(|s| s.get(&name))

@@ -240,4 +240,16 @@ fn serve_logs_requests_and_failed_turns() {
         }),
         "requests are logged with their session: {json_lines:#?}"
     );
+    // The model call the turn made went through the gateway in a span of
+    // its own, naming the session (its 500 is logged there).
+    let gateway_failure = json_lines
+        .iter()
+        .find(|l| l["span"]["server"] == "gateway" && l["span"]["route"] == "/v1/messages");
+    let gateway_failure =
+        gateway_failure.unwrap_or_else(|| panic!("a gateway request's line in {json_lines:#?}"));
+    assert_eq!(
+        gateway_failure["span"]["session"],
+        id.as_str(),
+        "{gateway_failure}"
+    );
 }

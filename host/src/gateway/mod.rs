@@ -332,12 +332,14 @@ impl Gateway {
             .collect()
     }
 
-    /// The router: `/v1/messages`, `/v1/chat/completions`.
+    /// The router: `/v1/messages`, `/v1/chat/completions`, each request in
+    /// a span naming its session ([`crate::listen::with_request_spans`]).
     pub fn router(&self) -> Router {
-        Router::new()
+        let routes = Router::new()
             .route("/v1/messages", post(anthropic_messages))
             .route("/v1/chat/completions", post(openai_chat))
-            .with_state(self.clone())
+            .with_state(self.clone());
+        crate::listen::with_request_spans(routes, "gateway")
     }
 
     /// The gateway as an in-process [`ModelService`] for the builtin loop:
@@ -647,6 +649,7 @@ async fn handle(gateway: Gateway, kind: UpstreamKind, headers: HeaderMap, body: 
         KeyHolder::Session(session) => session,
         KeyHolder::PoolSlot(_) => return warm_up_answer(kind, streaming, &model),
     };
+    tracing::Span::current().record("session", session.as_str());
     gateway.count_request(&session);
     // The model name picks the provider; the ledger prices the name the
     // provider knows.
