@@ -125,6 +125,11 @@ async fn the_openapi_document_names_every_route() {
         "GET /readyz",
         "GET /metrics",
         "GET /openapi.json",
+        "GET /",
+        "GET /_karta/chat.js",
+        "GET /_karta/chat.css",
+        "GET /{org}/{project}",
+        "GET /{org}/{project}/",
         "POST /v1/embed/session-tokens",
         "GET /v1/admin/orgs",
         "POST /v1/admin/orgs",
@@ -177,7 +182,11 @@ async fn the_openapi_document_names_every_route() {
     // Everything documented is routed (not the fallback's "no such route").
     for route in &documented {
         let (method, path) = route.split_once(' ').expect("method and path");
+        // The folder served is the dev org's project (an unknown project's
+        // page is the same 404 as an unknown route).
         let path = path
+            .replace("{org}", karta_host::projects::DEV_ORG)
+            .replace("{project}", &karta_host::projects::slug_of("support-bot"))
             .replace("{id}", "ses_none")
             .replace("{request_id}", "req_none");
         let (_, body) =

@@ -265,11 +265,21 @@ fn body_for(method: &str, path: &str, archive: &Bytes) -> (Bytes, &'static str) 
     }
 }
 
-/// Routes anyone may call.
+/// Routes anyone may call. (The chat page and its assets hold no data:
+/// what the page shows comes through the session routes, with a token.)
 fn public(path: &str) -> bool {
     matches!(
         path,
-        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/v1/embed/session-tokens"
+        "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/openapi.json"
+            | "/v1/embed/session-tokens"
+            | "/"
+            | "/_karta/chat.js"
+            | "/_karta/chat.css"
+            | "/{org}/{project}"
+            | "/{org}/{project}/"
     )
 }
 

@@ -27,6 +27,7 @@
 //! | `/v1/managed-agents/sessions…` | the Anthropic Managed Agents adapter (`managed/`) |
 //! | `POST /v1/chat/completions` | OpenAI Chat Completions: a turn of a fresh session (`openai`) |
 //! | `POST /v1/responses` | OpenAI Responses: a turn; `previous_response_id` continues its session |
+//! | `GET /{org}/{project}/`, `GET /` (dev mode) | the chat page for end users (`page/`), its assets at `/_karta/` |
 //!
 //! Errors are `{"error": "<code>", "message": "…"}` with the protocol's
 //! status codes; internal details are logged, not sent. Every request runs
@@ -84,7 +85,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
         (name = "openai", description = "OpenAI Chat Completions and Responses over the app's turns"),
         (name = "operations", description = "Health, readiness, metrics"),
         (name = "auth", description = "The embed flow: session tokens for a customer's page"),
-        (name = "admin", description = "Orgs, projects, keys, releases (operator routes)")
+        (name = "admin", description = "Orgs, projects, keys, releases (operator routes)"),
+        (name = "page", description = "The chat page for end users (HTML) and its assets")
     )
 )]
 struct ApiDoc;
@@ -107,10 +109,10 @@ pub fn router(projects: Arc<Projects>) -> Router {
         .nest("/{org}/{project}", openai::routes())
         .merge(admin::routes())
         .merge(webhooks::routes())
+        .merge(page::routes())
         .split_for_parts();
     OPENAPI.get_or_init(|| document.to_pretty_json().unwrap_or_else(|_| "{}".into()));
     router
-        .merge(page::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Dev mode (no API key exists): only loopback callers (see

@@ -13,13 +13,13 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::projects::Projects;
 
 const INDEX: &str = include_str!("index.html");
@@ -31,19 +31,27 @@ const STYLE: &str = include_str!("chat.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                    connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'";
 
-pub(super) fn routes() -> Router<Arc<Projects>> {
-    Router::new()
-        .route("/", get(dev_page))
-        .route(
-            "/_karta/chat.js",
-            get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
-        )
-        .route(
-            "/_karta/chat.css",
-            get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
-        )
-        .route("/{org}/{project}", get(project_page))
-        .route("/{org}/{project}/", get(project_page))
+pub(super) fn routes() -> OpenApiRouter<Arc<Projects>> {
+    OpenApiRouter::new()
+        .routes(routes!(dev_page))
+        .routes(routes!(chat_script))
+        .routes(routes!(chat_style))
+        .routes(routes!(project_page))
+        .routes(routes!(project_page_slash))
+}
+
+/// The page's script.
+#[utoipa::path(get, path = "/_karta/chat.js", tag = "page",
+    responses((status = 200, description = "JavaScript", content_type = "text/javascript")))]
+async fn chat_script() -> Response {
+    asset(SCRIPT, "text/javascript; charset=utf-8")
+}
+
+/// The page's style.
+#[utoipa::path(get, path = "/_karta/chat.css", tag = "page",
+    responses((status = 200, description = "CSS", content_type = "text/css")))]
+async fn chat_style() -> Response {
+    asset(STYLE, "text/css; charset=utf-8")
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
@@ -77,6 +85,11 @@ fn not_found() -> ApiError {
 }
 
 /// `/`: the page of the folder `karta serve DIR` serves (dev mode only).
+#[utoipa::path(get, path = "/", tag = "page",
+    responses(
+        (status = 200, description = "The chat page (HTML)", content_type = "text/html"),
+        (status = 404, description = "Not in dev mode", body = ErrorBody),
+    ))]
 async fn dev_page(State(projects): State<Arc<Projects>>) -> Result<Response, ApiError> {
     if projects.dev().is_none() {
         return Err(not_found());
@@ -85,6 +98,12 @@ async fn dev_page(State(projects): State<Arc<Projects>>) -> Result<Response, Api
 }
 
 /// `/{org}/{project}/`: the page of a project that exists.
+#[utoipa::path(get, path = "/{org}/{project}/", tag = "page",
+    params(("org" = String, Path, description = "The org's slug"), ("project" = String, Path, description = "The project's slug")),
+    responses(
+        (status = 200, description = "The chat page (HTML)", content_type = "text/html"),
+        (status = 404, description = "No such project", body = ErrorBody),
+    ))]
 async fn project_page(
     State(projects): State<Arc<Projects>>,
     Path((org, project)): Path<(String, String)>,
@@ -94,4 +113,18 @@ async fn project_page(
     auth.project_by_slug(&org.id, &project)?
         .ok_or_else(not_found)?;
     Ok(page())
+}
+
+/// `/{org}/{project}`: the same page, without the trailing slash.
+#[utoipa::path(get, path = "/{org}/{project}", tag = "page",
+    params(("org" = String, Path, description = "The org's slug"), ("project" = String, Path, description = "The project's slug")),
+    responses(
+        (status = 200, description = "The chat page (HTML)", content_type = "text/html"),
+        (status = 404, description = "No such project", body = ErrorBody),
+    ))]
+async fn project_page_slash(
+    state: State<Arc<Projects>>,
+    path: Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    project_page(state, path).await
 }
