@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use karta_harness::http::HttpClient;
@@ -201,8 +201,9 @@ struct HostInner {
     api: tokio::sync::Mutex<Vec<ServerTask>>,
     /// The gateway and the MCP server: stopped after the turns.
     ways_out: tokio::sync::Mutex<Vec<ServerTask>>,
-    /// Revokes the credentials of sessions whose harness process stopped.
-    sweeper: tokio::task::AbortHandle,
+    /// Revokes the credentials of sessions whose harness process stopped
+    /// (taken and awaited at shutdown).
+    sweeper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Sends the webhook outbox (stopped at shutdown; what is pending is
     /// sent at the next start).
     webhook_delivery: tokio::sync::Mutex<Option<crate::webhooks::DeliveryTask>>,
@@ -210,7 +211,13 @@ struct HostInner {
 
 impl Drop for HostInner {
     fn drop(&mut self) {
-        self.sweeper.abort();
+        let sweeper = self
+            .sweeper
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(sweeper) = sweeper.take() {
+            sweeper.abort();
+        }
     }
 }
 
@@ -325,7 +332,6 @@ impl Host {
                     }
                 }
             })
-            .abort_handle()
         };
         Ok(Self {
             inner: Arc::new(HostInner {
@@ -334,7 +340,7 @@ impl Host {
                 mcp_url,
                 api: tokio::sync::Mutex::default(),
                 ways_out: tokio::sync::Mutex::new(vec![gateway_server, mcp_server]),
-                sweeper,
+                sweeper: std::sync::Mutex::new(Some(sweeper)),
                 webhook_delivery: tokio::sync::Mutex::new(Some(webhooks.start())),
             }),
         })
@@ -441,7 +447,17 @@ impl Host {
         for server in ways_out {
             server.stop().await;
         }
-        self.inner.sweeper.abort();
+        let sweeper = self
+            .inner
+            .sweeper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(sweeper) = sweeper {
+            // Aborted at its next await; a sweep under way finishes first.
+            sweeper.abort();
+            let _ = sweeper.await;
+        }
         if let Some(delivery) = self.inner.webhook_delivery.lock().await.take() {
             delivery.stop().await;
         }

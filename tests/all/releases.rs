@@ -34,21 +34,9 @@ fn hello_archive() -> &'static [u8] {
     ARCHIVE.get_or_init(|| pack_dir(&root().join("examples/hello")).expect("packs"))
 }
 
-/// Opens the releases of a data dir, waiting a little for sled's file
-/// lock: after a `drop`, sled's background threads may hold the file for a
-/// moment, and a child process spawned by a neighbouring test holds a copy
-/// of every descriptor until its `exec`.
+/// Opens the releases of a data dir.
 fn open(data: &Path) -> Releases {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let store = loop {
-        match Store::open(&data.join("db")) {
-            Ok(store) => break store,
-            Err(e) if Instant::now() < deadline && e.to_string().contains("lock") => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("store opens: {e}"),
-        }
-    };
+    let store = Store::open(&data.join("db")).expect("store opens");
     Releases::open(store, data).expect("releases open")
 }
 
