@@ -14,15 +14,10 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use karta_harness::http::MAX_EVENT_BYTES;
+use karta_harness::http::{HttpClient, MAX_EVENT_BYTES};
 use karta_harness::{Decision, Event, InputRequiredData, StreamItem, TurnStatus, sse};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 struct Chat {
     client: HttpClient,
@@ -38,7 +33,7 @@ pub async fn run(
     session: Option<String>,
     agent: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let client = HttpClient::new();
     let base = url.trim_end_matches('/').to_owned();
     let mut body = json!({});
     if let Some(id) = session {

@@ -17,9 +17,6 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 /// Where a running server leaves its address.
@@ -350,7 +347,7 @@ pub enum Operator {
 struct Admin {
     base: String,
     credential: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: karta_harness::http::HttpClient,
     /// The host started for this command, when no server runs.
     local: Option<karta_host::Host>,
 }
@@ -370,7 +367,7 @@ fn parse_version(text: &str) -> anyhow::Result<u32> {
 
 impl Admin {
     async fn connect(target: &Target) -> anyhow::Result<Self> {
-        let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let client = karta_harness::http::HttpClient::new();
         if let Some(server) = &target.server {
             let credential = std::env::var("KARTA_API_KEY")
                 .ok()
