@@ -29,6 +29,13 @@
 //!   request, then one `user` line a turn); the time is from writing the
 //!   `user` line to reading the `result` line. Two untimed turns first.
 //!
+//! The host logs as `karta serve` does: the same subscriber at its default
+//! level (`info`, or `RUST_LOG`), formatting every line it writes, into a
+//! sink rather than stderr (the bench's own output is there). So the
+//! request spans and log lines of the API, the gateway and the MCP server
+//! are in Karta's time (the provider, a gateway too, logs into it as well,
+//! on both paths).
+//!
 //! Every timed turn starts once all `claude` processes are idle: `claude`
 //! keeps working for a while after its `result` line, and a turn timed
 //! meanwhile would pay for it (a person's think time does the same).
@@ -1645,6 +1652,13 @@ fn bench(c: &mut Criterion) {
             Route::Relay => floor,
         })
         .collect();
+    // `karta serve`'s logger (see the module docs), into a sink.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::sink)
+        .try_init();
     let rt = common::runtime();
     let app = common::support_bot_app();
     let data = tempfile::tempdir().expect("tempdir");
