@@ -202,7 +202,8 @@ async fn the_openapi_document_names_every_route() {
 }
 
 /// `karta serve` logs each request (with its session) and a failed turn,
-/// as JSON lines with `--log-format json`.
+/// as JSON lines with `--log-format json`, and serves `/metrics` and
+/// `/openapi.json`.
 #[test]
 fn serve_logs_requests_and_failed_turns() {
     let app = support_bot();
@@ -226,6 +227,17 @@ fn serve_logs_requests_and_failed_turns() {
         )
         .await;
         assert_eq!((status, answer["status"].as_str()), (200, Some("error")));
+        // The process serves its metrics and its OpenAPI document too.
+        let metrics = get_text(&format!("{url}/metrics")).await;
+        // (The turn is counted just after its end is published: its line
+        // may not be there yet, the family's is.)
+        assert!(
+            metrics.lines().any(|l| l == "# TYPE karta_turns counter"),
+            "{metrics}"
+        );
+        let document: Value =
+            serde_json::from_str(&get_text(&format!("{url}/openapi.json")).await).expect("JSON");
+        assert!(document["paths"]["/v1/sessions/{id}/messages"]["post"].is_object());
         id
     });
     server.kill();

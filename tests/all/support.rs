@@ -243,6 +243,16 @@ impl ServeProcess {
     }
 }
 
+impl Drop for ServeProcess {
+    /// A test that fails midway does not leave its server running (holding
+    /// the test run's output open, which would keep the run from ending).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
 /// Whether this test may build jails (it runs as root); otherwise prints
 /// why the test (`what`) is skipped and says no.
 pub fn can_jail(what: &str) -> bool {
