@@ -580,6 +580,50 @@ async fn served_session() -> ServedSession {
     }
 }
 
+/// The events of a session's log after `last_seen`, as a client that
+/// reconnects with `Last-Event-ID` reads them (to the stream's end).
+async fn reconnect(events_url: &str, last_seen: u64) -> Vec<Value> {
+    sse(
+        "GET",
+        events_url,
+        None,
+        &[("last-event-id", &last_seen.to_string())],
+        usize::MAX,
+    )
+    .await
+}
+
+/// After a crash's repair (its `interrupted` numbered `interrupted`), the
+/// session goes on: a turn runs, and its events are numbered one by one
+/// from the repair, every number of the log once. Returns the whole log.
+async fn goes_on_after_the_repair(url: &str, id: &str, interrupted: u64) -> Vec<Value> {
+    let (status, answer) = send(
+        "POST",
+        &format!("{url}/v1/sessions/{id}/messages"),
+        json!({ "text": "still there?" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let all = sse(
+        "GET",
+        &format!("{url}/v1/sessions/{id}/events"),
+        None,
+        &[],
+        usize::MAX,
+    )
+    .await;
+    let seqs: Vec<u64> = all.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let after: Vec<u64> = seqs.iter().copied().filter(|s| *s > interrupted).collect();
+    assert!(after.len() >= 4, "the next turn's events: {all:#?}");
+    assert_eq!(
+        after,
+        (interrupted + 1..interrupted + 1 + after.len() as u64).collect::<Vec<_>>(),
+        "one by one again after the repair"
+    );
+    all
+}
+
 /// kill -9 in the middle of a turn; a client that reconnects with the last
 /// number it saw gets the `interrupted` end and then what follows, once
 /// each, and no number is ever given twice.
@@ -610,38 +654,15 @@ async fn regression_issue8_after_kill_9_no_sequence_number_is_reused() {
     let mut server = ServeProcess::start(app.path(), data.path(), &[], &[]);
     let url = server.url.clone();
     let events_url = format!("{url}/v1/sessions/{id}/events");
-    let resumed = sse(
-        "GET",
-        &events_url,
-        None,
-        &[("last-event-id", &last_seen.to_string())],
-        usize::MAX,
-    )
-    .await;
+    let resumed = reconnect(&events_url, last_seen).await;
     assert_eq!(types(&resumed), ["error"], "{resumed:#?}");
     assert_eq!(resumed[0]["data"]["code"], "interrupted");
     let interrupted = resumed[0]["seq"].as_u64().expect("seq");
     assert!(interrupted > last_seen, "{interrupted} after {last_seen}");
 
     // The session goes on above it; the whole log has each number once.
-    let (status, _) = send(
-        "POST",
-        &format!("{url}/v1/sessions/{id}/messages"),
-        json!({ "text": "still there?" }),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let all = sse("GET", &events_url, None, &[], usize::MAX).await;
-    let seqs: Vec<u64> = all.iter().filter_map(|e| e["seq"].as_u64()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let all = goes_on_after_the_repair(&url, &id, interrupted).await;
     assert_eq!(types(&all).iter().filter(|t| **t == "error").count(), 1);
-    assert!(seqs.iter().filter(|s| **s > interrupted).count() >= 4);
-    let after_restart: Vec<u64> = seqs.iter().copied().filter(|s| *s > interrupted).collect();
-    assert_eq!(
-        after_restart,
-        (interrupted + 1..interrupted + 1 + after_restart.len() as u64).collect::<Vec<_>>(),
-        "one by one again after the repair"
-    );
     server.kill();
 }
 
@@ -740,14 +761,7 @@ async fn regression_issue8_kill_9_mid_stream_then_reconnect_with_last_event_id()
     let mut server = ServeProcess::start(app.path(), data.path(), &[], &[]);
     let url = server.url.clone();
     let events_url = format!("{url}/v1/sessions/{id}/events");
-    let resumed = sse(
-        "GET",
-        &events_url,
-        None,
-        &[("last-event-id", &last_seen.to_string())],
-        usize::MAX,
-    )
-    .await;
+    let resumed = reconnect(&events_url, last_seen).await;
     let resumed_seqs: Vec<u64> = resumed.iter().filter_map(|e| e["seq"].as_u64()).collect();
     assert_eq!(
         resumed_seqs.len(),
@@ -783,34 +797,10 @@ async fn regression_issue8_kill_9_mid_stream_then_reconnect_with_last_event_id()
 
     // Reconnecting again with the same number gives the same events: the
     // repair happened once.
-    let again = sse(
-        "GET",
-        &events_url,
-        None,
-        &[("last-event-id", &last_seen.to_string())],
-        usize::MAX,
-    )
-    .await;
-    assert_eq!(again, resumed);
+    assert_eq!(reconnect(&events_url, last_seen).await, resumed);
 
     // The session goes on above the repair, each number once in its log.
-    let (status, answer) = send(
-        "POST",
-        &format!("{url}/v1/sessions/{id}/messages"),
-        json!({ "text": "still there?" }),
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
-    let all = sse("GET", &events_url, None, &[], usize::MAX).await;
-    let seqs: Vec<u64> = all.iter().filter_map(|e| e["seq"].as_u64()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
-    let after: Vec<u64> = seqs.iter().copied().filter(|s| *s > interrupted).collect();
-    assert!(after.len() >= 3, "the next turn's events: {all:#?}");
-    assert_eq!(
-        after,
-        (interrupted + 1..interrupted + 1 + after.len() as u64).collect::<Vec<_>>(),
-        "one by one again after the repair"
-    );
+    goes_on_after_the_repair(&url, &id, interrupted).await;
     server.kill();
 }
 
