@@ -204,6 +204,9 @@ impl BuiltinHarness {
             .into_iter()
             .map(|t| json!({ "name": t.name, "description": t.description, "input_schema": t.input_schema }))
             .collect();
+        // A name the model was not offered is no tool of this loop's: it
+        // fails as unknown without asking a person first.
+        let offered = |name: &str| tools.iter().any(|t| t["name"] == name);
 
         let mut ended_by_error = None;
         for step_index in 0..MAX_STEPS {
@@ -279,7 +282,7 @@ impl BuiltinHarness {
                 }
                 let tool = block["name"].as_str().unwrap_or_default().to_owned();
                 let input = block["input"].clone();
-                let (result, denied) = self.run_tool(&cx, &id, &tool, &input).await;
+                let (result, denied) = self.run_tool(&cx, &id, &tool, &input, offered(&tool)).await;
                 if denied {
                     status = TurnStatus::Denied;
                 }
@@ -308,7 +311,8 @@ impl BuiltinHarness {
         }
     }
 
-    /// Runs one tool call with its approval; returns the `tool_result` block
+    /// Runs one tool call with its approval (none for a tool the model was
+    /// not `offered`: it fails as unknown); returns the `tool_result` block
     /// and whether a person denied it.
     async fn run_tool(
         &self,
@@ -316,8 +320,14 @@ impl BuiltinHarness {
         id: &str,
         tool: &str,
         input: &Value,
+        offered: bool,
     ) -> (Value, bool) {
-        if let Err(why) = cx.approve(tool, input).await {
+        let refused = if offered {
+            cx.approve(tool, input).await.err()
+        } else {
+            None
+        };
+        if let Some(why) = refused {
             let denial = ToolError {
                 kind: ToolErrorKind::Denied,
                 message: why.to_owned(),

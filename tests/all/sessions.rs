@@ -632,6 +632,38 @@ async fn approvals_allow_and_deny() {
     server.stop().await;
 }
 
+/// A tool the model was not offered fails as unknown at once: no person
+/// is asked to approve a call of a tool that does not exist (the built-in
+/// loop asked before, and the call failed only once approved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_of_an_unknown_tool_fails_without_asking_anyone() {
+    let (server, _app, _data) = support_bot_server().await;
+    let id = new_session(&server, json!({})).await;
+    let events = sse(
+        "POST",
+        &server.url(&format!("/v1/sessions/{id}/messages")),
+        Some(json!({ "text": "/tool no_such_tool {\"x\": 1}", "stream": true })),
+        &[],
+        usize::MAX,
+    )
+    .await;
+    assert!(!types(&events).contains(&"input_required"), "{events:#?}");
+    let failed = events
+        .iter()
+        .find(|e| e["type"] == "tool_use" && e["data"]["part"]["state"]["status"] == "error")
+        .unwrap_or_else(|| panic!("a failed tool_use in {events:#?}"));
+    assert_eq!(
+        failed["data"]["part"]["state"]["error"]["kind"], "unknown_tool",
+        "{failed}"
+    );
+    let done = events.last().expect("done");
+    assert_eq!(
+        (done["type"].as_str(), done["data"]["status"].as_str()),
+        (Some("done"), Some("completed"))
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_turn_refuses_a_second_message_and_can_be_cancelled() {
     let app = support_bot();
