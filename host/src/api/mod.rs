@@ -137,6 +137,12 @@ pub fn router(projects: Arc<Projects>) -> Router {
         .with_state(projects)
 }
 
+/// Names the session in the request's span (the `session` field of the
+/// span [`router`]'s trace layer opens).
+fn in_span(id: &str) {
+    tracing::Span::current().record("session", id);
+}
+
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The host is up")))]

@@ -28,6 +28,7 @@ use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, header};
 
 use super::error::ApiError;
+use super::extract::ApiPath;
 use crate::auth::{AuthError, Org, Principal, Project, Scope};
 use crate::projects::{ProjectError, Projects};
 use crate::session::Sessions;
@@ -390,5 +391,43 @@ impl Tenant {
             Some(user) => SessionScope::end_user_key(&self.project.id, user),
             None => SessionScope::project_key(&self.project.id),
         }
+    }
+}
+
+/// A route's `{id}` (its other parameters are read elsewhere).
+#[derive(serde::Deserialize)]
+struct SessionId {
+    id: String,
+}
+
+/// The session a route names (`{id}`) once it is known to be the caller's
+/// tenant's (anything else is the same 404 as a missing one), with its id
+/// in the request's span. The session routes' and the Managed Agents
+/// routes' `{id}`.
+pub(super) struct TenantSession {
+    /// The session's id.
+    pub(super) id: String,
+    /// The sessions of its project's release.
+    pub(super) sessions: Arc<Sessions>,
+    /// Who asks, and for which project.
+    pub(super) tenant: Tenant,
+}
+
+impl FromRequestParts<Arc<Projects>> for TenantSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        projects: &Arc<Projects>,
+    ) -> Result<Self, ApiError> {
+        let tenant = Tenant::from_request_parts(parts, projects).await?;
+        let ApiPath(SessionId { id }) = ApiPath::from_request_parts(parts, projects).await?;
+        super::in_span(&id);
+        let sessions = tenant.session(projects, &id).await?;
+        Ok(Self {
+            id,
+            sessions,
+            tenant,
+        })
     }
 }

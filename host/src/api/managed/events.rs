@@ -22,9 +22,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::super::error::{ApiError, ErrorBody};
-use super::super::extract::{ApiJson, ApiPath};
-use super::super::tenant::Tenant;
-use super::{SessionPath, in_span};
+use super::super::extract::ApiJson;
+use super::super::tenant::TenantSession;
 use crate::projects::Projects;
 use crate::session::MessageRequest;
 
@@ -69,12 +68,9 @@ pub(super) enum UserEvent {
     ))]
 pub(super) async fn post_event(
     State(projects): State<Arc<Projects>>,
-    tenant: Tenant,
-    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
+    TenantSession { id, sessions, .. }: TenantSession,
     ApiJson(event): ApiJson<UserEvent>,
 ) -> Result<Response, ApiError> {
-    in_span(&id);
-    let sessions = tenant.session(&projects, &id).await?;
     let (kind, after, extra) = match event {
         UserEvent::Message { text, content } => {
             let text = match text {

@@ -23,7 +23,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -34,9 +34,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::super::error::{ApiError, ErrorBody};
-use super::super::extract::{ApiJson, ApiPath};
-use super::super::tenant::Tenant;
-use super::{SessionPath, in_span};
+use super::super::extract::ApiJson;
+use super::super::tenant::TenantSession;
 use crate::projects::Projects;
 
 /// The largest upload, decoded.
@@ -137,13 +136,9 @@ fn place(workspace: &Path, name: &str, bytes: &[u8]) -> Result<(), ApiError> {
         (status = 413, body = ErrorBody),
     ))]
 async fn upload(
-    State(projects): State<Arc<Projects>>,
-    tenant: Tenant,
-    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
+    TenantSession { id, sessions, .. }: TenantSession,
     request: Result<ApiJson<Upload>, ApiError>,
 ) -> Result<Response, ApiError> {
-    in_span(&id);
-    let sessions = tenant.session(&projects, &id).await?;
     let ApiJson(upload) = request.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large()

@@ -52,8 +52,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::tenant::Tenant;
+use super::extract::{ApiJson, ApiQuery};
+use super::in_span;
+use super::tenant::{Tenant, TenantSession};
 use crate::projects::Projects;
 use crate::session::{SessionError, SessionObject, SessionStatus};
 use crate::store::SessionRecord;
@@ -61,12 +62,6 @@ use crate::store::SessionRecord;
 /// The sled tree of idempotency keys: project id, `0x00`, end user (or
 /// nothing), `0x00`, key → session id.
 const IDEMPOTENCY_TREE: &str = "managed_idempotency";
-
-/// A managed-agents session route's path.
-#[derive(Deserialize)]
-pub(super) struct SessionPath {
-    id: String,
-}
 
 pub(super) fn routes() -> OpenApiRouter<Arc<Projects>> {
     OpenApiRouter::new()
@@ -76,11 +71,6 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Projects>> {
         .routes(routes!(stream::stream_events))
         .routes(routes!(transcript::transcript))
         .merge(files::routes())
-}
-
-/// Names the session in the request's span.
-fn in_span(id: &str) {
-    tracing::Span::current().record("session", id);
 }
 
 /// The managed-agents session object.
@@ -237,12 +227,8 @@ async fn existing_session(
 #[utoipa::path(get, path = "/v1/managed-agents/sessions/{id}", tag = "managed-agents",
     responses((status = 200, description = "The session object with `events`"), (status = 404, body = ErrorBody)))]
 async fn get_session(
-    State(projects): State<Arc<Projects>>,
-    tenant: Tenant,
-    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
+    TenantSession { id, sessions, .. }: TenantSession,
 ) -> Result<Response, ApiError> {
-    in_span(&id);
-    let sessions = tenant.session(&projects, &id).await?;
     let object = sessions.object(&id).await?;
     let events = sessions.events_after(&id, 0)?;
     let mut value = session_object(&object);

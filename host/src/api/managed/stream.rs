@@ -27,10 +27,8 @@
 //! unnumbered `session.error`.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as Frame, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -40,10 +38,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::super::error::{ApiError, ErrorBody};
-use super::super::extract::{ApiPath, ApiQuery};
-use super::super::tenant::Tenant;
-use super::{SessionPath, in_span};
-use crate::projects::Projects;
+use super::super::extract::ApiQuery;
+use super::super::tenant::TenantSession;
 use crate::session::{Published, Subscription};
 
 /// The managed-agents log entry of a native event (`None`: it has none).
@@ -203,14 +199,10 @@ pub(super) struct StreamQuery {
     params(("after" = Option<u64>, Query, description = "Only entries above this seq")),
     responses((status = 200, description = "text/event-stream of log entries"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn stream_events(
-    State(projects): State<Arc<Projects>>,
-    tenant: Tenant,
-    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
+    TenantSession { id, sessions, .. }: TenantSession,
     ApiQuery(query): ApiQuery<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    in_span(&id);
-    let sessions = tenant.session(&projects, &id).await?;
     let after = super::super::sse::resume_after(query.after, &headers)?;
     let events = sessions.subscribe(&id, after).await?;
     Ok(sse(events))

@@ -19,9 +19,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::super::error::{ApiError, ErrorBody};
-use super::super::extract::{ApiPath, ApiQuery};
-use super::super::tenant::{Tenant, not_found};
-use super::{SessionPath, in_span};
+use super::super::extract::ApiQuery;
+use super::super::tenant::{TenantSession, not_found};
 use crate::projects::Projects;
 use crate::session::SessionError;
 use crate::store::{Role, TranscriptMessage};
@@ -144,12 +143,13 @@ pub(super) struct TranscriptQuery {
     responses((status = 200, description = "`{messages: [{id, role, parts, created_at}]}`"), (status = 404, body = ErrorBody)))]
 pub(super) async fn transcript(
     State(projects): State<Arc<Projects>>,
-    tenant: Tenant,
-    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
+    TenantSession {
+        id,
+        sessions,
+        tenant,
+    }: TenantSession,
     ApiQuery(query): ApiQuery<TranscriptQuery>,
 ) -> Result<Response, ApiError> {
-    in_span(&id);
-    let sessions = tenant.session(&projects, &id).await?;
     let end_user = tenant.end_user.clone().or(query.end_user);
     let record = projects
         .store()

@@ -16,16 +16,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::tenant::Tenant;
+use super::extract::{ApiJson, ApiQuery};
+use super::in_span;
+use super::tenant::{Tenant, TenantSession};
 use crate::projects::Projects;
-
-/// A session route's path: its session (project routes also carry `org`
-/// and `project`, which [`Tenant`] reads).
-#[derive(Deserialize)]
-struct SessionPath {
-    id: String,
-}
 
 pub(super) fn routes() -> OpenApiRouter<Arc<Projects>> {
     OpenApiRouter::new()
@@ -33,11 +27,6 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Projects>> {
         .routes(routes!(get_session, delete_session))
         .routes(routes!(transcript))
         .merge(turns::routes())
-}
-
-/// Names the session in the request's span.
-fn in_span(id: &str) {
-    tracing::Span::current().record("session", id);
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -138,12 +127,8 @@ async fn list_sessions(
 #[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
     responses((status = 200, description = "The session object"), (status = 404, body = ErrorBody)))]
 async fn get_session(
-    State(projects): State<Arc<Projects>>,
-    tenant: Tenant,
-    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
+    TenantSession { id, sessions, .. }: TenantSession,
 ) -> Result<Response, ApiError> {
-    in_span(&id);
-    let sessions = tenant.session(&projects, &id).await?;
     Ok(axum::Json(sessions.object(&id).await?).into_response())
 }
 
@@ -151,12 +136,8 @@ async fn get_session(
 #[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions",
     responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
 async fn delete_session(
-    State(projects): State<Arc<Projects>>,
-    tenant: Tenant,
-    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
+    TenantSession { id, sessions, .. }: TenantSession,
 ) -> Result<Response, ApiError> {
-    in_span(&id);
-    let sessions = tenant.session(&projects, &id).await?;
     sessions.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -165,12 +146,8 @@ async fn delete_session(
 #[utoipa::path(get, path = "/v1/sessions/{id}/transcript", tag = "sessions",
     responses((status = 200, description = "`{session_id, messages}`"), (status = 404, body = ErrorBody)))]
 async fn transcript(
-    State(projects): State<Arc<Projects>>,
-    tenant: Tenant,
-    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
+    TenantSession { id, sessions, .. }: TenantSession,
 ) -> Result<Response, ApiError> {
-    in_span(&id);
-    let sessions = tenant.session(&projects, &id).await?;
     let messages = sessions.transcript(&id)?;
     Ok(axum::Json(json!({ "session_id": id, "messages": messages })).into_response())
 }

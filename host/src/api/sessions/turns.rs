@@ -13,11 +13,10 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{SessionPath, in_span};
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::api::sse;
-use crate::api::tenant::Tenant;
+use crate::api::tenant::TenantSession;
 use crate::projects::Projects;
 use crate::session::{MessageRequest, Published};
 use crate::store::ParticipantType;
@@ -30,10 +29,9 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Projects>> {
         .routes(routes!(cancel))
 }
 
-/// An approval's path.
+/// An approval's path, past its session (which [`TenantSession`] reads).
 #[derive(Deserialize)]
 struct InputPath {
-    id: String,
     request_id: String,
 }
 
@@ -80,12 +78,9 @@ enum MessagePart {
     ))]
 async fn send_message(
     State(projects): State<Arc<Projects>>,
-    tenant: Tenant,
-    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
+    TenantSession { id, sessions, .. }: TenantSession,
     ApiJson(request): ApiJson<SendMessage>,
 ) -> Result<Response, ApiError> {
-    in_span(&id);
-    let sessions = tenant.session(&projects, &id).await?;
     // Over a budget: refused before anything runs.
     let ledger = projects.ledger();
     if let Some(scope) = ledger.scope_of(&id) {
@@ -234,13 +229,10 @@ struct AnswerInput {
 #[utoipa::path(put, path = "/v1/sessions/{id}/inputs/{request_id}", tag = "sessions", request_body = AnswerInput,
     responses((status = 200, description = "`{events, session}`"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn answer_input(
-    State(projects): State<Arc<Projects>>,
-    tenant: Tenant,
-    ApiPath(InputPath { id, request_id }): ApiPath<InputPath>,
+    TenantSession { id, sessions, .. }: TenantSession,
+    ApiPath(InputPath { request_id }): ApiPath<InputPath>,
     ApiJson(request): ApiJson<AnswerInput>,
 ) -> Result<Response, ApiError> {
-    in_span(&id);
-    let sessions = tenant.session(&projects, &id).await?;
     let after = sessions.last_seq(&id).await?;
     let mut events = sessions.subscribe(&id, after).await?;
     sessions.answer(&id, &request_id, request.decision).await?;
@@ -278,14 +270,10 @@ struct EventsQuery {
     params(("after" = Option<u64>, Query, description = "Replay events above this sequence number")),
     responses((status = 200, description = "text/event-stream"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn events(
-    State(projects): State<Arc<Projects>>,
-    tenant: Tenant,
-    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
+    TenantSession { id, sessions, .. }: TenantSession,
     ApiQuery(query): ApiQuery<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    in_span(&id);
-    let sessions = tenant.session(&projects, &id).await?;
     let after = sse::resume_after(query.after, &headers)?;
     let events = sessions.subscribe(&id, after).await?;
     Ok(sse::stream(events))
@@ -294,13 +282,7 @@ async fn events(
 /// Stops the running turn (it ends with `done`, status `cancelled`).
 #[utoipa::path(post, path = "/v1/sessions/{id}/cancel", tag = "sessions",
     responses((status = 200, description = "`{cancelled, session}`"), (status = 404, body = ErrorBody)))]
-async fn cancel(
-    State(projects): State<Arc<Projects>>,
-    tenant: Tenant,
-    ApiPath(SessionPath { id }): ApiPath<SessionPath>,
-) -> Result<Response, ApiError> {
-    in_span(&id);
-    let sessions = tenant.session(&projects, &id).await?;
+async fn cancel(TenantSession { id, sessions, .. }: TenantSession) -> Result<Response, ApiError> {
     let cancelled = sessions.cancel(&id).await?;
     Ok(axum::Json(json!({
         "cancelled": cancelled,
