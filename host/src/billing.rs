@@ -185,6 +185,16 @@ impl Ledger {
             .remove(session)
     }
 
+    /// Refuses a new turn of `session` when a budget it counts against has
+    /// run out (a session billed to no one passes): the check every route
+    /// that starts a turn makes before anything runs.
+    pub fn check_session_budgets(&self, session: &str) -> Result<(), crate::meter::MeterError> {
+        match self.scope_of(session) {
+            Some(scope) => self.meter.check(&Self::budget_scopes(&scope), now_ms()),
+            None => Ok(()),
+        }
+    }
+
     /// Every budget scope a call of this tenant counts against.
     pub fn budget_scopes(scope: &SessionScope) -> Vec<BudgetScope> {
         BudgetScope::for_call(

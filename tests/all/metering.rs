@@ -328,6 +328,25 @@ async fn budgets_refuse_turns_and_cap_tool_fuel() {
     let refused = send(&platform, &admin, &session, "hello").await;
     assert_eq!(refused.status, 402, "{}", refused.body);
     assert_eq!(refused.json()["error"], "budget_exhausted");
+    // So is one through the Managed Agents route, and a fresh OpenAI chat.
+    let managed = platform
+        .call(
+            "POST",
+            &format!("/acme/bot/v1/managed-agents/sessions/{session}/events"),
+            Some(&admin),
+            json!({ "type": "user.message", "text": "hello" }),
+        )
+        .await;
+    assert_eq!(managed.status, 402, "{}", managed.body);
+    let chat = platform
+        .call(
+            "POST",
+            "/acme/bot/v1/chat/completions",
+            Some(&admin),
+            json!({ "model": "karta", "messages": [{ "role": "user", "content": "hello" }] }),
+        )
+        .await;
+    assert_eq!(chat.status, 402, "{}", chat.body);
     let spent = spent(&platform, &admin).await;
     assert!(spent <= 5, "spent {spent} of a 5 micro-unit cap");
     // Another project of the org is not under that budget.

@@ -82,16 +82,7 @@ pub(super) async fn post_event(
                     .join("\n"),
             };
             // Over a budget: refused before anything runs.
-            let ledger = projects.ledger();
-            if let Some(scope) = ledger.scope_of(&id) {
-                ledger
-                    .meter()
-                    .check(
-                        &crate::billing::Ledger::budget_scopes(&scope),
-                        crate::billing::now_ms(),
-                    )
-                    .map_err(ApiError::from)?;
-            }
+            projects.ledger().check_session_budgets(&id)?;
             let started = sessions
                 .send(
                     &id,

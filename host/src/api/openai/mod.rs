@@ -146,9 +146,7 @@ async fn start(
         }
         Target::Existing { session_id } => {
             let sessions = tenant.session(projects, &session_id).await?;
-            if let Some(scope) = projects.ledger().scope_of(&session_id) {
-                meter.check(&crate::billing::Ledger::budget_scopes(&scope), now)?;
-            }
+            projects.ledger().check_session_budgets(&session_id)?;
             (sessions, session_id)
         }
     };

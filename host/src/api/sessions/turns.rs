@@ -82,16 +82,7 @@ async fn send_message(
     ApiJson(request): ApiJson<SendMessage>,
 ) -> Result<Response, ApiError> {
     // Over a budget: refused before anything runs.
-    let ledger = projects.ledger();
-    if let Some(scope) = ledger.scope_of(&id) {
-        ledger
-            .meter()
-            .check(
-                &crate::billing::Ledger::budget_scopes(&scope),
-                crate::billing::now_ms(),
-            )
-            .map_err(ApiError::from)?;
-    }
+    projects.ledger().check_session_budgets(&id)?;
     let stream = request.stream;
     let started = sessions
         .send(
